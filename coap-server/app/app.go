@@ -1,0 +1,181 @@
+// Package app wires coap-server: CoAP listeners, the live-log hub, storage
+// and the HTTP side. main only reads the configuration and handles signals;
+// tests run the whole program with 127.0.0.1:0 addresses.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	coapNet "github.com/plgd-dev/go-coap/v3/net"
+	udpServer "github.com/plgd-dev/go-coap/v3/udp/server"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/nbiot-live/nbiot-live/coap-server/httpapi"
+	"github.com/nbiot-live/nbiot-live/coap-server/hub"
+	"github.com/nbiot-live/nbiot-live/coap-server/ingest"
+)
+
+// Store is a running storage pipeline: it takes uplinks without blocking and
+// drains what it holds on Close, within the context's deadline.
+type Store interface {
+	ingest.Store
+	Close(ctx context.Context) error
+}
+
+// App is one coap-server process.
+type App struct {
+	cfg     Config
+	log     *slog.Logger
+	Metrics *prometheus.Registry
+
+	hub     *hub.Hub
+	handler *ingest.Handler
+	store   Store
+
+	coap    *udpServer.Server
+	coapLn  *coapNet.UDPConn
+	httpAPI *httpapi.Server
+	httpSrv *http.Server
+	httpLn  net.Listener
+
+	ready    atomic.Bool
+	wg       sync.WaitGroup
+	shutOnce sync.Once
+	shutErr  error
+}
+
+// New builds the program from cfg without binding anything.
+func New(cfg Config, logger *slog.Logger) *App {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a := &App{cfg: cfg, log: logger, Metrics: reg}
+	a.hub = hub.New(hub.NewMetrics(reg))
+	a.handler = &ingest.Handler{
+		Live:       a.hub,
+		Logger:     logger,
+		Metrics:    ingest.NewMetrics(reg),
+		MaxPayload: cfg.MaxPayload,
+	}
+	a.httpAPI = &httpapi.Server{
+		Hub:      a.hub,
+		Token:    cfg.WSToken,
+		Ready:    a.ready.Load,
+		Gatherer: reg,
+		Logger:   logger,
+	}
+	return a
+}
+
+// Start opens storage and binds the listeners. On error, what was opened is closed.
+func (a *App) Start(ctx context.Context) (err error) {
+	defer func() {
+		if err != nil {
+			_ = a.Shutdown(context.Background())
+		}
+	}()
+	if err := a.openStorage(ctx); err != nil {
+		return err
+	}
+	if a.cfg.CoAPAddr != "off" {
+		a.coapLn, err = coapNet.NewListenUDP("udp", a.cfg.CoAPAddr)
+		if err != nil {
+			return fmt.Errorf("COAP_ADDR: listen: %w", err)
+		}
+		a.coap = ingest.NewUDPServer(a.handler, a.log)
+		a.serve("coap", func() error { return a.coap.Serve(a.coapLn) })
+		a.log.Info("coap listening", "addr", a.coapLn.LocalAddr().String())
+	}
+	a.httpLn, err = net.Listen("tcp", a.cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("HTTP_ADDR: listen: %w", err)
+	}
+	a.httpSrv = &http.Server{
+		Handler:           a.httpAPI.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
+	}
+	a.serve("http", func() error { return a.httpSrv.Serve(a.httpLn) })
+	a.log.Info("http listening", "addr", a.httpLn.Addr().String())
+	a.ready.Store(true)
+	return nil
+}
+
+func (a *App) openStorage(ctx context.Context) error {
+	switch a.cfg.Storage() {
+	case StorageNone:
+		a.log.Warn("NO STORAGE: neither DATABASE_URL nor SUPABASE_URL is set; uplinks are streamed on the live log only and NOT stored")
+		return nil
+	default:
+		return fmt.Errorf("storage %q: not available in this build", a.cfg.Storage())
+	}
+}
+
+func (a *App) serve(name string, fn func() error) {
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		if err := fn(); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+			a.log.Error("listener stopped", "listener", name, "err", err)
+		}
+	}()
+}
+
+// CoAPAddr is the bound plain CoAP address (nil when off).
+func (a *App) CoAPAddr() *net.UDPAddr {
+	if a.coapLn == nil {
+		return nil
+	}
+	return a.coapLn.LocalAddr().(*net.UDPAddr)
+}
+
+// HTTPAddr is the bound HTTP address.
+func (a *App) HTTPAddr() net.Addr { return a.httpLn.Addr() }
+
+// Shutdown stops taking uplinks, drains storage, disconnects subscribers
+// and stops HTTP, in that order, within ctx. It is idempotent.
+func (a *App) Shutdown(ctx context.Context) error {
+	a.shutOnce.Do(func() {
+		a.ready.Store(false)
+		if a.coap != nil {
+			a.coap.Stop()
+		}
+		var errs []error
+		if a.store != nil {
+			if err := a.store.Close(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("storage drain: %w", err))
+			}
+		}
+		if a.httpSrv != nil {
+			a.httpAPI.CloseSubscribers()
+			if err := a.httpSrv.Shutdown(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("http shutdown: %w", err))
+			}
+		}
+		a.wg.Wait()
+		a.shutErr = errors.Join(errs...)
+	})
+	return a.shutErr
+}
+
+// Run starts the program and serves until ctx ends, then shuts down within
+// drain (the platform's kill timeout less a margin).
+func Run(ctx context.Context, cfg Config, logger *slog.Logger, drain time.Duration) error {
+	a := New(cfg, logger)
+	if err := a.Start(ctx); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	logger.Info("shutting down", "drain", drain.String())
+	sctx, cancel := context.WithTimeout(context.Background(), drain)
+	defer cancel()
+	return a.Shutdown(sctx)
+}

@@ -1,0 +1,146 @@
+package app
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/nbiot-live/nbiot-live/coap-server/ingest"
+)
+
+// Config is coap-server's configuration. FromEnv fills it from the
+// environment; every field documents its variable and default.
+type Config struct {
+	// CoAPAddr (COAP_ADDR, default ":5683") is the plain CoAP UDP address;
+	// "off" disables plain CoAP so that only CoAPS is served. On Fly.io bind
+	// fly-global-services:5683 (NOTES).
+	CoAPAddr string
+	// CoAPSAddr (COAPS_ADDR, default empty = off) is the CoAPS (DTLS) address.
+	CoAPSAddr string
+	// HTTPAddr (HTTP_ADDR, default ":8080") serves /ws, /healthz, /readyz, /metrics.
+	HTTPAddr string
+	// WSToken (WS_TOKEN, required) is the bearer token /ws subscribers present.
+	WSToken string
+	// SupabaseURL and SupabaseServiceKey (SUPABASE_URL, SUPABASE_SERVICE_KEY)
+	// select REST storage; the key is a service_role JWT or an sb_secret_ key.
+	SupabaseURL        string
+	SupabaseServiceKey string
+	// DatabaseURL (DATABASE_URL) selects direct Postgres storage. It wins over
+	// REST when both are set.
+	DatabaseURL string
+	// MaxPayload (MAX_UPLINK_BYTES, default 1024) bounds an uplink payload;
+	// larger ones get 4.13 with Size1.
+	MaxPayload int
+	// StorageQueue (STORAGE_QUEUE_SIZE, default 100000) bounds accepted
+	// uplinks waiting for the database; when full, uplinks get 5.03 + Max-Age.
+	StorageQueue int
+	// LogLevel (LOG_LEVEL, default "info"): debug, info, warn, error.
+	LogLevel slog.Level
+}
+
+// Storage modes, from the configuration.
+const (
+	StorageNone     = "none"
+	StorageREST     = "rest"
+	StoragePostgres = "postgres"
+)
+
+// Storage says which writer the configuration selects.
+func (c Config) Storage() string {
+	switch {
+	case c.DatabaseURL != "":
+		return StoragePostgres
+	case c.SupabaseURL != "":
+		return StorageREST
+	default:
+		return StorageNone
+	}
+}
+
+// FromEnv reads the configuration through getenv (os.Getenv in main) and
+// validates it. An error names the variable at fault and never its value.
+func FromEnv(getenv func(string) string) (Config, error) {
+	c := Config{
+		CoAPAddr:           or(getenv("COAP_ADDR"), ":5683"),
+		CoAPSAddr:          getenv("COAPS_ADDR"),
+		HTTPAddr:           or(getenv("HTTP_ADDR"), ":8080"),
+		WSToken:            getenv("WS_TOKEN"),
+		SupabaseURL:        strings.TrimRight(getenv("SUPABASE_URL"), "/"),
+		SupabaseServiceKey: getenv("SUPABASE_SERVICE_KEY"),
+		DatabaseURL:        getenv("DATABASE_URL"),
+		MaxPayload:         ingest.DefaultMaxPayload,
+		StorageQueue:       100000,
+	}
+	var err error
+	if c.MaxPayload, err = intVar(getenv, "MAX_UPLINK_BYTES", c.MaxPayload, 64, 65000); err != nil {
+		return c, err
+	}
+	if c.StorageQueue, err = intVar(getenv, "STORAGE_QUEUE_SIZE", c.StorageQueue, 1, 10_000_000); err != nil {
+		return c, err
+	}
+	if v := getenv("LOG_LEVEL"); v != "" {
+		if err := c.LogLevel.UnmarshalText([]byte(v)); err != nil {
+			return c, errors.New("LOG_LEVEL: want debug, info, warn or error")
+		}
+	}
+	return c, c.Validate()
+}
+
+// Validate checks the configuration once, at start.
+func (c Config) Validate() error {
+	if c.WSToken == "" {
+		return errors.New("WS_TOKEN is required: the token /ws subscribers (the relay) must present")
+	}
+	if len(c.WSToken) < 16 {
+		return errors.New("WS_TOKEN is too short: use at least 16 random characters")
+	}
+	if c.CoAPAddr == "off" && c.CoAPSAddr == "" {
+		return errors.New("COAP_ADDR is off and COAPS_ADDR is empty: no CoAP listener would run")
+	}
+	for name, addr := range map[string]string{"COAP_ADDR": c.CoAPAddr, "COAPS_ADDR": c.CoAPSAddr, "HTTP_ADDR": c.HTTPAddr} {
+		if addr == "" || addr == "off" && name != "HTTP_ADDR" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return fmt.Errorf("%s: want host:port, e.g. :5683", name)
+		}
+	}
+	if c.SupabaseURL != "" {
+		u, err := url.Parse(c.SupabaseURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return errors.New("SUPABASE_URL: want https://<project>.supabase.co")
+		}
+		if c.SupabaseServiceKey == "" && c.DatabaseURL == "" {
+			return errors.New("SUPABASE_SERVICE_KEY is required with SUPABASE_URL (a service_role JWT or an sb_secret_ key)")
+		}
+	}
+	if c.DatabaseURL != "" {
+		if u, err := url.Parse(c.DatabaseURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+			return errors.New("DATABASE_URL: want postgresql://user:password@host:5432/db")
+		}
+	}
+	return nil
+}
+
+func or(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
+func intVar(getenv func(string) string, name string, def, lo, hi int) (int, error) {
+	v := getenv(name)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < lo || n > hi {
+		return 0, fmt.Errorf("%s: want an integer from %d to %d", name, lo, hi)
+	}
+	return n, nil
+}

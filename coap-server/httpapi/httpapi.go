@@ -1,0 +1,165 @@
+// Package httpapi is coap-server's HTTP side: the live-log WebSocket /ws for
+// the relay (and any trusted consumer holding WS_TOKEN), and the health and
+// metrics endpoints for the platform.
+package httpapi
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+
+	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/nbiot-live/nbiot-live/coap-server/hub"
+	"github.com/nbiot-live/nbiot-live/internal/livelog"
+	"github.com/nbiot-live/nbiot-live/internal/wspeer"
+)
+
+// Defaults of Server's limits.
+const (
+	// DefaultMaxSubscribers bounds /ws connections: each holds a goroutine
+	// pair and a queue; the relay needs one per watched device.
+	DefaultMaxSubscribers = 10000
+	// MaxDevicesPerSubscriber bounds the repeatable deviceId parameter.
+	MaxDevicesPerSubscriber = 100
+)
+
+// Server serves /ws, /healthz, /readyz and /metrics.
+type Server struct {
+	Hub            *hub.Hub
+	Token          string // WS_TOKEN; compared in constant time
+	Ready          func() bool
+	Gatherer       prometheus.Gatherer
+	Logger         *slog.Logger
+	Peer           wspeer.Config
+	MaxSubscribers int // default DefaultMaxSubscribers
+
+	upgrader websocket.Upgrader
+	mu       sync.Mutex
+	peers    map[*wspeer.Peer]struct{}
+	closed   bool
+	wg       sync.WaitGroup
+}
+
+// Handler returns the HTTP routes.
+func (s *Server) Handler() http.Handler {
+	s.peers = make(map[*wspeer.Peer]struct{})
+	// CheckOrigin stays nil (same origin, or no Origin header): /ws is for
+	// servers holding the token, not for browsers, which use the relay.
+	s.upgrader = websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: 4096}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /ws", s.serveWS)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if s.Ready != nil && !s.Ready() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.Gatherer, promhttp.HandlerOpts{}))
+	return mux
+}
+
+func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
+	if !s.authorized(r) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="nbiot-live"`)
+		http.Error(w, "missing or invalid bearer token", http.StatusUnauthorized)
+		return
+	}
+	devices := r.URL.Query()["deviceId"]
+	if len(devices) > MaxDevicesPerSubscriber {
+		http.Error(w, "too many deviceId parameters", http.StatusBadRequest)
+		return
+	}
+	for _, d := range devices {
+		if !livelog.ValidDeviceID(d) {
+			http.Error(w, "invalid deviceId: must match ^[A-Za-z0-9_-]{1,64}$", http.StatusBadRequest)
+			return
+		}
+	}
+	if !s.reserve() {
+		http.Error(w, "too many subscribers", http.StatusServiceUnavailable)
+		return
+	}
+	defer s.wg.Done()
+	// Subscribe before the 101 goes out: every frame published after the
+	// client sees the handshake complete reaches it.
+	peer := wspeer.New(s.Peer)
+	sub := s.Hub.Subscribe(peer, devices)
+	defer sub.Close()
+	conn, err := s.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return // Upgrade has answered the client.
+	}
+	if !s.track(peer) {
+		peer.Close(wspeer.ErrClosed)
+	}
+	s.Logger.Debug("ws subscriber connected", "remote", r.RemoteAddr, "devices", len(devices))
+	reason := peer.Run(conn)
+	sub.Close()
+	s.untrack(peer)
+	s.Logger.Debug("ws subscriber gone", "remote", r.RemoteAddr, "err", reason)
+}
+
+// authorized compares the bearer token in constant time; hashing first
+// keeps the comparison independent of the length of either token.
+func (s *Server) authorized(r *http.Request) bool {
+	h := r.Header.Get("Authorization")
+	const prefix = "bearer "
+	if len(h) <= len(prefix) || !strings.EqualFold(h[:len(prefix)], prefix) || s.Token == "" {
+		return false
+	}
+	got := sha256.Sum256([]byte(h[len(prefix):]))
+	want := sha256.Sum256([]byte(s.Token))
+	return subtle.ConstantTimeCompare(got[:], want[:]) == 1
+}
+
+func (s *Server) reserve() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	limit := s.MaxSubscribers
+	if limit <= 0 {
+		limit = DefaultMaxSubscribers
+	}
+	if s.closed || len(s.peers) >= limit {
+		return false
+	}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *Server) track(p *wspeer.Peer) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.peers[p] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(p *wspeer.Peer) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.peers, p)
+}
+
+// CloseSubscribers disconnects every subscriber with a going-away close
+// frame and waits for their handlers to return. It is idempotent.
+func (s *Server) CloseSubscribers() {
+	s.mu.Lock()
+	s.closed = true
+	for p := range s.peers {
+		p.Close(wspeer.ErrClosed)
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+}

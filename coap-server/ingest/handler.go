@@ -1,0 +1,202 @@
+package ingest
+
+import (
+	"bytes"
+	"errors"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+	"github.com/plgd-dev/go-coap/v3/mux"
+
+	"github.com/nbiot-live/nbiot-live/coap-server/storage"
+	"github.com/nbiot-live/nbiot-live/internal/livelog"
+	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
+)
+
+// DefaultMaxPayload is the largest uplink payload accepted, in bytes. A full
+// uplink with ten wifi APs, a fix and a config is about 300 bytes; NB-IoT
+// operators deliver datagrams of ~1300 bytes at most (NOTES: plan for
+// ~1300-byte datagrams), so 1024 leaves room without inviting abuse.
+const DefaultMaxPayload = 1024
+
+// RetryAfter is the Max-Age of a 5.03 answer when the storage queue is full
+// (RFC 7252 §5.9.3.4): the device should try again after that many seconds.
+const RetryAfter = 30
+
+// LiveLog takes live-log entries. It must not block.
+type LiveLog interface {
+	Broadcast(e *livelog.Entry)
+}
+
+// Store takes accepted uplinks. It must not block; it returns an error
+// (storage.ErrQueueFull) when it cannot take the record, and the uplink is
+// then refused rather than accepted and lost.
+type Store interface {
+	Enqueue(storage.Record) error
+}
+
+// Downlinks answers an accepted uplink with a pending configuration. It must
+// not block (pending downlinks are held in memory).
+type Downlinks interface {
+	// ForUplink returns the encoded Downlink to send, or nil, and updates the
+	// uplink entry's data (ConfigApplied). A returned entry is broadcast
+	// after the uplink's.
+	ForUplink(rec storage.Record, data *livelog.UplinkData) (payload []byte, entry *livelog.Entry)
+}
+
+// Handler serves POST /uplink. Its fields are set once before serving.
+type Handler struct {
+	Live      LiveLog
+	Store     Store     // nil: live logs only
+	Downlinks Downlinks // nil: never answers with a downlink
+	Logger    *slog.Logger
+	Metrics   *Metrics
+	// MaxPayload bounds the payload (default DefaultMaxPayload).
+	MaxPayload int
+	// Now and NewID are injected so tests control time and IDs.
+	Now   func() time.Time
+	NewID func() uuid.UUID
+}
+
+// ServeCOAP implements mux.Handler for plain CoAP: the device is named by
+// the payload.
+func (h *Handler) ServeCOAP(w mux.ResponseWriter, r *mux.Message) {
+	h.serve(w, r, "")
+}
+
+// Secure returns the handler for CoAPS, where identity(conn) is the DTLS PSK
+// identity of the peer.
+func (h *Handler) Secure(identity func(mux.Conn) string) mux.Handler {
+	return mux.HandlerFunc(func(w mux.ResponseWriter, r *mux.Message) {
+		h.serve(w, r, identity(w.Conn()))
+	})
+}
+
+func (h *Handler) serve(w mux.ResponseWriter, r *mux.Message, identity string) {
+	start := h.now()
+	code := h.handle(w, r, identity, start)
+	h.Metrics.observe(code, time.Since(start))
+}
+
+func (h *Handler) handle(w mux.ResponseWriter, r *mux.Message, identity string, now time.Time) codes.Code {
+	if path, _ := r.Path(); path != "/uplink" {
+		return reply(w, codes.NotFound, "use POST /uplink")
+	}
+	if r.Code() != codes.POST {
+		return reply(w, codes.MethodNotAllowed, "use POST /uplink")
+	}
+	if r.HasOption(message.ContentFormat) {
+		if cf, err := r.ContentFormat(); err != nil || cf != message.AppOctets {
+			h.Metrics.reject("content_format")
+			return reply(w, codes.UnsupportedMediaType, "payload must be application/octet-stream (42) or have no Content-Format")
+		}
+	}
+	limit := h.maxPayload()
+	if size, err := r.BodySize(); err == nil && size > int64(limit) {
+		h.Metrics.reject("too_large")
+		// RFC 7252 §5.9.2.9: a 4.13 may carry Size1, the largest size accepted.
+		w.SetResponse(codes.RequestEntityTooLarge, message.TextPlain,
+			strings.NewReader(ErrTooLarge.Error()), message.Option{ID: message.Size1, Value: uint32Bytes(limit)})
+		return codes.RequestEntityTooLarge
+	}
+	payload, err := r.ReadBody()
+	if err != nil {
+		h.Metrics.reject("undecodable")
+		return reply(w, codes.BadRequest, ErrUndecodable.Error())
+	}
+
+	u := new(nbiotv1.Uplink)
+	deviceID, err := Decode(payload, identity, u)
+	if err != nil {
+		return h.refuse(w, r, deviceID, err, now)
+	}
+
+	rec := storage.Record{ID: h.newID(), DeviceID: deviceID, ReceivedAt: now, Uplink: u}
+	if h.Store != nil {
+		if err := h.Store.Enqueue(rec); err != nil {
+			h.Metrics.reject("queue_full")
+			h.Logger.Warn("uplink refused: storage queue full", "device", deviceID, "remote", w.Conn().RemoteAddr().String())
+			w.SetResponse(codes.ServiceUnavailable, message.TextPlain, strings.NewReader("storage busy, retry later"),
+				message.Option{ID: message.MaxAge, Value: uint32Bytes(RetryAfter)})
+			return codes.ServiceUnavailable
+		}
+	}
+
+	entry := livelog.Uplink(deviceID, now, u)
+	var answer []byte
+	var downlink *livelog.Entry
+	if h.Downlinks != nil {
+		answer, downlink = h.Downlinks.ForUplink(rec, entry.Data.(*livelog.UplinkData))
+	}
+	h.Live.Broadcast(entry)
+	if downlink != nil {
+		h.Live.Broadcast(downlink)
+	}
+	h.Metrics.Accepted.Inc()
+	if answer != nil {
+		w.SetResponse(codes.Changed, message.AppOctets, bytes.NewReader(answer))
+	} else {
+		w.SetResponse(codes.Changed, message.AppOctets, nil)
+	}
+	return codes.Changed
+}
+
+// refuse answers a rejected uplink and, when the device is known, puts the
+// rejection on that device's live log so its owner sees why.
+func (h *Handler) refuse(w mux.ResponseWriter, r *mux.Message, deviceID string, err error, now time.Time) codes.Code {
+	code := codes.BadRequest
+	reason := "undecodable"
+	switch {
+	case errors.Is(err, ErrIdentity):
+		code, reason = codes.Forbidden, "identity"
+	case errors.Is(err, ErrDeviceID):
+		reason = "device_id"
+	case errors.Is(err, ErrInvalid):
+		reason = "invalid"
+	}
+	h.Metrics.reject(reason)
+	if deviceID != "" {
+		h.Logger.Info("uplink rejected", "device", deviceID, "remote", w.Conn().RemoteAddr().String(), "err", err)
+		h.Live.Broadcast(livelog.Error(deviceID, now, "Rejected uplink: "+err.Error()))
+	} else {
+		h.Logger.Debug("uplink rejected", "remote", w.Conn().RemoteAddr().String(), "err", err)
+	}
+	return reply(w, code, err.Error())
+}
+
+// reply sets a response with a diagnostic payload (RFC 7252 §5.5.2).
+func reply(w mux.ResponseWriter, code codes.Code, diagnostic string) codes.Code {
+	_ = w.SetResponse(code, message.TextPlain, strings.NewReader(diagnostic))
+	return code
+}
+
+func uint32Bytes(v int) []byte {
+	buf := make([]byte, 4)
+	n, _ := message.EncodeUint32(buf, uint32(v))
+	return buf[:n]
+}
+
+func (h *Handler) now() time.Time {
+	if h.Now != nil {
+		return h.Now()
+	}
+	return time.Now()
+}
+
+func (h *Handler) newID() uuid.UUID {
+	if h.NewID != nil {
+		return h.NewID()
+	}
+	return uuid.New()
+}
+
+func (h *Handler) maxPayload() int {
+	if h.MaxPayload > 0 {
+		return h.MaxPayload
+	}
+	return DefaultMaxPayload
+}

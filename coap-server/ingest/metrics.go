@@ -1,0 +1,63 @@
+package ingest
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics counts what the CoAP side does.
+type Metrics struct {
+	Accepted prometheus.Counter
+	requests *prometheus.CounterVec
+	rejected *prometheus.CounterVec
+	latency  prometheus.Histogram
+}
+
+// NewMetrics registers the CoAP metrics on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Accepted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nbiot_uplinks_accepted_total", Help: "Uplinks accepted (answered 2.04).",
+		}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nbiot_coap_requests_total", Help: "CoAP requests by response code.",
+		}, []string{"code"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nbiot_uplinks_rejected_total",
+			Help: "Uplinks refused, by reason: undecodable, device_id, invalid, identity, too_large, content_format, queue_full.",
+		}, []string{"reason"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "nbiot_coap_handle_seconds",
+			Help:    "Time from handler entry to response set.",
+			Buckets: []float64{10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 5e-3, 25e-3},
+		}),
+	}
+	reg.MustRegister(m.Accepted, m.requests, m.rejected, m.latency)
+	return m
+}
+
+func (m *Metrics) observe(code codes.Code, d time.Duration) {
+	m.requests.WithLabelValues(dotted[uint8(code)]).Inc()
+	m.latency.Observe(d.Seconds())
+}
+
+func (m *Metrics) reject(reason string) {
+	m.rejected.WithLabelValues(reason).Inc()
+}
+
+// Rejected returns the rejection counter for reason, for tests.
+func (m *Metrics) Rejected(reason string) prometheus.Counter {
+	return m.rejected.WithLabelValues(reason)
+}
+
+// dotted holds "c.dd" (RFC 7252 §3) for every code, so labelling a request
+// allocates nothing.
+var dotted = func() (t [256]string) {
+	for c := range t {
+		t[c] = fmt.Sprintf("%d.%02d", c>>5, c&31)
+	}
+	return t
+}()

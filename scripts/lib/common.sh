@@ -1,0 +1,80 @@
+# Shared by scripts/test.sh and scripts/dev.sh: install what is missing and
+# run a throwaway Postgres with the Supabase schema. Source it; do not run it.
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+CACHE="$ROOT/.cache"
+SUPABASE_CLI_VERSION=2.117.0
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# apt_install PKG... installs the Debian packages that are not installed yet.
+apt_install() {
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing Debian packages: ${missing[*]}"
+  as_root apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# supabase_cli puts the pinned Supabase CLI on PATH (npm, cached in .cache/).
+supabase_cli() {
+  local dir="$CACHE/supabase-cli"
+  if [ "$("$dir/node_modules/.bin/supabase" --version 2>/dev/null)" != "$SUPABASE_CLI_VERSION" ]; then
+    log "installing supabase CLI $SUPABASE_CLI_VERSION"
+    mkdir -p "$dir"
+    (cd "$dir" && npm i -E --no-audit --no-fund --silent "supabase@$SUPABASE_CLI_VERSION" >/dev/null)
+  fi
+  PATH="$dir/node_modules/.bin:$PATH"
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# pg_start starts a throwaway cluster (as the postgres user when root: it
+# refuses to run as root), exports PG_DIR, PG_PORT and PG_URL (superuser),
+# and registers pg_stop on exit.
+pg_start() {
+  apt_install postgresql-15 postgresql-client-15
+  PG_DIR=$(mktemp -d /tmp/nbiot-pg.XXXXXX)
+  PG_PORT=$(free_port)
+  local run=()
+  if [ "$(id -u)" = 0 ]; then
+    chown postgres "$PG_DIR"
+    run=(runuser -u postgres --)
+  fi
+  "${run[@]}" "$PGBIN/initdb" -D "$PG_DIR/data" -U postgres -A trust --no-sync -E UTF8 >/dev/null
+  "${run[@]}" "$PGBIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" -w -t 60 start \
+    -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $PG_DIR -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" >/dev/null
+  PG_RUN=("${run[@]}")
+  PG_URL="postgresql://postgres@127.0.0.1:$PG_PORT/postgres?sslmode=disable"
+  export PG_DIR PG_PORT PG_URL
+  log "postgres on 127.0.0.1:$PG_PORT ($PG_DIR)"
+}
+
+pg_stop() {
+  [ -n "${PG_DIR:-}" ] || return 0
+  "${PG_RUN[@]}" "$PGBIN/pg_ctl" -D "$PG_DIR/data" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$PG_DIR"
+  PG_DIR=
+}
+
+# pg_schema applies the local stand-ins for what Supabase provides (roles,
+# auth schema) and then the real migrations with `supabase db push`.
+pg_schema() {
+  supabase_cli
+  psql -q -v ON_ERROR_STOP=1 "$PG_URL" -f "$ROOT/scripts/local/bootstrap.sql" >/dev/null
+  (cd "$ROOT" && supabase db push --db-url "$PG_URL" --yes >"$PG_DIR/push.log" 2>&1) || {
+    cat "$PG_DIR/push.log" >&2
+    return 1
+  }
+  log "migrations pushed"
+}
