@@ -55,8 +55,12 @@ pg_start() {
   "${run[@]}" "$PGBIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" -w -t 60 start \
     -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $PG_DIR -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" >/dev/null
   PG_RUN=("${run[@]}")
-  PG_URL="postgresql://postgres@127.0.0.1:$PG_PORT/postgres?sslmode=disable"
-  export PG_DIR PG_PORT PG_URL
+  PG_ADMIN_URL="postgresql://postgres@127.0.0.1:$PG_PORT/postgres?sslmode=disable"
+  # The schema goes into its own database so tests can clone it
+  # (CREATE DATABASE ... TEMPLATE nbiot) and never see each other's rows.
+  psql -q -v ON_ERROR_STOP=1 "$PG_ADMIN_URL" -c "create database nbiot"
+  PG_URL="postgresql://postgres@127.0.0.1:$PG_PORT/nbiot?sslmode=disable"
+  export PG_DIR PG_PORT PG_URL PG_ADMIN_URL
   log "postgres on 127.0.0.1:$PG_PORT ($PG_DIR)"
 }
 
