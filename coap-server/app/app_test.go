@@ -49,9 +49,9 @@ func startApp(t testing.TB, mutate func(*app.Config)) *app.App {
 	return a
 }
 
-func dialCoAP(t testing.TB, a *app.App) *udpClient.Conn {
+func dialCoAP(t testing.TB, a *app.App, opts ...udp.Option) *udpClient.Conn {
 	t.Helper()
-	cc, err := udp.Dial(a.CoAPAddr().String())
+	cc, err := udp.Dial(a.CoAPAddr().String(), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

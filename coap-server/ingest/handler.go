@@ -96,7 +96,10 @@ func (h *Handler) handle(w mux.ResponseWriter, r *mux.Message, identity string, 
 		}
 	}
 	limit := h.maxPayload()
-	if size, err := r.BodySize(); err == nil && size > int64(limit) {
+	// An uplink is one datagram. A Block1 request (RFC 7959) means the client
+	// splits a payload it thinks too big for one: refuse it as too large
+	// rather than buffer blocks for it (block-wise is off in UDPOptions).
+	if size, err := r.BodySize(); (err == nil && size > int64(limit)) || r.HasOption(message.Block1) {
 		h.Metrics.reject("too_large")
 		// RFC 7252 §5.9.2.9: a 4.13 may carry Size1, the largest size accepted.
 		w.SetResponse(codes.RequestEntityTooLarge, message.TextPlain,

@@ -62,6 +62,7 @@ var (
 
 // Peer is one connected client.
 type Peer struct {
+	mu   sync.Mutex // guards conn, set once by Run
 	conn *websocket.Conn
 	cfg  Config
 	send chan *websocket.PreparedMessage
@@ -101,11 +102,18 @@ func (p *Peer) Send(m *websocket.PreparedMessage) bool {
 	}
 }
 
-// Close ends the connection with reason; only the first reason is kept.
+// Close ends the connection with reason; only the first reason is kept. It
+// never blocks: a write stuck on a peer that stopped reading is cut short by
+// moving its deadline to now.
 func (p *Peer) Close(reason error) {
 	p.once.Do(func() {
 		p.reason = reason
 		close(p.done)
+		p.mu.Lock()
+		if p.conn != nil {
+			_ = p.conn.UnderlyingConn().SetWriteDeadline(time.Now())
+		}
+		p.mu.Unlock()
 	})
 }
 
@@ -121,7 +129,9 @@ func (p *Peer) Reason() error {
 // Run serves conn until it closes and returns the reason. It runs the write
 // loop itself and the read loop in a goroutine it waits for.
 func (p *Peer) Run(conn *websocket.Conn) error {
+	p.mu.Lock()
 	p.conn = conn
+	p.mu.Unlock()
 	readDone := make(chan struct{})
 	go func() {
 		defer close(readDone)
@@ -179,7 +189,9 @@ func (p *Peer) writeClose() {
 	if p.reason == ErrSlow {
 		code, text = websocket.ClosePolicyViolation, "too slow"
 	}
-	if p.reason == ErrPeerGone {
+	if p.reason == ErrPeerGone || p.reason == ErrSlow {
+		// Gone: nobody to tell. Slow: its socket is full, a close frame
+		// would only wait behind the frames it did not read.
 		return
 	}
 	_ = p.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(time.Second))

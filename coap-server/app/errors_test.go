@@ -1,0 +1,173 @@
+package app_test
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+	"github.com/plgd-dev/go-coap/v3/options"
+	udpClient "github.com/plgd-dev/go-coap/v3/udp/client"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/nbiot-live/nbiot-live/coap-server/app"
+	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
+)
+
+// counter returns the value of a counter in reg, summed over series whose
+// labels include want.
+func counter(t testing.TB, reg prometheus.Gatherer, name string, want map[string]string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			for k, v := range want {
+				if labels[k] != v {
+					continue series
+				}
+			}
+			if c := m.GetCounter(); c != nil {
+				sum += c.GetValue()
+			}
+			if g := m.GetGauge(); g != nil {
+				sum += g.GetValue()
+			}
+		}
+	}
+	return sum
+}
+
+func TestCoAPErrors(t *testing.T) {
+	a := startApp(t, nil)
+	ws := dialWS(t, a, "")
+	cc := dialCoAP(t, a)
+	// Without block-wise, the client sends an oversize payload in one datagram.
+	single := dialCoAP(t, a, options.WithBlockwise(false, 0, 0))
+	valid, _ := proto.Marshal(&nbiotv1.Uplink{DeviceId: "DEV-1", UplinkCount: 1})
+	badID, _ := proto.Marshal(&nbiotv1.Uplink{DeviceId: "bad id!", UplinkCount: 1})
+	noID, _ := proto.Marshal(&nbiotv1.Uplink{UplinkCount: 1})
+	badBSSID, _ := proto.Marshal(&nbiotv1.Uplink{DeviceId: "DEV-2", WifiAps: []*nbiotv1.WifiAp{{Bssid: []byte{1, 2, 3}}}})
+
+	tests := []struct {
+		name   string
+		do     func(ctx context.Context) (codes.Code, error)
+		want   codes.Code
+		reason string // nbiot_uplinks_rejected_total label, "" = none
+	}{
+		{"undecodable payload", postCode(cc, "/uplink", message.AppOctets, []byte{0xff, 0xff, 0xff}), codes.BadRequest, "undecodable"},
+		{"invalid device ID", postCode(cc, "/uplink", message.AppOctets, badID), codes.BadRequest, "device_id"},
+		{"missing device ID", postCode(cc, "/uplink", message.AppOctets, noID), codes.BadRequest, "device_id"},
+		{"invalid field, device known", postCode(cc, "/uplink", message.AppOctets, badBSSID), codes.BadRequest, "invalid"},
+		{"payload over the limit", postCode(cc, "/uplink", message.AppOctets, bytes.Repeat([]byte{0x08}, 1025)), codes.RequestEntityTooLarge, "too_large"},
+		{"payload over the limit, one datagram", postCode(single, "/uplink", message.AppOctets, bytes.Repeat([]byte{0x08}, 1200)), codes.RequestEntityTooLarge, "too_large"},
+		{"wrong content format", postCode(cc, "/uplink", message.AppJSON, valid), codes.UnsupportedMediaType, "content_format"},
+		{"other path", postCode(cc, "/other", message.AppOctets, valid), codes.NotFound, ""},
+		{"other method", func(ctx context.Context) (codes.Code, error) {
+			r, err := cc.Get(ctx, "/uplink")
+			if err != nil {
+				return 0, err
+			}
+			return r.Code(), nil
+		}, codes.MethodNotAllowed, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before := counter(t, a.Metrics, "nbiot_uplinks_rejected_total", map[string]string{"reason": tc.reason})
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			got, err := tc.do(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tc.want {
+				t.Fatalf("code %v, want %v", got, tc.want)
+			}
+			if tc.reason != "" {
+				if after := counter(t, a.Metrics, "nbiot_uplinks_rejected_total", map[string]string{"reason": tc.reason}); after != before+1 {
+					t.Errorf("rejected{reason=%q} went from %v to %v, want +1", tc.reason, before, after)
+				}
+			}
+		})
+	}
+
+	// The only frame so far is the error entry for DEV-2, whose device ID
+	// was known; then the valid uplink's.
+	m := readFrame(t, ws)
+	if m["type"] != "error" || m["deviceId"] != "DEV-2" || !strings.Contains(m["message"].(string), "bssid") {
+		t.Errorf("first frame %v, want the error entry of DEV-2", m)
+	}
+	if code := postRaw(t, cc, "/uplink", valid); code != codes.Changed {
+		t.Fatalf("valid uplink: %v", code)
+	}
+	if m := readFrame(t, ws); m["type"] != "uplink" || m["deviceId"] != "DEV-1" {
+		t.Errorf("second frame %v, want DEV-1's uplink", m)
+	}
+}
+
+func postCode(cc *udpClient.Conn, path string, cf message.MediaType, b []byte) func(context.Context) (codes.Code, error) {
+	return func(ctx context.Context) (codes.Code, error) {
+		r, err := cc.Post(ctx, path, cf, bytes.NewReader(b))
+		if err != nil {
+			return 0, err
+		}
+		return r.Code(), nil
+	}
+}
+
+func TestWebSocketAuth(t *testing.T) {
+	a := startApp(t, nil)
+	url := "ws://" + a.HTTPAddr().String() + "/ws"
+	tests := []struct {
+		name   string
+		query  string
+		header http.Header
+		want   int
+	}{
+		{"no token", "", nil, http.StatusUnauthorized},
+		{"wrong token", "", http.Header{"Authorization": {"Bearer wrong-token-0123456789"}}, http.StatusUnauthorized},
+		{"token without Bearer", "", http.Header{"Authorization": {testToken}}, http.StatusUnauthorized},
+		{"token in query is not accepted", "?access_token=" + testToken, nil, http.StatusUnauthorized},
+		{"invalid device ID", "?deviceId=no%20spaces", http.Header{"Authorization": {"Bearer " + testToken}}, http.StatusBadRequest},
+		{"device ID too long", "?deviceId=" + strings.Repeat("a", 65), http.Header{"Authorization": {"Bearer " + testToken}}, http.StatusBadRequest},
+		{"valid", "?deviceId=A&deviceId=B", http.Header{"Authorization": {"bearer " + testToken}}, http.StatusSwitchingProtocols},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ws, resp, err := websocket.DefaultDialer.Dial(url+tc.query, tc.header)
+			if ws != nil {
+				ws.Close()
+			}
+			if resp == nil {
+				t.Fatalf("no response: %v", err)
+			}
+			if resp.StatusCode != tc.want {
+				t.Fatalf("status %d, want %d", resp.StatusCode, tc.want)
+			}
+		})
+	}
+}
+
+func TestConfigRefusesToStartWithoutToken(t *testing.T) {
+	_, err := app.FromEnv(func(string) string { return "" })
+	if err == nil || !strings.HasPrefix(err.Error(), "WS_TOKEN") {
+		t.Fatalf("err = %v, want one naming WS_TOKEN", err)
+	}
+}

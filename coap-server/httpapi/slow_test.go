@@ -1,0 +1,103 @@
+package httpapi_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/nbiot-live/nbiot-live/coap-server/httpapi"
+	"github.com/nbiot-live/nbiot-live/coap-server/hub"
+	"github.com/nbiot-live/nbiot-live/internal/livelog"
+	"github.com/nbiot-live/nbiot-live/internal/wspeer"
+)
+
+const token = "slow-test-token-0123456789"
+
+func newServer(t *testing.T, peer wspeer.Config) (*httptest.Server, *hub.Hub, *hub.Metrics) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	m := hub.NewMetrics(reg)
+	h := hub.New(m)
+	api := &httpapi.Server{Hub: h, Token: token, Gatherer: reg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Peer: peer}
+	srv := httptest.NewServer(api.Handler())
+	t.Cleanup(func() {
+		api.CloseSubscribers()
+		srv.Close()
+	})
+	return srv, h, m
+}
+
+func dial(t *testing.T, srv *httptest.Server, d *websocket.Dialer) *websocket.Conn {
+	t.Helper()
+	ws, _, err := d.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/ws?deviceId=D", http.Header{"Authorization": {"Bearer " + token}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ws.Close() })
+	return ws
+}
+
+// A subscriber that stops reading is disconnected once its queue is full;
+// a fast subscriber on the same device receives every frame meanwhile.
+func TestSlowSubscriberIsDisconnected(t *testing.T) {
+	srv, h, m := newServer(t, wspeer.Config{QueueSize: 8, WriteTimeout: 2 * time.Second})
+	// The slow client has tiny socket buffers and never reads.
+	slowDialer := &websocket.Dialer{NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err == nil {
+			_ = c.(*net.TCPConn).SetReadBuffer(4096)
+		}
+		return c, err
+	}}
+	dial(t, srv, slowDialer)
+	fast := dial(t, srv, websocket.DefaultDialer)
+
+	// The fast reader reports each frame, and the publisher waits for it:
+	// the fast subscriber is never behind, the slow one falls behind at once.
+	got := make(chan struct{})
+	go func() {
+		for {
+			if _, _, err := fast.ReadMessage(); err != nil {
+				close(got)
+				return
+			}
+			got <- struct{}{}
+		}
+	}()
+
+	big := strings.Repeat("x", 32<<10)
+	sent := 0
+	for ; sent < 5000 && testutil.ToFloat64(m.Dropped) == 0; sent++ {
+		h.Broadcast(&livelog.Entry{DeviceID: "D", Type: livelog.TypeUplink, Message: big, Timestamp: livelog.Timestamp(time.Now())})
+		if _, ok := <-got; !ok {
+			t.Fatalf("fast subscriber lost after %d frames", sent)
+		}
+	}
+	if testutil.ToFloat64(m.Dropped) == 0 {
+		t.Fatalf("slow subscriber never dropped after %d frames", sent)
+	}
+	// Once dropped, the slow subscriber leaves the hub; the fast one stays.
+	deadline := time.Now().Add(5 * time.Second)
+	for h.Len() != 1 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond) // polling an observable state, bounded
+	}
+	if h.Len() != 1 {
+		t.Fatalf("hub has %d subscribers, want 1 (the fast one)", h.Len())
+	}
+	// The fast subscriber still receives.
+	h.Broadcast(&livelog.Entry{DeviceID: "D", Type: livelog.TypeStatus, Message: "end", Timestamp: livelog.Timestamp(time.Now())})
+	if _, ok := <-got; !ok {
+		t.Fatal("fast subscriber lost after the slow one was dropped")
+	}
+	t.Logf("slow subscriber dropped after %d frames of 32 KiB", sent)
+}
