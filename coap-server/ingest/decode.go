@@ -18,11 +18,11 @@ import (
 
 // Reasons an uplink is rejected. The handler maps them to CoAP codes.
 var (
-	ErrTooLarge    = errors.New("payload over the limit")                 // 4.13
-	ErrUndecodable = errors.New("undecodable payload")                    // 4.00
-	ErrDeviceID    = errors.New("invalid device ID")                      // 4.00
+	ErrTooLarge    = errors.New("payload over the limit")                   // 4.13
+	ErrUndecodable = errors.New("undecodable payload")                      // 4.00
+	ErrDeviceID    = errors.New("invalid device ID")                        // 4.00
 	ErrIdentity    = errors.New("device_id differs from the DTLS identity") // 4.03
-	ErrInvalid     = errors.New("invalid field")                          // 4.00, device known
+	ErrInvalid     = errors.New("invalid field")                            // 4.00, device known
 )
 
 // maxVersionLen bounds hw_version and fw_version, which land in text columns.
