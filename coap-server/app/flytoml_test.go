@@ -1,0 +1,264 @@
+package app_test
+
+// The deployment files cannot be deployed from here (no Fly account, no
+// Docker engine), so these tests check what can go wrong without noticing:
+// a port or protocol mismatch, UDP not bound on fly-global-services, an env
+// name coap-server never reads, a kill timeout shorter than the drain, a
+// Dockerfile building a path that is not a static main package.
+
+import (
+	"bufio"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/nbiot-live/nbiot-live/coap-server/app"
+)
+
+const repoRoot = "../.."
+
+// flyConfig is the part of fly.toml's schema the checks need.
+type flyConfig struct {
+	App         string            `toml:"app"`
+	KillSignal  string            `toml:"kill_signal"`
+	KillTimeout string            `toml:"kill_timeout"`
+	Env         map[string]string `toml:"env"`
+	Build       struct {
+		Dockerfile string `toml:"dockerfile"`
+	} `toml:"build"`
+	Services []struct {
+		Protocol         string `toml:"protocol"`
+		InternalPort     int    `toml:"internal_port"`
+		AutoStopMachines string `toml:"auto_stop_machines"`
+		MinRunning       int    `toml:"min_machines_running"`
+		Ports            []struct {
+			Port       int      `toml:"port"`
+			Handlers   []string `toml:"handlers"`
+			ForceHTTPS bool     `toml:"force_https"`
+		} `toml:"ports"`
+		HTTPChecks []struct {
+			Path   string `toml:"path"`
+			Method string `toml:"method"`
+		} `toml:"http_checks"`
+	} `toml:"services"`
+}
+
+func loadFly(t *testing.T) (flyConfig, string) {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(repoRoot, "fly.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fc flyConfig
+	if _, err := toml.Decode(string(raw), &fc); err != nil {
+		t.Fatalf("fly.toml: %v", err)
+	}
+	return fc, string(raw)
+}
+
+// secretNames are the names listed in fly.toml's "Secrets" comment block
+// ("#   NAME   what it is").
+func secretNames(raw string) []string {
+	re := regexp.MustCompile(`^#\s{3}([A-Z][A-Z0-9_]+)\s`)
+	var names []string
+	sc := bufio.NewScanner(strings.NewReader(raw))
+	for sc.Scan() {
+		if m := re.FindStringSubmatch(sc.Text()); m != nil {
+			names = append(names, m[1])
+		}
+	}
+	return names
+}
+
+// readNames calls FromEnv with fly.toml's env and placeholder secrets and
+// records every name it asks for, so branches taken only in production
+// (CoAPS on, storage set) are asked too.
+func readNames(t *testing.T, env map[string]string, secrets []string) (map[string]bool, error) {
+	t.Helper()
+	values := map[string]string{}
+	for k, v := range env {
+		values[k] = v
+	}
+	placeholders := map[string]string{
+		"WS_TOKEN":             "placeholder-token-0123456789",
+		"DATABASE_URL":         "postgresql://u:p@db.example.com:5432/postgres",
+		"SUPABASE_URL":         "https://project.supabase.co",
+		"SUPABASE_SERVICE_KEY": "sb_secret_placeholder",
+	}
+	for _, s := range secrets {
+		if v, ok := placeholders[s]; ok {
+			values[s] = v
+		}
+	}
+	asked := map[string]bool{}
+	_, err := app.FromEnv(func(k string) string {
+		asked[k] = true
+		return values[k]
+	})
+	return asked, err
+}
+
+func TestFlyTOMLEnvAndSecretsAreRead(t *testing.T) {
+	fc, raw := loadFly(t)
+	secrets := secretNames(raw)
+	for _, want := range []string{"WS_TOKEN", "SUPABASE_URL", "SUPABASE_SERVICE_KEY", "DATABASE_URL"} {
+		if !slices.Contains(secrets, want) {
+			t.Errorf("secret %s is not listed in fly.toml's comments", want)
+		}
+	}
+	asked, err := readNames(t, fc.Env, secrets)
+	if err != nil {
+		t.Fatalf("FromEnv with fly.toml's env and the secrets: %v", err)
+	}
+	for k := range fc.Env {
+		if !asked[k] {
+			t.Errorf("[env] sets %s, which coap-server's FromEnv never reads", k)
+		}
+	}
+	for _, s := range secrets {
+		if !asked[s] {
+			t.Errorf("secret %s is listed but coap-server's FromEnv never reads it", s)
+		}
+		if _, ok := fc.Env[s]; ok {
+			t.Errorf("secret %s must not be in [env] (it would be committed)", s)
+		}
+	}
+}
+
+func TestFlyTOMLServices(t *testing.T) {
+	fc, _ := loadFly(t)
+	bound := map[string]string{"COAP_ADDR": "udp", "COAPS_ADDR": "udp", "HTTP_ADDR": "tcp"}
+	for name, proto := range bound {
+		addr := fc.Env[name]
+		host, portStr, err := net.SplitHostPort(addr)
+		if err != nil {
+			t.Errorf("%s=%q: %v", name, addr, err)
+			continue
+		}
+		port, _ := strconv.Atoi(portStr)
+		if proto == "udp" && host != "fly-global-services" {
+			t.Errorf("%s=%q: UDP must bind fly-global-services (replies from 0.0.0.0 leave from the wrong address)", name, addr)
+		}
+		if proto == "tcp" && host != "" && host != "0.0.0.0" && host != "[::]" && host != "::" {
+			t.Errorf("%s=%q: TCP must bind every address", name, addr)
+		}
+		found := false
+		for _, s := range fc.Services {
+			if s.Protocol != proto || s.InternalPort != port {
+				continue
+			}
+			found = true
+			if s.AutoStopMachines != "off" {
+				t.Errorf("%s service: auto_stop_machines=%q, want \"off\" (the proxy does not wake machines for UDP)", name, s.AutoStopMachines)
+			}
+			if s.MinRunning < 1 {
+				t.Errorf("%s service: min_machines_running=%d, want ≥ 1", name, s.MinRunning)
+			}
+			if proto == "udp" {
+				if len(s.Ports) != 1 || s.Ports[0].Port != port {
+					t.Errorf("%s service: external ports %+v, want exactly %d (UDP internal port = external)", name, s.Ports, port)
+				}
+				continue
+			}
+			var tls bool
+			for _, p := range s.Ports {
+				if p.Port == 443 && slices.Contains(p.Handlers, "tls") && slices.Contains(p.Handlers, "http") {
+					tls = true
+				}
+				if p.Port == 80 && !p.ForceHTTPS {
+					t.Errorf("port 80 must redirect to https: the relay's WS_TOKEN would cross in clear")
+				}
+			}
+			if !tls {
+				t.Errorf("%s service: no port 443 with handlers tls+http", name)
+			}
+			if len(s.HTTPChecks) == 0 || s.HTTPChecks[0].Path != "/healthz" {
+				t.Errorf("%s service: want an http check on /healthz, got %+v", name, s.HTTPChecks)
+			}
+		}
+		if !found {
+			t.Errorf("%s=%q: no [[services]] with protocol %s and internal_port %d", name, addr, proto, port)
+		}
+	}
+	for _, s := range fc.Services {
+		if s.Protocol != "udp" && s.Protocol != "tcp" {
+			t.Errorf("service protocol %q", s.Protocol)
+		}
+	}
+}
+
+func TestFlyTOMLShutdownCoversDrain(t *testing.T) {
+	fc, _ := loadFly(t)
+	if fc.KillSignal != "SIGTERM" {
+		t.Errorf("kill_signal=%q: coap-server drains on SIGTERM", fc.KillSignal)
+	}
+	kill, err := time.ParseDuration(fc.KillTimeout)
+	if err != nil {
+		t.Fatalf("kill_timeout=%q: %v", fc.KillTimeout, err)
+	}
+	src, err := os.ReadFile(filepath.Join(repoRoot, "coap-server", "main.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`drainTimeout\s*=\s*(\d+)\s*\*\s*time\.Second`).FindSubmatch(src)
+	if m == nil {
+		t.Fatal("coap-server/main.go: drainTimeout = N * time.Second not found; update this test with main.go")
+	}
+	n, _ := strconv.Atoi(string(m[1]))
+	drain := time.Duration(n) * time.Second
+	if kill < drain+2*time.Second {
+		t.Errorf("kill_timeout %v leaves no margin over the %v drain: queued uplinks would be lost on deploy", kill, drain)
+	}
+}
+
+// TestDockerfiles checks that each Dockerfile builds a main package that
+// compiles without cgo (the base image has no libc) and runs as non-root.
+func TestDockerfiles(t *testing.T) {
+	fc, _ := loadFly(t)
+	if fc.Build.Dockerfile != "coap-server/Dockerfile" {
+		t.Errorf("fly.toml [build] dockerfile=%q", fc.Build.Dockerfile)
+	}
+	buildRe := regexp.MustCompile(`CGO_ENABLED=0 go build .* -o (\S+) (\./\S+)`)
+	for _, df := range []string{"coap-server/Dockerfile", "relay/Dockerfile"} {
+		t.Run(df, func(t *testing.T) {
+			raw, err := os.ReadFile(filepath.Join(repoRoot, df))
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := string(raw)
+			m := buildRe.FindStringSubmatch(s)
+			if m == nil {
+				t.Fatal("no `CGO_ENABLED=0 go build … -o OUT ./PKG` line")
+			}
+			if !regexp.MustCompile(`(?m)^USER nonroot`).MatchString(s) {
+				t.Error("the final stage must run as nonroot")
+			}
+			if !strings.Contains(s, "COPY --from=build "+m[1]+" ") {
+				t.Errorf("the final stage does not copy %s", m[1])
+			}
+			if _, err := os.Stat(filepath.Join(repoRoot, m[2], "main.go")); os.IsNotExist(err) {
+				// relay/main.go is written by another change; the check
+				// runs once it exists.
+				if df == "relay/Dockerfile" {
+					t.Skipf("%s has no main.go yet", m[2])
+				}
+				t.Fatalf("%s: no main.go", m[2])
+			}
+			cmd := exec.Command("go", "build", "-o", os.DevNull, m[2])
+			cmd.Dir = repoRoot
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("CGO_ENABLED=0 go build %s: %v\n%s", m[2], err, out)
+			}
+		})
+	}
+}
