@@ -42,6 +42,7 @@ type Server struct {
 	upgrader websocket.Upgrader
 	mu       sync.Mutex
 	peers    map[*wspeer.Peer]struct{}
+	active   int // handlers between reserve and release, upgrades included
 	closed   bool
 	wg       sync.WaitGroup
 }
@@ -86,10 +87,11 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if !s.reserve() {
+		s.Logger.Warn("ws subscriber refused: limit reached", "remote", r.RemoteAddr)
 		http.Error(w, "too many subscribers", http.StatusServiceUnavailable)
 		return
 	}
-	defer s.wg.Done()
+	defer s.release()
 	// Subscribe before the 101 goes out: every frame published after the
 	// client sees the handshake complete reaches it.
 	peer := wspeer.New(s.Peer)
@@ -129,11 +131,19 @@ func (s *Server) reserve() bool {
 	if limit <= 0 {
 		limit = DefaultMaxSubscribers
 	}
-	if s.closed || len(s.peers) >= limit {
+	if s.closed || s.active >= limit {
 		return false
 	}
+	s.active++
 	s.wg.Add(1)
 	return true
+}
+
+func (s *Server) release() {
+	s.mu.Lock()
+	s.active--
+	s.mu.Unlock()
+	s.wg.Done()
 }
 
 func (s *Server) track(p *wspeer.Peer) bool {

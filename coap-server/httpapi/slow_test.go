@@ -101,3 +101,56 @@ func TestSlowSubscriberIsDisconnected(t *testing.T) {
 	}
 	t.Logf("slow subscriber dropped after %d frames of 32 KiB", sent)
 }
+
+// The subscriber limit is enforced with 503, and a slot frees when a
+// subscriber leaves.
+func TestSubscriberLimit(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	h := hub.New(hub.NewMetrics(reg))
+	api := &httpapi.Server{Hub: h, Token: token, Gatherer: reg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), MaxSubscribers: 2}
+	srv := httptest.NewServer(api.Handler())
+	defer srv.Close()
+	defer api.CloseSubscribers()
+	url := "ws" + strings.TrimPrefix(srv.URL, "http") + "/ws"
+	hdr := http.Header{"Authorization": {"Bearer " + token}}
+	first, _, err := websocket.DefaultDialer.Dial(url, hdr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, _, err := websocket.DefaultDialer.Dial(url, hdr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	if _, resp, err := websocket.DefaultDialer.Dial(url, hdr); err == nil || resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("third subscriber: %v %v, want 503", resp, err)
+	}
+	first.Close()
+	// The slot frees once the server has seen the close: retry until then.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		third, resp, err := websocket.DefaultDialer.Dial(url, hdr)
+		if err == nil {
+			third.Close()
+			break
+		}
+		if resp == nil || resp.StatusCode != http.StatusServiceUnavailable || time.Now().After(deadline) {
+			t.Fatalf("after one left: %v %v", resp, err)
+		}
+		time.Sleep(5 * time.Millisecond) // polling an observable state, bounded
+	}
+}
+
+// A client that never answers pings is disconnected after PongTimeout.
+func TestSilentSubscriberTimesOut(t *testing.T) {
+	srv, h, _ := newServer(t, wspeer.Config{PingInterval: 20 * time.Millisecond, PongTimeout: 100 * time.Millisecond})
+	ws := dial(t, srv, websocket.DefaultDialer) // never reads, so never answers a ping
+	_ = ws
+	deadline := time.Now().Add(5 * time.Second)
+	for h.Len() != 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond) // polling an observable state, bounded
+	}
+	if h.Len() != 0 {
+		t.Fatal("silent subscriber still registered")
+	}
+}
