@@ -1,0 +1,36 @@
+// Package access decides whether a signed-in user may watch a device. The
+// database's own row level security decides: the user must be able to read
+// the device's row in public.devices, checked either directly in Postgres
+// (as role authenticated with the user's claims, the way PostgREST runs a
+// request) or through Supabase REST with the user's token. Answers are
+// cached briefly and checks run with bounded concurrency.
+package access
+
+import (
+	"context"
+	"errors"
+
+	"github.com/nbiot-live/nbiot-live/relay/auth"
+)
+
+// Sentinel errors. The HTTP edge maps ErrDenied to 403 and ErrUnavailable
+// to 503.
+var (
+	ErrDenied      = errors.New("access: device not visible to this user")
+	ErrUnavailable = errors.New("access: check unavailable")
+)
+
+// Checker answers one access question: nil when the user may read the
+// device, an error wrapping ErrDenied when not, and one wrapping
+// ErrUnavailable when the backend could not answer.
+type Checker interface {
+	Check(ctx context.Context, c *auth.Claims, token, deviceID string) error
+}
+
+// CheckerFunc adapts a function to Checker.
+type CheckerFunc func(ctx context.Context, c *auth.Claims, token, deviceID string) error
+
+// Check implements Checker.
+func (f CheckerFunc) Check(ctx context.Context, c *auth.Claims, token, deviceID string) error {
+	return f(ctx, c, token, deviceID)
+}

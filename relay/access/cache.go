@@ -1,0 +1,185 @@
+package access
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/nbiot-live/nbiot-live/relay/auth"
+)
+
+// CacheConfig tunes Cached. The zero value of a field takes the default.
+type CacheConfig struct {
+	// Allow is how long a positive answer is reused. Default 30 s: a
+	// browser reconnecting after a blip does not query the database again,
+	// and a device given away stops being watchable by new connections
+	// within half a minute (open ones are not cut).
+	Allow time.Duration
+	// Deny is how long a negative answer is reused. Default 5 s: short, so
+	// a device just claimed becomes watchable at once, long enough that a
+	// client hammering a foreign device costs one query per 5 s.
+	Deny time.Duration
+	// MaxEntries bounds the cache (keyed by user and device, both chosen by
+	// remote parties). Default 10000; when full, expired entries go first,
+	// then arbitrary ones (counted).
+	MaxEntries int
+	// MaxConcurrent bounds checks running at once. Default 8: the Postgres
+	// pool or the REST API are never stormed by a burst of reconnects;
+	// waiting requests give up with their context (ErrUnavailable).
+	MaxConcurrent int
+	// Now is the clock for expiry. Default time.Now.
+	Now func() time.Time
+}
+
+func (c CacheConfig) withDefaults() CacheConfig {
+	if c.Allow <= 0 {
+		c.Allow = 30 * time.Second
+	}
+	if c.Deny <= 0 {
+		c.Deny = 5 * time.Second
+	}
+	if c.MaxEntries <= 0 {
+		c.MaxEntries = 10000
+	}
+	if c.MaxConcurrent <= 0 {
+		c.MaxConcurrent = 8
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c
+}
+
+// Metrics counts access checks.
+type Metrics struct {
+	// Checks by result: allowed, denied, error; cache hits are labelled
+	// allowed_cached / denied_cached.
+	Checks    *prometheus.CounterVec
+	Evictions prometheus.Counter
+}
+
+// NewMetrics registers the access metrics on reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Checks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nbiot_relay_access_checks_total", Help: "Device access checks by result.",
+		}, []string{"result"}),
+		Evictions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nbiot_relay_access_cache_evictions_total", Help: "Unexpired access answers evicted because the cache was full.",
+		}),
+	}
+	reg.MustRegister(m.Checks, m.Evictions)
+	return m
+}
+
+type entry struct {
+	allowed bool
+	expires time.Time
+}
+
+// Cached wraps a Checker with a bounded answer cache and a concurrency
+// limit. Backend errors are never cached.
+type Cached struct {
+	inner   Checker
+	cfg     CacheConfig
+	metrics *Metrics
+	sem     chan struct{}
+
+	mu      sync.Mutex
+	entries map[string]entry
+}
+
+// NewCached wraps inner.
+func NewCached(inner Checker, cfg CacheConfig, m *Metrics) *Cached {
+	cfg = cfg.withDefaults()
+	return &Cached{
+		inner:   inner,
+		cfg:     cfg,
+		metrics: m,
+		sem:     make(chan struct{}, cfg.MaxConcurrent),
+		entries: make(map[string]entry),
+	}
+}
+
+// Check implements Checker.
+func (c *Cached) Check(ctx context.Context, cl *auth.Claims, token, deviceID string) error {
+	// The subject and role are what the RLS policies see (auth.uid()).
+	key := cl.Subject + "\x00" + cl.Role + "\x00" + deviceID
+	if allowed, ok := c.lookup(key); ok {
+		if allowed {
+			c.metrics.Checks.WithLabelValues("allowed_cached").Inc()
+			return nil
+		}
+		c.metrics.Checks.WithLabelValues("denied_cached").Inc()
+		return ErrDenied
+	}
+	select {
+	case c.sem <- struct{}{}:
+	case <-ctx.Done():
+		c.metrics.Checks.WithLabelValues("error").Inc()
+		return fmt.Errorf("%w: too many checks in flight: %v", ErrUnavailable, ctx.Err())
+	}
+	err := c.inner.Check(ctx, cl, token, deviceID)
+	<-c.sem
+	switch {
+	case err == nil:
+		c.store(key, true)
+		c.metrics.Checks.WithLabelValues("allowed").Inc()
+	case errors.Is(err, ErrDenied):
+		c.store(key, false)
+		c.metrics.Checks.WithLabelValues("denied").Inc()
+	default:
+		c.metrics.Checks.WithLabelValues("error").Inc()
+	}
+	return err
+}
+
+func (c *Cached) lookup(key string) (allowed, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.entries[key]
+	if !ok {
+		return false, false
+	}
+	if !c.cfg.Now().Before(e.expires) {
+		delete(c.entries, key)
+		return false, false
+	}
+	return e.allowed, true
+}
+
+func (c *Cached) store(key string, allowed bool) {
+	ttl := c.cfg.Deny
+	if allowed {
+		ttl = c.cfg.Allow
+	}
+	now := c.cfg.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, exists := c.entries[key]; !exists && len(c.entries) >= c.cfg.MaxEntries {
+		for k, e := range c.entries {
+			if !now.Before(e.expires) {
+				delete(c.entries, k)
+			}
+		}
+		for k := range c.entries {
+			if len(c.entries) < c.cfg.MaxEntries {
+				break
+			}
+			delete(c.entries, k)
+			c.metrics.Evictions.Inc()
+		}
+	}
+	c.entries[key] = entry{allowed: allowed, expires: now.Add(ttl)}
+}
+
+// Len is the number of cached answers, for tests.
+func (c *Cached) Len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.entries)
+}

@@ -1,0 +1,69 @@
+package access
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+
+	"github.com/nbiot-live/nbiot-live/relay/auth"
+)
+
+// maxRESTBody bounds the answer read from PostgREST: one row is ~20 bytes.
+const maxRESTBody = 64 << 10
+
+// REST checks access through Supabase's REST API (PostgREST) with the
+// user's own token, so the same RLS policies decide:
+// GET <SUPABASE_URL>/rest/v1/devices?select=devid&devid=eq.<id>.
+type REST struct {
+	// BaseURL is SUPABASE_URL without a trailing slash.
+	BaseURL string
+	// APIKey is the anon JWT or an sb_publishable_ key, sent as apikey only:
+	// the user's token is the Authorization (NOTES: new keys are not JWTs).
+	APIKey string
+	// Client has a timeout; the check's context bounds it too.
+	Client *http.Client
+}
+
+// Check implements Checker.
+func (r *REST) Check(ctx context.Context, _ *auth.Claims, token, deviceID string) error {
+	u := r.BaseURL + "/rest/v1/devices?select=devid&limit=1&devid=eq." + url.QueryEscape(deviceID)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return fmt.Errorf("%w: request: %v", ErrUnavailable, err)
+	}
+	req.Header.Set("apikey", r.APIKey)
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Accept", "application/json")
+	resp, err := r.Client.Do(req)
+	if err != nil {
+		// *url.Error quotes the URL; it holds no secret (the token is a header).
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	defer resp.Body.Close()
+	body := io.LimitReader(resp.Body, maxRESTBody)
+	switch {
+	case resp.StatusCode == http.StatusOK:
+	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
+		// PostgREST refused the user's token or the table: not visible.
+		_, _ = io.Copy(io.Discard, body)
+		return fmt.Errorf("%w: rest status %d", ErrDenied, resp.StatusCode)
+	default:
+		_, _ = io.Copy(io.Discard, body)
+		return fmt.Errorf("%w: rest status %d", ErrUnavailable, resp.StatusCode)
+	}
+	var rows []struct {
+		DevID string `json:"devid"`
+	}
+	if err := json.NewDecoder(body).Decode(&rows); err != nil {
+		return fmt.Errorf("%w: rest body: %v", ErrUnavailable, err)
+	}
+	for _, row := range rows {
+		if row.DevID == deviceID {
+			return nil
+		}
+	}
+	return ErrDenied
+}

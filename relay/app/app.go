@@ -1,0 +1,210 @@
+// Package app wires the relay: token verification, the device access
+// check, the shared upstream links to coap-server and the browser
+// WebSocket, plus the Live Logs page, health and metrics. main only reads
+// the configuration and handles signals; tests run the whole program with
+// 127.0.0.1:0 addresses.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/nbiot-live/nbiot-live/relay/access"
+	"github.com/nbiot-live/nbiot-live/relay/auth"
+	"github.com/nbiot-live/nbiot-live/relay/browser"
+	"github.com/nbiot-live/nbiot-live/relay/upstream"
+	"github.com/nbiot-live/nbiot-live/relay/web"
+)
+
+// App is one relay process.
+type App struct {
+	cfg Config
+	log *slog.Logger
+	// Metrics is the relay's Prometheus registry (served on /metrics).
+	Metrics *prometheus.Registry
+
+	upstreamMetrics *upstream.Metrics
+	browserMetrics  *browser.Metrics
+	accessMetrics   *access.Metrics
+
+	bg        context.Context // ends background work (JWKS refresh) at Shutdown
+	bgCancel  context.CancelFunc
+	pg        *access.Postgres
+	upstreams *upstream.Manager
+	browsers  *browser.Handler
+	httpSrv   *http.Server
+	httpLn    net.Listener
+
+	wg       sync.WaitGroup
+	shutOnce sync.Once
+	shutErr  error
+}
+
+// New builds the program from cfg without binding or dialing anything.
+func New(cfg Config, logger *slog.Logger) *App {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	bg, cancel := context.WithCancel(context.Background())
+	return &App{
+		cfg: cfg, log: logger, Metrics: reg,
+		upstreamMetrics: upstream.NewMetrics(reg),
+		browserMetrics:  browser.NewMetrics(reg),
+		accessMetrics:   access.NewMetrics(reg),
+		bg:              bg, bgCancel: cancel,
+	}
+}
+
+// Start sets up verification and access checks and binds the listener. On
+// error, what was opened is closed.
+func (a *App) Start(ctx context.Context) (err error) {
+	defer func() {
+		if err != nil {
+			_ = a.Shutdown(context.Background())
+		}
+	}()
+	a.upstreams = upstream.New(upstream.Config{
+		URL:        a.cfg.UpstreamURL,
+		Token:      a.cfg.UpstreamToken,
+		NewBackOff: a.cfg.UpstreamBackOff,
+		MaxDevices: a.cfg.MaxDevices,
+		Now:        a.cfg.Now,
+		Logger:     a.log,
+		Metrics:    a.upstreamMetrics,
+	})
+	a.browsers = &browser.Handler{
+		AuthDisabled:   a.cfg.AuthDisabled,
+		Upstreams:      a.upstreams,
+		Origins:        a.cfg.AllowedOrigins,
+		Peer:           a.cfg.Peer,
+		MaxConnections: a.cfg.MaxConnections,
+		Logger:         a.log,
+		Metrics:        a.browserMetrics,
+	}
+	if a.cfg.AuthDisabled {
+		a.log.Warn("AUTH DISABLED (AUTH_DISABLED=true): anyone who can reach this relay can watch any device. Local development only!")
+	} else if err := a.setupAuth(ctx); err != nil {
+		return err
+	}
+	a.httpLn, err = net.Listen("tcp", a.cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("HTTP_ADDR: listen: %w", err)
+	}
+	a.httpSrv = &http.Server{
+		Handler:           a.routes(),
+		ReadHeaderTimeout: 10 * time.Second,
+		MaxHeaderBytes:    32 << 10,
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
+	}
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		if err := a.httpSrv.Serve(a.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("listener stopped", "err", err)
+		}
+	}()
+	a.log.Info("relay listening", "addr", a.httpLn.Addr().String(), "access", a.cfg.AccessMode())
+	return nil
+}
+
+func (a *App) setupAuth(ctx context.Context) error {
+	v, err := auth.NewVerifier(a.bg, auth.Options{
+		JWKSURL:         a.cfg.JWKSURL(),
+		Secret:          []byte(a.cfg.SupabaseJWTSecret),
+		Issuer:          a.cfg.Issuer(),
+		UnknownKIDEvery: a.cfg.JWKSUnknownKIDEvery,
+		Now:             a.cfg.Now,
+	})
+	if err != nil {
+		return fmt.Errorf("SUPABASE_URL: %w", err)
+	}
+	a.browsers.Verifier = v
+	var checker access.Checker
+	switch a.cfg.AccessMode() {
+	case AccessPostgres:
+		a.pg, err = access.NewPostgres(ctx, a.cfg.DatabaseURL, 4)
+		if err != nil {
+			return fmt.Errorf("DATABASE_URL: %w", err)
+		}
+		checker = a.pg
+	default:
+		checker = &access.REST{
+			BaseURL: a.cfg.SupabaseURL,
+			APIKey:  a.cfg.SupabaseAnonKey,
+			Client:  &http.Client{Timeout: 5 * time.Second},
+		}
+	}
+	cc := a.cfg.AccessCache
+	if cc.Now == nil {
+		cc.Now = a.cfg.Now
+	}
+	a.browsers.Access = access.NewCached(checker, cc, a.accessMetrics)
+	return nil
+}
+
+func (a *App) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /device-logs", a.browsers)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.Metrics, promhttp.HandlerOpts{}))
+	mux.Handle("/", web.Handler())
+	return mux
+}
+
+// HTTPAddr is the bound HTTP address.
+func (a *App) HTTPAddr() net.Addr { return a.httpLn.Addr() }
+
+// WatchedDevices is the number of open upstream links, for tests.
+func (a *App) WatchedDevices() int { return a.upstreams.Devices() }
+
+// Shutdown closes the upstream links, disconnects the browsers with a
+// going-away close frame and stops HTTP, within ctx. It is idempotent.
+func (a *App) Shutdown(ctx context.Context) error {
+	a.shutOnce.Do(func() {
+		var errs []error
+		// Links first: a browser waiting for its first upstream connect is
+		// released at once instead of holding shutdown up.
+		if a.upstreams != nil {
+			a.upstreams.Close()
+		}
+		if a.browsers != nil {
+			a.browsers.CloseAll()
+		}
+		if a.httpSrv != nil {
+			if err := a.httpSrv.Shutdown(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("http shutdown: %w", err))
+			}
+		}
+		a.wg.Wait()
+		a.bgCancel()
+		if a.pg != nil {
+			a.pg.Close()
+		}
+		a.shutErr = errors.Join(errs...)
+	})
+	return a.shutErr
+}
+
+// Run starts the program and serves until ctx ends, then shuts down within drain.
+func Run(ctx context.Context, cfg Config, logger *slog.Logger, drain time.Duration) error {
+	a := New(cfg, logger)
+	if err := a.Start(ctx); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	logger.Info("shutting down", "drain", drain.String())
+	sctx, cancel := context.WithTimeout(context.Background(), drain)
+	defer cancel()
+	return a.Shutdown(sctx)
+}

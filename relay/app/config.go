@@ -1,0 +1,196 @@
+package app
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+
+	"github.com/nbiot-live/nbiot-live/internal/wspeer"
+	"github.com/nbiot-live/nbiot-live/relay/access"
+	"github.com/nbiot-live/nbiot-live/relay/browser"
+)
+
+// Config is the relay's configuration. FromEnv fills it from the
+// environment; every field documents its variable and default. The fields
+// after the environment ones are for tests and embedding (zero = default).
+type Config struct {
+	// HTTPAddr (HTTP_ADDR, default ":8090") serves /device-logs, /, /healthz, /metrics.
+	HTTPAddr string
+	// UpstreamURL (UPSTREAM_URL, default "ws://localhost:8080/ws") is
+	// coap-server's live-log WebSocket.
+	UpstreamURL string
+	// UpstreamToken (UPSTREAM_TOKEN, required) is coap-server's WS_TOKEN.
+	UpstreamToken string
+	// SupabaseURL (SUPABASE_URL) gives the JWKS
+	// (<url>/auth/v1/.well-known/jwks.json), the expected issuer
+	// (<url>/auth/v1) and, with SupabaseAnonKey, the REST access check.
+	SupabaseURL string
+	// SupabaseAnonKey (SUPABASE_ANON_KEY): anon JWT or sb_publishable_ key.
+	SupabaseAnonKey string
+	// SupabaseJWTSecret (SUPABASE_JWT_SECRET): legacy HS256 projects.
+	SupabaseJWTSecret string
+	// DatabaseURL (DATABASE_URL) checks access directly in Postgres under
+	// the same RLS policies; it wins over the REST check when both are set.
+	DatabaseURL string
+	// AllowedOrigins (ALLOWED_ORIGINS, default none: the relay's own page
+	// only) are the web origins allowed to open /device-logs; "*" = any.
+	AllowedOrigins browser.Origins
+	// AuthDisabled (AUTH_DISABLED=true) skips authentication and access
+	// checks: local development only, logged as a warning at start.
+	AuthDisabled bool
+	// MaxConnections (MAX_CONNECTIONS, default 20000) bounds browser connections.
+	MaxConnections int
+	// MaxDevices (MAX_WATCHED_DEVICES, default 1000) bounds devices watched
+	// at once, i.e. upstream links to coap-server.
+	MaxDevices int
+	// LogLevel (LOG_LEVEL, default "info"): debug, info, warn, error.
+	LogLevel slog.Level
+
+	// UpstreamBackOff is the reconnect policy (default upstream.DefaultBackOff).
+	UpstreamBackOff func() *backoff.ExponentialBackOff
+	// JWKSUnknownKIDEvery rate-limits JWKS refetches on an unknown kid (default 30 s).
+	JWKSUnknownKIDEvery time.Duration
+	// AccessCache tunes the access answer cache (defaults: 30 s / 5 s, 10000 entries).
+	AccessCache access.CacheConfig
+	// Peer tunes browser connections (internal/wspeer defaults).
+	Peer wspeer.Config
+	// Now is the clock of token expiry and status entries (default time.Now).
+	Now func() time.Time
+}
+
+// Access check modes, from the configuration.
+const (
+	AccessNone     = "none" // AUTH_DISABLED
+	AccessPostgres = "postgres"
+	AccessREST     = "rest"
+)
+
+// AccessMode says how device access is checked.
+func (c Config) AccessMode() string {
+	switch {
+	case c.AuthDisabled:
+		return AccessNone
+	case c.DatabaseURL != "":
+		return AccessPostgres
+	default:
+		return AccessREST
+	}
+}
+
+// JWKSURL is the project's key set, or "" without SUPABASE_URL.
+func (c Config) JWKSURL() string {
+	if c.SupabaseURL == "" {
+		return ""
+	}
+	return c.SupabaseURL + "/auth/v1/.well-known/jwks.json"
+}
+
+// Issuer is the iss claim of the project's tokens, or "" without SUPABASE_URL.
+func (c Config) Issuer() string {
+	if c.SupabaseURL == "" {
+		return ""
+	}
+	return c.SupabaseURL + "/auth/v1"
+}
+
+// FromEnv reads the configuration through getenv (os.Getenv in main) and
+// validates it. An error names the variable at fault and never its value.
+func FromEnv(getenv func(string) string) (Config, error) {
+	c := Config{
+		HTTPAddr:          or(getenv("HTTP_ADDR"), ":8090"),
+		UpstreamURL:       or(getenv("UPSTREAM_URL"), "ws://localhost:8080/ws"),
+		UpstreamToken:     getenv("UPSTREAM_TOKEN"),
+		SupabaseURL:       strings.TrimRight(getenv("SUPABASE_URL"), "/"),
+		SupabaseAnonKey:   getenv("SUPABASE_ANON_KEY"),
+		SupabaseJWTSecret: getenv("SUPABASE_JWT_SECRET"),
+		DatabaseURL:       getenv("DATABASE_URL"),
+		MaxConnections:    browser.DefaultMaxConnections,
+		MaxDevices:        1000,
+	}
+	var err error
+	if c.AllowedOrigins, err = browser.ParseOrigins(getenv("ALLOWED_ORIGINS")); err != nil {
+		return c, fmt.Errorf("ALLOWED_ORIGINS: %w", err)
+	}
+	switch v := strings.ToLower(getenv("AUTH_DISABLED")); v {
+	case "", "false", "0":
+	case "true", "1":
+		c.AuthDisabled = true
+	default:
+		return c, errors.New("AUTH_DISABLED: want true or false")
+	}
+	if c.MaxConnections, err = intVar(getenv, "MAX_CONNECTIONS", c.MaxConnections, 1, 1_000_000); err != nil {
+		return c, err
+	}
+	if c.MaxDevices, err = intVar(getenv, "MAX_WATCHED_DEVICES", c.MaxDevices, 1, 100_000); err != nil {
+		return c, err
+	}
+	if v := getenv("LOG_LEVEL"); v != "" {
+		if err := c.LogLevel.UnmarshalText([]byte(v)); err != nil {
+			return c, errors.New("LOG_LEVEL: want debug, info, warn or error")
+		}
+	}
+	return c, c.Validate()
+}
+
+// Validate checks the configuration once, at start.
+func (c Config) Validate() error {
+	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+		return errors.New("HTTP_ADDR: want host:port, e.g. :8090")
+	}
+	if u, err := url.Parse(c.UpstreamURL); err != nil || (u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" || u.User != nil {
+		return errors.New("UPSTREAM_URL: want ws://host:port/ws or wss://host/ws (token in UPSTREAM_TOKEN, not in the URL)")
+	}
+	if c.UpstreamToken == "" {
+		return errors.New("UPSTREAM_TOKEN is required: coap-server's WS_TOKEN")
+	}
+	if c.SupabaseURL != "" {
+		u, err := url.Parse(c.SupabaseURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.RawQuery != "" {
+			return errors.New("SUPABASE_URL: want https://<project>.supabase.co")
+		}
+	}
+	if c.DatabaseURL != "" {
+		if u, err := url.Parse(c.DatabaseURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+			return errors.New("DATABASE_URL: want postgresql://user:password@host:5432/db")
+		}
+	}
+	if c.AuthDisabled {
+		return nil
+	}
+	if c.SupabaseURL == "" && c.SupabaseJWTSecret == "" {
+		return errors.New("SUPABASE_URL (JWKS) or SUPABASE_JWT_SECRET (legacy HS256) is required to verify users (or AUTH_DISABLED=true for local development)")
+	}
+	if c.SupabaseJWTSecret != "" && len(c.SupabaseJWTSecret) < 32 {
+		return errors.New("SUPABASE_JWT_SECRET is too short: Supabase JWT secrets have at least 32 characters")
+	}
+	if c.DatabaseURL == "" && (c.SupabaseURL == "" || c.SupabaseAnonKey == "") {
+		return errors.New("DATABASE_URL, or SUPABASE_URL with SUPABASE_ANON_KEY, is required to check device access (or AUTH_DISABLED=true for local development)")
+	}
+	return nil
+}
+
+func or(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
+func intVar(getenv func(string) string, name string, def, lo, hi int) (int, error) {
+	v := getenv(name)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < lo || n > hi {
+		return 0, fmt.Errorf("%s: want an integer from %d to %d", name, lo, hi)
+	}
+	return n, nil
+}

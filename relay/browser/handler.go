@@ -1,0 +1,243 @@
+// Package browser serves GET /device-logs: it authenticates the browser,
+// checks that the user may see the device, attaches the connection to the
+// device's shared upstream link and runs it with internal/wspeer (bounded
+// queue, ping/pong, read limit, slow-client disconnect).
+package browser
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/nbiot-live/nbiot-live/internal/livelog"
+	"github.com/nbiot-live/nbiot-live/internal/wspeer"
+	"github.com/nbiot-live/nbiot-live/relay/access"
+	"github.com/nbiot-live/nbiot-live/relay/auth"
+	"github.com/nbiot-live/nbiot-live/relay/upstream"
+)
+
+// Verifier verifies a user's access token (*auth.Verifier).
+type Verifier interface {
+	Verify(ctx context.Context, token string) (*auth.Claims, error)
+}
+
+// DefaultMaxConnections bounds browser connections: each costs two
+// goroutines, a queue and a socket (about 10 KiB, see the benchmark).
+const DefaultMaxConnections = 20000
+
+// Handler serves /device-logs. Set the fields, then call ServeHTTP.
+type Handler struct {
+	// Verifier and Access authenticate and authorize; both nil only with
+	// AuthDisabled.
+	Verifier     Verifier
+	Access       access.Checker
+	AuthDisabled bool
+	Upstreams    *upstream.Manager
+	Origins      Origins
+	Peer         wspeer.Config
+	// MaxConnections bounds open browser connections. Default DefaultMaxConnections.
+	MaxConnections int
+	// CheckTimeout bounds token verification plus the access check.
+	// Default 5 s.
+	CheckTimeout time.Duration
+	// FirstConnectWait bounds how long the first watcher of a device waits
+	// for its upstream before the handshake is answered. Default 5 s.
+	FirstConnectWait time.Duration
+	Logger           *slog.Logger
+	Metrics          *Metrics
+
+	initOnce sync.Once
+	upgrader websocket.Upgrader
+	mu       sync.Mutex
+	peers    map[*wspeer.Peer]struct{}
+	reserved int
+	closed   bool
+	wg       sync.WaitGroup
+}
+
+func (h *Handler) init() {
+	h.initOnce.Do(func() {
+		h.peers = make(map[*wspeer.Peer]struct{})
+		if h.MaxConnections <= 0 {
+			h.MaxConnections = DefaultMaxConnections
+		}
+		if h.CheckTimeout <= 0 {
+			h.CheckTimeout = 5 * time.Second
+		}
+		if h.FirstConnectWait <= 0 {
+			h.FirstConnectWait = 5 * time.Second
+		}
+		h.upgrader = websocket.Upgrader{
+			// Reuse the HTTP server's read buffer and pool write buffers:
+			// an idle connection then holds no write buffer at all.
+			WriteBufferPool: &sync.Pool{},
+			// Only the non-secret protocol is ever echoed (auth.Subprotocol).
+			Subprotocols: []string{auth.Subprotocol},
+			// Origins are checked before any work, in ServeHTTP.
+			CheckOrigin: func(*http.Request) bool { return true },
+		}
+	})
+}
+
+// ServeHTTP implements http.Handler. The order of checks puts the cheap
+// ones first; nothing here logs the request URL, which may hold a token.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h.init()
+	if !h.Origins.Allowed(r) {
+		h.reject(w, RejectOrigin, http.StatusForbidden, "origin not allowed (ALLOWED_ORIGINS)")
+		return
+	}
+	device := r.URL.Query().Get("deviceId")
+	if !livelog.ValidDeviceID(device) {
+		h.reject(w, RejectDeviceID, http.StatusBadRequest, "invalid deviceId: must match ^[A-Za-z0-9_-]{1,64}$")
+		return
+	}
+	if !h.AuthDisabled {
+		if status, reason, msg := h.authorize(r, device); status != 0 {
+			if status == http.StatusUnauthorized {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="nbiot-live", error="invalid_token"`)
+			}
+			h.reject(w, reason, status, msg)
+			return
+		}
+	}
+	if !h.reserve() {
+		h.reject(w, RejectLimit, http.StatusServiceUnavailable, "too many connections")
+		return
+	}
+	defer h.release()
+	h.serve(w, r, device)
+}
+
+// authorize returns 0 when the request may proceed, else the status,
+// metric reason and a message without secrets.
+func (h *Handler) authorize(r *http.Request, device string) (int, string, string) {
+	token, source, err := auth.FromRequest(r)
+	if err != nil {
+		h.Metrics.AuthFailures.WithLabelValues(auth.Reason(err)).Inc()
+		return http.StatusUnauthorized, RejectAuth, "missing or invalid token"
+	}
+	if source == auth.SourceSubprotocol && !auth.OffersSubprotocol(r) {
+		// A browser fails a handshake whose answer names no protocol it
+		// offered, and the token entry itself must never be echoed.
+		return http.StatusBadRequest, RejectProtocol, `offer the "nbiot-live" subprotocol with the token entry`
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.CheckTimeout)
+	defer cancel()
+	claims, err := h.Verifier.Verify(ctx, token)
+	if err != nil {
+		reason := auth.Reason(err)
+		h.Metrics.AuthFailures.WithLabelValues(reason).Inc()
+		h.Logger.Debug("token rejected", "remote", r.RemoteAddr, "device", device, "reason", reason)
+		return http.StatusUnauthorized, RejectAuth, "missing or invalid token"
+	}
+	h.Metrics.TokenSources.WithLabelValues(source).Inc()
+	if err := h.Access.Check(ctx, claims, token, device); err != nil {
+		if errors.Is(err, access.ErrDenied) {
+			return http.StatusForbidden, RejectDenied, "device not visible to this user"
+		}
+		h.Logger.Warn("access check failed", "remote", r.RemoteAddr, "device", device, "err", err)
+		return http.StatusServiceUnavailable, RejectUnavailable, "access check unavailable, retry later"
+	}
+	return 0, "", ""
+}
+
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request, device string) {
+	// The peer queues frames from the moment it watches; its first frames
+	// are written once the handshake is done.
+	peer := wspeer.New(h.Peer)
+	watch, err := h.Upstreams.Watch(device, peer)
+	if err != nil {
+		h.reject(w, RejectLimit, http.StatusServiceUnavailable, "too many watched devices")
+		return
+	}
+	defer watch.Close()
+	// The first watcher of a device waits for the upstream subscription,
+	// so that no uplink sent after this browser's handshake is lost.
+	wctx, cancel := context.WithTimeout(r.Context(), h.FirstConnectWait)
+	watch.WaitFirstAttempt(wctx)
+	cancel()
+	conn, err := h.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		return // Upgrade has answered the client.
+	}
+	if !h.track(peer) {
+		peer.Close(wspeer.ErrClosed)
+	}
+	defer h.untrack(peer)
+	h.Metrics.Accepted.Inc()
+	h.Metrics.Connections.Inc()
+	defer h.Metrics.Connections.Dec()
+	h.Logger.Debug("browser connected", "remote", r.RemoteAddr, "device", device)
+	reason := peer.Run(conn)
+	h.Metrics.Disconnects.WithLabelValues(disconnectReason(reason)).Inc()
+	h.Logger.Debug("browser gone", "remote", r.RemoteAddr, "device", device, "err", reason)
+}
+
+func disconnectReason(err error) string {
+	switch {
+	case errors.Is(err, wspeer.ErrSlow):
+		return "slow"
+	case errors.Is(err, wspeer.ErrClosed):
+		return "server"
+	default:
+		return "gone"
+	}
+}
+
+func (h *Handler) reject(w http.ResponseWriter, reason string, status int, msg string) {
+	h.Metrics.Rejected.WithLabelValues(reason).Inc()
+	http.Error(w, msg, status)
+}
+
+func (h *Handler) reserve() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed || h.reserved >= h.MaxConnections {
+		return false
+	}
+	h.reserved++
+	h.wg.Add(1)
+	return true
+}
+
+func (h *Handler) release() {
+	h.mu.Lock()
+	h.reserved--
+	h.mu.Unlock()
+	h.wg.Done()
+}
+
+func (h *Handler) track(p *wspeer.Peer) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return false
+	}
+	h.peers[p] = struct{}{}
+	return true
+}
+
+func (h *Handler) untrack(p *wspeer.Peer) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.peers, p)
+}
+
+// CloseAll disconnects every browser with a going-away close frame and
+// waits for their handlers to return. It is idempotent.
+func (h *Handler) CloseAll() {
+	h.init()
+	h.mu.Lock()
+	h.closed = true
+	for p := range h.peers {
+		p.Close(wspeer.ErrClosed)
+	}
+	h.mu.Unlock()
+	h.wg.Wait()
+}
