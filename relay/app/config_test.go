@@ -1,0 +1,76 @@
+package app_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/nbiot-live/nbiot-live/relay/app"
+)
+
+func TestFromEnvDefaults(t *testing.T) {
+	cfg, err := app.FromEnv(env(map[string]string{"UPSTREAM_TOKEN": "t", "AUTH_DISABLED": "true"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.HTTPAddr != ":8090" || cfg.UpstreamURL != "ws://localhost:8080/ws" || !cfg.AuthDisabled || cfg.AccessMode() != app.AccessNone {
+		t.Errorf("defaults: %+v", cfg)
+	}
+	cfg, err = app.FromEnv(env(map[string]string{"UPSTREAM_TOKEN": "t", "SUPABASE_URL": "https://x.supabase.co/", "SUPABASE_ANON_KEY": "sb_publishable_x"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.AccessMode() != app.AccessREST || cfg.JWKSURL() != "https://x.supabase.co/auth/v1/.well-known/jwks.json" || cfg.Issuer() != "https://x.supabase.co/auth/v1" {
+		t.Errorf("REST mode: %+v", cfg)
+	}
+}
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+// TestFromEnvErrorsNameTheVariable checks that every bad setting stops
+// the start with one line naming the variable, and never a secret's value.
+func TestFromEnvErrorsNameTheVariable(t *testing.T) {
+	const secret = "s3cr3t-value-never-printed"
+	ok := map[string]string{"UPSTREAM_TOKEN": secret, "SUPABASE_JWT_SECRET": secret + "-0123456789abcdef", "DATABASE_URL": "postgresql://u:" + secret + "@h/db"}
+	cases := []struct {
+		name, variable string
+		set            map[string]string
+	}{
+		{"no upstream token", "UPSTREAM_TOKEN", map[string]string{"UPSTREAM_TOKEN": ""}},
+		{"bad upstream url", "UPSTREAM_URL", map[string]string{"UPSTREAM_URL": "http://" + secret}},
+		{"bad http addr", "HTTP_ADDR", map[string]string{"HTTP_ADDR": "8090"}},
+		{"no verification", "SUPABASE_JWT_SECRET", map[string]string{"SUPABASE_JWT_SECRET": ""}},
+		{"short secret", "SUPABASE_JWT_SECRET", map[string]string{"SUPABASE_JWT_SECRET": "short-" + secret[:3]}},
+		{"no access check", "DATABASE_URL", map[string]string{"DATABASE_URL": ""}},
+		{"rest without key", "SUPABASE_ANON_KEY", map[string]string{"DATABASE_URL": "", "SUPABASE_URL": "https://x.supabase.co"}},
+		{"bad database url", "DATABASE_URL", map[string]string{"DATABASE_URL": "mysql://" + secret}},
+		{"bad supabase url", "SUPABASE_URL", map[string]string{"SUPABASE_URL": "ftp://" + secret}},
+		{"bad origin", "ALLOWED_ORIGINS", map[string]string{"ALLOWED_ORIGINS": "https://ok.example.com,example.com/path"}},
+		{"bad auth flag", "AUTH_DISABLED", map[string]string{"AUTH_DISABLED": "yes"}},
+		{"bad max connections", "MAX_CONNECTIONS", map[string]string{"MAX_CONNECTIONS": "0"}},
+		{"bad log level", "LOG_LEVEL", map[string]string{"LOG_LEVEL": "loud"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			m := map[string]string{}
+			for k, v := range ok {
+				m[k] = v
+			}
+			for k, v := range tc.set {
+				m[k] = v
+			}
+			_, err := app.FromEnv(env(m))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if !strings.Contains(err.Error(), tc.variable) || strings.Contains(err.Error(), secret) || strings.Contains(err.Error(), "\n") {
+				t.Errorf("error %q: want one line naming %s without the secret", err, tc.variable)
+			}
+		})
+	}
+	if _, err := app.FromEnv(env(ok)); err != nil {
+		t.Errorf("valid configuration refused: %v", err)
+	}
+	if _, err := app.FromEnv(env(map[string]string{"UPSTREAM_TOKEN": "t", "AUTH_DISABLED": "true", "ALLOWED_ORIGINS": "*"})); err != nil {
+		t.Errorf("explicit * refused: %v", err)
+	}
+}
