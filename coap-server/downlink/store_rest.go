@@ -1,0 +1,164 @@
+package downlink
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/nbiot-live/nbiot-live/coap-server/dtls"
+)
+
+// REST is the Store for SUPABASE_URL mode, over PostgREST with the service
+// key (which bypasses RLS). Client must have a timeout.
+type REST struct {
+	BaseURL    string // SUPABASE_URL, no trailing slash
+	ServiceKey string // never logged
+	Client     *http.Client
+}
+
+type restRow struct {
+	ID     int64           `json:"id"`
+	DevID  string          `json:"devid"`
+	Config json.RawMessage `json:"config"`
+	SentAt *string         `json:"sent_at"`
+}
+
+// Pending implements Store. PostgREST cannot say "newest per device", so
+// this reads the unapplied, unsuperseded rows newest first (at most
+// MaxPending) and keeps the first of each device.
+func (r *REST) Pending(ctx context.Context) ([]Row, error) {
+	return r.rows(ctx, url.Values{"order": {"id.desc"}})
+}
+
+// Since reads the unapplied, unsuperseded rows with an id above after, oldest
+// first, so a poll can remember the largest id it saw.
+func (r *REST) Since(ctx context.Context, after int64) ([]Row, error) {
+	return r.rows(ctx, url.Values{"order": {"id.asc"}, "id": {"gt." + strconv.FormatInt(after, 10)}})
+}
+
+func (r *REST) rows(ctx context.Context, q url.Values) ([]Row, error) {
+	q.Set("select", "id,devid,config,sent_at")
+	q.Set("applied_at", "is.null")
+	q.Set("superseded_at", "is.null")
+	q.Set("limit", strconv.Itoa(MaxPending))
+	var rows []restRow
+	if err := r.do(ctx, http.MethodGet, q, nil, &rows); err != nil {
+		return nil, err
+	}
+	seen := make(map[string]bool, len(rows))
+	out := make([]Row, 0, len(rows))
+	for _, x := range rows {
+		if seen[x.DevID] && q.Get("order") == "id.desc" {
+			continue
+		}
+		seen[x.DevID] = true
+		out = append(out, Row{ID: x.ID, DeviceID: x.DevID, Config: x.Config, Sent: x.SentAt != nil})
+	}
+	return out, nil
+}
+
+// MarkSent implements Store with two PATCHes (PostgREST has no multi-row
+// statement); the second is idempotent, so a retry after a partial failure
+// is harmless.
+func (r *REST) MarkSent(ctx context.Context, id int64, deviceID string, at time.Time) error {
+	ts := at.UTC().Format(time.RFC3339Nano)
+	sid := strconv.FormatInt(id, 10)
+	if err := r.do(ctx, http.MethodPatch, url.Values{"id": {"eq." + sid}, "sent_at": {"is.null"}},
+		map[string]string{"sent_at": ts}, nil); err != nil {
+		return err
+	}
+	return r.do(ctx, http.MethodPatch, url.Values{
+		"devid": {"eq." + deviceID}, "id": {"lt." + sid}, "applied_at": {"is.null"}, "superseded_at": {"is.null"},
+	}, map[string]string{"superseded_at": ts}, nil)
+}
+
+// MarkApplied implements Store.
+func (r *REST) MarkApplied(ctx context.Context, id int64, at time.Time) error {
+	return r.do(ctx, http.MethodPatch, url.Values{"id": {"eq." + strconv.FormatInt(id, 10)}, "applied_at": {"is.null"}},
+		map[string]string{"applied_at": at.UTC().Format(time.RFC3339Nano)}, nil)
+}
+
+func (r *REST) do(ctx context.Context, method string, q url.Values, body any, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return fmt.Errorf("device_downlinks: %w", err)
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, r.BaseURL+"/rest/v1/device_downlinks?"+q.Encode(), rd)
+	if err != nil {
+		return fmt.Errorf("device_downlinks: %w", err)
+	}
+	dtls.SetServiceKey(req.Header, r.ServiceKey)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Prefer", "return=minimal")
+	}
+	resp, err := r.Client.Do(req)
+	if err != nil {
+		return fmt.Errorf("device_downlinks %s: %w", method, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 32<<20))
+	if err != nil {
+		return fmt.Errorf("device_downlinks %s: read: %w", method, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("device_downlinks %s: HTTP %d", method, resp.StatusCode)
+	}
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			return fmt.Errorf("device_downlinks: decode: %w", err)
+		}
+	}
+	return nil
+}
+
+// pollREST loads everything once (retrying), then polls for newer rows.
+func (s *Service) pollREST(ctx context.Context, r *REST, ready func()) {
+	var last int64
+	backoff := time.Second
+	for ctx.Err() == nil {
+		rows, err := r.Pending(ctx)
+		if err == nil {
+			for _, x := range rows {
+				s.Put(x)
+				last = max(last, x.ID)
+			}
+			break
+		}
+		s.metrics.RefreshErrors.Inc()
+		s.log.Warn("downlink load failed, retrying", "err", err)
+		s.sleep(ctx, backoff)
+		backoff = min(2*backoff, 30*time.Second)
+	}
+	if ready != nil && ctx.Err() == nil {
+		ready()
+	}
+	for ctx.Err() == nil {
+		s.sleep(ctx, s.poll)
+		rows, err := r.Since(ctx, last)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.metrics.RefreshErrors.Inc()
+				s.log.Warn("downlink poll failed", "err", err)
+			}
+			continue
+		}
+		for _, x := range rows {
+			s.Put(x)
+			last = max(last, x.ID)
+		}
+		if ready != nil {
+			ready()
+		}
+	}
+}

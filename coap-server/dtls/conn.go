@@ -1,0 +1,137 @@
+package dtls
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+
+	piondtls "github.com/pion/dtls/v3"
+	coapNet "github.com/plgd-dev/go-coap/v3/net"
+)
+
+// listener hands go-coap's DTLS server the connections pion accepts,
+// refusing those over a limit before any handshake work, and wrapping the
+// rest so the handshake's result is counted and logged.
+type listener struct {
+	inner    net.Listener
+	limits   *Limiter
+	metrics  *Metrics
+	log      *slog.Logger
+	sessions atomic.Int64
+	maxSess  int64
+	closed   atomic.Bool
+}
+
+// AcceptWithContext implements go-coap's dtls/server.Listener. Refused
+// attempts are closed here and the loop goes on, so go-coap never sees them.
+func (l *listener) AcceptWithContext(ctx context.Context) (net.Conn, error) {
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		c, err := l.inner.Accept()
+		if err != nil {
+			if l.closed.Load() || errors.Is(err, net.ErrClosed) {
+				return nil, coapNet.ErrListenerIsClosed
+			}
+			// pion's listener only fails this way when its socket died.
+			return nil, err
+		}
+		pc, ok := c.(*piondtls.Conn)
+		if !ok {
+			_ = c.Close()
+			continue
+		}
+		if l.sessions.Load() >= l.maxSess {
+			l.refuse(pc, ErrSessions)
+			continue
+		}
+		if err := l.limits.Acquire(pc.RemoteAddr()); err != nil {
+			l.refuse(pc, err)
+			continue
+		}
+		l.metrics.HandshakesInFlight.Inc()
+		return &session{Conn: pc, l: l, remote: pc.RemoteAddr()}, nil
+	}
+}
+
+func (l *listener) refuse(c net.Conn, reason error) {
+	l.metrics.Refused.WithLabelValues(reason.Error()).Inc()
+	l.log.Debug("dtls attempt refused", "remote", c.RemoteAddr().String(), "err", reason)
+	_ = c.Close()
+}
+
+// Close implements go-coap's dtls/server.Listener.
+func (l *listener) Close() error {
+	if !l.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	return l.inner.Close()
+}
+
+// session is one DTLS connection. go-coap calls HandshakeContext before it
+// serves the connection; that is where the handshake is counted, its
+// limiter slot released and its identity taken.
+type session struct {
+	*piondtls.Conn
+	l        *listener
+	remote   net.Addr // where the handshake came from (the limiter's key)
+	identity string   // set once the handshake succeeded
+
+	established bool
+	hsOnce      sync.Once
+	hsErr       error
+	closeOnce   sync.Once
+}
+
+// HandshakeContext runs pion's handshake once and accounts for it. go-coap
+// calls it before serving and again before every read and write, so only
+// the first call does the work; the others wait for it and share its result.
+func (s *session) HandshakeContext(ctx context.Context) error {
+	s.hsOnce.Do(func() { s.hsErr = s.handshake(ctx) })
+	return s.hsErr
+}
+
+func (s *session) handshake(ctx context.Context) error {
+	err := s.Conn.HandshakeContext(ctx)
+	s.l.limits.Release(s.remote)
+	s.l.metrics.HandshakesInFlight.Dec()
+	id := ""
+	if st, ok := s.Conn.ConnectionState(); ok {
+		id, _ = ParseIdentity(st.IdentityHint)
+	}
+	if err != nil {
+		s.l.metrics.Handshakes.WithLabelValues("failed").Inc()
+		// The identity only: never the key, and pion's errors carry none.
+		s.l.log.Info("dtls handshake failed", "device", id, "remote", s.remote.String(), "err", err)
+		return err
+	}
+	if id == "" {
+		// The PSK callback accepts valid device IDs only; this cannot
+		// happen, but an unnamed session must never reach the handler.
+		s.l.metrics.Handshakes.WithLabelValues("failed").Inc()
+		return ErrIdentity
+	}
+	s.identity = id
+	s.established = true
+	s.l.sessions.Add(1)
+	s.l.metrics.Sessions.Inc()
+	s.l.metrics.Handshakes.WithLabelValues("ok").Inc()
+	s.l.log.Debug("dtls session established", "device", id, "remote", s.remote.String())
+	return nil
+}
+
+// Close closes the connection once and frees its session slot.
+func (s *session) Close() error {
+	err := s.Conn.Close()
+	s.closeOnce.Do(func() {
+		if s.established {
+			s.l.sessions.Add(-1)
+			s.l.metrics.Sessions.Dec()
+		}
+	})
+	return err
+}

@@ -1,0 +1,30 @@
+package dtls
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// PGKeys reads PSKs from device_credentials over a pgx pool (DATABASE_URL
+// mode). The pool should connect as a role that may read the table
+// (service_role or the owner: RLS has no user policy on it).
+type PGKeys struct {
+	Pool *pgxpool.Pool
+}
+
+// LoadPSK implements KeyLoader.
+func (p PGKeys) LoadPSK(ctx context.Context, deviceID string) ([]byte, error) {
+	var psk []byte
+	err := p.Pool.QueryRow(ctx, `select psk from public.device_credentials where devid = $1`, deviceID).Scan(&psk)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, ErrUnknownDevice
+	}
+	if err != nil {
+		return nil, fmt.Errorf("device_credentials: %w", err)
+	}
+	return psk, nil
+}

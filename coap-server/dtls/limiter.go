@@ -1,0 +1,166 @@
+package dtls
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// Reasons a connection attempt is refused before any handshake work. Each
+// is also the label of nbiot_dtls_refused_total.
+var (
+	ErrPerIPInFlight = errors.New("per_ip_inflight")
+	ErrPerIPRate     = errors.New("per_ip_rate")
+	ErrInFlight      = errors.New("inflight")
+	ErrTableFull     = errors.New("table_full")
+	ErrSessions      = errors.New("sessions")
+)
+
+// LimitConfig bounds handshakes so that junk ClientHellos cannot exhaust
+// memory. Limits are per source IP, not per port: one host can pick any
+// number of ports. They are generous because a carrier-grade NAT puts many
+// devices behind one IP. Zero fields take the defaults.
+type LimitConfig struct {
+	// PerIPInFlight (default 32) bounds handshakes under way from one IP.
+	PerIPInFlight int
+	// PerIPRate (default 10/s) and PerIPBurst (default 40) bound new
+	// handshakes from one IP (token bucket).
+	PerIPRate  float64
+	PerIPBurst int
+	// InFlight (default 1024) bounds handshakes under way in total.
+	InFlight int
+	// MaxIPs (default 10000) bounds the table of source IPs.
+	MaxIPs int
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+func (c *LimitConfig) defaults() {
+	if c.PerIPInFlight <= 0 {
+		c.PerIPInFlight = 32
+	}
+	if c.PerIPRate <= 0 {
+		c.PerIPRate = 10
+	}
+	if c.PerIPBurst <= 0 {
+		c.PerIPBurst = 40
+	}
+	if c.InFlight <= 0 {
+		c.InFlight = 1024
+	}
+	if c.MaxIPs <= 0 {
+		c.MaxIPs = 10000
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+type ipState struct {
+	inflight int
+	tokens   float64
+	last     time.Time
+}
+
+// Limiter admits handshakes. Acquire before the handshake, Release after it
+// (whatever its result).
+type Limiter struct {
+	cfg      LimitConfig
+	mu       sync.Mutex
+	inflight int
+	ips      map[netip.Addr]*ipState
+	swept    time.Time
+}
+
+// NewLimiter returns a limiter with cfg's bounds.
+func NewLimiter(cfg LimitConfig) *Limiter {
+	cfg.defaults()
+	return &Limiter{cfg: cfg, ips: make(map[netip.Addr]*ipState)}
+}
+
+// Acquire admits one handshake from addr or says which limit refused it.
+func (l *Limiter) Acquire(addr net.Addr) error {
+	ip := ipOf(addr)
+	now := l.cfg.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.inflight >= l.cfg.InFlight {
+		return ErrInFlight
+	}
+	st, ok := l.ips[ip]
+	if !ok {
+		if len(l.ips) >= l.cfg.MaxIPs && !l.sweep(now) {
+			return ErrTableFull
+		}
+		st = &ipState{tokens: float64(l.cfg.PerIPBurst), last: now}
+		l.ips[ip] = st
+	}
+	st.refill(now, l.cfg)
+	if st.inflight >= l.cfg.PerIPInFlight {
+		return ErrPerIPInFlight
+	}
+	if st.tokens < 1 {
+		return ErrPerIPRate
+	}
+	st.tokens--
+	st.inflight++
+	l.inflight++
+	return nil
+}
+
+// Release ends a handshake admitted by Acquire.
+func (l *Limiter) Release(addr net.Addr) {
+	ip := ipOf(addr)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if st, ok := l.ips[ip]; ok && st.inflight > 0 {
+		st.inflight--
+		l.inflight--
+	}
+}
+
+// InFlight is the number of handshakes admitted and not released.
+func (l *Limiter) InFlight() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.inflight
+}
+
+// sweep drops idle IPs (nothing in flight, bucket full again) and reports
+// whether there is room. It runs only when the table is full.
+// At most once a second, so a flood from many addresses cannot make every
+// attempt a full scan.
+func (l *Limiter) sweep(now time.Time) bool {
+	if now.Sub(l.swept) < time.Second {
+		return false
+	}
+	l.swept = now
+	for ip, st := range l.ips {
+		st.refill(now, l.cfg)
+		if st.inflight == 0 && st.tokens >= float64(l.cfg.PerIPBurst) {
+			delete(l.ips, ip)
+		}
+	}
+	return len(l.ips) < l.cfg.MaxIPs
+}
+
+func (st *ipState) refill(now time.Time, cfg LimitConfig) {
+	if d := now.Sub(st.last); d > 0 {
+		st.tokens = min(float64(cfg.PerIPBurst), st.tokens+d.Seconds()*cfg.PerIPRate)
+		st.last = now
+	}
+}
+
+func ipOf(addr net.Addr) netip.Addr {
+	if u, ok := addr.(*net.UDPAddr); ok {
+		if ip, ok := netip.AddrFromSlice(u.IP); ok {
+			return ip.Unmap()
+		}
+	}
+	if ap, err := netip.ParseAddrPort(addr.String()); err == nil {
+		return ap.Addr().Unmap()
+	}
+	return netip.Addr{}
+}

@@ -1,0 +1,193 @@
+// Package dtls is coap-server's CoAPS listener (RFC 7252 §9.1): DTLS 1.2
+// with pre-shared keys (RFC 4279), the PSK identity being the device ID,
+// and Connection IDs (RFC 9146) so a device whose NAT binding changed while
+// it slept keeps its session instead of paying for a new handshake.
+//
+// Keys come from device_credentials through a bounded cache with negative
+// entries; handshakes are admitted by per-IP and global limits before pion
+// does any work for them; failures are counted and logged with the identity
+// only.
+package dtls
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	piondtls "github.com/pion/dtls/v3"
+	"github.com/plgd-dev/go-coap/v3/dtls/server"
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+	"github.com/plgd-dev/go-coap/v3/mux"
+	"github.com/plgd-dev/go-coap/v3/options"
+	udpClient "github.com/plgd-dev/go-coap/v3/udp/client"
+
+	"github.com/nbiot-live/nbiot-live/coap-server/ingest"
+)
+
+// CipherSuites are the suites offered, strongest first. Both are PSK-only
+// (no ECDHE: constrained modems often lack it): AES-128-CCM-8 is the CoAP
+// mandatory-to-implement suite (RFC 7252 §9.1.3.1), AES-128-GCM-SHA256 the
+// one TLS stacks without CCM offer.
+var CipherSuites = []piondtls.CipherSuiteID{
+	piondtls.TLS_PSK_WITH_AES_128_GCM_SHA256,
+	piondtls.TLS_PSK_WITH_AES_128_CCM_8,
+	piondtls.TLS_PSK_WITH_AES_128_CCM,
+}
+
+// CIDLength is the length of the Connection IDs the server asks clients to
+// send (RFC 9146 §3). 8 random bytes make a CID unguessable enough that a
+// spoofed one is dropped by record authentication anyway.
+const CIDLength = 8
+
+// Config configures the CoAPS listener. Zero fields take the defaults.
+type Config struct {
+	// Keys looks PSKs up (required).
+	Keys *KeyCache
+	// Limits bound handshakes (see LimitConfig).
+	Limits LimitConfig
+	// MaxSessions (COAPS_MAX_SESSIONS, default 50000) bounds established
+	// sessions; each costs some tens of kB. New handshakes are refused when
+	// it is reached.
+	MaxSessions int
+	// SessionIdle (COAPS_SESSION_IDLE, default 2 h) is how long a silent
+	// session is kept. Longer than a typical heartbeat, so a device that
+	// wakes behind a new NAT port resumes with its Connection ID (RFC 9146)
+	// instead of a new handshake; shorter would cost handshakes, longer memory.
+	SessionIdle time.Duration
+	// HandshakeTimeout (default 20 s) ends a handshake that does not finish:
+	// enough for NB-IoT round trips of a few seconds with pion's
+	// retransmissions, short enough to free junk quickly.
+	HandshakeTimeout time.Duration
+	// MTU (default 1200) bounds the handshake records pion sends. NB-IoT
+	// paths carry ~1300-byte datagrams (NOTES); 1200 leaves room for IP/UDP
+	// headers and tunnels.
+	MTU int
+	// Metrics (required) counts handshakes and refusals.
+	Metrics *Metrics
+	// Logger gets handshake failures and errors (default: discard).
+	Logger *slog.Logger
+}
+
+func (c *Config) defaults() {
+	if c.MaxSessions <= 0 {
+		c.MaxSessions = 50000
+	}
+	if c.SessionIdle <= 0 {
+		c.SessionIdle = 2 * time.Hour
+	}
+	if c.HandshakeTimeout <= 0 {
+		c.HandshakeTimeout = 20 * time.Second
+	}
+	if c.MTU <= 0 {
+		c.MTU = 1200
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Server is a bound CoAPS listener.
+type Server struct {
+	cfg  Config
+	ln   *listener
+	coap *server.Server
+	addr *net.UDPAddr
+}
+
+// Listen binds addr ("host:port") and prepares to serve h.
+func Listen(addr string, h *ingest.Handler, cfg Config) (*Server, error) {
+	cfg.defaults()
+	if cfg.Keys == nil || cfg.Metrics == nil {
+		return nil, errors.New("dtls: Keys and Metrics are required")
+	}
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dtls: %w", err)
+	}
+	s := &Server{cfg: cfg}
+	inner, err := piondtls.ListenWithOptions("udp", ua,
+		piondtls.WithPSK(s.psk),
+		piondtls.WithCipherSuites(CipherSuites...),
+		piondtls.WithConnectionIDGenerator(piondtls.RandomCIDGenerator(CIDLength)),
+		piondtls.WithExtendedMasterSecret(piondtls.RequestExtendedMasterSecret),
+		piondtls.WithMTU(cfg.MTU),
+		piondtls.WithLoggerFactory(discardPionLogs{}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("dtls: listen: %w", err)
+	}
+	s.addr = inner.Addr().(*net.UDPAddr)
+	s.ln = &listener{
+		inner: inner, limits: NewLimiter(cfg.Limits), metrics: cfg.Metrics,
+		log: cfg.Logger, maxSess: int64(cfg.MaxSessions),
+	}
+	log := cfg.Logger
+	s.coap = server.New(
+		options.WithMux(secureHandler(h)),
+		options.WithErrors(func(err error) { log.Debug("coaps", "err", err) }),
+		options.WithInactivityMonitor(cfg.SessionIdle, func(cc *udpClient.Conn) { _ = cc.Close() }),
+		options.WithReceivedMessageQueueSize(16),
+		// Block-wise off: an uplink fits one datagram (ingest.UDPOptions).
+		options.WithBlockwise(false, 0, 0),
+		options.WithDTLSHandshakeTimeout(cfg.HandshakeTimeout),
+	)
+	return s, nil
+}
+
+// secureHandler serves h with the session's identity and refuses, with
+// 4.03, a request on a session that somehow has none: without an identity
+// ingest would let the payload name any device.
+func secureHandler(h *ingest.Handler) mux.Handler {
+	inner := h.Secure(Identity)
+	return mux.HandlerFunc(func(w mux.ResponseWriter, r *mux.Message) {
+		if Identity(w.Conn()) == "" {
+			_ = w.SetResponse(codes.Forbidden, message.TextPlain, strings.NewReader("no DTLS identity"))
+			return
+		}
+		inner.ServeCOAP(w, r)
+	})
+}
+
+// psk is pion's PSK callback. On a server its argument is the identity the
+// client sent (pion calls it "hint"; NOTES).
+func (s *Server) psk(identity []byte) ([]byte, error) {
+	id, err := ParseIdentity(identity)
+	if err != nil {
+		s.cfg.Metrics.KeyLookups.WithLabelValues("invalid_identity").Inc()
+		s.cfg.Logger.Info("dtls handshake refused: identity is not a device ID", "identity_len", len(identity))
+		return nil, err
+	}
+	key, err := s.cfg.Keys.PSK(contextBackground(), id)
+	if err != nil {
+		if errors.Is(err, ErrUnknownDevice) {
+			s.cfg.Logger.Info("dtls handshake refused: unknown identity", "device", id)
+		} else {
+			s.cfg.Logger.Warn("dtls PSK lookup failed", "device", id, "err", err)
+		}
+		return nil, err
+	}
+	return key, nil
+}
+
+// Serve serves until Stop. It returns nil after Stop.
+func (s *Server) Serve() error {
+	return s.coap.Serve(s.ln)
+}
+
+// Addr is the bound UDP address.
+func (s *Server) Addr() *net.UDPAddr { return s.addr }
+
+// Stop closes the listener and every session. In-flight responses are
+// dropped (NOTES: go-coap's Stop does not drain), which is fine: the
+// device retransmits its CON and storage is idempotent.
+func (s *Server) Stop() {
+	s.coap.Stop()
+	_ = s.ln.Close()
+}
+
+// InFlight is the number of handshakes under way (for tests and metrics).
+func (s *Server) InFlight() int { return s.ln.limits.InFlight() }
