@@ -192,8 +192,8 @@ func testSameRecordTwice(t *testing.T, newWriter NewWriter) {
 	w := newWriter(t, dbURL)
 	db := Connect(t, dbURL)
 	r := Rec("TWICE", t0, FullUplink("TWICE", 5))
-	write(t, w, r, r)                                  // twice in one batch
-	write(t, w, r)                                     // and again later
+	write(t, w, r, r)                                        // twice in one batch
+	write(t, w, r)                                           // and again later
 	write(t, w, Rec("OTHER", t0, FullUplink("OTHER", 1)), r) // and within another batch
 	if got, want := counts(db), `[{"a":2,"c":2,"d":2,"s":10}]`; got != want {
 		t.Errorf("rows %s, want %s", got, want)
