@@ -88,6 +88,9 @@ func FromProtocols(values []string) (string, bool) {
 	for _, v := range values {
 		for _, p := range strings.Split(v, ",") {
 			p = strings.TrimSpace(p)
+			if !isToken(p) {
+				continue // not a valid protocol entry (RFC 6455 §4.1: a token)
+			}
 			if t, ok := strings.CutPrefix(p, ProtocolTokenPrefix); ok && t != "" {
 				return t, true
 			}
@@ -97,6 +100,24 @@ func FromProtocols(values []string) (string, bool) {
 		}
 	}
 	return bare, bare != ""
+}
+
+// isToken reports whether s is an HTTP token (RFC 9110 §5.6.2), which every
+// Sec-WebSocket-Protocol entry must be; JWTs (base64url and dots) are.
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 func looksLikeJWT(s string) bool {
