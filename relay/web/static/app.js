@@ -80,8 +80,23 @@ function hideSignIn() {
   $("signin").hidden = true;
 }
 
+// The relay keeps the browser connected while its own link to coap-server
+// is down, and says so with status entries (data.upstream "lost", then
+// "restored"): the indicator follows them.
+function upstreamStatus(entry) {
+  const up = entry.type === "status" && entry.data && entry.data.upstream;
+  if (up === "lost") {
+    $("conn").dataset.state = "upstream-lost";
+    $("conn-text").textContent = "reconnecting: relay lost coap-server";
+    $("conn").title = entry.message || "";
+  } else if (up === "restored") {
+    showState(State.LIVE, {});
+  }
+}
+
 // 3. Entries, newest first, at most MAX_ENTRIES.
 function addEntry(entry) {
+  upstreamStatus(entry);
   const list = $("entries");
   list.insertBefore(renderEntry(entry), list.firstChild);
   while (list.childElementCount > MAX_ENTRIES) list.lastElementChild.remove();

@@ -32,12 +32,13 @@ export const State = Object.freeze({
 /** A device ID as the contract defines it. */
 export const DEVICE_ID = /^[A-Za-z0-9_-]{1,64}$/;
 
-// The relay reads the user's JWT from a Sec-WebSocket-Protocol entry
-// "access_token.<JWT>" next to the protocol name "nbiot-live.v1", which it
-// echoes back (a browser cannot set an Authorization header on a WebSocket,
-// and a subprotocol, unlike a query parameter, does not end up in access
-// logs). JWTs are base64url segments joined by dots: valid protocol tokens.
-const PROTOCOL = "nbiot-live.v1";
+// The relay (relay/auth/token.go) reads the user's JWT from a
+// Sec-WebSocket-Protocol entry "access_token.<JWT>" offered next to the
+// protocol "nbiot-live", which is the one it echoes (RFC 6455 §4.2.2). A
+// browser cannot set an Authorization header on a WebSocket, and a
+// subprotocol, unlike the access_token query parameter, stays out of access
+// logs. JWTs are base64url segments joined by dots: valid protocol tokens.
+const PROTOCOL = "nbiot-live";
 const TOKEN_PREFIX = "access_token.";
 
 /** Reconnect backoff defaults: exponential with equal jitter, never gives up. */

@@ -21,12 +21,13 @@ export function fmtTime(d, now = new Date()) {
   return d.toDateString() === now.toDateString() ? t : `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${t}`;
 }
 
-/** fmtSeconds: 45 s, 2 min 5 s, 1 h 0 min. */
+/** fmtSeconds: 45 s, 2 min 5 s, 10 min, 1 h, 1 h 4 min. */
 export function fmtSeconds(s) {
   if (!isNum(s)) return "?";
-  if (s < 120) return `${s} s`;
-  if (s < 7200) return `${Math.floor(s / 60)} min ${s % 60} s`;
-  return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return s % 60 ? `${Math.floor(s / 60)} min ${s % 60} s` : `${s / 60} min`;
+  const m = Math.floor((s % 3600) / 60);
+  return `${Math.floor(s / 3600)} h` + (m ? ` ${m} min` : "");
 }
 
 // field adds one labelled value; key becomes the class f-<key> and value the
@@ -56,10 +57,7 @@ function activityBar(a) {
       seg.title = `${k}: ${fmtSeconds(v)}`;
       bar.append(seg);
     }
-    const item = el("span", "lg s-" + k, `${k} ${fmtSeconds(v)}`);
-    item.dataset.key = k;
-    item.dataset.value = String(v);
-    legend.append(item);
+    if (v > 0) legend.append(el("span", "lg s-" + k, `${k} ${fmtSeconds(v)}`)); // zeros are noise
   }
   bar.setAttribute("aria-label", legend.textContent);
   wrap.append(bar, el("span", "total", fmtSeconds(total)), legend);
