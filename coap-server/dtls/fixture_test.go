@@ -162,18 +162,28 @@ func waitFor(t testing.TB, what string, within time.Duration, cond func() bool) 
 // socket the test controls), with a Connection ID, and completes the
 // handshake explicitly (NOTES: a wrong key is otherwise only seen on the
 // first request).
-func dialGo(t testing.TB, conn net.PacketConn, raddr *net.UDPAddr, device string, psk []byte) (*udpClient.Conn, *piondtls.Conn, error) {
+func dialGo(t testing.TB, conn net.PacketConn, raddr *net.UDPAddr, device string, psk []byte, cid bool) (*udpClient.Conn, *piondtls.Conn, error) {
 	t.Helper()
-	dc, err := piondtls.ClientWithOptions(conn, raddr,
+	return dialGoWithin(t, conn, raddr, device, psk, cid, 10*time.Second)
+}
+
+func dialGoWithin(t testing.TB, conn net.PacketConn, raddr *net.UDPAddr, device string, psk []byte, cid bool, within time.Duration) (*udpClient.Conn, *piondtls.Conn, error) {
+	t.Helper()
+	opts := []piondtls.ClientOption{
 		piondtls.WithPSK(func([]byte) ([]byte, error) { return psk, nil }),
 		piondtls.WithPSKIdentityHint([]byte(device)),
 		piondtls.WithCipherSuites(piondtls.TLS_PSK_WITH_AES_128_CCM_8),
-		piondtls.WithConnectionIDGenerator(piondtls.OnlySendCIDGenerator()),
-	)
+	}
+	if cid {
+		// The device sends the server's CID but asks none for itself
+		// (RFC 9146 §3: a zero-length CID), as constrained clients do.
+		opts = append(opts, piondtls.WithConnectionIDGenerator(piondtls.OnlySendCIDGenerator()))
+	}
+	dc, err := piondtls.ClientWithOptions(conn, raddr, opts...)
 	if err != nil {
 		return nil, nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), within)
 	defer cancel()
 	if err := dc.HandshakeContext(ctx); err != nil {
 		_ = dc.Close()

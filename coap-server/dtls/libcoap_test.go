@@ -32,6 +32,12 @@ func libcoapPath(t testing.TB) string {
 // returns the response payload (-o) and the client's output.
 func postLibcoap(t testing.TB, port int, identity, key string, u *nbiotv1.Uplink) (payload []byte, out string, err error) {
 	t.Helper()
+	return postLibcoapWithin(t, port, identity, key, u, 8)
+}
+
+// postLibcoapWithin gives up after wait seconds (-B).
+func postLibcoapWithin(t testing.TB, port int, identity, key string, u *nbiotv1.Uplink, wait int) (payload []byte, out string, err error) {
+	t.Helper()
 	dir := t.TempDir()
 	in, resp := filepath.Join(dir, "uplink.bin"), filepath.Join(dir, "resp.bin")
 	b, err := proto.Marshal(u)
@@ -44,7 +50,7 @@ func postLibcoap(t testing.TB, port int, identity, key string, u *nbiotv1.Uplink
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, libcoapPath(t), "-m", "post", "-t", "42", "-f", in, "-o", resp,
-		"-u", identity, "-k", key, "-B", "8", fmt.Sprintf("coaps://127.0.0.1:%d/uplink", port))
+		"-u", identity, "-k", key, "-B", fmt.Sprint(wait), fmt.Sprintf("coaps://127.0.0.1:%d/uplink", port))
 	o, err := cmd.CombinedOutput()
 	payload, _ = os.ReadFile(resp)
 	return payload, string(o), err
@@ -82,7 +88,7 @@ func TestLibcoapWrongKeyGetsNothing(t *testing.T) {
 	f.provision(t, "dev-wrong", []byte("the-right-key-0123"))
 	ws := f.dialWS(t, "dev-wrong")
 
-	_, out, _ := postLibcoap(t, f.srv.Addr().Port, "dev-wrong", "not-the-right-key", &nbiotv1.Uplink{UplinkCount: 1})
+	_, out, _ := postLibcoapWithin(t, f.srv.Addr().Port, "dev-wrong", "not-the-right-key", &nbiotv1.Uplink{UplinkCount: 1}, 3)
 	waitFor(t, "a failed handshake", 10*time.Second, func() bool { return f.handshakes("failed") >= 1 })
 	if n := f.store.Len(); n != 0 {
 		t.Fatalf("%d uplinks enqueued after a wrong key, want 0 (client said %q)", n, out)
@@ -106,7 +112,7 @@ func TestLibcoapWrongKeyGetsNothing(t *testing.T) {
 func TestLibcoapUnknownIdentityIsCachedNegative(t *testing.T) {
 	f := newFixture(t, nil)
 	for i := 1; i <= 2; i++ {
-		_, _, _ = postLibcoap(t, f.srv.Addr().Port, "no-such-device", "whatever-key-0123", &nbiotv1.Uplink{UplinkCount: 1})
+		_, _, _ = postLibcoapWithin(t, f.srv.Addr().Port, "no-such-device", "whatever-key-0123", &nbiotv1.Uplink{UplinkCount: 1}, 3)
 		waitFor(t, "a failed handshake", 10*time.Second, func() bool { return f.handshakes("failed") >= float64(i) })
 	}
 	if got := lookups(f, "unknown"); got != 1 {
