@@ -19,6 +19,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/nbiot-live/nbiot-live/coap-server/downlink"
+	"github.com/nbiot-live/nbiot-live/coap-server/dtls"
 	"github.com/nbiot-live/nbiot-live/coap-server/httpapi"
 	"github.com/nbiot-live/nbiot-live/coap-server/hub"
 	"github.com/nbiot-live/nbiot-live/coap-server/ingest"
@@ -41,11 +43,15 @@ type App struct {
 	handler *ingest.Handler
 	store   Store
 
-	coap    *udpServer.Server
-	coapLn  *coapNet.UDPConn
-	httpAPI *httpapi.Server
-	httpSrv *http.Server
-	httpLn  net.Listener
+	coap   *udpServer.Server
+	coapLn *coapNet.UDPConn
+
+	coaps     *dtls.Server      // nil unless COAPS_ADDR
+	keysClose func()            // releases the PSK cache's pool
+	downlinks *downlink.Service // nil without storage
+	httpAPI   *httpapi.Server
+	httpSrv   *http.Server
+	httpLn    net.Listener
 
 	ready    atomic.Bool
 	wg       sync.WaitGroup
@@ -83,6 +89,9 @@ func (a *App) Start(ctx context.Context) (err error) {
 		}
 	}()
 	if err := a.openStorage(ctx); err != nil {
+		return err
+	}
+	if err := a.openSecure(ctx); err != nil {
 		return err
 	}
 	if a.cfg.CoAPAddr != "off" {
@@ -137,6 +146,17 @@ func (a *App) CoAPAddr() *net.UDPAddr {
 	return a.coapLn.LocalAddr().(*net.UDPAddr)
 }
 
+// CoAPSAddr is the bound CoAPS address (nil when off).
+func (a *App) CoAPSAddr() *net.UDPAddr {
+	if a.coaps == nil {
+		return nil
+	}
+	return a.coaps.Addr()
+}
+
+// Downlinks is the downlink service (nil without storage), for tests.
+func (a *App) Downlinks() *downlink.Service { return a.downlinks }
+
 // HTTPAddr is the bound HTTP address.
 func (a *App) HTTPAddr() net.Addr { return a.httpLn.Addr() }
 
@@ -148,11 +168,22 @@ func (a *App) Shutdown(ctx context.Context) error {
 		if a.coap != nil {
 			a.coap.Stop()
 		}
+		if a.coaps != nil {
+			a.coaps.Stop()
+		}
 		var errs []error
 		if a.store != nil {
 			if err := a.store.Close(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("storage drain: %w", err))
 			}
+		}
+		if a.downlinks != nil {
+			if err := a.downlinks.Close(ctx); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if a.keysClose != nil {
+			a.keysClose()
 		}
 		if a.httpSrv != nil {
 			a.httpAPI.CloseSubscribers()
@@ -178,4 +209,47 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, drain time.Durati
 	sctx, cancel := context.WithTimeout(context.Background(), drain)
 	defer cancel()
 	return a.Shutdown(sctx)
+}
+
+// openSecure starts the downlink service when storage is configured (it
+// reads device_downlinks from the same database) and the CoAPS listener
+// when COAPS_ADDR is set.
+func (a *App) openSecure(ctx context.Context) error {
+	if a.cfg.Storage() == StorageNone {
+		return nil
+	}
+	src := dtls.Source{DatabaseURL: a.cfg.DatabaseURL, SupabaseURL: a.cfg.SupabaseURL, ServiceKey: a.cfg.SupabaseServiceKey}
+	var err error
+	a.downlinks, err = downlink.Open(ctx, src, downlink.Config{
+		PollInterval: time.Duration(a.cfg.DownlinkPollSeconds) * time.Second,
+		Metrics:      downlink.NewMetrics(a.Metrics),
+		Logger:       a.log,
+	}, nil)
+	if err != nil {
+		return fmt.Errorf("downlinks: %w", err)
+	}
+	a.handler.Downlinks = a.downlinks
+	if a.cfg.CoAPSAddr == "" {
+		return nil
+	}
+	m := dtls.NewMetrics(a.Metrics)
+	keys, closeKeys, err := dtls.OpenKeys(ctx, src, dtls.KeyCacheConfig{}, m, a.log)
+	if err != nil {
+		return err
+	}
+	a.keysClose = closeKeys
+	a.coaps, err = dtls.Listen(a.cfg.CoAPSAddr, a.handler, dtls.Config{
+		Keys:        keys,
+		Metrics:     m,
+		Logger:      a.log,
+		MaxSessions: a.cfg.CoAPSMaxSessions,
+		SessionIdle: time.Duration(a.cfg.CoAPSSessionIdleSeconds) * time.Second,
+		Limits:      dtls.LimitConfig{PerIPRate: float64(a.cfg.CoAPSHandshakeRate), PerIPBurst: 4 * a.cfg.CoAPSHandshakeRate},
+	})
+	if err != nil {
+		return fmt.Errorf("COAPS_ADDR: %w", err)
+	}
+	a.serve("coaps", a.coaps.Serve)
+	a.log.Info("coaps listening", "addr", a.coaps.Addr().String())
+	return nil
 }

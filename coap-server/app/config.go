@@ -40,6 +40,21 @@ type Config struct {
 	StorageQueue int
 	// LogLevel (LOG_LEVEL, default "info"): debug, info, warn, error.
 	LogLevel slog.Level
+	// CoAPSSessionIdleSeconds (COAPS_SESSION_IDLE_SECONDS, default 7200)
+	// keeps a silent DTLS session this long, so a device waking behind a new
+	// NAT port resumes it by Connection ID instead of a new handshake.
+	CoAPSSessionIdleSeconds int
+	// CoAPSMaxSessions (COAPS_MAX_SESSIONS, default 50000) bounds DTLS
+	// sessions (tens of kB each); new handshakes are refused beyond it.
+	CoAPSMaxSessions int
+	// CoAPSHandshakeRate (COAPS_HANDSHAKE_RATE_PER_IP, default 10) bounds new
+	// handshakes per second from one source IP (burst 4x; 32 in flight).
+	// Generous because carrier-grade NAT puts many devices behind one IP.
+	CoAPSHandshakeRate int
+	// DownlinkPollSeconds (DOWNLINK_POLL_INTERVAL_SECONDS, default 10) is
+	// how often REST mode looks for queued downlinks (Postgres mode is
+	// notified at once).
+	DownlinkPollSeconds int
 }
 
 // Storage modes, from the configuration.
@@ -82,6 +97,20 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	if c.StorageQueue, err = intVar(getenv, "STORAGE_QUEUE_SIZE", c.StorageQueue, 1, 10_000_000); err != nil {
 		return c, err
 	}
+	for _, v := range []struct {
+		dst         *int
+		name        string
+		def, lo, hi int
+	}{
+		{&c.CoAPSSessionIdleSeconds, "COAPS_SESSION_IDLE_SECONDS", 7200, 60, 7 * 86400},
+		{&c.CoAPSMaxSessions, "COAPS_MAX_SESSIONS", 50000, 1, 10_000_000},
+		{&c.CoAPSHandshakeRate, "COAPS_HANDSHAKE_RATE_PER_IP", 10, 1, 100000},
+		{&c.DownlinkPollSeconds, "DOWNLINK_POLL_INTERVAL_SECONDS", 10, 1, 3600},
+	} {
+		if *v.dst, err = intVar(getenv, v.name, v.def, v.lo, v.hi); err != nil {
+			return c, err
+		}
+	}
 	if v := getenv("LOG_LEVEL"); v != "" {
 		if err := c.LogLevel.UnmarshalText([]byte(v)); err != nil {
 			return c, errors.New("LOG_LEVEL: want debug, info, warn or error")
@@ -97,6 +126,9 @@ func (c Config) Validate() error {
 	}
 	if len(c.WSToken) < 16 {
 		return errors.New("WS_TOKEN is too short: use at least 16 random characters")
+	}
+	if c.CoAPSAddr != "" && c.Storage() == StorageNone {
+		return errors.New("COAPS_ADDR needs DATABASE_URL or SUPABASE_URL: device keys are read from device_credentials")
 	}
 	if c.CoAPAddr == "off" && c.CoAPSAddr == "" {
 		return errors.New("COAP_ADDR is off and COAPS_ADDR is empty: no CoAP listener would run")

@@ -38,9 +38,10 @@ type Service struct {
 	sleep   func(ctx context.Context, d time.Duration)
 	poll    time.Duration
 
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	once   sync.Once
+	cancel  context.CancelFunc
+	release func() // closes the pool Open made
+	wg      sync.WaitGroup
+	once    sync.Once
 }
 
 // New returns a service over store; Start loads and refreshes it.
@@ -119,6 +120,9 @@ func (s *Service) Close(ctx context.Context) error {
 		s.wg.Wait()
 		if e := s.stamps.Close(ctx); e != nil {
 			err = errors.Join(err, fmt.Errorf("downlink stamps: %w", e))
+		}
+		if s.release != nil {
+			s.release()
 		}
 	})
 	return err

@@ -9,8 +9,8 @@ import (
 
 type clock struct{ t time.Time }
 
-func (c *clock) Now() time.Time          { return c.t }
-func (c *clock) Add(d time.Duration)     { c.t = c.t.Add(d) }
+func (c *clock) Now() time.Time         { return c.t }
+func (c *clock) Add(d time.Duration)    { c.t = c.t.Add(d) }
 func addr(ip string, port int) net.Addr { return &net.UDPAddr{IP: net.ParseIP(ip), Port: port} }
 
 func TestLimiter(t *testing.T) {

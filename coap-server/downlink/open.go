@@ -1,0 +1,28 @@
+package downlink
+
+import (
+	"context"
+
+	"github.com/nbiot-live/nbiot-live/coap-server/dtls"
+)
+
+// Open starts a service over src: Postgres with LISTEN/NOTIFY when
+// DatabaseURL is set, else Supabase REST with polling. It does not wait for
+// the first load (the database may be down at start); ready, if not nil, is
+// called after each load. Close stops it and releases the pool.
+func Open(ctx context.Context, src dtls.Source, cfg Config, ready func()) (*Service, error) {
+	if src.DatabaseURL != "" {
+		pool, err := dtls.NewPool(ctx, src.DatabaseURL, 3)
+		if err != nil {
+			return nil, err
+		}
+		pg := PG{Pool: pool}
+		s := New(pg, cfg)
+		s.release = pool.Close
+		s.StartPG(src.DatabaseURL, pg, ready)
+		return s, nil
+	}
+	s := New(&REST{BaseURL: src.SupabaseURL, ServiceKey: src.ServiceKey, Client: dtls.RESTClient()}, cfg)
+	s.StartPolling(s.store.(*REST), ready)
+	return s, nil
+}
