@@ -124,7 +124,7 @@ func (a *App) openStorage(ctx context.Context) error {
 		a.log.Warn("NO STORAGE: neither DATABASE_URL nor SUPABASE_URL is set; uplinks are streamed on the live log only and NOT stored")
 		return nil
 	default:
-		return fmt.Errorf("storage %q: not available in this build", a.cfg.Storage())
+		return a.openWriter(ctx)
 	}
 }
 
