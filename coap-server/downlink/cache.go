@@ -148,3 +148,12 @@ func (c *Cache) Len() int {
 	defer c.mu.Unlock()
 	return len(c.devices)
 }
+
+// Holds reports whether the cache holds row id for deviceID (for tests
+// waiting on a notification).
+func (c *Cache) Holds(deviceID string, id int64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	d, ok := c.devices[deviceID]
+	return ok && d.id == id
+}

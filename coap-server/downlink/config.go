@@ -92,7 +92,8 @@ func ConfigFromJSON(raw []byte, version int64) (*nbiotv1.DeviceConfig, error) {
 
 func uint32Field(key string, raw json.RawMessage) (*uint32, error) {
 	var n json.Number
-	if err := json.Unmarshal(raw, &n); err != nil {
+	// json.Number also accepts a quoted number; the frontend must send one.
+	if len(raw) == 0 || raw[0] == '"' || json.Unmarshal(raw, &n) != nil {
 		return nil, fmt.Errorf("%w: %s must be a number", ErrConfig, key)
 	}
 	i, err := n.Int64()
