@@ -30,6 +30,11 @@ type Verifier interface {
 // goroutines, a queue and a socket (about 10 KiB, see the benchmark).
 const DefaultMaxConnections = 20000
 
+// DefaultQueueSize bounds frames waiting for one browser. 64 instead of
+// wspeer's 256: a device sends a few frames a minute, so 64 is still a
+// long burst, and each of thousands of idle browsers holds 1.5 KiB less.
+const DefaultQueueSize = 64
+
 // Handler serves /device-logs. Set the fields, then call ServeHTTP.
 type Handler struct {
 	// Verifier and Access authenticate and authorize; both nil only with
@@ -69,12 +74,18 @@ func (h *Handler) init() {
 		if h.CheckTimeout <= 0 {
 			h.CheckTimeout = 5 * time.Second
 		}
+		if h.Peer.QueueSize <= 0 {
+			h.Peer.QueueSize = DefaultQueueSize
+		}
 		if h.FirstConnectWait <= 0 {
 			h.FirstConnectWait = 5 * time.Second
 		}
 		h.upgrader = websocket.Upgrader{
-			// Reuse the HTTP server's read buffer and pool write buffers:
-			// an idle connection then holds no write buffer at all.
+			// Browsers only send control frames: a small read buffer of
+			// our own (the HTTP server's 4 KiB one is released), and
+			// pooled write buffers, so an idle connection holds no write
+			// buffer at all.
+			ReadBufferSize:  512,
 			WriteBufferPool: &sync.Pool{},
 			// Only the non-secret protocol is ever echoed (auth.Subprotocol).
 			Subprotocols: []string{auth.Subprotocol},
@@ -110,8 +121,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.reject(w, RejectLimit, http.StatusServiceUnavailable, "too many connections")
 		return
 	}
-	defer h.release()
-	h.serve(w, r, device)
+	h.serve(w, r, device) // releases the reservation when the connection ends
+
 }
 
 // authorize returns 0 when the request may proceed, else the status,
@@ -153,10 +164,10 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, device string) {
 	peer := wspeer.New(h.Peer)
 	watch, err := h.Upstreams.Watch(device, peer)
 	if err != nil {
+		h.release()
 		h.reject(w, RejectLimit, http.StatusServiceUnavailable, "too many watched devices")
 		return
 	}
-	defer watch.Close()
 	// The first watcher of a device waits for the upstream subscription,
 	// so that no uplink sent after this browser's handshake is lost.
 	wctx, cancel := context.WithTimeout(r.Context(), h.FirstConnectWait)
@@ -164,19 +175,29 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, device string) {
 	cancel()
 	conn, err := h.upgrader.Upgrade(w, r, nil)
 	if err != nil {
+		watch.Close()
+		h.release()
 		return // Upgrade has answered the client.
 	}
 	if !h.track(peer) {
 		peer.Close(wspeer.ErrClosed)
 	}
-	defer h.untrack(peer)
 	h.Metrics.Accepted.Inc()
 	h.Metrics.Connections.Inc()
-	defer h.Metrics.Connections.Dec()
-	h.Logger.Debug("browser connected", "remote", r.RemoteAddr, "device", device)
-	reason := peer.Run(conn)
-	h.Metrics.Disconnects.WithLabelValues(disconnectReason(reason)).Inc()
-	h.Logger.Debug("browser gone", "remote", r.RemoteAddr, "device", device, "err", reason)
+	remote := r.RemoteAddr
+	h.Logger.Debug("browser connected", "remote", remote, "device", device)
+	// The connection runs on its own goroutine and ServeHTTP returns: the
+	// HTTP server then drops its per-request state (buffers, request,
+	// a stack grown by the handshake), about 10 KiB per idle browser.
+	go func() {
+		defer h.release()
+		defer h.untrack(peer)
+		defer watch.Close()
+		defer h.Metrics.Connections.Dec()
+		reason := peer.Run(conn)
+		h.Metrics.Disconnects.WithLabelValues(disconnectReason(reason)).Inc()
+		h.Logger.Debug("browser gone", "remote", remote, "device", device, "err", reason)
+	}()
 }
 
 func disconnectReason(err error) string {
