@@ -22,9 +22,12 @@ comment on function public.devices_keep_last_seen() is 'devices.last_seen_at onl
 revoke all on function public.devices_keep_last_seen() from public, anon, authenticated;
 
 drop trigger if exists devices_keep_last_seen on public.devices;
+-- WHEN keeps the common case (time moving forward) free of a plpgsql call:
+-- every uplink upserts its device, so this runs on the hot path.
 create trigger devices_keep_last_seen
   before update of last_seen_at on public.devices
-  for each row execute function public.devices_keep_last_seen();
+  for each row when (old.last_seen_at is not null and (new.last_seen_at is null or new.last_seen_at < old.last_seen_at))
+  execute function public.devices_keep_last_seen();
 
 create or replace function public.device_config_keep_newest() returns trigger
   language plpgsql
@@ -43,8 +46,5 @@ revoke all on function public.device_config_keep_newest() from public, anon, aut
 drop trigger if exists device_config_keep_newest on public.device_config;
 create trigger device_config_keep_newest
   before update on public.device_config
-  for each row execute function public.device_config_keep_newest();
-
--- The frontend lists a device's sensor data newest first, often without a
--- data_type filter.
-create index if not exists sensor_data_devid_received_at_idx on public.sensor_data (devid, received_at desc);
+  for each row when (new.updated_at < old.updated_at)
+  execute function public.device_config_keep_newest();

@@ -71,7 +71,8 @@ func (w *Writer) Ping(ctx context.Context) error { return w.pool.Ping(ctx) }
 const (
 	sqlDevices = `insert into public.devices (devid, last_seen_at)
 select * from unnest($1::text[], $2::timestamptz[])
-on conflict (devid) do update set last_seen_at = greatest(devices.last_seen_at, excluded.last_seen_at)`
+on conflict (devid) do update set last_seen_at = excluded.last_seen_at
+where devices.last_seen_at is null or devices.last_seen_at < excluded.last_seen_at`
 
 	sqlConfigs = `insert into public.device_config (devid, heartbeat_interval, hw_version, fw_version,
   gnss_interval, wifi_scan_interval, config_version, updated_at)
