@@ -120,7 +120,8 @@ func startCoAP(t *testing.T, coapAddr, httpAddr string) (a *coapapp.App, stop fu
 
 // startRelay runs the relay with real token verification (HS256 secret)
 // and the Postgres access check, against coap-server's /ws.
-func startRelay(t *testing.T, httpAddr string, upstream net.Addr, dbURL string) (a *relayapp.App, stop func()) {
+// extra adds variables (ALLOWED_ORIGINS, say).
+func startRelay(t *testing.T, httpAddr string, upstream net.Addr, dbURL string, extra ...string) (a *relayapp.App, stop func()) {
 	t.Helper()
 	env := map[string]string{
 		"HTTP_ADDR":           httpAddr,
@@ -128,6 +129,9 @@ func startRelay(t *testing.T, httpAddr string, upstream net.Addr, dbURL string) 
 		"UPSTREAM_TOKEN":      wsToken,
 		"SUPABASE_JWT_SECRET": jwtSecret,
 		"DATABASE_URL":        dbURL,
+	}
+	for i := 0; i+1 < len(extra); i += 2 {
+		env[extra[i]] = extra[i+1]
 	}
 	cfg, err := relayapp.FromEnv(func(k string) string { return env[k] })
 	if err != nil {

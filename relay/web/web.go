@@ -38,7 +38,14 @@ func Handler() http.Handler {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		_, _ = w.Write(index)
 	})
-	mux.Handle("GET /static/", http.StripPrefix("/static/", http.FileServerFS(sub)))
+	files := http.StripPrefix("/static/", http.FileServerFS(sub))
+	mux.Handle("GET /static/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Public files without credentials: an existing frontend on another
+		// origin may import livelogs.js straight from the relay (module
+		// scripts are fetched with CORS).
+		w.Header().Set("Access-Control-Allow-Origin", "*")
+		files.ServeHTTP(w, r)
+	}))
 	return headers(mux)
 }
 

@@ -50,6 +50,9 @@ func TestHandlerRoutes(t *testing.T) {
 			if !strings.Contains(string(body), c.contains) {
 				t.Errorf("body does not contain %q", c.contains)
 			}
+			if c.status == 200 && strings.HasPrefix(c.path, "/static/") && resp.Header.Get("Access-Control-Allow-Origin") != "*" {
+				t.Error("static assets need Access-Control-Allow-Origin: * so that another origin can import livelogs.js")
+			}
 			if c.status == 200 {
 				if got := resp.Header.Get("Referrer-Policy"); got != "no-referrer" {
 					t.Errorf("Referrer-Policy %q: a token in the address must never leave in a Referer", got)
