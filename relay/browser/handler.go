@@ -165,7 +165,8 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, device string) {
 	watch, err := h.Upstreams.Watch(device, peer)
 	if err != nil {
 		h.release()
-		h.reject(w, RejectLimit, http.StatusServiceUnavailable, "too many watched devices")
+		// ErrTooManyDevices, or ErrClosed during shutdown.
+		h.reject(w, RejectLimit, http.StatusServiceUnavailable, "relay busy (too many watched devices) or shutting down")
 		return
 	}
 	// The first watcher of a device waits for the upstream subscription,

@@ -46,6 +46,7 @@ func ParseOrigins(list string) (Origins, error) {
 // OriginError names an ALLOWED_ORIGINS entry that is not an origin.
 type OriginError struct{ Entry string }
 
+// Error implements error; origins are not secret, so the entry is named.
 func (e *OriginError) Error() string {
 	return "not an origin (want scheme://host[:port]): " + e.Entry
 }
