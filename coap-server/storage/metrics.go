@@ -1,6 +1,9 @@
 package storage
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
 
 // Metrics counts what the queue does. Counters are in uplinks (records),
 // not rows.
@@ -51,4 +54,13 @@ func newMetrics(reg prometheus.Registerer, length func() float64, capacity int) 
 			Name: "nbiot_storage_queue_capacity", Help: "Uplinks the storage queue holds at most (STORAGE_QUEUE_SIZE).",
 		}, func() float64 { return float64(capacity) }))
 	return m
+}
+
+// counterValue reads a counter, so Close can say how many uplinks it lost.
+func counterValue(c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		return 0
+	}
+	return m.GetCounter().GetValue()
 }

@@ -163,10 +163,12 @@ func (q *Queue) Close(ctx context.Context) error {
 		select {
 		case <-q.done:
 		case <-ctx.Done():
-			left := len(q.ch)
+			before := counterValue(q.m.Unstored)
 			q.cancel() // ends retries; workers count what remains as unstored
 			<-q.done
-			q.closeErr = fmt.Errorf("storage: drain deadline passed with %d uplinks queued: %w", left, ctx.Err())
+			if lost := counterValue(q.m.Unstored) - before; lost > 0 {
+				q.closeErr = fmt.Errorf("storage: drain deadline passed, %.0f uplinks not stored: %w", lost, ctx.Err())
+			}
 		}
 		q.cancel()
 	})
