@@ -58,7 +58,7 @@ func TestCacheTTLs(t *testing.T) {
 	check("u1-dev", nil, 1)
 	check("other", access.ErrDenied, 2)
 	clk.Add(4 * time.Second)
-	check("u1-dev", nil, 2)           // positive: cached 30 s
+	check("u1-dev", nil, 2)             // positive: cached 30 s
 	check("other", access.ErrDenied, 2) // negative: cached 5 s
 	clk.Add(2 * time.Second)
 	check("other", access.ErrDenied, 3) // negative expired

@@ -132,18 +132,22 @@ func (m *Manager) Watch(deviceID string, s Sender) (*Watch, error) {
 		return nil, ErrClosed
 	}
 	l := m.links[deviceID]
-	if l == nil {
-		if len(m.links) >= m.cfg.MaxDevices {
-			return nil, ErrTooManyDevices
-		}
-		l = newLink(m, deviceID)
-		m.links[deviceID] = l
-		m.cfg.Metrics.Upstreams.Inc()
-		m.wg.Add(1)
-		go l.run()
+	if l != nil {
+		w := &Watch{link: l, sender: s}
+		l.add(w)
+		return w, nil
 	}
+	if len(m.links) >= m.cfg.MaxDevices {
+		return nil, ErrTooManyDevices
+	}
+	l = newLink(m, deviceID)
+	m.links[deviceID] = l
+	m.cfg.Metrics.Upstreams.Inc()
+	// The first watcher is in place before the link reads anything.
 	w := &Watch{link: l, sender: s}
 	l.add(w)
+	m.wg.Add(1)
+	go l.run()
 	return w, nil
 }
 
