@@ -103,11 +103,11 @@ func (b *browser) waitFor(what, predicate string) {
 }
 
 // eval evaluates a JavaScript expression whose value is JSON-decoded into T.
-func eval[T any](b *browser, expr string) T {
+func eval[T any](b *browser, expr string, opts ...chromedp.EvaluateOption) T {
 	b.t.Helper()
 	ctx, cancel := context.WithTimeout(b.ctx, waitTimeout)
 	defer cancel()
-	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](expr))
+	v, err := chromedp.Run(ctx, chromedp.Evaluate[T](expr, opts...))
 	if err != nil {
 		b.t.Fatalf("evaluate %s: %v\npage: %s", expr, err, b.snapshot())
 	}

@@ -54,5 +54,20 @@ func TestEmbeddedLiveLogsFromAnotherOrigin(t *testing.T) {
 	if want := `["connecting","BROWSER-1","Received uplink #5","watchdog"]`; got != want {
 		t.Errorf("got %s, want %s", got, want)
 	}
+
+	// The module's pure helpers: where it connects and how long it waits.
+	helpers := eval[string](b, `import("`+relayURL+`/static/livelogs.js").then((m) => JSON.stringify([
+		m.relayURL("https://relay.example.com", "A").href,
+		m.relayURL("wss://relay.example.com/base/device-logs?x=1", "B-2").href,
+		m.relayURL("http://relay.example.com/base/", "C").href,
+		m.backoffDelay(1, m.DEFAULT_BACKOFF, () => 0), m.backoffDelay(1, m.DEFAULT_BACKOFF, () => 1),
+		m.backoffDelay(3, m.DEFAULT_BACKOFF, () => 0), m.backoffDelay(50, m.DEFAULT_BACKOFF, () => 0),
+		m.backoffDelay(50, m.DEFAULT_BACKOFF, () => 1)]))`, chromedp.EvalAwaitPromise)
+	wantHelpers := `["wss://relay.example.com/device-logs?deviceId=A",` +
+		`"wss://relay.example.com/base/device-logs?deviceId=B-2",` +
+		`"ws://relay.example.com/base/device-logs?deviceId=C",250,500,1000,15000,30000]`
+	if helpers != wantHelpers {
+		t.Errorf("helpers = %s\nwant      %s", helpers, wantHelpers)
+	}
 	b.checkConsole()
 }
