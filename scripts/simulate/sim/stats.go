@@ -54,6 +54,14 @@ func percentiles(h *Histogram) Percentiles {
 	return Percentiles{N: h.Count(), P50: h.Quantile(0.50), P99: h.Quantile(0.99), Max: h.Max()}
 }
 
+func (p Percentiles) p99() string {
+	if p.N == 0 {
+		return "-"
+	}
+	return round(p.P99).String()
+}
+
+// String is "p50 …  p99 …  max …", or "no samples".
 func (p Percentiles) String() string {
 	if p.N == 0 {
 		return "no samples"
@@ -108,9 +116,9 @@ func (r *Result) Rate() float64 {
 // Progress is the one-line report printed every second.
 func (r *Result) Progress() string {
 	line := fmt.Sprintf("%6.1fs  sent %d  answered %d  errors %d  timeouts %d  rate %.0f/s  rtt p99 %s",
-		r.Elapsed.Seconds(), r.Sent, r.Answered, r.Errors, r.Timeouts, r.Rate(), round(r.RTTWindow.P99))
+		r.Elapsed.Seconds(), r.Sent, r.Answered, r.Errors, r.Timeouts, r.Rate(), r.RTTWindow.p99())
 	if r.WS {
-		line += fmt.Sprintf("  frames %d  missing %d  latency p99 %s", r.Frames, r.Missing, round(r.LatencyWindow.P99))
+		line += fmt.Sprintf("  frames %d  missing %d  latency p99 %s", r.Frames, r.Missing, r.LatencyWindow.p99())
 	}
 	return line
 }
