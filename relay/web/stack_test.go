@@ -94,12 +94,15 @@ func userToken(t *testing.T, user uuid.UUID, ttl time.Duration) string {
 }
 
 // startCoAP runs coap-server on the given addresses (port 0 = any) until
-// stopped or the test ends. stop is idempotent.
-func startCoAP(t *testing.T, coapAddr, httpAddr string) (a *coapapp.App, stop func()) {
+// stopped or the test ends; extra adds variables (DATABASE_URL, say).
+// stop is idempotent.
+func startCoAP(t *testing.T, coapAddr, httpAddr string, extra ...string) (a *coapapp.App, stop func()) {
 	t.Helper()
-	cfg, err := coapapp.FromEnv(func(k string) string {
-		return map[string]string{"COAP_ADDR": coapAddr, "HTTP_ADDR": httpAddr, "WS_TOKEN": wsToken}[k]
-	})
+	env := map[string]string{"COAP_ADDR": coapAddr, "HTTP_ADDR": httpAddr, "WS_TOKEN": wsToken}
+	for i := 0; i+1 < len(extra); i += 2 {
+		env[extra[i]] = extra[i+1]
+	}
+	cfg, err := coapapp.FromEnv(func(k string) string { return env[k] })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,8 +155,17 @@ func startRelay(t *testing.T, httpAddr string, upstream net.Addr, dbURL string, 
 	return a, stop
 }
 
-// sendUplink posts u to coap-server as a device would (CON, real UDP).
+// sendUplink posts u to coap-server as a device would (CON, real UDP) and
+// wants 2.04.
 func sendUplink(t *testing.T, a *coapapp.App, u *nbiotv1.Uplink) {
+	t.Helper()
+	if code := postUplink(t, a, u); code != codes.Changed {
+		t.Fatalf("POST /uplink: %v, want 2.04", code)
+	}
+}
+
+// postUplink posts u and returns the response code.
+func postUplink(t *testing.T, a *coapapp.App, u *nbiotv1.Uplink) codes.Code {
 	t.Helper()
 	b, err := proto.Marshal(u)
 	if err != nil {
@@ -170,9 +182,7 @@ func sendUplink(t *testing.T, a *coapapp.App, u *nbiotv1.Uplink) {
 	if err != nil {
 		t.Fatalf("POST /uplink: %v", err)
 	}
-	if resp.Code() != codes.Changed {
-		t.Fatalf("POST /uplink: %v, want 2.04", resp.Code())
-	}
+	return resp.Code()
 }
 
 func ptr[T any](v T) *T { return &v }

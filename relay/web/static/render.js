@@ -122,9 +122,10 @@ export function renderEntry(entry) {
     for (const [k, v] of Object.entries(d)) {
       if (!KNOWN.has(k) && v !== null) field(box, k, k, JSON.stringify(v));
     }
-  } else if (type === "downlink" && d && typeof d === "object" && d.config && typeof d.config === "object") {
-    field(box, "config", "sent", configText(d.config), JSON.stringify(d.config));
-    for (const [k, v] of Object.entries(d)) if (k !== "config" && v !== null) field(box, k, k, JSON.stringify(v));
+  } else if (type === "downlink" && d && typeof d === "object") {
+    // data is the configuration sent (coap-server/downlink), or holds it under "config".
+    const c = d.config && typeof d.config === "object" ? d.config : d;
+    field(box, "config", "sent", configText(c), JSON.stringify(c));
   } else if (d && typeof d === "object") {
     for (const [k, v] of Object.entries(d)) if (v !== null) field(box, k, k, typeof v === "string" ? v : JSON.stringify(v));
   } else if (d !== null && d !== undefined) {
