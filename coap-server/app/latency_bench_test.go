@@ -71,7 +71,11 @@ func BenchmarkUplinkToFrame(b *testing.B) {
 				b.Fatal(err)
 			}
 			if res.Answered != res.Sent || res.ByCode["2.04"] != res.Sent || res.Missing != 0 || res.Frames != res.Sent {
-				b.Errorf("sent %d, answered %d (%v), frames %d, missing %d", res.Sent, res.Answered, res.ByCode, res.Frames, res.Missing)
+				// A latency figure over a partial set of frames would flatter; on
+				// an overloaded machine the server may even drop the subscriber
+				// as too slow (WSErr), which is its documented policy.
+				b.Errorf("sent %d, answered %d (%v), errors %d, timeouts %d, frames %d, missing %d, ws: %q",
+					res.Sent, res.Answered, res.ByCode, res.Errors, res.Timeouts, res.Frames, res.Missing, res.WSErr)
 			}
 			us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 			b.ReportMetric(us(res.Latency.P50), "p50-µs")

@@ -59,9 +59,13 @@ func TestEverySendAnsweredAndStreamed(t *testing.T) {
 	for _, non := range []bool{false, true} {
 		var progress bytes.Buffer
 		res, err := sim.Run(context.Background(), sim.Config{
-			Addr: a.CoAPAddr().String(), Devices: 10, Rate: 400, Count: 300, NON: non,
+			// 200 frames fit in the server's per-subscriber queue (256), so
+			// even a reader starved by a loaded CI machine is never dropped
+			// as too slow; FrameWait only bounds a failure, drain returns
+			// as soon as the last frame is in.
+			Addr: a.CoAPAddr().String(), Devices: 10, Rate: 400, Count: 200, NON: non,
 			RebootProb: 0.1, // many restarted uplink_counts: matching must still pair them
-			WSURL:      wsURL(a), WSToken: token, Seed: 7,
+			WSURL:      wsURL(a), WSToken: token, Seed: 7, FrameWait: 10 * time.Second,
 			Progress: &progress, ProgressEvery: 200 * time.Millisecond,
 		})
 		if err != nil {
@@ -69,13 +73,13 @@ func TestEverySendAnsweredAndStreamed(t *testing.T) {
 		}
 		var summary bytes.Buffer
 		res.Print(&summary)
-		if res.Sent != 300 || res.Answered != 300 || res.ByCode["2.04"] != 300 || res.Errors != 0 || res.Timeouts != 0 {
-			t.Errorf("NON=%v: want 300 sent and answered 2.04:\n%s", non, &summary)
+		if res.Sent != 200 || res.Answered != 200 || res.ByCode["2.04"] != 200 || res.Errors != 0 || res.Timeouts != 0 {
+			t.Errorf("NON=%v: want 200 sent and answered 2.04:\n%s", non, &summary)
 		}
-		if res.Frames != 300 || res.Missing != 0 || res.Unexpected != 0 || res.WSErr != "" {
-			t.Errorf("NON=%v: want 300 frames, none missing:\n%s", non, &summary)
+		if res.Frames != 200 || res.Missing != 0 || res.Unexpected != 0 || res.WSErr != "" {
+			t.Errorf("NON=%v: want 200 frames, none missing:\n%s", non, &summary)
 		}
-		if res.RTT.N != 300 || res.Latency.N != 300 || res.Latency.P99 <= 0 || res.Latency.Max < res.Latency.P99 {
+		if res.RTT.N != 200 || res.Latency.N != 200 || res.Latency.P99 <= 0 || res.Latency.Max < res.Latency.P99 {
 			t.Errorf("NON=%v: rtt %+v latency %+v", non, res.RTT, res.Latency)
 		}
 		if !strings.Contains(progress.String(), "sent ") {
