@@ -54,7 +54,7 @@ type Config struct {
 	LogLevel slog.Level
 
 	// UpstreamBackOff is the reconnect policy (default upstream.DefaultBackOff).
-	UpstreamBackOff func() *backoff.ExponentialBackOff
+	UpstreamBackOff func() backoff.BackOff
 	// JWKSUnknownKIDEvery rate-limits JWKS refetches on an unknown kid (default 30 s).
 	JWKSUnknownKIDEvery time.Duration
 	// AccessCache tunes the access answer cache (defaults: 30 s / 5 s, 10000 entries).

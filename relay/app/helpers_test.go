@@ -67,7 +67,7 @@ func stopCoAP(t testing.TB, a *coapapp.App) {
 
 // fastBackOff reconnects within milliseconds so that tests wait on
 // observable states, never on the default 250 ms…30 s schedule.
-func fastBackOff() *backoff.ExponentialBackOff {
+func fastBackOff() backoff.BackOff {
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval = 5 * time.Millisecond
 	b.MaxInterval = 50 * time.Millisecond

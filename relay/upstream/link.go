@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/gorilla/websocket"
 
 	"github.com/nbiot-live/nbiot-live/internal/livelog"
@@ -141,6 +142,7 @@ func (l *link) run() {
 			l.firstOnce.Do(func() { close(l.firstAttempt) })
 			log.Warn("upstream dial failed", "err", err)
 		} else {
+			started := cfg.Now()
 			l.setState(stateUp)
 			l.firstOnce.Do(func() { close(l.firstAttempt) })
 			cfg.Metrics.Connected.Inc()
@@ -149,7 +151,6 @@ func (l *link) run() {
 				log.Info("upstream restored")
 			}
 			connectedBefore = true
-			started := cfg.Now()
 			err = l.read(conn)
 			cfg.Metrics.Connected.Dec()
 			if l.ctx.Err() != nil {
@@ -161,7 +162,13 @@ func (l *link) run() {
 			l.setState(stateDown)
 			log.Warn("upstream lost", "err", err)
 		}
-		t := time.NewTimer(b.NextBackOff())
+		d := b.NextBackOff()
+		if d == backoff.Stop {
+			// A policy that gives up is not honoured: the link must never
+			// stop reconnecting while browsers watch (NOTES: MaxElapsedTime).
+			d = 30 * time.Second
+		}
+		t := time.NewTimer(d)
 		select {
 		case <-l.ctx.Done():
 			t.Stop()

@@ -42,7 +42,7 @@ type Config struct {
 	// NewBackOff returns the reconnect policy of one link. Default:
 	// 250 ms initial, ×2, ±50 % jitter, at most 30 s apart, never giving up
 	// (MaxElapsedTime 0: the default 15 min would stop reconnecting for good).
-	NewBackOff func() *backoff.ExponentialBackOff
+	NewBackOff func() backoff.BackOff
 	// StableAfter is how long a connection must last for the backoff to
 	// start again from its initial interval. Default 10 s: an upstream that
 	// accepts and drops at once (flapping) is retried ever more slowly, so
@@ -66,7 +66,7 @@ type Config struct {
 }
 
 // DefaultBackOff is the default reconnect policy (see Config.NewBackOff).
-func DefaultBackOff() *backoff.ExponentialBackOff {
+func DefaultBackOff() backoff.BackOff {
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval = 250 * time.Millisecond
 	b.Multiplier = 2

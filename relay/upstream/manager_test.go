@@ -108,7 +108,7 @@ func upstreamServer(t *testing.T, accept func(n int64) bool, serve func(*websock
 	return srv, &attempts
 }
 
-func quickBackOff() *backoff.ExponentialBackOff {
+func quickBackOff() backoff.BackOff {
 	b := backoff.NewExponentialBackOff()
 	b.InitialInterval = time.Millisecond
 	b.MaxInterval = 10 * time.Millisecond
@@ -278,4 +278,15 @@ func TestSlowWatcherIsCounted(t *testing.T) {
 		runtime.Gosched()
 	}
 	slow.none(t)
+}
+
+type upgradeHandler struct{ serve func(*websocket.Conn) }
+
+func (h *upgradeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	c, err := (&websocket.Upgrader{}).Upgrade(w, r, nil)
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	h.serve(c)
 }
