@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -71,6 +72,38 @@ func TestStoresThroughREST(t *testing.T) {
 		n := countRows(t, db, `select count(*) from activity a join sensor_data s using (uplink_id) where a.devid = 'REST1'`)
 		return n == 1, fmt.Sprint(n, " rows")
 	})
+}
+
+// TestRetransmissionStoredOnce: a CON retransmitted (same message ID, RFC
+// 7252 §4.5) to an app that stores makes one row, not two.
+func TestRetransmissionStoredOnce(t *testing.T) {
+	db := pgtest.NewDB(t)
+	a := startApp(t, func(c *app.Config) { c.DatabaseURL = db })
+	conn, err := net.DialUDP("udp", nil, a.CoAPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	p1, _ := proto.Marshal(&nbiotv1.Uplink{DeviceId: "RETX", UplinkCount: 1})
+	p2, _ := proto.Marshal(&nbiotv1.Uplink{DeviceId: "RETX", UplinkCount: 2})
+	first := rawCON(t, 0x2345, []byte{9, 8, 7, 6}, p1)
+	exchange(t, conn, first)
+	exchange(t, conn, first)
+	exchange(t, conn, rawCON(t, 0x2346, []byte{5, 4, 3, 2}, p2))
+	// Uplink #2 stored means #1 and its retransmission were processed
+	// before it (one connection, answered in order).
+	waitFor(t, 10*time.Second, "uplink #2 stored", func() (bool, string) {
+		n := countRows(t, db, `select count(*) from activity where devid = 'RETX' and uplink_count = 2`)
+		return n == 1, fmt.Sprint(n)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.Shutdown(ctx); err != nil { // drains the queue
+		t.Fatal(err)
+	}
+	if n := countRows(t, db, `select count(*) from activity where devid = 'RETX' and uplink_count = 1`); n != 1 {
+		t.Errorf("uplink #1 stored %d times, want 1", n)
+	}
 }
 
 // TestPostgresOutage stops the database for 10 s in the middle of a stream
