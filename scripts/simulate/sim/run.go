@@ -171,11 +171,13 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, err
 	}
 
-	sendCtx, cancel := ctx, context.CancelFunc(func() {})
-	if cfg.Duration > 0 {
-		sendCtx, cancel = context.WithTimeout(ctx, cfg.Duration)
-	}
+	sendCtx, cancel := context.WithCancel(ctx) // cancel: the count is reached
 	defer cancel()
+	if cfg.Duration > 0 {
+		var cancelTimeout context.CancelFunc
+		sendCtx, cancelTimeout = context.WithTimeout(sendCtx, cfg.Duration)
+		defer cancelTimeout()
+	}
 	var budget *atomic.Int64
 	if cfg.Count > 0 {
 		budget = new(atomic.Int64)
@@ -195,7 +197,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	interval := time.Duration(float64(cfg.Devices) / cfg.Rate * float64(time.Second))
 	var wg sync.WaitGroup
 	for i, s := range senders {
-		s.budget = budget
+		s.budget, s.spent = budget, cancel
 		offset := time.Duration(float64(i) / cfg.Rate * float64(time.Second))
 		wg.Add(1)
 		go func() {

@@ -96,6 +96,7 @@ type sender struct {
 	stats   *Stats
 	match   *matcher      // nil without a /ws subscriber
 	budget  *atomic.Int64 // uplinks left for the whole run; nil = no count limit
+	spent   func()        // called by the sender that sent the budget's last uplink
 	logger  *slog.Logger
 }
 
@@ -115,10 +116,19 @@ func (s *sender) run(ctx context.Context, offset, interval time.Duration) {
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
-		if s.budget != nil && s.budget.Add(-1) < 0 {
-			return
+		last := false
+		if s.budget != nil {
+			left := s.budget.Add(-1)
+			if left < 0 {
+				return
+			}
+			last = left == 0
 		}
 		s.sendOne(ctx)
+		if last {
+			s.spent() // the run's count is reached: nobody waits for a tick
+			return
+		}
 		select {
 		case <-ctx.Done():
 			return
