@@ -167,6 +167,9 @@ func wsClients(b *testing.B, h *hub.Hub, n int, got *sync.WaitGroup) {
 // BenchmarkFanoutWebSocket publishes one frame to real wspeer peers over
 // loopback WebSockets and waits until every client has read it: the time
 // for one live-log frame to reach N sockets (writes, syscalls, client reads).
+// Its allocs/op are the clients' (gorilla's NextReader and ReadMessage
+// allocate per message: 2 per peer); a memory profile shows none on the
+// server side (hub, wspeer write loop) per message.
 //
 //	go test -run '^$' -bench FanoutWebSocket -benchmem ./coap-server/hub
 func BenchmarkFanoutWebSocket(b *testing.B) {
