@@ -18,6 +18,13 @@ type Config struct {
 	// PollInterval (DOWNLINK_POLL_INTERVAL, default 10 s) is how often REST
 	// mode asks for new rows (Postgres mode is notified instead).
 	PollInterval time.Duration
+	// ReloadInterval (default 1 min, at least one PollInterval) is how often
+	// REST mode reads every pending row instead of only those above the
+	// largest id seen. An identity value is taken at insert but the row is
+	// visible only at commit, so a transaction that commits after a later
+	// one leaves a lower id behind the poll's mark; the reload delivers it
+	// within this interval instead of at the next restart.
+	ReloadInterval time.Duration
 	// Stamps bounds the sent_at/applied_at writer.
 	Stamps StamperConfig
 	// Metrics (required) and Logger (default discard).
@@ -37,6 +44,7 @@ type Service struct {
 	log     *slog.Logger
 	sleep   func(ctx context.Context, d time.Duration)
 	poll    time.Duration
+	reload  time.Duration
 
 	cancel  context.CancelFunc
 	release func() // closes the pool Open made
@@ -52,6 +60,9 @@ func New(store Store, cfg Config) *Service {
 	if cfg.PollInterval <= 0 {
 		cfg.PollInterval = 10 * time.Second
 	}
+	if cfg.ReloadInterval <= 0 {
+		cfg.ReloadInterval = time.Minute
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -63,7 +74,7 @@ func New(store Store, cfg Config) *Service {
 	return &Service{
 		Cache: NewCache(cfg.MaxDevices, st, cfg.Metrics, cfg.Logger),
 		store: store, stamps: st, metrics: cfg.Metrics, log: cfg.Logger,
-		sleep: cfg.Sleep, poll: cfg.PollInterval,
+		sleep: cfg.Sleep, poll: cfg.PollInterval, reload: cfg.ReloadInterval,
 	}
 }
 
@@ -93,7 +104,8 @@ func (s *Service) StartPG(dsn string, pg PG, ready func()) {
 }
 
 // StartPolling refreshes from a REST store: a full load (retried until it
-// works), then every PollInterval the rows with a larger id.
+// works), then every PollInterval the rows with a larger id, and every
+// ReloadInterval all pending rows again.
 func (s *Service) StartPolling(r *REST, ready func()) {
 	ctx := s.start()
 	s.wg.Add(1)

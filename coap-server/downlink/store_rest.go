@@ -122,7 +122,10 @@ func (r *REST) do(ctx context.Context, method string, q url.Values, body any, ou
 	return nil
 }
 
-// pollREST loads everything once (retrying), then polls for newer rows.
+// pollREST loads everything once (retrying), then polls for newer rows,
+// with a full reload every ReloadInterval (see Config.ReloadInterval): ids
+// are not visible in commit order, so "id > last" alone can skip a row for
+// good.
 func (s *Service) pollREST(ctx context.Context, r *REST, ready func()) {
 	var last int64
 	backoff := time.Second
@@ -143,9 +146,23 @@ func (s *Service) pollREST(ctx context.Context, r *REST, ready func()) {
 	if ready != nil && ctx.Err() == nil {
 		ready()
 	}
-	for ctx.Err() == nil {
+	reloadEvery := max(1, int(s.reload/s.poll))
+	full := false // a reload is due (kept until one succeeds)
+	for n := 1; ctx.Err() == nil; n++ {
 		s.sleep(ctx, s.poll)
-		rows, err := r.Since(ctx, last)
+		if ctx.Err() != nil {
+			return
+		}
+		full = full || n%reloadEvery == 0
+		var (
+			rows []Row
+			err  error
+		)
+		if full {
+			rows, err = r.Pending(ctx)
+		} else {
+			rows, err = r.Since(ctx, last)
+		}
 		if err != nil {
 			if ctx.Err() == nil {
 				s.metrics.RefreshErrors.Inc()
@@ -153,6 +170,7 @@ func (s *Service) pollREST(ctx context.Context, r *REST, ready func()) {
 			}
 			continue
 		}
+		full = false
 		for _, x := range rows {
 			s.Put(x)
 			last = max(last, x.ID)
