@@ -6,6 +6,10 @@
 #
 #   scripts/test.sh            everything (what CI runs)
 #   FUZZTIME=0 scripts/test.sh skip the fuzzing pass
+#
+# Fuzzing uses an execution count, not a duration: Go 1.26's coordinator
+# can report a spurious "context deadline exceeded" when a duration budget
+# expires under CPU contention (golang/go#75804, fixed in Go 1.27).
 set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 cd "$ROOT"
@@ -25,7 +29,7 @@ go vet ./...
 log "go test -race"
 go test -race -count=1 -timeout 15m ./...
 
-FUZZTIME=${FUZZTIME:-10s}
+FUZZTIME=${FUZZTIME:-50000x}
 if [ "$FUZZTIME" != 0 ]; then
   for target in $(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do
     for fn in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$target"/*_test.go | cut -d' ' -f2); do
