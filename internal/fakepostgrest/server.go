@@ -35,7 +35,7 @@
 //     `return=representation` (201 with the rows).
 //   - GET /rest/v1/<table>?select=a,b&<col>=<op>.<v>&order=c.desc&limit=&offset=
 //     with the operators eq neq gt gte lt lte like ilike is in; 200 with a
-//     JSON array.
+//     JSON array, of at most Options.MaxRows rows when set (db-max-rows).
 //   - PATCH /rest/v1/<table>?<filters> with a JSON object; 204, or 200 with
 //     the rows for return=representation.
 //   - DELETE /rest/v1/<table>?<filters>: 204 (a filter is required, as
@@ -81,6 +81,10 @@ type Options struct {
 	PublishableKey string
 	// MaxConns bounds the pool (default 4).
 	MaxConns int32
+	// MaxRows is PostgREST's db-max-rows (Supabase's "Max rows" API
+	// setting, 1000 by default on a project): a GET returns at most this
+	// many rows whatever its limit, silently. 0 = no cap.
+	MaxRows int
 }
 
 // Server is the handler; Start wraps it in an httptest.Server.
@@ -146,6 +150,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		writeErr(w, err)
 		return
+	}
+	if m := s.opts.MaxRows; m > 0 && (r.Method == http.MethodGet || r.Method == http.MethodHead) && (q.limit < 0 || q.limit > m) {
+		q.limit = m
 	}
 	var body []byte
 	if r.Method == http.MethodPost || r.Method == http.MethodPatch {
