@@ -67,7 +67,8 @@ func startSecureApp(t *testing.T, mode string) *secureEnv {
 		env["DATABASE_URL"] = db
 	case app.StorageREST:
 		srv := fakepostgrest.Start(t, db, fakepostgrest.Options{
-			JWTSecret: coapsJWTSecret, SecretKey: coapsServiceKey, PublishableKey: coapsPublishable})
+			JWTSecret: coapsJWTSecret, SecretKey: coapsServiceKey, PublishableKey: coapsPublishable,
+			MaxRows: 1000}) // Supabase's default "Max rows"
 		env["SUPABASE_URL"], env["SUPABASE_SERVICE_KEY"] = srv.URL, coapsServiceKey
 		e.rest = srv.URL
 	default:

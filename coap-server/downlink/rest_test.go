@@ -49,14 +49,22 @@ type restEnv struct {
 	logs    *syncBuffer
 }
 
-// startREST runs the service with key as SUPABASE_SERVICE_KEY and
-// reloadEvery polls between full reloads; wait says whether to wait for the
-// first load.
-func startREST(t *testing.T, key string, reloadEvery int, wait bool) *restEnv {
+// restOpts shape one restEnv.
+type restOpts struct {
+	key         string // SUPABASE_SERVICE_KEY
+	reloadEvery int    // polls between full reloads
+	maxRows     int    // the stand-in's db-max-rows (0: none)
+	noWait      bool   // do not wait for the first load
+	setup       func(pool *pgxpool.Pool, owner string)
+}
+
+// startREST runs the service over the stand-in as o says. setup, if set,
+// runs before the service starts (rows for its first load).
+func startREST(t *testing.T, o restOpts) *restEnv {
 	t.Helper()
 	ctx := context.Background()
 	db := pgtest.NewDB(t)
-	srv := fakepostgrest.Start(t, db, fakepostgrest.Options{JWTSecret: restJWTSecret, SecretKey: restSecretKey})
+	srv := fakepostgrest.Start(t, db, fakepostgrest.Options{JWTSecret: restJWTSecret, SecretKey: restSecretKey, MaxRows: o.maxRows})
 	pool, err := pgxpool.New(ctx, db)
 	if err != nil {
 		t.Fatal(err)
@@ -66,12 +74,15 @@ func startREST(t *testing.T, key string, reloadEvery int, wait bool) *restEnv {
 	if err := pool.QueryRow(ctx, `insert into auth.users (email) values ('rest-owner@example.com') returning id::text`).Scan(&e.owner); err != nil {
 		t.Fatal(err)
 	}
+	if o.setup != nil {
+		o.setup(pool, e.owner)
+	}
 	reg := prometheus.NewRegistry()
 	e.metrics = downlink.NewMetrics(reg)
 	const poll = 10 * time.Second // never slept: tick drives the polls
-	e.svc, err = downlink.Open(ctx, dtls.Source{SupabaseURL: srv.URL, ServiceKey: key}, downlink.Config{
+	e.svc, err = downlink.Open(ctx, dtls.Source{SupabaseURL: srv.URL, ServiceKey: o.key}, downlink.Config{
 		PollInterval:   poll,
-		ReloadInterval: time.Duration(reloadEvery) * poll,
+		ReloadInterval: time.Duration(max(1, o.reloadEvery)) * poll,
 		Metrics:        e.metrics,
 		Logger:         slog.New(slog.NewTextHandler(e.logs, nil)),
 		Sleep: func(ctx context.Context, _ time.Duration) {
@@ -91,7 +102,7 @@ func startREST(t *testing.T, key string, reloadEvery int, wait bool) *restEnv {
 			t.Errorf("close: %v", err)
 		}
 	})
-	if wait {
+	if !o.noWait {
 		e.waitPolled(t)
 	}
 	h := &ingest.Handler{Live: &liveRecorder{}, Downlinks: e.svc, Logger: discard, Metrics: ingest.NewMetrics(reg)}
@@ -208,7 +219,7 @@ func TestRESTDownlinkLifecycle(t *testing.T) {
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
-			e := startREST(t, key(t), 1000, true)
+			e := startREST(t, restOpts{key: key(t), reloadEvery: 1000})
 			e.device(t, "rest-dl")
 			old := e.queue(t, "rest-dl", `{"heartbeat_interval": 60}`)
 			newer := e.queue(t, "rest-dl", `{"heartbeat_interval": 120, "fw_version": "1.2.3"}`)
@@ -252,7 +263,7 @@ func TestRESTDownlinkLifecycle(t *testing.T) {
 // "id > last" never returns it; the periodic full reload must.
 func TestRESTPollFindsLateCommittedRow(t *testing.T) {
 	const reloadEvery = 3
-	e := startREST(t, restSecretKey, reloadEvery, true) // load done: poll n=1 is next
+	e := startREST(t, restOpts{key: restSecretKey, reloadEvery: reloadEvery}) // load done: poll n=1 is next
 	e.device(t, "late-a")
 	e.device(t, "late-b")
 	ctx := context.Background()
@@ -294,7 +305,7 @@ func TestRESTPollFindsLateCommittedRow(t *testing.T) {
 // that is logged, and the service keeps retrying (here: once per tick).
 func TestRESTLoadRetriesRefusedKey(t *testing.T) {
 	const wrong = "sb_secret_not-the-right-one-0123"
-	e := startREST(t, wrong, 1000, false)
+	e := startREST(t, restOpts{key: wrong, reloadEvery: 1000, noWait: true})
 	waitFor(t, "a refused load counted", func() bool { return testutil.ToFloat64(e.metrics.RefreshErrors) >= 1 })
 	e.tick <- struct{}{} // the retry after the backoff sleep
 	waitFor(t, "the retry counted", func() bool { return testutil.ToFloat64(e.metrics.RefreshErrors) >= 2 })
@@ -330,4 +341,45 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestRESTPagesPastMaxRows: Supabase silently caps a response at its "Max
+// rows" (db-max-rows). With a cap of 4, the first load must still find
+// every pending device (newest row of each), and a poll every new row.
+func TestRESTPagesPastMaxRows(t *testing.T) {
+	const before, after = 11, 9
+	e := startREST(t, restOpts{key: restSecretKey, reloadEvery: 1000, maxRows: 4, setup: func(pool *pgxpool.Pool, owner string) {
+		ctx := context.Background()
+		if _, err := pool.Exec(ctx, `insert into public.devices (devid, owner_id)
+			select 'page-' || i, $1::uuid from generate_series(1, $2::int) i`, owner, before+after); err != nil {
+			t.Error(err)
+		}
+		// Two rows for page-1, the older first: only the newer is pending.
+		if _, err := pool.Exec(ctx, `insert into public.device_downlinks (devid, config)
+			select 'page-' || greatest(i - 1, 1), jsonb_build_object('heartbeat_interval', i)
+			from generate_series(1, $1::int + 1) i order by i`, before); err != nil {
+			t.Error(err)
+		}
+	}})
+	newest := func(dev string) int64 {
+		var id int64
+		if err := e.pool.QueryRow(context.Background(), `select max(id) from public.device_downlinks where devid = $1`, dev).Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	for i := 1; i <= before; i++ {
+		dev := fmt.Sprintf("page-%d", i)
+		if !e.svc.Holds(dev, newest(dev)) {
+			t.Fatalf("first load (cap 4 rows per response): %s not held at its newest row; %d devices held", dev, e.svc.Len())
+		}
+	}
+	if _, err := e.pool.Exec(context.Background(), `insert into public.device_downlinks (devid, config)
+		select 'page-' || i, '{"gnss_interval": 60}' from generate_series($1::int + 1, $1::int + $2::int) i order by i`, before, after); err != nil {
+		t.Fatal(err)
+	}
+	e.poll(t)
+	if n := e.svc.Len(); n != before+after {
+		t.Fatalf("after one poll %d devices held, want %d", n, before+after)
+	}
 }

@@ -29,38 +29,74 @@ type restRow struct {
 	SentAt *string         `json:"sent_at"`
 }
 
+// restPage is the rows asked for per request. Supabase caps every response
+// at its "Max rows" setting (PostgREST's db-max-rows, 1000 by default)
+// without an error, so reads page by id until a page comes back empty
+// rather than trust that one request returned everything.
+const restPage = 1000
+
 // Pending implements Store. PostgREST cannot say "newest per device", so
 // this reads the unapplied, unsuperseded rows newest first (at most
-// MaxPending) and keeps the first of each device.
+// MaxPending, in pages) and keeps the first of each device.
 func (r *REST) Pending(ctx context.Context) ([]Row, error) {
-	return r.rows(ctx, url.Values{"order": {"id.desc"}})
+	seen := make(map[string]bool)
+	var out []Row
+	err := r.pages(ctx, "id.desc", "", func(x restRow) {
+		if !seen[x.DevID] {
+			seen[x.DevID] = true
+			out = append(out, x.row())
+		}
+	})
+	return out, err
 }
 
 // Since reads the unapplied, unsuperseded rows with an id above after, oldest
-// first, so a poll can remember the largest id it saw.
+// first (at most MaxPending, in pages), so a poll can remember the largest
+// id it saw.
 func (r *REST) Since(ctx context.Context, after int64) ([]Row, error) {
-	return r.rows(ctx, url.Values{"order": {"id.asc"}, "id": {"gt." + strconv.FormatInt(after, 10)}})
+	var out []Row
+	err := r.pages(ctx, "id.asc", "gt."+strconv.FormatInt(after, 10), func(x restRow) { out = append(out, x.row()) })
+	return out, err
 }
 
-func (r *REST) rows(ctx context.Context, q url.Values) ([]Row, error) {
-	q.Set("select", "id,devid,config,sent_at")
-	q.Set("applied_at", "is.null")
-	q.Set("superseded_at", "is.null")
-	q.Set("limit", strconv.Itoa(MaxPending))
-	var rows []restRow
-	if err := r.do(ctx, http.MethodGet, q, nil, &rows); err != nil {
-		return nil, err
+// pages reads pending rows in order (id.asc or id.desc), starting from the
+// id filter idFrom ("" = all), restPage rows at a time, each page starting
+// after the last id of the one before, until a page is empty or MaxPending
+// rows were read.
+func (r *REST) pages(ctx context.Context, order, idFrom string, each func(restRow)) error {
+	next := "gt."
+	if order == "id.desc" {
+		next = "lt."
 	}
-	seen := make(map[string]bool, len(rows))
-	out := make([]Row, 0, len(rows))
-	for _, x := range rows {
-		if seen[x.DevID] && q.Get("order") == "id.desc" {
-			continue
+	for total := 0; total < MaxPending; {
+		q := url.Values{
+			"select":        {"id,devid,config,sent_at"},
+			"applied_at":    {"is.null"},
+			"superseded_at": {"is.null"},
+			"order":         {order},
+			"limit":         {strconv.Itoa(min(restPage, MaxPending-total))},
 		}
-		seen[x.DevID] = true
-		out = append(out, Row{ID: x.ID, DeviceID: x.DevID, Config: x.Config, Sent: x.SentAt != nil})
+		if idFrom != "" {
+			q.Set("id", idFrom)
+		}
+		var rows []restRow
+		if err := r.do(ctx, http.MethodGet, q, nil, &rows); err != nil {
+			return err
+		}
+		if len(rows) == 0 {
+			return nil
+		}
+		for _, x := range rows {
+			each(x)
+		}
+		total += len(rows)
+		idFrom = next + strconv.FormatInt(rows[len(rows)-1].ID, 10)
 	}
-	return out, nil
+	return nil
+}
+
+func (x restRow) row() Row {
+	return Row{ID: x.ID, DeviceID: x.DevID, Config: x.Config, Sent: x.SentAt != nil}
 }
 
 // MarkSent implements Store with two PATCHes (PostgREST has no multi-row
