@@ -178,7 +178,7 @@ func (m *matcher) expire(final bool) {
 
 // drain waits until every answered send has its frame, or until the frame
 // wait has passed since the last send was answered.
-func (m *matcher) drain(stop <-chan struct{}) {
+func (m *matcher) drain() {
 	deadline := time.NewTimer(m.wait)
 	defer deadline.Stop()
 	for {
@@ -191,8 +191,6 @@ func (m *matcher) drain(stop <-chan struct{}) {
 		select {
 		case <-m.changed:
 		case <-deadline.C:
-			return
-		case <-stop:
 			return
 		}
 	}

@@ -123,7 +123,7 @@ func TestMatcherDrainReturnsWhenAllFramesArrived(t *testing.T) {
 	m.done(e, true)
 	done := make(chan struct{})
 	go func() {
-		m.drain(nil)
+		m.drain()
 		close(done)
 	}()
 	m.frame(frame("D", 1), time.Now())

@@ -209,7 +209,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	res.Elapsed = time.Since(start)
 
 	if match != nil {
-		match.drain(ctx.Done())
+		// Even after Ctrl-C: frames of the last sends are still on their
+		// way, and calling them missing would be wrong. FrameWait bounds it.
+		match.drain()
 		match.expire(true)
 	}
 	close(stopProgress)
