@@ -73,18 +73,28 @@ func rawCON(t testing.TB, mid int32, token []byte, payload []byte) []byte {
 	return buf[:n]
 }
 
+// exchange sends datagram and retransmits it, as a device's CON timer
+// would (RFC 7252 §4.2, here every 100 ms), until an answer arrives. go-coap
+// silently drops a retransmission that arrives while the first copy is still
+// being answered; the next one gets the cached answer.
 func exchange(t testing.TB, conn *net.UDPConn, datagram []byte) []byte {
 	t.Helper()
-	if _, err := conn.Write(datagram); err != nil {
-		t.Fatal(err)
-	}
-	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
 	buf := make([]byte, 1500)
-	n, err := conn.Read(buf)
-	if err != nil {
-		t.Fatalf("no answer: %v", err)
+	for range 50 {
+		if _, err := conn.Write(datagram); err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		n, err := conn.Read(buf)
+		if err == nil {
+			return buf[:n]
+		}
+		if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
+			t.Fatalf("read: %v", err)
+		}
 	}
-	return buf[:n]
+	t.Fatal("no answer after 50 retransmissions")
+	return nil
 }
 
 // RFC 7252 §4.5: a retransmitted CON (same message ID from the same
