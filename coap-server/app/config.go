@@ -6,10 +6,10 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
-	"strconv"
 	"strings"
 
 	"github.com/nbiot-live/nbiot-live/coap-server/ingest"
+	"github.com/nbiot-live/nbiot-live/internal/envconf"
 )
 
 // Config is coap-server's configuration. FromEnv fills it from the
@@ -80,9 +80,9 @@ func (c Config) Storage() string {
 // validates it. An error names the variable at fault and never its value.
 func FromEnv(getenv func(string) string) (Config, error) {
 	c := Config{
-		CoAPAddr:           or(getenv("COAP_ADDR"), ":5683"),
+		CoAPAddr:           envconf.Or(getenv("COAP_ADDR"), ":5683"),
 		CoAPSAddr:          getenv("COAPS_ADDR"),
-		HTTPAddr:           or(getenv("HTTP_ADDR"), ":8080"),
+		HTTPAddr:           envconf.Or(getenv("HTTP_ADDR"), ":8080"),
 		WSToken:            getenv("WS_TOKEN"),
 		SupabaseURL:        strings.TrimRight(getenv("SUPABASE_URL"), "/"),
 		SupabaseServiceKey: getenv("SUPABASE_SERVICE_KEY"),
@@ -91,10 +91,10 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		StorageQueue:       100000,
 	}
 	var err error
-	if c.MaxPayload, err = intVar(getenv, "MAX_UPLINK_BYTES", c.MaxPayload, 64, 65000); err != nil {
+	if c.MaxPayload, err = envconf.Int(getenv, "MAX_UPLINK_BYTES", c.MaxPayload, 64, 65000); err != nil {
 		return c, err
 	}
-	if c.StorageQueue, err = intVar(getenv, "STORAGE_QUEUE_SIZE", c.StorageQueue, 1, 10_000_000); err != nil {
+	if c.StorageQueue, err = envconf.Int(getenv, "STORAGE_QUEUE_SIZE", c.StorageQueue, 1, 10_000_000); err != nil {
 		return c, err
 	}
 	for _, v := range []struct {
@@ -107,7 +107,7 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		{&c.CoAPSHandshakeRate, "COAPS_HANDSHAKE_RATE_PER_IP", 10, 1, 100000},
 		{&c.DownlinkPollSeconds, "DOWNLINK_POLL_INTERVAL_SECONDS", 10, 1, 3600},
 	} {
-		if *v.dst, err = intVar(getenv, v.name, v.def, v.lo, v.hi); err != nil {
+		if *v.dst, err = envconf.Int(getenv, v.name, v.def, v.lo, v.hi); err != nil {
 			return c, err
 		}
 	}
@@ -156,23 +156,4 @@ func (c Config) Validate() error {
 		}
 	}
 	return nil
-}
-
-func or(v, def string) string {
-	if v == "" {
-		return def
-	}
-	return v
-}
-
-func intVar(getenv func(string) string, name string, def, lo, hi int) (int, error) {
-	v := getenv(name)
-	if v == "" {
-		return def, nil
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < lo || n > hi {
-		return 0, fmt.Errorf("%s: want an integer from %d to %d", name, lo, hi)
-	}
-	return n, nil
 }

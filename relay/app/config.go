@@ -6,12 +6,12 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
 
+	"github.com/nbiot-live/nbiot-live/internal/envconf"
 	"github.com/nbiot-live/nbiot-live/internal/wspeer"
 	"github.com/nbiot-live/nbiot-live/relay/access"
 	"github.com/nbiot-live/nbiot-live/relay/browser"
@@ -104,8 +104,8 @@ func (c Config) Issuer() string {
 // validates it. An error names the variable at fault and never its value.
 func FromEnv(getenv func(string) string) (Config, error) {
 	c := Config{
-		HTTPAddr:          or(getenv("HTTP_ADDR"), ":8090"),
-		UpstreamURL:       or(getenv("UPSTREAM_URL"), "ws://localhost:8080/ws"),
+		HTTPAddr:          envconf.Or(getenv("HTTP_ADDR"), ":8090"),
+		UpstreamURL:       envconf.Or(getenv("UPSTREAM_URL"), "ws://localhost:8080/ws"),
 		UpstreamToken:     getenv("UPSTREAM_TOKEN"),
 		SupabaseURL:       strings.TrimRight(getenv("SUPABASE_URL"), "/"),
 		SupabaseAnonKey:   getenv("SUPABASE_ANON_KEY"),
@@ -125,10 +125,10 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	default:
 		return c, errors.New("AUTH_DISABLED: want true or false")
 	}
-	if c.MaxConnections, err = intVar(getenv, "MAX_CONNECTIONS", c.MaxConnections, 1, 1_000_000); err != nil {
+	if c.MaxConnections, err = envconf.Int(getenv, "MAX_CONNECTIONS", c.MaxConnections, 1, 1_000_000); err != nil {
 		return c, err
 	}
-	if c.MaxDevices, err = intVar(getenv, "MAX_WATCHED_DEVICES", c.MaxDevices, 1, 100_000); err != nil {
+	if c.MaxDevices, err = envconf.Int(getenv, "MAX_WATCHED_DEVICES", c.MaxDevices, 1, 100_000); err != nil {
 		return c, err
 	}
 	if v := getenv("LOG_LEVEL"); v != "" {
@@ -174,23 +174,4 @@ func (c Config) Validate() error {
 		return errors.New("DATABASE_URL, or SUPABASE_URL with SUPABASE_ANON_KEY, is required to check device access (or AUTH_DISABLED=true for local development)")
 	}
 	return nil
-}
-
-func or(v, def string) string {
-	if v == "" {
-		return def
-	}
-	return v
-}
-
-func intVar(getenv func(string) string, name string, def, lo, hi int) (int, error) {
-	v := getenv(name)
-	if v == "" {
-		return def, nil
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < lo || n > hi {
-		return 0, fmt.Errorf("%s: want an integer from %d to %d", name, lo, hi)
-	}
-	return n, nil
 }
