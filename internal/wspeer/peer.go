@@ -60,6 +60,16 @@ var (
 	ErrPeerGone = errors.New("wspeer: peer closed or stopped answering")
 )
 
+// CloseError is a close reason that carries its own close code and text
+// (RFC 6455 §7.4; 4000–4999 are for applications), e.g. the relay's 4401
+// when a user's token expires.
+type CloseError struct {
+	Code int
+	Text string
+}
+
+func (e *CloseError) Error() string { return "wspeer: closed: " + e.Text }
+
 // Peer is one connected client.
 type Peer struct {
 	mu   sync.Mutex // guards conn, set once by Run
@@ -182,12 +192,13 @@ func (p *Peer) writeLoop() {
 	}
 }
 
-// writeClose sends a close frame saying why, best effort: RFC 6455 §7.4.1
-// codes 1008 (policy: too slow) and 1001 (going away: server shutdown).
+// writeClose sends a close frame saying why, best effort: 1001 (going away,
+// RFC 6455 §7.4.1) on shutdown, or a CloseError's own code.
 func (p *Peer) writeClose() {
 	code, text := websocket.CloseGoingAway, "server closing"
-	if p.reason == ErrSlow {
-		code, text = websocket.ClosePolicyViolation, "too slow"
+	var ce *CloseError
+	if errors.As(p.reason, &ce) {
+		code, text = ce.Code, ce.Text
 	}
 	if p.reason == ErrPeerGone || p.reason == ErrSlow {
 		// Gone: nobody to tell. Slow: its socket is full, a close frame

@@ -87,6 +87,7 @@ func (a *App) Start(ctx context.Context) (err error) {
 		Origins:        a.cfg.AllowedOrigins,
 		Peer:           a.cfg.Peer,
 		MaxConnections: a.cfg.MaxConnections,
+		Now:            a.cfg.Now,
 		Logger:         a.log,
 		Metrics:        a.browserMetrics,
 	}

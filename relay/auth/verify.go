@@ -31,6 +31,10 @@ const (
 type Claims struct {
 	Subject string
 	Role    string
+	// ValidUntil is the exp claim plus the verifier's leeway: the last
+	// moment Verify accepts the token. The relay ends a browser's session
+	// then, so a reconnect with the same token is refused, never looped.
+	ValidUntil time.Time
 	// Raw is every claim, as the access check passes them to Postgres in
 	// request.jwt.claims, exactly as PostgREST does.
 	Raw map[string]any
@@ -67,6 +71,7 @@ type Verifier struct {
 	secret  []byte
 	parser  *jwt.Parser
 	timeout time.Duration
+	leeway  time.Duration
 }
 
 // NewVerifier builds a Verifier. With a JWKS URL it starts fetching the key
@@ -91,7 +96,7 @@ func NewVerifier(ctx context.Context, o Options) (*Verifier, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	v := &Verifier{secret: o.Secret, timeout: 10 * time.Second}
+	v := &Verifier{secret: o.Secret, timeout: 10 * time.Second, leeway: o.Leeway}
 	var methods []string
 	if len(o.Secret) > 0 {
 		methods = append(methods, jwt.SigningMethodHS256.Alg())
@@ -148,6 +153,9 @@ func (v *Verifier) Verify(ctx context.Context, token string) (*Claims, error) {
 		return nil, classify(err)
 	}
 	c := &Claims{Raw: mc}
+	if exp, err := mc.GetExpirationTime(); err == nil && exp != nil {
+		c.ValidUntil = exp.Time.Add(v.leeway)
+	}
 	c.Subject, _ = mc["sub"].(string)
 	c.Role, _ = mc["role"].(string)
 	if c.Subject == "" {

@@ -55,6 +55,10 @@ type Handler struct {
 	FirstConnectWait time.Duration
 	Logger           *slog.Logger
 	Metrics          *Metrics
+	// Now and AfterFunc are the clock for token expiry (default time.Now
+	// and time.AfterFunc), injected so tests need not wait.
+	Now       func() time.Time
+	AfterFunc func(time.Duration, func()) interface{ Stop() bool }
 
 	initOnce sync.Once
 	upgrader websocket.Upgrader
@@ -108,35 +112,37 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.reject(w, RejectDeviceID, http.StatusBadRequest, "invalid deviceId: must match ^[A-Za-z0-9_-]{1,64}$")
 		return
 	}
+	var expires time.Time
 	if !h.AuthDisabled {
-		if status, reason, msg := h.authorize(r, device); status != 0 {
+		status, reason, msg, claims := h.authorize(r, device)
+		if status != 0 {
 			if status == http.StatusUnauthorized {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="nbiot-live", error="invalid_token"`)
 			}
 			h.reject(w, reason, status, msg)
 			return
 		}
+		expires = claims.ValidUntil
 	}
 	if !h.reserve() {
 		h.reject(w, RejectLimit, http.StatusServiceUnavailable, "too many connections")
 		return
 	}
-	h.serve(w, r, device) // releases the reservation when the connection ends
-
+	h.serve(w, r, device, expires) // releases the reservation when the connection ends
 }
 
-// authorize returns 0 when the request may proceed, else the status,
-// metric reason and a message without secrets.
-func (h *Handler) authorize(r *http.Request, device string) (int, string, string) {
+// authorize returns status 0 and the verified claims when the request may
+// proceed, else the status, metric reason and a message without secrets.
+func (h *Handler) authorize(r *http.Request, device string) (int, string, string, *auth.Claims) {
 	token, source, err := auth.FromRequest(r)
 	if err != nil {
 		h.Metrics.AuthFailures.WithLabelValues(auth.Reason(err)).Inc()
-		return http.StatusUnauthorized, RejectAuth, "missing or invalid token"
+		return http.StatusUnauthorized, RejectAuth, "missing or invalid token", nil
 	}
 	if source == auth.SourceSubprotocol && !auth.OffersSubprotocol(r) {
 		// A browser fails a handshake whose answer names no protocol it
 		// offered, and the token entry itself must never be echoed.
-		return http.StatusBadRequest, RejectProtocol, `offer the "nbiot-live" subprotocol with the token entry`
+		return http.StatusBadRequest, RejectProtocol, `offer the "nbiot-live" subprotocol with the token entry`, nil
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.CheckTimeout)
 	defer cancel()
@@ -145,20 +151,25 @@ func (h *Handler) authorize(r *http.Request, device string) (int, string, string
 		reason := auth.Reason(err)
 		h.Metrics.AuthFailures.WithLabelValues(reason).Inc()
 		h.Logger.Debug("token rejected", "remote", r.RemoteAddr, "device", device, "reason", reason)
-		return http.StatusUnauthorized, RejectAuth, "missing or invalid token"
+		return http.StatusUnauthorized, RejectAuth, "missing or invalid token", nil
 	}
 	h.Metrics.TokenSources.WithLabelValues(source).Inc()
 	if err := h.Access.Check(ctx, claims, token, device); err != nil {
 		if errors.Is(err, access.ErrDenied) {
-			return http.StatusForbidden, RejectDenied, "device not visible to this user"
+			return http.StatusForbidden, RejectDenied, "device not visible to this user", nil
 		}
 		h.Logger.Warn("access check failed", "remote", r.RemoteAddr, "device", device, "err", err)
-		return http.StatusServiceUnavailable, RejectUnavailable, "access check unavailable, retry later"
+		return http.StatusServiceUnavailable, RejectUnavailable, "access check unavailable, retry later", nil
 	}
-	return 0, "", ""
+	return 0, "", "", claims
 }
 
-func (h *Handler) serve(w http.ResponseWriter, r *http.Request, device string) {
+// TokenExpired closes a browser's session when its token expires: close
+// code 4401 mirrors HTTP 401, and a client that can refresh its token
+// reconnects with a new one, which is verified and checked again.
+var TokenExpired = &wspeer.CloseError{Code: 4401, Text: "token expired"}
+
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request, device string, expires time.Time) {
 	// The peer queues frames from the moment it watches; its first frames
 	// are written once the handshake is done.
 	peer := wspeer.New(h.Peer)
@@ -183,6 +194,11 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, device string) {
 	if !h.track(peer) {
 		peer.Close(wspeer.ErrClosed)
 	}
+	stopExpiry := func() bool { return false }
+	if !expires.IsZero() {
+		// Authorization holds for the token's lifetime, not the socket's.
+		stopExpiry = h.afterFunc(h.until(expires), func() { peer.Close(TokenExpired) }).Stop
+	}
 	h.Metrics.Accepted.Inc()
 	h.Metrics.Connections.Inc()
 	remote := r.RemoteAddr
@@ -195,10 +211,26 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, device string) {
 		defer h.untrack(peer)
 		defer watch.Close()
 		defer h.Metrics.Connections.Dec()
+		defer stopExpiry()
 		reason := peer.Run(conn)
 		h.Metrics.Disconnects.WithLabelValues(disconnectReason(reason)).Inc()
 		h.Logger.Debug("browser gone", "remote", remote, "device", device, "err", reason)
 	}()
+}
+
+func (h *Handler) until(t time.Time) time.Duration {
+	now := time.Now
+	if h.Now != nil {
+		now = h.Now
+	}
+	return t.Sub(now())
+}
+
+func (h *Handler) afterFunc(d time.Duration, f func()) interface{ Stop() bool } {
+	if h.AfterFunc != nil {
+		return h.AfterFunc(d, f)
+	}
+	return time.AfterFunc(d, f)
 }
 
 func disconnectReason(err error) string {
@@ -207,6 +239,8 @@ func disconnectReason(err error) string {
 		return "slow"
 	case errors.Is(err, wspeer.ErrClosed):
 		return "server"
+	case errors.Is(err, TokenExpired):
+		return "token_expired"
 	default:
 		return "gone"
 	}

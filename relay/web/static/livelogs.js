@@ -165,9 +165,11 @@ export function connectLiveLogs({ url, deviceId, token, onEntry = () => {}, onSt
       if (ws !== sock) return;
       ws = null;
       if (closed) return;
-      // Close codes 4401/4403: the relay ended the session over auth (an
-      // expired token, say), mirroring HTTP 401/403.
-      if (ev.code === 4401) return setState(State.UNAUTHORIZED, { reason: ev.reason || "token rejected" });
+      // Close code 4401: the relay ended the session because the token
+      // expired. Reconnect: a refreshed token (token as a function) goes on
+      // seamlessly, a stale one is refused with 401 and lands in
+      // "unauthorized" below. 4403 mirrors HTTP 403.
+      if (ev.code === 4401) return retry(ev.reason || "token expired");
       if (ev.code === 4403) return setState(State.FORBIDDEN, { reason: ev.reason || "device not visible" });
       if (openedAt && Date.now() - openedAt >= b.stableMs) attempt = 0;
       if (!openedAt) {
