@@ -23,15 +23,13 @@ type PG struct {
 	Pool *pgxpool.Pool
 }
 
-// Pending implements Store: per device the newest row, kept only when it
-// is neither applied nor superseded (an older unapplied row behind a newer
-// applied one is not pending).
+// Pending implements Store: the view device_downlinks_pending, per device
+// the newest row, kept only when it is neither applied nor superseded (an
+// older unapplied row behind a newer applied one is not pending).
 func (p PG) Pending(ctx context.Context) ([]Row, error) {
 	rows, err := p.Pool.Query(ctx, `
-		select id, devid, config::text, sent_at is not null from (
-		  select distinct on (devid) id, devid, config, sent_at, applied_at, superseded_at
-		  from public.device_downlinks order by devid, id desc) newest
-		where applied_at is null and superseded_at is null
+		select id, devid, config::text, sent_at is not null
+		from public.device_downlinks_pending
 		limit $1`, MaxPending)
 	if err != nil {
 		return nil, fmt.Errorf("device_downlinks: %w", err)

@@ -35,18 +35,12 @@ type restRow struct {
 // rather than trust that one request returned everything.
 const restPage = 1000
 
-// Pending implements Store. PostgREST cannot say "newest per device", so
-// this reads the unapplied, unsuperseded rows newest first (at most
-// MaxPending, in pages) and keeps the first of each device.
+// Pending implements Store: the view device_downlinks_pending (newest row
+// per device, unless applied or superseded: the same rule as the Postgres
+// mode), in pages.
 func (r *REST) Pending(ctx context.Context) ([]Row, error) {
-	seen := make(map[string]bool)
 	var out []Row
-	err := r.pages(ctx, "id.desc", "", func(x restRow) {
-		if !seen[x.DevID] {
-			seen[x.DevID] = true
-			out = append(out, x.row())
-		}
-	})
+	err := r.pages(ctx, pendingView, "id.desc", "", func(x restRow) { out = append(out, x.row()) })
 	return out, err
 }
 
@@ -55,32 +49,40 @@ func (r *REST) Pending(ctx context.Context) ([]Row, error) {
 // id it saw.
 func (r *REST) Since(ctx context.Context, after int64) ([]Row, error) {
 	var out []Row
-	err := r.pages(ctx, "id.asc", "gt."+strconv.FormatInt(after, 10), func(x restRow) { out = append(out, x.row()) })
+	err := r.pages(ctx, table, "id.asc", "gt."+strconv.FormatInt(after, 10), func(x restRow) { out = append(out, x.row()) })
 	return out, err
 }
 
-// pages reads pending rows in order (id.asc or id.desc), starting from the
-// id filter idFrom ("" = all), restPage rows at a time, each page starting
-// after the last id of the one before, until a page is empty or MaxPending
-// rows were read.
-func (r *REST) pages(ctx context.Context, order, idFrom string, each func(restRow)) error {
+// Relations read and written.
+const (
+	table       = "device_downlinks"
+	pendingView = "device_downlinks_pending"
+)
+
+// pages reads pending rows of relation in order (id.asc or id.desc),
+// starting from the id filter idFrom ("" = all), restPage rows at a time,
+// each page starting after the last id of the one before, until a page is
+// empty or MaxPending rows were read.
+func (r *REST) pages(ctx context.Context, relation, order, idFrom string, each func(restRow)) error {
 	next := "gt."
 	if order == "id.desc" {
 		next = "lt."
 	}
 	for total := 0; total < MaxPending; {
 		q := url.Values{
-			"select":        {"id,devid,config,sent_at"},
-			"applied_at":    {"is.null"},
-			"superseded_at": {"is.null"},
-			"order":         {order},
-			"limit":         {strconv.Itoa(min(restPage, MaxPending-total))},
+			"select": {"id,devid,config,sent_at"},
+			"order":  {order},
+			"limit":  {strconv.Itoa(min(restPage, MaxPending-total))},
+		}
+		if relation == table {
+			q.Set("applied_at", "is.null")
+			q.Set("superseded_at", "is.null")
 		}
 		if idFrom != "" {
 			q.Set("id", idFrom)
 		}
 		var rows []restRow
-		if err := r.do(ctx, http.MethodGet, q, nil, &rows); err != nil {
+		if err := r.do(ctx, http.MethodGet, relation, q, nil, &rows); err != nil {
 			return err
 		}
 		if len(rows) == 0 {
@@ -105,22 +107,22 @@ func (x restRow) row() Row {
 func (r *REST) MarkSent(ctx context.Context, id int64, deviceID string, at time.Time) error {
 	ts := at.UTC().Format(time.RFC3339Nano)
 	sid := strconv.FormatInt(id, 10)
-	if err := r.do(ctx, http.MethodPatch, url.Values{"id": {"eq." + sid}, "sent_at": {"is.null"}},
+	if err := r.do(ctx, http.MethodPatch, table, url.Values{"id": {"eq." + sid}, "sent_at": {"is.null"}},
 		map[string]string{"sent_at": ts}, nil); err != nil {
 		return err
 	}
-	return r.do(ctx, http.MethodPatch, url.Values{
+	return r.do(ctx, http.MethodPatch, table, url.Values{
 		"devid": {"eq." + deviceID}, "id": {"lt." + sid}, "applied_at": {"is.null"}, "superseded_at": {"is.null"},
 	}, map[string]string{"superseded_at": ts}, nil)
 }
 
 // MarkApplied implements Store.
 func (r *REST) MarkApplied(ctx context.Context, id int64, at time.Time) error {
-	return r.do(ctx, http.MethodPatch, url.Values{"id": {"eq." + strconv.FormatInt(id, 10)}, "applied_at": {"is.null"}},
+	return r.do(ctx, http.MethodPatch, table, url.Values{"id": {"eq." + strconv.FormatInt(id, 10)}, "applied_at": {"is.null"}},
 		map[string]string{"applied_at": at.UTC().Format(time.RFC3339Nano)}, nil)
 }
 
-func (r *REST) do(ctx context.Context, method string, q url.Values, body any, out any) error {
+func (r *REST) do(ctx context.Context, method, relation string, q url.Values, body any, out any) error {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -129,7 +131,7 @@ func (r *REST) do(ctx context.Context, method string, q url.Values, body any, ou
 		}
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, r.BaseURL+"/rest/v1/device_downlinks?"+q.Encode(), rd)
+	req, err := http.NewRequestWithContext(ctx, method, r.BaseURL+"/rest/v1/"+relation+"?"+q.Encode(), rd)
 	if err != nil {
 		return fmt.Errorf("device_downlinks: %w", err)
 	}
