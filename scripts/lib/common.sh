@@ -8,6 +8,10 @@ PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 
 log() { printf '==> %s\n' "$*" >&2; }
 
+# Go 1.26 lives in /usr/local/go on these machines; a non-login shell may
+# not have it on PATH.
+command -v go >/dev/null 2>&1 || PATH="/usr/local/go/bin:$PATH"
+
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
 }
