@@ -70,6 +70,7 @@ func New(cfg Config, logger *slog.Logger) *App {
 		Logger:     logger,
 		Metrics:    ingest.NewMetrics(reg),
 		MaxPayload: cfg.MaxPayload,
+		Dedup:      ingest.NewDedup(ingest.DefaultDedupEntries, ingest.ExchangeLifetime),
 	}
 	a.httpAPI = &httpapi.Server{
 		Hub:      a.hub,

@@ -177,3 +177,44 @@ func TestJunkDatagramsLeaveServerServing(t *testing.T) {
 		t.Fatalf("after junk: frame %v", m)
 	}
 }
+
+// A retransmission from another source port (a NAT rebinding between a CON
+// and its retransmission, common on NB-IoT) is a new endpoint to go-coap;
+// the application-level dedup still answers it the same and processes it
+// once.
+func TestRetransmissionAfterNATRebindingIsProcessedOnce(t *testing.T) {
+	a := startApp(t, nil)
+	ws := dialWS(t, a, "?deviceId=NAT")
+	p1, _ := proto.Marshal(&nbiotv1.Uplink{DeviceId: "NAT", UplinkCount: 1})
+	p2, _ := proto.Marshal(&nbiotv1.Uplink{DeviceId: "NAT", UplinkCount: 2})
+	con := rawCON(t, 0x4242, []byte{9, 9, 9, 9}, p1)
+	var answers [][]byte
+	for range 2 { // two sockets: two source ports, one exchange
+		conn, err := net.DialUDP("udp", nil, a.CoAPAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		answers = append(answers, exchange(t, conn, con))
+	}
+	if !bytes.Equal(answers[0], answers[1]) {
+		t.Errorf("answers differ:\n%x\n%x", answers[0], answers[1])
+	}
+	conn, err := net.DialUDP("udp", nil, a.CoAPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	exchange(t, conn, rawCON(t, 0x4243, []byte{9, 9, 9, 8}, p2))
+	for _, want := range []float64{1, 2} {
+		if got := readFrame(t, ws)["data"].(map[string]any)["uplink_count"]; got != want {
+			t.Fatalf("frame uplink_count %v, want %v", got, want)
+		}
+	}
+	if n := counter(t, a.Metrics, "nbiot_uplinks_accepted_total", nil); n != 2 {
+		t.Errorf("accepted %v uplinks, want 2", n)
+	}
+	if n := counter(t, a.Metrics, "nbiot_uplinks_duplicate_total", nil); n != 1 {
+		t.Errorf("duplicates %v, want 1", n)
+	}
+}

@@ -53,6 +53,7 @@ type Handler struct {
 	Live      LiveLog
 	Store     Store     // nil: live logs only
 	Downlinks Downlinks // nil: never answers with a downlink
+	Dedup     *Dedup    // nil: duplicates are detected per connection only (go-coap)
 	Logger    *slog.Logger
 	Metrics   *Metrics
 	// MaxPayload bounds the payload (default DefaultMaxPayload).
@@ -118,6 +119,17 @@ func (h *Handler) handle(w mux.ResponseWriter, r *mux.Message, identity string, 
 		return h.refuse(w, r, deviceID, err, now)
 	}
 
+	var key dedupKey
+	if h.Dedup != nil {
+		key = h.Dedup.key(deviceID, r.MessageID(), r.Token(), payload)
+		if code, answer, ok := h.Dedup.lookup(key, now); ok {
+			// A retransmission from another address (RFC 7252 §4.5): the
+			// same answer, and nothing stored or broadcast twice.
+			h.Metrics.Duplicates.Inc()
+			return answerWith(w, code, answer)
+		}
+	}
+
 	rec := storage.Record{ID: h.newID(), DeviceID: deviceID, ReceivedAt: now, Uplink: u}
 	if h.Store != nil {
 		if err := h.Store.Enqueue(rec); err != nil {
@@ -140,12 +152,20 @@ func (h *Handler) handle(w mux.ResponseWriter, r *mux.Message, identity string, 
 		h.Live.Broadcast(downlink)
 	}
 	h.Metrics.Accepted.Inc()
-	if answer != nil {
-		w.SetResponse(codes.Changed, message.AppOctets, bytes.NewReader(answer))
-	} else {
-		w.SetResponse(codes.Changed, message.AppOctets, nil)
+	if h.Dedup != nil && h.Dedup.remember(key, codes.Changed, answer, now) {
+		h.Metrics.DedupEvictions.Inc()
 	}
-	return codes.Changed
+	return answerWith(w, codes.Changed, answer)
+}
+
+// answerWith sets an accepted uplink's answer: empty, or a Downlink.
+func answerWith(w mux.ResponseWriter, code codes.Code, answer []byte) codes.Code {
+	if answer != nil {
+		_ = w.SetResponse(code, message.AppOctets, bytes.NewReader(answer))
+	} else {
+		_ = w.SetResponse(code, message.AppOctets, nil)
+	}
+	return code
 }
 
 // refuse answers a rejected uplink and, when the device is known, puts the

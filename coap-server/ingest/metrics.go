@@ -11,9 +11,13 @@ import (
 // Metrics counts what the CoAP side does.
 type Metrics struct {
 	Accepted prometheus.Counter
-	requests *prometheus.CounterVec
-	rejected *prometheus.CounterVec
-	latency  prometheus.Histogram
+	// Duplicates counts retransmissions answered from Dedup; DedupEvictions
+	// counts answers forgotten early because Dedup was full.
+	Duplicates     prometheus.Counter
+	DedupEvictions prometheus.Counter
+	requests       *prometheus.CounterVec
+	rejected       *prometheus.CounterVec
+	latency        prometheus.Histogram
 }
 
 // NewMetrics registers the CoAP metrics on reg.
@@ -21,6 +25,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		Accepted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "nbiot_uplinks_accepted_total", Help: "Uplinks accepted (answered 2.04).",
+		}),
+		Duplicates: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nbiot_uplinks_duplicate_total", Help: "Retransmitted uplinks answered again without being processed twice.",
+		}),
+		DedupEvictions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nbiot_dedup_evictions_total", Help: "Remembered answers dropped before EXCHANGE_LIFETIME because the table was full.",
 		}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nbiot_coap_requests_total", Help: "CoAP requests by response code.",
@@ -35,7 +45,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: []float64{10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 5e-3, 25e-3},
 		}),
 	}
-	reg.MustRegister(m.Accepted, m.requests, m.rejected, m.latency)
+	reg.MustRegister(m.Accepted, m.Duplicates, m.DedupEvictions, m.requests, m.rejected, m.latency)
 	return m
 }
 

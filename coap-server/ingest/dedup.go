@@ -1,0 +1,119 @@
+package ingest
+
+import (
+	"container/list"
+	"hash/maphash"
+	"sync"
+	"time"
+
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+)
+
+// ExchangeLifetime is how long a message ID may be reused for the same
+// exchange (RFC 7252 §4.8.2, EXCHANGE_LIFETIME with default parameters).
+const ExchangeLifetime = 247 * time.Second
+
+// DefaultDedupEntries bounds the answers Dedup remembers: at 64 B of key
+// and a few bytes of answer each, 100,000 entries are a few MiB, and cover
+// 400 uplinks/s for a whole EXCHANGE_LIFETIME.
+const DefaultDedupEntries = 100_000
+
+// Dedup remembers the answers to accepted uplinks per device, so that a
+// retransmission is answered again without a second row or live-log entry
+// even when it comes from another address. go-coap detects duplicates only
+// per connection (RFC 7252 §4.5: per endpoint), and on NB-IoT a NAT
+// rebinding between a CON and its retransmission makes a new endpoint.
+// Keys are the device, message ID, token and a hash of the payload: a
+// retransmission repeats all four, and a new uplink differs in at least the
+// message ID. Safe for concurrent use; two copies arriving at the same
+// instant from two addresses may both be processed (storage is idempotent
+// per uplink_id, not per copy: the window is that small).
+type Dedup struct {
+	mu      sync.Mutex
+	seed    maphash.Seed
+	ttl     time.Duration
+	max     int
+	entries map[dedupKey]*list.Element
+	order   *list.List // oldest first; values are *dedupEntry
+}
+
+type dedupKey struct {
+	device string
+	token  string
+	mid    int32
+	sum    uint64
+}
+
+type dedupEntry struct {
+	key     dedupKey
+	code    codes.Code
+	answer  []byte
+	expires time.Time
+}
+
+// NewDedup returns a Dedup keeping up to maxEntries answers for ttl
+// (defaults DefaultDedupEntries and ExchangeLifetime when zero).
+func NewDedup(maxEntries int, ttl time.Duration) *Dedup {
+	if maxEntries <= 0 {
+		maxEntries = DefaultDedupEntries
+	}
+	if ttl <= 0 {
+		ttl = ExchangeLifetime
+	}
+	return &Dedup{seed: maphash.MakeSeed(), ttl: ttl, max: maxEntries,
+		entries: make(map[dedupKey]*list.Element), order: list.New()}
+}
+
+func (d *Dedup) key(device string, mid int32, token, payload []byte) dedupKey {
+	return dedupKey{device: device, token: string(token), mid: mid, sum: maphash.Bytes(d.seed, payload)}
+}
+
+// lookup returns the remembered answer for k, if any and not expired.
+func (d *Dedup) lookup(k dedupKey, now time.Time) (codes.Code, []byte, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	el, ok := d.entries[k]
+	if !ok {
+		return 0, nil, false
+	}
+	e := el.Value.(*dedupEntry)
+	if now.After(e.expires) {
+		return 0, nil, false
+	}
+	return e.code, e.answer, true
+}
+
+// remember stores the answer for k, dropping expired entries and, when
+// full, the oldest one.
+func (d *Dedup) remember(k dedupKey, code codes.Code, answer []byte, now time.Time) (evicted bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for front := d.order.Front(); front != nil; front = d.order.Front() {
+		if e := front.Value.(*dedupEntry); now.After(e.expires) {
+			d.drop(front)
+			continue
+		}
+		break
+	}
+	if el, ok := d.entries[k]; ok {
+		d.drop(el)
+	}
+	if d.order.Len() >= d.max {
+		d.drop(d.order.Front())
+		evicted = true
+	}
+	d.entries[k] = d.order.PushBack(&dedupEntry{key: k, code: code, answer: answer, expires: now.Add(d.ttl)})
+	return evicted
+}
+
+func (d *Dedup) drop(el *list.Element) {
+	delete(d.entries, el.Value.(*dedupEntry).key)
+	d.order.Remove(el)
+}
+
+// Len is the number of remembered answers.
+func (d *Dedup) Len() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.order.Len()
+}
