@@ -24,6 +24,7 @@ import (
 	"github.com/nbiot-live/nbiot-live/coap-server/httpapi"
 	"github.com/nbiot-live/nbiot-live/coap-server/hub"
 	"github.com/nbiot-live/nbiot-live/coap-server/ingest"
+	"github.com/nbiot-live/nbiot-live/internal/lifecycle"
 )
 
 // Store is a running storage pipeline: it takes uplinks without blocking and
@@ -201,15 +202,7 @@ func (a *App) Shutdown(ctx context.Context) error {
 // Run starts the program and serves until ctx ends, then shuts down within
 // drain (the platform's kill timeout less a margin).
 func Run(ctx context.Context, cfg Config, logger *slog.Logger, drain time.Duration) error {
-	a := New(cfg, logger)
-	if err := a.Start(ctx); err != nil {
-		return err
-	}
-	<-ctx.Done()
-	logger.Info("shutting down", "drain", drain.String())
-	sctx, cancel := context.WithTimeout(context.Background(), drain)
-	defer cancel()
-	return a.Shutdown(sctx)
+	return lifecycle.Run(ctx, New(cfg, logger), logger, drain)
 }
 
 // openSecure starts the downlink service when storage is configured (it

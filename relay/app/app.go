@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/nbiot-live/nbiot-live/internal/lifecycle"
 	"github.com/nbiot-live/nbiot-live/relay/access"
 	"github.com/nbiot-live/nbiot-live/relay/auth"
 	"github.com/nbiot-live/nbiot-live/relay/browser"
@@ -197,15 +198,8 @@ func (a *App) Shutdown(ctx context.Context) error {
 	return a.shutErr
 }
 
-// Run starts the program and serves until ctx ends, then shuts down within drain.
+// Run starts the program and serves until ctx ends, then shuts down within
+// drain (the platform's kill timeout less a margin).
 func Run(ctx context.Context, cfg Config, logger *slog.Logger, drain time.Duration) error {
-	a := New(cfg, logger)
-	if err := a.Start(ctx); err != nil {
-		return err
-	}
-	<-ctx.Done()
-	logger.Info("shutting down", "drain", drain.String())
-	sctx, cancel := context.WithTimeout(context.Background(), drain)
-	defer cancel()
-	return a.Shutdown(sctx)
+	return lifecycle.Run(ctx, New(cfg, logger), logger, drain)
 }
