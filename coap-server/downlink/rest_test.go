@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +22,7 @@ import (
 	"github.com/nbiot-live/nbiot-live/coap-server/dtls"
 	"github.com/nbiot-live/nbiot-live/coap-server/ingest"
 	"github.com/nbiot-live/nbiot-live/internal/fakepostgrest"
+	"github.com/nbiot-live/nbiot-live/internal/logtest"
 	"github.com/nbiot-live/nbiot-live/internal/pgtest"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 )
@@ -46,7 +46,7 @@ type restEnv struct {
 	polled  chan struct{}
 	addr    string // plain CoAP ingest server answering from svc
 	url     string // SUPABASE_URL (the stand-in)
-	logs    *syncBuffer
+	logs    *logtest.Buffer
 }
 
 // restOpts shape one restEnv.
@@ -70,7 +70,7 @@ func startREST(t *testing.T, o restOpts) *restEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	e := &restEnv{pool: pool, tick: make(chan struct{}), polled: make(chan struct{}, 64), url: srv.URL, logs: &syncBuffer{}}
+	e := &restEnv{pool: pool, tick: make(chan struct{}), polled: make(chan struct{}, 64), url: srv.URL, logs: &logtest.Buffer{}}
 	if err := pool.QueryRow(ctx, `insert into auth.users (email) values ('rest-owner@example.com') returning id::text`).Scan(&e.owner); err != nil {
 		t.Fatal(err)
 	}
@@ -323,24 +323,6 @@ func TestRESTLoadRetriesRefusedKey(t *testing.T) {
 	if out := e.logs.String(); !strings.Contains(out, "downlink load failed") || strings.Contains(out, wrong) {
 		t.Fatalf("logs: want the failure without the key:\n%s", out)
 	}
-}
-
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // TestRESTPagesPastMaxRows: Supabase silently caps a response at its "Max

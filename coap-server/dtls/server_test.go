@@ -1,11 +1,9 @@
 package dtls_test
 
 import (
-	"bytes"
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/nbiot-live/nbiot-live/coap-server/dtls"
+	"github.com/nbiot-live/nbiot-live/internal/logtest"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 )
 
@@ -45,27 +44,9 @@ func TestIdentityMismatchIsForbidden(t *testing.T) {
 	}
 }
 
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // A failed handshake is logged with the identity, never the key.
 func TestFailedHandshakeLogsIdentityNotKey(t *testing.T) {
-	var logs syncBuffer
+	var logs logtest.Buffer
 	f := newFixture(t, func(c *dtls.Config) {
 		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 		c.HandshakeTimeout = time.Second
