@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -61,6 +62,8 @@ type Handler struct {
 	// Now and NewID are injected so tests control time and IDs.
 	Now   func() time.Time
 	NewID func() uuid.UUID
+
+	lastFullLog atomic.Int64 // unix ns of the last queue-full warning
 }
 
 // ServeCOAP implements mux.Handler for plain CoAP: the device is named by
@@ -134,7 +137,11 @@ func (h *Handler) handle(w mux.ResponseWriter, r *mux.Message, identity string, 
 	if h.Store != nil {
 		if err := h.Store.Enqueue(rec); err != nil {
 			h.Metrics.reject("queue_full")
-			h.Logger.Warn("uplink refused: storage queue full", "device", deviceID, "remote", w.Conn().RemoteAddr().String())
+			// During an outage this happens for every uplink: log at most
+			// once a second, the metric counts them all.
+			if last := h.lastFullLog.Load(); now.UnixNano()-last >= int64(time.Second) && h.lastFullLog.CompareAndSwap(last, now.UnixNano()) {
+				h.Logger.Warn("uplinks refused: storage queue full (logged at most once a second; see nbiot_uplinks_rejected_total)", "device", deviceID)
+			}
 			w.SetResponse(codes.ServiceUnavailable, message.TextPlain, strings.NewReader("storage busy, retry later"),
 				message.Option{ID: message.MaxAge, Value: uint32Bytes(RetryAfter)})
 			return codes.ServiceUnavailable
@@ -183,7 +190,10 @@ func (h *Handler) refuse(w mux.ResponseWriter, r *mux.Message, deviceID string, 
 	}
 	h.Metrics.reject(reason)
 	if deviceID != "" {
-		h.Logger.Info("uplink rejected", "device", deviceID, "remote", w.Conn().RemoteAddr().String(), "err", err)
+		// Debug, not Info: a device (or anyone naming it) can send these
+		// at line rate; the owner sees them on the live log, operators in
+		// nbiot_uplinks_rejected_total.
+		h.Logger.Debug("uplink rejected", "device", deviceID, "remote", w.Conn().RemoteAddr().String(), "err", err)
 		h.Live.Broadcast(livelog.Error(deviceID, now, "Rejected uplink: "+err.Error()))
 	} else {
 		h.Logger.Debug("uplink rejected", "remote", w.Conn().RemoteAddr().String(), "err", err)
