@@ -58,9 +58,11 @@ trap 'exit 130' INT TERM
 command -v go >/dev/null || die "Go 1.26 is required (https://go.dev/dl/); Debian's golang package is too old"
 command -v python3 >/dev/null || apt_install python3
 command -v curl >/dev/null || apt_install curl
-for p in "$COAP_PORT" "$HTTP_PORT" "$RELAY_PORT"; do
-  python3 -c 'import socket,sys; s=socket.socket(); s.bind((sys.argv[1], int(sys.argv[2])))' "$BIND" "$p" 2>/dev/null ||
-    die "port $p on $BIND is taken: set COAP_PORT, HTTP_PORT or RELAY_PORT"
+# A clear word before building; the servers themselves still exit with one
+# line naming COAP_ADDR or HTTP_ADDR if a port is taken in the meantime.
+for probe in "udp $COAP_PORT COAP_PORT" "tcp $HTTP_PORT HTTP_PORT" "tcp $RELAY_PORT RELAY_PORT"; do
+  read -r proto port var <<<"$probe"
+  port_free "$proto" "$BIND" "$port" || die "$proto port $port on $BIND is taken: set $var to another port"
 done
 mkdir -p "$LOGS"
 
