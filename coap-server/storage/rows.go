@@ -14,7 +14,8 @@ import (
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 )
 
-// Data types of sensor_data rows (CONTRACT.md; the migration checks the list).
+// Data types of sensor_data rows (docs/contract.md). The migration's check
+// constraint lists them too; mapping_test.go keeps the three in step.
 const (
 	TypeTemperature = "temperature"
 	TypeWifiScan    = "wifi_scan"
@@ -26,7 +27,8 @@ const (
 // Rows are the rows a batch of records becomes, in the order they must be
 // written (devices first: the others reference it). The JSON tags are the
 // column names; no field has omitempty, because PostgREST refuses a bulk
-// insert whose objects have different keys (PGRST102, NOTES).
+// insert whose objects have different keys (PGRST102,
+// docs/pitfalls.md#postgrest-go).
 type Rows struct {
 	Devices  []DeviceRow
 	Configs  []ConfigRow
@@ -128,17 +130,19 @@ func dbTime(t time.Time) time.Time { return t.UTC().Truncate(time.Microsecond) }
 func configRow(devid string, at time.Time, c *nbiotv1.DeviceConfig) ConfigRow {
 	return ConfigRow{
 		DevID:             devid,
-		HeartbeatInterval: u32(c.HeartbeatInterval),
+		HeartbeatInterval: bigintOf(c.HeartbeatInterval),
 		HwVersion:         nonEmpty(c.GetHwVersion()),
 		FwVersion:         nonEmpty(c.GetFwVersion()),
-		GnssInterval:      u32(c.GnssInterval),
-		WifiScanInterval:  u32(c.WifiScanInterval),
-		ConfigVersion:     u32(c.ConfigVersion),
+		GnssInterval:      bigintOf(c.GnssInterval),
+		WifiScanInterval:  bigintOf(c.WifiScanInterval),
+		ConfigVersion:     bigintOf(c.ConfigVersion),
 		UpdatedAt:         at,
 	}
 }
 
-func u32(p *uint32) *int64 {
+// bigintOf widens an optional uint32 to the *int64 of a bigint column
+// (nil stays NULL).
+func bigintOf(p *uint32) *int64 {
 	if p == nil {
 		return nil
 	}
