@@ -11,11 +11,11 @@ import (
 
 // Config configures the service. Zero fields take the defaults.
 type Config struct {
-	// MaxDevices (DOWNLINK_MAX_DEVICES, default 100000) bounds the devices
+	// MaxDevices (default 100000; no environment variable) bounds the devices
 	// held in memory; a downlink beyond it is counted and not delivered
 	// until the next reload finds room.
 	MaxDevices int
-	// PollInterval (DOWNLINK_POLL_INTERVAL, default 10 s) is how often REST
+	// PollInterval (DOWNLINK_POLL_INTERVAL_SECONDS, default 10 s) is how often REST
 	// mode asks for new rows (Postgres mode is notified instead).
 	PollInterval time.Duration
 	// ReloadInterval (default 1 min, at least one PollInterval) is how often
