@@ -1,8 +1,9 @@
 -- Storage upserts (coap-server/storage): batches are written by several
 -- workers and retried after failures, so an older batch can land after a
 -- newer one. The direct Postgres writer guards against that in its SQL
--- (greatest(), where updated_at <=), but the REST writer goes through
--- PostgREST's merge-duplicates upsert, which can only overwrite. These
+-- (each upsert's where clause: last_seen_at <, updated_at <=), but the
+-- REST writer goes through PostgREST's merge-duplicates upsert, which can
+-- only overwrite. These
 -- triggers keep both writers right:
 --  * devices.last_seen_at never moves backwards;
 --  * device_config is never replaced by a report older than the stored one.
