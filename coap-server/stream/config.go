@@ -1,0 +1,112 @@
+// Package stream is coap-server's durable backbone on NATS JetStream: the
+// engine (an embedded single-node server, or an external cluster at
+// NATS_URL), the UPLINKS stream that makes an accepted uplink durable
+// before it is answered, and the LIVELOG stream whose positions are the
+// live-log entries' seq.
+package stream
+
+import (
+	"log/slog"
+	"time"
+)
+
+// Stream and subject names. Subjects end in the device ID, which the
+// contract limits to [A-Za-z0-9_-]: always one valid subject token.
+const (
+	UplinksStream   = "UPLINKS"
+	LiveLogStream   = "LIVELOG"
+	uplinkSubject   = "nbiot.uplink."
+	liveSubject     = "nbiot.live."
+	notifySubject   = "nbiot.notify."
+	StorageConsumer = "storage"
+)
+
+// Defaults of Config.
+const (
+	DefaultDataDir        = "./data"
+	DefaultUplinksBytes   = 512 << 20
+	DefaultLiveMaxAge     = 24 * time.Hour
+	DefaultLiveBytes      = 256 << 20
+	DefaultLivePerDevice  = 1000
+	DefaultDuplicates     = 5 * time.Minute
+	DefaultAckTimeout     = 2 * time.Second
+	DefaultConnectTimeout = 10 * time.Second
+	// MaxEntryBytes bounds one live-log message (an entry is well under
+	// 2 KiB; MAX_UPLINK_BYTES caps what a device can make it carry).
+	MaxEntryBytes = 64 << 10
+)
+
+// Config configures the engine and its streams. Zero fields take defaults.
+type Config struct {
+	// URL (NATS_URL) is an external NATS with JetStream, e.g. a cluster of
+	// three ("nats://a:4222,nats://b:4222,nats://c:4222"). Empty = embedded.
+	URL string
+	// DataDir (DATA_DIR, default ./data) holds the embedded server's file store.
+	DataDir string
+	// SyncAlways (NATS_SYNC_ALWAYS) makes the embedded server fsync every
+	// message: it survives a power cut, not just a crash, at a cost
+	// measured in the README. Default off: writes reach the OS at once and
+	// survive kill -9; fsync runs every 2 minutes.
+	SyncAlways bool
+	// Replicas of each stream on an external cluster (NATS_REPLICAS,
+	// default 1; use 3 on a cluster of three). The embedded server has one.
+	Replicas int
+	// UplinksBytes (UPLINKS_MAX_BYTES, default 512 MiB) bounds uplinks
+	// waiting for the database, on disk. When full, uplinks get 5.03.
+	UplinksBytes int64
+	// Storage is true when a database consumes UPLINKS; without one,
+	// uplinks go to the live log only.
+	Storage bool
+	// LiveMaxAge, LiveBytes and LivePerDevice (LIVELOG_MAX_AGE, default
+	// 24h; LIVELOG_MAX_BYTES, default 256 MiB; LIVELOG_PER_DEVICE, default
+	// 1000) bound the retained live log; the oldest entries go first.
+	LiveMaxAge    time.Duration
+	LiveBytes     int64
+	LivePerDevice int64
+	// Duplicates is the window in which a publish with a known message ID
+	// is recognised (default 5 min, over CoAP's 247 s EXCHANGE_LIFETIME).
+	Duplicates time.Duration
+	// AckTimeout bounds the wait for the stream's acknowledgement of one
+	// publish (default 2 s); past it the uplink is refused with 5.03.
+	AckTimeout time.Duration
+	// ConnectTimeout bounds start-up (default 10 s).
+	ConnectTimeout time.Duration
+	Logger         *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.DataDir == "" {
+		c.DataDir = DefaultDataDir
+	}
+	if c.Replicas <= 0 {
+		c.Replicas = 1
+	}
+	if c.UplinksBytes <= 0 {
+		c.UplinksBytes = DefaultUplinksBytes
+	}
+	if c.LiveMaxAge <= 0 {
+		c.LiveMaxAge = DefaultLiveMaxAge
+	}
+	if c.LiveBytes <= 0 {
+		c.LiveBytes = DefaultLiveBytes
+	}
+	if c.LivePerDevice <= 0 {
+		c.LivePerDevice = DefaultLivePerDevice
+	}
+	if c.Duplicates <= 0 {
+		c.Duplicates = DefaultDuplicates
+	}
+	if c.Duplicates > c.LiveMaxAge {
+		c.Duplicates = c.LiveMaxAge
+	}
+	if c.AckTimeout <= 0 {
+		c.AckTimeout = DefaultAckTimeout
+	}
+	if c.ConnectTimeout <= 0 {
+		c.ConnectTimeout = DefaultConnectTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}

@@ -1,0 +1,191 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Engine is the connection to JetStream and the two streams.
+type Engine struct {
+	cfg     Config
+	ns      *server.Server // nil with an external NATS_URL
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	uplinks jetstream.Stream // nil without storage
+	live    jetstream.Stream
+	closed  chan struct{} // closed by the connection's ClosedHandler
+}
+
+// Open starts the embedded server (no NATS_URL) or connects to the
+// external one, then creates or updates the streams and the storage
+// consumer; doing so again with the same configuration changes nothing.
+// Errors name the variable at fault and never a credential.
+func Open(ctx context.Context, cfg Config) (*Engine, error) {
+	cfg = cfg.withDefaults()
+	e := &Engine{cfg: cfg, closed: make(chan struct{})}
+	opts := []nats.Option{
+		nats.Name("coap-server"),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		// No buffering while disconnected: a publish then fails at once and
+		// the uplink gets 5.03, instead of a 2.04 for something not stored.
+		nats.ReconnectBufSize(-1),
+		nats.Timeout(cfg.ConnectTimeout),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			cfg.Logger.Warn("nats: disconnected; uplinks get 5.03 until it is back", "err", err)
+		}),
+		nats.ReconnectHandler(func(*nats.Conn) { cfg.Logger.Info("nats: reconnected") }),
+		nats.ClosedHandler(func(*nats.Conn) { close(e.closed) }),
+	}
+	var err error
+	if cfg.URL == "" {
+		if e.ns, err = startEmbedded(cfg); err != nil {
+			return nil, err
+		}
+		opts = append(opts, nats.InProcessServer(e.ns))
+		e.nc, err = nats.Connect(e.ns.ClientURL(), opts...)
+	} else {
+		e.nc, err = nats.Connect(cfg.URL, opts...)
+	}
+	if err != nil {
+		e.Close()
+		return nil, fmt.Errorf("%s: cannot connect to NATS: %w", e.varName(), err)
+	}
+	if e.js, err = jetstream.New(e.nc); err != nil {
+		e.Close()
+		return nil, fmt.Errorf("%s: %w", e.varName(), err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
+	defer cancel()
+	if err := e.ensure(sctx); err != nil {
+		e.Close()
+		return nil, fmt.Errorf("%s: %w", e.varName(), err)
+	}
+	return e, nil
+}
+
+func (e *Engine) varName() string {
+	if e.cfg.URL == "" {
+		return "DATA_DIR (embedded NATS)"
+	}
+	return "NATS_URL"
+}
+
+func startEmbedded(cfg Config) (*server.Server, error) {
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("DATA_DIR: %w", err)
+	}
+	ns, err := server.NewServer(&server.Options{
+		ServerName: "coap-server",
+		JetStream:  true,
+		StoreDir:   cfg.DataDir,
+		DontListen: true, // reached in-process only
+		NoSigs:     true,
+		NoLog:      true,
+		SyncAlways: cfg.SyncAlways,
+		// The file store holds the streams; their own limits bound it.
+		JetStreamMaxMemory: 64 << 20,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("DATA_DIR: embedded NATS: %w", err)
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(cfg.ConnectTimeout) {
+		ns.Shutdown()
+		return nil, errors.New("DATA_DIR: embedded NATS did not start (is the store locked by another process?)")
+	}
+	return ns, nil
+}
+
+// ensure creates or updates the streams and the storage consumer.
+func (e *Engine) ensure(ctx context.Context) error {
+	c := e.cfg
+	var err error
+	e.live, err = e.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:              LiveLogStream,
+		Description:       "nbiot-live: live-log entries; the stream sequence is their seq",
+		Subjects:          []string{liveSubject + ">"},
+		Retention:         jetstream.LimitsPolicy,
+		Discard:           jetstream.DiscardOld,
+		MaxAge:            c.LiveMaxAge,
+		MaxBytes:          c.LiveBytes,
+		MaxMsgsPerSubject: c.LivePerDevice,
+		MaxMsgSize:        MaxEntryBytes,
+		Duplicates:        c.Duplicates,
+		Replicas:          c.Replicas,
+		Storage:           jetstream.FileStorage,
+		AllowDirect:       true,
+	})
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", LiveLogStream, err)
+	}
+	if !c.Storage {
+		return nil
+	}
+	e.uplinks, err = e.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        UplinksStream,
+		Description: "nbiot-live: accepted uplinks until the database committed them",
+		Subjects:    []string{uplinkSubject + ">"},
+		Retention:   jetstream.WorkQueuePolicy,
+		// Full means 5.03 for new uplinks, never dropping accepted ones.
+		Discard:    jetstream.DiscardNew,
+		MaxBytes:   c.UplinksBytes,
+		MaxMsgSize: 128 + 64 + 65000,
+		Duplicates: c.Duplicates,
+		Replicas:   c.Replicas,
+		Storage:    jetstream.FileStorage,
+	})
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", UplinksStream, err)
+	}
+	_, err = e.uplinks.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:     StorageConsumer,
+		Description: "nbiot-live: the database writers of every instance",
+		AckPolicy:   jetstream.AckExplicitPolicy,
+		// Longer than one write attempt (15 s); workers extend it with
+		// InProgress while they retry, so a slow database causes no
+		// redelivery, while a dead instance's batch returns within a minute.
+		AckWait:       time.Minute,
+		MaxDeliver:    -1,
+		MaxAckPending: 20000,
+		MaxWaiting:    512,
+		Replicas:      c.Replicas,
+	})
+	if err != nil {
+		return fmt.Errorf("consumer %s: %w", StorageConsumer, err)
+	}
+	return nil
+}
+
+// Connected reports whether the engine can take publishes (for /readyz).
+func (e *Engine) Connected() bool {
+	return e != nil && e.nc != nil && e.nc.IsConnected()
+}
+
+// Embedded reports whether the engine runs in-process.
+func (e *Engine) Embedded() bool { return e.ns != nil }
+
+// Close drains the connection (pending acks are delivered) and stops the
+// embedded server. It is idempotent.
+func (e *Engine) Close() {
+	if e.nc != nil && !e.nc.IsClosed() {
+		if e.nc.Drain() == nil {
+			select {
+			case <-e.closed:
+			case <-time.After(5 * time.Second):
+			}
+		}
+		e.nc.Close()
+	}
+	if e.ns != nil {
+		e.ns.Shutdown()
+		e.ns.WaitForShutdown()
+	}
+}

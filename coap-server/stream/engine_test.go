@@ -1,0 +1,164 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/nbiot-live/nbiot-live/coap-server/uplink"
+	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
+)
+
+// openEmbedded opens an engine on a fresh data directory.
+func openEmbedded(t testing.TB, cfg Config) *Engine {
+	t.Helper()
+	if cfg.DataDir == "" {
+		cfg.DataDir = t.TempDir()
+	}
+	e, err := Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	return e
+}
+
+func accepted(t testing.TB, device string, count uint32) (uplink.Accepted, []byte) {
+	u := &nbiotv1.Uplink{DeviceId: device, UplinkCount: count}
+	b, err := proto.Marshal(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return uplink.Accepted{ID: uuid.New(), DeviceID: device, ReceivedAt: time.Now(), Uplink: u}, b
+}
+
+func TestPublishUplinkDeduplicatesByMsgID(t *testing.T) {
+	e := openEmbedded(t, Config{Storage: true})
+	ctx := context.Background()
+	a, payload := accepted(t, "D1", 1)
+	id := MsgID(a.DeviceID, 7, []byte{1, 2}, payload)
+	if dup, err := e.PublishUplink(ctx, a, payload, id); err != nil || dup {
+		t.Fatalf("first publish: dup=%v err=%v", dup, err)
+	}
+	if dup, err := e.PublishUplink(ctx, a, payload, id); err != nil || !dup {
+		t.Fatalf("retransmission: dup=%v err=%v, want a duplicate", dup, err)
+	}
+	other := MsgID(a.DeviceID, 8, []byte{1, 2}, payload)
+	if other == id {
+		t.Fatal("a new message ID gives the same Nats-Msg-Id")
+	}
+	info, err := e.uplinks.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 1 {
+		t.Fatalf("UPLINKS holds %d messages, want 1", info.State.Msgs)
+	}
+}
+
+func TestUplinksFullIsErrFull(t *testing.T) {
+	e := openEmbedded(t, Config{Storage: true, UplinksBytes: 4096})
+	ctx := context.Background()
+	var err error
+	for i := 0; i < 200 && err == nil; i++ {
+		a, payload := accepted(t, "D1", uint32(i))
+		_, err = e.PublishUplink(ctx, a, payload, MsgID("D1", int32(i), nil, payload))
+	}
+	if err == nil || !errorsIs(err, ErrFull) {
+		t.Fatalf("publishing past UPLINKS_MAX_BYTES: %v, want ErrFull", err)
+	}
+}
+
+func TestLogReadTailAndLost(t *testing.T) {
+	e := openEmbedded(t, Config{LivePerDevice: 5})
+	ctx := context.Background()
+	var seqs = map[string][]uint64{}
+	for i := range 12 {
+		dev := []string{"A", "B", "C"}[i%3]
+		seq, dup, err := e.Log(ctx, dev, []byte(fmt.Sprintf(`{"deviceId":%q,"n":%d}`, dev, i)), "")
+		if err != nil || dup {
+			t.Fatal(err, dup)
+		}
+		seqs[dev] = append(seqs[dev], seq)
+	}
+	pos, err := e.LivePosition(ctx)
+	if err != nil || pos.Last != 12 || pos.First != 1 {
+		t.Fatalf("position %+v, %v", pos, err)
+	}
+	var got []uint64
+	err = e.Read(ctx, []Cursor{{Device: "A", From: 3}, {Device: "C", From: 1}}, pos.Last, func(seq uint64, dev string, _ []byte) error {
+		got = append(got, seq)
+		return nil
+	})
+	want := []uint64{3, 4, 6, 7, 9, 10, 12}
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("read A from 3 and C: %v %v, want %v", got, err, want)
+	}
+	start, err := e.TailStart(ctx, "B", 2, pos.Last)
+	if err != nil || start != seqs["B"][2] {
+		t.Fatalf("tail start of B: %d %v, want %d", start, err, seqs["B"][2])
+	}
+	if lost, err := e.Lost(ctx, "A", 0, pos); err != nil || lost {
+		t.Fatalf("nothing dropped yet: lost=%v %v", lost, err)
+	}
+	if lost, _ := e.Lost(ctx, "A", 99, pos); !lost {
+		t.Fatal("since beyond the newest position is not reported")
+	}
+	// Two more entries of A push its oldest out (5 per device).
+	for range 2 {
+		if _, _, err := e.Log(ctx, "A", []byte(`{}`), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pos, _ = e.LivePosition(ctx)
+	if lost, _ := e.Lost(ctx, "A", 0, pos); !lost {
+		t.Fatal("entries dropped by LIVELOG_PER_DEVICE are not reported")
+	}
+	if lost, _ := e.Lost(ctx, "B", 1, pos); lost {
+		t.Fatal("B lost nothing after position 1")
+	}
+	if lost, _ := e.Lost(ctx, "B", 0, pos); !lost {
+		t.Fatal("since 0 after the log dropped position 1: B cannot know, must say lost")
+	}
+}
+
+func TestFeedDeliversNewEntriesInOrder(t *testing.T) {
+	e := openEmbedded(t, Config{})
+	ctx := context.Background()
+	if _, _, err := e.Log(ctx, "A", []byte(`{"old":true}`), ""); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan uint64, 100)
+	stop, err := e.Feed(ctx, func(seq uint64, dev string, data []byte) { got <- seq })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	for range 5 {
+		if _, _, err := e.Log(ctx, "B", []byte(`{}`), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.Notify("B", []byte(`{"note":1}`))
+	var seen []uint64
+	for len(seen) < 6 {
+		select {
+		case s := <-got:
+			seen = append(seen, s)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("feed delivered %v", seen)
+		}
+	}
+	// The notification travels on core NATS and may overtake entries.
+	if i := slices.Index(seen, 0); i < 0 || !slices.Equal(slices.Delete(slices.Clone(seen), i, i+1), []uint64{2, 3, 4, 5, 6}) {
+		t.Fatalf("feed delivered %v, want 2..6 in order and one notification (0)", seen)
+	}
+}
+
+func errorsIs(err, target error) bool { return errors.Is(err, target) }

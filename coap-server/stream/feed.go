@@ -1,0 +1,50 @@
+package stream
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// FeedFunc takes one live-log entry: its position (0 for a notification,
+// which is not retained), its device and its JSON without seq. It must
+// not block.
+type FeedFunc func(seq uint64, device string, data []byte)
+
+// Feed delivers every live-log entry published from now on, whichever
+// instance published it, in stream order and without gaps (an ordered
+// consumer re-creates itself from the last position after a disconnect),
+// and every notification, to fn. stop ends it.
+func (e *Engine) Feed(ctx context.Context, fn FeedFunc) (stop func(), err error) {
+	cons, err := e.live.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{liveSubject + ">"},
+		DeliverPolicy:  jetstream.DeliverNewPolicy,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("live-log feed: %w", err)
+	}
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		md, err := m.Metadata()
+		if err != nil {
+			return
+		}
+		fn(md.Sequence.Stream, strings.TrimPrefix(m.Subject(), liveSubject), m.Data())
+	})
+	if err != nil {
+		return nil, fmt.Errorf("live-log feed: %w", err)
+	}
+	sub, err := e.nc.Subscribe(notifySubject+">", func(m *nats.Msg) {
+		fn(0, strings.TrimPrefix(m.Subject, notifySubject), m.Data)
+	})
+	if err != nil {
+		cc.Stop()
+		return nil, fmt.Errorf("live-log notifications: %w", err)
+	}
+	return func() {
+		_ = sub.Unsubscribe()
+		cc.Stop()
+	}, nil
+}

@@ -1,0 +1,241 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Position is the live log's retained range: First is the oldest
+// retained position, Last the newest (0 when empty).
+type Position struct{ First, Last uint64 }
+
+// LivePosition reads the live log's retained range.
+func (e *Engine) LivePosition(ctx context.Context) (Position, error) {
+	info, err := e.live.Info(ctx)
+	if err != nil {
+		return Position{}, fmt.Errorf("live log: %w", err)
+	}
+	return Position{First: info.State.FirstSeq, Last: info.State.LastSeq}, nil
+}
+
+// Lost reports whether entries of device (every device when empty) after
+// since may have been dropped by retention, or since lies beyond the newest
+// position (the stream was reset): either way, history cannot be resumed
+// exactly. The stream does not say whose entries it dropped, so the answer
+// errs on the safe side: for a device, entries may be lost when since is
+// older than the device's oldest retained entry and either the log dropped
+// positions after since (age, bytes) or the device is at
+// LIVELOG_PER_DEVICE. A false "lost" costs a gap marker, never an entry.
+func (e *Engine) Lost(ctx context.Context, device string, since uint64, pos Position) (bool, error) {
+	if since > pos.Last {
+		return true, nil
+	}
+	headDropped := pos.First > 0 && since+1 < pos.First
+	if device == "" {
+		return headDropped, nil
+	}
+	subj := liveSubject + device
+	oldest, err := e.live.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(subj))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return headDropped, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("live log: %w", err)
+	}
+	if since+1 >= oldest.Sequence {
+		return false, nil // since is inside the device's retained entries
+	}
+	if headDropped {
+		return true, nil
+	}
+	info, err := e.live.Info(ctx, jetstream.WithSubjectFilter(subj))
+	if err != nil {
+		return false, fmt.Errorf("live log: %w", err)
+	}
+	return int64(info.State.Subjects[subj]) >= e.cfg.LivePerDevice, nil
+}
+
+// Cursor is where reading one device's history starts: entries with a
+// position of at least From.
+type Cursor struct {
+	Device string // empty = every device
+	From   uint64
+}
+
+// ReadFunc takes one retained entry in position order.
+type ReadFunc func(seq uint64, device string, data []byte) error
+
+// historyBatch is how many entries one device's reader holds at a time:
+// history of up to 100 devices merged costs at most 100 × 64 entries.
+const historyBatch = 64
+
+// Read calls fn for every retained entry at the cursors' devices from
+// their From up to and including upto, merged in position order. It holds
+// at most historyBatch entries per cursor.
+func (e *Engine) Read(ctx context.Context, cursors []Cursor, upto uint64, fn ReadFunc) error {
+	readers := make([]*reader, 0, len(cursors))
+	defer func() {
+		for _, r := range readers {
+			r.close()
+		}
+	}()
+	for _, c := range cursors {
+		if c.From > upto {
+			continue
+		}
+		r, err := e.newReader(ctx, c, upto)
+		if err != nil {
+			return err
+		}
+		readers = append(readers, r)
+	}
+	for {
+		var next *reader
+		for _, r := range readers {
+			if err := r.fill(); err != nil {
+				return err
+			}
+			if len(r.buf) > 0 && (next == nil || r.buf[0].seq < next.buf[0].seq) {
+				next = r
+			}
+		}
+		if next == nil {
+			return nil
+		}
+		m := next.buf[0]
+		next.buf = next.buf[1:]
+		if err := fn(m.seq, m.device, m.data); err != nil {
+			return err
+		}
+	}
+}
+
+// TailStart returns the position from which device's last n retained
+// entries up to upto begin (upto+1 when it has none). It scans the
+// device's retained entries once, keeping only positions.
+func (e *Engine) TailStart(ctx context.Context, device string, n int, upto uint64) (uint64, error) {
+	if n <= 0 {
+		return upto + 1, nil
+	}
+	r, err := e.newReader(ctx, Cursor{Device: device, From: 1}, upto)
+	if err != nil {
+		return 0, err
+	}
+	defer r.close()
+	ring := make([]uint64, n)
+	count := 0
+	for {
+		if err := r.fill(); err != nil {
+			return 0, err
+		}
+		if len(r.buf) == 0 {
+			break
+		}
+		for _, m := range r.buf {
+			ring[count%n] = m.seq
+			count++
+		}
+		r.buf = r.buf[:0]
+	}
+	switch {
+	case count == 0:
+		return upto + 1, nil
+	case count < n:
+		return ring[0], nil
+	default:
+		return ring[count%n], nil
+	}
+}
+
+type entry struct {
+	seq    uint64
+	device string
+	data   []byte
+}
+
+// reader pages through one device's history with an ordered consumer
+// (JetStream's own flow control; one filter subject, which NATS 2.9 and
+// later all support).
+type reader struct {
+	e    *Engine
+	ctx  context.Context
+	cons jetstream.Consumer
+	upto uint64
+	buf  []entry
+	done bool
+}
+
+func (e *Engine) newReader(ctx context.Context, c Cursor, upto uint64) (*reader, error) {
+	subj := liveSubject + ">"
+	if c.Device != "" {
+		subj = liveSubject + c.Device
+	}
+	from := c.From
+	if from == 0 {
+		from = 1
+	}
+	cons, err := e.live.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{subj},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    from,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("live-log history: %w", err)
+	}
+	return &reader{e: e, ctx: ctx, cons: cons, upto: upto}, nil
+}
+
+// fill fetches the next page when the buffer is empty. A page without
+// messages, a message past upto, or one with nothing pending behind it
+// ends the reader.
+func (r *reader) fill() error {
+	if len(r.buf) > 0 || r.done {
+		return nil
+	}
+	if err := r.ctx.Err(); err != nil {
+		return err
+	}
+	batch, err := r.cons.FetchNoWait(historyBatch)
+	if err != nil {
+		return fmt.Errorf("live-log history: %w", err)
+	}
+	n := 0
+	for m := range batch.Messages() {
+		n++
+		md, err := m.Metadata()
+		if err != nil {
+			continue
+		}
+		seq := md.Sequence.Stream
+		if seq > r.upto {
+			r.done = true
+			continue
+		}
+		r.buf = append(r.buf, entry{seq: seq, device: strings.TrimPrefix(m.Subject(), liveSubject), data: m.Data()})
+		if md.NumPending == 0 {
+			r.done = true
+		}
+	}
+	if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+		return fmt.Errorf("live-log history: %w", err)
+	}
+	if n == 0 {
+		r.done = true
+	}
+	return nil
+}
+
+// close deletes the reader's consumer at once instead of leaving it to
+// expire (ordered consumers go away by themselves after 5 s idle).
+func (r *reader) close() {
+	if info := r.cons.CachedInfo(); info != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = r.e.js.DeleteConsumer(ctx, LiveLogStream, info.Name)
+	}
+}

@@ -1,0 +1,99 @@
+package stream
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/nbiot-live/nbiot-live/coap-server/uplink"
+)
+
+// Sentinel errors of publishing; the CoAP side answers both with 5.03.
+var (
+	// ErrFull: the stream is at its byte limit (UPLINKS_MAX_BYTES).
+	ErrFull = errors.New("stream: full")
+	// ErrUnavailable: NATS did not acknowledge in time, or is unreachable.
+	ErrUnavailable = errors.New("stream: unavailable")
+)
+
+// MsgID derives the Nats-Msg-Id of an uplink from what a CoAP
+// retransmission repeats (RFC 7252 §4.5): the device, the message ID, the
+// token and the payload. A copy that reaches a restarted process or another
+// instance within the Duplicates window is then recognised by the stream.
+func MsgID(device string, mid int32, token, payload []byte) string {
+	h := sha256.New()
+	var b [8]byte
+	h.Write([]byte(device))
+	h.Write([]byte{0})
+	binary.BigEndian.PutUint32(b[:4], uint32(mid))
+	binary.BigEndian.PutUint32(b[4:], uint32(len(token)))
+	h.Write(b[:])
+	h.Write(token)
+	h.Write(payload)
+	var sum [sha256.Size]byte
+	return hex.EncodeToString(h.Sum(sum[:0])[:16])
+}
+
+// PublishUplink makes a durable in UPLINKS and returns once the stream
+// acknowledged it. dup is true when the stream already held the message ID:
+// the uplink was accepted before (a retransmission), and nothing new was
+// written. payload is the device's protobuf, a.Uplink its decoding.
+func (e *Engine) PublishUplink(ctx context.Context, a uplink.Accepted, payload []byte, id string) (dup bool, err error) {
+	if e.uplinks == nil {
+		return false, nil
+	}
+	msg := &nats.Msg{
+		Subject: uplinkSubject + a.DeviceID,
+		Data:    uplink.AppendMessage(make([]byte, 0, 64+len(payload)), a, payload),
+		Header:  nats.Header{jetstream.MsgIDHeader: []string{"u" + id}},
+	}
+	ack, err := e.publish(ctx, msg)
+	if err != nil {
+		return false, err
+	}
+	return ack.Duplicate, nil
+}
+
+// Log puts one live-log entry (its JSON, without seq) on the live log and
+// returns its position once the stream acknowledged it. With a non-empty
+// id, a second publish within the Duplicates window returns the first
+// one's position with dup set.
+func (e *Engine) Log(ctx context.Context, device string, entry []byte, id string) (seq uint64, dup bool, err error) {
+	msg := &nats.Msg{Subject: liveSubject + device, Data: entry}
+	if id != "" {
+		msg.Header = nats.Header{jetstream.MsgIDHeader: []string{"l" + id}}
+	}
+	ack, err := e.publish(ctx, msg)
+	if err != nil {
+		return 0, false, err
+	}
+	return ack.Sequence, ack.Duplicate, nil
+}
+
+func (e *Engine) publish(ctx context.Context, msg *nats.Msg) (*jetstream.PubAck, error) {
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.AckTimeout)
+	defer cancel()
+	// No retries inside: the device retransmits, and a fast 5.03 beats a
+	// slow one.
+	ack, err := e.js.PublishMsg(ctx, msg, jetstream.WithRetryAttempts(0))
+	if err == nil {
+		return ack, nil
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == 10077 {
+		return nil, fmt.Errorf("%w: %s", ErrFull, apiErr.Description)
+	}
+	return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+}
+
+// Notify publishes a frame that is not retained (a retransmission report)
+// to every instance's hub, on core NATS. Best effort: it never waits.
+func (e *Engine) Notify(device string, frame []byte) {
+	_ = e.nc.Publish(notifySubject+device, frame)
+}
