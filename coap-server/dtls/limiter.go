@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // Reasons a connection attempt is refused before any handshake work. Each
@@ -26,7 +28,7 @@ type LimitConfig struct {
 	// PerIPInFlight (default 32) bounds handshakes under way from one IP.
 	PerIPInFlight int
 	// PerIPRate (default 10/s) and PerIPBurst (default 40) bound new
-	// handshakes from one IP (token bucket).
+	// handshakes from one IP (a golang.org/x/time/rate token bucket).
 	PerIPRate  float64
 	PerIPBurst int
 	// InFlight (default 1024) bounds handshakes under way in total.
@@ -60,8 +62,7 @@ func (c *LimitConfig) defaults() {
 
 type ipState struct {
 	inflight int
-	tokens   float64
-	last     time.Time
+	bucket   *rate.Limiter // PerIPRate, PerIPBurst; starts full
 }
 
 // Limiter admits handshakes. Acquire before the handshake, Release after it
@@ -94,17 +95,16 @@ func (l *Limiter) Acquire(addr net.Addr) error {
 		if len(l.ips) >= l.cfg.MaxIPs && !l.sweep(now) {
 			return ErrTableFull
 		}
-		st = &ipState{tokens: float64(l.cfg.PerIPBurst), last: now}
+		st = &ipState{bucket: rate.NewLimiter(rate.Limit(l.cfg.PerIPRate), l.cfg.PerIPBurst)}
 		l.ips[ip] = st
 	}
-	st.refill(now, l.cfg)
 	if st.inflight >= l.cfg.PerIPInFlight {
 		return ErrPerIPInFlight
 	}
-	if st.tokens < 1 {
+	// AllowN takes a token only when it admits, and reads the injected clock.
+	if !st.bucket.AllowN(now, 1) {
 		return ErrPerIPRate
 	}
-	st.tokens--
 	st.inflight++
 	l.inflight++
 	return nil
@@ -138,19 +138,11 @@ func (l *Limiter) sweep(now time.Time) bool {
 	}
 	l.swept = now
 	for ip, st := range l.ips {
-		st.refill(now, l.cfg)
-		if st.inflight == 0 && st.tokens >= float64(l.cfg.PerIPBurst) {
+		if st.inflight == 0 && st.bucket.TokensAt(now) >= float64(l.cfg.PerIPBurst) {
 			delete(l.ips, ip)
 		}
 	}
 	return len(l.ips) < l.cfg.MaxIPs
-}
-
-func (st *ipState) refill(now time.Time, cfg LimitConfig) {
-	if d := now.Sub(st.last); d > 0 {
-		st.tokens = min(float64(cfg.PerIPBurst), st.tokens+d.Seconds()*cfg.PerIPRate)
-		st.last = now
-	}
 }
 
 func ipOf(addr net.Addr) netip.Addr {
