@@ -2,8 +2,8 @@ package downlink
 
 import (
 	"log/slog"
-	"strconv"
 	"sync"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -36,6 +36,8 @@ type Cache struct {
 	metrics *Metrics
 	log     *slog.Logger
 	stamps  *Stamper
+	live    func(*livelog.Entry) // "queued" entries; nil = none (Config.Live)
+	now     func() time.Time
 
 	mu      sync.Mutex
 	devices map[string]*device
@@ -45,44 +47,56 @@ type Cache struct {
 // NewCache returns a cache of at most max devices that hands its sent_at and
 // applied_at stamps to stamps.
 func NewCache(max int, stamps *Stamper, m *Metrics, logger *slog.Logger) *Cache {
-	return &Cache{max: max, metrics: m, log: logger, stamps: stamps, devices: make(map[string]*device)}
+	return &Cache{max: max, metrics: m, log: logger, stamps: stamps, now: time.Now, devices: make(map[string]*device)}
 }
 
 // Put records a row read from the database. Older rows than the one held
 // are ignored; a newer one replaces it (and will supersede it when sent).
+// A new row not sent yet is announced on the live log as "queued".
 func (c *Cache) Put(r Row) {
+	if e := c.put(r); e != nil && c.live != nil {
+		c.live(e)
+	}
+}
+
+func (c *Cache) put(r Row) *livelog.Entry {
 	cfg, err := ConfigFromJSON(r.Config, r.ID)
 	if err != nil {
 		c.metrics.Dropped.WithLabelValues("invalid_config").Inc()
 		c.log.Warn("downlink not deliverable", "device", r.DeviceID, "downlink_id", r.ID, "err", err)
-		return
+		return nil
 	}
 	payload, err := proto.Marshal(&nbiotv1.Downlink{Config: cfg})
 	if err != nil {
 		c.metrics.Dropped.WithLabelValues("invalid_config").Inc()
 		c.log.Warn("downlink not encodable", "device", r.DeviceID, "downlink_id", r.ID, "err", err)
-		return
+		return nil
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	d, ok := c.devices[r.DeviceID]
 	switch {
 	case ok && r.ID < d.id:
-		return
+		return nil
 	case ok && r.ID == d.id:
 		d.sent = d.sent || r.Sent
-		return
+		return nil
 	case !ok && len(c.devices) >= c.max && !c.evictApplied():
 		c.metrics.Dropped.WithLabelValues("cache_full").Inc()
 		c.log.Warn("downlink not held: cache full", "device", r.DeviceID, "downlink_id", r.ID)
-		return
+		return nil
 	}
 	if ok && !d.applied {
 		c.pending--
 	}
-	c.devices[r.DeviceID] = &device{id: r.ID, payload: payload, config: livelog.ConfigOf(cfg), sent: r.Sent}
+	nd := &device{id: r.ID, payload: payload, config: livelog.ConfigOf(cfg), sent: r.Sent}
+	c.devices[r.DeviceID] = nd
 	c.pending++
 	c.metrics.Pending.Set(float64(c.pending))
+	if r.Sent {
+		return nil // queued long ago (a reload after a restart)
+	}
+	return liveEntry(r.DeviceID, r.ID, StateQueued, nd.config, c.now())
 }
 
 // evictApplied drops one device whose downlink was applied (kept only to
@@ -102,8 +116,10 @@ func (c *Cache) evictApplied() bool {
 }
 
 // ForUplink implements ingest.Downlinks: it returns the pending downlink
-// for rec's device (nil when none) and fills data.ConfigApplied once a
-// downlink was sent to it. It only touches memory.
+// for rec's device (nil when none) with its "sent" live-log entry, or, for
+// the uplink that reports the pending config_version, no payload and the
+// "applied" entry; and it fills data.ConfigApplied once a downlink was sent
+// to the device. It only touches memory.
 func (c *Cache) ForUplink(rec storage.Record, data *livelog.UplinkData) ([]byte, *livelog.Entry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -126,20 +142,14 @@ func (c *Cache) ForUplink(rec storage.Record, data *livelog.UplinkData) ([]byte,
 		c.metrics.Pending.Set(float64(c.pending))
 		c.metrics.Applied.Inc()
 		c.stamps.Applied(d.id, rec.DeviceID, rec.ReceivedAt)
-		return nil, nil
+		return nil, liveEntry(rec.DeviceID, d.id, StateApplied, d.config, rec.ReceivedAt)
 	}
 	if !d.sent {
 		d.sent = true
 		c.stamps.Sent(d.id, rec.DeviceID, rec.ReceivedAt)
 	}
 	c.metrics.Sent.Inc()
-	return d.payload, &livelog.Entry{
-		DeviceID:  rec.DeviceID,
-		Timestamp: livelog.Timestamp(rec.ReceivedAt),
-		Type:      livelog.TypeDownlink,
-		Message:   "Sent configuration v" + strconv.FormatInt(d.id, 10),
-		Data:      d.config,
-	}
+	return d.payload, liveEntry(rec.DeviceID, d.id, StateSent, d.config, rec.ReceivedAt)
 }
 
 // Len is the number of devices held.

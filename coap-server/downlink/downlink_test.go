@@ -52,11 +52,13 @@ func (l *liveRecorder) all() []*livelog.Entry {
 }
 
 type env struct {
-	pool  *pgxpool.Pool
-	svc   *downlink.Service
-	live  *liveRecorder
-	addr  string
-	owner string
+	pool *pgxpool.Pool
+	svc  *downlink.Service
+	live *liveRecorder
+	// queued gets the service's own entries (Config.Live).
+	queued *liveRecorder
+	addr   string
+	owner  string
 }
 
 // start runs the downlink service against a fresh migrated database (with
@@ -70,13 +72,13 @@ func start(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	e := &env{pool: pool, live: &liveRecorder{}}
+	e := &env{pool: pool, live: &liveRecorder{}, queued: &liveRecorder{}}
 	if err := pool.QueryRow(ctx, `insert into auth.users (email) values ('owner@example.com') returning id::text`).Scan(&e.owner); err != nil {
 		t.Fatal(err)
 	}
 	loaded := make(chan struct{}, 16)
 	reg := prometheus.NewRegistry()
-	e.svc, err = downlink.Open(ctx, dtls.Source{DatabaseURL: dsn}, downlink.Config{Metrics: downlink.NewMetrics(reg), Logger: discard},
+	e.svc, err = downlink.Open(ctx, dtls.Source{DatabaseURL: dsn}, downlink.Config{Metrics: downlink.NewMetrics(reg), Logger: discard, Live: e.queued.Broadcast},
 		func() { loaded <- struct{}{} })
 	if err != nil {
 		t.Fatal(err)
@@ -240,8 +242,11 @@ func TestQueuedDownlinkIsSentThenApplied(t *testing.T) {
 	}
 	waitFor(t, "applied_at", func() bool { _, a, _ := e.stamps(t, id); return a })
 	all := e.live.all()
-	if d := all[len(all)-1].Data.(*livelog.UplinkData); d.ConfigApplied == nil || !*d.ConfigApplied {
+	if d := all[len(all)-2].Data.(*livelog.UplinkData); d.ConfigApplied == nil || !*d.ConfigApplied {
 		t.Errorf("config_applied = %v, want true", d.ConfigApplied)
+	}
+	if last := all[len(all)-1]; last.Type != livelog.TypeDownlink || last.Message != fmt.Sprintf("Configuration v%d applied", id) {
+		t.Errorf("after the applying uplink %+v, want the applied entry", last)
 	}
 }
 

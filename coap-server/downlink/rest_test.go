@@ -22,6 +22,7 @@ import (
 	"github.com/nbiot-live/nbiot-live/coap-server/dtls"
 	"github.com/nbiot-live/nbiot-live/coap-server/ingest"
 	"github.com/nbiot-live/nbiot-live/internal/fakepostgrest"
+	"github.com/nbiot-live/nbiot-live/internal/livelog"
 	"github.com/nbiot-live/nbiot-live/internal/logtest"
 	"github.com/nbiot-live/nbiot-live/internal/pgtest"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
@@ -56,6 +57,7 @@ type restOpts struct {
 	maxRows     int    // the stand-in's db-max-rows (0: none)
 	noWait      bool   // do not wait for the first load
 	setup       func(pool *pgxpool.Pool, owner string)
+	live        func(*livelog.Entry) // Config.Live
 }
 
 // startREST runs the service over the stand-in as o says. setup, if set,
@@ -84,6 +86,7 @@ func startREST(t *testing.T, o restOpts) *restEnv {
 		PollInterval:   poll,
 		ReloadInterval: time.Duration(max(1, o.reloadEvery)) * poll,
 		Metrics:        e.metrics,
+		Live:           o.live,
 		Logger:         slog.New(slog.NewTextHandler(e.logs, nil)),
 		Sleep: func(ctx context.Context, _ time.Duration) {
 			select {

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/nbiot-live/nbiot-live/internal/livelog"
 )
 
 // Config configures the service. Zero fields take the defaults.
@@ -27,6 +29,15 @@ type Config struct {
 	ReloadInterval time.Duration
 	// Stamps bounds the sent_at/applied_at writer.
 	Stamps StamperConfig
+	// Live, when not nil, receives a "queued" downlink entry each time the
+	// service learns of a new pending row (load, NOTIFY or REST poll) that
+	// was not sent yet. It must not block: it is called from the refresh
+	// goroutine, never with a lock held. The "sent" and "applied" entries
+	// are returned by ForUplink instead, so that they follow the uplink
+	// entry that caused them.
+	Live func(*livelog.Entry)
+	// Now is the clock of the queued entries (default time.Now).
+	Now func() time.Time
 	// Metrics (required) and Logger (default discard).
 	Metrics *Metrics
 	Logger  *slog.Logger
@@ -71,8 +82,13 @@ func New(store Store, cfg Config) *Service {
 		cfg.Sleep = cfg.Stamps.Sleep
 	}
 	st := NewStamper(store, cfg.Stamps, cfg.Metrics, cfg.Logger)
+	cache := NewCache(cfg.MaxDevices, st, cfg.Metrics, cfg.Logger)
+	cache.live, cache.now = cfg.Live, cfg.Now
+	if cache.now == nil {
+		cache.now = time.Now
+	}
 	return &Service{
-		Cache: NewCache(cfg.MaxDevices, st, cfg.Metrics, cfg.Logger),
+		Cache: cache,
 		store: store, stamps: st, metrics: cfg.Metrics, log: cfg.Logger,
 		sleep: cfg.Sleep, poll: cfg.PollInterval, reload: cfg.ReloadInterval,
 	}
