@@ -74,13 +74,15 @@ func (a *App) Start(ctx context.Context) (err error) {
 		}
 	}()
 	a.upstreams = upstream.New(upstream.Config{
-		URL:        a.cfg.UpstreamURL,
-		Token:      a.cfg.UpstreamToken,
-		NewBackOff: a.cfg.UpstreamBackOff,
-		MaxDevices: a.cfg.MaxDevices,
-		Now:        a.cfg.Now,
-		Logger:     a.log,
-		Metrics:    a.upstreamMetrics,
+		URL:          a.cfg.UpstreamURL,
+		Token:        a.cfg.UpstreamToken,
+		NewBackOff:   a.cfg.UpstreamBackOff,
+		MaxDevices:   a.cfg.MaxDevices,
+		History:      history(a.cfg.History),
+		HistoryBytes: a.cfg.HistoryBytes,
+		Now:          a.cfg.Now,
+		Logger:       a.log,
+		Metrics:      a.upstreamMetrics,
 	})
 	a.browsers = &browser.Handler{
 		AuthDisabled:   a.cfg.AuthDisabled,
@@ -116,6 +118,15 @@ func (a *App) Start(ctx context.Context) (err error) {
 	}()
 	a.log.Info("relay listening", "addr", a.httpLn.Addr().String(), "access", a.cfg.AccessMode())
 	return nil
+}
+
+// history maps RELAY_HISTORY (0 = none) to upstream.Config.History (0 =
+// the default, negative = none).
+func history(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }
 
 func (a *App) setupAuth(ctx context.Context) error {

@@ -15,6 +15,7 @@ import (
 	"github.com/nbiot-live/nbiot-live/internal/wspeer"
 	"github.com/nbiot-live/nbiot-live/relay/access"
 	"github.com/nbiot-live/nbiot-live/relay/browser"
+	"github.com/nbiot-live/nbiot-live/relay/upstream"
 )
 
 // Config is the relay's configuration. FromEnv fills it from the
@@ -50,6 +51,14 @@ type Config struct {
 	// MaxDevices (MAX_WATCHED_DEVICES, default 1000) bounds devices watched
 	// at once, i.e. upstream links to coap-server.
 	MaxDevices int
+	// History (RELAY_HISTORY, default 100, 0–1000) is how many recent
+	// entries each watched device's shared link keeps, to answer a
+	// browser's since= or tail= without another upstream connection; 0
+	// keeps none.
+	History int
+	// HistoryBytes (RELAY_HISTORY_BYTES, default 131072) bounds those
+	// entries per device in bytes of JSON.
+	HistoryBytes int
 	// LogLevel (LOG_LEVEL, default "info"): debug, info, warn, error.
 	LogLevel slog.Level
 
@@ -113,6 +122,8 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		DatabaseURL:       getenv("DATABASE_URL"),
 		MaxConnections:    browser.DefaultMaxConnections,
 		MaxDevices:        1000,
+		History:           upstream.DefaultHistory,
+		HistoryBytes:      upstream.DefaultHistoryBytes,
 	}
 	var err error
 	if c.AllowedOrigins, err = browser.ParseOrigins(getenv("ALLOWED_ORIGINS")); err != nil {
@@ -129,6 +140,12 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		return c, err
 	}
 	if c.MaxDevices, err = envconf.Int(getenv, "MAX_WATCHED_DEVICES", c.MaxDevices, 1, 100_000); err != nil {
+		return c, err
+	}
+	if c.History, err = envconf.Int(getenv, "RELAY_HISTORY", c.History, 0, upstream.MaxTail); err != nil {
+		return c, err
+	}
+	if c.HistoryBytes, err = envconf.Int(getenv, "RELAY_HISTORY_BYTES", c.HistoryBytes, 4096, 64<<20); err != nil {
 		return c, err
 	}
 	if v := getenv("LOG_LEVEL"); v != "" {

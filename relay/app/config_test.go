@@ -12,7 +12,8 @@ func TestFromEnvDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.HTTPAddr != ":8090" || cfg.UpstreamURL != "ws://localhost:8080/ws" || !cfg.AuthDisabled || cfg.AccessMode() != app.AccessNone {
+	if cfg.HTTPAddr != ":8090" || cfg.UpstreamURL != "ws://localhost:8080/ws" || !cfg.AuthDisabled || cfg.AccessMode() != app.AccessNone ||
+		cfg.History != 100 || cfg.HistoryBytes != 128<<10 {
 		t.Errorf("defaults: %+v", cfg)
 	}
 	cfg, err = app.FromEnv(env(map[string]string{"UPSTREAM_TOKEN": "t", "SUPABASE_URL": "https://x.supabase.co/", "SUPABASE_ANON_KEY": "sb_publishable_x"}))
@@ -48,6 +49,9 @@ func TestFromEnvErrorsNameTheVariable(t *testing.T) {
 		{"bad auth flag", "AUTH_DISABLED", map[string]string{"AUTH_DISABLED": "yes"}},
 		{"bad max connections", "MAX_CONNECTIONS", map[string]string{"MAX_CONNECTIONS": "0"}},
 		{"bad log level", "LOG_LEVEL", map[string]string{"LOG_LEVEL": "loud"}},
+		{"history too deep", "RELAY_HISTORY", map[string]string{"RELAY_HISTORY": "1001"}},
+		{"negative history", "RELAY_HISTORY", map[string]string{"RELAY_HISTORY": "-1"}},
+		{"history bytes too small", "RELAY_HISTORY_BYTES", map[string]string{"RELAY_HISTORY_BYTES": "100"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

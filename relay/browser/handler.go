@@ -112,6 +112,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.reject(w, RejectDeviceID, http.StatusBadRequest, "invalid deviceId: must match ^[A-Za-z0-9_-]{1,64}$")
 		return
 	}
+	from, err := ParseResume(r.URL.Query())
+	if err != nil {
+		h.reject(w, RejectResume, http.StatusBadRequest, err.Error())
+		return
+	}
 	var expires time.Time
 	if !h.AuthDisabled {
 		status, reason, msg, claims := h.authorize(r, device)
@@ -128,7 +133,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.reject(w, RejectLimit, http.StatusServiceUnavailable, "too many connections")
 		return
 	}
-	h.serve(w, r, device, expires) // releases the reservation when the connection ends
+	h.serve(w, r, device, from, expires) // releases the reservation when the connection ends
 }
 
 // authorize returns status 0 and the verified claims when the request may
@@ -169,11 +174,18 @@ func (h *Handler) authorize(r *http.Request, device string) (int, string, string
 // reconnects with a new one, which is verified and checked again.
 var TokenExpired = &wspeer.CloseError{Code: 4401, Text: "token expired"}
 
-func (h *Handler) serve(w http.ResponseWriter, r *http.Request, device string, expires time.Time) {
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request, device string, from upstream.Resume, expires time.Time) {
 	// The peer queues frames from the moment it watches; its first frames
-	// are written once the handshake is done.
-	peer := wspeer.New(h.Peer)
-	watch, err := h.Upstreams.Watch(device, peer)
+	// are written once the handshake is done. Its queue also holds the
+	// entries of its since/tail start, which are queued before it can
+	// write anything (at most upstream.MaxTail of them).
+	var peer *wspeer.Peer
+	watch, err := h.Upstreams.WatchFrom(device, from, func(backlog int) upstream.Sender {
+		cfg := h.Peer
+		cfg.QueueSize += backlog
+		peer = wspeer.New(cfg)
+		return peer
+	})
 	if err != nil {
 		h.release()
 		// ErrTooManyDevices, or ErrClosed during shutdown.

@@ -11,6 +11,7 @@ const (
 	RejectUnavailable = "unavailable"
 	RejectLimit       = "limit"
 	RejectProtocol    = "subprotocol"
+	RejectResume      = "since_tail" // since/tail not a number, negative, tail too large, or both
 )
 
 // Metrics counts browser connections.

@@ -32,34 +32,120 @@ const (
 	StatusRestored = "restored"
 )
 
-// link is the upstream connection of one device.
+// link is the upstream connection of one device. A shared link (in the
+// manager's map) serves every watcher of the device and keeps a ring of
+// its recent frames; a dedicated one serves the single watcher whose
+// since or tail the shared link's ring could not answer.
 type link struct {
-	m      *Manager
-	device string
-	ctx    context.Context
-	cancel context.CancelFunc
+	m         *Manager
+	device    string
+	dedicated bool
+	ctx       context.Context
+	cancel    context.CancelFunc
 
 	firstAttempt chan struct{} // closed after the first dial, either way
 	firstOnce    sync.Once
 
-	mu       sync.RWMutex
+	mu sync.Mutex
+	// first is where the link's first watcher started; the link dials
+	// with it until it has forwarded an entry.
+	first    Resume
 	watchers map[*Watch]struct{}
 	state    state
+	attempts int    // dials made
+	last     uint64 // seq of the last entry forwarded (valid when seen)
+	seen     bool
+	ring     ring
 }
 
-func newLink(m *Manager, device string) *link {
+func newLink(m *Manager, device string, first Resume, dedicated bool) *link {
 	ctx, cancel := context.WithCancel(m.ctx)
-	return &link{
-		m: m, device: device, ctx: ctx, cancel: cancel,
-		firstAttempt: make(chan struct{}),
-		watchers:     make(map[*Watch]struct{}),
+	history := m.cfg.History
+	if dedicated {
+		history = 0 // nobody attaches to it
 	}
+	l := &link{
+		m: m, device: device, dedicated: dedicated, ctx: ctx, cancel: cancel,
+		firstAttempt: make(chan struct{}),
+		first:        first,
+		watchers:     make(map[*Watch]struct{}),
+		ring:         newRing(history, m.cfg.HistoryBytes),
+	}
+	if first.Mode == Since {
+		// Opened since=N: it will be sent every entry after N.
+		l.ring.floor, l.ring.floorOK = first.N, true
+	}
+	return l
+}
+
+// resume is where the next dial starts: after the last entry forwarded,
+// else where the first watcher asked; a live link that reconnects before
+// it saw any entry asks for the ring's size, so that entries published
+// while it was away are not lost.
+func (l *link) resume() Resume {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var r Resume
+	switch {
+	case l.seen:
+		r = Resume{Mode: Since, N: l.last}
+	case l.first.Mode == Live && l.attempts > 0:
+		r = Resume{Mode: Tail, N: uint64(min(l.m.cfg.History, MaxTail))}
+	default:
+		r = l.first
+	}
+	l.attempts++
+	if r.Mode == Tail && l.ring.n == 0 && !l.seen {
+		// Everything this connection sends from now on lands in the ring.
+		l.ring.whole, l.ring.depth = true, r.N
+	}
+	return r
+}
+
+// serve answers a new watcher's start from the ring, under the link's
+// lock: it returns the frames to send first and true, or false when the
+// ring cannot answer (a dedicated link must).
+func (l *link) serve(r Resume) ([]*websocket.PreparedMessage, bool) {
+	switch r.Mode {
+	case Since:
+		return l.ring.since(r.N, l.top())
+	case Tail:
+		return l.ring.tail(r.N)
+	default:
+		return nil, true
+	}
+}
+
+// top is the newest position the link knows: the last seq forwarded.
+func (l *link) top() uint64 {
+	if l.seen {
+		return l.last
+	}
+	return 0
+}
+
+// attach registers w after sending it backlog, atomically with respect to
+// forward: w gets backlog, then exactly the frames forwarded after it.
+// The caller holds l.mu.
+func (l *link) attachLocked(w *Watch, backlog []*websocket.PreparedMessage) {
+	for _, pm := range backlog {
+		if !w.sender.Send(pm) {
+			l.m.cfg.Metrics.Dropped.WithLabelValues(DropSlowClient).Inc()
+			break
+		}
+	}
+	l.m.cfg.Metrics.Deliveries.Add(float64(len(backlog)))
+	l.addLocked(w)
 }
 
 // add registers w; a watcher joining while the link is down is told at once.
 func (l *link) add(w *Watch) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.addLocked(w)
+}
+
+func (l *link) addLocked(w *Watch) {
 	l.watchers[w] = struct{}{}
 	if l.state == stateDown {
 		if pm := l.status(StatusLost); pm != nil {
@@ -125,6 +211,7 @@ func (l *link) status(what string) *websocket.PreparedMessage {
 // run connects, reads and reconnects until the link is cancelled.
 func (l *link) run() {
 	defer l.m.wg.Done()
+	defer l.release()
 	defer l.firstOnce.Do(func() { close(l.firstAttempt) })
 	cfg := &l.m.cfg
 	log := cfg.Logger.With("device", l.device)
@@ -165,7 +252,7 @@ func (l *link) run() {
 		d := b.NextBackOff()
 		if d == backoff.Stop {
 			// A policy that gives up is not honoured: the link must never
-			// stop reconnecting while browsers watch (NOTES: MaxElapsedTime).
+			// stop reconnecting while browsers watch (backoff's MaxElapsedTime).
 			d = 30 * time.Second
 		}
 		t := time.NewTimer(d)
@@ -179,7 +266,7 @@ func (l *link) run() {
 }
 
 func (l *link) dial() (*websocket.Conn, error) {
-	u, err := l.m.upstreamURL(l.device)
+	u, err := l.m.upstreamURL(l.device, l.resume())
 	if err != nil {
 		return nil, fmt.Errorf("UPSTREAM_URL: %w", err)
 	}
@@ -239,18 +326,24 @@ func (l *link) read(conn *websocket.Conn) error {
 // forward checks one upstream frame and queues it, encoded once, for
 // every watcher. Defence in depth: coap-server only sends the device asked
 // for, but a frame for another device must never reach these browsers.
+// An entry whose seq is not above the last one forwarded was forwarded
+// already (a resumed connection overlapping the previous one) and is
+// dropped; a frame without seq moves no position. coap-server's
+// recovered:false status (the relay's position is no longer retained, or
+// the stream was reset) is forwarded and resets the link's position and
+// ring: what follows is the new truth.
 func (l *link) forward(typ int, b []byte) {
 	cfg := &l.m.cfg
 	if typ != websocket.TextMessage {
 		cfg.Metrics.Dropped.WithLabelValues(DropBinary).Inc()
 		return
 	}
-	id, err := livelog.PeekDeviceID(b)
+	h, err := peek(b)
 	if err != nil {
 		cfg.Metrics.Dropped.WithLabelValues(DropUndecodable).Inc()
 		return
 	}
-	if id != l.device {
+	if h.device != l.device {
 		cfg.Metrics.Dropped.WithLabelValues(DropForeignDevice).Inc()
 		return
 	}
@@ -259,9 +352,28 @@ func (l *link) forward(typ int, b []byte) {
 		cfg.Metrics.Dropped.WithLabelValues(DropUndecodable).Inc()
 		return
 	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case h.hasSeq && l.seen && h.seq <= l.last:
+		cfg.Metrics.Dropped.WithLabelValues(DropRepeat).Inc()
+		return
+	case h.hasSeq:
+		l.last, l.seen = h.seq, true
+		before := l.ring.bytes
+		ev := l.ring.push(h.seq, pm, len(b))
+		cfg.Metrics.HistoryBytes.Add(float64(l.ring.bytes - before))
+		cfg.Metrics.HistoryEvicted.Add(float64(ev.entries))
+	case h.reset:
+		cfg.Metrics.Resets.Inc()
+		cfg.Metrics.HistoryBytes.Sub(float64(l.ring.reset()))
+		l.seen, l.last = false, 0
+		// The entries that follow are everything coap-server retains; if
+		// none do, a redial asks for whatever it retains by then.
+		l.ring.whole, l.ring.depth = true, MaxTail
+		l.first = Resume{Mode: Tail, N: MaxTail}
+	}
 	cfg.Metrics.Frames.Inc()
-	l.mu.RLock()
-	defer l.mu.RUnlock()
 	delivered, dropped := 0, 0
 	for w := range l.watchers {
 		if w.sender.Send(pm) {
@@ -274,4 +386,11 @@ func (l *link) forward(typ int, b []byte) {
 	if dropped > 0 {
 		cfg.Metrics.Dropped.WithLabelValues(DropSlowClient).Add(float64(dropped))
 	}
+}
+
+// release gives back the ring's bytes when the link closes.
+func (l *link) release() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.m.cfg.Metrics.HistoryBytes.Sub(float64(l.ring.reset()))
 }

@@ -4,6 +4,14 @@
 // with exponential backoff and jitter, never giving up, while the browsers
 // stay connected and are told with one status entry when their stream is
 // interrupted and one when it is restored.
+//
+// Every entry carries seq, its stream position. A link remembers the last
+// seq it forwarded and reconnects with since= that seq, dropping anything
+// not newer, so an upstream restart costs its watchers no entry and no
+// repeat. It also keeps its most recent entries in a bounded ring, from
+// which a new watcher's since= or tail= is answered before it is attached
+// to the live link under the link's lock (no gap, no repeat). A start the
+// ring cannot answer gets a dedicated upstream connection of its own.
 package upstream
 
 import (
@@ -54,9 +62,17 @@ type Config struct {
 	// IdleTimeout ends a link that received nothing, not even a ping, for
 	// this long. Default 90 s: coap-server pings every 30 s.
 	IdleTimeout time.Duration
-	// MaxDevices bounds the links (devices watched at once). Default 1000,
-	// under coap-server's 10000 /ws subscribers.
+	// MaxDevices bounds the upstream connections: shared links (devices
+	// watched at once) plus dedicated ones. Default 1000, under
+	// coap-server's 10000 /ws subscribers.
 	MaxDevices int
+	// History bounds the entries each shared link keeps to answer since=
+	// and tail= (RELAY_HISTORY). Default DefaultHistory; negative keeps
+	// none (every such start then gets a dedicated connection).
+	History int
+	// HistoryBytes bounds one link's kept entries in bytes of JSON
+	// (RELAY_HISTORY_BYTES). Default DefaultHistoryBytes.
+	HistoryBytes int
 	// Now stamps status entries. Default time.Now.
 	Now func() time.Time
 	// Logger gets link events with the device key.
@@ -64,6 +80,13 @@ type Config struct {
 	// Metrics must be set.
 	Metrics *Metrics
 }
+
+// History defaults: 100 entries (a page's worth) within 128 KiB per
+// watched device (entries are 0.3–1.5 KiB).
+const (
+	DefaultHistory      = 100
+	DefaultHistoryBytes = 128 << 10
+)
 
 // DefaultBackOff is the default reconnect policy (see Config.NewBackOff).
 func DefaultBackOff() backoff.BackOff {
@@ -96,6 +119,15 @@ func (c Config) withDefaults() Config {
 	if c.MaxDevices <= 0 {
 		c.MaxDevices = 1000
 	}
+	switch {
+	case c.History == 0:
+		c.History = DefaultHistory
+	case c.History < 0:
+		c.History = 0
+	}
+	if c.HistoryBytes <= 0 {
+		c.HistoryBytes = DefaultHistoryBytes
+	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -111,45 +143,86 @@ type Manager struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu     sync.Mutex
-	links  map[string]*link
-	closed bool
-	wg     sync.WaitGroup
+	mu        sync.Mutex
+	links     map[string]*link
+	dedicated map[*link]struct{}
+	closed    bool
+	wg        sync.WaitGroup
 }
 
 // New returns a manager; links are opened by Watch.
 func New(cfg Config) *Manager {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Manager{cfg: cfg.withDefaults(), ctx: ctx, cancel: cancel, links: make(map[string]*link)}
+	return &Manager{cfg: cfg.withDefaults(), ctx: ctx, cancel: cancel,
+		links: make(map[string]*link), dedicated: make(map[*link]struct{})}
 }
 
-// Watch adds s to deviceID's stream, opening the device's link if s is its
-// first watcher. s receives every frame the link reads from now on.
+// Watch adds s to deviceID's live stream (WatchFrom with LiveOnly).
 func (m *Manager) Watch(deviceID string, s Sender) (*Watch, error) {
+	return m.WatchFrom(deviceID, LiveOnly, func(int) Sender { return s })
+}
+
+// WatchFrom adds a watcher to deviceID's stream starting at r. newSender
+// is called once, under the manager's lock, with the number of frames the
+// watcher may be sent before it can start writing (the ring's answer, or
+// r's bound when the start is served upstream), so that its queue can
+// hold them: it must not block or call back into the manager.
+//
+// The device's shared link answers r from its ring when it can; the
+// first watcher opens the link with r itself; any other start gets a
+// dedicated upstream connection with r, closed with the watcher.
+func (m *Manager) WatchFrom(deviceID string, r Resume, newSender func(backlog int) Sender) (*Watch, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
 		return nil, ErrClosed
 	}
-	l := m.links[deviceID]
-	if l != nil {
-		w := &Watch{link: l, sender: s}
-		l.add(w)
-		return w, nil
+	if l := m.links[deviceID]; l != nil {
+		l.mu.Lock()
+		backlog, ok := l.serve(r)
+		if ok {
+			w := &Watch{link: l, sender: newSender(len(backlog))}
+			l.attachLocked(w, backlog)
+			l.mu.Unlock()
+			if r.Mode != Live {
+				m.cfg.Metrics.Starts.WithLabelValues(StartRing).Inc()
+			}
+			return w, nil
+		}
+		l.mu.Unlock()
+		if m.upstreamsLocked() >= m.cfg.MaxDevices {
+			return nil, ErrTooManyDevices
+		}
+		l = newLink(m, deviceID, r, true)
+		m.dedicated[l] = struct{}{}
+		m.cfg.Metrics.Dedicated.Inc()
+		m.cfg.Metrics.Starts.WithLabelValues(StartDedicated).Inc()
+		m.cfg.Logger.Debug("dedicated upstream", "device", deviceID, "from", r.String())
+		return m.startLocked(l, newSender(r.backlog())), nil
 	}
-	if len(m.links) >= m.cfg.MaxDevices {
+	if m.upstreamsLocked() >= m.cfg.MaxDevices {
 		return nil, ErrTooManyDevices
 	}
-	l = newLink(m, deviceID)
+	l := newLink(m, deviceID, r, false)
 	m.links[deviceID] = l
 	m.cfg.Metrics.Upstreams.Inc()
-	// The first watcher is in place before the link reads anything.
+	if r.Mode != Live {
+		m.cfg.Metrics.Starts.WithLabelValues(StartUpstream).Inc()
+	}
+	return m.startLocked(l, newSender(r.backlog())), nil
+}
+
+// startLocked adds the link's first watcher and runs it; the watcher is
+// in place before the link reads anything.
+func (m *Manager) startLocked(l *link, s Sender) *Watch {
 	w := &Watch{link: l, sender: s}
 	l.add(w)
 	m.wg.Add(1)
 	go l.run()
-	return w, nil
+	return w
 }
+
+func (m *Manager) upstreamsLocked() int { return len(m.links) + len(m.dedicated) }
 
 // Devices is the number of open links, for tests and metrics.
 func (m *Manager) Devices() int {
@@ -168,6 +241,11 @@ func (m *Manager) Close() {
 			m.cfg.Metrics.Upstreams.Dec()
 			l.cancel()
 		}
+		for l := range m.dedicated {
+			delete(m.dedicated, l)
+			m.cfg.Metrics.Dedicated.Dec()
+			l.cancel()
+		}
 	}
 	m.mu.Unlock()
 	m.cancel()
@@ -179,21 +257,31 @@ func (m *Manager) remove(w *Watch) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	l := w.link
-	if l.remove(w) == 0 && m.links[l.device] == l {
+	if l.remove(w) != 0 {
+		return
+	}
+	if _, ok := m.dedicated[l]; ok {
+		delete(m.dedicated, l)
+		m.cfg.Metrics.Dedicated.Dec()
+		l.cancel()
+	} else if m.links[l.device] == l {
 		delete(m.links, l.device)
 		m.cfg.Metrics.Upstreams.Dec()
 		l.cancel()
 	}
 }
 
-// upstreamURL is cfg.URL with deviceId set.
-func (m *Manager) upstreamURL(deviceID string) (string, error) {
+// upstreamURL is cfg.URL with deviceId and r's since or tail set.
+func (m *Manager) upstreamURL(deviceID string, r Resume) (string, error) {
 	u, err := url.Parse(m.cfg.URL)
 	if err != nil {
 		return "", err
 	}
 	q := u.Query()
 	q.Set("deviceId", deviceID)
+	q.Del("since")
+	q.Del("tail")
+	r.query(q)
 	u.RawQuery = q.Encode()
 	return u.String(), nil
 }

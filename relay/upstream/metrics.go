@@ -8,18 +8,31 @@ const (
 	DropUndecodable   = "undecodable"    // not a JSON live-log entry
 	DropBinary        = "binary"         // a binary frame: the contract only has text frames
 	DropSlowClient    = "slow_client"    // a browser's queue was full (it is disconnected)
+	DropRepeat        = "repeat"         // seq not above the last forwarded: sent already
+)
+
+// How a since= or tail= start was served (label values of Metrics.Starts).
+const (
+	StartRing      = "ring"      // from the shared link's ring
+	StartUpstream  = "upstream"  // the first watcher opened the shared link with it
+	StartDedicated = "dedicated" // a dedicated upstream connection (the ring could not answer)
 )
 
 // Metrics counts the upstream side of the relay.
 type Metrics struct {
-	Upstreams    prometheus.Gauge
-	Connected    prometheus.Gauge
-	Reconnects   prometheus.Counter
-	DialFailures prometheus.Counter
-	Frames       prometheus.Counter
-	Deliveries   prometheus.Counter
-	Dropped      *prometheus.CounterVec
-	Statuses     *prometheus.CounterVec
+	Upstreams      prometheus.Gauge
+	Connected      prometheus.Gauge
+	Reconnects     prometheus.Counter
+	DialFailures   prometheus.Counter
+	Frames         prometheus.Counter
+	Deliveries     prometheus.Counter
+	Dropped        *prometheus.CounterVec
+	Statuses       *prometheus.CounterVec
+	Dedicated      prometheus.Gauge
+	Starts         *prometheus.CounterVec
+	Resets         prometheus.Counter
+	HistoryBytes   prometheus.Gauge
+	HistoryEvicted prometheus.Counter
 }
 
 // NewMetrics registers the upstream metrics on reg.
@@ -49,7 +62,23 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Statuses: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nbiot_relay_status_entries_total", Help: "Status entries sent to watchers, by state (lost, restored).",
 		}, []string{"state"}),
+		Dedicated: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "nbiot_relay_upstreams_dedicated", Help: "Dedicated upstream links: one browser's since/tail start the shared link's history could not answer.",
+		}),
+		Starts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nbiot_relay_history_starts_total", Help: "Browser since/tail starts, by how they were served (ring, upstream, dedicated).",
+		}, []string{"served"}),
+		Resets: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nbiot_relay_upstream_resets_total", Help: "recovered:false statuses from coap-server (position no longer retained, or stream reset).",
+		}),
+		HistoryBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "nbiot_relay_history_bytes", Help: "Bytes of entries kept in the links' history rings.",
+		}),
+		HistoryEvicted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nbiot_relay_history_evicted_total", Help: "Entries pushed out of a history ring by its entry or byte bound.",
+		}),
 	}
-	reg.MustRegister(m.Upstreams, m.Connected, m.Reconnects, m.DialFailures, m.Frames, m.Deliveries, m.Dropped, m.Statuses)
+	reg.MustRegister(m.Upstreams, m.Connected, m.Reconnects, m.DialFailures, m.Frames, m.Deliveries, m.Dropped, m.Statuses,
+		m.Dedicated, m.Starts, m.Resets, m.HistoryBytes, m.HistoryEvicted)
 	return m
 }

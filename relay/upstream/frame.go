@@ -1,0 +1,48 @@
+package upstream
+
+import (
+	"encoding/json"
+	"errors"
+)
+
+// head is what the relay reads from an upstream frame: the device it is
+// for, its stream position and whether it is coap-server's
+// recovered:false status. The rest is forwarded untouched.
+type head struct {
+	device string
+	seq    uint64
+	hasSeq bool
+	reset  bool // coap-server's {"type":"status",...,"data":{"recovered":false}}, without seq
+}
+
+var errNoDevice = errors.New("frame has no deviceId")
+
+// peek decodes the head of an encoded live-log entry.
+func peek(b []byte) (head, error) {
+	var f struct {
+		DeviceID string          `json:"deviceId"`
+		Seq      *uint64         `json:"seq"`
+		Type     string          `json:"type"`
+		Data     json.RawMessage `json:"data"`
+	}
+	if err := json.Unmarshal(b, &f); err != nil {
+		return head{}, err
+	}
+	if f.DeviceID == "" {
+		return head{}, errNoDevice
+	}
+	h := head{device: f.DeviceID}
+	if f.Seq != nil {
+		h.seq, h.hasSeq = *f.Seq, true
+		return h, nil
+	}
+	if f.Type == "status" && len(f.Data) > 0 {
+		var d struct {
+			Recovered *bool `json:"recovered"`
+		}
+		if json.Unmarshal(f.Data, &d) == nil && d.Recovered != nil && !*d.Recovered {
+			h.reset = true
+		}
+	}
+	return h, nil
+}

@@ -1,0 +1,67 @@
+package upstream
+
+import (
+	"net/url"
+	"strconv"
+)
+
+// MaxTail is the largest tail a watcher (and coap-server's /ws) accepts.
+const MaxTail = 1000
+
+// Mode says where a watcher's stream starts.
+type Mode int
+
+// Start modes of a Resume.
+const (
+	Live  Mode = iota // entries from now on (no since, no tail)
+	Since             // every retained entry with a larger seq first
+	Tail              // the last N retained entries first
+)
+
+// Resume is where a watcher's stream starts: live, since=N or tail=N, with
+// the meaning of coap-server's /ws.
+type Resume struct {
+	Mode Mode
+	N    uint64
+}
+
+// LiveOnly is the zero Resume: entries from now on.
+var LiveOnly = Resume{}
+
+// query adds since= or tail= to q.
+func (r Resume) query(q url.Values) {
+	switch r.Mode {
+	case Since:
+		q.Set("since", strconv.FormatUint(r.N, 10))
+	case Tail:
+		q.Set("tail", strconv.FormatUint(r.N, 10))
+	}
+}
+
+// String is the query form (since=N, tail=N or live), for logs.
+func (r Resume) String() string {
+	switch r.Mode {
+	case Since:
+		return "since=" + strconv.FormatUint(r.N, 10)
+	case Tail:
+		return "tail=" + strconv.FormatUint(r.N, 10)
+	default:
+		return "live"
+	}
+}
+
+// backlog bounds the frames a watcher starting at r can be sent before
+// live ones when its start is served upstream (the count is unknown until
+// the frames arrive): a tail's N, or MaxTail for since (coap-server
+// retains at most that many entries per device by default; a longer
+// catch-up relies on the browser reading as fast as it arrives).
+func (r Resume) backlog() int {
+	switch r.Mode {
+	case Tail:
+		return int(min(r.N, MaxTail))
+	case Since:
+		return MaxTail
+	default:
+		return 0
+	}
+}
