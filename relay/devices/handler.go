@@ -1,0 +1,140 @@
+// Package devices serves GET /devices: the devices the signed-in user may
+// see (for the Live Logs page's picker), with their names and last-seen
+// times. The rows are read under the same RLS policies as everything else
+// the user reads: in Postgres as role authenticated with the user's claims
+// (as PostgREST does), or through Supabase REST with the user's own token.
+package devices
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/nbiot-live/nbiot-live/relay/access"
+	"github.com/nbiot-live/nbiot-live/relay/auth"
+)
+
+// Limit bounds the devices one answer lists (newest seen first); beyond it
+// the answer is cut and X-Devices-Truncated: true says so.
+const Limit = 500
+
+// listTimeout bounds one read of the database or REST.
+const listTimeout = 5 * time.Second
+
+// Device is one entry of the answer.
+type Device struct {
+	DevID      string     `json:"devid"`
+	Name       *string    `json:"name"`
+	LastSeenAt *time.Time `json:"last_seen_at"`
+}
+
+// Lister reads the devices visible to the user (claims, or their raw
+// token for REST), at most limit+1 so that a cut can be told.
+type Lister interface {
+	List(ctx context.Context, c *auth.Claims, token string, limit int) ([]Device, error)
+}
+
+// Verifier verifies a user's access token (*auth.Verifier).
+type Verifier interface {
+	Verify(ctx context.Context, token string) (*auth.Claims, error)
+}
+
+// Options configure New. Verifier nil (AUTH_DISABLED) or no backend makes
+// the endpoint answer 404: there is no user to list devices for.
+type Options struct {
+	Verifier Verifier
+	// Postgres, when set (DATABASE_URL), is used; else REST when RESTURL
+	// (SUPABASE_URL) and APIKey (the anon or publishable key) are set.
+	Postgres *access.Postgres
+	RESTURL  string
+	APIKey   string
+	Logger   *slog.Logger
+	// Registerer gets nbiot_relay_devices_truncated_total (may be nil).
+	Registerer prometheus.Registerer
+}
+
+// Handler is the GET /devices endpoint.
+type Handler struct {
+	verifier  Verifier
+	lister    Lister
+	log       *slog.Logger
+	truncated prometheus.Counter
+}
+
+// New builds the handler from o.
+func New(o Options) *Handler {
+	h := &Handler{verifier: o.Verifier, log: o.Logger}
+	if h.log == nil {
+		h.log = slog.New(slog.DiscardHandler)
+	}
+	switch {
+	case o.Postgres != nil:
+		h.lister = Postgres{Pool: o.Postgres.Pool}
+	case o.RESTURL != "" && o.APIKey != "":
+		h.lister = &REST{BaseURL: o.RESTURL, APIKey: o.APIKey, Client: &http.Client{Timeout: listTimeout}}
+	}
+	h.truncated = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "nbiot_relay_devices_truncated_total",
+		Help: "GET /devices answers cut at the limit (500 devices).",
+	})
+	if o.Registerer != nil {
+		o.Registerer.MustRegister(h.truncated)
+	}
+	return h
+}
+
+// NewWith is New with a given lister (tests, other backends).
+func NewWith(v Verifier, l Lister) *Handler {
+	h := New(Options{Verifier: v})
+	h.lister = l
+	return h
+}
+
+// ServeHTTP answers 200 with a JSON array, 401 without a valid token
+// (Authorization: Bearer, or access_token in the query), 404 when the relay
+// has no sign-in, 503 when the devices cannot be read.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Cache-Control", "no-store")
+	if h.verifier == nil || h.lister == nil {
+		http.Error(w, "this relay has no sign-in: type a device ID", http.StatusNotFound)
+		return
+	}
+	token, _, err := auth.FromRequest(r)
+	if err != nil {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="nbiot-live"`)
+		http.Error(w, "sign in required", http.StatusUnauthorized)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), listTimeout)
+	defer cancel()
+	claims, err := h.verifier.Verify(ctx, token)
+	if err != nil {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="nbiot-live", error="invalid_token"`)
+		http.Error(w, "sign in required: "+auth.Reason(err), http.StatusUnauthorized)
+		return
+	}
+	list, err := h.lister.List(ctx, claims, token, Limit)
+	switch {
+	case errors.Is(err, access.ErrDenied):
+		list = nil // PostgREST refused the user: they see nothing
+	case err != nil:
+		h.log.Warn("devices not listed", "user", claims.Subject, "err", err)
+		http.Error(w, "devices unavailable, try again", http.StatusServiceUnavailable)
+		return
+	}
+	if len(list) > Limit {
+		list = list[:Limit]
+		h.truncated.Inc()
+		w.Header().Set("X-Devices-Truncated", "true")
+	}
+	if list == nil {
+		list = []Device{}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(list)
+}
