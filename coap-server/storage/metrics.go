@@ -1,33 +1,23 @@
 package storage
 
-import (
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
-)
+import "github.com/prometheus/client_golang/prometheus"
 
-// Metrics counts what the queue does. Counters are in uplinks (records),
-// not rows.
+// Metrics counts what the consumer does. Counters are in uplinks, not rows.
 type Metrics struct {
-	Enqueued    prometheus.Counter
-	QueueFull   prometheus.Counter
 	Stored      prometheus.Counter
 	Rejected    prometheus.Counter
 	WriteErrors prometheus.Counter
-	Unstored    prometheus.Counter
+	FetchErrors prometheus.Counter
+	AckErrors   prometheus.Counter
+	Abandoned   prometheus.Counter
 	Rows        prometheus.Counter
 	BatchTime   prometheus.Histogram
 }
 
-func newMetrics(reg prometheus.Registerer, length func() float64, capacity int) *Metrics {
+func newMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
-		Enqueued: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "nbiot_storage_enqueued_total", Help: "Uplinks taken into the storage queue.",
-		}),
-		QueueFull: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "nbiot_storage_queue_full_total", Help: "Uplinks refused because the storage queue was full (answered 5.03).",
-		}),
 		Stored: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "nbiot_storage_stored_total", Help: "Uplinks written to the database.",
+			Name: "nbiot_storage_stored_total", Help: "Uplinks written to the database (and acknowledged on the stream).",
 		}),
 		Rejected: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "nbiot_storage_rejected_total", Help: "Uplinks the database refused for good (logged with uplink_id and skipped).",
@@ -35,8 +25,14 @@ func newMetrics(reg prometheus.Registerer, length func() float64, capacity int) 
 		WriteErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "nbiot_storage_write_errors_total", Help: "Failed batch writes that were retried (database down, slow or failing).",
 		}),
-		Unstored: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "nbiot_storage_unstored_total", Help: "Uplinks still queued when the shutdown deadline ran out (lost).",
+		FetchErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nbiot_storage_fetch_errors_total", Help: "Failed fetches from the uplink stream (NATS unreachable).",
+		}),
+		AckErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nbiot_storage_ack_errors_total", Help: "Stored uplinks whose acknowledgement failed (they are written again, idempotently).",
+		}),
+		Abandoned: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nbiot_storage_abandoned_total", Help: "Uplinks whose write was abandoned at the shutdown deadline (left in the stream, not lost).",
 		}),
 		Rows: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "nbiot_storage_rows_total", Help: "Rows sent in successful batch writes (all tables).",
@@ -46,21 +42,6 @@ func newMetrics(reg prometheus.Registerer, length func() float64, capacity int) 
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 8),
 		}),
 	}
-	reg.MustRegister(m.Enqueued, m.QueueFull, m.Stored, m.Rejected, m.WriteErrors, m.Unstored, m.Rows, m.BatchTime,
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "nbiot_storage_queue_length", Help: "Uplinks waiting in the storage queue.",
-		}, length),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "nbiot_storage_queue_capacity", Help: "Uplinks the storage queue holds at most (STORAGE_QUEUE_SIZE).",
-		}, func() float64 { return float64(capacity) }))
+	reg.MustRegister(m.Stored, m.Rejected, m.WriteErrors, m.FetchErrors, m.AckErrors, m.Abandoned, m.Rows, m.BatchTime)
 	return m
-}
-
-// counterValue reads a counter, so Close can say how many uplinks it lost.
-func counterValue(c prometheus.Counter) float64 {
-	var m dto.Metric
-	if err := c.Write(&m); err != nil {
-		return 0
-	}
-	return m.GetCounter().GetValue()
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/nbiot-live/nbiot-live/coap-server/storage"
+	"github.com/nbiot-live/nbiot-live/internal/supa"
 )
 
 // Options configures the writer's pool; zero fields take the defaults.
@@ -37,24 +38,11 @@ type Writer struct {
 // New parses databaseURL and makes the pool without connecting. Errors
 // never contain the URL (it may hold a password).
 func New(ctx context.Context, databaseURL string, o Options) (*Writer, error) {
-	cfg, err := pgxpool.ParseConfig(databaseURL)
+	pool, err := supa.NewPool(ctx, databaseURL, supa.PoolOptions{
+		MaxConns: o.MaxConns, ConnectTimeout: o.ConnectTimeout, AppName: "nbiot-coap-server",
+	})
 	if err != nil {
-		return nil, errors.New("DATABASE_URL: cannot parse the connection string")
-	}
-	cfg.MaxConns = o.MaxConns
-	if cfg.MaxConns <= 0 {
-		cfg.MaxConns = 4
-	}
-	if o.ConnectTimeout <= 0 {
-		o.ConnectTimeout = 5 * time.Second
-	}
-	if cfg.ConnConfig.ConnectTimeout == 0 || cfg.ConnConfig.ConnectTimeout > o.ConnectTimeout {
-		cfg.ConnConfig.ConnectTimeout = o.ConnectTimeout
-	}
-	cfg.ConnConfig.RuntimeParams["application_name"] = "nbiot-coap-server"
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("DATABASE_URL: %w", err)
+		return nil, err
 	}
 	return &Writer{pool: pool}, nil
 }

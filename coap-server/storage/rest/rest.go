@@ -20,7 +20,6 @@ package rest
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -33,6 +32,7 @@ import (
 	"github.com/supabase-community/postgrest-go"
 
 	"github.com/nbiot-live/nbiot-live/coap-server/storage"
+	"github.com/nbiot-live/nbiot-live/internal/supa"
 )
 
 // maxResponse bounds a response body kept in memory; with return=minimal
@@ -59,27 +59,22 @@ type Writer struct {
 // Errors of New; they name the variable and never the key.
 var (
 	ErrURL = errors.New("SUPABASE_URL: want https://<project>.supabase.co")
-	ErrKey = errors.New("SUPABASE_SERVICE_KEY: want a service_role JWT or an sb_secret_ key")
+	ErrKey = supa.ErrServiceKey
 )
 
-// New checks the key's kind and prepares the writer. A service_role JWT
-// goes in both apikey and Authorization: Bearer; an sb_secret_ key, which
-// is not a JWT, only in apikey (NOTES).
+// New checks the key's kind and prepares the writer. The headers follow
+// internal/supa's rule: a service_role JWT goes in both apikey and
+// Authorization: Bearer; an sb_secret_ key, which is not a JWT, only in
+// apikey (docs/pitfalls.md#postgrest-go).
 func New(supabaseURL, serviceKey string, o Options) (*Writer, error) {
 	supabaseURL = strings.TrimRight(supabaseURL, "/")
 	if !strings.HasPrefix(supabaseURL, "http://") && !strings.HasPrefix(supabaseURL, "https://") {
 		return nil, ErrURL
 	}
-	headers := map[string]string{"apikey": serviceKey}
-	switch {
-	case strings.HasPrefix(serviceKey, "sb_secret_"):
-	case strings.HasPrefix(serviceKey, "sb_publishable_"):
-		return nil, fmt.Errorf("%w (got a publishable key, which RLS keeps from writing)", ErrKey)
-	case jwtRole(serviceKey) == "service_role":
-		headers["Authorization"] = "Bearer " + serviceKey
-	default:
-		return nil, ErrKey
+	if err := supa.CheckServiceKey(serviceKey); err != nil {
+		return nil, err
 	}
+	headers := supa.Headers(serviceKey)
 	if o.Timeout <= 0 {
 		o.Timeout = 15 * time.Second
 	}
@@ -95,26 +90,6 @@ func New(supabaseURL, serviceKey string, o Options) (*Writer, error) {
 		}
 	}
 	return &Writer{base: supabaseURL + "/rest/v1", headers: headers, rt: o.Transport, timeout: o.Timeout}, nil
-}
-
-// jwtRole reads the role claim of a JWT without verifying it: the server
-// verifies; this only catches an anon key given by mistake.
-func jwtRole(tok string) string {
-	parts := strings.Split(tok, ".")
-	if len(parts) != 3 {
-		return ""
-	}
-	b, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil {
-		return ""
-	}
-	var c struct {
-		Role string `json:"role"`
-	}
-	if json.Unmarshal(b, &c) != nil {
-		return ""
-	}
-	return c.Role
 }
 
 // Write upserts the batch's rows table by table. A failure part-way leaves

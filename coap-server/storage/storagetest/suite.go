@@ -18,6 +18,7 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/nbiot-live/nbiot-live/coap-server/storage"
@@ -41,7 +42,7 @@ func Run(t *testing.T, newWriter NewWriter) {
 		{"BatchRetriedAfterCommittedFailure", testRetryAfterFailure},
 		{"OlderBatchNeverOverwritesNewer", testOutOfOrder},
 		{"PoisonRowSkippedRestStored", testPoison},
-		{"CloseDrainsQueue", testCloseDrains},
+		{"RestartStoresEveryUplinkOnce", testRestartStoresOnce},
 	} {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, newWriter) })
 	}
@@ -227,14 +228,12 @@ func testRetryAfterFailure(t *testing.T, newWriter NewWriter) {
 	dbURL := pgtest.NewDB(t)
 	f := &flaky{Writer: newWriter(t, dbURL), failures: 2}
 	db := Connect(t, dbURL)
-	q := storage.NewQueue(f, storage.Options{Size: 100, BatchSize: 100, Workers: 1, NewBackOff: fastBackOff})
+	p := NewPipeline(t, f, storage.Options{BatchSize: 100, BatchAge: 200 * time.Millisecond, Workers: 1, NewBackOff: fastBackOff})
 	for i := range 20 {
-		if err := q.Enqueue(Rec("RETRY", t0.Add(time.Duration(i)*time.Second), FullUplink("RETRY", uint32(i)))); err != nil {
-			t.Fatal(err)
-		}
+		p.Publish(Rec("RETRY", t0.Add(time.Duration(i)*time.Second), FullUplink("RETRY", uint32(i))))
 	}
-	closeQueue(t, q)
-	m := q.Metrics()
+	p.WaitSettled(20)
+	m := p.Consumer.Metrics()
 	if got := testutil.ToFloat64(m.WriteErrors); got < 2 {
 		t.Errorf("write errors %v, want ≥ 2 (the retries happened)", got)
 	}
@@ -283,7 +282,7 @@ func testPoison(t *testing.T, newWriter NewWriter) {
 	w := newWriter(t, dbURL)
 	db := Connect(t, dbURL)
 	var logs syncBuffer
-	q := storage.NewQueue(w, storage.Options{Size: 100, BatchSize: 100, Workers: 1, NewBackOff: fastBackOff,
+	p := NewPipeline(t, w, storage.Options{BatchSize: 100, BatchAge: 500 * time.Millisecond, Workers: 1, NewBackOff: fastBackOff,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	// ingest refuses a hw_version over 64 bytes; this record bypasses it,
 	// so the database's check (char_length <= 64) rejects it for good.
@@ -295,12 +294,10 @@ func testPoison(t *testing.T, newWriter NewWriter) {
 		if i == 11 {
 			r = poison
 		}
-		if err := q.Enqueue(r); err != nil {
-			t.Fatal(err)
-		}
+		p.Publish(r)
 	}
-	closeQueue(t, q)
-	if got := testutil.ToFloat64(q.Metrics().Rejected); got != 1 {
+	p.WaitSettled(30)
+	if got := testutil.ToFloat64(p.Consumer.Metrics().Rejected); got != 1 {
 		t.Errorf("rejected %v, want 1", got)
 	}
 	if n := db.Int(`select count(*) from activity where devid = 'GOOD'`); n != 29 {
@@ -314,38 +311,72 @@ func testPoison(t *testing.T, newWriter NewWriter) {
 	}
 }
 
-func testCloseDrains(t *testing.T, newWriter NewWriter) {
+// testRestartStoresOnce: a consumer that stops halfway (a deploy, a
+// crash) leaves the rest in the stream; the next one stores it, and no
+// uplink is stored twice.
+func testRestartStoresOnce(t *testing.T, newWriter NewWriter) {
 	dbURL := pgtest.NewDB(t)
 	w := newWriter(t, dbURL)
 	db := Connect(t, dbURL)
-	q := storage.NewQueue(w, storage.Options{Size: 5000, BatchSize: 250, BatchAge: time.Hour, Workers: 2})
+	f := &blocking{Writer: w, after: 4, blocked: make(chan struct{}), release: make(chan struct{})}
+	p := NewPipeline(t, f, storage.Options{BatchSize: 100, Workers: 2})
 	const n = 2000
 	for i := range n {
 		dev := "DRAIN" + string(rune('A'+i%20))
-		if err := q.Enqueue(Rec(dev, t0.Add(time.Duration(i)*time.Millisecond), &nbiotv1.Uplink{DeviceId: dev, UplinkCount: uint32(i), Temperature: ptr(float32(i))})); err != nil {
-			t.Fatal(err)
-		}
+		p.Publish(Rec(dev, t0.Add(time.Duration(i)*time.Millisecond), &nbiotv1.Uplink{DeviceId: dev, UplinkCount: uint32(i), Temperature: ptr(float32(i))}))
 	}
-	closeQueue(t, q)
+	<-f.blocked // four batches written, the fifth hangs
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := p.Consumer.Close(ctx); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	if got := db.Int(`select count(*) from activity`); got >= n {
+		t.Fatalf("stored %d before the restart; the test needs a partial run", got)
+	}
+	src, err := p.Engine.UplinkSource(context.Background(), prometheus.NewCounter(prometheus.CounterOpts{Name: "y"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	again := storage.NewConsumer(src, w, storage.Options{BatchSize: 250, Workers: 2})
+	p.Consumer = again
+	deadline := time.Now().Add(time.Minute)
+	for db.Int(`select (select count(*) from activity) + (select count(*) from sensor_data)`) < 2*n && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond) // polling the table the consumer fills
+	}
 	if got := db.Int(`select count(*) from activity`); got != n {
 		t.Errorf("activity rows %d, want %d", got, n)
 	}
 	if got := db.Int(`select count(*) from sensor_data`); got != n {
 		t.Errorf("sensor rows %d, want %d", got, n)
 	}
-	if err := q.Enqueue(Rec("LATE", t0, &nbiotv1.Uplink{})); err != storage.ErrClosed {
-		t.Errorf("enqueue after close: %v, want ErrClosed", err)
-	}
-	if err := q.Close(context.Background()); err != nil {
-		t.Errorf("second close: %v", err)
-	}
 }
 
-func closeQueue(t *testing.T, q *storage.Queue) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := q.Close(ctx); err != nil {
-		t.Fatalf("close: %v", err)
+// blocking writes its first after batches, then hangs until released or
+// cancelled.
+type blocking struct {
+	storage.Writer
+	after   int
+	mu      sync.Mutex
+	n       int
+	blocked chan struct{}
+	once    sync.Once
+	release chan struct{}
+}
+
+func (b *blocking) Write(ctx context.Context, rows *storage.Rows) error {
+	b.mu.Lock()
+	b.n++
+	n := b.n
+	b.mu.Unlock()
+	if n <= b.after {
+		return b.Writer.Write(ctx, rows)
+	}
+	b.once.Do(func() { close(b.blocked) })
+	select {
+	case <-b.release:
+		return b.Writer.Write(ctx, rows)
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
