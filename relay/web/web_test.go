@@ -21,7 +21,7 @@ func TestHandlerRoutes(t *testing.T) {
 		{"page", "GET", "/", 200, "text/html", `<script type="module" src="static/app.js">`},
 		{"page with device and token", "GET", "/?deviceId=ABC123&access_token=x.y.z", 200, "text/html", "Live Logs"},
 		{"embeddable module", "GET", "/static/livelogs.js", 200, "text/javascript", "export function connectLiveLogs("},
-		{"page script", "GET", "/static/app.js", 200, "text/javascript", "MAX_ENTRIES = 500"},
+		{"page script", "GET", "/static/app.js", 200, "text/javascript", "const PAGE = 200"},
 		{"renderer", "GET", "/static/render.js", 200, "text/javascript", "export function renderEntry("},
 		{"styles", "GET", "/static/style.css", 200, "text/css", "#entries"},
 		{"unknown asset", "GET", "/static/nope.js", 404, "", ""},
@@ -69,7 +69,7 @@ func TestHandlerRoutes(t *testing.T) {
 func TestPageHasNoRemoteAssets(t *testing.T) {
 	srv := httptest.NewServer(web.Handler())
 	t.Cleanup(srv.Close)
-	for _, p := range []string{"/", "/static/app.js", "/static/livelogs.js", "/static/render.js", "/static/style.css"} {
+	for _, p := range []string{"/", "/static/app.js", "/static/livelogs.js", "/static/render.js", "/static/model.js", "/static/export.js", "/static/style.css"} {
 		resp, err := srv.Client().Get(srv.URL + p)
 		if err != nil {
 			t.Fatal(err)

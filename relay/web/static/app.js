@@ -1,13 +1,18 @@
 // app.js: the relay's Live Logs page. It owns the DOM; the connection is
-// livelogs.js (the same module an existing frontend would embed), and the
-// drawing of one entry is render.js.
+// livelogs.js (the same module an existing frontend would embed), the list
+// as data is model.js, the drawing of one row is render.js and the files
+// are export.js.
 import { connectLiveLogs, State, DEVICE_ID } from "./livelogs.js";
-import { renderEntry } from "./render.js";
+import { LogList, MAX_ENTRIES, TYPES, matches } from "./model.js";
+import { renderRow, renderMarker } from "./render.js";
+import { toJSONLines, toCSV, download, fileName } from "./export.js";
 
-const MAX_ENTRIES = 500; // bounded list: the oldest entries fall off
+const PAGE = 200; // rows in the DOM at once: the list is windowed
 const MAX_RECENT = 10; // recent device IDs remembered for the picker
+const ANNOUNCE_EVERY_MS = 2000; // the live region speaks at most this often
 const TOKEN_KEY = "nbiot-live.token";
 const RECENT_KEY = "nbiot-live.recent";
+const TAIL = 100; // history asked for on open
 
 const $ = (id) => document.getElementById(id);
 const store = (s) => {
@@ -39,11 +44,35 @@ function pageURL(deviceId) {
 
 const token = () => store(() => sessionStorage.getItem(TOKEN_KEY)) || "";
 
+// whoami: the email (or else the sub) in a JWT's payload, unverified: for display only.
+function whoami(jwt) {
+  try {
+    const part = jwt.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const bytes = Uint8Array.from(atob(part + "===".slice((part.length + 3) % 4)), (c) => c.charCodeAt(0));
+    const claims = JSON.parse(new TextDecoder().decode(bytes));
+    const who = claims.email || claims.sub;
+    return typeof who === "string" ? who : "";
+  } catch (e) {
+    return "";
+  }
+}
+
 let conn = null;
 let deviceId = "";
-let count = 0;
+let connState = "idle"; // the last State, or "idle"
+let list = new LogList();
+const filter = { types: new Set(TYPES), text: "" };
+let paused = false;
+let held = []; // entries that arrived while paused, in order
+let offset = 0; // rows of the filtered view above the window (0 = newest)
+let newSince = 0; // entries since the live region last spoke
+let announceTimer = null;
+let clockSkewMs = 0; // largest negative latency seen
+const drawn = new Map(); // row id → {version, node} of the rows in the DOM
 
-// 2. Connection state, shown at the top right; status entries go in the list.
+// 2. One truthful state. The connection state decides the header's
+// indicator, who the header says is signed in, and the text in an empty
+// list: a refused token is "sign in required" and nothing else.
 const stateText = {
   [State.CONNECTING]: () => "connecting…",
   [State.LIVE]: () => "live",
@@ -54,20 +83,47 @@ const stateText = {
   [State.CLOSED]: () => "closed",
 };
 
-function showState(state, info) {
+function showState(state, info = {}) {
+  connState = state;
   const el = $("conn");
   el.dataset.state = state;
   $("conn-text").textContent = (stateText[state] || (() => state))(info);
-  el.title = info && info.reason ? info.reason : "";
+  el.title = info.reason || "";
   if (state === State.UNAUTHORIZED) showSignIn(token() ? "The relay refused the token (expired or wrong project?). Paste a fresh one." : "This relay needs a sign-in: paste a Supabase access token (JWT).");
   if (state === State.LIVE) hideSignIn();
+  showAuth();
+  updateCount();
 }
 
 function showAuth() {
-  const signedIn = !!token();
-  $("auth-text").textContent = signedIn ? "signed in" : "";
+  const t = token();
+  // A token the relay refused signs nobody in.
+  const signedIn = !!t && connState !== State.UNAUTHORIZED;
+  const who = signedIn ? whoami(t) : "";
+  $("auth-text").textContent = signedIn ? (who ? `signed in as ${who}` : "signed in") : "";
   $("signout").hidden = !signedIn;
   $("signin-show").hidden = signedIn;
+  if (signedIn) loadDevices(t);
+  else showPicker([]);
+}
+
+function emptyText() {
+  switch (connState) {
+    case "idle":
+      return "Pick a device above.";
+    case State.UNAUTHORIZED:
+      return "Sign in to see this device's live log.";
+    case State.FORBIDDEN:
+      return `You cannot see ${deviceId}: it is not one of your devices, or it does not exist.`;
+    case State.INVALID:
+      return `“${deviceId}” is not a device ID: letters, digits, _ and -, up to 64.`;
+    case State.CONNECTING:
+      return "Connecting…";
+    case State.RECONNECTING:
+      return "Not connected yet: retrying.";
+    default:
+      return list.rows.length ? "No entries match the filter." : "No entries yet. They appear here, newest first, as the device reports.";
+  }
 }
 
 function showSignIn(why) {
@@ -94,26 +150,145 @@ function upstreamStatus(entry) {
   }
 }
 
-// 3. Entries, newest first, at most MAX_ENTRIES.
-function addEntry(entry) {
-  upstreamStatus(entry);
-  const list = $("entries");
-  list.insertBefore(renderEntry(entry), list.firstChild);
-  while (list.childElementCount > MAX_ENTRIES) list.lastElementChild.remove();
-  count++;
-  updateCount();
+// 3. Entries. Arrivals are queued and drawn once per animation frame, so a
+// burst of thousands costs one layout, not thousands.
+let frame = 0;
+function schedule() {
+  if (!frame) frame = requestAnimationFrame(draw);
 }
 
-function updateCount() {
-  const n = $("entries").childElementCount;
-  $("count").textContent = `${n} entr${n === 1 ? "y" : "ies"}` + (count > n ? ` (last ${MAX_ENTRIES} of ${count})` : "");
-  $("empty").hidden = n > 0;
+function onEntry(entry) {
+  upstreamStatus(entry);
+  if (paused) {
+    held.push(entry);
+    updateHeld();
+    return;
+  }
+  ingest(entry);
+}
+
+function ingest(entry) {
+  const { row, isNew } = list.add(entry, Date.now());
+  // Looking at older rows: keep them still while newer ones arrive.
+  if (isNew && offset > 0 && matches(row, filter)) offset++;
+  if (isNew) newSince++;
+  announceSoon();
+  schedule();
+}
+
+/** visibleRows: the filtered rows, newest first, in the window. */
+function visibleRows() {
+  const out = [];
+  let n = 0;
+  for (let i = list.rows.length - 1; i >= 0; i--) {
+    const r = list.rows[i];
+    if (!matches(r, filter)) continue;
+    if (n >= offset && out.length < PAGE) out.push(r);
+    n++;
+  }
+  return { rows: out, matching: n };
+}
+
+function draw() {
+  frame = 0;
+  const { rows, matching } = visibleRows();
+  if (offset > 0 && offset >= matching) offset = Math.max(0, matching - PAGE);
+  const now = Date.now();
+  const nodes = [];
+  const keep = new Set();
+  const active = document.activeElement && document.activeElement.closest ? document.activeElement.closest("#entries > li.entry") : null;
+  const focusedId = active ? active.dataset.rowId : "";
+  for (const r of rows) {
+    let d = drawn.get(r.id);
+    if (!d || d.version !== r.version) {
+      if (r.shownAt === undefined) r.shownAt = now;
+      const node = renderRow(r, r.shownAt);
+      node.tabIndex = -1;
+      d = { version: r.version, node, marker: r.marker ? renderMarker(r) : null };
+      drawn.set(r.id, d);
+      trackSkew(node);
+    }
+    keep.add(r.id);
+    nodes.push(d.node);
+    if (d.marker) nodes.push(d.marker);
+  }
+  for (const id of drawn.keys()) if (!keep.has(id)) drawn.delete(id);
+  $("entries").replaceChildren(...nodes);
+  // Roving tabindex: one entry is in the tab order, arrows move within.
+  const again = focusedId ? $("entries").querySelector(`li.entry[data-row-id="${focusedId}"]`) : null;
+  const target = again || $("entries").querySelector("li.entry");
+  if (target) target.tabIndex = 0;
+  if (again && document.activeElement !== again) again.focus({ preventScroll: true });
+  $("newer-bar").hidden = offset === 0;
+  $("older-bar").hidden = offset + rows.length >= matching;
+  updateCount(matching, rows.length);
+}
+
+function trackSkew(node) {
+  const l = node.querySelector(".latency.l-skew");
+  if (!l) return;
+  clockSkewMs = Math.min(clockSkewMs, Number(l.dataset.ms));
+  const note = $("clock-note");
+  note.hidden = false;
+  note.textContent = `⚠ clocks disagree: entries arrive up to ${-clockSkewMs} ms before their server timestamp; latencies are not exact`;
+}
+
+function updateCount(matching, shown) {
+  if (matching === undefined) ({ matching, rows: { length: shown } } = visibleRows());
+  const n = list.rows.length;
+  let text = `${n} entr${n === 1 ? "y" : "ies"}`;
+  if (list.total > n) text += ` (last ${MAX_ENTRIES} of ${list.total})`;
+  if (matching !== n) text += `, ${matching} match the filter`;
+  if (shown < matching) text += `, showing ${offset + 1}–${offset + shown}`;
+  $("count").textContent = text;
+  const empty = shown === 0;
+  $("empty").hidden = !empty;
+  if (empty) $("empty").textContent = emptyText();
+}
+
+function updateHeld() {
+  const n = held.length;
+  $("held").hidden = !paused;
+  $("held").textContent = paused ? `Paused: ${n} new entr${n === 1 ? "y" : "ies"} held back. Resume to show them in order.` : "";
+  $("pause").textContent = paused ? `Resume (${n})` : "Pause";
+}
+
+// The live region says how many entries arrived, not each one, and not
+// while paused (the held-back line says it then).
+function announceSoon() {
+  if (announceTimer) return;
+  announceTimer = setTimeout(() => {
+    announceTimer = null;
+    if (newSince > 0 && !paused) $("announce").textContent = `${newSince} new entr${newSince === 1 ? "y" : "ies"}`;
+    newSince = 0;
+  }, ANNOUNCE_EVERY_MS);
 }
 
 function clearEntries() {
-  $("entries").replaceChildren();
-  count = 0;
-  updateCount();
+  list.clear();
+  held = [];
+  offset = 0;
+  drawn.clear();
+  updateHeld();
+  schedule();
+}
+
+function setPaused(p) {
+  paused = p;
+  $("pause").setAttribute("aria-pressed", String(p));
+  if (!p) {
+    const h = held;
+    held = [];
+    for (const e of h) ingest(e);
+  }
+  updateHeld();
+}
+
+/** shownEntries: every entry of the rows the filter shows, oldest first. */
+function shownEntries() {
+  const out = [];
+  for (const r of list.rows) if (matches(r, filter)) out.push(...r.entries);
+  return out;
 }
 
 // 4. Opening a device.
@@ -124,17 +299,24 @@ function open(id, { push = true } = {}) {
   deviceId = id;
   $("device").value = id;
   $("device-title").textContent = id;
+  $("my-devices").value = id;
   document.title = (id ? id + " · " : "") + "Live Logs · nbiot-live";
+  list = new LogList();
+  clockSkewMs = 0;
+  $("clock-note").hidden = true;
   clearEntries();
   if (push) history.pushState(null, "", pageURL(id));
   if (!id) {
+    connState = "idle";
     $("conn").dataset.state = "idle";
     $("conn-text").textContent = "pick a device";
+    showAuth();
+    updateCount();
     return;
   }
   if (!DEVICE_ID.test(id)) return showState(State.INVALID, { reason: "letters, digits, _ and -, up to 64" });
   remember(id);
-  conn = connectLiveLogs({ deviceId: id, token, onEntry: addEntry, onState: showState });
+  conn = connectLiveLogs({ deviceId: id, token, tail: TAIL, onEntry, onState: showState });
 }
 
 function recentDevices() {
@@ -152,9 +334,56 @@ function remember(id) {
   showRecent(recent);
 }
 
+// 5. The signed-in user's devices, from the relay's GET /devices (read
+// under RLS with the user's token). Typing an ID works without it.
+let devicesFor = "";
+async function loadDevices(t) {
+  if (devicesFor === t) return;
+  devicesFor = t;
+  try {
+    const r = await fetch("devices", { headers: { Authorization: "Bearer " + t }, cache: "no-store" });
+    if (!r.ok) throw new Error("status " + r.status);
+    const devices = await r.json();
+    if (devicesFor === t && Array.isArray(devices)) showPicker(devices);
+  } catch (e) {
+    if (devicesFor === t) showPicker([]);
+  }
+}
+
+function ago(iso) {
+  const t = Date.parse(iso);
+  if (isNaN(t)) return "never seen";
+  const s = Math.max(0, Math.round((Date.now() - t) / 1000));
+  if (s < 60) return `seen ${s} s ago`;
+  if (s < 3600) return `seen ${Math.round(s / 60)} min ago`;
+  if (s < 86400) return `seen ${Math.round(s / 3600)} h ago`;
+  return `seen ${new Date(t).toLocaleDateString()}`;
+}
+
+function showPicker(devices) {
+  const sel = $("my-devices");
+  const opts = devices
+    .filter((d) => d && typeof d.devid === "string" && DEVICE_ID.test(d.devid))
+    .map((d) => {
+      const o = document.createElement("option");
+      o.value = d.devid;
+      o.textContent = [d.devid, d.name, ago(d.last_seen_at)].filter(Boolean).join(" · ");
+      if (d.last_seen_at) o.title = "last seen " + d.last_seen_at;
+      return o;
+    });
+  const none = Object.assign(document.createElement("option"), { value: "", textContent: `${opts.length} device${opts.length === 1 ? "" : "s"}…` });
+  sel.replaceChildren(none, ...opts);
+  sel.value = opts.some((o) => o.value === deviceId) ? deviceId : "";
+  $("picker").hidden = opts.length === 0;
+}
+
+// 6. Controls.
 $("device-form").addEventListener("submit", (e) => {
   e.preventDefault();
   open($("device").value);
+});
+$("my-devices").addEventListener("change", (e) => {
+  if (e.target.value && e.target.value !== deviceId) open(e.target.value);
 });
 
 $("signin-form").addEventListener("submit", (e) => {
@@ -164,19 +393,90 @@ $("signin-form").addEventListener("submit", (e) => {
   store(() => sessionStorage.setItem(TOKEN_KEY, t));
   $("token").value = "";
   hideSignIn();
-  showAuth();
   if (deviceId) open(deviceId, { push: false });
+  else showAuth();
 });
 $("signin-show").addEventListener("click", () => showSignIn("Paste a Supabase access token (JWT)."));
 $("signin-cancel").addEventListener("click", hideSignIn);
 $("signout").addEventListener("click", () => {
   store(() => sessionStorage.removeItem(TOKEN_KEY));
-  showAuth();
+  devicesFor = "";
   if (deviceId) open(deviceId, { push: false });
+  else showAuth();
 });
 $("clear").addEventListener("click", clearEntries);
+$("pause").addEventListener("click", () => setPaused(!paused));
+$("types").addEventListener("change", () => {
+  filter.types = new Set([...$("types").querySelectorAll("input:checked")].map((i) => i.value));
+  offset = 0;
+  schedule();
+});
+$("search").addEventListener("input", () => {
+  filter.text = $("search").value.trim();
+  offset = 0;
+  schedule();
+});
+$("export-jsonl").addEventListener("click", () => download(fileName(deviceId || "none", "jsonl"), toJSONLines(shownEntries()), "application/x-ndjson"));
+$("export-csv").addEventListener("click", () => download(fileName(deviceId || "none", "csv"), toCSV(shownEntries()), "text/csv"));
+$("older").addEventListener("click", () => {
+  offset += PAGE;
+  schedule();
+});
+$("newer").addEventListener("click", () => {
+  offset = Math.max(0, offset - PAGE);
+  schedule();
+});
+
+function toggle(li) {
+  const r = list.rows.find((x) => String(x.id) === li.dataset.rowId);
+  if (!r) return;
+  r.expanded = !r.expanded;
+  r.version++;
+  li.focus();
+  schedule();
+}
+
+$("entries").addEventListener("click", (e) => {
+  if (e.target.closest("pre") || (window.getSelection && String(window.getSelection()))) return; // selecting text
+  const li = e.target.closest("li.entry");
+  if (li) toggle(li);
+});
+$("entries").addEventListener("keydown", (e) => {
+  const li = e.target.closest("li.entry");
+  if (!li) return;
+  const items = [...$("entries").querySelectorAll("li.entry")];
+  const i = items.indexOf(li);
+  let next = null;
+  switch (e.key) {
+    case "ArrowDown":
+    case "j":
+      next = items[i + 1];
+      break;
+    case "ArrowUp":
+    case "k":
+      next = items[i - 1];
+      break;
+    case "Home":
+      next = items[0];
+      break;
+    case "End":
+      next = items[items.length - 1];
+      break;
+    case "Enter":
+    case " ":
+      e.preventDefault();
+      toggle(li);
+      return;
+    default:
+      return;
+  }
+  e.preventDefault();
+  if (!next) return;
+  li.tabIndex = -1;
+  next.tabIndex = 0;
+  next.focus();
+});
 window.addEventListener("popstate", () => open(new URLSearchParams(location.search).get("deviceId"), { push: false }));
 
-showAuth();
 showRecent(recentDevices());
 open(params.get("deviceId"), { push: false });

@@ -9,14 +9,27 @@
 //     url: "https://relay.example.com",          // the relay (http(s) or ws(s))
 //     deviceId: "ABC123",
 //     token: async () => (await supabase.auth.getSession()).data.session?.access_token,
+//     tail: 100,                                 // history on open (0..1000, default 100)
 //     onEntry: (entry) => console.log(entry.type, entry.message, entry.data),
+//     onGap: (entry) => console.warn("history lost here", entry),
 //     onState: (state, info) => console.log(state, info),
 //   });
 //   // later: conn.close();
 //
 // Entries are the contract's live-log messages:
-//   {deviceId, timestamp, type: "uplink"|"downlink"|"error"|"status", message, data}
+//   {seq, deviceId, timestamp, type: "uplink"|"downlink"|"error"|"status", message, data}
 // Keys are only ever added, so ignore the ones you do not know.
+//
+// Position: entries from the server's stream carry "seq" (increasing). The
+// first connection asks for the last `tail` entries (?tail=N), every
+// reconnection for what came after the last seq seen (?since=SEQ), so a
+// reconnect neither misses nor repeats an entry; an entry whose seq is not
+// above the last one seen is dropped. Entries without seq (the relay's own
+// status entries) are passed on and do not move the position. A status
+// entry with data.recovered === false says history was lost there (it was
+// no longer retained, or the stream was reset): onGap is called with it, it
+// is passed to onEntry too, and the position starts again from the entries
+// that follow it.
 
 /** Connection states reported to onState. */
 export const State = Object.freeze({
@@ -41,6 +54,12 @@ export const DEVICE_ID = /^[A-Za-z0-9_-]{1,64}$/;
 const PROTOCOL = "nbiot-live";
 const TOKEN_PREFIX = "access_token.";
 
+/** DEFAULT_TAIL is how many recent entries the first connection asks for. */
+export const DEFAULT_TAIL = 100;
+
+/** MAX_TAIL is the largest tail the server accepts. */
+export const MAX_TAIL = 1000;
+
 /** Reconnect backoff defaults: exponential with equal jitter, never gives up. */
 export const DEFAULT_BACKOFF = Object.freeze({
   initialMs: 500, // first retry after 250–500 ms
@@ -52,9 +71,10 @@ export const DEFAULT_BACKOFF = Object.freeze({
 /**
  * relayURL turns the relay's address into the /device-logs WebSocket URL.
  * Accepts "https://relay.example.com", "wss://relay.example.com/device-logs",
- * or nothing (the page's own origin).
+ * or nothing (the page's own origin). position, when given, is {since} (a
+ * seq: what came after it) or {tail} (the last N entries).
  */
-export function relayURL(url, deviceId) {
+export function relayURL(url, deviceId, position = {}) {
   const u = new URL(url || "/", globalThis.location ? globalThis.location.href : undefined);
   if (u.protocol === "http:") u.protocol = "ws:";
   if (u.protocol === "https:") u.protocol = "wss:";
@@ -63,8 +83,16 @@ export function relayURL(url, deviceId) {
   }
   u.search = "";
   u.searchParams.set("deviceId", deviceId);
+  if (position.since !== undefined && position.since !== null) u.searchParams.set("since", String(position.since));
+  else if (position.tail !== undefined && position.tail !== null) u.searchParams.set("tail", String(position.tail));
   return u;
 }
+
+/** isSeq: a stream position as the server sends it (a non-negative integer). */
+export const isSeq = (v) => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+
+/** isGap: the status entry that says history was lost before it. */
+export const isGap = (e) => !!e && e.type === "status" && !!e.data && typeof e.data === "object" && e.data.recovered === false;
 
 /** backoffDelay is the wait before retry number attempt (1-based). */
 export function backoffDelay(attempt, b = DEFAULT_BACKOFF, random = Math.random) {
@@ -82,16 +110,28 @@ export function backoffDelay(attempt, b = DEFAULT_BACKOFF, random = Math.random)
  * token: a string, or a function returning one (or a Promise of one), asked
  *   again before every attempt, so a refreshed session token is picked up.
  *   Empty or missing means none (a relay running with AUTH_DISABLED=true).
- * onEntry(entry): every live-log message, parsed.
+ * tail: how many recent entries the first connection asks for (0..1000,
+ *   default 100; 0 = live only).
+ * since: start after this seq instead of with the tail (a page that kept
+ *   its entries, say across a reload).
+ * onEntry(entry): every live-log message, parsed, at most once per seq.
+ * onGap(entry): a status entry with data.recovered === false arrived: the
+ *   entries before it are no longer retained (also passed to onEntry).
  * onState(state, info): State changes; info has attempt, delayMs, reason.
- * Returns {close()}.
+ * Returns {close(), lastSeq()}: lastSeq() is the newest seq seen (null
+ * before the first).
  */
-export function connectLiveLogs({ url, deviceId, token, onEntry = () => {}, onState = () => {}, backoff = {} }) {
+export function connectLiveLogs({
+  url, deviceId, token, tail = DEFAULT_TAIL, since = null,
+  onEntry = () => {}, onGap = () => {}, onState = () => {}, backoff = {},
+}) {
   const b = { ...DEFAULT_BACKOFF, ...backoff };
+  const tailN = Math.max(0, Math.min(MAX_TAIL, Math.floor(Number(tail)) || 0));
   let ws = null;
   let timer = null;
   let attempt = 0;
   let closed = false;
+  let last = isSeq(since) ? since : null; // newest seq seen
 
   const setState = (state, info = {}) => {
     if (!closed || state === State.CLOSED) onState(state, { attempt, ...info });
@@ -101,7 +141,8 @@ export function connectLiveLogs({ url, deviceId, token, onEntry = () => {}, onSt
     setState(State.INVALID, { reason: "device ID must match " + DEVICE_ID });
     return { close() {} };
   }
-  const wsURL = relayURL(url, deviceId);
+  // Where to resume: after the last seq seen, or the tail when none yet.
+  const position = () => (last !== null ? { since: last } : { tail: tailN });
 
   async function currentToken() {
     try {
@@ -116,7 +157,7 @@ export function connectLiveLogs({ url, deviceId, token, onEntry = () => {}, onSt
   // status. A plain GET of the same URL (not an upgrade) shows it: 401 and
   // 403 come before the upgrade; anything else (400 "not a WebSocket",
   // a network error, a CORS refusal) means "try again later".
-  async function refusal(t) {
+  async function refusal(t, wsURL) {
     try {
       const httpURL = new URL(wsURL);
       httpURL.protocol = httpURL.protocol === "wss:" ? "https:" : "http:";
@@ -137,6 +178,7 @@ export function connectLiveLogs({ url, deviceId, token, onEntry = () => {}, onSt
     if (closed) return;
     setState(attempt === 0 ? State.CONNECTING : State.RECONNECTING, { reason: "connecting" });
     const protocols = t ? [PROTOCOL, TOKEN_PREFIX + t] : [PROTOCOL];
+    const wsURL = relayURL(url, deviceId, position());
     let sock;
     try {
       sock = new WebSocket(wsURL, protocols);
@@ -159,6 +201,18 @@ export function connectLiveLogs({ url, deviceId, token, onEntry = () => {}, onSt
         return; // not ours to crash on: skip the frame
       }
       if (!entry || typeof entry !== "object" || (entry.deviceId && entry.deviceId !== deviceId)) return;
+      if (isGap(entry)) {
+        // What follows starts a new run of positions (after a stream
+        // reset they may even be lower than the last one seen).
+        last = null;
+        onGap(entry);
+        onEntry(entry);
+        return;
+      }
+      if (isSeq(entry.seq)) {
+        if (last !== null && entry.seq <= last) return; // seen already
+        last = entry.seq;
+      }
       onEntry(entry);
     };
     sock.onclose = async (ev) => {
@@ -173,7 +227,7 @@ export function connectLiveLogs({ url, deviceId, token, onEntry = () => {}, onSt
       if (ev.code === 4403) return setState(State.FORBIDDEN, { reason: ev.reason || "device not visible" });
       if (openedAt && Date.now() - openedAt >= b.stableMs) attempt = 0;
       if (!openedAt) {
-        const r = await refusal(t);
+        const r = await refusal(t, wsURL);
         if (closed) return;
         if (r) return setState(r, { reason: r === State.UNAUTHORIZED ? "sign in required" : "device not visible to this user" });
       }
@@ -190,6 +244,7 @@ export function connectLiveLogs({ url, deviceId, token, onEntry = () => {}, onSt
 
   open();
   return {
+    lastSeq: () => last,
     close() {
       if (closed) return;
       closed = true;

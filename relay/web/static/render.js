@@ -109,7 +109,7 @@ export function renderEntry(entry) {
   const time = el("time", "time", isNaN(ts) ? String(entry.timestamp || "") : fmtTime(ts));
   if (!isNaN(ts)) {
     time.dateTime = ts.toISOString();
-    time.title = ts.toISOString();
+    time.title = ts.toISOString().replace("T", " ").replace("Z", " UTC");
   }
   head.append(time, el("span", "message", entry.message || ""));
   li.append(head);
@@ -123,14 +123,112 @@ export function renderEntry(entry) {
       if (!KNOWN.has(k) && v !== null) field(box, k, k, JSON.stringify(v));
     }
   } else if (type === "downlink" && d && typeof d === "object") {
-    // data is the configuration sent (coap-server/downlink), or holds it under "config".
+    // data holds the configuration under "config" with downlink_id, state
+    // and config_version (coap-server/downlink), or is the configuration
+    // itself (older servers).
     const c = d.config && typeof d.config === "object" ? d.config : d;
-    field(box, "config", "sent", configText(c), JSON.stringify(c));
+    const shown = Object.fromEntries(Object.entries(c).filter(([k]) => !["downlink_id", "state"].includes(k)));
+    if (d.downlink_id !== undefined) li.dataset.downlinkId = String(d.downlink_id);
+    field(box, "config", d.state ? "config" : "sent", configText(shown), JSON.stringify(shown));
   } else if (d && typeof d === "object") {
     for (const [k, v] of Object.entries(d)) if (v !== null) field(box, k, k, typeof v === "string" ? v : JSON.stringify(v));
   } else if (d !== null && d !== undefined) {
     field(box, "data", "data", JSON.stringify(d));
   }
   if (box.childElementCount) li.append(box);
+  return li;
+}
+
+/** LATENCY_HISTORY_MS: older entries than this came from history, not live. */
+export const LATENCY_HISTORY_MS = 60000;
+
+/**
+ * latency describes receipt (the entry's timestamp, the server's clock) →
+ * on screen (shownAt, this browser's clock), in ms: {ms, text, title, kind}
+ * with kind "live", "skew" (negative: the clocks disagree) or "history".
+ */
+export function latency(entry, shownAt) {
+  const ts = Date.parse(entry.timestamp);
+  if (isNaN(ts)) return null;
+  const ms = Math.round(shownAt - ts);
+  if (ms < 0) {
+    return { ms, kind: "skew", text: `clock ${ms} ms`,
+      title: `Shown ${-ms} ms before the server says it received it: this browser's clock is behind the server's (latency unknown)` };
+  }
+  if (ms >= LATENCY_HISTORY_MS) return { ms, kind: "history", text: "", title: `from history, received ${fmtSeconds(Math.round(ms / 1000))} before it was shown` };
+  return { ms, kind: "live", text: `${ms} ms`, title: `${ms} ms from receipt by coap-server to this screen` };
+}
+
+function downlinkSteps(dl) {
+  const box = el("span", "field f-lifecycle");
+  box.dataset.value = dl.state || "";
+  box.append(el("span", "label", "lifecycle"));
+  const ol = el("ol", "steps");
+  ol.setAttribute("aria-label", "downlink lifecycle");
+  for (const s of ["queued", "sent", "applied"]) {
+    const at = dl.states[s];
+    const li = el("li", "step" + (at ? " done" : ""));
+    li.dataset.step = s;
+    const when = at ? new Date(at) : null;
+    // Text, not only colour: ✓ and the time when reached, … when not yet.
+    li.textContent = at ? `✓ ${s} ${isNaN(when) ? "" : fmtTime(when)}`.trim() : `… ${s}`;
+    if (at && !isNaN(when)) li.title = when.toISOString();
+    ol.append(li);
+  }
+  box.append(ol);
+  return box;
+}
+
+/**
+ * renderRow draws one row of the list model (model.js): its newest entry,
+ * the retransmission mark, the downlink lifecycle, the latency, and the
+ * full JSON when expanded.
+ */
+export function renderRow(row, shownAt) {
+  const li = renderEntry(row.entry);
+  li.dataset.rowId = String(row.id);
+  if (Number.isSafeInteger(row.entry.seq)) li.dataset.seq = String(row.entry.seq);
+  const head = li.querySelector(".head");
+  if (row.downlink) {
+    li.dataset.state = row.downlink.state || "";
+    const box = li.querySelector(".data") || li.appendChild(el("div", "data"));
+    box.prepend(downlinkSteps(row.downlink));
+  }
+  if (row.retransmissions > 1) {
+    const r = el("span", "badge retrans", `retransmitted ×${row.retransmissions}`);
+    r.title = `coap-server received ${row.retransmissions} copies of this uplink (CoAP retransmissions); it was processed once`;
+    li.dataset.retransmissions = String(row.retransmissions);
+    head.append(r);
+  }
+  if (row.type === "status" && row.entry.data && row.entry.data.recovered === false) {
+    li.classList.add("history-gap");
+    head.querySelector(".type").textContent = "gap";
+    const box = li.querySelector(".data");
+    if (box) box.remove(); // "recovered false" says less than the row does
+  }
+  const lat = latency(row.entries[0], shownAt);
+  if (lat) {
+    const l = el("span", "latency l-" + lat.kind, lat.text);
+    l.dataset.ms = String(lat.ms);
+    l.title = lat.title;
+    li.dataset.latency = lat.kind;
+    head.append(l);
+  }
+  li.setAttribute("aria-expanded", String(row.expanded));
+  if (row.expanded) {
+    const pre = el("pre", "json", row.entries.map((e) => JSON.stringify(e, null, 2)).join("\n"));
+    li.append(pre);
+  }
+  return li;
+}
+
+/** renderMarker draws what lies between a row and the older one below it. */
+export function renderMarker(row) {
+  const m = row.marker;
+  const li = el("li", "marker m-" + m.kind);
+  li.dataset.kind = m.kind;
+  li.setAttribute("role", "separator");
+  // An icon and words: the colour is only a third cue.
+  li.append(el("span", "icon", m.kind === "reboot" ? "↻" : "⚠"), el("span", "text", m.text));
   return li;
 }

@@ -1,0 +1,107 @@
+package web_test
+
+import (
+	"testing"
+
+	"github.com/chromedp/chromedp"
+)
+
+// The page opens with the tail, resumes with since=<last seq> after a
+// reconnect, shows every entry exactly once, marks where history was lost,
+// and shows entries without seq without moving its position.
+func TestPageResumesWhereItLeftOff(t *testing.T) {
+	b := newBrowser(t)
+	s := newScriptedRelay(t)
+	const dev = "POS-1"
+	b.do("open the page", chromedp.Navigate(s.page(dev)))
+	q := s.waitConn(1)
+	if q.Get("tail") != "100" || q.Has("since") {
+		t.Fatalf("first connection asked %v, want tail=100 and no since", q)
+	}
+	b.waitState("live")
+	for i := 1; i <= 5; i++ {
+		s.send(uplinkEntry(dev, i, i))
+	}
+	b.waitFor("5 uplinks", `document.querySelectorAll("#entries > li.entry").length === 5`)
+
+	// A relay status entry has no seq: shown, position unchanged.
+	s.send(map[string]any{"deviceId": dev, "timestamp": ts(0), "type": "status",
+		"message": "Live stream interrupted: reconnecting to coap-server", "data": map[string]any{"upstream": "lost"}})
+	b.waitFor("the status entry", `document.querySelector('li.entry.t-status') !== null`)
+	s.drop()
+	q = s.waitConn(2)
+	if q.Get("since") != "5" || q.Has("tail") {
+		t.Fatalf("reconnection asked %v, want since=5 and no tail", q)
+	}
+	b.waitState("live")
+	// The server repeats 4 and 5 (it must not, but the page must not show
+	// them twice either), then goes on.
+	s.send(uplinkEntry(dev, 4, 4), uplinkEntry(dev, 5, 5), uplinkEntry(dev, 6, 6))
+	b.waitFor("uplink #6", `document.querySelector(`+jsString(rowSel(6))+`) !== null`)
+	if got, want := shownCounts(b), "6,status,5,4,3,2,1"; got != want {
+		t.Errorf("entries = %s, want %s", got, want)
+	}
+
+	// History lost: the server says so without seq; the list marks the
+	// place, and the entries that follow are shown even though a reset
+	// stream numbers them lower.
+	s.drop()
+	q = s.waitConn(3)
+	if q.Get("since") != "6" {
+		t.Fatalf("third connection asked %v, want since=6", q)
+	}
+	s.send(map[string]any{"deviceId": dev, "timestamp": ts(0), "type": "status",
+		"message": "Earlier entries are no longer retained", "data": map[string]any{"recovered": false}},
+		uplinkEntry(dev, 2, 9), uplinkEntry(dev, 3, 10))
+	b.waitFor("uplink #10", `document.querySelector(`+jsString(rowSel(10))+`) !== null`)
+	if got, want := shownCounts(b), "10,9,status,6,status,5,4,3,2,1"; got != want {
+		t.Errorf("entries = %s, want %s", got, want)
+	}
+	gap := eval[[]string](b, `(() => { const li = document.querySelector("li.entry.history-gap");
+		return li ? [li.querySelector(".type").textContent, li.querySelector(".message").textContent] : []; })()`)
+	if len(gap) != 2 || gap[0] != "gap" || gap[1] != "Earlier entries are no longer retained" {
+		t.Errorf("history gap row = %q", gap)
+	}
+	// The gap is marked even when status entries are filtered out.
+	b.do("hide status", chromedp.Click(chromedp.CSS(`#types input[value="status"]`)))
+	b.waitFor("status hidden", `document.querySelectorAll("#entries > li.entry.t-status").length === 1`)
+	b.do("show status", chromedp.Click(chromedp.CSS(`#types input[value="status"]`)))
+	s.drop()
+	if q = s.waitConn(4); q.Get("since") != "3" {
+		t.Errorf("after the gap the page resumes with %v, want since=3", q)
+	}
+	t.Logf("screenshot: %s", b.screenshot("livelogs-position.png"))
+	b.checkConsole()
+}
+
+// livelogs.js on its own, as an embedder uses it: tail option, onGap, and
+// lastSeq().
+func TestEmbeddedClientTailAndGap(t *testing.T) {
+	b := newBrowser(t)
+	s := newScriptedRelay(t)
+	const dev = "POS-2"
+	b.do("open a blank page of the relay's origin", chromedp.Navigate(s.srv.URL+"/static/livelogs.js"))
+	eval[bool](b, `import("/static/livelogs.js").then((m) => {
+		window.got = []; window.gaps = []; window.states = [];
+		window.conn = m.connectLiveLogs({ url: location.origin, deviceId: "`+dev+`", tail: 7,
+			onEntry: (e) => window.got.push(e.seq === undefined ? e.type : e.seq),
+			onGap: (e) => window.gaps.push(e.message),
+			onState: (st) => window.states.push(st) });
+		return true; })`, chromedp.EvalAwaitPromise)
+	if q := s.waitConn(1); q.Get("tail") != "7" {
+		t.Fatalf("tail option: connection asked %v", q)
+	}
+	b.waitFor("live", `window.states.includes("live")`)
+	s.send(uplinkEntry(dev, 10, 1), uplinkEntry(dev, 11, 2), uplinkEntry(dev, 11, 2),
+		map[string]any{"deviceId": dev, "timestamp": ts(0), "type": "status", "message": "Earlier entries are no longer retained",
+			"data": map[string]any{"recovered": false}},
+		uplinkEntry(dev, 1, 3))
+	b.waitFor("four callbacks", `window.got.length === 4`)
+	got := eval[string](b, `JSON.stringify([window.got, window.gaps, window.conn.lastSeq()])`)
+	if want := `[[10,11,"status",1],["Earlier entries are no longer retained"],1]`; got != want {
+		t.Errorf("got %s, want %s", got, want)
+	}
+	eval[bool](b, `window.conn.close(), true`)
+	b.waitFor("closed", `window.states[window.states.length - 1] === "closed"`)
+	b.checkConsole()
+}
