@@ -31,7 +31,7 @@ func FuzzForward(f *testing.F) {
 	f.Add([]byte(`{"deviceId":"DEV","type":"status","data":{"recovered":false}}`), true)
 	f.Fuzz(func(t *testing.T, b []byte, text bool) {
 		m := &Manager{cfg: Config{Metrics: NewMetrics(prometheus.NewRegistry())}.withDefaults(), ctx: context.Background()}
-		l := newLink(m, "DEV", LiveOnly, false)
+		l := newLink(m, "DEV", LiveOnly)
 		s := &countSender{}
 		l.add(&Watch{link: l, sender: s})
 		typ := websocket.BinaryMessage

@@ -93,10 +93,11 @@ func (f *fakeLog) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		f.mu.Unlock()
 		_ = c.Close()
 	}()
+	gone := make(chan struct{})
 	go func() {
+		defer close(gone)
 		for {
 			if _, _, err := c.ReadMessage(); err != nil {
-				_ = c.Close()
 				return
 			}
 		}
@@ -106,9 +107,14 @@ func (f *fakeLog) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	for b := range ch {
-		if c.WriteMessage(websocket.TextMessage, b) != nil {
+	for {
+		select {
+		case <-gone:
 			return
+		case b := <-ch:
+			if c.WriteMessage(websocket.TextMessage, b) != nil {
+				return
+			}
 		}
 	}
 }
@@ -139,7 +145,6 @@ func (f *fakeLog) cut() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for ch, c := range f.subs {
-		close(ch)
 		_ = c.Close()
 		delete(f.subs, ch)
 	}
@@ -149,6 +154,22 @@ func (f *fakeLog) set(fn func(f *fakeLog)) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	fn(f)
+}
+
+func (f *fakeLog) subscribers() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.subs)
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 func (f *fakeLog) dialed() []url.Values {
@@ -320,8 +341,12 @@ func TestStartsServedFromTheRingOrADedicatedLink(t *testing.T) {
 	if len(q) != 3 || q[1].Get("since") != "30" || q[2].Get("tail") != "8" {
 		t.Fatalf("dials %v", q)
 	}
-	if got := testutil.ToFloat64(m.Dedicated); got != 2 {
-		t.Errorf("dedicated gauge %v, want 2", got)
+	// Caught up, both move to the shared link: one upstream connection again.
+	waitFor(t, "dedicated links to merge", func() bool {
+		return testutil.ToFloat64(m.Dedicated) == 0 && f.subscribers() == 1
+	})
+	if got := testutil.ToFloat64(m.Merges.WithLabelValues(MergeJoined)); got != 2 {
+		t.Errorf("merged %v, want 2", got)
 	}
 	f.publish(42)
 	w1.waitSeqs(t, evens(32, 42)...)
@@ -339,8 +364,45 @@ func TestStartsServedFromTheRingOrADedicatedLink(t *testing.T) {
 	if mgr.Devices() != 1 {
 		t.Errorf("devices %d: dedicated links are not shared links", mgr.Devices())
 	}
-	if got := testutil.ToFloat64(m.HistoryBytes); got != float64(6*len(entryFrame(40))) {
-		t.Errorf("history bytes %v, want 6 entries' worth", got)
+	// The merged links' rings are released as they close.
+	waitFor(t, "history bytes of the shared ring only", func() bool {
+		return testutil.ToFloat64(m.HistoryBytes) == float64(6*len(entryFrame(40)))
+	})
+}
+
+// TestDedicatedLinkBecomesTheSharedOne: when the shared link's last
+// watcher leaves, a remaining dedicated link takes its place, and later
+// starts are answered from its ring.
+func TestDedicatedLinkBecomesTheSharedOne(t *testing.T) {
+	f := newFakeLog(t, evens(2, 20)...)
+	mgr, m := newManager(t, f.srv.URL, func(c *Config) { c.History = 3; c.MergeEvery = time.Millisecond })
+	d := newDecoder(t)
+	lw := &logWatcher{d: d}
+	first, err := mgr.WatchFrom("DEV", Resume{Mode: Tail, N: 1}, func(int) Sender { return lw })
+	if err != nil {
+		t.Fatal(err)
+	}
+	lw.waitSeqs(t, 20)
+	f.set(func(f *fakeLog) { f.down = true }) // the shared link cannot cover since=2 …
+	deep := watchFrom(t, mgr, d, Resume{Mode: Tail, N: 10})
+	if got := testutil.ToFloat64(m.Dedicated); got != 1 {
+		t.Fatalf("dedicated %v, want 1", got)
+	}
+	first.Close() // … and then it is gone
+	f.set(func(f *fakeLog) { f.down = false })
+	deep.waitSeqs(t, evens(2, 20)...)
+	waitFor(t, "promotion", func() bool { return testutil.ToFloat64(m.Merges.WithLabelValues(MergePromoted)) == 1 })
+	if mgr.Devices() != 1 || testutil.ToFloat64(m.Dedicated) != 0 || testutil.ToFloat64(m.Upstreams) != 1 {
+		t.Fatalf("devices %d, dedicated %v, upstreams %v", mgr.Devices(), testutil.ToFloat64(m.Dedicated), testutil.ToFloat64(m.Upstreams))
+	}
+	dials := len(f.dialed())
+	late := watchFrom(t, mgr, d, Resume{Mode: Tail, N: 2})
+	late.waitSeqs(t, 18, 20)
+	f.publish(22)
+	deep.waitSeqs(t, evens(2, 22)...)
+	late.waitSeqs(t, 18, 20, 22)
+	if n := len(f.dialed()); n != dials {
+		t.Errorf("%d more dials: the promoted link's ring should answer", n-dials)
 	}
 }
 
@@ -502,7 +564,7 @@ func TestLiveLinkThatSawNothingRedialsWithTail(t *testing.T) {
 func TestConcurrentStartsNoGapNoRepeat(t *testing.T) {
 	const total = 600
 	f := newFakeLog(t)
-	mgr, _ := newManager(t, f.srv.URL, func(c *Config) { c.History = 50; c.MaxDevices = 100 })
+	mgr, m := newManager(t, f.srv.URL, func(c *Config) { c.History = 50; c.MaxDevices = 100; c.MergeEvery = 5 * time.Millisecond })
 	d := newDecoder(t)
 	first := watchFrom(t, mgr, d, Resume{Mode: Tail, N: 0})
 	_ = first
@@ -541,11 +603,21 @@ func TestConcurrentStartsNoGapNoRepeat(t *testing.T) {
 		time.Sleep(time.Duration(rng.IntN(300)) * time.Microsecond)
 	}
 	<-done
+	// Every dedicated link joins the shared one; one more entry then
+	// reaches everybody once, through the one upstream connection.
+	waitFor(t, "every dedicated link to merge", func() bool {
+		return testutil.ToFloat64(m.Dedicated) == 0 && f.subscribers() == 1
+	})
+	t.Logf("starts: ring %v, dedicated %v; merged %v",
+		testutil.ToFloat64(m.Starts.WithLabelValues(StartRing)), testutil.ToFloat64(m.Starts.WithLabelValues(StartDedicated)),
+		testutil.ToFloat64(m.Merges.WithLabelValues(MergeJoined)))
+	f.publish(3*total + 1)
+	log = append(log, 3*total+1)
 	for i, s := range ws {
 		var got []uint64
 		for deadline := time.Now().Add(10 * time.Second); ; {
 			got, _ = s.w.seqs()
-			if len(got) > 0 && got[len(got)-1] == log[total-1] || time.Now().After(deadline) {
+			if len(got) > 0 && got[len(got)-1] == log[len(log)-1] || time.Now().After(deadline) {
 				break
 			}
 			time.Sleep(time.Millisecond)
@@ -557,7 +629,7 @@ func TestConcurrentStartsNoGapNoRepeat(t *testing.T) {
 		if at < 0 || !slices.Equal(got, log[at:]) {
 			t.Fatalf("watcher %d (%s): not a gapless run of the log ending at its end: %v", i, s.r, got)
 		}
-		if s.r.Mode == Since && s.r.N < log[total-1] && at > 0 && log[at-1] > s.r.N {
+		if s.r.Mode == Since && at > 0 && log[at-1] > s.r.N {
 			t.Errorf("watcher %d (%s) starts at %d: missed %d", i, s.r, got[0], log[at-1])
 		}
 		if s.r.Mode == Since && got[0] <= s.r.N {

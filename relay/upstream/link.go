@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -37,11 +38,13 @@ const (
 // its recent frames; a dedicated one serves the single watcher whose
 // since or tail the shared link's ring could not answer.
 type link struct {
-	m         *Manager
-	device    string
-	dedicated bool
-	ctx       context.Context
-	cancel    context.CancelFunc
+	m      *Manager
+	device string
+	ctx    context.Context
+	cancel context.CancelFunc
+	// dedicated is set while the link is in the manager's dedicated set
+	// (changed under the manager's lock; read without it by the link).
+	dedicated atomic.Bool
 
 	firstAttempt chan struct{} // closed after the first dial, either way
 	firstOnce    sync.Once
@@ -58,18 +61,15 @@ type link struct {
 	ring     ring
 }
 
-func newLink(m *Manager, device string, first Resume, dedicated bool) *link {
+func newLink(m *Manager, device string, first Resume) *link {
 	ctx, cancel := context.WithCancel(m.ctx)
-	history := m.cfg.History
-	if dedicated {
-		history = 0 // nobody attaches to it
-	}
 	l := &link{
-		m: m, device: device, dedicated: dedicated, ctx: ctx, cancel: cancel,
+		m: m, device: device, ctx: ctx, cancel: cancel,
 		firstAttempt: make(chan struct{}),
 		first:        first,
 		watchers:     make(map[*Watch]struct{}),
-		ring:         newRing(history, m.cfg.HistoryBytes),
+		// A dedicated link keeps a ring too: it may become the shared one.
+		ring: newRing(m.cfg.History, m.cfg.HistoryBytes),
 	}
 	if first.Mode == Since {
 		// Opened since=N: it will be sent every entry after N.
@@ -320,6 +320,9 @@ func (l *link) read(conn *websocket.Conn) error {
 		}
 		_ = conn.SetReadDeadline(time.Now().Add(cfg.IdleTimeout))
 		l.forward(typ, b)
+		if l.dedicated.Load() {
+			l.m.merge(l)
+		}
 	}
 }
 

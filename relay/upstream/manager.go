@@ -73,6 +73,10 @@ type Config struct {
 	// HistoryBytes bounds one link's kept entries in bytes of JSON
 	// (RELAY_HISTORY_BYTES). Default DefaultHistoryBytes.
 	HistoryBytes int
+	// MergeEvery is how often a dedicated link checks, besides after each
+	// entry it forwards, whether its watcher can move to the shared link.
+	// Default 1 s.
+	MergeEvery time.Duration
 	// Now stamps status entries. Default time.Now.
 	Now func() time.Time
 	// Logger gets link events with the device key.
@@ -128,6 +132,9 @@ func (c Config) withDefaults() Config {
 	if c.HistoryBytes <= 0 {
 		c.HistoryBytes = DefaultHistoryBytes
 	}
+	if c.MergeEvery <= 0 {
+		c.MergeEvery = time.Second
+	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -181,7 +188,7 @@ func (m *Manager) WatchFrom(deviceID string, r Resume, newSender func(backlog in
 		l.mu.Lock()
 		backlog, ok := l.serve(r)
 		if ok {
-			w := &Watch{link: l, sender: newSender(len(backlog))}
+			w := &Watch{m: m, link: l, first: l.firstAttempt, sender: newSender(len(backlog))}
 			l.attachLocked(w, backlog)
 			l.mu.Unlock()
 			if r.Mode != Live {
@@ -193,7 +200,8 @@ func (m *Manager) WatchFrom(deviceID string, r Resume, newSender func(backlog in
 		if m.upstreamsLocked() >= m.cfg.MaxDevices {
 			return nil, ErrTooManyDevices
 		}
-		l = newLink(m, deviceID, r, true)
+		l = newLink(m, deviceID, r)
+		l.dedicated.Store(true)
 		m.dedicated[l] = struct{}{}
 		m.cfg.Metrics.Dedicated.Inc()
 		m.cfg.Metrics.Starts.WithLabelValues(StartDedicated).Inc()
@@ -203,7 +211,7 @@ func (m *Manager) WatchFrom(deviceID string, r Resume, newSender func(backlog in
 	if m.upstreamsLocked() >= m.cfg.MaxDevices {
 		return nil, ErrTooManyDevices
 	}
-	l := newLink(m, deviceID, r, false)
+	l := newLink(m, deviceID, r)
 	m.links[deviceID] = l
 	m.cfg.Metrics.Upstreams.Inc()
 	if r.Mode != Live {
@@ -215,10 +223,14 @@ func (m *Manager) WatchFrom(deviceID string, r Resume, newSender func(backlog in
 // startLocked adds the link's first watcher and runs it; the watcher is
 // in place before the link reads anything.
 func (m *Manager) startLocked(l *link, s Sender) *Watch {
-	w := &Watch{link: l, sender: s}
+	w := &Watch{m: m, link: l, first: l.firstAttempt, sender: s}
 	l.add(w)
 	m.wg.Add(1)
 	go l.run()
+	if l.dedicated.Load() {
+		m.wg.Add(1)
+		go m.mergeLater(l)
+	}
 	return w
 }
 
@@ -262,6 +274,7 @@ func (m *Manager) remove(w *Watch) {
 	}
 	if _, ok := m.dedicated[l]; ok {
 		delete(m.dedicated, l)
+		l.dedicated.Store(false)
 		m.cfg.Metrics.Dedicated.Dec()
 		l.cancel()
 	} else if m.links[l.device] == l {
@@ -292,7 +305,9 @@ func (m *Manager) header() http.Header {
 
 // Watch is one watcher of one device.
 type Watch struct {
-	link   *link
+	m      *Manager
+	link   *link // guarded by m.mu: a merge moves the watcher to the shared link
+	first  chan struct{}
 	sender Sender
 	once   sync.Once
 }
@@ -305,7 +320,7 @@ type Watch struct {
 // been sent a "lost" status and the link keeps retrying.
 func (w *Watch) WaitFirstAttempt(ctx context.Context) bool {
 	select {
-	case <-w.link.firstAttempt:
+	case <-w.first:
 		return true
 	case <-ctx.Done():
 		return false
@@ -314,5 +329,5 @@ func (w *Watch) WaitFirstAttempt(ctx context.Context) bool {
 
 // Close stops the watch; it is idempotent.
 func (w *Watch) Close() {
-	w.once.Do(func() { w.link.m.remove(w) })
+	w.once.Do(func() { w.m.remove(w) })
 }

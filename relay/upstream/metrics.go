@@ -18,6 +18,12 @@ const (
 	StartDedicated = "dedicated" // a dedicated upstream connection (the ring could not answer)
 )
 
+// How a dedicated link ended being dedicated (label values of Metrics.Merges).
+const (
+	MergeJoined   = "joined"   // its watcher moved to the shared link
+	MergePromoted = "promoted" // it became the shared link (the device had none left)
+)
+
 // Metrics counts the upstream side of the relay.
 type Metrics struct {
 	Upstreams      prometheus.Gauge
@@ -33,6 +39,7 @@ type Metrics struct {
 	Resets         prometheus.Counter
 	HistoryBytes   prometheus.Gauge
 	HistoryEvicted prometheus.Counter
+	Merges         *prometheus.CounterVec
 }
 
 // NewMetrics registers the upstream metrics on reg.
@@ -77,8 +84,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		HistoryEvicted: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "nbiot_relay_history_evicted_total", Help: "Entries pushed out of a history ring by its entry or byte bound.",
 		}),
+		Merges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nbiot_relay_dedicated_merged_total", Help: "Dedicated links no longer needed: watcher moved to the shared link (joined) or link became the shared one (promoted).",
+		}, []string{"result"}),
 	}
 	reg.MustRegister(m.Upstreams, m.Connected, m.Reconnects, m.DialFailures, m.Frames, m.Deliveries, m.Dropped, m.Statuses,
-		m.Dedicated, m.Starts, m.Resets, m.HistoryBytes, m.HistoryEvicted)
+		m.Dedicated, m.Starts, m.Resets, m.HistoryBytes, m.HistoryEvicted, m.Merges)
 	return m
 }
