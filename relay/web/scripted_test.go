@@ -27,9 +27,9 @@ type scriptedRelay struct {
 	srv *httptest.Server
 
 	mu      sync.Mutex
-	queries []url.Values      // every /device-logs connection's query, in order
-	conn    *websocket.Conn   // the newest connection
-	conns   chan struct{}     // a value per new connection
+	queries []url.Values     // every /device-logs connection's query, in order
+	conn    *websocket.Conn  // the newest connection
+	conns   chan struct{}    // a value per new connection
 	devices []map[string]any // GET /devices answer
 }
 
@@ -128,7 +128,7 @@ func uplinkEntry(dev string, seq, count int) map[string]any {
 		"seq": seq, "deviceId": dev, "timestamp": ts(0), "type": "uplink",
 		"message": fmt.Sprintf("Received uplink #%d", count),
 		"data": map[string]any{"uplink_count": count, "temperature": 20.5,
-			"activity": map[string]any{"sleep": 1700, "modem": 30, "gnss": 0, "wifi": 0, "other": 70},
+			"activity":   map[string]any{"sleep": 1700, "modem": 30, "gnss": 0, "wifi": 0, "other": 70},
 			"wifi_count": 0, "reboot": nil},
 	}
 }
