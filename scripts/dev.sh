@@ -8,6 +8,9 @@
 #   DEVICES=5 RATE=10 scripts/dev.sh     a bigger simulated fleet
 #   BIND=0.0.0.0 scripts/dev.sh          let real devices on your LAN reach CoAP
 #   COAP_PORT=15683 HTTP_PORT=18080 RELAY_PORT=18090 scripts/dev.sh   other ports
+#   LOG_LEVEL=debug scripts/dev.sh       more detail in .cache/dev-logs/ (all three processes)
+#   ALLOWED_ORIGINS=http://localhost:5173 scripts/dev.sh   your frontend may open the relay's socket
+#   PGBIN=/usr/lib/postgresql/16/bin scripts/dev.sh        another PostgreSQL than Debian's 15
 #
 # Local sign-in: the relay verifies tokens with a freshly generated HS256
 # secret (as a legacy Supabase project does) and checks device access in
@@ -90,7 +93,6 @@ if [ -n "${SUPABASE_URL:-}" ]; then
   COAP_DB_URL=${DATABASE_URL:-}
   RELAY_DB_URL=${DATABASE_URL:-}
 else
-  command -v npm >/dev/null || apt_install npm # the Supabase CLI comes from npm
   pg_start
   pg_schema
   JWT_SECRET=$(rand)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs every test: installs what the tests need (Debian's libcoap3-bin,
-# postgresql, chromium; the pinned Supabase CLI), starts a throwaway
-# Postgres, pushes the migrations, lints the schema, vets and runs the Go
-# tests with the race detector, then fuzzes each decoder briefly.
+# Runs every test: installs what the tests need when missing (Debian's
+# libcoap3-bin, protobuf-compiler, nats-server, chromium, postgresql-15;
+# the pinned Supabase CLI and buf from npm), starts a throwaway Postgres,
+# pushes the migrations, lints the schema, vets and runs the Go tests with
+# the race detector, then fuzzes each decoder briefly.
 #
 #   scripts/test.sh            everything (what CI runs)
 #   FUZZTIME=0 scripts/test.sh skip the fuzzing pass
@@ -14,7 +15,17 @@ set -euo pipefail
 source "$(dirname "$0")/lib/common.sh"
 cd "$ROOT"
 
-apt_install libcoap3-bin chromium protobuf-compiler
+# libcoap's clients and protoc are independent peers in the CoAP and
+# downlink tests; nats-server is the external JetStream for NATS_URL tests.
+apt_install libcoap3-bin protobuf-compiler nats-server
+# The page tests drive /usr/bin/chromium (relay/web). Ubuntu has no such
+# package (its chromium-browser is a snap, which they do not use).
+if [ ! -x /usr/bin/chromium ]; then
+  case "$(distro)" in
+  ubuntu*) log "WARNING: no /usr/bin/chromium: relay/web's browser tests skip (fail with CI=true). Ubuntu's Chromium is a snap; see README, Tests" ;;
+  *) apt_install chromium ;;
+  esac
+fi
 trap pg_stop EXIT
 pg_start
 pg_schema

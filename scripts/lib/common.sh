@@ -5,7 +5,11 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 CACHE="$ROOT/.cache"
 SUPABASE_CLI_VERSION=2.117.0
 BUF_VERSION=1.75.0
-PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+# PGBIN: the PostgreSQL server binaries (initdb, pg_ctl). The default is
+# Debian 12's postgresql-15, installed when missing; point it at another
+# installation (another version, PGDG, a source build) to use that instead.
+PGBIN_DEFAULT=/usr/lib/postgresql/15/bin
+PGBIN=${PGBIN:-$PGBIN_DEFAULT}
 
 log() { printf '==> %s\n' "$*" >&2; }
 
@@ -29,10 +33,16 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q "${missing[@]}" >/dev/null
 }
 
+# distro prints /etc/os-release's ID and VERSION_ID, e.g. "debian 12".
+distro() {
+  (. /etc/os-release 2>/dev/null && echo "${ID:-unknown} ${VERSION_ID:-}")
+}
+
 # supabase_cli puts the pinned Supabase CLI on PATH (npm, cached in .cache/).
 supabase_cli() {
   local dir="$CACHE/supabase-cli"
   if [ "$("$dir/node_modules/.bin/supabase" --version 2>/dev/null)" != "$SUPABASE_CLI_VERSION" ]; then
+    command -v npm >/dev/null || apt_install npm
     log "installing supabase CLI $SUPABASE_CLI_VERSION"
     mkdir -p "$dir"
     (cd "$dir" && npm i -E --no-audit --no-fund --silent "supabase@$SUPABASE_CLI_VERSION" >/dev/null)
@@ -74,14 +84,32 @@ PY
 }
 
 free_port() {
+  command -v python3 >/dev/null || apt_install python3
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# pg_tools makes sure initdb/pg_ctl are in PGBIN and psql is on PATH,
+# installing Debian's postgresql-15 for the default PGBIN. Debian 12 ships
+# it; Debian 13 and Ubuntu need the PostgreSQL project's repository (PGDG),
+# or PGBIN set to the PostgreSQL they have.
+pg_tools() {
+  if [ ! -x "$PGBIN/initdb" ]; then
+    [ "$PGBIN" = "$PGBIN_DEFAULT" ] || { log "no initdb in PGBIN=$PGBIN"; return 1; }
+    apt_install postgresql-15 postgresql-client-15 || {
+      log "postgresql-15 is not in this system's package sources ($(distro)). Either add PGDG:"
+      log "  sudo apt-get install -y postgresql-common && sudo /usr/share/postgresql-common/pgdg/apt.postgresql.org.sh"
+      log "or set PGBIN to another PostgreSQL's bin directory, e.g. PGBIN=/usr/lib/postgresql/16/bin"
+      return 1
+    }
+  fi
+  command -v psql >/dev/null || PATH="$PGBIN:$PATH"
 }
 
 # pg_start starts a throwaway cluster (as the postgres user when root: it
 # refuses to run as root), exports PG_DIR, PG_PORT and PG_URL (superuser),
 # and registers pg_stop on exit.
 pg_start() {
-  apt_install postgresql-15 postgresql-client-15
+  pg_tools
   PG_DIR=$(mktemp -d /tmp/nbiot-pg.XXXXXX)
   PG_PORT=$(free_port)
   local run=()
