@@ -56,8 +56,8 @@ type Config struct {
 	// browser's since= or tail= without another upstream connection; 0
 	// keeps none.
 	History int
-	// HistoryBytes (RELAY_HISTORY_BYTES, default 131072) bounds those
-	// entries per device in bytes of JSON.
+	// HistoryBytes (RELAY_HISTORY_BYTES, default 131072) bounds the memory
+	// of those entries per device (JSON plus 400 bytes each).
 	HistoryBytes int
 	// LogLevel (LOG_LEVEL, default "info"): debug, info, warn, error.
 	LogLevel slog.Level

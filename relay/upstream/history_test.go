@@ -366,7 +366,7 @@ func TestStartsServedFromTheRingOrADedicatedLink(t *testing.T) {
 	}
 	// The merged links' rings are released as they close.
 	waitFor(t, "history bytes of the shared ring only", func() bool {
-		return testutil.ToFloat64(m.HistoryBytes) == float64(6*len(entryFrame(40)))
+		return testutil.ToFloat64(m.HistoryBytes) == float64(6*(len(entryFrame(40))+entryOverhead))
 	})
 }
 

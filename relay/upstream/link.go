@@ -364,7 +364,7 @@ func (l *link) forward(typ int, b []byte) {
 	case h.hasSeq:
 		l.last, l.seen = h.seq, true
 		before := l.ring.bytes
-		ev := l.ring.push(h.seq, pm, len(b))
+		ev := l.ring.push(h.seq, pm, len(b)+entryOverhead)
 		cfg.Metrics.HistoryBytes.Add(float64(l.ring.bytes - before))
 		cfg.Metrics.HistoryEvicted.Add(float64(ev.entries))
 	case h.reset:

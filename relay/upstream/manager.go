@@ -70,8 +70,9 @@ type Config struct {
 	// and tail= (RELAY_HISTORY). Default DefaultHistory; negative keeps
 	// none (every such start then gets a dedicated connection).
 	History int
-	// HistoryBytes bounds one link's kept entries in bytes of JSON
-	// (RELAY_HISTORY_BYTES). Default DefaultHistoryBytes.
+	// HistoryBytes bounds the memory of one link's kept entries
+	// (RELAY_HISTORY_BYTES): their JSON plus 400 bytes each (the prepared
+	// frame and its bookkeeping). Default DefaultHistoryBytes.
 	HistoryBytes int
 	// MergeEvery is how often a dedicated link checks, besides after each
 	// entry it forwards, whether its watcher can move to the shared link.
@@ -85,8 +86,9 @@ type Config struct {
 	Metrics *Metrics
 }
 
-// History defaults: 100 entries (a page's worth) within 128 KiB per
-// watched device (entries are 0.3–1.5 KiB).
+// History defaults: 100 entries (the page's tail) within 128 KiB per
+// watched device; a typical 400-byte uplink entry costs about 800 bytes
+// kept, so 100 of them take 80 KB.
 const (
 	DefaultHistory      = 100
 	DefaultHistoryBytes = 128 << 10
