@@ -11,7 +11,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/nbiot-live/nbiot-live/coap-server/dtls"
+	"github.com/nbiot-live/nbiot-live/internal/supa"
 )
 
 // REST is the Store for SUPABASE_URL mode, over PostgREST with the service
@@ -135,7 +135,7 @@ func (r *REST) do(ctx context.Context, method, relation string, q url.Values, bo
 	if err != nil {
 		return fmt.Errorf("device_downlinks: %w", err)
 	}
-	dtls.SetServiceKey(req.Header, r.ServiceKey)
+	supa.SetKey(req.Header, r.ServiceKey)
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("Prefer", "return=minimal")

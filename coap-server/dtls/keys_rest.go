@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+
+	"github.com/nbiot-live/nbiot-live/internal/supa"
 )
 
 // RESTKeys reads PSKs from device_credentials through Supabase's REST API
@@ -27,7 +29,7 @@ func (r RESTKeys) LoadPSK(ctx context.Context, deviceID string) ([]byte, error) 
 	if err != nil {
 		return nil, fmt.Errorf("device_credentials: %w", err)
 	}
-	SetServiceKey(req.Header, r.ServiceKey)
+	supa.SetKey(req.Header, r.ServiceKey)
 	resp, err := r.Client.Do(req)
 	if err != nil {
 		// The error names the URL, which holds no secret (the key is a header).
@@ -64,15 +66,4 @@ func DecodeBytea(s string) ([]byte, error) {
 		return nil, fmt.Errorf("bytea: %w", err)
 	}
 	return b, nil
-}
-
-// SetServiceKey sets the headers for a Supabase service key. New
-// sb_secret_ keys are not JWTs and go in apikey only; legacy service_role
-// JWTs go in both headers (NOTES).
-func SetServiceKey(h http.Header, key string) {
-	h.Set("apikey", key)
-	if !strings.HasPrefix(key, "sb_") {
-		h.Set("Authorization", "Bearer "+key)
-	}
-	h.Set("Accept", "application/json")
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/nbiot-live/nbiot-live/internal/supa"
 	"github.com/nbiot-live/nbiot-live/relay/auth"
 )
 
@@ -23,16 +24,10 @@ type Postgres struct {
 // NewPostgres opens a small pool on databaseURL. maxConns bounds the
 // connections the relay holds (checks are short and cached).
 func NewPostgres(ctx context.Context, databaseURL string, maxConns int32) (*Postgres, error) {
-	cfg, err := pgxpool.ParseConfig(databaseURL)
+	// supa never quotes the URL (it may hold a password) in its errors.
+	pool, err := supa.NewPool(ctx, databaseURL, supa.PoolOptions{MaxConns: maxConns, AppName: "nbiot-relay"})
 	if err != nil {
-		// pgx errors may quote the URL (with its password): never wrap them.
-		return nil, errors.New("access: DATABASE_URL: cannot parse")
-	}
-	cfg.MaxConns = maxConns
-	cfg.MinConns = 0
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("access: open pool: %w", err)
+		return nil, fmt.Errorf("access: %w", err)
 	}
 	return &Postgres{Pool: pool}, nil
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 
+	"github.com/nbiot-live/nbiot-live/internal/supa"
 	"github.com/nbiot-live/nbiot-live/relay/auth"
 )
 
@@ -21,7 +22,8 @@ type REST struct {
 	// BaseURL is SUPABASE_URL without a trailing slash.
 	BaseURL string
 	// APIKey is the anon JWT or an sb_publishable_ key, sent as apikey only:
-	// the user's token is the Authorization (NOTES: new keys are not JWTs).
+	// the user's token is the Authorization (internal/supa's rule,
+	// docs/pitfalls.md#postgrest-go).
 	APIKey string
 	// Client has a timeout; the check's context bounds it too.
 	Client *http.Client
@@ -34,9 +36,7 @@ func (r *REST) Check(ctx context.Context, _ *auth.Claims, token, deviceID string
 	if err != nil {
 		return fmt.Errorf("%w: request: %v", ErrUnavailable, err)
 	}
-	req.Header.Set("apikey", r.APIKey)
-	req.Header.Set("Authorization", "Bearer "+token)
-	req.Header.Set("Accept", "application/json")
+	supa.SetUserToken(req.Header, r.APIKey, token)
 	resp, err := r.Client.Do(req)
 	if err != nil {
 		// *url.Error quotes the URL; it holds no secret (the token is a header).

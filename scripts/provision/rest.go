@@ -14,8 +14,8 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/nbiot-live/nbiot-live/coap-server/dtls"
 	"github.com/nbiot-live/nbiot-live/coap-server/storage/rest"
+	"github.com/nbiot-live/nbiot-live/internal/supa"
 )
 
 // restStore provisions through Supabase REST (PostgREST) with the service
@@ -101,7 +101,7 @@ func (s *restStore) post(ctx context.Context, path, prefer string, row map[strin
 	if err != nil {
 		return 0, ae, err
 	}
-	dtls.SetServiceKey(req.Header, s.key)
+	supa.SetKey(req.Header, s.key)
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Prefer", strings.TrimPrefix(prefer+",return=minimal", ","))
 	resp, err := s.client.Do(req)
