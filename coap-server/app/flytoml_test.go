@@ -3,8 +3,10 @@ package app_test
 // The deployment files cannot be deployed from here (no Fly account, no
 // Docker engine), so these tests check what can go wrong without noticing:
 // a port or protocol mismatch, UDP not bound on fly-global-services, an env
-// name coap-server never reads, a kill timeout shorter than the drain, a
-// Dockerfile building a path that is not a static main package.
+// name coap-server never reads, secrets the comment calls optional that the
+// configuration requires (or the reverse), a JetStream store off the volume,
+// a kill timeout shorter than the drain, a Dockerfile building a path that
+// is not a static main package.
 
 import (
 	"bufio"
@@ -22,6 +24,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/nbiot-live/nbiot-live/coap-server/app"
+	"github.com/nbiot-live/nbiot-live/coap-server/stream"
 )
 
 const repoRoot = "../.."
@@ -32,7 +35,12 @@ type flyConfig struct {
 	KillSignal  string            `toml:"kill_signal"`
 	KillTimeout string            `toml:"kill_timeout"`
 	Env         map[string]string `toml:"env"`
-	Build       struct {
+	Mounts      struct {
+		Source      string `toml:"source"`
+		Destination string `toml:"destination"`
+		InitialSize string `toml:"initial_size"`
+	} `toml:"mounts"`
+	Build struct {
 		Dockerfile string `toml:"dockerfile"`
 	} `toml:"build"`
 	Services []struct {
@@ -65,18 +73,61 @@ func loadFly(t *testing.T) (flyConfig, string) {
 	return fc, string(raw)
 }
 
-// secretNames are the names listed in fly.toml's "Secrets" comment block
-// ("#   NAME   what it is").
+// secretLine is one line of fly.toml's "Secrets" comment block:
+// "#   NAME   what it is", two or more spaces apart.
+var secretLine = regexp.MustCompile(`^#\s{3}([A-Z][A-Z0-9_]+)\s{2,}(.*)$`)
+
+// secretNames are the names listed in fly.toml's "Secrets" comment block.
 func secretNames(raw string) []string {
-	re := regexp.MustCompile(`^#\s{3}([A-Z][A-Z0-9_]+)\s`)
 	var names []string
 	sc := bufio.NewScanner(strings.NewReader(raw))
 	for sc.Scan() {
-		if m := re.FindStringSubmatch(sc.Text()); m != nil {
+		if m := secretLine.FindStringSubmatch(sc.Text()); m != nil {
 			names = append(names, m[1])
 		}
 	}
 	return names
+}
+
+// secretClaims is what the Secrets comment says a deploy needs: the
+// secrets whose text starts "required:", and groups of alternatives whose
+// text starts "storage NAME:" (one whole group is needed). Every other
+// listed secret is claimed optional.
+type secretClaims struct {
+	required []string
+	groups   map[string][]string
+	optional []string
+}
+
+func parseSecretClaims(raw string) secretClaims {
+	c := secretClaims{groups: map[string][]string{}}
+	group := regexp.MustCompile(`^storage (\w+):`)
+	sc := bufio.NewScanner(strings.NewReader(raw))
+	for sc.Scan() {
+		m := secretLine.FindStringSubmatch(sc.Text())
+		if m == nil {
+			continue
+		}
+		name, text := m[1], m[2]
+		switch g := group.FindStringSubmatch(text); {
+		case strings.HasPrefix(text, "required:"):
+			c.required = append(c.required, name)
+		case g != nil:
+			c.groups[g[1]] = append(c.groups[g[1]], name)
+		default:
+			c.optional = append(c.optional, name)
+		}
+	}
+	return c
+}
+
+// placeholders are valid values for the secrets, for FromEnv.
+var placeholders = map[string]string{
+	"WS_TOKEN":             "placeholder-token-0123456789",
+	"DATABASE_URL":         "postgresql://u:p@db.example.com:5432/postgres",
+	"SUPABASE_URL":         "https://project.supabase.co",
+	"SUPABASE_SERVICE_KEY": "sb_secret_placeholder",
+	"NATS_URL":             "nats://nats.example.com:4222",
 }
 
 // readNames calls FromEnv with fly.toml's env and placeholder secrets and
@@ -87,12 +138,6 @@ func readNames(t *testing.T, env map[string]string, secrets []string) (map[strin
 	values := map[string]string{}
 	for k, v := range env {
 		values[k] = v
-	}
-	placeholders := map[string]string{
-		"WS_TOKEN":             "placeholder-token-0123456789",
-		"DATABASE_URL":         "postgresql://u:p@db.example.com:5432/postgres",
-		"SUPABASE_URL":         "https://project.supabase.co",
-		"SUPABASE_SERVICE_KEY": "sb_secret_placeholder",
 	}
 	for _, s := range secrets {
 		if v, ok := placeholders[s]; ok {
@@ -131,6 +176,102 @@ func TestFlyTOMLEnvAndSecretsAreRead(t *testing.T) {
 		if _, ok := fc.Env[s]; ok {
 			t.Errorf("secret %s must not be in [env] (it would be committed)", s)
 		}
+	}
+}
+
+// fromFlyEnv runs coap-server's real configuration check, FromEnv, on
+// fly.toml's [env] plus placeholder values for the given secrets: what a
+// machine started with only those secrets set would do.
+func fromFlyEnv(t *testing.T, env map[string]string, secrets []string) error {
+	t.Helper()
+	_, err := readNames(t, env, secrets)
+	return err
+}
+
+// TestFlyTOMLSecretsClaims holds fly.toml's Secrets comment to what
+// coap-server's configuration check does with fly.toml's [env]: the
+// required secrets plus any one storage group start it, leaving out any of
+// them stops it, and a secret the comment calls optional is not needed. It
+// caught the comment that called storage optional while [env] sets
+// COAPS_ADDR, with which coap-server refuses to start without storage.
+func TestFlyTOMLSecretsClaims(t *testing.T) {
+	fc, raw := loadFly(t)
+	c := parseSecretClaims(raw)
+	if len(c.required) == 0 {
+		t.Fatal("fly.toml's Secrets comment marks no secret \"required:\"")
+	}
+	err := fromFlyEnv(t, fc.Env, c.required)
+	if len(c.groups) == 0 {
+		if err != nil {
+			t.Fatalf("fly.toml's comment says only %v are required (the rest optional), but with [env] and those coap-server refuses to start: %v", c.required, err)
+		}
+	} else if err == nil {
+		t.Errorf("fly.toml's comment says a storage group is needed, but coap-server starts with only %v: call storage optional", c.required)
+	}
+	sufficient := map[string][]string{}
+	for name, g := range c.groups {
+		sufficient["storage "+name] = append(slices.Clone(c.required), g...)
+	}
+	if len(c.groups) == 0 {
+		sufficient["required"] = c.required
+	}
+	for what, set := range sufficient {
+		if err := fromFlyEnv(t, fc.Env, set); err != nil {
+			t.Errorf("%s: with [env] and %v coap-server refuses to start: %v", what, set, err)
+			continue
+		}
+		for _, s := range set {
+			without := slices.DeleteFunc(slices.Clone(set), func(x string) bool { return x == s })
+			if fromFlyEnv(t, fc.Env, without) == nil {
+				t.Errorf("%s: the comment says %s is needed, but coap-server starts without it", what, s)
+			}
+		}
+		for _, o := range c.optional {
+			if err := fromFlyEnv(t, fc.Env, append(slices.Clone(set), o)); err != nil {
+				t.Errorf("%s plus the optional %s: coap-server refuses to start: %v", what, o, err)
+			}
+		}
+	}
+}
+
+// TestFlyTOMLDataOnVolume: the embedded JetStream store holds accepted
+// uplinks not yet in the database; off the volume, a restart or deploy
+// would lose them. The volume the README tells users to create must be the
+// one mounted, and big enough for the streams' bounds.
+func TestFlyTOMLDataOnVolume(t *testing.T) {
+	fc, _ := loadFly(t)
+	dataDir := fc.Env["DATA_DIR"]
+	if dataDir == "" {
+		t.Fatalf("[env] sets no DATA_DIR: the JetStream store would be %s, on the machine's ephemeral disk", stream.DefaultDataDir)
+	}
+	m := fc.Mounts
+	if m.Source == "" || m.Destination == "" {
+		t.Fatalf("no [mounts] with source and destination: DATA_DIR=%s would be on the ephemeral disk", dataDir)
+	}
+	if rel, err := filepath.Rel(m.Destination, dataDir); err != nil || strings.HasPrefix(rel, "..") {
+		t.Errorf("DATA_DIR=%s is not on the volume mounted at %s", dataDir, m.Destination)
+	}
+	readme, err := os.ReadFile(filepath.Join(repoRoot, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sz := regexp.MustCompile(`fly volumes create ` + regexp.QuoteMeta(m.Source) + ` --size (\d+)`).FindSubmatch(readme)
+	if sz == nil {
+		t.Fatalf("README.md has no `fly volumes create %s --size N` (the volume fly.toml mounts)", m.Source)
+	}
+	need := int64(stream.DefaultUplinksBytes + stream.DefaultLiveBytes)
+	for name, def := range map[string]string{"UPLINKS_MAX_BYTES": "", "LIVELOG_MAX_BYTES": ""} {
+		if v, ok := fc.Env[name]; ok && v != def {
+			t.Fatalf("[env] sets %s: update this test to add it up", name)
+		}
+	}
+	gb, _ := strconv.ParseInt(string(sz[1]), 10, 64)
+	if gb*1e9 < need {
+		t.Errorf("the README's volume (%d GB) is smaller than the streams' bounds (%d bytes)", gb, need)
+	}
+	init, ok := strings.CutSuffix(strings.ToLower(m.InitialSize), "gb")
+	if n, err := strconv.ParseInt(init, 10, 64); !ok || err != nil || n*1e9 < need {
+		t.Errorf("[mounts] initial_size=%q: want N\"gb\" of at least %d bytes", m.InitialSize, need)
 	}
 }
 
