@@ -314,7 +314,7 @@ func TestStartsServedFromTheRingOrADedicatedLink(t *testing.T) {
 
 	w1 := watchFrom(t, mgr, d, Resume{Mode: Tail, N: 5})
 	w1.waitSeqs(t, evens(32, 40)...)
-	if q := f.dialed(); len(q) != 1 || q[0].Get("tail") != "5" || q[0].Get("deviceId") != "DEV" {
+	if q := f.dialed(); len(q) != 1 || q[0].Get("tail") != "5" || q[0].Get("deviceId") != "DEV" || q[0].Get("retransmissions") != "1" {
 		t.Fatalf("dials %v, want one with tail=5", q)
 	}
 	w2 := watchFrom(t, mgr, d, Resume{Mode: Tail, N: 3})

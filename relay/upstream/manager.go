@@ -286,7 +286,11 @@ func (m *Manager) remove(w *Watch) {
 	}
 }
 
-// upstreamURL is cfg.URL with deviceId and r's since or tail set.
+// upstreamURL is cfg.URL with deviceId and r's since or tail set, and
+// retransmissions=1: coap-server then also sends its retransmission
+// reports that are not retained (no seq), which the page marks on the
+// original uplink; they are forwarded to every watcher and move no
+// position.
 func (m *Manager) upstreamURL(deviceID string, r Resume) (string, error) {
 	u, err := url.Parse(m.cfg.URL)
 	if err != nil {
@@ -296,6 +300,7 @@ func (m *Manager) upstreamURL(deviceID string, r Resume) (string, error) {
 	q.Set("deviceId", deviceID)
 	q.Del("since")
 	q.Del("tail")
+	q.Set("retransmissions", "1")
 	r.query(q)
 	u.RawQuery = q.Encode()
 	return u.String(), nil
