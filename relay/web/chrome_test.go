@@ -25,7 +25,7 @@ const chromiumPath = "/usr/bin/chromium"
 const waitTimeout = 30 * time.Second
 
 type browser struct {
-	t   *testing.T
+	t   testing.TB
 	ctx context.Context
 
 	mu      sync.Mutex
@@ -34,7 +34,7 @@ type browser struct {
 
 // newBrowser starts a fresh headless chromium (NOTES: flags, own profile)
 // for the test. Without chromium the test is skipped locally and fails in CI.
-func newBrowser(t *testing.T) *browser {
+func newBrowser(t testing.TB) *browser {
 	t.Helper()
 	if _, err := os.Stat(chromiumPath); err != nil {
 		if os.Getenv("CI") == "true" {

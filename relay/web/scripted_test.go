@@ -23,7 +23,7 @@ import (
 )
 
 type scriptedRelay struct {
-	t   *testing.T
+	t   testing.TB
 	srv *httptest.Server
 
 	mu      sync.Mutex
@@ -33,7 +33,7 @@ type scriptedRelay struct {
 	devices []map[string]any // GET /devices answer
 }
 
-func newScriptedRelay(t *testing.T) *scriptedRelay {
+func newScriptedRelay(t testing.TB) *scriptedRelay {
 	t.Helper()
 	s := &scriptedRelay{t: t, conns: make(chan struct{}, 100)}
 	up := websocket.Upgrader{Subprotocols: []string{"nbiot-live"}}

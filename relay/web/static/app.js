@@ -151,10 +151,26 @@ function upstreamStatus(entry) {
 }
 
 // 3. Entries. Arrivals are queued and drawn once per animation frame, so a
-// burst of thousands costs one layout, not thousands.
+// burst of thousands costs one layout, not thousands. In a flood (more than
+// FLOOD_ROWS new rows since the last drawing) the list is redrawn at most
+// every FLOOD_EVERY_MS: each drawing would replace the whole window anyway.
+const FLOOD_ROWS = 50;
+const FLOOD_EVERY_MS = 250;
 let frame = 0;
+let floodTimer = 0;
+let lastDraw = 0;
+let newRows = 0; // rows added since the last drawing
 function schedule() {
-  if (!frame) frame = requestAnimationFrame(draw);
+  if (frame || floodTimer) return;
+  const wait = lastDraw + FLOOD_EVERY_MS - performance.now();
+  if (newRows >= FLOOD_ROWS && wait > 0) {
+    floodTimer = setTimeout(() => {
+      floodTimer = 0;
+      frame = requestAnimationFrame(draw);
+    }, wait);
+    return;
+  }
+  frame = requestAnimationFrame(draw);
 }
 
 function onEntry(entry) {
@@ -171,7 +187,7 @@ function ingest(entry) {
   const { row, isNew } = list.add(entry, Date.now());
   // Looking at older rows: keep them still while newer ones arrive.
   if (isNew && offset > 0 && matches(row, filter)) offset++;
-  if (isNew) newSince++;
+  if (isNew) newSince++, newRows++;
   announceSoon();
   schedule();
 }
@@ -191,6 +207,8 @@ function visibleRows() {
 
 function draw() {
   frame = 0;
+  lastDraw = performance.now();
+  newRows = 0;
   const { rows, matching } = visibleRows();
   if (offset > 0 && offset >= matching) offset = Math.max(0, matching - PAGE);
   const now = Date.now();
@@ -213,7 +231,7 @@ function draw() {
     if (d.marker) nodes.push(d.marker);
   }
   for (const id of drawn.keys()) if (!keep.has(id)) drawn.delete(id);
-  $("entries").replaceChildren(...nodes);
+  patch($("entries"), nodes);
   // Roving tabindex: one entry is in the tab order, arrows move within.
   const again = focusedId ? $("entries").querySelector(`li.entry[data-row-id="${focusedId}"]`) : null;
   const target = again || $("entries").querySelector("li.entry");
@@ -222,6 +240,25 @@ function draw() {
   $("newer-bar").hidden = offset === 0;
   $("older-bar").hidden = offset + rows.length >= matching;
   updateCount(matching, rows.length);
+}
+
+// patch makes list's children be nodes, moving as few as it can: in the
+// usual case (new rows on top, old ones falling off the bottom) the rows
+// already shown stay in place, so the browser restyles only the new ones.
+function patch(list, nodes) {
+  let cur = list.firstChild;
+  for (const n of nodes) {
+    if (cur === n) {
+      cur = cur.nextSibling;
+      continue;
+    }
+    list.insertBefore(n, cur);
+  }
+  while (cur) {
+    const next = cur.nextSibling;
+    cur.remove();
+    cur = next;
+  }
 }
 
 function trackSkew(node) {

@@ -83,7 +83,7 @@ export class LogList {
       retransmissions: 1, // copies of an uplink seen, once reported
       downlink: null, // {id, states: {queued, sent, applied}: timestamp}
       expanded: false,
-      text: "",
+      text: null, // searchText, made when a text filter first needs it
     };
     if (entry.type === "uplink" && d && isNum(d.uplink_count)) this.counterMarker(row, d);
     if (entry.type === "uplink" && Number.isSafeInteger(entry.seq)) this.bySeq.set(entry.seq, row);
@@ -92,7 +92,6 @@ export class LogList {
       this.setDownlinkState(row, entry);
       this.byDownlink.set(row.downlink.id, row);
     }
-    row.text = searchText(row);
     this.rows.push(row);
     this.total++;
     while (this.rows.length > this.max) this.forget(this.rows.shift());
@@ -103,7 +102,7 @@ export class LogList {
     row.entries.push(entry);
     if (entry.type === row.type) row.entry = entry;
     row.version++;
-    row.text = searchText(row);
+    row.text = null;
     return { row, isNew: false };
   }
 
@@ -139,7 +138,9 @@ export class LogList {
 export function matches(row, { types, text }) {
   if (isHistoryGap(row)) return true; // where history is missing is always shown
   if (types && types.size && !types.has(TYPES.includes(row.type) ? row.type : "status")) return false;
-  return !text || row.text.includes(text.toLowerCase());
+  if (!text) return true;
+  if (row.text === null) row.text = searchText(row);
+  return row.text.includes(text.toLowerCase());
 }
 
 /** isHistoryGap: the row of a status entry saying history was lost there. */
