@@ -64,7 +64,15 @@ func TestLiveLogsPageShowsErrorsAndDownlinks(t *testing.T) {
 	}
 
 	sendUplink(t, coap, plainUplink(device, 2, 20))
-	b.waitFor("a downlink entry", `document.querySelector("li.entry.t-downlink") !== null`)
+	// One row for the downlink: queued when coap-server loaded it, then
+	// sent in the answer to the uplink, updated in place.
+	b.waitFor("the downlink sent", `document.querySelector('li.entry.t-downlink[data-state="sent"]') !== null`)
+	if n := eval[int](b, `document.querySelectorAll("li.entry.t-downlink").length`); n != 1 {
+		t.Errorf("%d downlink rows, want 1", n)
+	}
+	if steps := eval[string](b, `[...document.querySelectorAll("li.entry.t-downlink .step.done")].map(s => s.dataset.step).join(",")`); steps != "queued,sent" {
+		t.Errorf("downlink steps done: %s, want queued,sent", steps)
+	}
 	got := eval[[]string](b, `(() => { const li = document.querySelector("li.entry.t-downlink");
 		return [li.dataset.type, li.querySelector(".message").textContent, li.querySelector(".f-config .value").textContent]; })()`)
 	if got[0] != "downlink" || !strings.HasPrefix(got[1], "Sent configuration v") ||
