@@ -179,7 +179,9 @@ func (m *Manager) Watch(deviceID string, s Sender) (*Watch, error) {
 //
 // The device's shared link answers r from its ring when it can; the
 // first watcher opens the link with r itself; any other start gets a
-// dedicated upstream connection with r, closed with the watcher.
+// dedicated upstream connection with r, which hands its watcher over to
+// the shared link once that one's ring covers where it is (see merge).
+// Dedicated links count against MaxDevices too.
 func (m *Manager) WatchFrom(deviceID string, r Resume, newSender func(backlog int) Sender) (*Watch, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
