@@ -24,15 +24,9 @@ import (
 	"github.com/nbiot-live/nbiot-live/coap-server/httpapi"
 	"github.com/nbiot-live/nbiot-live/coap-server/hub"
 	"github.com/nbiot-live/nbiot-live/coap-server/ingest"
+	"github.com/nbiot-live/nbiot-live/coap-server/stream"
 	"github.com/nbiot-live/nbiot-live/internal/lifecycle"
 )
-
-// Store is a running storage pipeline: it takes uplinks without blocking and
-// drains what it holds on Close, within the context's deadline.
-type Store interface {
-	ingest.Store
-	Close(ctx context.Context) error
-}
 
 // App is one coap-server process.
 type App struct {
@@ -40,9 +34,11 @@ type App struct {
 	log     *slog.Logger
 	Metrics *prometheus.Registry
 
-	hub     *hub.Hub
-	handler *ingest.Handler
-	store   Store
+	hub      *hub.Hub
+	handler  *ingest.Handler
+	engine   *stream.Engine
+	stopFeed func()
+	store    *storeConsumer // nil without storage
 
 	coap   *udpServer.Server
 	coapLn *coapNet.UDPConn
@@ -67,7 +63,6 @@ func New(cfg Config, logger *slog.Logger) *App {
 	a := &App{cfg: cfg, log: logger, Metrics: reg}
 	a.hub = hub.New(hub.NewMetrics(reg))
 	a.handler = &ingest.Handler{
-		Live:       a.hub,
 		Logger:     logger,
 		Metrics:    ingest.NewMetrics(reg),
 		MaxPayload: cfg.MaxPayload,
@@ -76,7 +71,7 @@ func New(cfg Config, logger *slog.Logger) *App {
 	a.httpAPI = &httpapi.Server{
 		Hub:      a.hub,
 		Token:    cfg.WSToken,
-		Ready:    a.ready.Load,
+		Ready:    a.Ready,
 		Gatherer: reg,
 		Logger:   logger,
 	}
@@ -90,6 +85,9 @@ func (a *App) Start(ctx context.Context) (err error) {
 			_ = a.Shutdown(context.Background())
 		}
 	}()
+	if err := a.openStream(ctx); err != nil {
+		return err
+	}
 	if err := a.openStorage(ctx); err != nil {
 		return err
 	}
@@ -119,6 +117,40 @@ func (a *App) Start(ctx context.Context) (err error) {
 	a.ready.Store(true)
 	return nil
 }
+
+// openStream opens the engine (embedded, or NATS_URL) and feeds the hub
+// from the live log, so /ws carries every instance's entries.
+func (a *App) openStream(ctx context.Context) error {
+	if a.cfg.StorageQueueSet {
+		a.log.Warn("STORAGE_QUEUE_SIZE is no longer used: uplinks wait for the database in the UPLINKS stream (UPLINKS_MAX_BYTES)")
+	}
+	sc := a.cfg.Stream
+	sc.Storage = a.cfg.Storage() != StorageNone
+	sc.Logger = a.log
+	e, err := stream.Open(ctx, sc)
+	if err != nil {
+		return err
+	}
+	a.engine = e
+	a.handler.Stream = e
+	a.httpAPI.History = e
+	if a.stopFeed, err = e.Feed(ctx, a.hub.Feed); err != nil {
+		return fmt.Errorf("NATS: %w", err)
+	}
+	if e.Embedded() {
+		a.log.Info("stream: embedded NATS JetStream", "data_dir", sc.DataDir, "sync_always", sc.SyncAlways)
+	} else {
+		a.log.Info("stream: external NATS JetStream (NATS_URL)", "replicas", sc.Replicas)
+	}
+	return nil
+}
+
+// Ready reports whether the listeners are bound and the stream takes
+// publishes (/readyz): without the stream, uplinks get 5.03.
+func (a *App) Ready() bool { return a.ready.Load() && a.engine.Connected() }
+
+// Engine is the stream engine, for tests.
+func (a *App) Engine() *stream.Engine { return a.engine }
 
 func (a *App) openStorage(ctx context.Context) error {
 	switch a.cfg.Storage() {
@@ -179,6 +211,9 @@ func (a *App) Shutdown(ctx context.Context) error {
 				errs = append(errs, fmt.Errorf("storage drain: %w", err))
 			}
 		}
+		if a.stopFeed != nil {
+			a.stopFeed()
+		}
 		if a.downlinks != nil {
 			if err := a.downlinks.Close(ctx); err != nil {
 				errs = append(errs, err)
@@ -194,6 +229,9 @@ func (a *App) Shutdown(ctx context.Context) error {
 			}
 		}
 		a.wg.Wait()
+		if a.engine != nil {
+			a.engine.Close()
+		}
 		a.shutErr = errors.Join(errs...)
 	})
 	return a.shutErr
@@ -218,6 +256,7 @@ func (a *App) openSecure(ctx context.Context) error {
 		PollInterval: time.Duration(a.cfg.DownlinkPollSeconds) * time.Second,
 		Metrics:      downlink.NewMetrics(a.Metrics),
 		Logger:       a.log,
+		Live:         a.engine.LogAsync,
 	}, nil)
 	if err != nil {
 		return fmt.Errorf("downlinks: %w", err)

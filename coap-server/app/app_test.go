@@ -32,6 +32,7 @@ func startApp(t testing.TB, mutate func(*app.Config)) *app.App {
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg.Stream.DataDir = t.TempDir()
 	if mutate != nil {
 		mutate(&cfg)
 	}
@@ -128,8 +129,9 @@ func TestUplinkBecomesLiveLogFrame(t *testing.T) {
 		t.Errorf("timestamp %v: %v", m["timestamp"], err)
 	}
 	delete(m, "timestamp")
+	// seq is the entry's live-log position: the first entry of a new stream.
 	want := map[string]any{
-		"deviceId": "ABC123", "type": "uplink", "message": "Received uplink #42",
+		"seq": 1.0, "deviceId": "ABC123", "type": "uplink", "message": "Received uplink #42",
 		"data": map[string]any{
 			"uplink_count": 42.0, "temperature": 23.5,
 			"activity":   map[string]any{"sleep": 3600.0, "modem": 45.0, "gnss": 120.0, "wifi": 30.0, "other": 60.0},

@@ -78,6 +78,7 @@ func startSecureApp(t *testing.T, mode string) *secureEnv {
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
+	cfg.Stream.DataDir = t.TempDir()
 	if cfg.Storage() != mode {
 		t.Fatalf("storage mode %q, want %q", cfg.Storage(), mode)
 	}
@@ -295,6 +296,9 @@ func testCoAPSWholeApp(t *testing.T, mode string) {
 	if c.GetConfigVersion() != uint32(id) || c.HeartbeatInterval == nil || c.GetHeartbeatInterval() != 900 ||
 		c.WifiScanInterval == nil || c.GetWifiScanInterval() != 0 || c.GnssInterval != nil {
 		t.Fatalf("downlink %v, want heartbeat 900, wifi scan 0, config_version %d", c, id)
+	}
+	if f := readFrame(t, ws); f["type"] != "downlink" || f["data"].(map[string]any)["state"] != "queued" {
+		t.Fatalf("frame %v, want the downlink's queued entry", f)
 	}
 	if f := readFrame(t, ws); f["type"] != "uplink" || f["data"].(map[string]any)["uplink_count"] != 2.0 {
 		t.Fatalf("frame %v, want uplink #2", f)

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/nbiot-live/nbiot-live/coap-server/ingest"
+	"github.com/nbiot-live/nbiot-live/coap-server/stream"
 	"github.com/nbiot-live/nbiot-live/internal/envconf"
 )
 
@@ -35,9 +36,15 @@ type Config struct {
 	// MaxPayload (MAX_UPLINK_BYTES, default 1024) bounds an uplink payload;
 	// larger ones get 4.13 with Size1.
 	MaxPayload int
-	// StorageQueue (STORAGE_QUEUE_SIZE, default 100000) bounds accepted
-	// uplinks waiting for the database; when full, uplinks get 5.03 + Max-Age.
-	StorageQueue int
+	// Stream configures the durable backbone (NATS JetStream): DATA_DIR
+	// (default ./data, the embedded server's store), NATS_URL (empty = the
+	// embedded single-node server), NATS_SYNC_ALWAYS, NATS_REPLICAS,
+	// UPLINKS_MAX_BYTES, LIVELOG_MAX_AGE, LIVELOG_MAX_BYTES and
+	// LIVELOG_PER_DEVICE; see stream.Config for each default and why.
+	Stream stream.Config
+	// StorageQueueSet records that the retired STORAGE_QUEUE_SIZE was set
+	// (uplinks now wait in the stream, bounded by UPLINKS_MAX_BYTES).
+	StorageQueueSet bool
 	// LogLevel (LOG_LEVEL, default "info"): debug, info, warn, error.
 	LogLevel slog.Level
 	// CoAPSSessionIdleSeconds (COAPS_SESSION_IDLE_SECONDS, default 7200)
@@ -88,13 +95,18 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		SupabaseServiceKey: getenv("SUPABASE_SERVICE_KEY"),
 		DatabaseURL:        getenv("DATABASE_URL"),
 		MaxPayload:         ingest.DefaultMaxPayload,
-		StorageQueue:       100000,
+		StorageQueueSet:    getenv("STORAGE_QUEUE_SIZE") != "",
+		Stream: stream.Config{
+			URL:        getenv("NATS_URL"),
+			DataDir:    envconf.Or(getenv("DATA_DIR"), stream.DefaultDataDir),
+			SyncAlways: getenv("NATS_SYNC_ALWAYS") == "true",
+		},
 	}
 	var err error
 	if c.MaxPayload, err = envconf.Int(getenv, "MAX_UPLINK_BYTES", c.MaxPayload, 64, 65000); err != nil {
 		return c, err
 	}
-	if c.StorageQueue, err = envconf.Int(getenv, "STORAGE_QUEUE_SIZE", c.StorageQueue, 1, 10_000_000); err != nil {
+	if err := c.Stream.FromEnv(getenv); err != nil {
 		return c, err
 	}
 	for _, v := range []struct {
@@ -150,10 +162,27 @@ func (c Config) Validate() error {
 			return errors.New("SUPABASE_SERVICE_KEY is required with SUPABASE_URL (a service_role JWT or an sb_secret_ key)")
 		}
 	}
+	if v := getenvNATS(c.Stream.URL); v != "" {
+		return errors.New(v)
+	}
 	if c.DatabaseURL != "" {
 		if u, err := url.Parse(c.DatabaseURL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
 			return errors.New("DATABASE_URL: want postgresql://user:password@host:5432/db")
 		}
 	}
 	return nil
+}
+
+// getenvNATS checks NATS_URL's form: nats:// or tls:// URLs, comma-separated.
+func getenvNATS(v string) string {
+	if v == "" {
+		return ""
+	}
+	for _, part := range strings.Split(v, ",") {
+		u, err := url.Parse(strings.TrimSpace(part))
+		if err != nil || (u.Scheme != "nats" && u.Scheme != "tls") || u.Host == "" {
+			return "NATS_URL: want nats://host:4222 (comma-separated for a cluster)"
+		}
+	}
+	return ""
 }

@@ -23,6 +23,7 @@ func startLatencyServer(b *testing.B, dbURL string) *app.App {
 	if err != nil {
 		b.Fatal(err)
 	}
+	cfg.Stream.DataDir = b.TempDir()
 	a := app.New(cfg, slog.New(slog.DiscardHandler))
 	if err := a.Start(context.Background()); err != nil {
 		b.Fatal(err)

@@ -6,26 +6,28 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/nbiot-live/nbiot-live/coap-server/storage"
 	"github.com/nbiot-live/nbiot-live/coap-server/storage/postgres"
 	"github.com/nbiot-live/nbiot-live/coap-server/storage/rest"
 )
 
-// queueStore is the storage queue plus the writer's resources, released
-// once the queue has drained (or given up) on Close.
-type queueStore struct {
-	*storage.Queue
+// storeConsumer is the stream's storage consumer plus the writer's
+// resources, released once it has stopped on Close.
+type storeConsumer struct {
+	*storage.Consumer
 	release func()
 }
 
-func (s queueStore) Close(ctx context.Context) error {
-	err := s.Queue.Close(ctx)
+func (s *storeConsumer) Close(ctx context.Context) error {
+	err := s.Consumer.Close(ctx)
 	s.release()
 	return err
 }
 
 // openWriter builds the writer the configuration selects and starts the
-// queue in front of it. It logs the mode, never the key or a URL with a
+// consumer of the uplink stream in front of it. It logs the mode, never the key or a URL with a
 // password. A database that is unreachable at start is only a warning:
 // uplinks queue until it answers.
 func (a *App) openWriter(ctx context.Context) error {
@@ -44,10 +46,10 @@ func (a *App) openWriter(ctx context.Context) error {
 		if u, err := url.Parse(a.cfg.DatabaseURL); err == nil {
 			host = u.Hostname()
 		}
-		a.log.Info("storage: direct Postgres (DATABASE_URL)", "mode", StoragePostgres, "db_host", host, "queue_size", a.cfg.StorageQueue)
+		a.log.Info("storage: direct Postgres (DATABASE_URL)", "mode", StoragePostgres, "db_host", host)
 		pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		if err := pw.Ping(pctx); err != nil {
-			a.log.Warn("storage: database not reachable at start; uplinks are queued until it is", "err", err)
+			a.log.Warn("storage: database not reachable at start; uplinks wait in the stream until it is", "err", err)
 		}
 		cancel()
 	case StorageREST:
@@ -60,12 +62,28 @@ func (a *App) openWriter(ctx context.Context) error {
 		if u, err := url.Parse(a.cfg.SupabaseURL); err == nil {
 			host = u.Host
 		}
-		a.log.Info("storage: Supabase REST (SUPABASE_URL)", "mode", StorageREST, "host", host, "queue_size", a.cfg.StorageQueue)
+		a.log.Info("storage: Supabase REST (SUPABASE_URL)", "mode", StorageREST, "host", host)
 	default:
 		return fmt.Errorf("storage %q: unknown mode", a.cfg.Storage())
 	}
-	q := storage.NewQueue(w, storage.Options{Size: a.cfg.StorageQueue, Logger: a.log, Registerer: a.Metrics})
-	a.store = queueStore{Queue: q, release: release}
-	a.handler.Store = q
+	malformed := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "nbiot_stream_malformed_total", Help: "Messages on the uplink stream that were not accepted uplinks (terminated).",
+	})
+	a.Metrics.MustRegister(malformed)
+	src, err := a.engine.UplinkSource(ctx, malformed)
+	if err != nil {
+		release()
+		return fmt.Errorf("NATS: %w", err)
+	}
+	a.Metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "nbiot_storage_pending", Help: "Uplinks in the stream waiting for the database (every instance's).",
+	}, func() float64 {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		n, _ := src.Pending(ctx)
+		return float64(n)
+	}))
+	c := storage.NewConsumer(src, w, storage.Options{Logger: a.log, Registerer: a.Metrics})
+	a.store = &storeConsumer{Consumer: c, release: release}
 	return nil
 }

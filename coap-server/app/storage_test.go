@@ -182,7 +182,7 @@ func TestPostgresOutage(t *testing.T) {
 	phase.Store(1)
 	stoppedAt := time.Now()
 	<-time.After(10 * time.Second)
-	queuedAtRestart := counter(t, a.Metrics, "nbiot_storage_queue_length", nil)
+	queuedAtRestart := counter(t, a.Metrics, "nbiot_storage_pending", nil)
 	cl.Start(t)
 	phase.Store(2)
 	t.Logf("database down for %v; %v uplinks queued when it came back", time.Since(stoppedAt).Round(time.Millisecond), queuedAtRestart)

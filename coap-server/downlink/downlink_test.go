@@ -25,6 +25,8 @@ import (
 	"github.com/nbiot-live/nbiot-live/coap-server/downlink"
 	"github.com/nbiot-live/nbiot-live/coap-server/dtls"
 	"github.com/nbiot-live/nbiot-live/coap-server/ingest"
+	"github.com/nbiot-live/nbiot-live/coap-server/stream"
+	"github.com/nbiot-live/nbiot-live/coap-server/stream/streamtest"
 	"github.com/nbiot-live/nbiot-live/internal/livelog"
 	"github.com/nbiot-live/nbiot-live/internal/pgtest"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
@@ -54,7 +56,7 @@ func (l *liveRecorder) all() []*livelog.Entry {
 type env struct {
 	pool *pgxpool.Pool
 	svc  *downlink.Service
-	live *liveRecorder
+	live *streamtest.Recorder
 	// queued gets the service's own entries (Config.Live).
 	queued *liveRecorder
 	addr   string
@@ -72,7 +74,7 @@ func start(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(pool.Close)
-	e := &env{pool: pool, live: &liveRecorder{}, queued: &liveRecorder{}}
+	e := &env{pool: pool, live: streamtest.New(t, stream.Config{}), queued: &liveRecorder{}}
 	if err := pool.QueryRow(ctx, `insert into auth.users (email) values ('owner@example.com') returning id::text`).Scan(&e.owner); err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +97,7 @@ func start(t *testing.T) *env {
 	case <-time.After(15 * time.Second):
 		t.Fatal("downlink service did not load")
 	}
-	h := &ingest.Handler{Live: e.live, Downlinks: e.svc, Logger: discard, Metrics: ingest.NewMetrics(reg)}
+	h := &ingest.Handler{Stream: e.live, Downlinks: e.svc, Logger: discard, Metrics: ingest.NewMetrics(reg)}
 	srv := ingest.NewUDPServer(h, discard)
 	ln, err := udpListen()
 	if err != nil {
@@ -207,7 +209,7 @@ func TestQueuedDownlinkIsSentThenApplied(t *testing.T) {
 		t.Fatalf("protoc decoded\n%s\nwant\n%s", got, want)
 	}
 	waitFor(t, "sent_at", func() bool { s, _, _ := e.stamps(t, id); return s })
-	entries := e.live.all()
+	entries := e.live.All()
 	if len(entries) != 2 || entries[1].Type != livelog.TypeDownlink || entries[1].Message != fmt.Sprintf("Sent configuration v%d", id) {
 		t.Fatalf("live log %+v, want the uplink then a downlink entry", entries)
 	}
@@ -219,7 +221,7 @@ func TestQueuedDownlinkIsSentThenApplied(t *testing.T) {
 	if resp := postLibcoap(t, e.addr, &nbiotv1.Uplink{DeviceId: "dev-dl", UplinkCount: 2}); len(resp) == 0 {
 		t.Fatal("pending downlink not resent to a device still on the old config")
 	}
-	if d := e.live.all()[2].Data.(*livelog.UplinkData); d.ConfigApplied == nil || *d.ConfigApplied {
+	if d := e.live.All()[2].Data.(*livelog.UplinkData); d.ConfigApplied == nil || *d.ConfigApplied {
 		t.Errorf("config_applied = %v, want false", d.ConfigApplied)
 	}
 
@@ -241,7 +243,7 @@ func TestQueuedDownlinkIsSentThenApplied(t *testing.T) {
 		t.Errorf("answer to the applying uplink carries %d bytes, want none", len(body))
 	}
 	waitFor(t, "applied_at", func() bool { _, a, _ := e.stamps(t, id); return a })
-	all := e.live.all()
+	all := e.live.All()
 	if d := all[len(all)-2].Data.(*livelog.UplinkData); d.ConfigApplied == nil || !*d.ConfigApplied {
 		t.Errorf("config_applied = %v, want true", d.ConfigApplied)
 	}

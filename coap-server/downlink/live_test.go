@@ -51,7 +51,7 @@ func TestDownlinkLifecycleEntries(t *testing.T) {
 	checkLifecycleEntry(t, e.queued.all()[0], "dev-life", id, "queued", fmt.Sprintf("Configuration v%d queued", id))
 
 	postLibcoap(t, e.addr, &nbiotv1.Uplink{DeviceId: "dev-life", UplinkCount: 1})
-	live := e.live.all()
+	live := e.live.All()
 	if len(live) != 2 {
 		t.Fatalf("live log after the first uplink: %d entries, want the uplink and the sent entry", len(live))
 	}
@@ -59,7 +59,7 @@ func TestDownlinkLifecycleEntries(t *testing.T) {
 
 	v := uint32(id)
 	postLibcoap(t, e.addr, &nbiotv1.Uplink{DeviceId: "dev-life", UplinkCount: 2, Config: &nbiotv1.DeviceConfig{ConfigVersion: &v}})
-	live = e.live.all()
+	live = e.live.All()
 	if len(live) != 4 || live[2].Type != livelog.TypeUplink {
 		t.Fatalf("live log after the echo: %d entries (%+v), want uplink, sent, uplink, applied", len(live), live)
 	}
@@ -68,7 +68,7 @@ func TestDownlinkLifecycleEntries(t *testing.T) {
 	// Later uplinks: nothing more about this downlink, and no second
 	// "queued" (the service did not learn of a new row).
 	postLibcoap(t, e.addr, &nbiotv1.Uplink{DeviceId: "dev-life", UplinkCount: 3, Config: &nbiotv1.DeviceConfig{ConfigVersion: &v}})
-	if live = e.live.all(); len(live) != 5 || live[4].Type != livelog.TypeUplink {
+	if live = e.live.All(); len(live) != 5 || live[4].Type != livelog.TypeUplink {
 		t.Errorf("after applied: %d entries, want only the new uplink's", len(live))
 	}
 	if n := len(e.queued.all()); n != 1 {

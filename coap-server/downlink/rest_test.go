@@ -21,6 +21,8 @@ import (
 	"github.com/nbiot-live/nbiot-live/coap-server/downlink"
 	"github.com/nbiot-live/nbiot-live/coap-server/dtls"
 	"github.com/nbiot-live/nbiot-live/coap-server/ingest"
+	"github.com/nbiot-live/nbiot-live/coap-server/stream"
+	"github.com/nbiot-live/nbiot-live/coap-server/stream/streamtest"
 	"github.com/nbiot-live/nbiot-live/internal/fakepostgrest"
 	"github.com/nbiot-live/nbiot-live/internal/livelog"
 	"github.com/nbiot-live/nbiot-live/internal/logtest"
@@ -108,7 +110,7 @@ func startREST(t *testing.T, o restOpts) *restEnv {
 	if !o.noWait {
 		e.waitPolled(t)
 	}
-	h := &ingest.Handler{Live: &liveRecorder{}, Downlinks: e.svc, Logger: discard, Metrics: ingest.NewMetrics(reg)}
+	h := &ingest.Handler{Stream: streamtest.New(t, stream.Config{}), Downlinks: e.svc, Logger: discard, Metrics: ingest.NewMetrics(reg)}
 	coapSrv := ingest.NewUDPServer(h, discard)
 	ln, err := udpListen()
 	if err != nil {

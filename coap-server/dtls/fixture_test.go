@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,7 +23,8 @@ import (
 	"github.com/nbiot-live/nbiot-live/coap-server/httpapi"
 	"github.com/nbiot-live/nbiot-live/coap-server/hub"
 	"github.com/nbiot-live/nbiot-live/coap-server/ingest"
-	"github.com/nbiot-live/nbiot-live/coap-server/storage"
+	"github.com/nbiot-live/nbiot-live/coap-server/stream"
+	"github.com/nbiot-live/nbiot-live/coap-server/stream/streamtest"
 	"github.com/nbiot-live/nbiot-live/internal/pgtest"
 )
 
@@ -32,31 +32,23 @@ const wsToken = "dtls-test-token-0123456789"
 
 var discard = slog.New(slog.DiscardHandler)
 
-// recordingStore stands in for the storage pipeline (another package's
-// job): it reproduces only "an accepted uplink is enqueued once", which is
-// what "no row for a refused handshake" depends on; it writes nothing.
-type recordingStore struct {
-	mu   sync.Mutex
-	recs []storage.Record
-}
+// heldUplinks counts the uplinks accepted into the real UPLINKS stream
+// (nothing consumes it here): "no row for a refused handshake" depends on
+// an accepted uplink being published once, and on nothing else.
+type heldUplinks struct{ e *stream.Engine }
 
-func (s *recordingStore) Enqueue(r storage.Record) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.recs = append(s.recs, r)
-	return nil
-}
-
-func (s *recordingStore) Len() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.recs)
+func (s heldUplinks) Len() int {
+	n, err := s.e.UplinksHeld(context.Background())
+	if err != nil {
+		return -1
+	}
+	return int(n)
 }
 
 type fixture struct {
 	srv     *dtls.Server
 	metrics *dtls.Metrics
-	store   *recordingStore
+	store   heldUplinks
 	pool    *pgxpool.Pool
 	wsURL   string
 	handler *ingest.Handler
@@ -74,9 +66,15 @@ func newFixture(t testing.TB, mutate func(*dtls.Config)) *fixture {
 	t.Cleanup(pool.Close)
 	reg := prometheus.NewRegistry()
 	h := hub.New(hub.NewMetrics(reg))
-	f := &fixture{store: &recordingStore{}, pool: pool, metrics: dtls.NewMetrics(reg)}
-	f.handler = &ingest.Handler{Live: h, Store: f.store, Logger: discard, Metrics: ingest.NewMetrics(reg)}
-	api := &httpapi.Server{Hub: h, Token: wsToken, Ready: func() bool { return true }, Gatherer: reg, Logger: discard}
+	engine := streamtest.New(t, stream.Config{Storage: true})
+	stop, err := engine.Feed(ctx, h.Feed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	f := &fixture{store: heldUplinks{engine.Engine}, pool: pool, metrics: dtls.NewMetrics(reg)}
+	f.handler = &ingest.Handler{Stream: engine, Logger: discard, Metrics: ingest.NewMetrics(reg)}
+	api := &httpapi.Server{Hub: h, History: engine, Token: wsToken, Ready: func() bool { return true }, Gatherer: reg, Logger: discard}
 	hs := httptest.NewServer(api.Handler())
 	t.Cleanup(func() { api.CloseSubscribers(); hs.Close() })
 	f.wsURL = "ws" + strings.TrimPrefix(hs.URL, "http") + "/ws"

@@ -4,6 +4,7 @@
 package httpapi
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"log/slog"
@@ -32,7 +33,8 @@ const (
 // Server serves /ws, /healthz, /readyz and /metrics.
 type Server struct {
 	Hub            *hub.Hub
-	Token          string // WS_TOKEN; compared in constant time
+	History        History // the retained live log, for since and tail
+	Token          string  // WS_TOKEN; compared in constant time
 	Ready          func() bool
 	Gatherer       prometheus.Gatherer
 	Logger         *slog.Logger
@@ -86,6 +88,11 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	st, err := parseStart(r.URL.Query())
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
 	if !s.reserve() {
 		s.Logger.Warn("ws subscriber refused: limit reached", "remote", r.RemoteAddr)
 		http.Error(w, "too many subscribers", http.StatusServiceUnavailable)
@@ -94,8 +101,10 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	defer s.release()
 	// Subscribe before the 101 goes out: every frame published after the
 	// client sees the handshake complete reaches it.
+	// With since or tail, live frames are held while the history is sent.
 	peer := wspeer.New(s.Peer)
-	sub := s.Hub.Subscribe(peer, devices)
+	g := &gate{peer: peer, notices: st.notices, live: !st.history()}
+	sub := s.Hub.Subscribe(g, devices)
 	defer sub.Close()
 	conn, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
@@ -105,6 +114,18 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		peer.Close(wspeer.ErrClosed)
 	}
 	s.Logger.Debug("ws subscriber connected", "remote", r.RemoteAddr, "devices", len(devices))
+	if st.history() {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go func() {
+			select {
+			case <-peer.Done():
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		go s.catchUp(ctx, g, devices, st)
+	}
 	reason := peer.Run(conn)
 	sub.Close()
 	s.untrack(peer)

@@ -78,7 +78,7 @@ func TestSlowSubscriberIsDisconnected(t *testing.T) {
 	big := strings.Repeat("x", 32<<10)
 	sent := 0
 	for ; sent < 5000 && testutil.ToFloat64(m.Dropped) == 0; sent++ {
-		h.Broadcast(&livelog.Entry{DeviceID: "D", Type: livelog.TypeUplink, Message: big, Timestamp: livelog.Timestamp(time.Now())})
+		feed(h, uint64(sent+1), &livelog.Entry{DeviceID: "D", Type: livelog.TypeUplink, Message: big, Timestamp: livelog.Timestamp(time.Now())})
 		if _, ok := <-got; !ok {
 			t.Fatalf("fast subscriber lost after %d frames", sent)
 		}
@@ -95,7 +95,7 @@ func TestSlowSubscriberIsDisconnected(t *testing.T) {
 		t.Fatalf("hub has %d subscribers, want 1 (the fast one)", h.Len())
 	}
 	// The fast subscriber still receives.
-	h.Broadcast(&livelog.Entry{DeviceID: "D", Type: livelog.TypeStatus, Message: "end", Timestamp: livelog.Timestamp(time.Now())})
+	feed(h, uint64(sent+2), &livelog.Entry{DeviceID: "D", Type: livelog.TypeStatus, Message: "end", Timestamp: livelog.Timestamp(time.Now())})
 	if _, ok := <-got; !ok {
 		t.Fatal("fast subscriber lost after the slow one was dropped")
 	}
@@ -153,4 +153,13 @@ func TestSilentSubscriberTimesOut(t *testing.T) {
 	if h.Len() != 0 {
 		t.Fatal("silent subscriber still registered")
 	}
+}
+
+// feed puts e on the hub at position seq, as the stream's consumer does.
+func feed(h *hub.Hub, seq uint64, e *livelog.Entry) {
+	b, err := e.Marshal()
+	if err != nil {
+		panic(err)
+	}
+	h.Feed(seq, e.DeviceID, b)
 }

@@ -23,7 +23,7 @@ import (
 // not sockets (BenchmarkFanoutWebSocket does those).
 type counter struct{ n atomic.Int64 }
 
-func (c *counter) Send(*websocket.PreparedMessage) bool { c.n.Add(1); return true }
+func (c *counter) Send(*hub.Frame) bool { c.n.Add(1); return true }
 
 // benchEntry is a typical heartbeat uplink's entry (~270 bytes of JSON).
 func benchEntry() *livelog.Entry {
@@ -48,18 +48,23 @@ func subscribe(h *hub.Hub, n int, perDevice bool) []*counter {
 	return cs
 }
 
-func frame(tb testing.TB) *websocket.PreparedMessage {
+func frame(tb testing.TB) *hub.Frame {
 	tb.Helper()
 	b, err := benchEntry().Marshal()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	pm, err := websocket.NewPreparedMessage(websocket.TextMessage, b)
+	f, err := hub.NewFrame(1, b)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return pm
+	return f
 }
+
+// peerSender subscribes a wspeer.Peer as /ws does (without history).
+type peerSender struct{ p *wspeer.Peer }
+
+func (s peerSender) Send(f *hub.Frame) bool { return s.p.Send(f.Msg) }
 
 // BenchmarkFanout publishes one encoded frame to 1,000 subscribers. The
 // hub queues the same *PreparedMessage for each: allocs/op must be 0, i.e.
@@ -100,8 +105,14 @@ func BenchmarkBroadcast(b *testing.B) {
 			subscribe(h, n, false)
 			e := benchEntry()
 			b.ReportAllocs()
+			var seq uint64
 			for b.Loop() {
-				h.Broadcast(e)
+				seq++
+				data, err := e.Marshal()
+				if err != nil {
+					b.Fatal(err)
+				}
+				h.Feed(seq, e.DeviceID, data)
 			}
 		})
 	}
@@ -126,7 +137,7 @@ func wsClients(b *testing.B, h *hub.Hub, n int, got *sync.WaitGroup) {
 	upgrader := websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: 4096}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		peer := wspeer.New(wspeer.Config{})
-		sub := h.Subscribe(peer, nil)
+		sub := h.Subscribe(peerSender{peer}, nil)
 		defer sub.Close()
 		conn, err := upgrader.Upgrade(w, r, nil)
 		if err != nil {

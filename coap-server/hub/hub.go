@@ -1,8 +1,10 @@
-// Package hub fans live-log frames out to WebSocket subscribers. A frame is
-// encoded once (a websocket.PreparedMessage) and the same pointer is queued
-// for every matching subscriber, so a broadcast costs one channel send per
-// subscriber and no allocation. Publish never blocks: a subscriber whose
-// queue is full is disconnected by its wspeer.Peer and counted.
+// Package hub fans live-log frames out to this instance's WebSocket
+// subscribers. It is fed by the stream's live-log consumer, so it carries
+// every instance's entries in stream order. A frame is encoded once (a
+// websocket.PreparedMessage) and the same pointer is queued for every
+// matching subscriber, so a broadcast costs one channel send per subscriber
+// and no allocation. Publish never blocks: a subscriber whose queue is full
+// is disconnected by its wspeer.Peer and counted.
 package hub
 
 import (
@@ -13,10 +15,31 @@ import (
 	"github.com/nbiot-live/nbiot-live/internal/livelog"
 )
 
+// Frame is one encoded live-log frame.
+type Frame struct {
+	// Seq is the entry's live-log position; 0 for a notice, which is not
+	// retained (a retransmission report).
+	Seq uint64
+	Msg *websocket.PreparedMessage
+}
+
+// NewFrame encodes the frame of an entry at seq (0: a notice).
+func NewFrame(seq uint64, entry []byte) (*Frame, error) {
+	b := entry
+	if seq != 0 {
+		b = livelog.AppendSeq(make([]byte, 0, len(entry)+24), seq, entry)
+	}
+	pm, err := websocket.NewPreparedMessage(websocket.TextMessage, b)
+	if err != nil {
+		return nil, err
+	}
+	return &Frame{Seq: seq, Msg: pm}, nil
+}
+
 // Sender is what the hub needs of a subscriber: a non-blocking send that
 // reports false when the frame was not queued.
 type Sender interface {
-	Send(*websocket.PreparedMessage) bool
+	Send(*Frame) bool
 }
 
 // Subscription is one registered subscriber; Close removes it.
@@ -44,20 +67,15 @@ func New(m *Metrics) *Hub {
 	}
 }
 
-// Broadcast encodes e once and publishes it to its device's subscribers.
-func (h *Hub) Broadcast(e *livelog.Entry) {
-	b, err := e.Marshal()
-	if err != nil {
-		// Decode validates every number that JSON cannot carry; this is a bug.
-		h.metrics.EncodeErrors.Inc()
-		return
-	}
-	pm, err := websocket.NewPreparedMessage(websocket.TextMessage, b)
+// Feed encodes one entry from the stream and publishes it; it is the
+// stream.FeedFunc of the instance's live-log consumer.
+func (h *Hub) Feed(seq uint64, deviceID string, entry []byte) {
+	f, err := NewFrame(seq, entry)
 	if err != nil {
 		h.metrics.EncodeErrors.Inc()
 		return
 	}
-	h.Publish(e.DeviceID, pm)
+	h.Publish(deviceID, f)
 }
 
 // Subscribe registers s for the frames of devices, or of every device when
@@ -108,7 +126,7 @@ func (s *Subscription) Close() {
 
 // Publish queues frame for every subscriber of deviceID and every
 // all-devices subscriber, and returns how many took it.
-func (h *Hub) Publish(deviceID string, frame *websocket.PreparedMessage) (delivered int) {
+func (h *Hub) Publish(deviceID string, frame *Frame) (delivered int) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	dropped := 0

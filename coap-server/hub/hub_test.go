@@ -4,7 +4,6 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -15,7 +14,7 @@ type counting struct {
 	room int64
 }
 
-func (c *counting) Send(*websocket.PreparedMessage) bool {
+func (c *counting) Send(*Frame) bool {
 	if c.n.Load() >= c.room {
 		return false
 	}
@@ -30,7 +29,7 @@ func TestPublishRoutesByDevice(t *testing.T) {
 	subA := h.Subscribe(a, []string{"A"})
 	h.Subscribe(b, []string{"B", "C"})
 	h.Subscribe(all, nil)
-	frame, _ := websocket.NewPreparedMessage(websocket.TextMessage, []byte(`{}`))
+	frame, _ := NewFrame(1, []byte(`{}`))
 	for _, d := range []string{"A", "B", "C", "D", "A"} {
 		h.Publish(d, frame)
 	}
@@ -56,7 +55,7 @@ func TestFullSubscriberIsCounted(t *testing.T) {
 	h := New(m)
 	full := &counting{room: 1}
 	h.Subscribe(full, []string{"A"})
-	frame, _ := websocket.NewPreparedMessage(websocket.TextMessage, []byte(`{}`))
+	frame, _ := NewFrame(1, []byte(`{}`))
 	if n := h.Publish("A", frame); n != 1 {
 		t.Fatalf("first publish delivered %d", n)
 	}

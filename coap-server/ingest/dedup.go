@@ -48,7 +48,17 @@ type dedupEntry struct {
 	key     dedupKey
 	code    codes.Code
 	answer  []byte
+	seq     uint64 // the live-log position of the uplink's entry
+	copies  int    // copies seen, the original included
 	expires time.Time
+}
+
+// dedupHit is what lookup returns of a remembered answer.
+type dedupHit struct {
+	code   codes.Code
+	answer []byte
+	seq    uint64
+	copies int
 }
 
 // NewDedup returns a Dedup keeping up to maxEntries answers for ttl
@@ -68,24 +78,26 @@ func (d *Dedup) key(device string, mid int32, token, payload []byte) dedupKey {
 	return dedupKey{device: device, token: string(token), mid: mid, sum: maphash.Bytes(d.seed, payload)}
 }
 
-// lookup returns the remembered answer for k, if any and not expired.
-func (d *Dedup) lookup(k dedupKey, now time.Time) (codes.Code, []byte, bool) {
+// lookup returns the remembered answer for k, if any and not expired, and
+// counts the copy.
+func (d *Dedup) lookup(k dedupKey, now time.Time) (dedupHit, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	el, ok := d.entries[k]
 	if !ok {
-		return 0, nil, false
+		return dedupHit{}, false
 	}
 	e := el.Value.(*dedupEntry)
 	if now.After(e.expires) {
-		return 0, nil, false
+		return dedupHit{}, false
 	}
-	return e.code, e.answer, true
+	e.copies++
+	return dedupHit{code: e.code, answer: e.answer, seq: e.seq, copies: e.copies}, true
 }
 
 // remember stores the answer for k, dropping expired entries and, when
 // full, the oldest one.
-func (d *Dedup) remember(k dedupKey, code codes.Code, answer []byte, now time.Time) (evicted bool) {
+func (d *Dedup) remember(k dedupKey, code codes.Code, answer []byte, seq uint64, now time.Time) (evicted bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for front := d.order.Front(); front != nil; front = d.order.Front() {
@@ -102,7 +114,7 @@ func (d *Dedup) remember(k dedupKey, code codes.Code, answer []byte, now time.Ti
 		d.drop(d.order.Front())
 		evicted = true
 	}
-	d.entries[k] = d.order.PushBack(&dedupEntry{key: k, code: code, answer: answer, expires: now.Add(d.ttl)})
+	d.entries[k] = d.order.PushBack(&dedupEntry{key: k, code: code, answer: answer, seq: seq, copies: 1, expires: now.Add(d.ttl)})
 	return evicted
 }
 

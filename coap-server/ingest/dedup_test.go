@@ -11,12 +11,15 @@ func TestDedup(t *testing.T) {
 	d := NewDedup(2, time.Minute)
 	t0 := time.Unix(1000, 0)
 	a := d.key("DEV", 1, []byte{1}, []byte("payload"))
-	if _, _, ok := d.lookup(a, t0); ok {
+	if _, ok := d.lookup(a, t0); ok {
 		t.Fatal("empty dedup found an answer")
 	}
-	d.remember(a, codes.Changed, []byte("downlink"), t0)
-	if code, ans, ok := d.lookup(a, t0.Add(time.Second)); !ok || code != codes.Changed || string(ans) != "downlink" {
-		t.Fatalf("lookup = %v %q %v", code, ans, ok)
+	d.remember(a, codes.Changed, []byte("downlink"), 42, t0)
+	if hit, ok := d.lookup(a, t0.Add(time.Second)); !ok || hit.code != codes.Changed || string(hit.answer) != "downlink" || hit.seq != 42 || hit.copies != 2 {
+		t.Fatalf("lookup = %+v %v", hit, ok)
+	}
+	if hit, _ := d.lookup(a, t0.Add(time.Second)); hit.copies != 3 {
+		t.Fatalf("third copy counted as %d", hit.copies)
 	}
 	for name, k := range map[string]dedupKey{
 		"other device":  d.key("DEV2", 1, []byte{1}, []byte("payload")),
@@ -24,27 +27,27 @@ func TestDedup(t *testing.T) {
 		"other token":   d.key("DEV", 1, []byte{2}, []byte("payload")),
 		"other payload": d.key("DEV", 1, []byte{1}, []byte("payloaD")),
 	} {
-		if _, _, ok := d.lookup(k, t0); ok {
+		if _, ok := d.lookup(k, t0); ok {
 			t.Errorf("%s: found a's answer", name)
 		}
 	}
-	if _, _, ok := d.lookup(a, t0.Add(time.Minute+time.Second)); ok {
+	if _, ok := d.lookup(a, t0.Add(time.Minute+time.Second)); ok {
 		t.Error("answer outlived its ttl")
 	}
 	// Bounded: a third entry evicts the oldest.
 	b := d.key("DEV", 2, nil, nil)
 	c := d.key("DEV", 3, nil, nil)
-	if d.remember(b, codes.Changed, nil, t0) {
+	if d.remember(b, codes.Changed, nil, 0, t0) {
 		t.Error("evicted below the limit")
 	}
-	if !d.remember(c, codes.Changed, nil, t0) {
+	if !d.remember(c, codes.Changed, nil, 0, t0) {
 		t.Error("no eviction at the limit")
 	}
-	if _, _, ok := d.lookup(a, t0); ok || d.Len() != 2 {
+	if _, ok := d.lookup(a, t0); ok || d.Len() != 2 {
 		t.Errorf("oldest kept (len %d)", d.Len())
 	}
 	// Expired entries leave on the next remember.
-	d.remember(a, codes.Changed, nil, t0.Add(2*time.Minute))
+	d.remember(a, codes.Changed, nil, 0, t0.Add(2*time.Minute))
 	if d.Len() != 1 {
 		t.Errorf("len %d after expiry, want 1", d.Len())
 	}

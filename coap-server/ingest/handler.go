@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"log/slog"
 	"strings"
@@ -14,6 +15,8 @@ import (
 	"github.com/plgd-dev/go-coap/v3/mux"
 
 	"github.com/nbiot-live/nbiot-live/coap-server/storage"
+	"github.com/nbiot-live/nbiot-live/coap-server/stream"
+	"github.com/nbiot-live/nbiot-live/coap-server/uplink"
 	"github.com/nbiot-live/nbiot-live/internal/livelog"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 )
@@ -24,35 +27,38 @@ import (
 // ~1300-byte datagrams), so 1024 leaves room without inviting abuse.
 const DefaultMaxPayload = 1024
 
-// RetryAfter is the Max-Age of a 5.03 answer when the storage queue is full
-// (RFC 7252 §5.9.3.4): the device should try again after that many seconds.
+// RetryAfter is the Max-Age of a 5.03 answer when the stream cannot take
+// the uplink (RFC 7252 §5.9.3.4): the device should try again after that
+// many seconds.
 const RetryAfter = 30
 
-// LiveLog takes live-log entries. It must not block.
-type LiveLog interface {
-	Broadcast(e *livelog.Entry)
-}
-
-// Store takes accepted uplinks. It must not block; it returns an error
-// (storage.ErrQueueFull) when it cannot take the record, and the uplink is
-// then refused rather than accepted and lost.
-type Store interface {
-	Enqueue(storage.Record) error
+// Stream makes an accepted uplink durable and carries the live log
+// (*stream.Engine). The datagram path waits for nothing slower than its
+// acknowledgements.
+type Stream interface {
+	// PublishUplink returns once a is durable; dup when it already was.
+	PublishUplink(ctx context.Context, a uplink.Accepted, payload []byte, id string) (dup bool, err error)
+	// Log puts an entry on the live log and returns its position; with
+	// an id, a repeat returns the first position with dup set.
+	Log(ctx context.Context, entry *livelog.Entry, id string) (seq uint64, dup bool, err error)
+	// LogAsync puts an entry on the live log without waiting.
+	LogAsync(entry *livelog.Entry)
+	// Notify sends a report that is not retained to every instance's hub.
+	Notify(entry *livelog.Entry)
 }
 
 // Downlinks answers an accepted uplink with a pending configuration. It must
 // not block (pending downlinks are held in memory).
 type Downlinks interface {
 	// ForUplink returns the encoded Downlink to send, or nil, and updates the
-	// uplink entry's data (ConfigApplied). A returned entry is broadcast
+	// uplink entry's data (ConfigApplied). A returned entry is logged
 	// after the uplink's.
 	ForUplink(rec storage.Record, data *livelog.UplinkData) (payload []byte, entry *livelog.Entry)
 }
 
 // Handler serves POST /uplink. Its fields are set once before serving.
 type Handler struct {
-	Live      LiveLog
-	Store     Store     // nil: live logs only
+	Stream    Stream    // required
 	Downlinks Downlinks // nil: never answers with a downlink
 	Dedup     *Dedup    // nil: duplicates are detected per connection only (go-coap)
 	Logger    *slog.Logger
@@ -63,7 +69,7 @@ type Handler struct {
 	Now   func() time.Time
 	NewID func() uuid.UUID
 
-	lastFullLog atomic.Int64 // unix ns of the last queue-full warning
+	lastFullLog atomic.Int64 // unix ns of the last stream-refusal warning
 }
 
 // ServeCOAP implements mux.Handler for plain CoAP: the device is named by
@@ -125,44 +131,81 @@ func (h *Handler) handle(w mux.ResponseWriter, r *mux.Message, identity string, 
 	var key dedupKey
 	if h.Dedup != nil {
 		key = h.Dedup.key(deviceID, r.MessageID(), r.Token(), payload)
-		if code, answer, ok := h.Dedup.lookup(key, now); ok {
+		if hit, ok := h.Dedup.lookup(key, now); ok {
 			// A retransmission from another address (RFC 7252 §4.5): the
-			// same answer, and nothing stored or broadcast twice.
+			// same answer, and nothing stored or logged twice.
 			h.Metrics.Duplicates.Inc()
-			return answerWith(w, code, answer)
+			h.notifyRetransmission(deviceID, now, u.GetUplinkCount(), hit.seq, hit.copies)
+			return answerWith(w, hit.code, hit.answer)
 		}
 	}
 
-	rec := storage.Record{ID: h.newID(), DeviceID: deviceID, ReceivedAt: now, Uplink: u}
-	if h.Store != nil {
-		if err := h.Store.Enqueue(rec); err != nil {
-			h.Metrics.reject("queue_full")
-			// During an outage this happens for every uplink: log at most
-			// once a second, the metric counts them all.
-			if last := h.lastFullLog.Load(); now.UnixNano()-last >= int64(time.Second) && h.lastFullLog.CompareAndSwap(last, now.UnixNano()) {
-				h.Logger.Warn("uplinks refused: storage queue full (logged at most once a second; see nbiot_uplinks_rejected_total)", "device", deviceID)
-			}
-			w.SetResponse(codes.ServiceUnavailable, message.TextPlain, strings.NewReader("storage busy, retry later"),
-				message.Option{ID: message.MaxAge, Value: uint32Bytes(RetryAfter)})
-			return codes.ServiceUnavailable
-		}
+	// The stream recognises a copy that reached another instance, or this
+	// one before a restart, by this ID (its Duplicates window).
+	id := stream.MsgID(deviceID, r.MessageID(), r.Token(), payload)
+	rec := storage.Record{ID: h.newID(), DeviceID: deviceID, ReceivedAt: now, Uplink: u, Authenticated: identity != ""}
+	ctx := r.Context()
+	dup, err := h.Stream.PublishUplink(ctx, rec, payload, id)
+	if err != nil {
+		return h.unavailable(w, deviceID, now, err)
 	}
-
 	entry := livelog.Uplink(deviceID, now, u)
 	var answer []byte
 	var downlink *livelog.Entry
 	if h.Downlinks != nil {
 		answer, downlink = h.Downlinks.ForUplink(rec, entry.Data.(*livelog.UplinkData))
 	}
-	h.Live.Broadcast(entry)
-	if downlink != nil {
-		h.Live.Broadcast(downlink)
+	seq, ldup, err := h.Stream.Log(ctx, entry, id)
+	switch {
+	case err != nil && !dup:
+		// Nothing was accepted yet when there is no storage stream, and
+		// with one the uplink is durable but its entry is not: refuse, so
+		// the device's retransmission repeats both (the stream dedups the
+		// uplink by its ID).
+		return h.unavailable(w, deviceID, now, err)
+	case dup || ldup:
+		h.Metrics.Duplicates.Inc()
+		h.notifyRetransmission(deviceID, now, u.GetUplinkCount(), seq, 0)
+	default:
+		h.Metrics.Accepted.Inc()
+		if downlink != nil {
+			h.Stream.LogAsync(downlink)
+		}
 	}
-	h.Metrics.Accepted.Inc()
-	if h.Dedup != nil && h.Dedup.remember(key, codes.Changed, answer, now) {
+	if h.Dedup != nil && h.Dedup.remember(key, codes.Changed, answer, seq, now) {
 		h.Metrics.DedupEvictions.Inc()
 	}
 	return answerWith(w, codes.Changed, answer)
+}
+
+// unavailable answers 5.03 with Max-Age: the stream did not take the
+// uplink (full, or NATS unreachable), so it was not accepted and the
+// device keeps it and retries.
+func (h *Handler) unavailable(w mux.ResponseWriter, deviceID string, now time.Time, err error) codes.Code {
+	reason := "stream_unavailable"
+	if errors.Is(err, stream.ErrFull) {
+		reason = "stream_full"
+	}
+	h.Metrics.reject(reason)
+	// During an outage this happens for every uplink: log at most once a
+	// second, the metric counts them all.
+	if last := h.lastFullLog.Load(); now.UnixNano()-last >= int64(time.Second) && h.lastFullLog.CompareAndSwap(last, now.UnixNano()) {
+		h.Logger.Warn("uplinks refused with 5.03: the stream did not take them (logged at most once a second; see nbiot_uplinks_rejected_total)",
+			"device", deviceID, "reason", reason, "err", err)
+	}
+	w.SetResponse(codes.ServiceUnavailable, message.TextPlain, strings.NewReader("busy, retry later"),
+		message.Option{ID: message.MaxAge, Value: uint32Bytes(RetryAfter)})
+	return codes.ServiceUnavailable
+}
+
+// notifyRetransmission tells subscribers that asked for them that a copy
+// of the uplink at seq arrived. It is not retained: the contract promises
+// no second live-log entry for a retransmission.
+func (h *Handler) notifyRetransmission(deviceID string, now time.Time, count uint32, seq uint64, copies int) {
+	if seq == 0 {
+		return
+	}
+	h.Stream.Notify(livelog.Retransmission(deviceID, now, count, seq, copies))
 }
 
 // answerWith sets an accepted uplink's answer: empty, or a Downlink.
@@ -194,7 +237,7 @@ func (h *Handler) refuse(w mux.ResponseWriter, r *mux.Message, deviceID string, 
 		// at line rate; the owner sees them on the live log, operators in
 		// nbiot_uplinks_rejected_total.
 		h.Logger.Debug("uplink rejected", "device", deviceID, "remote", w.Conn().RemoteAddr().String(), "err", err)
-		h.Live.Broadcast(livelog.Error(deviceID, now, "Rejected uplink: "+err.Error()))
+		h.Stream.LogAsync(livelog.Error(deviceID, now, "Rejected uplink: "+err.Error()))
 	} else {
 		h.Logger.Debug("uplink rejected", "remote", w.Conn().RemoteAddr().String(), "err", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -21,7 +22,12 @@ type Engine struct {
 	uplinks jetstream.Stream // nil without storage
 	live    jetstream.Stream
 	closed  chan struct{} // closed by the connection's ClosedHandler
+	// asyncErrors counts LogAsync publishes that failed.
+	asyncErrors atomic.Int64
 }
+
+// AsyncErrors is the number of LogAsync entries the stream did not take.
+func (e *Engine) AsyncErrors() int64 { return e.asyncErrors.Load() }
 
 // Open starts the embedded server (no NATS_URL) or connects to the
 // external one, then creates or updates the streams and the storage
@@ -58,7 +64,9 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		e.Close()
 		return nil, fmt.Errorf("%s: cannot connect to NATS: %w", e.varName(), err)
 	}
-	if e.js, err = jetstream.New(e.nc); err != nil {
+	if e.js, err = jetstream.New(e.nc, jetstream.WithPublishAsyncErrHandler(func(jetstream.JetStream, *nats.Msg, error) {
+		e.asyncErrors.Add(1)
+	})); err != nil {
 		e.Close()
 		return nil, fmt.Errorf("%s: %w", e.varName(), err)
 	}

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/nbiot-live/nbiot-live/coap-server/uplink"
+	"github.com/nbiot-live/nbiot-live/internal/livelog"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 )
 
@@ -81,7 +82,7 @@ func TestLogReadTailAndLost(t *testing.T) {
 	var seqs = map[string][]uint64{}
 	for i := range 12 {
 		dev := []string{"A", "B", "C"}[i%3]
-		seq, dup, err := e.Log(ctx, dev, []byte(fmt.Sprintf(`{"deviceId":%q,"n":%d}`, dev, i)), "")
+		seq, dup, err := e.LogJSON(ctx, dev, []byte(fmt.Sprintf(`{"deviceId":%q,"n":%d}`, dev, i)), "")
 		if err != nil || dup {
 			t.Fatal(err, dup)
 		}
@@ -112,7 +113,7 @@ func TestLogReadTailAndLost(t *testing.T) {
 	}
 	// Two more entries of A push its oldest out (5 per device).
 	for range 2 {
-		if _, _, err := e.Log(ctx, "A", []byte(`{}`), ""); err != nil {
+		if _, _, err := e.LogJSON(ctx, "A", []byte(`{}`), ""); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -131,7 +132,7 @@ func TestLogReadTailAndLost(t *testing.T) {
 func TestFeedDeliversNewEntriesInOrder(t *testing.T) {
 	e := openEmbedded(t, Config{})
 	ctx := context.Background()
-	if _, _, err := e.Log(ctx, "A", []byte(`{"old":true}`), ""); err != nil {
+	if _, _, err := e.LogJSON(ctx, "A", []byte(`{"old":true}`), ""); err != nil {
 		t.Fatal(err)
 	}
 	got := make(chan uint64, 100)
@@ -141,11 +142,11 @@ func TestFeedDeliversNewEntriesInOrder(t *testing.T) {
 	}
 	defer stop()
 	for range 5 {
-		if _, _, err := e.Log(ctx, "B", []byte(`{}`), ""); err != nil {
+		if _, _, err := e.LogJSON(ctx, "B", []byte(`{}`), ""); err != nil {
 			t.Fatal(err)
 		}
 	}
-	e.Notify("B", []byte(`{"note":1}`))
+	e.Notify(livelog.Status("B", time.Now(), "note", nil))
 	var seen []uint64
 	for len(seen) < 6 {
 		select {

@@ -7,11 +7,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/nbiot-live/nbiot-live/coap-server/uplink"
+	"github.com/nbiot-live/nbiot-live/internal/livelog"
 )
 
 // Sentinel errors of publishing; the CoAP side answers both with 5.03.
@@ -60,11 +62,20 @@ func (e *Engine) PublishUplink(ctx context.Context, a uplink.Accepted, payload [
 	return ack.Duplicate, nil
 }
 
-// Log puts one live-log entry (its JSON, without seq) on the live log and
-// returns its position once the stream acknowledged it. With a non-empty
-// id, a second publish within the Duplicates window returns the first
-// one's position with dup set.
-func (e *Engine) Log(ctx context.Context, device string, entry []byte, id string) (seq uint64, dup bool, err error) {
+// Log puts one live-log entry on the live log (its JSON without seq: the
+// position is known once stored) and returns its position once the stream
+// acknowledged it. With a non-empty id, a second publish within the
+// Duplicates window returns the first one's position with dup set.
+func (e *Engine) Log(ctx context.Context, entry *livelog.Entry, id string) (seq uint64, dup bool, err error) {
+	b, err := entry.Marshal()
+	if err != nil {
+		return 0, false, fmt.Errorf("live-log entry: %w", err)
+	}
+	return e.LogJSON(ctx, entry.DeviceID, b, id)
+}
+
+// LogJSON is Log of an entry already encoded.
+func (e *Engine) LogJSON(ctx context.Context, device string, entry []byte, id string) (seq uint64, dup bool, err error) {
 	msg := &nats.Msg{Subject: liveSubject + device, Data: entry}
 	if id != "" {
 		msg.Header = nats.Header{jetstream.MsgIDHeader: []string{"l" + id}}
@@ -92,8 +103,23 @@ func (e *Engine) publish(ctx context.Context, msg *nats.Msg) (*jetstream.PubAck,
 	return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 }
 
-// Notify publishes a frame that is not retained (a retransmission report)
-// to every instance's hub, on core NATS. Best effort: it never waits.
-func (e *Engine) Notify(device string, frame []byte) {
-	_ = e.nc.Publish(notifySubject+device, frame)
+// LogAsync puts an entry on the live log without waiting for the
+// acknowledgement: error entries and downlink events, which must not delay
+// an answer. A failure is counted by the engine's async error handler.
+func (e *Engine) LogAsync(entry *livelog.Entry) {
+	b, err := entry.Marshal()
+	if err == nil {
+		_, err = e.js.PublishMsgAsync(&nats.Msg{Subject: liveSubject + entry.DeviceID, Data: b}, jetstream.WithStallWait(time.Millisecond))
+	}
+	if err != nil {
+		e.asyncErrors.Add(1)
+	}
+}
+
+// Notify sends the report e to every instance's hub, on core NATS: it is
+// not retained. Best effort: it never waits.
+func (e *Engine) Notify(entry *livelog.Entry) {
+	if b, err := entry.Marshal(); err == nil {
+		_ = e.nc.Publish(notifySubject+entry.DeviceID, b)
+	}
 }

@@ -68,3 +68,15 @@ func (s *UplinkSource) Pending(ctx context.Context) (uint64, error) {
 	}
 	return info.NumPending + uint64(info.NumAckPending), nil
 }
+
+// UplinksHeld is the number of uplinks in UPLINKS (not yet stored).
+func (e *Engine) UplinksHeld(ctx context.Context) (uint64, error) {
+	if e.uplinks == nil {
+		return 0, nil
+	}
+	info, err := e.uplinks.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return info.State.Msgs, nil
+}

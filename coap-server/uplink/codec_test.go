@@ -37,13 +37,13 @@ func TestUnmarshalRefuses(t *testing.T) {
 	a, payload := sample(t)
 	good := AppendMessage(nil, a, payload)
 	bad := map[string][]byte{
-		"empty":          nil,
-		"short":          good[:10],
-		"version":        append([]byte{2}, good[1:]...),
+		"empty":           nil,
+		"short":           good[:10],
+		"version":         append([]byte{2}, good[1:]...),
 		"device too long": func() []byte { b := bytes.Clone(good); b[26] = 200; return b }(),
-		"nil id":         AppendMessage(nil, Accepted{DeviceID: "D", ReceivedAt: a.ReceivedAt}, payload),
-		"bad device":     AppendMessage(nil, Accepted{ID: a.ID, DeviceID: "a b", ReceivedAt: a.ReceivedAt}, payload),
-		"bad protobuf":   AppendMessage(nil, Accepted{ID: a.ID, DeviceID: "D", ReceivedAt: a.ReceivedAt}, []byte{0xff}),
+		"nil id":          AppendMessage(nil, Accepted{DeviceID: "D", ReceivedAt: a.ReceivedAt}, payload),
+		"bad device":      AppendMessage(nil, Accepted{ID: a.ID, DeviceID: "a b", ReceivedAt: a.ReceivedAt}, payload),
+		"bad protobuf":    AppendMessage(nil, Accepted{ID: a.ID, DeviceID: "D", ReceivedAt: a.ReceivedAt}, []byte{0xff}),
 	}
 	for name, b := range bad {
 		if _, err := Unmarshal(b); err == nil {

@@ -8,6 +8,7 @@
 package wspeer
 
 import (
+	"context"
 	"errors"
 	"sync"
 	"time"
@@ -109,6 +110,20 @@ func (p *Peer) Send(m *websocket.PreparedMessage) bool {
 	default:
 		p.Close(ErrSlow)
 		return false
+	}
+}
+
+// SendWait queues a frame, waiting for room in the queue: history sent on
+// connect is paced by the client instead of overflowing its queue. It
+// returns ErrClosed when the peer closes or ctx ends first.
+func (p *Peer) SendWait(ctx context.Context, m *websocket.PreparedMessage) error {
+	select {
+	case p.send <- m:
+		return nil
+	case <-p.done:
+		return ErrClosed
+	case <-ctx.Done():
+		return ErrClosed
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -98,7 +99,8 @@ func userToken(t *testing.T, user uuid.UUID, ttl time.Duration) string {
 // stop is idempotent.
 func startCoAP(t *testing.T, coapAddr, httpAddr string, extra ...string) (a *coapapp.App, stop func()) {
 	t.Helper()
-	env := map[string]string{"COAP_ADDR": coapAddr, "HTTP_ADDR": httpAddr, "WS_TOKEN": wsToken}
+	// One DATA_DIR per test, so a restarted coap-server finds its stream.
+	env := map[string]string{"COAP_ADDR": coapAddr, "HTTP_ADDR": httpAddr, "WS_TOKEN": wsToken, "DATA_DIR": dataDirOf(t)}
 	for i := 0; i+1 < len(extra); i += 2 {
 		env[extra[i]] = extra[i+1]
 	}
@@ -224,4 +226,16 @@ func hostPort(t *testing.T, a net.Addr) string {
 		t.Fatal(err)
 	}
 	return fmt.Sprintf("127.0.0.1:%s", port)
+}
+
+// dataDirs holds each test's coap-server DATA_DIR across restarts.
+var dataDirs sync.Map // *testing.T → string
+
+func dataDirOf(t *testing.T) string {
+	if v, ok := dataDirs.Load(t); ok {
+		return v.(string)
+	}
+	d := t.TempDir()
+	dataDirs.Store(t, d)
+	return d
 }

@@ -35,6 +35,7 @@ func startServer(t *testing.T) *app.App {
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg.Stream.DataDir = t.TempDir()
 	a := app.New(cfg, slog.New(slog.DiscardHandler))
 	if err := a.Start(context.Background()); err != nil {
 		t.Fatal(err)

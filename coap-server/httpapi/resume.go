@@ -1,0 +1,247 @@
+package httpapi
+
+import (
+	"context"
+	"errors"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/nbiot-live/nbiot-live/coap-server/hub"
+	"github.com/nbiot-live/nbiot-live/coap-server/stream"
+	"github.com/nbiot-live/nbiot-live/internal/livelog"
+	"github.com/nbiot-live/nbiot-live/internal/wspeer"
+)
+
+// MaxTail bounds tail=N (the contract's limit).
+const MaxTail = 1000
+
+// maxHeld bounds the live frames one subscriber holds while its history is
+// sent (pointers to frames shared with every subscriber). Past it the
+// subscriber reads the rest from the stream instead: nothing is dropped.
+const maxHeld = 1024
+
+// History is the retained live log (*stream.Engine).
+type History interface {
+	LivePosition(ctx context.Context) (stream.Position, error)
+	Lost(ctx context.Context, device string, since uint64, pos stream.Position) (bool, error)
+	Read(ctx context.Context, cursors []stream.Cursor, upto uint64, fn stream.ReadFunc) error
+	TailStart(ctx context.Context, device string, n int, upto uint64) (uint64, error)
+}
+
+// start is where a subscriber's stream begins: live only, after a
+// position (since), or with each device's last entries (tail).
+type start struct {
+	since, tail int64 // -1: not given
+	notices     bool  // retransmissions=1
+}
+
+var (
+	errSinceTail = errors.New("use since or tail, not both")
+	errSince     = errors.New("since must be a live-log position: a non-negative integer (the seq of the last entry seen)")
+	errTail      = errors.New("tail must be an integer from 0 to 1000")
+)
+
+// parseStart reads since, tail and retransmissions from a query.
+func parseStart(q url.Values) (start, error) {
+	st := start{since: -1, tail: -1, notices: q.Get("retransmissions") == "1"}
+	sv, tv := q.Get("since"), q.Get("tail")
+	if q.Has("since") && q.Has("tail") {
+		return st, errSinceTail
+	}
+	if q.Has("since") {
+		v, err := strconv.ParseUint(sv, 10, 63)
+		if err != nil {
+			return st, errSince
+		}
+		st.since = int64(v)
+	}
+	if q.Has("tail") {
+		v, err := strconv.Atoi(tv)
+		if err != nil || v < 0 || v > MaxTail {
+			return st, errTail
+		}
+		st.tail = int64(v)
+	}
+	return st, nil
+}
+
+func (st start) history() bool { return st.since >= 0 || st.tail >= 0 }
+
+// gate is a subscriber's hub sender. While the subscriber's history is
+// being sent it holds live frames; then it forwards them, skipping every
+// position already sent, so history and live join with no gap and no
+// repeat.
+type gate struct {
+	peer    *wspeer.Peer
+	notices bool
+
+	mu       sync.Mutex
+	live     bool
+	last     uint64 // highest position sent
+	held     []*hub.Frame
+	overflow bool
+}
+
+// Send implements hub.Sender.
+func (g *gate) Send(f *hub.Frame) bool {
+	if f.Seq == 0 && !g.notices {
+		return true // a notice this subscriber did not ask for
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.live {
+		if len(g.held) >= maxHeld {
+			g.overflow, g.held = true, nil
+		} else if !g.overflow {
+			g.held = append(g.held, f)
+		}
+		return true
+	}
+	if f.Seq != 0 {
+		if f.Seq <= g.last {
+			return true
+		}
+		g.last = f.Seq
+	}
+	return g.peer.Send(f.Msg)
+}
+
+// catchUp sends the subscriber's history, then opens the gate. On error
+// the subscriber is disconnected (it reconnects with since, losing nothing).
+func (s *Server) catchUp(ctx context.Context, g *gate, devices []string, st start) {
+	if err := s.sendHistory(ctx, g, devices, st); err != nil {
+		if ctx.Err() == nil {
+			s.Logger.Warn("ws history failed; subscriber disconnected", "err", err)
+		}
+		g.peer.Close(errHistory)
+	}
+}
+
+var errHistory = &wspeer.CloseError{Code: websocket.CloseTryAgainLater, Text: "history unavailable, reconnect with since"}
+
+func (s *Server) sendHistory(ctx context.Context, g *gate, devices []string, st start) error {
+	pos, err := s.History.LivePosition(ctx)
+	if err != nil {
+		return err
+	}
+	watched := devices
+	if len(watched) == 0 {
+		watched = []string{""} // every device: the whole log
+	}
+	cursors := make([]stream.Cursor, 0, len(watched))
+	now := time.Now()
+	for _, d := range watched {
+		c := stream.Cursor{Device: d, From: 1}
+		switch {
+		case st.since >= 0:
+			lost, err := s.History.Lost(ctx, d, uint64(st.since), pos)
+			if err != nil {
+				return err
+			}
+			if lost {
+				if err := g.sendNow(ctx, recoveredFalse(d, now)); err != nil {
+					return err
+				}
+			} else {
+				c.From = uint64(st.since) + 1
+			}
+		case st.tail >= 0:
+			if c.From, err = s.History.TailStart(ctx, d, int(st.tail), pos.Last); err != nil {
+				return err
+			}
+		default:
+			c.From = pos.Last + 1
+		}
+		cursors = append(cursors, c)
+	}
+	upto := pos.Last
+	for {
+		if err := s.History.Read(ctx, cursors, upto, g.sendEntry(ctx)); err != nil {
+			return err
+		}
+		for {
+			held, overflow := g.take()
+			if overflow {
+				break
+			}
+			if held == nil {
+				return nil // the gate is open
+			}
+			for _, f := range held {
+				if err := g.sendFrame(ctx, f); err != nil {
+					return err
+				}
+			}
+		}
+		// More went by than the gate holds: read it from the stream.
+		if pos, err = s.History.LivePosition(ctx); err != nil {
+			return err
+		}
+		for i := range cursors {
+			cursors[i].From = g.last + 1
+		}
+		upto = pos.Last
+	}
+}
+
+// take returns the frames held so far, or opens the gate when there are
+// none. overflow says the gate dropped what it held.
+func (g *gate) take() (held []*hub.Frame, overflow bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.overflow {
+		g.overflow, g.held = false, nil
+		return nil, true
+	}
+	if len(g.held) == 0 {
+		g.live = true
+		return nil, false
+	}
+	held, g.held = g.held, make([]*hub.Frame, 0, len(g.held))
+	return held, false
+}
+
+func (g *gate) sendEntry(ctx context.Context) stream.ReadFunc {
+	return func(seq uint64, _ string, data []byte) error {
+		f, err := hub.NewFrame(seq, data)
+		if err != nil {
+			return nil // not ours to crash on: skip it
+		}
+		return g.sendFrame(ctx, f)
+	}
+}
+
+// sendFrame sends a history or held frame, waiting for room, unless its
+// position was sent already.
+func (g *gate) sendFrame(ctx context.Context, f *hub.Frame) error {
+	if f.Seq != 0 {
+		if f.Seq <= g.last {
+			return nil
+		}
+		g.last = f.Seq // only catchUp writes last until the gate opens
+	}
+	return g.peer.SendWait(ctx, f.Msg)
+}
+
+func (g *gate) sendNow(ctx context.Context, e *livelog.Entry) error {
+	b, err := e.Marshal()
+	if err != nil {
+		return err
+	}
+	f, err := hub.NewFrame(0, b)
+	if err != nil {
+		return err
+	}
+	return g.peer.SendWait(ctx, f.Msg)
+}
+
+// recoveredFalse is the status entry that comes first when history after
+// since is no longer complete (retention) or since is beyond the newest
+// position (the stream was reset).
+func recoveredFalse(device string, now time.Time) *livelog.Entry {
+	return livelog.Status(device, now, "Earlier entries are no longer retained: some may be missing here", map[string]bool{"recovered": false})
+}

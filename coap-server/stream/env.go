@@ -1,0 +1,52 @@
+package stream
+
+import (
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// FromEnv fills the retention and replica settings from the environment
+// (NATS_REPLICAS, UPLINKS_MAX_BYTES, LIVELOG_MAX_AGE, LIVELOG_MAX_BYTES,
+// LIVELOG_PER_DEVICE); empty variables keep the defaults. An error names
+// the variable.
+func (c *Config) FromEnv(getenv func(string) string) error {
+	ints := []struct {
+		name   string
+		dst    *int64
+		lo, hi int64
+	}{
+		{"UPLINKS_MAX_BYTES", &c.UplinksBytes, 1 << 20, 1 << 40},
+		{"LIVELOG_MAX_BYTES", &c.LiveBytes, 1 << 20, 1 << 40},
+		{"LIVELOG_PER_DEVICE", &c.LivePerDevice, 1, 1_000_000},
+	}
+	for _, v := range ints {
+		s := getenv(v.name)
+		if s == "" {
+			continue
+		}
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || n < v.lo || n > v.hi {
+			return fmt.Errorf("%s: want an integer from %d to %d", v.name, v.lo, v.hi)
+		}
+		*v.dst = n
+	}
+	if s := getenv("NATS_REPLICAS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 5 {
+			return fmt.Errorf("NATS_REPLICAS: want 1 to 5")
+		}
+		c.Replicas = n
+	}
+	if s := getenv("LIVELOG_MAX_AGE"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil || d < time.Minute {
+			return fmt.Errorf("LIVELOG_MAX_AGE: want a duration of at least 1m, e.g. 24h")
+		}
+		c.LiveMaxAge = d
+	}
+	if s := getenv("NATS_SYNC_ALWAYS"); s != "" && s != "true" && s != "false" {
+		return fmt.Errorf("NATS_SYNC_ALWAYS: want true or false")
+	}
+	return nil
+}
