@@ -43,8 +43,9 @@ func startCoAP(t testing.TB, coapAddr, httpAddr string) *coapapp.App {
 	if httpAddr == "" {
 		httpAddr = "127.0.0.1:0"
 	}
+	dataDir := t.TempDir() // the JetStream store
 	cfg, err := coapapp.FromEnv(func(k string) string {
-		return map[string]string{"COAP_ADDR": coapAddr, "HTTP_ADDR": httpAddr, "WS_TOKEN": wsToken}[k]
+		return map[string]string{"COAP_ADDR": coapAddr, "HTTP_ADDR": httpAddr, "WS_TOKEN": wsToken, "DATA_DIR": dataDir}[k]
 	})
 	if err != nil {
 		t.Fatal(err)

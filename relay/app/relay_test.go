@@ -187,7 +187,8 @@ func TestBrowsersOfOneDeviceShareOneUpstream(t *testing.T) {
 func TestUpstreamRestartOnSamePort(t *testing.T) {
 	db := pgtest.NewDB(t)
 	seed(t, db, []string{alice}, map[string]string{"DEV-A": alice})
-	c1 := startCoAP(t, "", "")
+	dir := t.TempDir() // a restart keeps its store
+	c1 := startCoAPAt(t, "127.0.0.1:0", "127.0.0.1:0", dir)
 	coapAddr, httpAddr := c1.CoAPAddr().String(), c1.HTTPAddr().String()
 	r := startRelay(t, c1, map[string]string{"DATABASE_URL": db, "SUPABASE_JWT_SECRET": jwtSecret}, nil)
 	ws := mustDial(t, r, "DEV-A", dialOpts{token: userToken(t, jwtSecret, alice, "", time.Now().Add(time.Hour))})
@@ -207,7 +208,7 @@ func TestUpstreamRestartOnSamePort(t *testing.T) {
 	eventually(t, "failed reconnect attempts", func() bool {
 		return counter(t, r.Metrics, "nbiot_relay_upstream_dial_failures_total", "", "") >= 3
 	})
-	c2 := startCoAP(t, coapAddr, httpAddr)
+	c2 := startCoAPAt(t, coapAddr, httpAddr, dir)
 	restored := readFrame(t, ws)
 	if restored.Type != "status" || restored.Data["upstream"] != "restored" {
 		t.Fatalf("want a restored status, got %s", restored.raw)
