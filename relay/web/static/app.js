@@ -153,16 +153,19 @@ function upstreamStatus(entry) {
 // 3. Entries. Arrivals are queued and drawn once per animation frame, so a
 // burst of thousands costs one layout, not thousands. In a flood (more than
 // FLOOD_ROWS new rows since the last drawing) the list is redrawn at most
-// every FLOOD_EVERY_MS: each drawing would replace the whole window anyway.
+// every FLOOD_EVERY_MS, and once a second when a whole window of new rows
+// is waiting: each drawing would replace the window anyway, and the time
+// is better left to scrolling and typing.
 const FLOOD_ROWS = 50;
 const FLOOD_EVERY_MS = 250;
+const DELUGE_EVERY_MS = 1000;
 let frame = 0;
 let floodTimer = 0;
 let lastDraw = 0;
 let newRows = 0; // rows added since the last drawing
 function schedule() {
   if (frame || floodTimer) return;
-  const wait = lastDraw + FLOOD_EVERY_MS - performance.now();
+  const wait = lastDraw + (newRows >= PAGE ? DELUGE_EVERY_MS : FLOOD_EVERY_MS) - performance.now();
   if (newRows >= FLOOD_ROWS && wait > 0) {
     floodTimer = setTimeout(() => {
       floodTimer = 0;
