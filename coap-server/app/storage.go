@@ -83,7 +83,15 @@ func (a *App) openWriter(ctx context.Context) error {
 		n, _ := src.Pending(ctx)
 		return float64(n)
 	}))
-	c := storage.NewConsumer(src, w, storage.Options{Logger: a.log, Registerer: a.Metrics})
+	c := storage.NewConsumer(src, w, storage.Options{Logger: a.log, Registerer: a.Metrics, Heartbeat: a.redeliverAfter() / 4})
 	a.store = &storeConsumer{Consumer: c, release: release}
 	return nil
+}
+
+// redeliverAfter is the storage consumer's ack wait (STORAGE_REDELIVERY).
+func (a *App) redeliverAfter() time.Duration {
+	if d := a.cfg.Stream.RedeliverAfter; d > 0 {
+		return d
+	}
+	return time.Minute
 }

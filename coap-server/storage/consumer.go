@@ -49,9 +49,9 @@ const (
 	DefaultBatchAge     = 50 * time.Millisecond
 	DefaultWorkers      = 2
 	DefaultWriteTimeout = 15 * time.Second
-	// heartbeatEvery is how often a retried batch tells the stream it is
+	// DefaultHeartbeat is how often a retried batch tells the stream it is
 	// still being worked on: well inside the consumer's one-minute ack wait.
-	heartbeatEvery = 15 * time.Second
+	DefaultHeartbeat = 15 * time.Second
 )
 
 // Options configures a Consumer; zero fields take the defaults.
@@ -68,6 +68,9 @@ type Options struct {
 	// WriteTimeout bounds one write attempt (default 15 s), so a hung
 	// connection becomes a retry instead of a stuck worker.
 	WriteTimeout time.Duration
+	// Heartbeat is how often a batch being retried is marked in progress
+	// (default 15 s; a quarter of the stream's redelivery time).
+	Heartbeat time.Duration
 	// NewBackOff makes the retry policy of one batch (default exponential
 	// from 100 ms to 5 s with no end: MaxElapsedTime 0).
 	NewBackOff func() backoff.BackOff
@@ -125,6 +128,9 @@ func NewConsumer(src Source, w Writer, o Options) *Consumer {
 	}
 	if o.NewBackOff == nil {
 		o.NewBackOff = DefaultBackOff
+	}
+	if o.Heartbeat <= 0 {
+		o.Heartbeat = DefaultHeartbeat
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -243,7 +249,7 @@ func (c *Consumer) writeRetry(ds []Delivery) error {
 			return backoff.Permanent(err)
 		}
 		attempt++
-		if time.Since(lastBeat) >= heartbeatEvery {
+		if time.Since(lastBeat) >= c.o.Heartbeat {
 			for _, d := range ds {
 				_ = d.InProgress()
 			}

@@ -69,6 +69,10 @@ type Config struct {
 	// AckTimeout bounds the wait for the stream's acknowledgement of one
 	// publish (default 2 s); past it the uplink is refused with 5.03.
 	AckTimeout time.Duration
+	// RedeliverAfter (STORAGE_REDELIVERY, default 1m) is how long an
+	// uplink fetched by a storage worker may go unacknowledged before the
+	// stream gives it to another: the time a dead instance's batch waits.
+	RedeliverAfter time.Duration
 	// ConnectTimeout bounds start-up (default 10 s).
 	ConnectTimeout time.Duration
 	Logger         *slog.Logger
@@ -101,6 +105,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.AckTimeout <= 0 {
 		c.AckTimeout = DefaultAckTimeout
+	}
+	if c.RedeliverAfter <= 0 {
+		c.RedeliverAfter = time.Minute
 	}
 	if c.ConnectTimeout <= 0 {
 		c.ConnectTimeout = DefaultConnectTimeout

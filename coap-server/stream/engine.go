@@ -157,10 +157,10 @@ func (e *Engine) ensure(ctx context.Context) error {
 		Durable:     StorageConsumer,
 		Description: "nbiot-live: the database writers of every instance",
 		AckPolicy:   jetstream.AckExplicitPolicy,
-		// Longer than one write attempt (15 s); workers extend it with
-		// InProgress while they retry, so a slow database causes no
-		// redelivery, while a dead instance's batch returns within a minute.
-		AckWait:       time.Minute,
+		// Workers extend it with InProgress while they retry, so a slow
+		// database causes no redelivery, while a dead instance's batch
+		// returns to the others after RedeliverAfter.
+		AckWait:       c.RedeliverAfter,
 		MaxDeliver:    -1,
 		MaxAckPending: 20000,
 		MaxWaiting:    512,

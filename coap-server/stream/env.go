@@ -45,6 +45,13 @@ func (c *Config) FromEnv(getenv func(string) string) error {
 		}
 		c.LiveMaxAge = d
 	}
+	if s := getenv("STORAGE_REDELIVERY"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil || d < time.Second || d > time.Hour {
+			return fmt.Errorf("STORAGE_REDELIVERY: want a duration from 1s to 1h, e.g. 1m")
+		}
+		c.RedeliverAfter = d
+	}
 	if s := getenv("NATS_SYNC_ALWAYS"); s != "" && s != "true" && s != "false" {
 		return fmt.Errorf("NATS_SYNC_ALWAYS: want true or false")
 	}

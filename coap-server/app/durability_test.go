@@ -1,0 +1,318 @@
+package app_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/jackc/pgx/v5"
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+	"github.com/plgd-dev/go-coap/v3/udp"
+	"github.com/plgd-dev/go-coap/v3/udp/coder"
+	udpClient "github.com/plgd-dev/go-coap/v3/udp/client"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/nbiot-live/nbiot-live/internal/natstest"
+	"github.com/nbiot-live/nbiot-live/internal/pgtest"
+	"github.com/nbiot-live/nbiot-live/internal/proctest"
+	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
+)
+
+// instance is one coap-server process on loopback.
+type instance struct {
+	proc *proctest.Proc
+	coap string // host:port
+	http string
+}
+
+// startProc runs the coap-server binary with env plus its own ports and
+// waits for /readyz.
+func startProc(t *testing.T, env map[string]string) *instance {
+	t.Helper()
+	bin := proctest.Build(t, "github.com/nbiot-live/nbiot-live/coap-server")
+	in := &instance{
+		coap: "127.0.0.1:" + strconv.Itoa(proctest.FreePort(t)),
+		http: "127.0.0.1:" + strconv.Itoa(proctest.FreePort(t)),
+	}
+	if env["COAP_ADDR"] != "" {
+		in.coap, in.http = env["COAP_ADDR"], env["HTTP_ADDR"]
+	}
+	full := map[string]string{"COAP_ADDR": in.coap, "HTTP_ADDR": in.http, "WS_TOKEN": testToken, "STORAGE_REDELIVERY": "2s"}
+	for k, v := range env {
+		full[k] = v
+	}
+	in.proc = proctest.Start(t, bin, full)
+	waitFor(t, 30*time.Second, "coap-server /readyz", func() (bool, string) {
+		resp, err := http.Get("http://" + in.http + "/readyz")
+		if err != nil {
+			return false, err.Error()
+		}
+		_ = resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, resp.Status + "\n" + in.proc.Output()
+	})
+	return in
+}
+
+func (in *instance) env() map[string]string { return map[string]string{"COAP_ADDR": in.coap, "HTTP_ADDR": in.http} }
+
+func (in *instance) dial(t testing.TB) *udpClient.Conn {
+	t.Helper()
+	cc, err := udp.Dial(in.coap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cc.Close() })
+	return cc
+}
+
+func (in *instance) ws(t testing.TB, query string) *websocket.Conn {
+	t.Helper()
+	h := http.Header{"Authorization": {"Bearer " + testToken}}
+	ws, resp, err := websocket.DefaultDialer.Dial("ws://"+in.http+"/ws"+query, h)
+	if err != nil {
+		t.Fatalf("dial /ws%s: %v (%v)", query, err, resp)
+	}
+	t.Cleanup(func() { _ = ws.Close() })
+	return ws
+}
+
+// tryPost sends one uplink and returns its answer code (0 on no answer).
+func tryPost(cc *udpClient.Conn, u *nbiotv1.Uplink, timeout time.Duration) codes.Code {
+	b, _ := proto.Marshal(u)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	resp, err := cc.Post(ctx, "/uplink", message.AppOctets, bytes.NewReader(b))
+	if err != nil {
+		return 0
+	}
+	return resp.Code()
+}
+
+// TestKill9DuringOutageLosesNothing: uplinks answered 2.04 while the
+// database is unreachable survive a kill -9 of coap-server; after the
+// restart every one of them is stored, exactly once.
+func TestKill9DuringOutageLosesNothing(t *testing.T) {
+	dbURL := pgtest.NewDB(t)
+	dataDir := t.TempDir()
+	down := "postgresql://postgres@127.0.0.1:" + strconv.Itoa(proctest.FreePort(t)) + "/nbiot?sslmode=disable"
+	first := startProc(t, map[string]string{"DATABASE_URL": down, "DATA_DIR": dataDir})
+	cc := first.dial(t)
+	const n = 300
+	for i := range n {
+		if code := tryPost(cc, &nbiotv1.Uplink{DeviceId: "KILL9", UplinkCount: uint32(i)}, 5*time.Second); code != codes.Changed {
+			t.Fatalf("uplink %d during the outage: %v, want 2.04 (durable in the stream)", i, code)
+		}
+	}
+	first.proc.Kill()
+
+	env := first.env()
+	env["DATABASE_URL"], env["DATA_DIR"] = dbURL, dataDir
+	second := startProc(t, env)
+	waitFor(t, 60*time.Second, "every uplink stored after the restart", func() (bool, string) {
+		got := countRows(t, dbURL, `select count(*) from activity where devid = 'KILL9'`)
+		return got >= n, fmt.Sprintf("%d of %d stored\n%s", got, n, second.proc.Output())
+	})
+	if got := countRows(t, dbURL, `select count(distinct uplink_count) from activity where devid = 'KILL9'`); got != n {
+		t.Errorf("%d distinct uplinks stored, want %d", got, n)
+	}
+	second.proc.Stop(t)
+	if got := countRows(t, dbURL, `select count(*) from activity where devid = 'KILL9'`); got != n {
+		t.Errorf("%d rows, want exactly %d (none twice)", got, n)
+	}
+}
+
+// TestThreeInstancesOnOneNATS: three coap-server processes on one external
+// nats-server (Debian's) form one system: every uplink is on every
+// instance's /ws, a retransmission that reaches another instance makes no
+// second row or entry, and an instance killed with uplinks in flight loses
+// none it answered 2.04.
+func TestThreeInstancesOnOneNATS(t *testing.T) {
+	ns := natstest.Start(t)
+	dbURL := pgtest.NewDB(t)
+	var ins []*instance
+	for i := range 3 {
+		ins = append(ins, startProc(t, map[string]string{"NATS_URL": ns.URL, "DATABASE_URL": dbURL, "DATA_DIR": t.TempDir()}))
+		_ = i
+	}
+	var wss []*websocket.Conn
+	for _, in := range ins {
+		wss = append(wss, in.ws(t, ""))
+	}
+	// 1. Uplinks to each instance are seen on every /ws.
+	for i, in := range ins {
+		cc := in.dial(t)
+		for k := range 5 {
+			if code := tryPost(cc, &nbiotv1.Uplink{DeviceId: "INST" + strconv.Itoa(i), UplinkCount: uint32(k)}, 5*time.Second); code != codes.Changed {
+				t.Fatalf("uplink to instance %d: %v", i, code)
+			}
+		}
+	}
+	for j, ws := range wss {
+		seen := map[string]int{}
+		var last float64
+		for range 15 {
+			f := readFrame(t, ws)
+			seen[f["deviceId"].(string)]++
+			seq, _ := f["seq"].(float64)
+			if seq <= last {
+				t.Fatalf("/ws of instance %d: seq %v after %v", j, seq, last)
+			}
+			last = seq
+		}
+		for i := range 3 {
+			if seen["INST"+strconv.Itoa(i)] != 5 {
+				t.Fatalf("/ws of instance %d saw %v, want 5 entries of each instance's device", j, seen)
+			}
+		}
+	}
+
+	// 2. The same CON datagram to instance 0 and then to instance 1 (a
+	// retransmission after the device's traffic moved): one row, one entry.
+	payload, _ := proto.Marshal(&nbiotv1.Uplink{DeviceId: "RETX", UplinkCount: 7})
+	dgram := conDatagram(t, 0x4242, []byte{9, 9, 9, 9}, payload)
+	for _, in := range ins[:2] {
+		if code := rawExchange(t, in.coap, dgram); code != codes.Changed {
+			t.Fatalf("copy to %s: %v, want 2.04", in.coap, code)
+		}
+	}
+	f := readFrame(t, wss[2])
+	if f["deviceId"] != "RETX" {
+		t.Fatalf("frame %v, want the RETX uplink", f)
+	}
+	marker := tryPost(ins[2].dial(t), &nbiotv1.Uplink{DeviceId: "MARK", UplinkCount: 1}, 5*time.Second)
+	if marker != codes.Changed {
+		t.Fatal("marker uplink refused")
+	}
+	if f := readFrame(t, wss[2]); f["deviceId"] != "MARK" {
+		t.Fatalf("after the retransmission came %v, want the next uplink (no second entry)", f)
+	}
+	waitFor(t, 30*time.Second, "RETX stored", func() (bool, string) {
+		n := countRows(t, dbURL, `select count(*) from activity where devid = 'RETX'`)
+		return n >= 1, strconv.Itoa(n)
+	})
+
+	// 3. Instance 2 is killed while a device keeps sending to it.
+	var answered sync.Map // uplink_count → true when 2.04
+	var sent atomic.Int64
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		cc, err := udp.Dial(ins[2].coap)
+		if err != nil {
+			return
+		}
+		defer cc.Close()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			sent.Add(1)
+			if tryPost(cc, &nbiotv1.Uplink{DeviceId: "INFLIGHT", UplinkCount: uint32(i)}, 500*time.Millisecond) == codes.Changed {
+				answered.Store(uint32(i), true)
+			}
+		}
+	}()
+	waitFor(t, 30*time.Second, "uplinks flowing to instance 2", func() (bool, string) {
+		return sent.Load() > 200, strconv.FormatInt(sent.Load(), 10)
+	})
+	ins[2].proc.Kill()
+	close(stop)
+	<-done
+	want := 0
+	answered.Range(func(any, any) bool { want++; return true })
+	if want == 0 {
+		t.Fatal("no uplink was answered before the kill")
+	}
+	waitFor(t, 60*time.Second, "every answered in-flight uplink stored by the survivors", func() (bool, string) {
+		missing := 0
+		stored := storedCounts(t, dbURL, "INFLIGHT")
+		answered.Range(func(k, _ any) bool {
+			if !stored[k.(uint32)] {
+				missing++
+			}
+			return true
+		})
+		return missing == 0, fmt.Sprintf("%d of %d answered uplinks not stored", missing, want)
+	})
+	if dup := countRows(t, dbURL, `select count(*) - count(distinct uplink_count) from activity where devid = 'INFLIGHT'`); dup != 0 {
+		t.Errorf("%d uplinks stored twice", dup)
+	}
+	t.Logf("instance killed after %d sends, %d answered 2.04: all stored once", sent.Load(), want)
+}
+
+func storedCounts(t testing.TB, dbURL, dev string) map[uint32]bool {
+	t.Helper()
+	db, err := pgx.Connect(context.Background(), dbURL)
+	if err != nil {
+		return nil // down: the caller polls again
+	}
+	defer db.Close(context.Background())
+	rows, err := db.Query(context.Background(), `select uplink_count from activity where devid = $1`, dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	got := map[uint32]bool{}
+	for rows.Next() {
+		var c int64
+		if err := rows.Scan(&c); err != nil {
+			t.Fatal(err)
+		}
+		got[uint32(c)] = true
+	}
+	return got
+}
+
+// conDatagram encodes a CON POST /uplink with the given message ID and token.
+func conDatagram(t testing.TB, mid uint16, token, payload []byte) []byte {
+	t.Helper()
+	var opts message.Options
+	buf := make([]byte, 64)
+	opts, _, err := opts.SetPath(buf, "/uplink")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := message.Message{Code: codes.POST, Token: token, Options: opts, Payload: payload, MessageID: int32(mid), Type: message.Confirmable}
+	b := make([]byte, 512)
+	n, err := coder.DefaultCoder.Encode(m, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b[:n]
+}
+
+// rawExchange sends a datagram from a fresh socket and returns the answer's code.
+func rawExchange(t testing.TB, addr string, dgram []byte) codes.Code {
+	t.Helper()
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write(dgram); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 1500)
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatalf("no answer from %s: %v", addr, err)
+	}
+	var m message.Message
+	if _, err := coder.DefaultCoder.Decode(buf[:n], &m); err != nil {
+		t.Fatal(err)
+	}
+	return m.Code
+}

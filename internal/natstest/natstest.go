@@ -1,0 +1,89 @@
+// Package natstest runs Debian's nats-server (a real, separate NATS with
+// JetStream) for tests of NATS_URL. Without the binary a test is skipped
+// when run by hand and fails under CI=true (scripts/test.sh installs it).
+package natstest
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// Server is a running nats-server.
+type Server struct {
+	URL  string
+	Addr string
+	cmd  *exec.Cmd
+	bin  string
+	dir  string
+	port int
+}
+
+// Start runs nats-server -js on a free loopback port with its store in a
+// temporary directory, until Stop or the end of the test.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	bin, err := exec.LookPath("nats-server")
+	if err != nil {
+		for _, p := range []string{"/usr/sbin/nats-server", "/usr/bin/nats-server"} {
+			if _, e := os.Stat(p); e == nil {
+				bin, err = p, nil
+			}
+		}
+	}
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("nats-server not installed (scripts/test.sh installs Debian's package)")
+		}
+		t.Skip("nats-server not installed (apt-get install nats-server)")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	_ = ln.Close()
+	s := &Server{bin: bin, dir: t.TempDir(), port: port, Addr: "127.0.0.1:" + strconv.Itoa(port)}
+	s.URL = "nats://" + s.Addr
+	s.start(t)
+	t.Cleanup(s.Stop)
+	return s
+}
+
+func (s *Server) start(t testing.TB) {
+	s.cmd = exec.Command(s.bin, "-js", "-a", "127.0.0.1", "-p", strconv.Itoa(s.port), "-sd", s.dir)
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", s.Addr, 100*time.Millisecond)
+		if err == nil {
+			_ = c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nats-server did not accept connections on %s: %v", s.Addr, err)
+		}
+		time.Sleep(20 * time.Millisecond) // polling a port the child process opens
+	}
+}
+
+// Stop kills the server (a crash: kill -9); it is idempotent.
+func (s *Server) Stop() {
+	if s.cmd != nil && s.cmd.Process != nil {
+		_ = s.cmd.Process.Kill()
+		_ = s.cmd.Wait()
+		s.cmd = nil
+	}
+}
+
+// Restart starts the server again on the same port and store.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	s.Stop()
+	s.start(t)
+}
