@@ -17,8 +17,8 @@ import (
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 	"github.com/plgd-dev/go-coap/v3/udp"
-	"github.com/plgd-dev/go-coap/v3/udp/coder"
 	udpClient "github.com/plgd-dev/go-coap/v3/udp/client"
+	"github.com/plgd-dev/go-coap/v3/udp/coder"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/nbiot-live/nbiot-live/internal/natstest"
@@ -62,7 +62,9 @@ func startProc(t *testing.T, env map[string]string) *instance {
 	return in
 }
 
-func (in *instance) env() map[string]string { return map[string]string{"COAP_ADDR": in.coap, "HTTP_ADDR": in.http} }
+func (in *instance) env() map[string]string {
+	return map[string]string{"COAP_ADDR": in.coap, "HTTP_ADDR": in.http}
+}
 
 func (in *instance) dial(t testing.TB) *udpClient.Conn {
 	t.Helper()
