@@ -163,17 +163,21 @@ let frame = 0;
 let floodTimer = 0;
 let lastDraw = 0;
 let newRows = 0; // rows added since the last drawing
-function schedule() {
-  if (frame || floodTimer) return;
-  const wait = lastDraw + (newRows >= PAGE ? DELUGE_EVERY_MS : FLOOD_EVERY_MS) - performance.now();
-  if (newRows >= FLOOD_ROWS && wait > 0) {
-    floodTimer = setTimeout(() => {
-      floodTimer = 0;
-      frame = requestAnimationFrame(draw);
-    }, wait);
-    return;
-  }
+let urgent = false; // the user changed something: draw at the next frame
+function schedule(now = false) {
+  urgent = urgent || now;
+  if (frame) return;
+  if (floodTimer && !now) return;
+  clearTimeout(floodTimer);
+  floodTimer = 0;
   frame = requestAnimationFrame(draw);
+}
+
+// drawIn is how long a drawing waits now: nothing for a trickle or the user.
+function drawIn() {
+  if (urgent) return 0;
+  const every = newRows >= PAGE ? DELUGE_EVERY_MS : newRows >= FLOOD_ROWS ? FLOOD_EVERY_MS : 0;
+  return lastDraw + every - performance.now();
 }
 
 function onEntry(entry) {
@@ -210,8 +214,17 @@ function visibleRows() {
 
 function draw() {
   frame = 0;
+  const wait = drawIn();
+  if (wait > 0) {
+    floodTimer = setTimeout(() => {
+      floodTimer = 0;
+      frame = requestAnimationFrame(draw);
+    }, wait);
+    return;
+  }
   lastDraw = performance.now();
   newRows = 0;
+  urgent = false;
   const { rows, matching } = visibleRows();
   if (offset > 0 && offset >= matching) offset = Math.max(0, matching - PAGE);
   const now = Date.now();
@@ -310,7 +323,7 @@ function clearEntries() {
   offset = 0;
   drawn.clear();
   updateHeld();
-  schedule();
+  schedule(true);
 }
 
 function setPaused(p) {
@@ -320,6 +333,7 @@ function setPaused(p) {
     const h = held;
     held = [];
     for (const e of h) ingest(e);
+    schedule(true);
   }
   updateHeld();
 }
@@ -376,10 +390,13 @@ function remember(id) {
 
 // 5. The signed-in user's devices, from the relay's GET /devices (read
 // under RLS with the user's token). Typing an ID works without it.
+const DEVICES_FRESH_MS = 15000; // the picker's last-seen times are re-read when older
 let devicesFor = "";
-async function loadDevices(t) {
-  if (devicesFor === t) return;
+let devicesAt = 0;
+async function loadDevices(t, { refresh = false } = {}) {
+  if (devicesFor === t && !(refresh && Date.now() - devicesAt > DEVICES_FRESH_MS)) return;
   devicesFor = t;
+  devicesAt = Date.now();
   try {
     const r = await fetch("devices", { headers: { Authorization: "Bearer " + t }, cache: "no-store" });
     if (!r.ok) throw new Error("status " + r.status);
@@ -422,6 +439,10 @@ $("device-form").addEventListener("submit", (e) => {
   e.preventDefault();
   open($("device").value);
 });
+// Opening the picker shows fresh last-seen times.
+$("my-devices").addEventListener("focus", () => {
+  if (devicesFor) loadDevices(devicesFor, { refresh: true });
+});
 $("my-devices").addEventListener("change", (e) => {
   if (e.target.value && e.target.value !== deviceId) open(e.target.value);
 });
@@ -449,22 +470,22 @@ $("pause").addEventListener("click", () => setPaused(!paused));
 $("types").addEventListener("change", () => {
   filter.types = new Set([...$("types").querySelectorAll("input:checked")].map((i) => i.value));
   offset = 0;
-  schedule();
+  schedule(true);
 });
 $("search").addEventListener("input", () => {
   filter.text = $("search").value.trim();
   offset = 0;
-  schedule();
+  schedule(true);
 });
 $("export-jsonl").addEventListener("click", () => download(fileName(deviceId || "none", "jsonl"), toJSONLines(shownEntries()), "application/x-ndjson"));
 $("export-csv").addEventListener("click", () => download(fileName(deviceId || "none", "csv"), toCSV(shownEntries()), "text/csv"));
 $("older").addEventListener("click", () => {
   offset += PAGE;
-  schedule();
+  schedule(true);
 });
 $("newer").addEventListener("click", () => {
   offset = Math.max(0, offset - PAGE);
-  schedule();
+  schedule(true);
 });
 
 function toggle(li) {
@@ -473,7 +494,7 @@ function toggle(li) {
   r.expanded = !r.expanded;
   r.version++;
   li.focus();
-  schedule();
+  schedule(true);
 }
 
 $("entries").addEventListener("click", (e) => {
