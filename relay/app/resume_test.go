@@ -14,8 +14,10 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/gorilla/websocket"
+	"google.golang.org/protobuf/proto"
 
 	coapapp "github.com/nbiot-live/nbiot-live/coap-server/app"
+	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 	"github.com/nbiot-live/nbiot-live/relay/app"
 )
 
@@ -48,7 +50,7 @@ type entry struct {
 }
 
 // what is the entry in short: "u<uplink_count>", "lost", "restored",
-// "recovered:false" or the message.
+// "recovered:false", "retransmission" or the message (spaces as _).
 func (e entry) what() string {
 	switch {
 	case e.Type == "uplink":
@@ -57,8 +59,10 @@ func (e entry) what() string {
 		return e.Data["upstream"].(string)
 	case e.Data["recovered"] == false:
 		return "recovered:false"
+	case e.Data["retransmission"] != nil:
+		return "retransmission"
 	default:
-		return e.Message
+		return strings.ReplaceAll(e.Message, " ", "_")
 	}
 }
 
@@ -294,6 +298,45 @@ func TestUpstreamStreamResetIsForwarded(t *testing.T) {
 	if n := counter(t, r.Metrics, "nbiot_relay_upstream_resets_total", "", ""); n != 1 {
 		t.Errorf("resets %v, want 1", n)
 	}
+	noMore(t, ws)
+}
+
+// TestRetransmissionReportsReachBrowsers: the relay asks coap-server for
+// its retransmission reports (not retained, no seq); a CON copy of an
+// accepted uplink from a new address (a NAT rebinding) reaches the browser
+// as one report naming the original's seq, and moves no position.
+func TestRetransmissionReportsReachBrowsers(t *testing.T) {
+	c := startCoAP(t, "", "")
+	r := startRelay(t, c, map[string]string{"AUTH_DISABLED": "true"}, nil)
+	ws := mustDialFrom(t, r, "DEV-T", "tail=0")
+	temp := float32(20)
+	payload, err := proto.Marshal(&nbiotv1.Uplink{DeviceId: "DEV-T", UplinkCount: 1, Temperature: &temp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// CON POST /uplink, MID 0x1234, token 0xAB, Content-Format 42.
+	dgram := append([]byte{0x41, 0x02, 0x12, 0x34, 0xAB, 0xB6}, "uplink"...)
+	dgram = append(append(dgram, 0x11, 42, 0xFF), payload...)
+	for range 2 { // two sockets: two source ports, as after a NAT rebinding
+		u, err := net.Dial("udp", c.CoAPAddr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = u.Write(dgram)
+		_ = u.SetReadDeadline(time.Now().Add(5 * time.Second))
+		ack := make([]byte, 1500)
+		if n, err := u.Read(ack); err != nil || n < 4 || ack[1] != 0x44 { // 2.04
+			t.Fatalf("answer %x %v, want a 2.04", ack[:max(n, 0)], err)
+		}
+		_ = u.Close()
+	}
+	es := expect(t, ws, "u1 retransmission")
+	rt, _ := es[1].Data["retransmission"].(map[string]any)
+	if es[1].Seq != nil || rt["of_seq"] != float64(seqOf(t, es[0])) {
+		t.Fatalf("report %s, want no seq and of_seq %d", es[1].raw, seqOf(t, es[0]))
+	}
+	sendUplink(t, dialCoAP(t, c), "DEV-T", 2)
+	expect(t, ws, "u2")
 	noMore(t, ws)
 }
 
