@@ -85,6 +85,15 @@ func TestLiveLogsPageShowsErrorsAndDownlinks(t *testing.T) {
 	if colours[0] == colours[1] || colours[0] == colours[2] || colours[1] == colours[2] {
 		t.Errorf("uplink, error and downlink entries share a colour: %q", colours)
 	}
+	// The device reports the version: the same row turns applied.
+	v := uint32(downlinkID)
+	applying := plainUplink(device, 3, 20)
+	applying.Config = &nbiotv1.DeviceConfig{ConfigVersion: &v}
+	sendUplink(t, coap, applying)
+	b.waitFor("the downlink applied", `document.querySelector('li.entry.t-downlink[data-state="applied"]') !== null`)
+	if steps := eval[string](b, `[...document.querySelectorAll("li.entry.t-downlink .step.done")].map(s => s.dataset.step).join(",") + " " + document.querySelectorAll("li.entry.t-downlink").length`); steps != "queued,sent,applied 1" {
+		t.Errorf("downlink steps done and rows: %s, want queued,sent,applied in 1 row", steps)
+	}
 	t.Logf("screenshot: %s", b.screenshot("livelogs-error-downlink.png"))
 	b.checkConsole()
 }
