@@ -19,10 +19,12 @@ var errNoDevice = errors.New("frame has no deviceId")
 
 // peek decodes the head of an encoded live-log entry.
 func peek(b []byte) (head, error) {
+	// Only deviceId and seq must have their types: the rest is looked at
+	// leniently, so a frame the relay need not understand is forwarded.
 	var f struct {
 		DeviceID string          `json:"deviceId"`
 		Seq      *uint64         `json:"seq"`
-		Type     string          `json:"type"`
+		Type     json.RawMessage `json:"type"`
 		Data     json.RawMessage `json:"data"`
 	}
 	if err := json.Unmarshal(b, &f); err != nil {
@@ -36,7 +38,8 @@ func peek(b []byte) (head, error) {
 		h.seq, h.hasSeq = *f.Seq, true
 		return h, nil
 	}
-	if f.Type == "status" && len(f.Data) > 0 {
+	var typ string
+	if json.Unmarshal(f.Type, &typ) == nil && typ == "status" && len(f.Data) > 0 {
 		var d struct {
 			Recovered *bool `json:"recovered"`
 		}

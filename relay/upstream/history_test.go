@@ -637,3 +637,26 @@ func TestConcurrentStartsNoGapNoRepeat(t *testing.T) {
 		}
 	}
 }
+
+// TestNoHistory (RELAY_HISTORY=0): nothing is kept; a later tail gets a
+// dedicated link, a since at the newest position needs nothing kept.
+func TestNoHistory(t *testing.T) {
+	f := newFakeLog(t, 1, 2, 3)
+	mgr, m := newManager(t, f.srv.URL, func(c *Config) { c.History = -1 })
+	d := newDecoder(t)
+	w1 := watchFrom(t, mgr, d, Resume{Mode: Tail, N: 2})
+	w1.waitSeqs(t, 2, 3)
+	w2 := watchFrom(t, mgr, d, Resume{Mode: Since, N: 3})
+	w3 := watchFrom(t, mgr, d, Resume{Mode: Tail, N: 1})
+	w3.waitSeqs(t, 3)
+	if got := testutil.ToFloat64(m.Starts.WithLabelValues(StartDedicated)); got != 1 {
+		t.Errorf("dedicated starts %v, want 1 (the tail)", got)
+	}
+	f.publish(4)
+	w1.waitSeqs(t, 2, 3, 4)
+	w2.waitSeqs(t, 4)
+	w3.waitSeqs(t, 3, 4)
+	if got := testutil.ToFloat64(m.HistoryBytes); got != 0 {
+		t.Errorf("history bytes %v, want 0", got)
+	}
+}
