@@ -207,3 +207,25 @@ func TestPageEntryDetailsAndKeyboard(t *testing.T) {
 	t.Logf("screenshot: %s", b.screenshot("livelogs-details.png"))
 	b.checkConsole()
 }
+
+// The export formats on their own: RFC 4180 quoting, CRLF, and cells a
+// spreadsheet would run as formulas made inert.
+func TestExportFormats(t *testing.T) {
+	b := newBrowser(t)
+	s := newScriptedRelay(t)
+	b.do("open a page of the relay", chromedp.Navigate(s.srv.URL+"/static/export.js"))
+	got := eval[string](b, `import("/static/export.js").then((m) => JSON.stringify([
+		m.toCSV([{ seq: 1, timestamp: "2026-01-15T10:30:00.000Z", deviceId: "D", type: "error", message: "=HYPERLINK(\"x\")", data: null },
+			{ seq: 2, deviceId: "D", type: "uplink", message: "line\nbreak, comma", data: { a: "b" } }]),
+		m.toJSONLines([{ seq: 1, type: "uplink" }, { type: "status" }]),
+		m.fileName("ABC", "csv", new Date("2026-01-15T10:30:00.123Z"))]))`, chromedp.EvalAwaitPromise)
+	want := `["seq,timestamp,deviceId,type,message,data\r\n` +
+		`1,2026-01-15T10:30:00.000Z,D,error,\"'=HYPERLINK(\"\"x\"\")\",\r\n` +
+		`2,,D,uplink,\"line\nbreak, comma\",\"{\"\"a\"\":\"\"b\"\"}\"\r\n",` +
+		`"{\"seq\":1,\"type\":\"uplink\"}\n{\"type\":\"status\"}\n",` +
+		`"nbiot-ABC-2026-01-15T10-30-00-123Z.csv"]`
+	if got != want {
+		t.Errorf("got  %s\nwant %s", got, want)
+	}
+	b.checkConsole()
+}
