@@ -149,6 +149,10 @@ func (a *App) openStream(ctx context.Context) error {
 // publishes (/readyz): without the stream, uplinks get 5.03.
 func (a *App) Ready() bool { return a.ready.Load() && a.engine.Connected() }
 
+// Credentialed is the set of devices that must use DTLS (nil without
+// COAPS_ADDR), for tests.
+func (a *App) Credentialed() ingest.Credentialed { return a.handler.Credentialed }
+
 // Engine is the stream engine, for tests.
 func (a *App) Engine() *stream.Engine { return a.engine }
 
@@ -270,7 +274,14 @@ func (a *App) openSecure(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	a.keysClose = closeKeys
+	// With CoAPS on, a device that has a key may not speak plain CoAP.
+	cred, closeCred, err := dtls.OpenCredentialed(ctx, src, a.cfg.Stream.DataDir, a.log)
+	if err != nil {
+		closeKeys()
+		return err
+	}
+	a.handler.Credentialed = cred
+	a.keysClose = func() { closeCred(); closeKeys() }
 	a.coaps, err = dtls.Listen(a.cfg.CoAPSAddr, a.handler, dtls.Config{
 		Keys:        keys,
 		Metrics:     m,

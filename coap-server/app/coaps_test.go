@@ -50,7 +50,7 @@ type secureEnv struct {
 
 // startSecureApp configures the app from the environment the way main
 // does, with plain CoAP off: DTLS is mandatory.
-func startSecureApp(t *testing.T, mode string) *secureEnv {
+func startSecureApp(t *testing.T, mode string, extra ...string) *secureEnv {
 	t.Helper()
 	db := pgtest.NewDB(t)
 	env := map[string]string{
@@ -60,6 +60,9 @@ func startSecureApp(t *testing.T, mode string) *secureEnv {
 		"WS_TOKEN":   testToken,
 		// The minimum: REST mode polls for downlinks once a second.
 		"DOWNLINK_POLL_INTERVAL_SECONDS": "1",
+	}
+	for i := 0; i+1 < len(extra); i += 2 {
+		env[extra[i]] = extra[i+1]
 	}
 	e := &secureEnv{db: db}
 	switch mode {

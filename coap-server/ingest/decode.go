@@ -23,6 +23,10 @@ var (
 	ErrDeviceID    = errors.New("invalid device ID")                        // 4.00
 	ErrIdentity    = errors.New("device_id differs from the DTLS identity") // 4.03
 	ErrInvalid     = errors.New("invalid field")                            // 4.00, device known
+	// ErrUnauthorized: the device has DTLS credentials and spoke plain CoAP.
+	ErrUnauthorized = errors.New("this device has DTLS credentials: send over CoAPS") // 4.01
+	// errCredentialsUnknown: the list of such devices is not loaded yet.
+	errCredentialsUnknown = errors.New("credentialed devices not known yet")
 )
 
 // maxVersionLen bounds hw_version and fw_version, which land in text columns.

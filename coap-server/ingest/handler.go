@@ -47,6 +47,12 @@ type Stream interface {
 	Notify(entry *livelog.Entry)
 }
 
+// Credentialed says whether a device has DTLS credentials, from memory.
+// known is false while that is not known yet (the list was never loaded).
+type Credentialed interface {
+	Requires(deviceID string) (required, known bool)
+}
+
 // Downlinks answers an accepted uplink with a pending configuration. It must
 // not block (pending downlinks are held in memory).
 type Downlinks interface {
@@ -60,9 +66,12 @@ type Downlinks interface {
 type Handler struct {
 	Stream    Stream    // required
 	Downlinks Downlinks // nil: never answers with a downlink
-	Dedup     *Dedup    // nil: duplicates are detected per connection only (go-coap)
-	Logger    *slog.Logger
-	Metrics   *Metrics
+	// Credentialed, when set, names the devices that must use DTLS: a
+	// plain-CoAP uplink naming one gets 4.01 (nil: no such devices).
+	Credentialed Credentialed
+	Dedup        *Dedup // nil: duplicates are detected per connection only (go-coap)
+	Logger       *slog.Logger
+	Metrics      *Metrics
 	// MaxPayload bounds the payload (default DefaultMaxPayload).
 	MaxPayload int
 	// Now and NewID are injected so tests control time and IDs.
@@ -128,6 +137,19 @@ func (h *Handler) handle(w mux.ResponseWriter, r *mux.Message, identity string, 
 		return h.refuse(w, r, deviceID, err, now)
 	}
 
+	if identity == "" && h.Credentialed != nil {
+		switch required, known := h.Credentialed.Requires(deviceID); {
+		case !known:
+			return h.unavailable(w, deviceID, now, errCredentialsUnknown)
+		case required:
+			// Anyone can name any device on plain CoAP: a device with a key
+			// speaks only over DTLS. Nothing is stored, logged or handed out.
+			h.Metrics.reject("unauthorized")
+			h.Logger.Debug("uplink refused: device has DTLS credentials", "device", deviceID, "remote", w.Conn().RemoteAddr().String())
+			return reply(w, codes.Unauthorized, ErrUnauthorized.Error())
+		}
+	}
+
 	var key dedupKey
 	if h.Dedup != nil {
 		key = h.Dedup.key(deviceID, r.MessageID(), r.Token(), payload)
@@ -183,8 +205,11 @@ func (h *Handler) handle(w mux.ResponseWriter, r *mux.Message, identity string, 
 // device keeps it and retries.
 func (h *Handler) unavailable(w mux.ResponseWriter, deviceID string, now time.Time, err error) codes.Code {
 	reason := "stream_unavailable"
-	if errors.Is(err, stream.ErrFull) {
+	switch {
+	case errors.Is(err, stream.ErrFull):
 		reason = "stream_full"
+	case errors.Is(err, errCredentialsUnknown):
+		reason = "credentials_unknown"
 	}
 	h.Metrics.reject(reason)
 	// During an outage this happens for every uplink: log at most once a
