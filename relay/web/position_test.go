@@ -92,6 +92,11 @@ func TestEmbeddedClientTailAndGap(t *testing.T) {
 		t.Fatalf("tail option: connection asked %v", q)
 	}
 	b.waitFor("live", `window.states.includes("live")`)
+	// Lost before any entry: the tail again, not a since.
+	s.drop()
+	if q := s.waitConn(2); q.Get("tail") != "7" || q.Has("since") {
+		t.Fatalf("reconnection before any seq asked %v, want tail=7 again", q)
+	}
 	s.send(uplinkEntry(dev, 10, 1), uplinkEntry(dev, 11, 2), uplinkEntry(dev, 11, 2),
 		map[string]any{"deviceId": dev, "timestamp": ts(0), "type": "status", "message": "Earlier entries are no longer retained",
 			"data": map[string]any{"recovered": false}},
