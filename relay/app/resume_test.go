@@ -435,3 +435,39 @@ func (p *cutProxy) cut(down bool) {
 		}
 	}
 }
+
+// TestLongCatchUpIsNotCutAsSlow: 1,000 retained entries (coap-server's
+// default per-device retention, the most a since can bring) reach, without
+// the slow-client cut, a browser that opens the device's link with since=0,
+// one that starts from the relay's ring while that link's history is
+// still arriving, and one that gets a dedicated upstream for it; each
+// queue fills before its socket writes anything.
+func TestLongCatchUpIsNotCutAsSlow(t *testing.T) {
+	const n = 1000
+	c := startCoAP(t, "", "")
+	r := startRelay(t, c, map[string]string{"AUTH_DISABLED": "true"}, nil)
+	cc := dialCoAP(t, c)
+	for i := range n {
+		sendUplink(t, cc, "DEV-L", uint32(i))
+	}
+	want := make([]string, 0, n+1)
+	for i := range n + 1 {
+		want = append(want, "u"+fmt.Sprint(i))
+	}
+	first := mustDialFrom(t, r, "DEV-L", "since=0")
+	during := mustDialFrom(t, r, "DEV-L", "since=0") // most likely from the ring, mid-history
+	expect(t, first, strings.Join(want[:n], " "))
+	dedicated := mustDialFrom(t, r, "DEV-L", "since=0") // the ring keeps 100 now
+	if got := counter(t, r.Metrics, "nbiot_relay_history_starts_total", "served", "dedicated"); got < 1 {
+		t.Errorf("dedicated starts %v, want at least 1", got)
+	}
+	expect(t, during, strings.Join(want[:n], " "))
+	expect(t, dedicated, strings.Join(want[:n], " "))
+	sendUplink(t, cc, "DEV-L", n)
+	for _, ws := range []*websocket.Conn{first, during, dedicated} {
+		expect(t, ws, want[n])
+	}
+	if got := counter(t, r.Metrics, "nbiot_relay_disconnects_total", "reason", "slow"); got != 0 {
+		t.Errorf("%v browsers cut as slow", got)
+	}
+}

@@ -334,8 +334,8 @@ func TestStartsServedFromTheRingOrADedicatedLink(t *testing.T) {
 	old.waitSeqs(t, evens(32, 40)...)
 	deep := watchFrom(t, mgr, d, Resume{Mode: Tail, N: 8})
 	deep.waitSeqs(t, evens(26, 40)...)
-	if old.backlog != MaxTail || deep.backlog != 8 {
-		t.Errorf("dedicated backlogs %d %d, want %d 8", old.backlog, deep.backlog, MaxTail)
+	if old.backlog != MaxTail+1 || deep.backlog != 8 {
+		t.Errorf("dedicated backlogs %d %d, want %d 8", old.backlog, deep.backlog, MaxTail+1)
 	}
 	q := f.dialed()
 	if len(q) != 3 || q[1].Get("since") != "30" || q[2].Get("tail") != "8" {
@@ -411,7 +411,8 @@ func TestDedicatedLinkBecomesTheSharedOne(t *testing.T) {
 // is answered from the ring while the first catch-up may still be arriving.
 func TestFirstWatcherWithSinceOpensTheLinkWithIt(t *testing.T) {
 	f := newFakeLog(t, evens(2, 20)...)
-	mgr, _ := newManager(t, f.srv.URL, nil)
+	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	mgr, _ := newManager(t, f.srv.URL, func(c *Config) { c.Now = clk.Now })
 	d := newDecoder(t)
 	w1 := watchFrom(t, mgr, d, Resume{Mode: Since, N: 10})
 	w2 := watchFrom(t, mgr, d, Resume{Mode: Since, N: 10})
@@ -419,6 +420,24 @@ func TestFirstWatcherWithSinceOpensTheLinkWithIt(t *testing.T) {
 	w2.waitSeqs(t, evens(12, 20)...)
 	if q := f.dialed(); len(q) != 1 || q[0].Get("since") != "10" {
 		t.Fatalf("dials %v", q)
+	}
+	// Whether w2 came before, during or after the link's history, its
+	// queue was sized for all of it (from the ring, or still to arrive).
+	if w2.backlog < 5 {
+		t.Errorf("second watcher's backlog %d, want room for the 5 entries of the first's history", w2.backlog)
+	}
+	// While the connection is young, what since=10 may still bring counts;
+	// after HistoryBurst, a new watcher needs room for its answer only.
+	w3 := watchFrom(t, mgr, d, Resume{Mode: Since, N: 16})
+	w3.waitSeqs(t, 18, 20)
+	if w3.backlog != 2+MaxTail+1-5 {
+		t.Errorf("third watcher's backlog %d, want 2 + what since=10 may still bring (%d)", w3.backlog, MaxTail+1-5)
+	}
+	clk.Add(11 * time.Second)
+	w4 := watchFrom(t, mgr, d, Resume{Mode: Since, N: 16})
+	w4.waitSeqs(t, 18, 20)
+	if w4.backlog != 2 {
+		t.Errorf("fourth watcher's backlog %d, want 2", w4.backlog)
 	}
 }
 

@@ -59,6 +59,11 @@ type link struct {
 	last     uint64 // seq of the last entry forwarded (valid when seen)
 	seen     bool
 	ring     ring
+	// burst bounds the history the current connection may still send:
+	// what its since/tail can bring, less the frames it already sent, until
+	// burstUntil (HistoryBurst after it connected; zero before).
+	burst      int
+	burstUntil time.Time
 }
 
 func newLink(m *Manager, device string, first Resume) *link {
@@ -69,7 +74,8 @@ func newLink(m *Manager, device string, first Resume) *link {
 		first:        first,
 		watchers:     make(map[*Watch]struct{}),
 		// A dedicated link keeps a ring too: it may become the shared one.
-		ring: newRing(m.cfg.History, m.cfg.HistoryBytes),
+		ring:  newRing(m.cfg.History, m.cfg.HistoryBytes),
+		burst: first.backlog(),
 	}
 	if first.Mode == Since {
 		// Opened since=N: it will be sent every entry after N.
@@ -95,6 +101,7 @@ func (l *link) resume() Resume {
 		r = l.first
 	}
 	l.attempts++
+	l.burst, l.burstUntil = r.backlog(), time.Time{}
 	if r.Mode == Tail && l.ring.n == 0 && !l.seen {
 		// Everything this connection sends from now on lands in the ring.
 		l.ring.whole, l.ring.depth = true, r.N
@@ -114,6 +121,19 @@ func (l *link) serve(r Resume) ([]*websocket.PreparedMessage, bool) {
 	default:
 		return nil, true
 	}
+}
+
+// pending bounds the frames a watcher attached now may receive in a burst
+// besides its own backlog: the rest of the current connection's history.
+// coap-server sends it as fast as the link reads, before the watcher's
+// socket may even write, so the watcher's queue must hold it too.
+// coap-server sends it at once, so after HistoryBurst the connection is
+// taken to be live (a start then needs room for its own answer only).
+func (l *link) pending() int {
+	if !l.burstUntil.IsZero() && l.m.cfg.Now().After(l.burstUntil) {
+		return 0
+	}
+	return l.burst
 }
 
 // top is the newest position the link knows: the last seq forwarded.
@@ -230,6 +250,9 @@ func (l *link) run() {
 			log.Warn("upstream dial failed", "err", err)
 		} else {
 			started := cfg.Now()
+			l.mu.Lock()
+			l.burstUntil = started.Add(cfg.HistoryBurst)
+			l.mu.Unlock()
 			l.setState(stateUp)
 			l.firstOnce.Do(func() { close(l.firstAttempt) })
 			cfg.Metrics.Connected.Inc()
@@ -357,6 +380,7 @@ func (l *link) forward(typ int, b []byte) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.burst = max(l.burst-1, 0)
 	switch {
 	case h.hasSeq && l.seen && h.seq <= l.last:
 		cfg.Metrics.Dropped.WithLabelValues(DropRepeat).Inc()

@@ -74,6 +74,11 @@ type Config struct {
 	// (RELAY_HISTORY_BYTES): their JSON plus 400 bytes each (the prepared
 	// frame and its bookkeeping). Default DefaultHistoryBytes.
 	HistoryBytes int
+	// HistoryBurst is how long after a connection opens the history it
+	// asked for may still be arriving, so that a watcher attached
+	// meanwhile gets queue room for the rest. Default 10 s (coap-server
+	// sends 1,000 entries in about 0.1 s).
+	HistoryBurst time.Duration
 	// MergeEvery is how often a dedicated link checks, besides after each
 	// entry it forwards, whether its watcher can move to the shared link.
 	// Default 1 s.
@@ -134,6 +139,9 @@ func (c Config) withDefaults() Config {
 	if c.HistoryBytes <= 0 {
 		c.HistoryBytes = DefaultHistoryBytes
 	}
+	if c.HistoryBurst <= 0 {
+		c.HistoryBurst = 10 * time.Second
+	}
 	if c.MergeEvery <= 0 {
 		c.MergeEvery = time.Second
 	}
@@ -173,9 +181,11 @@ func (m *Manager) Watch(deviceID string, s Sender) (*Watch, error) {
 
 // WatchFrom adds a watcher to deviceID's stream starting at r. newSender
 // is called once, under the manager's lock, with the number of frames the
-// watcher may be sent before it can start writing (the ring's answer, or
-// r's bound when the start is served upstream), so that its queue can
-// hold them: it must not block or call back into the manager.
+// watcher may be sent in one burst before it can start writing (the
+// ring's answer plus what the link's current connection may still send
+// of its own history, or r's bound when the start is served upstream), so
+// that its queue can hold them: it must not block or call back into the
+// manager.
 //
 // The device's shared link answers r from its ring when it can; the
 // first watcher opens the link with r itself; any other start gets a
@@ -192,7 +202,7 @@ func (m *Manager) WatchFrom(deviceID string, r Resume, newSender func(backlog in
 		l.mu.Lock()
 		backlog, ok := l.serve(r)
 		if ok {
-			w := &Watch{m: m, link: l, first: l.firstAttempt, sender: newSender(len(backlog))}
+			w := &Watch{m: m, link: l, first: l.firstAttempt, sender: newSender(len(backlog) + l.pending())}
 			l.attachLocked(w, backlog)
 			l.mu.Unlock()
 			if r.Mode != Live {

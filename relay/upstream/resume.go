@@ -50,17 +50,17 @@ func (r Resume) String() string {
 	}
 }
 
-// backlog bounds the frames a watcher starting at r can be sent before
-// live ones when its start is served upstream (the count is unknown until
-// the frames arrive): a tail's N, or MaxTail for since (coap-server
-// retains at most that many entries per device by default; a longer
-// catch-up relies on the browser reading as fast as it arrives).
+// backlog bounds the history frames coap-server sends for r before live
+// ones (the count is unknown until they arrive): a tail's N, or for since
+// a recovered:false status and MaxTail entries (coap-server retains at
+// most that many per device by default; a longer catch-up relies on the
+// browser reading as fast as it arrives).
 func (r Resume) backlog() int {
 	switch r.Mode {
 	case Tail:
 		return int(min(r.N, MaxTail))
 	case Since:
-		return MaxTail
+		return MaxTail + 1
 	default:
 		return 0
 	}
