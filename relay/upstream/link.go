@@ -239,7 +239,7 @@ func (l *link) run() {
 	b.Reset()
 	connectedBefore := false
 	for {
-		conn, err := l.dial()
+		conn, from, err := l.dial()
 		if err != nil {
 			if l.ctx.Err() != nil {
 				return
@@ -258,7 +258,7 @@ func (l *link) run() {
 			cfg.Metrics.Connected.Inc()
 			if connectedBefore {
 				cfg.Metrics.Reconnects.Inc()
-				log.Info("upstream restored")
+				log.Info("upstream restored", "from", from.String())
 			}
 			connectedBefore = true
 			err = l.read(conn)
@@ -288,21 +288,23 @@ func (l *link) run() {
 	}
 }
 
-func (l *link) dial() (*websocket.Conn, error) {
-	u, err := l.m.upstreamURL(l.device, l.resume())
+// dial connects with the position from resume, which it returns.
+func (l *link) dial() (*websocket.Conn, Resume, error) {
+	from := l.resume()
+	u, err := l.m.upstreamURL(l.device, from)
 	if err != nil {
-		return nil, fmt.Errorf("UPSTREAM_URL: %w", err)
+		return nil, from, fmt.Errorf("UPSTREAM_URL: %w", err)
 	}
 	conn, resp, err := l.m.cfg.Dialer.DialContext(l.ctx, u, l.m.header())
 	if err != nil {
 		if resp != nil {
 			_ = resp.Body.Close()
 			// Never the URL or headers: only the status says what went wrong.
-			return nil, fmt.Errorf("upstream answered %d: %w", resp.StatusCode, err)
+			return nil, from, fmt.Errorf("upstream answered %d: %w", resp.StatusCode, err)
 		}
-		return nil, err
+		return nil, from, err
 	}
-	return conn, nil
+	return conn, from, nil
 }
 
 var errIdle = errors.New("upstream idle: no frame or ping")
