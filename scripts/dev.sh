@@ -167,7 +167,9 @@ wait_http() {
   done
 }
 
-coap_env=(COAP_ADDR="$BIND:$COAP_PORT" HTTP_ADDR="$BIND:$HTTP_PORT" WS_TOKEN="$WS_TOKEN")
+# The embedded NATS JetStream store lives with the rest of this run (the
+# database is throwaway too); set DATA_DIR to keep it across runs.
+coap_env=(COAP_ADDR="$BIND:$COAP_PORT" HTTP_ADDR="$BIND:$HTTP_PORT" WS_TOKEN="$WS_TOKEN" DATA_DIR="${DATA_DIR:-$RUN/data}")
 [ -n "${COAP_DB_URL:-}" ] && coap_env+=(DATABASE_URL="$COAP_DB_URL")
 [ -n "${SUPABASE_URL:-}" ] && coap_env+=(SUPABASE_URL="$SUPABASE_URL" SUPABASE_SERVICE_KEY="${SUPABASE_SERVICE_KEY:-}")
 start coap-server "${coap_env[@]}"
