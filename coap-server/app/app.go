@@ -14,8 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	coapNet "github.com/plgd-dev/go-coap/v3/net"
-	udpServer "github.com/plgd-dev/go-coap/v3/udp/server"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -40,8 +38,8 @@ type App struct {
 	stopFeed func()
 	store    *storeConsumer // nil without storage
 
-	coap   *udpServer.Server
-	coapLn *coapNet.UDPConn
+	coap   *ingest.LeanServer // plain CoAP: the lean datagram path
+	coapLn *net.UDPConn
 
 	coaps     *dtls.Server      // nil unless COAPS_ADDR
 	keysClose func()            // releases the PSK cache's pool
@@ -95,12 +93,17 @@ func (a *App) Start(ctx context.Context) (err error) {
 		return err
 	}
 	if a.cfg.CoAPAddr != "off" {
-		a.coapLn, err = coapNet.NewListenUDP("udp", a.cfg.CoAPAddr)
+		ua, err := net.ResolveUDPAddr("udp", a.cfg.CoAPAddr)
 		if err != nil {
+			return fmt.Errorf("COAP_ADDR: %w", err)
+		}
+		if a.coapLn, err = net.ListenUDP("udp", ua); err != nil {
 			return fmt.Errorf("COAP_ADDR: listen: %w", err)
 		}
-		a.coap = ingest.NewUDPServer(a.handler, a.log)
-		a.serve("coap", func() error { return a.coap.Serve(a.coapLn) })
+		if a.coap, err = ingest.NewLeanServer(a.handler, a.coapLn, ingest.LeanConfig{Logger: a.log, Metrics: ingest.NewLeanMetrics(a.Metrics)}); err != nil {
+			return fmt.Errorf("COAP_ADDR: %w", err)
+		}
+		a.serve("coap", a.coap.Serve)
 		a.log.Info("coap listening", "addr", a.coapLn.LocalAddr().String())
 	}
 	a.httpLn, err = net.Listen("tcp", a.cfg.HTTPAddr)

@@ -5,7 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"strings"
+	"io"
 	"sync/atomic"
 	"time"
 
@@ -84,92 +84,114 @@ type Handler struct {
 // ServeCOAP implements mux.Handler for plain CoAP: the device is named by
 // the payload.
 func (h *Handler) ServeCOAP(w mux.ResponseWriter, r *mux.Message) {
-	h.serve(w, r, "")
+	h.serveMux(w, r, "")
 }
 
 // Secure returns the handler for CoAPS, where identity(conn) is the DTLS PSK
 // identity of the peer.
 func (h *Handler) Secure(identity func(mux.Conn) string) mux.Handler {
 	return mux.HandlerFunc(func(w mux.ResponseWriter, r *mux.Message) {
-		h.serve(w, r, identity(w.Conn()))
+		h.serveMux(w, r, identity(w.Conn()))
 	})
 }
 
-func (h *Handler) serve(w mux.ResponseWriter, r *mux.Message, identity string) {
-	start := h.now()
-	code := h.handle(w, r, identity, start)
-	h.Metrics.observe(code, time.Since(start))
+// serveMux adapts go-coap's mux (CoAPS, and NewUDPServer) to serve.
+func (h *Handler) serveMux(w mux.ResponseWriter, r *mux.Message, identity string) {
+	req := request{ctx: r.Context(), code: r.Code(), options: r.Options(), mid: r.MessageID(),
+		token: r.Token(), remote: w.Conn().RemoteAddr()}
+	var resp response
+	if payload, err := r.ReadBody(); err != nil {
+		h.Metrics.reject("undecodable")
+		resp = reply(codes.BadRequest, ErrUndecodable.Error())
+		h.Metrics.observe(resp.code, 0)
+	} else {
+		req.payload = payload
+		resp = h.serve(&req, identity)
+	}
+	var body io.ReadSeeker
+	if resp.payload != nil {
+		body = bytes.NewReader(resp.payload)
+	}
+	if resp.option.ID != 0 {
+		_ = w.SetResponse(resp.code, resp.format, body, resp.option)
+	} else {
+		_ = w.SetResponse(resp.code, resp.format, body)
+	}
 }
 
-func (h *Handler) handle(w mux.ResponseWriter, r *mux.Message, identity string, now time.Time) codes.Code {
-	if path, _ := r.Path(); path != "/uplink" {
-		return reply(w, codes.NotFound, "use POST /uplink")
+// serve is the uplink logic both transports share: the answer to req.
+func (h *Handler) serve(req *request, identity string) response {
+	start := h.now()
+	resp := h.handle(req, identity, start)
+	h.Metrics.observe(resp.code, time.Since(start))
+	return resp
+}
+
+func (h *Handler) handle(r *request, identity string, now time.Time) response {
+	if path, _ := r.options.Path(); path != "/uplink" {
+		return reply(codes.NotFound, "use POST /uplink")
 	}
-	if r.Code() != codes.POST {
-		return reply(w, codes.MethodNotAllowed, "use POST /uplink")
+	if r.code != codes.POST {
+		return reply(codes.MethodNotAllowed, "use POST /uplink")
 	}
-	if r.HasOption(message.ContentFormat) {
-		if cf, err := r.ContentFormat(); err != nil || cf != message.AppOctets {
+	if r.options.HasOption(message.ContentFormat) {
+		if cf, err := r.options.ContentFormat(); err != nil || cf != message.AppOctets {
 			h.Metrics.reject("content_format")
-			return reply(w, codes.UnsupportedMediaType, "payload must be application/octet-stream (42) or have no Content-Format")
+			return reply(codes.UnsupportedMediaType, "payload must be application/octet-stream (42) or have no Content-Format")
 		}
 	}
 	limit := h.maxPayload()
 	// An uplink is one datagram. A Block1 request (RFC 7959) means the client
 	// splits a payload it thinks too big for one: refuse it as too large
 	// rather than buffer blocks for it (block-wise is off in UDPOptions).
-	if size, err := r.BodySize(); (err == nil && size > int64(limit)) || r.HasOption(message.Block1) {
+	if len(r.payload) > limit || r.options.HasOption(message.Block1) {
 		h.Metrics.reject("too_large")
 		// RFC 7252 §5.9.2.9: a 4.13 may carry Size1, the largest size accepted.
-		w.SetResponse(codes.RequestEntityTooLarge, message.TextPlain,
-			strings.NewReader(ErrTooLarge.Error()), message.Option{ID: message.Size1, Value: uint32Bytes(limit)})
-		return codes.RequestEntityTooLarge
+		resp := reply(codes.RequestEntityTooLarge, ErrTooLarge.Error())
+		resp.option = message.Option{ID: message.Size1, Value: uint32Bytes(limit)}
+		return resp
 	}
-	payload, err := r.ReadBody()
-	if err != nil {
-		h.Metrics.reject("undecodable")
-		return reply(w, codes.BadRequest, ErrUndecodable.Error())
-	}
+	payload := r.payload
 
 	u := new(nbiotv1.Uplink)
 	deviceID, err := Decode(payload, identity, u)
 	if err != nil {
-		return h.refuse(w, r, deviceID, err, now)
+		return h.refuse(r, deviceID, err, now)
 	}
 
 	if identity == "" && h.Credentialed != nil {
 		switch required, known := h.Credentialed.Requires(deviceID); {
 		case !known:
-			return h.unavailable(w, deviceID, now, errCredentialsUnknown)
+			return h.unavailable(deviceID, now, errCredentialsUnknown)
 		case required:
 			// Anyone can name any device on plain CoAP: a device with a key
 			// speaks only over DTLS. Nothing is stored, logged or handed out.
 			h.Metrics.reject("unauthorized")
-			h.Logger.Debug("uplink refused: device has DTLS credentials", "device", deviceID, "remote", w.Conn().RemoteAddr().String())
-			return reply(w, codes.Unauthorized, ErrUnauthorized.Error())
+			h.Logger.Debug("uplink refused: device has DTLS credentials", "device", deviceID, "remote", r.remote)
+			return reply(codes.Unauthorized, ErrUnauthorized.Error())
 		}
 	}
 
 	var key dedupKey
 	if h.Dedup != nil {
-		key = h.Dedup.key(deviceID, r.MessageID(), r.Token(), payload)
+		key = h.Dedup.key(deviceID, r.mid, r.token, payload)
 		if hit, ok := h.Dedup.lookup(key, now); ok {
 			// A retransmission from another address (RFC 7252 §4.5): the
 			// same answer, and nothing stored or logged twice.
 			h.Metrics.Duplicates.Inc()
 			h.notifyRetransmission(deviceID, now, u.GetUplinkCount(), hit.seq, hit.copies)
-			return answerWith(w, hit.code, hit.answer)
+			return answerWith(hit.code, hit.answer)
 		}
 	}
 
 	// The stream recognises a copy that reached another instance, or this
 	// one before a restart, by this ID (its Duplicates window).
-	id := stream.MsgID(deviceID, r.MessageID(), r.Token(), payload)
+	id := stream.MsgID(deviceID, r.mid, r.token, payload)
 	rec := storage.Record{ID: h.newID(), DeviceID: deviceID, ReceivedAt: now, Uplink: u, Authenticated: identity != ""}
-	ctx := r.Context()
+	ctx := r.ctx
 	dup, err := h.Stream.PublishUplink(ctx, rec, payload, id)
 	if err != nil {
-		return h.unavailable(w, deviceID, now, err)
+		return h.unavailable(deviceID, now, err)
 	}
 	entry := livelog.Uplink(deviceID, now, u)
 	var answer []byte
@@ -184,7 +206,7 @@ func (h *Handler) handle(w mux.ResponseWriter, r *mux.Message, identity string, 
 		// with one the uplink is durable but its entry is not: refuse, so
 		// the device's retransmission repeats both (the stream dedups the
 		// uplink by its ID).
-		return h.unavailable(w, deviceID, now, err)
+		return h.unavailable(deviceID, now, err)
 	case dup || ldup:
 		h.Metrics.Duplicates.Inc()
 		h.notifyRetransmission(deviceID, now, u.GetUplinkCount(), seq, 0)
@@ -197,13 +219,13 @@ func (h *Handler) handle(w mux.ResponseWriter, r *mux.Message, identity string, 
 	if h.Dedup != nil && h.Dedup.remember(key, codes.Changed, answer, seq, now) {
 		h.Metrics.DedupEvictions.Inc()
 	}
-	return answerWith(w, codes.Changed, answer)
+	return answerWith(codes.Changed, answer)
 }
 
 // unavailable answers 5.03 with Max-Age: the stream did not take the
 // uplink (full, or NATS unreachable), so it was not accepted and the
 // device keeps it and retries.
-func (h *Handler) unavailable(w mux.ResponseWriter, deviceID string, now time.Time, err error) codes.Code {
+func (h *Handler) unavailable(deviceID string, now time.Time, err error) response {
 	reason := "stream_unavailable"
 	switch {
 	case errors.Is(err, stream.ErrFull):
@@ -218,9 +240,9 @@ func (h *Handler) unavailable(w mux.ResponseWriter, deviceID string, now time.Ti
 		h.Logger.Warn("uplinks refused with 5.03: the stream did not take them (logged at most once a second; see nbiot_uplinks_rejected_total)",
 			"device", deviceID, "reason", reason, "err", err)
 	}
-	w.SetResponse(codes.ServiceUnavailable, message.TextPlain, strings.NewReader("busy, retry later"),
-		message.Option{ID: message.MaxAge, Value: uint32Bytes(RetryAfter)})
-	return codes.ServiceUnavailable
+	resp := reply(codes.ServiceUnavailable, "busy, retry later")
+	resp.option = message.Option{ID: message.MaxAge, Value: uint32Bytes(RetryAfter)}
+	return resp
 }
 
 // notifyRetransmission tells subscribers that asked for them that a copy
@@ -233,19 +255,14 @@ func (h *Handler) notifyRetransmission(deviceID string, now time.Time, count uin
 	h.Stream.Notify(livelog.Retransmission(deviceID, now, count, seq, copies))
 }
 
-// answerWith sets an accepted uplink's answer: empty, or a Downlink.
-func answerWith(w mux.ResponseWriter, code codes.Code, answer []byte) codes.Code {
-	if answer != nil {
-		_ = w.SetResponse(code, message.AppOctets, bytes.NewReader(answer))
-	} else {
-		_ = w.SetResponse(code, message.AppOctets, nil)
-	}
-	return code
+// answerWith is an accepted uplink's answer: empty, or a Downlink.
+func answerWith(code codes.Code, answer []byte) response {
+	return response{code: code, format: message.AppOctets, payload: answer}
 }
 
 // refuse answers a rejected uplink and, when the device is known, puts the
 // rejection on that device's live log so its owner sees why.
-func (h *Handler) refuse(w mux.ResponseWriter, r *mux.Message, deviceID string, err error, now time.Time) codes.Code {
+func (h *Handler) refuse(r *request, deviceID string, err error, now time.Time) response {
 	code := codes.BadRequest
 	reason := "undecodable"
 	switch {
@@ -261,18 +278,17 @@ func (h *Handler) refuse(w mux.ResponseWriter, r *mux.Message, deviceID string, 
 		// Debug, not Info: a device (or anyone naming it) can send these
 		// at line rate; the owner sees them on the live log, operators in
 		// nbiot_uplinks_rejected_total.
-		h.Logger.Debug("uplink rejected", "device", deviceID, "remote", w.Conn().RemoteAddr().String(), "err", err)
+		h.Logger.Debug("uplink rejected", "device", deviceID, "remote", r.remote, "err", err)
 		h.Stream.LogAsync(livelog.Error(deviceID, now, "Rejected uplink: "+err.Error()))
 	} else {
-		h.Logger.Debug("uplink rejected", "remote", w.Conn().RemoteAddr().String(), "err", err)
+		h.Logger.Debug("uplink rejected", "remote", r.remote, "err", err)
 	}
-	return reply(w, code, err.Error())
+	return reply(code, err.Error())
 }
 
-// reply sets a response with a diagnostic payload (RFC 7252 §5.5.2).
-func reply(w mux.ResponseWriter, code codes.Code, diagnostic string) codes.Code {
-	_ = w.SetResponse(code, message.TextPlain, strings.NewReader(diagnostic))
-	return code
+// reply is a response with a diagnostic payload (RFC 7252 §5.5.2).
+func reply(code codes.Code, diagnostic string) response {
+	return response{code: code, format: message.TextPlain, payload: []byte(diagnostic)}
 }
 
 func uint32Bytes(v int) []byte {

@@ -1,0 +1,294 @@
+package ingest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/plgd-dev/go-coap/v3/message"
+)
+
+// Defaults of LeanConfig.
+const (
+	// DefaultLeanWorkers: an uplink waits ~100 µs for the stream's two
+	// acknowledgements, so the workers are mostly waiting, not computing;
+	// 64 keep a 2-core machine busy at well past the load one socket takes.
+	DefaultLeanWorkers = 64
+	// DefaultLeanQueueLen bounds the datagrams waiting for a worker.
+	DefaultLeanQueueLen = 8192
+	// DefaultLeanQueueBytes bounds their bytes: 8 MiB.
+	DefaultLeanQueueBytes = 8 << 20
+	// DefaultLeanDrain is how long Stop lets queued datagrams be answered.
+	DefaultLeanDrain = 5 * time.Second
+	// maxDatagram is the largest UDP payload (65,535 less the IPv4 and UDP
+	// headers); the read buffer holds one, so nothing is truncated.
+	maxDatagram = 65507
+	// datagramOverhead is what a queued datagram costs besides its bytes
+	// (the struct, its slot in the queue), charged to QueueBytes.
+	datagramOverhead = 96
+)
+
+// LeanConfig configures a LeanServer. Zero fields take the defaults.
+type LeanConfig struct {
+	// Workers answer datagrams (default DefaultLeanWorkers).
+	Workers int
+	// QueueLen and QueueBytes bound the datagrams waiting for a worker, in
+	// count and in bytes (defaults DefaultLeanQueueLen and
+	// DefaultLeanQueueBytes). A datagram over either bound is dropped and
+	// counted: a CON is retransmitted by the device (RFC 7252 §4.2).
+	QueueLen   int
+	QueueBytes int64
+	// Drain bounds how long Stop answers what is queued (DefaultLeanDrain).
+	Drain   time.Duration
+	Logger  *slog.Logger
+	Metrics *LeanMetrics // required
+}
+
+// LeanServer serves plain CoAP on one UDP socket with go-coap's codec
+// (udp/coder, message) and none of its per-peer machinery: the read loop
+// only classifies a datagram by its 4-byte header and queues it; a bounded
+// pool of workers decodes, runs the uplink logic and answers. The Handler's
+// Dedup is the one response cache (RFC 7252 §4.5), so the cost of a
+// datagram does not grow with any peer's history (go-coap v3.8.0's UDP
+// server walks each peer's 247 s cache on every datagram).
+type LeanServer struct {
+	h    *Handler
+	conn *net.UDPConn
+	cfg  LeanConfig
+	m    *LeanMetrics
+
+	queue    chan *datagram
+	queued   atomic.Int64 // bytes charged to QueueBytes
+	inflight inflightSet
+	mid      atomic.Uint32 // message IDs of NON responses (§4.4)
+	pool     sync.Pool
+
+	ctx      context.Context // handed to the uplink logic; ends after Drain
+	cancel   context.CancelFunc
+	stopping atomic.Bool
+	started  atomic.Bool
+	done     chan struct{} // closed when Serve returns
+	workers  sync.WaitGroup
+	stopOnce sync.Once
+}
+
+// datagram is one received datagram waiting for, or held by, a worker.
+type datagram struct {
+	buf  []byte // backing storage, reused
+	data []byte
+	from netip.AddrPort
+	key  inflightKey
+	held bool // key is in the in-flight set
+}
+
+// String is the peer's address, for debug logs.
+func (d *datagram) String() string { return d.from.String() }
+
+// NewLeanServer prepares to serve h on conn (plain CoAP, where the payload
+// names the device). Serve starts it.
+func NewLeanServer(h *Handler, conn *net.UDPConn, cfg LeanConfig) (*LeanServer, error) {
+	if cfg.Metrics == nil {
+		return nil, errors.New("ingest: LeanConfig.Metrics is required")
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = DefaultLeanWorkers
+	}
+	if cfg.QueueLen <= 0 {
+		cfg.QueueLen = DefaultLeanQueueLen
+	}
+	if cfg.QueueBytes <= 0 {
+		cfg.QueueBytes = DefaultLeanQueueBytes
+	}
+	if cfg.Drain <= 0 {
+		cfg.Drain = DefaultLeanDrain
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = h.Logger
+	}
+	s := &LeanServer{h: h, conn: conn, cfg: cfg, m: cfg.Metrics,
+		queue: make(chan *datagram, cfg.QueueLen), done: make(chan struct{}),
+		inflight: inflightSet{m: make(map[inflightKey]struct{})}}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.mid.Store(uint32(time.Now().UnixNano())) // §4.4: not predictable across restarts
+	s.pool.New = func() any { return &datagram{buf: make([]byte, 0, 1536)} }
+	return s, nil
+}
+
+// Addr is the bound address.
+func (s *LeanServer) Addr() *net.UDPAddr { return s.conn.LocalAddr().(*net.UDPAddr) }
+
+// Serve reads datagrams until Stop. It never waits for a worker: when the
+// queue is full the datagram is dropped and counted.
+func (s *LeanServer) Serve() error {
+	if !s.started.CompareAndSwap(false, true) {
+		return errors.New("ingest: LeanServer.Serve called twice")
+	}
+	defer close(s.done)
+	s.workers.Add(s.cfg.Workers)
+	for range s.cfg.Workers {
+		go s.work()
+	}
+	defer close(s.queue) // the read loop is the only sender
+	buf := make([]byte, maxDatagram)
+	for {
+		n, from, err := s.conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if s.stopping.Load() {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("coap: read: %w", err)
+		}
+		s.receive(buf[:n], from)
+	}
+}
+
+// receive classifies a datagram by its header and queues it. Only the
+// header is read here, so junk costs the read loop next to nothing.
+func (s *LeanServer) receive(b []byte, from netip.AddrPort) {
+	// RFC 7252 §3: a message shorter than its 4-byte header cannot be
+	// answered, and one with an unknown version MUST be silently ignored.
+	if len(b) < 4 || b[0]>>6 != 1 {
+		s.m.junk.Inc()
+		return
+	}
+	typ := message.Type(b[0] >> 4 & 3)
+	if typ == message.Acknowledgement || typ == message.Reset {
+		// We never send a CON, so no ACK or RST is expected: rejecting one
+		// is silently ignoring it (§4.2, §4.3).
+		s.m.ignored.Inc()
+		return
+	}
+	key := inflightKey{from: from, mid: uint16(b[2])<<8 | uint16(b[3])}
+	// §4.5: a copy arriving while the first is being processed is not
+	// processed again; the first copy's answer goes to the same endpoint
+	// with the same message ID, and answers both.
+	if !s.inflight.add(key) {
+		s.m.inflightDuplicate.Inc()
+		return
+	}
+	size := int64(len(b)) + datagramOverhead
+	if s.queued.Add(size) > s.cfg.QueueBytes {
+		s.queued.Add(-size)
+		s.inflight.remove(key)
+		s.m.full.Inc()
+		return
+	}
+	d := s.pool.Get().(*datagram)
+	d.data = append(d.buf[:0], b...)
+	d.buf = d.data
+	d.from, d.key, d.held = from, key, true
+	select {
+	case s.queue <- d:
+		s.m.queuedBytes.Set(float64(s.queued.Load()))
+	default:
+		s.queued.Add(-size)
+		s.inflight.remove(key)
+		s.release(d)
+		s.m.full.Inc()
+	}
+}
+
+// work answers queued datagrams until the queue is closed.
+func (s *LeanServer) work() {
+	defer s.workers.Done()
+	ex := newExchange(s)
+	for d := range s.queue {
+		s.queued.Add(-(int64(len(d.data)) + datagramOverhead))
+		ex.serve(d)
+		s.leave(d)
+		s.release(d)
+	}
+}
+
+// leave takes d's exchange out of the in-flight set.
+func (s *LeanServer) leave(d *datagram) {
+	if d.held {
+		s.inflight.remove(d.key)
+		d.held = false
+	}
+}
+
+func (s *LeanServer) release(d *datagram) {
+	if cap(d.buf) > 4096 {
+		d.buf = nil // do not keep a rare large buffer in the pool
+	}
+	d.data, d.held = nil, false
+	s.pool.Put(d)
+}
+
+func (s *LeanServer) write(b []byte, to netip.AddrPort) {
+	if _, err := s.conn.WriteToUDPAddrPort(b, to); err != nil {
+		s.m.writeErrors.Inc()
+		s.cfg.Logger.Debug("coap: write", "remote", to.String(), "err", err)
+	}
+}
+
+// Stop stops reading, lets the workers answer what is queued (within
+// Drain), then closes the socket. It is idempotent.
+func (s *LeanServer) Stop() {
+	s.stopOnce.Do(func() {
+		s.stopping.Store(true)
+		if !s.started.Load() {
+			s.cancel()
+			_ = s.conn.Close()
+			return
+		}
+		_ = s.conn.SetReadDeadline(time.Now()) // ends the read loop
+		<-s.done
+		drained := make(chan struct{})
+		go func() { s.workers.Wait(); close(drained) }()
+		select {
+		case <-drained:
+		case <-time.After(s.cfg.Drain):
+			s.cancel() // stop waiting for the stream; the workers answer 5.03
+			<-drained
+		}
+		s.cancel()
+		_ = s.conn.Close()
+	})
+}
+
+// inflightKey names a message exchange (§4.5: source endpoint and message ID).
+type inflightKey struct {
+	from netip.AddrPort
+	mid  uint16
+}
+
+// inflightSet holds the exchanges queued or being processed. It is bounded
+// by the queue and the workers: an entry lives from receive to answer.
+type inflightSet struct {
+	mu sync.Mutex
+	m  map[inflightKey]struct{}
+}
+
+func (s *inflightSet) add(k inflightKey) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.m[k]; ok {
+		return false
+	}
+	s.m[k] = struct{}{}
+	return true
+}
+
+func (s *inflightSet) remove(k inflightKey) {
+	s.mu.Lock()
+	delete(s.m, k)
+	s.mu.Unlock()
+}
+
+func (s *inflightSet) len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.m)
+}

@@ -1,0 +1,167 @@
+package ingest
+
+import (
+	"strconv"
+
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+	"github.com/plgd-dev/go-coap/v3/message/noresponse"
+	"github.com/plgd-dev/go-coap/v3/udp/coder"
+)
+
+// maxOptions is how many options a request may carry; an uplink carries
+// two or three (Uri-Path, Content-Format). More is a format error.
+const maxOptions = 32
+
+// exchange is one worker's scratch space: decoding and encoding reuse it,
+// so answering a datagram allocates only what the uplink logic does.
+type exchange struct {
+	s    *LeanServer
+	msg  message.Message
+	opts [maxOptions]message.Option
+	out  [2]message.Option
+	cf   [4]byte
+	wbuf []byte
+}
+
+func newExchange(s *LeanServer) *exchange {
+	return &exchange{s: s, wbuf: make([]byte, 0, 1536)}
+}
+
+// serve answers one datagram following RFC 7252 §4 and §5.
+func (ex *exchange) serve(d *datagram) {
+	m := &ex.msg
+	m.Options = ex.opts[:0]
+	if _, err := coder.DefaultCoder.Decode(d.data, m); err != nil {
+		// §4.2: a CON with a message format error is rejected with a
+		// matching RST; a NON is silently ignored (§4.3). The header was
+		// checked by receive, so the type and message ID are read.
+		ex.s.m.malformed.Inc()
+		if message.Type(d.data[0]>>4&3) == message.Confirmable {
+			ex.reset(d, int32(d.key.mid))
+		}
+		return
+	}
+	con := m.Type == message.Confirmable
+	switch class := m.Code >> 5; {
+	case m.Code == codes.Empty:
+		// §4.3: an Empty CON is a CoAP ping, answered with RST; an Empty
+		// message with a token, options or payload is a format error
+		// (§4.1), also rejected with RST. An Empty NON is not allowed
+		// (§4.3) and is ignored.
+		if con {
+			ex.s.m.pings.Inc()
+			ex.reset(d, m.MessageID)
+		} else {
+			ex.s.m.ignored.Inc()
+		}
+		return
+	case class != 0:
+		// A response (classes 2, 4, 5: we sent no request) or a reserved
+		// class (1, 6, 7): we lack the context to process it, so a CON is
+		// rejected with RST and a NON ignored (§4.2, §4.3).
+		ex.s.m.ignored.Inc()
+		if con {
+			ex.reset(d, m.MessageID)
+		}
+		return
+	}
+	if bad, ok := unknownCritical(m.Options); ok {
+		// §5.4.1: an unrecognised critical option in a CON request is
+		// answered 4.02 Bad Option; in a NON it rejects the message (§4.3).
+		ex.s.m.badOption.Inc()
+		if con {
+			ex.answer(d, con, response{code: codes.BadOption, format: message.TextPlain,
+				payload: []byte("unknown critical option " + strconv.Itoa(int(bad)))})
+		}
+		return
+	}
+	req := request{ctx: ex.s.ctx, code: m.Code, options: m.Options, payload: m.Payload,
+		mid: m.MessageID, token: m.Token, remote: d}
+	resp := ex.s.h.serve(&req, "")
+	if suppressed(m.Options, resp.code) {
+		// RFC 7967: the client asked not to hear this class of answer. A
+		// CON still gets its empty ACK (§4.2); a NON gets nothing.
+		if con {
+			ex.write(d, message.Message{Type: message.Acknowledgement, Code: codes.Empty, MessageID: m.MessageID})
+		}
+		return
+	}
+	ex.answer(d, con, resp)
+}
+
+// answer sends resp: piggybacked on the ACK of a CON (§5.2.1), in a NON
+// with a new message ID for a NON (§5.2.3); the token is echoed (§5.3.2).
+func (ex *exchange) answer(d *datagram, con bool, resp response) {
+	out := message.Message{Code: resp.code, Token: ex.msg.Token, Payload: resp.payload,
+		Type: message.Acknowledgement, MessageID: ex.msg.MessageID}
+	if !con {
+		out.Type, out.MessageID = message.NonConfirmable, int32(uint16(ex.s.mid.Add(1)))
+	}
+	opts := ex.out[:0]
+	// Options in ascending number (§3.1): Content-Format (12) first, then
+	// Max-Age (14) or Size1 (60).
+	if resp.payload != nil {
+		n, _ := message.EncodeUint32(ex.cf[:], uint32(resp.format))
+		opts = append(opts, message.Option{ID: message.ContentFormat, Value: ex.cf[:n]})
+	}
+	if resp.option.ID != 0 {
+		opts = append(opts, resp.option)
+	}
+	out.Options = opts
+	ex.write(d, out)
+}
+
+// reset sends an RST matching mid (§4.2): Empty, no token.
+func (ex *exchange) reset(d *datagram, mid int32) {
+	ex.s.m.resets.Inc()
+	ex.write(d, message.Message{Type: message.Reset, Code: codes.Empty, MessageID: mid})
+}
+
+func (ex *exchange) write(d *datagram, m message.Message) {
+	size, err := coder.DefaultCoder.Size(m)
+	if err != nil {
+		ex.s.m.writeErrors.Inc()
+		return
+	}
+	if cap(ex.wbuf) < size {
+		ex.wbuf = make([]byte, size)
+	}
+	buf := ex.wbuf[:size]
+	if _, err := coder.DefaultCoder.Encode(m, buf); err != nil {
+		ex.s.m.writeErrors.Inc()
+		return
+	}
+	// Out of flight before the answer leaves: a copy sent after the peer
+	// saw it must be answered again (from Dedup), not taken for in flight.
+	ex.s.leave(d)
+	ex.s.write(buf, d.from)
+}
+
+// unknownCritical returns the first critical option (odd number, §5.4.6)
+// that go-coap does not know or that has an illegal length (§5.4.3).
+// Q-Block (RFC 9177) is not supported here, so it counts as unknown.
+func unknownCritical(opts message.Options) (message.OptionID, bool) {
+	for _, o := range opts {
+		if o.ID%2 == 0 {
+			continue
+		}
+		if o.ID == message.QBlock1 || o.ID == message.QBlock2 {
+			return o.ID, true
+		}
+		if _, known := message.CoapOptionDefs[o.ID]; !known || !message.VerifyOptLen(o.ID, len(o.Value)) {
+			return o.ID, true
+		}
+	}
+	return 0, false
+}
+
+// suppressed reports whether the request's No-Response option (RFC 7967)
+// asks for no answer of code's class.
+func suppressed(opts message.Options, code codes.Code) bool {
+	if !opts.HasOption(message.NoResponse) {
+		return false
+	}
+	v, err := opts.GetUint32(message.NoResponse)
+	return err == nil && noresponse.IsNoResponseCode(code, v) != nil
+}

@@ -1,0 +1,341 @@
+package ingest_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+	"github.com/plgd-dev/go-coap/v3/udp/coder"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/nbiot-live/nbiot-live/coap-server/ingest"
+	"github.com/nbiot-live/nbiot-live/coap-server/stream"
+	"github.com/nbiot-live/nbiot-live/coap-server/stream/streamtest"
+	"github.com/nbiot-live/nbiot-live/coap-server/uplink"
+	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
+)
+
+var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// startLean serves h on a loopback port until the test ends.
+func startLean(t testing.TB, h *ingest.Handler, cfg ingest.LeanConfig) (*ingest.LeanServer, *ingest.LeanMetrics) {
+	t.Helper()
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = ingest.NewLeanMetrics(prometheus.NewRegistry())
+	}
+	s, err := ingest.NewLeanServer(h, conn, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve() }()
+	t.Cleanup(func() {
+		s.Stop()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	return s, cfg.Metrics
+}
+
+func newHandler(t testing.TB, live ingest.Stream) *ingest.Handler {
+	t.Helper()
+	return &ingest.Handler{Stream: live, Logger: discard, Metrics: ingest.NewMetrics(prometheus.NewRegistry()),
+		Dedup: ingest.NewDedup(0, 0)}
+}
+
+// peer is a raw CoAP endpoint: it sends and reads single datagrams, so a
+// test sees exactly what goes on the wire.
+type peer struct {
+	t    testing.TB
+	conn *net.UDPConn
+}
+
+func dialPeer(t testing.TB, s *ingest.LeanServer) *peer {
+	t.Helper()
+	c, err := net.DialUDP("udp", nil, s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return &peer{t: t, conn: c}
+}
+
+func (p *peer) sendRaw(b []byte) {
+	p.t.Helper()
+	if _, err := p.conn.Write(b); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+func (p *peer) send(m message.Message) {
+	p.t.Helper()
+	p.sendRaw(encode(p.t, m))
+}
+
+// recv returns the next datagram, failing the test after 5 s.
+func (p *peer) recv() message.Message {
+	p.t.Helper()
+	buf := make([]byte, 2048)
+	_ = p.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := p.conn.Read(buf)
+	if err != nil {
+		p.t.Fatalf("no answer: %v", err)
+	}
+	m := message.Message{Options: make(message.Options, 0, 8)}
+	if _, err := coder.DefaultCoder.Decode(buf[:n], &m); err != nil {
+		p.t.Fatalf("answer undecodable: %v (% x)", err, buf[:n])
+	}
+	return m
+}
+
+func encode(t testing.TB, m message.Message) []byte {
+	t.Helper()
+	size, err := coder.DefaultCoder.Size(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, size)
+	if _, err := coder.DefaultCoder.Encode(m, b); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// uplinkMsg is a POST /uplink of u.
+func uplinkMsg(t testing.TB, typ message.Type, mid int32, token []byte, u *nbiotv1.Uplink) message.Message {
+	t.Helper()
+	payload, err := proto.Marshal(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return message.Message{Type: typ, Code: codes.POST, MessageID: mid, Token: token, Payload: payload,
+		Options: message.Options{{ID: message.URIPath, Value: []byte("uplink")}, {ID: message.ContentFormat, Value: []byte{42}}}}
+}
+
+func ping(mid int32) message.Message {
+	return message.Message{Type: message.Confirmable, Code: codes.Empty, MessageID: mid}
+}
+
+// RFC 7252 §4 on the wire: each kind of datagram gets the answer the
+// section cited asks for. One worker keeps answers in order, so "nothing
+// sent" is seen as the next answer being the following ping's RST.
+func TestLeanRFC7252(t *testing.T) {
+	live := streamtest.New(t, stream.Config{})
+	s, lm := startLean(t, newHandler(t, live), ingest.LeanConfig{Workers: 1})
+	p := dialPeer(t, s)
+	dev := &nbiotv1.Uplink{DeviceId: "LEAN-1", UplinkCount: 1}
+
+	t.Run("CON gets a piggybacked ACK (§5.2.1)", func(t *testing.T) {
+		p.send(uplinkMsg(t, message.Confirmable, 100, []byte{1, 2, 3}, dev))
+		got := p.recv()
+		if got.Type != message.Acknowledgement || got.MessageID != 100 || got.Code != codes.Changed || string(got.Token) != "\x01\x02\x03" {
+			t.Fatalf("got %v", &got)
+		}
+	})
+	t.Run("NON gets a NON with its own message ID (§5.2.3)", func(t *testing.T) {
+		u := &nbiotv1.Uplink{DeviceId: "LEAN-1", UplinkCount: 2}
+		p.send(uplinkMsg(t, message.NonConfirmable, 101, []byte{4}, u))
+		got := p.recv()
+		if got.Type != message.NonConfirmable || got.MessageID == 101 || got.Code != codes.Changed || string(got.Token) != "\x04" {
+			t.Fatalf("got %v", &got)
+		}
+	})
+	t.Run("CoAP ping gets RST (§4.3)", func(t *testing.T) {
+		p.send(ping(102))
+		if got := p.recv(); got.Type != message.Reset || got.MessageID != 102 || got.Code != codes.Empty || len(got.Token) != 0 {
+			t.Fatalf("got %v", &got)
+		}
+	})
+	t.Run("unknown critical option in a CON: 4.02 (§5.4.1)", func(t *testing.T) {
+		m := uplinkMsg(t, message.Confirmable, 103, []byte{5}, dev)
+		m.Options = append(message.Options{{ID: 9, Value: []byte{1}}}, m.Options...) // ascending (§3.1)
+		p.send(m)
+		if got := p.recv(); got.Type != message.Acknowledgement || got.MessageID != 103 || got.Code != codes.BadOption {
+			t.Fatalf("got %v", &got)
+		}
+	})
+	ignored := []struct {
+		name string
+		b    []byte
+	}{
+		{"unexpected ACK is ignored (§4.2)", encode(t, message.Message{Type: message.Acknowledgement, Code: codes.Changed, MessageID: 7})},
+		{"RST for nothing we sent is ignored (§4.3)", encode(t, message.Message{Type: message.Reset, Code: codes.Empty, MessageID: 8})},
+		{"shorter than a header is ignored (§3)", []byte{0x40, 0x01}},
+		{"unknown version is ignored (§3)", []byte{0x80, 0x01, 0, 1}},
+		{"Empty NON is ignored (§4.3)", []byte{0x50, 0x00, 0, 9}},
+		{"malformed NON is ignored (§4.3)", []byte{0x50, 0x02, 0, 10, 0xff}},
+		{"NON response is ignored (§4.3)", encode(t, message.Message{Type: message.NonConfirmable, Code: codes.Content, MessageID: 11})},
+	}
+	for i, tc := range ignored {
+		t.Run(tc.name, func(t *testing.T) {
+			p.sendRaw(tc.b)
+			mid := int32(200 + i)
+			p.send(ping(mid))
+			if got := p.recv(); got.Type != message.Reset || got.MessageID != mid {
+				t.Fatalf("got %v, want only the RST of the ping", &got)
+			}
+		})
+	}
+	rejected := []struct {
+		name string
+		b    []byte
+	}{
+		{"malformed CON gets RST (§4.2)", []byte{0x40, 0x02, 0x01, 0x2c, 0xff}}, // payload marker, no payload
+		{"token length 9 gets RST (§3)", []byte{0x49, 0x02, 0x01, 0x2d, 1, 2, 3, 4, 5, 6, 7, 8, 9}},
+		{"CON response gets RST (§4.2)", encode(t, message.Message{Type: message.Confirmable, Code: codes.Content, MessageID: 302})},
+		{"reserved class gets RST (§4.2)", encode(t, message.Message{Type: message.Confirmable, Code: codes.Code(7 << 5), MessageID: 303})},
+		{"Empty CON with a token gets RST (§4.1)", []byte{0x41, 0x00, 0x01, 0x30, 7}},
+	}
+	for i, tc := range rejected {
+		t.Run(tc.name, func(t *testing.T) {
+			p.sendRaw(tc.b)
+			if got := p.recv(); got.Type != message.Reset || got.MessageID != int32(300+i) || len(got.Token) != 0 {
+				t.Fatalf("got %v, want RST for %d", &got, 300+i)
+			}
+		})
+	}
+	t.Run("No-Response 2.xx: an empty ACK (RFC 7967)", func(t *testing.T) {
+		m := uplinkMsg(t, message.Confirmable, 400, []byte{6}, &nbiotv1.Uplink{DeviceId: "LEAN-1", UplinkCount: 3})
+		m.Options = append(m.Options, message.Option{ID: message.NoResponse, Value: []byte{2}})
+		p.send(m)
+		if got := p.recv(); got.Type != message.Acknowledgement || got.MessageID != 400 || got.Code != codes.Empty {
+			t.Fatalf("got %v", &got)
+		}
+	})
+	if n := testutil.ToFloat64(lm.QueueFull()); n != 0 {
+		t.Errorf("queue_full = %v", n)
+	}
+	if n := len(live.All()); n != 3 {
+		t.Errorf("%d live-log entries, want 3 (the accepted uplinks)", n)
+	}
+}
+
+// gated is a stream whose PublishUplink waits for release, so a test can
+// hold an uplink inside a worker.
+type gated struct {
+	*streamtest.Recorder
+	entered chan struct{}
+	release chan struct{}
+	calls   atomic.Int32
+}
+
+func newGated(t testing.TB) *gated {
+	return &gated{Recorder: streamtest.New(t, stream.Config{}), entered: make(chan struct{}, 16), release: make(chan struct{})}
+}
+
+func (g *gated) PublishUplink(ctx context.Context, a uplink.Accepted, payload []byte, id string) (bool, error) {
+	g.calls.Add(1)
+	g.entered <- struct{}{}
+	<-g.release
+	return g.Recorder.PublishUplink(ctx, a, payload, id)
+}
+
+func (g *gated) waitEntered(t testing.TB) {
+	t.Helper()
+	select {
+	case <-g.entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no uplink reached the stream")
+	}
+}
+
+// §4.5: a retransmission arriving while the first copy is still in the
+// worker is not processed again; the one answer answers both.
+func TestLeanRetransmissionWhileInFlight(t *testing.T) {
+	g := newGated(t)
+	s, lm := startLean(t, newHandler(t, g), ingest.LeanConfig{})
+	p := dialPeer(t, s)
+	m := uplinkMsg(t, message.Confirmable, 500, []byte{9}, &nbiotv1.Uplink{DeviceId: "LEAN-2", UplinkCount: 1})
+	p.send(m)
+	g.waitEntered(t)
+	p.send(m)
+	deadline := time.Now().Add(5 * time.Second)
+	for testutil.ToFloat64(lm.InflightDuplicates()) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the copy was not recognised as in flight")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(g.release)
+	if got := p.recv(); got.Type != message.Acknowledgement || got.MessageID != 500 || got.Code != codes.Changed {
+		t.Fatalf("got %v", &got)
+	}
+	// Answered again from Dedup once out of flight: same answer, one publish.
+	p.send(m)
+	if got := p.recv(); got.MessageID != 500 || got.Code != codes.Changed {
+		t.Fatalf("got %v", &got)
+	}
+	if n := g.calls.Load(); n != 1 {
+		t.Errorf("PublishUplink called %d times, want 1", n)
+	}
+}
+
+// The read loop never waits for a worker: with the one worker busy and the
+// queue full, a datagram is dropped and counted, and what was queued is
+// answered once the worker is free.
+func TestLeanQueueFullDrops(t *testing.T) {
+	g := newGated(t)
+	s, lm := startLean(t, newHandler(t, g), ingest.LeanConfig{Workers: 1, QueueLen: 1})
+	p := dialPeer(t, s)
+	send := func(mid int32) {
+		p.send(uplinkMsg(t, message.Confirmable, mid, nil, &nbiotv1.Uplink{DeviceId: "LEAN-3", UplinkCount: uint32(mid)}))
+	}
+	send(600)
+	g.waitEntered(t) // 600 holds the worker
+	send(601)        // queued
+	send(602)        // dropped: the queue holds one
+	deadline := time.Now().Add(5 * time.Second)
+	for testutil.ToFloat64(lm.QueueFull()) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("queue_full = %v, want 1", testutil.ToFloat64(lm.QueueFull()))
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(g.release)
+	got := map[int32]bool{p.recv().MessageID: true, p.recv().MessageID: true}
+	if !got[600] || !got[601] {
+		t.Errorf("answered %v, want 600 and 601", got)
+	}
+	// The device retransmits the dropped CON (§4.2) and it is answered.
+	send(602)
+	if m := p.recv(); m.MessageID != 602 || m.Code != codes.Changed {
+		t.Errorf("retransmission got %v", &m)
+	}
+}
+
+// The byte bound bites before the count: a datagram that would take the
+// queue past QueueBytes is dropped.
+func TestLeanQueueBytesBound(t *testing.T) {
+	g := newGated(t)
+	s, lm := startLean(t, newHandler(t, g), ingest.LeanConfig{Workers: 1, QueueLen: 100, QueueBytes: 400})
+	p := dialPeer(t, s)
+	m := uplinkMsg(t, message.Confirmable, 700, nil, &nbiotv1.Uplink{DeviceId: "LEAN-4", UplinkCount: 1})
+	p.send(m)
+	g.waitEntered(t) // the worker holds 700; its bytes left the queue
+	big := uplinkMsg(t, message.Confirmable, 701, nil, &nbiotv1.Uplink{DeviceId: "LEAN-4", UplinkCount: 2, Config: &nbiotv1.DeviceConfig{HwVersion: string(make([]byte, 60)), FwVersion: string(make([]byte, 60))}})
+	p.send(big) // ~150 B + overhead: queued
+	big.MessageID = 702
+	p.send(big) // past 400 B: dropped
+	deadline := time.Now().Add(5 * time.Second)
+	for testutil.ToFloat64(lm.QueueFull()) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("queue_full = %v, want 1", testutil.ToFloat64(lm.QueueFull()))
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(g.release)
+	_, _ = p.recv(), p.recv()
+}
