@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"log/slog"
 	"io"
+	"log/slog"
 	"sync/atomic"
 	"time"
 
