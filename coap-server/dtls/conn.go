@@ -23,6 +23,9 @@ type listener struct {
 	sessions atomic.Int64
 	maxSess  int64
 	closed   atomic.Bool
+	reg      *registry
+	keys     *KeyCache
+	debugf   func(msg string, args ...any)
 }
 
 // AcceptWithContext implements go-coap's dtls/server.Listener. Refused
@@ -60,7 +63,7 @@ func (l *listener) AcceptWithContext(ctx context.Context) (net.Conn, error) {
 
 func (l *listener) refuse(c net.Conn, reason error) {
 	l.metrics.Refused.WithLabelValues(reason.Error()).Inc()
-	l.log.Debug("dtls attempt refused", "remote", c.RemoteAddr().String(), "err", reason)
+	l.debugf("dtls attempt refused", "remote", c.RemoteAddr().String(), "err", reason)
 	_ = c.Close()
 }
 
@@ -106,14 +109,25 @@ func (s *session) handshake(ctx context.Context) error {
 	if err != nil {
 		s.l.metrics.Handshakes.WithLabelValues("failed").Inc()
 		// The identity only: never the key, and pion's errors carry none.
-		s.l.log.Info("dtls handshake failed", "device", id, "remote", s.remote.String(), "err", err)
+		// Unknown identity and wrong key look alike to the peer (decoy);
+		// the log tells them apart, at debug and rate-limited.
+		reason := "wrong_key_or_timeout"
+		if id != "" && s.l.keys.isUnknown(id) {
+			reason = "unknown_identity"
+		}
+		s.l.debugf("dtls handshake failed", "device", id, "remote", s.remote.String(), "reason", reason, "err", err)
 		return err
 	}
 	if id == "" {
-		// The PSK callback accepts valid device IDs only; this cannot
-		// happen, but an unnamed session must never reach the handler.
+		// The PSK callback gives non-device identities the decoy key; this
+		// cannot happen, but an unnamed session must never reach the handler.
 		s.l.metrics.Handshakes.WithLabelValues("failed").Inc()
 		return ErrIdentity
+	}
+	if !s.l.keys.isKnown(id) {
+		// Its key was deleted while the handshake ran.
+		s.l.metrics.Handshakes.WithLabelValues("failed").Inc()
+		return ErrUnknownDevice
 	}
 	s.identity = id
 	s.established = true
@@ -121,6 +135,13 @@ func (s *session) handshake(ctx context.Context) error {
 	s.l.metrics.Sessions.Inc()
 	s.l.metrics.Handshakes.WithLabelValues("ok").Inc()
 	s.l.log.Debug("dtls session established", "device", id, "remote", s.remote.String())
+	if old := s.l.reg.add(s); old != nil {
+		// One session per identity: the device reconnected (new NAT
+		// binding without a CID, reboot) or someone has its key.
+		s.l.metrics.SessionsClosed.WithLabelValues("replaced").Inc()
+		s.l.log.Debug("dtls session replaced by a newer handshake", "device", id, "old_remote", old.remote.String())
+		_ = old.Close()
+	}
 	return nil
 }
 
@@ -129,6 +150,7 @@ func (s *session) Close() error {
 	err := s.Conn.Close()
 	s.closeOnce.Do(func() {
 		if s.established {
+			s.l.reg.remove(s)
 			s.l.sessions.Add(-1)
 			s.l.metrics.Sessions.Dec()
 		}

@@ -24,22 +24,40 @@ type KeyLoader interface {
 	LoadPSK(ctx context.Context, deviceID string) ([]byte, error)
 }
 
+// BatchLoader re-reads the keys of many devices at once: the map holds the
+// devices of ids that still have a credential (a missing one was deleted).
+// A KeyLoader that implements it lets the cache notice rotated and deleted
+// credentials within RefreshInterval (see KeyCache.Refresh).
+type BatchLoader interface {
+	LoadPSKs(ctx context.Context, ids []string) (map[string][]byte, error)
+}
+
 // KeyCacheConfig bounds the PSK cache. Zero fields take the defaults.
 type KeyCacheConfig struct {
-	// MaxEntries (default 100000) bounds the cache, known and unknown
-	// identities together: about 100 bytes each, so 10 MB at most.
+	// MaxEntries (default 100000) bounds the known keys: about 100 bytes
+	// each, so 10 MB at most. Only keys read from the database enter it, so
+	// junk identities can never evict a device's key.
 	MaxEntries int
-	// TTL (default 10 min) is how long a known key is trusted before it is
-	// read again, so a rotated or deleted credential takes effect.
+	// MaxNegative (default 10000) bounds the unknown identities remembered,
+	// apart from the known keys.
+	MaxNegative int
+	// TTL (default 10 min) is how long a known key is used before a
+	// handshake reads it again. When that read fails (database down, pool
+	// busy) the last key is served: a device that was known keeps working
+	// through an outage. Revocation does not wait for TTL (RefreshInterval).
 	TTL time.Duration
 	// NegativeTTL (default 1 min) is how long an unknown identity is
 	// remembered, so junk identities cannot make every handshake a query.
 	NegativeTTL time.Duration
+	// RefreshInterval (default 2 s) is how often Run re-reads the cached
+	// identities' keys: a changed or deleted device_credentials row takes
+	// effect, and closes that identity's sessions, within it.
+	RefreshInterval time.Duration
 	// LookupTimeout (default 3 s) bounds one database read; the handshake
-	// fails rather than waits longer.
+	// fails (or uses the stale key) rather than waits longer.
 	LookupTimeout time.Duration
 	// MaxConcurrentLookups (default 4) bounds database reads in flight; more
-	// fail at once with ErrKeyStoreBusy.
+	// fail at once with ErrKeyStoreBusy (or use the stale key).
 	MaxConcurrentLookups int
 	// Now is the clock (default time.Now).
 	Now func() time.Time
@@ -49,11 +67,17 @@ func (c *KeyCacheConfig) defaults() {
 	if c.MaxEntries <= 0 {
 		c.MaxEntries = 100000
 	}
+	if c.MaxNegative <= 0 {
+		c.MaxNegative = 10000
+	}
 	if c.TTL <= 0 {
 		c.TTL = 10 * time.Minute
 	}
 	if c.NegativeTTL <= 0 {
 		c.NegativeTTL = time.Minute
+	}
+	if c.RefreshInterval <= 0 {
+		c.RefreshInterval = 2 * time.Second
 	}
 	if c.LookupTimeout <= 0 {
 		c.LookupTimeout = 3 * time.Second
@@ -67,13 +91,17 @@ func (c *KeyCacheConfig) defaults() {
 }
 
 type keyEntry struct {
-	psk     []byte // nil: unknown identity (negative entry)
-	expires time.Time
+	psk     []byte
+	expires time.Time // after it a handshake reloads; until then, or on error, psk is used
 }
 
 // KeyCache holds device PSKs in memory in front of a KeyLoader. A PSK
 // callback runs in the handshake's goroutine, never on a socket's read loop,
 // so a miss may wait on the database, within LookupTimeout.
+//
+// Known keys and unknown identities are kept in separate bounded maps.
+// Known keys are kept in memory only: a restart while the database is down
+// cannot use keys it never read (see the README).
 type KeyCache struct {
 	cfg     KeyCacheConfig
 	loader  KeyLoader
@@ -81,39 +109,59 @@ type KeyCache struct {
 	log     *slog.Logger
 	sem     chan struct{}
 
-	mu      sync.Mutex
-	entries map[string]keyEntry
+	mu       sync.Mutex
+	known    map[string]keyEntry
+	unknown  map[string]time.Time // identity -> until when it is known to be unknown
+	onChange []func(deviceID string)
 }
 
 // NewKeyCache returns a cache reading misses through loader.
 func NewKeyCache(loader KeyLoader, cfg KeyCacheConfig, m *Metrics, logger *slog.Logger) *KeyCache {
 	cfg.defaults()
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
 	return &KeyCache{
 		cfg: cfg, loader: loader, metrics: m, log: logger,
 		sem:     make(chan struct{}, cfg.MaxConcurrentLookups),
-		entries: make(map[string]keyEntry),
+		known:   make(map[string]keyEntry),
+		unknown: make(map[string]time.Time),
 	}
 }
 
+// OnChange registers fn, called (outside the cache's lock) with a device
+// whose key was deleted or replaced, so its sessions can be closed.
+func (k *KeyCache) OnChange(fn func(deviceID string)) {
+	k.mu.Lock()
+	k.onChange = append(k.onChange, fn)
+	k.mu.Unlock()
+}
+
 // PSK returns the key of deviceID, from memory when fresh, else from the
-// loader. Unknown identities are cached too (NegativeTTL).
+// loader; when the loader fails, the last known key (stale) is served.
+// Unknown identities are cached too (NegativeTTL).
 func (k *KeyCache) PSK(ctx context.Context, deviceID string) ([]byte, error) {
 	now := k.cfg.Now()
 	k.mu.Lock()
-	e, ok := k.entries[deviceID]
+	e, known := k.known[deviceID]
+	negUntil, negative := k.unknown[deviceID]
 	k.mu.Unlock()
-	if ok && now.Before(e.expires) {
-		if e.psk == nil {
-			k.metrics.KeyLookups.WithLabelValues("miss_cached").Inc()
-			return nil, ErrUnknownDevice
-		}
+	if known && now.Before(e.expires) {
 		k.metrics.KeyLookups.WithLabelValues("hit").Inc()
 		return e.psk, nil
+	}
+	if negative && now.Before(negUntil) {
+		k.metrics.KeyLookups.WithLabelValues("miss_cached").Inc()
+		return nil, ErrUnknownDevice
 	}
 	select {
 	case k.sem <- struct{}{}:
 		defer func() { <-k.sem }()
 	default:
+		if known {
+			k.metrics.KeyLookups.WithLabelValues("stale").Inc()
+			return e.psk, nil
+		}
 		k.metrics.KeyLookups.WithLabelValues("busy").Inc()
 		return nil, ErrKeyStoreBusy
 	}
@@ -123,56 +171,109 @@ func (k *KeyCache) PSK(ctx context.Context, deviceID string) ([]byte, error) {
 	switch {
 	case errors.Is(err, ErrUnknownDevice):
 		k.metrics.KeyLookups.WithLabelValues("unknown").Inc()
-		k.put(deviceID, keyEntry{expires: now.Add(k.cfg.NegativeTTL)})
+		k.markUnknown(deviceID, now)
 		return nil, ErrUnknownDevice
+	case err != nil && known:
+		// The database is down or slow: the key it gave last still holds
+		// (a deletion is seen by Refresh once it answers again).
+		k.metrics.KeyLookups.WithLabelValues("stale").Inc()
+		return e.psk, nil
 	case err != nil:
 		// Not cached: the next handshake tries again.
 		k.metrics.KeyLookups.WithLabelValues("error").Inc()
 		return nil, fmt.Errorf("dtls: load PSK: %w", err)
 	}
 	k.metrics.KeyLookups.WithLabelValues("loaded").Inc()
-	k.put(deviceID, keyEntry{psk: psk, expires: now.Add(k.cfg.TTL)})
+	k.putKnown(deviceID, psk, now)
 	return psk, nil
 }
 
 // Forget drops deviceID from the cache, e.g. after its key was rotated.
 func (k *KeyCache) Forget(deviceID string) {
 	k.mu.Lock()
-	delete(k.entries, deviceID)
+	delete(k.known, deviceID)
+	delete(k.unknown, deviceID)
 	k.mu.Unlock()
 }
 
-// Len is the number of cached identities.
+// Len is the number of cached identities, known and unknown.
 func (k *KeyCache) Len() int {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	return len(k.entries)
+	return len(k.known) + len(k.unknown)
 }
 
-// put stores e, making room when full: expired entries first, then an
-// arbitrary one (Go's map order is random, which spreads evictions evenly
-// enough and costs nothing to keep).
-func (k *KeyCache) put(id string, e keyEntry) {
+// Known is the number of known keys held.
+func (k *KeyCache) Known() int {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if _, ok := k.entries[id]; !ok && len(k.entries) >= k.cfg.MaxEntries {
-		now := k.cfg.Now()
-		scanned := 0
-		for key, old := range k.entries {
-			if !now.Before(old.expires) {
-				delete(k.entries, key)
-			}
-			if scanned++; scanned >= 64 {
-				break
-			}
-		}
-		for key := range k.entries {
-			if len(k.entries) < k.cfg.MaxEntries {
-				break
-			}
-			delete(k.entries, key)
-			k.metrics.KeyCacheEvictions.Inc()
+	return len(k.known)
+}
+
+// isKnown reports whether id has a key (fresh or stale) in the cache.
+func (k *KeyCache) isKnown(id string) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	_, ok := k.known[id]
+	return ok
+}
+
+// isUnknown reports whether id is remembered as having no credential.
+func (k *KeyCache) isUnknown(id string) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	_, ok := k.unknown[id]
+	return ok
+}
+
+// putKnown stores a key, making room when full: an expired key first
+// (a short scan), else an arbitrary one (Go's map order is random).
+func (k *KeyCache) putKnown(id string, psk []byte, now time.Time) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	delete(k.unknown, id)
+	if _, ok := k.known[id]; !ok && len(k.known) >= k.cfg.MaxEntries {
+		evictOne(k.known, func(e keyEntry) bool { return !now.Before(e.expires) })
+		k.metrics.KeyCacheEvictions.Inc()
+	}
+	k.known[id] = keyEntry{psk: psk, expires: now.Add(k.cfg.TTL)}
+}
+
+// markUnknown records that id has no credential. A key it had is dropped,
+// and its sessions are closed.
+func (k *KeyCache) markUnknown(id string, now time.Time) {
+	k.mu.Lock()
+	_, had := k.known[id]
+	delete(k.known, id)
+	if _, ok := k.unknown[id]; !ok && len(k.unknown) >= k.cfg.MaxNegative {
+		evictOne(k.unknown, func(until time.Time) bool { return !now.Before(until) })
+		k.metrics.NegativeEvictions.Inc()
+	}
+	k.unknown[id] = now.Add(k.cfg.NegativeTTL)
+	fns := k.onChange
+	k.mu.Unlock()
+	if had {
+		for _, fn := range fns {
+			fn(id)
 		}
 	}
-	k.entries[id] = e
+}
+
+// evictOne deletes an entry that expired among the first 64 looked at, else
+// the first one looked at.
+func evictOne[V any](m map[string]V, expired func(V) bool) {
+	first, scanned := "", 0
+	for key, v := range m {
+		if expired(v) {
+			delete(m, key)
+			return
+		}
+		if scanned == 0 {
+			first = key
+		}
+		if scanned++; scanned >= 64 {
+			break
+		}
+	}
+	delete(m, first)
 }

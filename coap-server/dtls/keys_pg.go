@@ -28,3 +28,27 @@ func (p PGKeys) LoadPSK(ctx context.Context, deviceID string) ([]byte, error) {
 	}
 	return psk, nil
 }
+
+// LoadPSKs implements BatchLoader.
+func (p PGKeys) LoadPSKs(ctx context.Context, ids []string) (map[string][]byte, error) {
+	rows, err := p.Pool.Query(ctx, `select devid, psk from public.device_credentials where devid = any($1)`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("device_credentials: %w", err)
+	}
+	defer rows.Close()
+	out := make(map[string][]byte, len(ids))
+	for rows.Next() {
+		var (
+			id  string
+			psk []byte
+		)
+		if err := rows.Scan(&id, &psk); err != nil {
+			return nil, fmt.Errorf("device_credentials: %w", err)
+		}
+		out[id] = psk
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("device_credentials: %w", err)
+	}
+	return out, nil
+}

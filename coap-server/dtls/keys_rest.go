@@ -55,6 +55,45 @@ func (r RESTKeys) LoadPSK(ctx context.Context, deviceID string) ([]byte, error) 
 	return DecodeBytea(rows[0].PSK)
 }
 
+// LoadPSKs implements BatchLoader. Device IDs are [A-Za-z0-9_-] only
+// (ParseIdentity), so they need no quoting in PostgREST's in.() list.
+func (r RESTKeys) LoadPSKs(ctx context.Context, ids []string) (map[string][]byte, error) {
+	q := url.Values{"select": {"devid,psk"}, "devid": {"in.(" + strings.Join(ids, ",") + ")"}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.BaseURL+"/rest/v1/device_credentials?"+q.Encode(), nil)
+	if err != nil {
+		return nil, fmt.Errorf("device_credentials: %w", err)
+	}
+	supa.SetKey(req.Header, r.ServiceKey)
+	resp, err := r.Client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("device_credentials: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return nil, fmt.Errorf("device_credentials: read: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("device_credentials: HTTP %d", resp.StatusCode)
+	}
+	var rows []struct {
+		DevID string `json:"devid"`
+		PSK   string `json:"psk"`
+	}
+	if err := json.Unmarshal(body, &rows); err != nil {
+		return nil, fmt.Errorf("device_credentials: decode: %w", err)
+	}
+	out := make(map[string][]byte, len(rows))
+	for _, row := range rows {
+		psk, err := DecodeBytea(row.PSK)
+		if err != nil {
+			return nil, err
+		}
+		out[row.DevID] = psk
+	}
+	return out, nil
+}
+
 // DecodeBytea decodes PostgREST's JSON form of a bytea ("\x0a1b…").
 func DecodeBytea(s string) ([]byte, error) {
 	h, ok := strings.CutPrefix(s, `\x`)

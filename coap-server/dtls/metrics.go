@@ -11,10 +11,20 @@ type Metrics struct {
 	// by reason: per_ip_inflight, per_ip_rate, inflight, table_full, sessions.
 	Refused *prometheus.CounterVec
 	// KeyLookups counts PSK lookups by outcome: hit, miss_cached, loaded,
-	// unknown, error, busy, invalid_identity.
+	// unknown, error, busy, stale, invalid_identity.
 	KeyLookups *prometheus.CounterVec
 	// KeyCacheEvictions counts keys dropped because the cache was full.
 	KeyCacheEvictions prometheus.Counter
+	// NegativeEvictions counts unknown identities forgotten because their
+	// table was full.
+	NegativeEvictions prometheus.Counter
+	// KeyChanges counts credentials seen to change by Refresh: deleted,
+	// replaced.
+	KeyChanges *prometheus.CounterVec
+	// SessionsClosed counts sessions the server ended itself, by reason:
+	// replaced (a newer handshake by the same identity), revoked (the key
+	// was deleted or replaced).
+	SessionsClosed *prometheus.CounterVec
 	// Sessions is the number of established sessions.
 	Sessions prometheus.Gauge
 	// HandshakesInFlight is the number of handshakes under way.
@@ -33,11 +43,20 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"reason"}),
 		KeyLookups: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nbiot_dtls_key_lookups_total",
-			Help: "PSK lookups by outcome (hit, miss_cached, loaded, unknown, error, busy, invalid_identity).",
+			Help: "PSK lookups by outcome (hit, miss_cached, loaded, unknown, error, busy, stale, invalid_identity).",
 		}, []string{"outcome"}),
 		KeyCacheEvictions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "nbiot_dtls_key_cache_evictions_total", Help: "PSK cache entries evicted because the cache was full.",
 		}),
+		NegativeEvictions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nbiot_dtls_unknown_identity_evictions_total", Help: "Unknown PSK identities forgotten because their table was full.",
+		}),
+		KeyChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nbiot_dtls_key_changes_total", Help: "Cached DTLS credentials found changed in the database, by change (deleted, replaced).",
+		}, []string{"change"}),
+		SessionsClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nbiot_dtls_sessions_closed_total", Help: "DTLS sessions closed by the server, by reason (replaced, revoked).",
+		}, []string{"reason"}),
 		Sessions: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "nbiot_dtls_sessions", Help: "Established DTLS sessions.",
 		}),
@@ -45,6 +64,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "nbiot_dtls_handshakes_in_flight", Help: "DTLS handshakes under way.",
 		}),
 	}
-	reg.MustRegister(m.Handshakes, m.Refused, m.KeyLookups, m.KeyCacheEvictions, m.Sessions, m.HandshakesInFlight)
+	reg.MustRegister(m.Handshakes, m.Refused, m.KeyLookups, m.KeyCacheEvictions, m.NegativeEvictions, m.KeyChanges, m.SessionsClosed, m.Sessions, m.HandshakesInFlight)
 	return m
 }

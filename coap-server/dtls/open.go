@@ -19,7 +19,8 @@ type Source = supa.Source
 // Deprecated: use supa.RESTClient; kept until downlink's tests name it.
 func RESTClient() *http.Client { return supa.RESTClient() }
 
-// OpenKeys returns the PSK cache over src and a function that releases it.
+// OpenKeys returns the PSK cache over src, re-reading its keys every
+// RefreshInterval (KeyCache.Run), and a function that stops and releases it.
 // Opening does not wait for the database: a pool connects lazily, so
 // coap-server starts (and serves plain CoAP) while the database is down.
 func OpenKeys(ctx context.Context, src Source, cfg KeyCacheConfig, m *Metrics, logger *slog.Logger) (*KeyCache, func(), error) {
@@ -30,11 +31,14 @@ func OpenKeys(ctx context.Context, src Source, cfg KeyCacheConfig, m *Metrics, l
 		if err != nil {
 			return nil, nil, err
 		}
-		return NewKeyCache(PGKeys{Pool: pool}, cfg, m, logger), pool.Close, nil
+		k := NewKeyCache(PGKeys{Pool: pool}, cfg, m, logger)
+		stop := k.Start()
+		return k, func() { stop(); pool.Close() }, nil
 	}
 	if src.SupabaseURL != "" {
 		loader := RESTKeys{BaseURL: src.SupabaseURL, ServiceKey: src.ServiceKey, Client: supa.RESTClient()}
-		return NewKeyCache(loader, cfg, m, logger), func() {}, nil
+		k := NewKeyCache(loader, cfg, m, logger)
+		return k, k.Start(), nil
 	}
 	return nil, nil, fmt.Errorf("COAPS_ADDR: device keys need DATABASE_URL or SUPABASE_URL")
 }

@@ -4,7 +4,8 @@
 // it slept keeps its session instead of paying for a new handshake.
 //
 // Keys come from device_credentials through a bounded cache with negative
-// entries; handshakes are admitted by per-IP and global limits before pion
+// entries, re-read every few seconds so a deleted or replaced key closes
+// its sessions; one session per identity; handshakes are admitted by per-IP and global limits before pion
 // does any work for them; failures are counted and logged with the identity
 // only.
 package dtls
@@ -19,6 +20,7 @@ import (
 
 	piondtls "github.com/pion/dtls/v3"
 	"github.com/plgd-dev/go-coap/v3/dtls/server"
+	"golang.org/x/time/rate"
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 	"github.com/plgd-dev/go-coap/v3/mux"
@@ -92,11 +94,18 @@ func (c *Config) defaults() {
 
 // Server is a bound CoAPS listener.
 type Server struct {
-	cfg  Config
-	ln   *listener
-	coap *server.Server
-	addr *net.UDPAddr
+	cfg   Config
+	ln    *listener
+	coap  *server.Server
+	addr  *net.UDPAddr
+	decoy *decoy
+	logs  *rate.Limiter // debugf's budget, shared with the listener
 }
+
+const (
+	logRate  = 1
+	logBurst = 20
+)
 
 // Listen binds addr ("host:port") and prepares to serve h.
 func Listen(addr string, h *ingest.Handler, cfg Config) (*Server, error) {
@@ -108,7 +117,7 @@ func Listen(addr string, h *ingest.Handler, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dtls: %w", err)
 	}
-	s := &Server{cfg: cfg}
+	s := &Server{cfg: cfg, decoy: newDecoy(), logs: rate.NewLimiter(logRate, logBurst)}
 	inner, err := piondtls.ListenWithOptions("udp", ua,
 		piondtls.WithPSK(s.psk),
 		piondtls.WithCipherSuites(CipherSuites...),
@@ -124,7 +133,9 @@ func Listen(addr string, h *ingest.Handler, cfg Config) (*Server, error) {
 	s.ln = &listener{
 		inner: inner, limits: NewLimiter(cfg.Limits), metrics: cfg.Metrics,
 		log: cfg.Logger, maxSess: int64(cfg.MaxSessions),
+		reg: newRegistry(), keys: cfg.Keys, debugf: s.debugf,
 	}
+	cfg.Keys.OnChange(s.closeIdentity)
 	log := cfg.Logger
 	s.coap = server.New(
 		options.WithMux(secureHandler(h)),
@@ -153,24 +164,45 @@ func secureHandler(h *ingest.Handler) mux.Handler {
 }
 
 // psk is pion's PSK callback. On a server its argument is the identity the
-// client sent (pion calls it "hint"; NOTES).
+// client sent (pion calls it "hint"; NOTES). It never fails: an identity
+// with no usable key gets the decoy key, so an unknown identity, a lookup
+// failure and a wrong key all end the same way for the peer (see decoy).
 func (s *Server) psk(identity []byte) ([]byte, error) {
 	id, err := ParseIdentity(identity)
 	if err != nil {
 		s.cfg.Metrics.KeyLookups.WithLabelValues("invalid_identity").Inc()
-		s.cfg.Logger.Info("dtls handshake refused: identity is not a device ID", "identity_len", len(identity))
-		return nil, err
+		s.debugf("dtls identity is not a device ID", "identity_len", len(identity))
+		return s.decoy.key(identity), nil
 	}
 	key, err := s.cfg.Keys.PSK(contextBackground(), id)
 	if err != nil {
-		if errors.Is(err, ErrUnknownDevice) {
-			s.cfg.Logger.Info("dtls handshake refused: unknown identity", "device", id)
-		} else {
-			s.cfg.Logger.Warn("dtls PSK lookup failed", "device", id, "err", err)
+		if !errors.Is(err, ErrUnknownDevice) {
+			// Not the peer's doing: worth a warning, but bounded.
+			if s.logs.Allow() {
+				s.cfg.Logger.Warn("dtls PSK lookup failed", "device", id, "err", err)
+			}
 		}
-		return nil, err
+		return s.decoy.key(identity), nil
 	}
 	return key, nil
+}
+
+// debugf logs at debug, at most logRate a second (bursts of logBurst):
+// what a peer can trigger at will must not flood the log.
+func (s *Server) debugf(msg string, args ...any) {
+	if s.logs.Allow() {
+		s.cfg.Logger.Debug(msg, args...)
+	}
+}
+
+// closeIdentity ends the session of a device whose key was deleted or
+// replaced (KeyCache.OnChange).
+func (s *Server) closeIdentity(id string) {
+	if old := s.ln.reg.take(id); old != nil {
+		s.cfg.Metrics.SessionsClosed.WithLabelValues("revoked").Inc()
+		s.cfg.Logger.Info("dtls session closed: its key changed or was deleted", "device", id)
+		_ = old.Close()
+	}
 }
 
 // Serve serves until Stop. It returns nil after Stop.

@@ -48,7 +48,7 @@ func TestIdentityMismatchIsForbidden(t *testing.T) {
 func TestFailedHandshakeLogsIdentityNotKey(t *testing.T) {
 	var logs logtest.Buffer
 	f := newFixture(t, func(c *dtls.Config) {
-		c.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+		c.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 		c.HandshakeTimeout = time.Second
 	})
 	right, wrong := []byte("right-key-ABCDEFGHIJ"), []byte("wrong-key-KLMNOPQRST")

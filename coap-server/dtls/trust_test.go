@@ -1,0 +1,171 @@
+package dtls_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/nbiot-live/nbiot-live/coap-server/dtls"
+	"github.com/nbiot-live/nbiot-live/internal/pgtest"
+	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
+)
+
+// testClock is a settable clock for KeyCacheConfig.Now.
+type testClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *testClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *testClock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// clusterFixture is a CoAPS server whose keys come from a private Postgres
+// cluster the test may stop, through a cache on clock that re-reads its
+// keys every RefreshInterval (default 2 s) as in production.
+func clusterFixture(t *testing.T, clock *testClock) (*fixture, *pgtest.Cluster, *pgxpool.Pool, *dtls.KeyCache) {
+	t.Helper()
+	cluster := pgtest.StartCluster(t)
+	pool, err := pgxpool.New(context.Background(), cluster.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	var keys *dtls.KeyCache
+	f := newFixture(t, func(c *dtls.Config) {
+		keys = dtls.NewKeyCache(dtls.PGKeys{Pool: pool}, dtls.KeyCacheConfig{Now: clock.Now, LookupTimeout: time.Second}, c.Metrics, discard)
+		c.Keys = keys
+		c.HandshakeTimeout = 2 * time.Second
+	})
+	t.Cleanup(keys.Start())
+	return f, cluster, pool, keys
+}
+
+func provisionOn(t *testing.T, pool *pgxpool.Pool, device string, psk []byte) {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, `insert into public.devices (devid) values ($1) on conflict do nothing`, device); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `insert into public.device_credentials (devid, psk) values ($1, $2)`, device, psk); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Database stopped and the cached key long expired: a device that was
+// known still connects and is served; one never seen does not.
+func TestKnownDeviceConnectsWhileTheDatabaseIsDown(t *testing.T) {
+	clock := &testClock{t: time.Now()}
+	f, cluster, pool, _ := clusterFixture(t, clock)
+	key := []byte("outage-key-0123456789")
+	provisionOn(t, pool, "dev-outage", key)
+	provisionOn(t, pool, "dev-other", []byte("other-key-0123456789"))
+	cc, dc, err := dialGo(t, udpSocket(t), f.srv.Addr(), "dev-outage", key, true)
+	if err != nil {
+		t.Fatalf("handshake with the database up: %v", err)
+	}
+	_ = cc.Close()
+	_ = dc.Close()
+
+	cluster.Stop(t)
+	clock.Add(24 * time.Hour) // every cached key expired
+	cc, _, err = dialGo(t, udpSocket(t), f.srv.Addr(), "dev-outage", key, true)
+	if err != nil {
+		t.Fatalf("handshake with the database down: %v", err)
+	}
+	if code := postGo(t, cc, &nbiotv1.Uplink{UplinkCount: 1}); code != codes.Changed {
+		t.Fatalf("uplink with the database down: %v, want 2.04", code)
+	}
+	if got := lookups(f, "stale"); got < 1 {
+		t.Errorf("stale lookups = %v, want >= 1", got)
+	}
+	// Never read before the outage: nothing to serve.
+	if _, _, err := dialGoWithin(t, udpSocket(t), f.srv.Addr(), "dev-other", []byte("other-key-0123456789"), true, 3*time.Second); err == nil {
+		t.Error("a device never seen before the outage connected")
+	}
+}
+
+// A deleted credential closes the device's open session and refuses its
+// next handshake within 5 s (RefreshInterval 2 s).
+func TestDeletedCredentialEndsTheSessionWithinSeconds(t *testing.T) {
+	clock := &testClock{t: time.Now()}
+	f, _, pool, _ := clusterFixture(t, clock)
+	key := []byte("revoke-key-0123456789")
+	provisionOn(t, pool, "dev-revoke", key)
+	cc, _, err := dialGo(t, udpSocket(t), f.srv.Addr(), "dev-revoke", key, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := postGo(t, cc, &nbiotv1.Uplink{UplinkCount: 1}); code != codes.Changed {
+		t.Fatalf("uplink: %v", code)
+	}
+	if _, err := pool.Exec(context.Background(), `delete from public.device_credentials where devid = $1`, "dev-revoke"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-cc.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the session of a deleted credential is still open after 5 s")
+	}
+	if got := testutil.ToFloat64(f.metrics.SessionsClosed.WithLabelValues("revoked")); got != 1 {
+		t.Errorf("sessions closed as revoked = %v, want 1", got)
+	}
+	if _, _, err := dialGoWithin(t, udpSocket(t), f.srv.Addr(), "dev-revoke", key, true, 3*time.Second); err == nil {
+		t.Fatal("a deleted credential still completes a handshake")
+	}
+	if ok := f.handshakes("ok"); ok != 1 {
+		t.Errorf("handshakes ok = %v, want 1", ok)
+	}
+}
+
+// A replaced key closes the session made with the old one; the new key works.
+func TestReplacedKeyEndsTheOldSession(t *testing.T) {
+	clock := &testClock{t: time.Now()}
+	f, _, pool, _ := clusterFixture(t, clock)
+	old, rotated := []byte("old-key-0123456789ab"), []byte("new-key-0123456789ab")
+	provisionOn(t, pool, "dev-rotate", old)
+	cc, _, err := dialGo(t, udpSocket(t), f.srv.Addr(), "dev-rotate", old, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(context.Background(), `update public.device_credentials set psk = $2 where devid = $1`, "dev-rotate", rotated); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-cc.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the session made with a replaced key is still open after 5 s")
+	}
+	cc, _, err = dialGo(t, udpSocket(t), f.srv.Addr(), "dev-rotate", rotated, true)
+	if err != nil {
+		t.Fatalf("handshake with the new key: %v", err)
+	}
+	if code := postGo(t, cc, &nbiotv1.Uplink{UplinkCount: 1}); code != codes.Changed {
+		t.Fatalf("uplink with the new key: %v", code)
+	}
+}
+
+// An unknown identity and a wrong key end the same way for the peer: no
+// alert, the handshake just never completes (decoy key); the server logs
+// which it was.
+func TestUnknownIdentityLooksLikeAWrongKey(t *testing.T) {
+	f := newFixture(t, func(c *dtls.Config) { c.HandshakeTimeout = 2 * time.Second })
+	f.provision(t, "dev-real", []byte("real-key-0123456789a"))
+	_, _, errWrong := dialGoWithin(t, udpSocket(t), f.srv.Addr(), "dev-real", []byte("not-the-key-01234567"), true, 2*time.Second)
+	_, _, errUnknown := dialGoWithin(t, udpSocket(t), f.srv.Addr(), "dev-nobody", []byte("not-the-key-01234567"), true, 2*time.Second)
+	if errWrong == nil || errUnknown == nil {
+		t.Fatalf("wrong key: %v; unknown identity: %v; want both to fail", errWrong, errUnknown)
+	}
+	if errWrong.Error() != errUnknown.Error() {
+		t.Errorf("the peer can tell them apart:\nwrong key:        %v\nunknown identity: %v", errWrong, errUnknown)
+	}
+	waitFor(t, "both failures on the server", 10*time.Second, func() bool { return f.handshakes("failed") >= 2 })
+}
