@@ -3,7 +3,10 @@ package dtls_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
+	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -75,6 +78,11 @@ func BenchmarkDTLSHandshake(b *testing.B) {
 func BenchmarkUplinkDTLS(b *testing.B) {
 	f := benchFixture(b)
 	payload := benchUplink(b)
+	// One session per identity: each parallel client is its own device.
+	var next atomic.Int64
+	for i := range 2 * runtime.GOMAXPROCS(0) {
+		f.provision(b, fmt.Sprint("bench-", i), benchKey)
+	}
 	b.SetParallelism(2)
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
@@ -83,7 +91,7 @@ func BenchmarkUplinkDTLS(b *testing.B) {
 			b.Error(err)
 			return
 		}
-		cc, _, err := dialGo(b, sock, f.srv.Addr(), "bench", benchKey, true)
+		cc, _, err := dialGo(b, sock, f.srv.Addr(), fmt.Sprint("bench-", next.Add(1)-1), benchKey, true)
 		if err != nil {
 			b.Error(err)
 			return

@@ -51,9 +51,12 @@ type Config struct {
 	Keys *KeyCache
 	// Limits bound handshakes (see LimitConfig).
 	Limits LimitConfig
-	// MaxSessions (COAPS_MAX_SESSIONS, default 50000) bounds established
-	// sessions; each costs some tens of kB. New handshakes are refused when
-	// it is reached.
+	// MaxSessions (COAPS_MAX_SESSIONS) bounds established sessions; new
+	// handshakes are refused when it is reached. Each costs SessionBytes
+	// (47 KiB), so it is capped to SessionsFor(MemoryLimit()): half the
+	// memory (GOMEMLIMIT, else the cgroup limit, else 512 MiB), 5577 on the
+	// 512 MiB machine. Zero takes that cap. A larger value is lowered to it
+	// with a warning: raise GOMEMLIMIT or the machine's memory instead.
 	MaxSessions int
 	// SessionIdle (COAPS_SESSION_IDLE, default 2 h) is how long a silent
 	// session is kept. Longer than a typical heartbeat, so a device that
@@ -75,8 +78,16 @@ type Config struct {
 }
 
 func (c *Config) defaults() {
-	if c.MaxSessions <= 0 {
-		c.MaxSessions = 50000
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	limit, from := MemoryLimit()
+	if fit := SessionsFor(limit); c.MaxSessions <= 0 || c.MaxSessions > fit {
+		if c.MaxSessions > fit {
+			c.Logger.Warn("COAPS_MAX_SESSIONS lowered to what fits in memory",
+				"configured", c.MaxSessions, "max_sessions", fit, "memory_bytes", limit, "memory_from", from, "session_bytes", SessionBytes)
+		}
+		c.MaxSessions = fit
 	}
 	if c.SessionIdle <= 0 {
 		c.SessionIdle = 2 * time.Hour
@@ -86,9 +97,6 @@ func (c *Config) defaults() {
 	}
 	if c.MTU <= 0 {
 		c.MTU = 1200
-	}
-	if c.Logger == nil {
-		c.Logger = slog.New(slog.DiscardHandler)
 	}
 }
 
@@ -220,6 +228,9 @@ func (s *Server) Stop() {
 	s.coap.Stop()
 	_ = s.ln.Close()
 }
+
+// MaxSessions is the session bound in effect (Config.MaxSessions).
+func (s *Server) MaxSessions() int { return s.cfg.MaxSessions }
 
 // InFlight is the number of handshakes under way (for tests and metrics).
 func (s *Server) InFlight() int { return s.ln.limits.InFlight() }

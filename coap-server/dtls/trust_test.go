@@ -169,3 +169,40 @@ func TestUnknownIdentityLooksLikeAWrongKey(t *testing.T) {
 	}
 	waitFor(t, "both failures on the server", 10*time.Second, func() bool { return f.handshakes("failed") >= 2 })
 }
+
+// One session per identity: a new handshake by the same device closes the
+// older session, and the newer one is served.
+func TestNewHandshakeReplacesTheIdentitysOlderSession(t *testing.T) {
+	f := newFixture(t, nil)
+	key := []byte("twice-key-0123456789")
+	f.provision(t, "dev-twice", key)
+	first, _, err := dialGo(t, udpSocket(t), f.srv.Addr(), "dev-twice", key, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, _, err := dialGo(t, udpSocket(t), f.srv.Addr(), "dev-twice", key, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-first.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the older session is still open")
+	}
+	if code := postGo(t, second, &nbiotv1.Uplink{UplinkCount: 1}); code != codes.Changed {
+		t.Fatalf("uplink on the newer session: %v", code)
+	}
+	if got := testutil.ToFloat64(f.metrics.SessionsClosed.WithLabelValues("replaced")); got != 1 {
+		t.Errorf("sessions replaced = %v, want 1", got)
+	}
+	waitFor(t, "one session left", 5*time.Second, func() bool { return testutil.ToFloat64(f.metrics.Sessions) == 1 })
+}
+
+// The session bound is sized to memory: an over-large setting is lowered.
+func TestMaxSessionsFitsMemory(t *testing.T) {
+	f := newFixture(t, func(c *dtls.Config) { c.MaxSessions = 1 << 30 })
+	limit, _ := dtls.MemoryLimit()
+	if got, want := f.srv.MaxSessions(), dtls.SessionsFor(limit); got != want {
+		t.Fatalf("MaxSessions = %d, want %d for %d bytes", got, want, limit)
+	}
+}
