@@ -20,12 +20,12 @@ import (
 
 	piondtls "github.com/pion/dtls/v3"
 	"github.com/plgd-dev/go-coap/v3/dtls/server"
-	"golang.org/x/time/rate"
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 	"github.com/plgd-dev/go-coap/v3/mux"
 	"github.com/plgd-dev/go-coap/v3/options"
 	udpClient "github.com/plgd-dev/go-coap/v3/udp/client"
+	"golang.org/x/time/rate"
 
 	"github.com/nbiot-live/nbiot-live/coap-server/ingest"
 )
