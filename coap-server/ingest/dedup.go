@@ -18,6 +18,11 @@ const ExchangeLifetime = 247 * time.Second
 // 400 uplinks/s for a whole EXCHANGE_LIFETIME.
 const DefaultDedupEntries = 100_000
 
+// dedupSweep is how many expired entries one remember drops at most: more
+// than the one it adds, so the table keeps up, and a fixed bound, so no
+// datagram pays for a burst that expired all at once.
+const dedupSweep = 8
+
 // Dedup remembers the answers to accepted uplinks per device, so that a
 // retransmission is answered again without a second row or live-log entry
 // even when it comes from another address. go-coap detects duplicates only
@@ -33,6 +38,7 @@ type Dedup struct {
 	seed    maphash.Seed
 	ttl     time.Duration
 	max     int
+	steps   int64 // entries touched, for tests: bounded per call
 	entries map[dedupKey]*list.Element
 	order   *list.List // oldest first; values are *dedupEntry
 }
@@ -83,6 +89,7 @@ func (d *Dedup) key(device string, mid int32, token, payload []byte) dedupKey {
 func (d *Dedup) lookup(k dedupKey, now time.Time) (dedupHit, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.steps++
 	el, ok := d.entries[k]
 	if !ok {
 		return dedupHit{}, false
@@ -95,24 +102,31 @@ func (d *Dedup) lookup(k dedupKey, now time.Time) (dedupHit, bool) {
 	return dedupHit{code: e.code, answer: e.answer, seq: e.seq, copies: e.copies}, true
 }
 
-// remember stores the answer for k, dropping expired entries and, when
-// full, the oldest one.
+// remember stores the answer for k, dropping up to dedupSweep expired
+// entries and, when full, the oldest one. Entries expire in insertion
+// order (the lifetime is constant), so both take from the front: the work
+// per call is bounded, whatever the table holds.
 func (d *Dedup) remember(k dedupKey, code codes.Code, answer []byte, seq uint64, now time.Time) (evicted bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for front := d.order.Front(); front != nil; front = d.order.Front() {
-		if e := front.Value.(*dedupEntry); now.After(e.expires) {
-			d.drop(front)
-			continue
+	d.steps++
+	for range dedupSweep {
+		front := d.order.Front()
+		if front == nil || !now.After(front.Value.(*dedupEntry).expires) {
+			break
 		}
-		break
+		d.steps++
+		d.drop(front)
 	}
 	if el, ok := d.entries[k]; ok {
 		d.drop(el)
 	}
 	if d.order.Len() >= d.max {
-		d.drop(d.order.Front())
-		evicted = true
+		front := d.order.Front()
+		// An expired entry the bounded sweep left is not an early eviction.
+		evicted = !now.After(front.Value.(*dedupEntry).expires)
+		d.steps++
+		d.drop(front)
 	}
 	d.entries[k] = d.order.PushBack(&dedupEntry{key: k, code: code, answer: answer, seq: seq, copies: 1, expires: now.Add(d.ttl)})
 	return evicted

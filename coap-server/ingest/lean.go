@@ -24,6 +24,8 @@ const (
 	DefaultLeanQueueLen = 8192
 	// DefaultLeanQueueBytes bounds their bytes: 8 MiB.
 	DefaultLeanQueueBytes = 8 << 20
+	// DefaultLeanReadBuffer: 4 MiB, a few thousand small datagrams.
+	DefaultLeanReadBuffer = 4 << 20
 	// DefaultLeanDrain is how long Stop lets queued datagrams be answered.
 	DefaultLeanDrain = 5 * time.Second
 	// maxDatagram is the largest UDP payload (65,535 less the IPv4 and UDP
@@ -44,6 +46,10 @@ type LeanConfig struct {
 	// counted: a CON is retransmitted by the device (RFC 7252 §4.2).
 	QueueLen   int
 	QueueBytes int64
+	// ReadBuffer is the socket's receive buffer (SO_RCVBUF, default
+	// DefaultLeanReadBuffer; the kernel caps it at net.core.rmem_max): a
+	// burst waits there, not dropped, while the read loop catches up.
+	ReadBuffer int
 	// Drain bounds how long Stop answers what is queued (DefaultLeanDrain).
 	Drain   time.Duration
 	Logger  *slog.Logger
@@ -68,6 +74,7 @@ type LeanServer struct {
 	inflight inflightSet
 	mid      atomic.Uint32 // message IDs of NON responses (§4.4)
 	pool     sync.Pool
+	send     func([]byte, netip.AddrPort) // tests: instead of the socket
 
 	ctx      context.Context // handed to the uplink logic; ends after Drain
 	cancel   context.CancelFunc
@@ -110,6 +117,12 @@ func NewLeanServer(h *Handler, conn *net.UDPConn, cfg LeanConfig) (*LeanServer, 
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = h.Logger
+	}
+	if cfg.ReadBuffer <= 0 {
+		cfg.ReadBuffer = DefaultLeanReadBuffer
+	}
+	if conn != nil {
+		_ = conn.SetReadBuffer(cfg.ReadBuffer) // best effort: capped by the kernel
 	}
 	s := &LeanServer{h: h, conn: conn, cfg: cfg, m: cfg.Metrics,
 		queue: make(chan *datagram, cfg.QueueLen), done: make(chan struct{}),
@@ -169,6 +182,13 @@ func (s *LeanServer) receive(b []byte, from netip.AddrPort) {
 		return
 	}
 	key := inflightKey{from: from, mid: uint16(b[2])<<8 | uint16(b[3])}
+	// The token too, when the datagram holds it: a real copy repeats it,
+	// so junk that happens to reuse a message ID does not hold back the
+	// valid request behind it.
+	if tkl := int(b[0] & 0xf); tkl <= 8 && len(b) >= 4+tkl {
+		key.tkl = uint8(tkl)
+		copy(key.token[:], b[4:4+tkl])
+	}
 	// §4.5: a copy arriving while the first is being processed is not
 	// processed again; the first copy's answer goes to the same endpoint
 	// with the same message ID, and answers both.
@@ -227,6 +247,10 @@ func (s *LeanServer) release(d *datagram) {
 }
 
 func (s *LeanServer) write(b []byte, to netip.AddrPort) {
+	if s.send != nil {
+		s.send(b, to)
+		return
+	}
 	if _, err := s.conn.WriteToUDPAddrPort(b, to); err != nil {
 		s.m.writeErrors.Inc()
 		s.cfg.Logger.Debug("coap: write", "remote", to.String(), "err", err)
@@ -258,10 +282,13 @@ func (s *LeanServer) Stop() {
 	})
 }
 
-// inflightKey names a message exchange (§4.5: source endpoint and message ID).
+// inflightKey names a message exchange (§4.5: source endpoint and message
+// ID), with its token.
 type inflightKey struct {
-	from netip.AddrPort
-	mid  uint16
+	from  netip.AddrPort
+	mid   uint16
+	tkl   uint8
+	token [8]byte
 }
 
 // inflightSet holds the exchanges queued or being processed. It is bounded

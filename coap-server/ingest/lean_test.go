@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -338,4 +339,115 @@ func TestLeanQueueBytesBound(t *testing.T) {
 	}
 	close(g.release)
 	_, _ = p.recv(), p.recv()
+}
+
+// countingStream counts the uplinks handed to the stream.
+type countingStream struct {
+	*streamtest.Recorder
+	calls atomic.Int32
+}
+
+func (c *countingStream) PublishUplink(ctx context.Context, a uplink.Accepted, payload []byte, id string) (bool, error) {
+	c.calls.Add(1)
+	return c.Recorder.PublishUplink(ctx, a, payload, id)
+}
+
+// rawAnswer reads one datagram's bytes, failing after 5 s.
+func (p *peer) rawAnswer() []byte {
+	p.t.Helper()
+	buf := make([]byte, 2048)
+	_ = p.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := p.conn.Read(buf)
+	if err != nil {
+		p.t.Fatalf("no answer: %v", err)
+	}
+	return buf[:n]
+}
+
+// A CON retransmitted 22 s after the original from the same address, and
+// 240 s after from a new one (a NAT rebinding), within EXCHANGE_LIFETIME
+// (RFC 7252 §4.8.2), gets the very same answer; the uplink is handed to
+// the stream once and remembered once.
+func TestLeanRetransmissionAfter22And240Seconds(t *testing.T) {
+	live := &countingStream{Recorder: streamtest.New(t, stream.Config{})}
+	t0 := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	var now atomic.Int64
+	now.Store(t0.UnixNano())
+	h := newHandler(t, live)
+	h.Now = func() time.Time { return time.Unix(0, now.Load()).UTC() }
+	s, _ := startLean(t, h, ingest.LeanConfig{})
+	first, rebound := dialPeer(t, s), dialPeer(t, s)
+	m := encode(t, uplinkMsg(t, message.Confirmable, 900, []byte{0xca, 0xfe}, &nbiotv1.Uplink{DeviceId: "RETX-1", UplinkCount: 5}))
+
+	first.sendRaw(m)
+	original := first.rawAnswer()
+	for _, tc := range []struct {
+		after time.Duration
+		p     *peer
+	}{{22 * time.Second, first}, {240 * time.Second, rebound}} {
+		now.Store(t0.Add(tc.after).UnixNano())
+		tc.p.sendRaw(m)
+		if got := tc.p.rawAnswer(); string(got) != string(original) {
+			t.Errorf("after %v: answer % x, want % x", tc.after, got, original)
+		}
+	}
+	if n := live.calls.Load(); n != 1 {
+		t.Errorf("stream got the uplink %d times, want 1", n)
+	}
+	if n := len(live.All()); n != 1 {
+		t.Errorf("%d live-log entries, want 1", n)
+	}
+	if n := h.Dedup.Len(); n != 1 {
+		t.Errorf("Dedup holds %d entries, want 1", n)
+	}
+	if n := testutil.ToFloat64(h.Metrics.Duplicates); n != 2 {
+		t.Errorf("duplicates = %v, want 2", n)
+	}
+}
+
+// After a source sends 3,200 junk datagrams (random bytes, many with a
+// valid CoAP header: RST, 4.02 or ignored), a valid CON from that same
+// source is answered at its first transmission, three times in a row.
+func TestLeanJunkBurstThenValidCON(t *testing.T) {
+	s, _ := startLean(t, newHandler(t, streamtest.New(t, stream.Config{})), ingest.LeanConfig{})
+	p := dialPeer(t, s)
+	_ = p.conn.SetReadBuffer(4 << 20)
+	answers := make(chan message.Message, 16)
+	go func() { // drain every answer, so the peer's own buffer never drops ours
+		buf := make([]byte, 2048)
+		for {
+			n, err := p.conn.Read(buf)
+			if err != nil {
+				return
+			}
+			m := message.Message{Options: make(message.Options, 0, 8)}
+			if _, err := coder.DefaultCoder.Decode(buf[:n], &m); err == nil && m.Code == codes.Changed {
+				m.Token = append([]byte(nil), m.Token...)
+				answers <- m
+			}
+		}
+	}()
+	rng := rand.New(rand.NewPCG(10, 3200))
+	for round := range 3 {
+		for range 3200 {
+			b := make([]byte, 1+rng.IntN(120))
+			for i := range b {
+				b[i] = byte(rng.Uint32())
+			}
+			if rng.IntN(2) == 0 { // a CoAP header: version 1, any type and code
+				b[0] = 0x40 | b[0]&0x3f
+			}
+			p.sendRaw(b)
+		}
+		mid := int32(1000 + round)
+		p.send(uplinkMsg(t, message.Confirmable, mid, []byte{0x51, byte(round)}, &nbiotv1.Uplink{DeviceId: "JUNK-1", UplinkCount: uint32(round)}))
+		select {
+		case m := <-answers:
+			if m.Type != message.Acknowledgement || m.MessageID != mid {
+				t.Fatalf("round %d: got %v", round, &m)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("round %d: the valid CON after the junk burst got no answer", round)
+		}
+	}
 }
