@@ -47,6 +47,8 @@ type App struct {
 	httpAPI   *httpapi.Server
 	httpSrv   *http.Server
 	httpLn    net.Listener
+	metSrv    *http.Server // nil when METRICS_ADDR is off or its default was taken
+	metLn     net.Listener
 
 	ready    atomic.Bool
 	wg       sync.WaitGroup
@@ -110,13 +112,12 @@ func (a *App) Start(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("HTTP_ADDR: listen: %w", err)
 	}
-	a.httpSrv = &http.Server{
-		Handler:           a.httpAPI.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
-	}
+	a.httpSrv = httpapi.NewHTTPServer(a.httpAPI.Handler(), a.log)
 	a.serve("http", func() error { return a.httpSrv.Serve(a.httpLn) })
 	a.log.Info("http listening", "addr", a.httpLn.Addr().String())
+	if err := a.listenMetrics(); err != nil {
+		return err
+	}
 	a.ready.Store(true)
 	return nil
 }
@@ -201,6 +202,34 @@ func (a *App) Downlinks() *downlink.Service { return a.downlinks }
 // HTTPAddr is the bound HTTP address.
 func (a *App) HTTPAddr() net.Addr { return a.httpLn.Addr() }
 
+// MetricsAddr is the bound metrics address, nil when not serving.
+func (a *App) MetricsAddr() net.Addr {
+	if a.metLn == nil {
+		return nil
+	}
+	return a.metLn.Addr()
+}
+
+// listenMetrics serves /metrics on METRICS_ADDR alone.
+func (a *App) listenMetrics() error {
+	addr := a.cfg.MetricsAddr
+	if addr == "" || addr == "off" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		if a.cfg.MetricsAddrSet {
+			return fmt.Errorf("METRICS_ADDR: listen: %w", err)
+		}
+		a.log.Warn("metrics listener not started: its default address is taken (set METRICS_ADDR)", "addr", addr, "err", err)
+		return nil
+	}
+	a.metLn, a.metSrv = ln, httpapi.NewHTTPServer(httpapi.MetricsHandler(a.Metrics), a.log)
+	a.serve("metrics", func() error { return a.metSrv.Serve(a.metLn) })
+	a.log.Info("metrics listening", "addr", ln.Addr().String())
+	return nil
+}
+
 // Shutdown stops taking uplinks, drains storage, disconnects subscribers
 // and stops HTTP, in that order, within ctx. It is idempotent.
 func (a *App) Shutdown(ctx context.Context) error {
@@ -233,6 +262,11 @@ func (a *App) Shutdown(ctx context.Context) error {
 			a.httpAPI.CloseSubscribers()
 			if err := a.httpSrv.Shutdown(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("http shutdown: %w", err))
+			}
+		}
+		if a.metSrv != nil {
+			if err := a.metSrv.Shutdown(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("metrics shutdown: %w", err))
 			}
 		}
 		a.wg.Wait()

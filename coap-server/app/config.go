@@ -22,8 +22,18 @@ type Config struct {
 	CoAPAddr string
 	// CoAPSAddr (COAPS_ADDR, default empty = off) is the CoAPS (DTLS) address.
 	CoAPSAddr string
-	// HTTPAddr (HTTP_ADDR, default ":8080") serves /ws, /healthz, /readyz, /metrics.
+	// HTTPAddr (HTTP_ADDR, default ":8080") serves /ws, /healthz, /readyz.
 	HTTPAddr string
+	// MetricsAddr (METRICS_ADDR, default "127.0.0.1:9090"; "off" = none)
+	// serves /metrics on a listener of its own, never on HTTP_ADDR: the
+	// counters tell an outsider about devices and traffic. Loopback by
+	// default; on Fly.io fly.toml sets fly-local-6pn:9090, the private
+	// network Fly's scraper uses, never routed by the public proxy. When
+	// the default address is taken coap-server starts without it (logged);
+	// an address set explicitly must bind.
+	MetricsAddr string
+	// MetricsAddrSet says METRICS_ADDR was set (its bind failure is fatal).
+	MetricsAddrSet bool
 	// WSToken (WS_TOKEN, required) is the bearer token /ws subscribers present.
 	WSToken string
 	// SupabaseURL and SupabaseServiceKey (SUPABASE_URL, SUPABASE_SERVICE_KEY)
@@ -83,6 +93,9 @@ func (c Config) Storage() string {
 	}
 }
 
+// DefaultMetricsAddr is METRICS_ADDR's default: loopback only.
+const DefaultMetricsAddr = "127.0.0.1:9090"
+
 // FromEnv reads the configuration through getenv (os.Getenv in main) and
 // validates it. An error names the variable at fault and never its value.
 func FromEnv(getenv func(string) string) (Config, error) {
@@ -90,6 +103,8 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		CoAPAddr:           envconf.Or(getenv("COAP_ADDR"), ":5683"),
 		CoAPSAddr:          getenv("COAPS_ADDR"),
 		HTTPAddr:           envconf.Or(getenv("HTTP_ADDR"), ":8080"),
+		MetricsAddr:        envconf.Or(getenv("METRICS_ADDR"), DefaultMetricsAddr),
+		MetricsAddrSet:     getenv("METRICS_ADDR") != "",
 		WSToken:            getenv("WS_TOKEN"),
 		SupabaseURL:        strings.TrimRight(getenv("SUPABASE_URL"), "/"),
 		SupabaseServiceKey: getenv("SUPABASE_SERVICE_KEY"),
@@ -151,6 +166,14 @@ func (c Config) Validate() error {
 		}
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			return fmt.Errorf("%s: want host:port, e.g. :5683", name)
+		}
+	}
+	if c.MetricsAddr != "" && c.MetricsAddr != "off" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			return errors.New("METRICS_ADDR: want host:port, e.g. 127.0.0.1:9090, or off")
+		}
+		if c.MetricsAddr == c.HTTPAddr && !strings.HasSuffix(c.MetricsAddr, ":0") {
+			return errors.New("METRICS_ADDR: must differ from HTTP_ADDR (/metrics is never served on the public listener)")
 		}
 	}
 	if c.SupabaseURL != "" {

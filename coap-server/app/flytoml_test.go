@@ -43,6 +43,10 @@ type flyConfig struct {
 	Build struct {
 		Dockerfile string `toml:"dockerfile"`
 	} `toml:"build"`
+	Metrics struct {
+		Port int    `toml:"port"`
+		Path string `toml:"path"`
+	} `toml:"metrics"`
 	Services []struct {
 		Protocol         string `toml:"protocol"`
 		InternalPort     int    `toml:"internal_port"`
@@ -396,5 +400,32 @@ func TestDockerfiles(t *testing.T) {
 				t.Fatalf("CGO_ENABLED=0 go build %s: %v\n%s", m[2], err, out)
 			}
 		})
+	}
+}
+
+// TestFlyTOMLMetricsPrivate: /metrics is scraped by Fly on METRICS_ADDR's
+// port, which is not HTTP_ADDR's and which no [[services]] entry exposes
+// through the public proxy. It caught [metrics] on 8080, the public port.
+func TestFlyTOMLMetricsPrivate(t *testing.T) {
+	fc, _ := loadFly(t)
+	addr, ok := fc.Env["METRICS_ADDR"]
+	if !ok {
+		t.Fatalf("[env] sets no METRICS_ADDR: the default %s is loopback, out of Fly's scraper's reach", app.DefaultMetricsAddr)
+	}
+	_, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatalf("METRICS_ADDR=%q: %v", addr, err)
+	}
+	port, _ := strconv.Atoi(portStr)
+	if fc.Metrics.Port != port || fc.Metrics.Path != "/metrics" {
+		t.Errorf("[metrics] port=%d path=%q, want port %d (METRICS_ADDR) and /metrics", fc.Metrics.Port, fc.Metrics.Path, port)
+	}
+	if _, httpPort, _ := net.SplitHostPort(fc.Env["HTTP_ADDR"]); httpPort == portStr {
+		t.Errorf("METRICS_ADDR and HTTP_ADDR share port %s: /metrics would be public", portStr)
+	}
+	for _, s := range fc.Services {
+		if s.InternalPort == port {
+			t.Errorf("a %s [[services]] entry exposes the metrics port %d through the public proxy", s.Protocol, port)
+		}
 	}
 }

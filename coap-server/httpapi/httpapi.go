@@ -1,6 +1,7 @@
 // Package httpapi is coap-server's HTTP side: the live-log WebSocket /ws for
-// the relay (and any trusted consumer holding WS_TOKEN), and the health and
-// metrics endpoints for the platform.
+// the relay (and any trusted consumer holding WS_TOKEN), the health
+// endpoints for the platform, and /metrics for a listener of its own
+// (METRICS_ADDR), never the public one.
 package httpapi
 
 import (
@@ -30,13 +31,13 @@ const (
 	MaxDevicesPerSubscriber = 100
 )
 
-// Server serves /ws, /healthz, /readyz and /metrics.
+// Server serves /ws, /healthz and /readyz.
 type Server struct {
 	Hub            *hub.Hub
 	History        History // the retained live log, for since and tail
 	Token          string  // WS_TOKEN; compared in constant time
 	Ready          func() bool
-	Gatherer       prometheus.Gatherer
+	Gatherer       prometheus.Gatherer // not served here: see MetricsHandler
 	Logger         *slog.Logger
 	Peer           wspeer.Config
 	MaxSubscribers int // default DefaultMaxSubscribers
@@ -67,7 +68,13 @@ func (s *Server) Handler() http.Handler {
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.Gatherer, promhttp.HandlerOpts{}))
+	return mux
+}
+
+// MetricsHandler serves GET /metrics from g, for the metrics listener.
+func MetricsHandler(g prometheus.Gatherer) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
 	return mux
 }
 
