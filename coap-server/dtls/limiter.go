@@ -21,8 +21,8 @@ var (
 )
 
 // LimitConfig bounds handshakes so that junk ClientHellos cannot exhaust
-// memory. Limits are per source IP, not per port: one host can pick any
-// number of ports. They are generous because a carrier-grade NAT puts many
+// memory. Limits are per source IPv4 address or IPv6 /64, not per port:
+// one host can pick any number of ports (and of addresses in its /64). They are generous because a carrier-grade NAT puts many
 // devices behind one IP. Zero fields take the defaults.
 type LimitConfig struct {
 	// PerIPInFlight (default 32) bounds handshakes under way from one IP.
@@ -145,14 +145,21 @@ func (l *Limiter) sweep(now time.Time) bool {
 	return len(l.ips) < l.cfg.MaxIPs
 }
 
+// ipOf is the limiter's key for addr: the IPv4 address, or the IPv6 /64
+// (one subscriber's prefix: a host picks any address in it at will, so
+// per-address limits on IPv6 would not limit anything).
 func ipOf(addr net.Addr) netip.Addr {
+	var ip netip.Addr
 	if u, ok := addr.(*net.UDPAddr); ok {
-		if ip, ok := netip.AddrFromSlice(u.IP); ok {
-			return ip.Unmap()
+		ip, _ = netip.AddrFromSlice(u.IP)
+	} else if ap, err := netip.ParseAddrPort(addr.String()); err == nil {
+		ip = ap.Addr()
+	}
+	ip = ip.Unmap()
+	if ip.Is6() {
+		if p, err := ip.Prefix(64); err == nil {
+			return p.Addr()
 		}
 	}
-	if ap, err := netip.ParseAddrPort(addr.String()); err == nil {
-		return ap.Addr().Unmap()
-	}
-	return netip.Addr{}
+	return ip
 }

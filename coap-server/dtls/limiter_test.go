@@ -60,6 +60,13 @@ func TestLimiter(t *testing.T) {
 			must(t, l.Acquire(addr("192.0.2.1", 1)), nil)
 			must(t, l.Acquire(addr("::ffff:192.0.2.1", 2)), ErrPerIPInFlight)
 		}},
+		{"IPv6: one /64 is one key", LimitConfig{PerIPInFlight: 1}, func(t *testing.T, l *Limiter, c *clock) {
+			must(t, l.Acquire(addr("2001:db8:1:2::1", 1)), nil)
+			must(t, l.Acquire(addr("2001:db8:1:2:ffff:ffff:ffff:fffe", 1)), ErrPerIPInFlight) // same /64
+			must(t, l.Acquire(addr("2001:db8:1:3::1", 1)), nil)                               // next /64
+			l.Release(addr("2001:db8:1:2:abcd::9", 7))                                        // any address of the /64 releases
+			must(t, l.Acquire(addr("2001:db8:1:2::5", 1)), nil)
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
