@@ -66,7 +66,7 @@ func New(cfg Config, logger *slog.Logger) *App {
 		Logger:     logger,
 		Metrics:    ingest.NewMetrics(reg),
 		MaxPayload: cfg.MaxPayload,
-		Dedup:      ingest.NewDedup(ingest.DefaultDedupEntries, ingest.ExchangeLifetime),
+		Dedup:      ingest.NewDedup(ingest.DefaultDedupBytes(), ingest.ExchangeLifetime),
 	}
 	a.httpAPI = &httpapi.Server{
 		Hub:      a.hub,

@@ -156,6 +156,33 @@ func readNames(t *testing.T, env map[string]string, secrets []string) (map[strin
 	return asked, err
 }
 
+// runtimeEnv are [env] names the Go runtime reads, not FromEnv.
+var runtimeEnv = []string{"GOMEMLIMIT"}
+
+// GOMEMLIMIT is set, parses as the runtime reads it (a number with an
+// optional B, KiB, MiB or GiB) and leaves room under the VM's memory.
+func TestFlyTOMLMemoryLimitFitsTheVM(t *testing.T) {
+	fc, raw := loadFly(t)
+	v, ok := fc.Env["GOMEMLIMIT"]
+	if !ok {
+		t.Fatal("fly.toml [env] sets no GOMEMLIMIT: the byte bounds would be shares of the reference 512 MB, not of what the VM has")
+	}
+	m := regexp.MustCompile(`^(\d+)(B|KiB|MiB|GiB)?$`).FindStringSubmatch(v)
+	if m == nil {
+		t.Fatalf("GOMEMLIMIT=%q is not a size the Go runtime reads", v)
+	}
+	n, _ := strconv.ParseInt(m[1], 10, 64)
+	limit := n << map[string]int{"": 0, "B": 0, "KiB": 10, "MiB": 20, "GiB": 30}[m[2]]
+	vm := regexp.MustCompile(`(?m)^\s*memory\s*=\s*"(\d+)mb"`).FindStringSubmatch(raw)
+	if vm == nil {
+		t.Fatal("fly.toml has no [[vm]] memory = \"<n>mb\"")
+	}
+	mb, _ := strconv.ParseInt(vm[1], 10, 64)
+	if vmBytes := mb << 20; limit > vmBytes*85/100 {
+		t.Errorf("GOMEMLIMIT %s is %d%% of the VM's %s: leave 15%% for the kernel and the file cache", v, 100*limit/vmBytes, vm[1]+"mb")
+	}
+}
+
 func TestFlyTOMLEnvAndSecretsAreRead(t *testing.T) {
 	fc, raw := loadFly(t)
 	secrets := secretNames(raw)
@@ -169,8 +196,8 @@ func TestFlyTOMLEnvAndSecretsAreRead(t *testing.T) {
 		t.Fatalf("FromEnv with fly.toml's env and the secrets: %v", err)
 	}
 	for k := range fc.Env {
-		if !asked[k] {
-			t.Errorf("[env] sets %s, which coap-server's FromEnv never reads", k)
+		if !asked[k] && !slices.Contains(runtimeEnv, k) {
+			t.Errorf("[env] sets %s, which coap-server's FromEnv never reads (nor the Go runtime)", k)
 		}
 	}
 	for _, s := range secrets {

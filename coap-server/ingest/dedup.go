@@ -13,10 +13,11 @@ import (
 // exchange (RFC 7252 §4.8.2, EXCHANGE_LIFETIME with default parameters).
 const ExchangeLifetime = 247 * time.Second
 
-// DefaultDedupEntries bounds the answers Dedup remembers: at 64 B of key
-// and a few bytes of answer each, 100,000 entries are a few MiB, and cover
-// 400 uplinks/s for a whole EXCHANGE_LIFETIME.
-const DefaultDedupEntries = 100_000
+// dedupEntryOverhead is what one remembered answer costs besides its
+// device ID, token and answer bytes: the entry (144 B), its list element
+// (48 B), its map slot (~72 B with the table's spare room) and the key's
+// string headers; TestDedupBytesMatchTheHeap checks it against the heap.
+const dedupEntryOverhead = 288
 
 // dedupSweep is how many expired entries one remember drops at most: more
 // than the one it adds, so the table keeps up, and a fixed bound, so no
@@ -34,13 +35,14 @@ const dedupSweep = 8
 // instant from two addresses may both be processed (storage is idempotent
 // per uplink_id, not per copy: the window is that small).
 type Dedup struct {
-	mu      sync.Mutex
-	seed    maphash.Seed
-	ttl     time.Duration
-	max     int
-	steps   int64 // entries touched, for tests: bounded per call
-	entries map[dedupKey]*list.Element
-	order   *list.List // oldest first; values are *dedupEntry
+	mu       sync.Mutex
+	seed     maphash.Seed
+	ttl      time.Duration
+	maxBytes int64
+	bytes    int64 // charged by entrySize
+	steps    int64 // entries touched, for tests: constant per call
+	entries  map[dedupKey]*list.Element
+	order    *list.List // oldest first; values are *dedupEntry
 }
 
 type dedupKey struct {
@@ -67,17 +69,22 @@ type dedupHit struct {
 	copies int
 }
 
-// NewDedup returns a Dedup keeping up to maxEntries answers for ttl
-// (defaults DefaultDedupEntries and ExchangeLifetime when zero).
-func NewDedup(maxEntries int, ttl time.Duration) *Dedup {
-	if maxEntries <= 0 {
-		maxEntries = DefaultDedupEntries
+// NewDedup returns a Dedup keeping answers for ttl in up to maxBytes
+// (defaults DefaultDedupBytes() and ExchangeLifetime when zero).
+func NewDedup(maxBytes int64, ttl time.Duration) *Dedup {
+	if maxBytes <= 0 {
+		maxBytes = DefaultDedupBytes()
 	}
 	if ttl <= 0 {
 		ttl = ExchangeLifetime
 	}
-	return &Dedup{seed: maphash.MakeSeed(), ttl: ttl, max: maxEntries,
+	return &Dedup{seed: maphash.MakeSeed(), ttl: ttl, maxBytes: maxBytes,
 		entries: make(map[dedupKey]*list.Element), order: list.New()}
+}
+
+// entrySize is the bytes an entry is charged.
+func entrySize(k dedupKey, answer []byte) int64 {
+	return dedupEntryOverhead + int64(len(k.device)+len(k.token)+len(answer))
 }
 
 func (d *Dedup) key(device string, mid int32, token, payload []byte) dedupKey {
@@ -102,10 +109,10 @@ func (d *Dedup) lookup(k dedupKey, now time.Time) (dedupHit, bool) {
 	return dedupHit{code: e.code, answer: e.answer, seq: e.seq, copies: e.copies}, true
 }
 
-// remember stores the answer for k, dropping up to dedupSweep expired
-// entries and, when full, the oldest one. Entries expire in insertion
-// order (the lifetime is constant), so both take from the front: the work
-// per call is bounded, whatever the table holds.
+// remember stores the answer for k, dropping a few expired entries and,
+// while over the byte bound, the oldest ones. Entries expire in insertion
+// order (the lifetime is constant), so both drops take from the front:
+// O(1) amortised, and at most dedupSweep expired entries per call.
 func (d *Dedup) remember(k dedupKey, code codes.Code, answer []byte, seq uint64, now time.Time) (evicted bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -121,20 +128,32 @@ func (d *Dedup) remember(k dedupKey, code codes.Code, answer []byte, seq uint64,
 	if el, ok := d.entries[k]; ok {
 		d.drop(el)
 	}
-	if d.order.Len() >= d.max {
+	size := entrySize(k, answer)
+	for d.bytes+size > d.maxBytes && d.order.Len() > 0 {
 		front := d.order.Front()
-		// An expired entry the bounded sweep left is not an early eviction.
-		evicted = !now.After(front.Value.(*dedupEntry).expires)
+		// An expired entry left over by the bounded sweep is not an early
+		// eviction.
+		evicted = evicted || !now.After(front.Value.(*dedupEntry).expires)
 		d.steps++
 		d.drop(front)
 	}
+	d.bytes += size
 	d.entries[k] = d.order.PushBack(&dedupEntry{key: k, code: code, answer: answer, seq: seq, copies: 1, expires: now.Add(d.ttl)})
 	return evicted
 }
 
 func (d *Dedup) drop(el *list.Element) {
-	delete(d.entries, el.Value.(*dedupEntry).key)
+	e := el.Value.(*dedupEntry)
+	d.bytes -= entrySize(e.key, e.answer)
+	delete(d.entries, e.key)
 	d.order.Remove(el)
+}
+
+// Bytes is what the remembered answers are charged, at most the bound.
+func (d *Dedup) Bytes() int64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.bytes
 }
 
 // Len is the number of remembered answers.

@@ -1,6 +1,8 @@
 package ingest
 
 import (
+	"fmt"
+	"runtime"
 	"testing"
 	"time"
 
@@ -8,7 +10,7 @@ import (
 )
 
 func TestDedup(t *testing.T) {
-	d := NewDedup(2, time.Minute)
+	d := NewDedup(600, time.Minute) // two entries of ~300 B (entrySize)
 	t0 := time.Unix(1000, 0)
 	a := d.key("DEV", 1, []byte{1}, []byte("payload"))
 	if _, ok := d.lookup(a, t0); ok {
@@ -51,4 +53,34 @@ func TestDedup(t *testing.T) {
 	if d.Len() != 1 {
 		t.Errorf("len %d after expiry, want 1", d.Len())
 	}
+}
+
+// What Dedup charges per entry is what the heap holds for it, within a
+// quarter: the byte bound means what it says.
+func TestDedupBytesMatchTheHeap(t *testing.T) {
+	const n = 100_000
+	keys := make([]dedupKey, n)
+	d := NewDedup(1<<30, 0)
+	for i := range keys {
+		// A realistic device ID and 4-byte token; no downlink.
+		keys[i] = d.key(fmt.Sprintf("SIM-%06d", i), int32(i), []byte{1, 2, 3, byte(i)}, []byte{byte(i)})
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	t0 := time.Now()
+	for _, k := range keys {
+		d.remember(k, codes.Changed, nil, 1, t0)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	// The keys' device strings (16 B) and tokens (8 B) exist before (keys
+	// holds them): count them as the entries' own, as on the datagram path.
+	heap := int64(after.HeapAlloc-before.HeapAlloc) + n*(16+8)
+	charged := d.Bytes()
+	t.Logf("%d entries: heap %d B (%.0f B each), charged %d B (%.0f B each)", n, heap, float64(heap)/n, charged, float64(charged)/n)
+	if heap > charged*5/4 || heap < charged/2 {
+		t.Errorf("heap %d B for %d B charged: dedupEntryOverhead is off", heap, charged)
+	}
+	runtime.KeepAlive(keys)
 }

@@ -22,8 +22,6 @@ const (
 	DefaultLeanWorkers = 64
 	// DefaultLeanQueueLen bounds the datagrams waiting for a worker.
 	DefaultLeanQueueLen = 8192
-	// DefaultLeanQueueBytes bounds their bytes: 8 MiB.
-	DefaultLeanQueueBytes = 8 << 20
 	// DefaultLeanReadBuffer: 4 MiB, a few thousand small datagrams.
 	DefaultLeanReadBuffer = 4 << 20
 	// DefaultLeanDrain is how long Stop lets queued datagrams be answered.
@@ -42,7 +40,7 @@ type LeanConfig struct {
 	Workers int
 	// QueueLen and QueueBytes bound the datagrams waiting for a worker, in
 	// count and in bytes (defaults DefaultLeanQueueLen and
-	// DefaultLeanQueueBytes). A datagram over either bound is dropped and
+	// DefaultQueueBytes(), a share of ProcessMemory). A datagram over either bound is dropped and
 	// counted: a CON is retransmitted by the device (RFC 7252 §4.2).
 	QueueLen   int
 	QueueBytes int64
@@ -110,7 +108,7 @@ func NewLeanServer(h *Handler, conn *net.UDPConn, cfg LeanConfig) (*LeanServer, 
 		cfg.QueueLen = DefaultLeanQueueLen
 	}
 	if cfg.QueueBytes <= 0 {
-		cfg.QueueBytes = DefaultLeanQueueBytes
+		cfg.QueueBytes = DefaultQueueBytes()
 	}
 	if cfg.Drain <= 0 {
 		cfg.Drain = DefaultLeanDrain

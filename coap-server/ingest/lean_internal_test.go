@@ -82,7 +82,7 @@ func (sl *syncLean) exchange(b []byte, from netip.AddrPort) [][]byte {
 
 func testHandler(now func() time.Time) *Handler {
 	return &Handler{Stream: &memStream{}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Metrics: NewMetrics(prometheus.NewRegistry()), Dedup: NewDedup(100_000, 0), Now: now}
+		Metrics: NewMetrics(prometheus.NewRegistry()), Dedup: NewDedup(64<<20, 0), Now: now}
 }
 
 func conUplink(t testing.TB, mid uint16, u *nbiotv1.Uplink) []byte {
