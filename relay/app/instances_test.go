@@ -2,56 +2,16 @@ package app_test
 
 import (
 	"context"
-	"net"
-	"os"
-	"os/exec"
-	"strconv"
 	"testing"
 	"time"
 
 	coapapp "github.com/nbiot-live/nbiot-live/coap-server/app"
+	"github.com/nbiot-live/nbiot-live/internal/natstest"
 )
 
-// startNATS runs Debian's nats-server with JetStream on a free loopback
-// port until the test ends, and returns its URL. Without the binary the
-// test is skipped, or fails under CI=true.
-func startNATS(t *testing.T) string {
-	t.Helper()
-	bin, err := exec.LookPath("nats-server")
-	if err != nil {
-		for _, p := range []string{"/usr/sbin/nats-server", "/usr/bin/nats-server"} {
-			if _, e := os.Stat(p); e == nil {
-				bin, err = p, nil
-			}
-		}
-	}
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("nats-server not installed (scripts/test.sh installs Debian's package)")
-		}
-		t.Skip("nats-server not installed (apt-get install nats-server)")
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	_ = ln.Close()
-	cmd := exec.Command(bin, "-js", "-a", "127.0.0.1", "-p", strconv.Itoa(port), "-sd", t.TempDir())
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	addr := "127.0.0.1:" + strconv.Itoa(port)
-	eventually(t, "nats-server to accept connections", func() bool {
-		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
-		if err == nil {
-			_ = c.Close()
-		}
-		return err == nil
-	})
-	return "nats://" + addr
-}
+// startNATS runs Debian's nats-server with JetStream (internal/natstest)
+// and returns its URL.
+func startNATS(t *testing.T) string { return natstest.Start(t).URL }
 
 // startCoAPOn runs a coap-server instance on an external NATS.
 func startCoAPOn(t *testing.T, natsURL string) *coapapp.App {
