@@ -13,11 +13,14 @@ import (
 	"github.com/nbiot-live/nbiot-live/relay/auth"
 )
 
-// Sentinel errors. The HTTP edge maps ErrDenied to 403 and ErrUnavailable
-// to 503.
+// Sentinel errors. The HTTP edge maps ErrDenied to 403, ErrUnavailable
+// to 503 and ErrLimited to 429.
 var (
 	ErrDenied      = errors.New("access: device not visible to this user")
 	ErrUnavailable = errors.New("access: check unavailable")
+	// ErrLimited: the answer was not cached and the caller's budget of
+	// backend checks is spent (Cached.CheckGated).
+	ErrLimited = errors.New("access: too many uncached checks")
 )
 
 // Checker answers one access question: nil when the user may read the

@@ -56,7 +56,8 @@ func (c CacheConfig) withDefaults() CacheConfig {
 
 // Metrics counts access checks.
 type Metrics struct {
-	// Checks by result: allowed, denied, error; cache hits are labelled
+	// Checks by result: allowed, denied, error, limited (the caller's budget
+	// of uncached checks was spent); cache hits are labelled
 	// allowed_cached / denied_cached.
 	Checks    *prometheus.CounterVec
 	Evictions prometheus.Counter
@@ -107,8 +108,17 @@ func NewCached(inner Checker, cfg CacheConfig, m *Metrics) *Cached {
 
 // Check implements Checker.
 func (c *Cached) Check(ctx context.Context, cl *auth.Claims, token, deviceID string) error {
-	// The subject and role are what the RLS policies see (auth.uid()).
-	key := cl.Subject + "\x00" + cl.Role + "\x00" + deviceID
+	return c.CheckGated(ctx, cl, token, deviceID, nil)
+}
+
+// CheckGated is Check with a budget: on a cache miss, before the backend is
+// asked, allow (when not nil) is called, and when it says no the check
+// fails with ErrLimited (counted as result "limited") without taking one of
+// the MaxConcurrent slots. Cache hits never spend the budget, so a caller
+// flooding random device IDs is held to its own rate while answers already
+// known keep flowing to everyone.
+func (c *Cached) CheckGated(ctx context.Context, cl *auth.Claims, token, deviceID string, allow func() bool) error {
+	key := cacheKey(cl, deviceID)
 	if allowed, ok := c.lookup(key); ok {
 		if allowed {
 			c.metrics.Checks.WithLabelValues("allowed_cached").Inc()
@@ -117,6 +127,27 @@ func (c *Cached) Check(ctx context.Context, cl *auth.Claims, token, deviceID str
 		c.metrics.Checks.WithLabelValues("denied_cached").Inc()
 		return ErrDenied
 	}
+	if allow != nil && !allow() {
+		c.metrics.Checks.WithLabelValues("limited").Inc()
+		return ErrLimited
+	}
+	return c.ask(ctx, key, cl, token, deviceID)
+}
+
+// Refresh asks the backend again whatever the cache holds and caches the
+// answer: the relay re-checks open sessions with it, so a device given
+// away or a user removed is seen within one re-check interval, by open
+// sessions and new connections alike. Errors are returned, never cached.
+func (c *Cached) Refresh(ctx context.Context, cl *auth.Claims, token, deviceID string) error {
+	return c.ask(ctx, cacheKey(cl, deviceID), cl, token, deviceID)
+}
+
+// cacheKey: the subject and role are what the RLS policies see (auth.uid()).
+func cacheKey(cl *auth.Claims, deviceID string) string {
+	return cl.Subject + "\x00" + cl.Role + "\x00" + deviceID
+}
+
+func (c *Cached) ask(ctx context.Context, key string, cl *auth.Claims, token, deviceID string) error {
 	select {
 	case c.sem <- struct{}{}:
 	case <-ctx.Done():

@@ -32,7 +32,7 @@ import (
 type App struct {
 	cfg Config
 	log *slog.Logger
-	// Metrics is the relay's Prometheus registry (served on /metrics).
+	// Metrics is the relay's Prometheus registry (served on METRICS_ADDR).
 	Metrics *prometheus.Registry
 
 	upstreamMetrics *upstream.Metrics
@@ -46,6 +46,8 @@ type App struct {
 	browsers  *browser.Handler
 	httpSrv   *http.Server
 	httpLn    net.Listener
+	metSrv    *http.Server // nil when METRICS_ADDR is off or its default was taken
+	metLn     net.Listener
 
 	wg       sync.WaitGroup
 	shutOnce sync.Once
@@ -86,14 +88,17 @@ func (a *App) Start(ctx context.Context) (err error) {
 		Metrics:      a.upstreamMetrics,
 	})
 	a.browsers = &browser.Handler{
-		AuthDisabled:   a.cfg.AuthDisabled,
-		Upstreams:      a.upstreams,
-		Origins:        a.cfg.AllowedOrigins,
-		Peer:           a.cfg.Peer,
-		MaxConnections: a.cfg.MaxConnections,
-		Now:            a.cfg.Now,
-		Logger:         a.log,
-		Metrics:        a.browserMetrics,
+		AuthDisabled:       a.cfg.AuthDisabled,
+		Upstreams:          a.upstreams,
+		Origins:            a.cfg.AllowedOrigins,
+		Peer:               a.cfg.Peer,
+		MaxConnections:     a.cfg.MaxConnections,
+		Quotas:             a.cfg.Quotas,
+		RecheckEvery:       a.cfg.RecheckEvery,
+		Now:                a.cfg.Now,
+		TrustedProxyHeader: a.cfg.TrustedProxyHeader,
+		Logger:             a.log,
+		Metrics:            a.browserMetrics,
 	}
 	if a.cfg.AuthDisabled {
 		a.log.Warn("AUTH DISABLED (AUTH_DISABLED=true): anyone who can reach this relay can watch any device. Local development only!")
@@ -104,20 +109,64 @@ func (a *App) Start(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("HTTP_ADDR: listen: %w", err)
 	}
-	a.httpSrv = &http.Server{
-		Handler:           a.routes(),
-		ReadHeaderTimeout: 10 * time.Second,
-		MaxHeaderBytes:    32 << 10,
-		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelDebug),
+	a.httpSrv = newServer(a.routes(), a.log)
+	a.serve("http", a.httpSrv, a.httpLn)
+	if err := a.listenMetrics(); err != nil {
+		return err
 	}
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
-		if err := a.httpSrv.Serve(a.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			a.log.Error("listener stopped", "err", err)
-		}
+		a.browsers.RunRechecks(a.bg)
 	}()
 	a.log.Info("relay listening", "addr", a.httpLn.Addr().String(), "access", a.cfg.AccessMode())
+	return nil
+}
+
+// newServer bounds what a client can hold of an HTTP server before its
+// handler runs: 10 s to send the headers (slowloris), 32 KiB of them (a
+// Supabase token is about 1 KiB, MaxTokenLen 8 KiB), and 2 min for an idle
+// keep-alive connection between requests. No ReadTimeout or WriteTimeout:
+// upgraded WebSockets live for hours and keep their own deadlines.
+func newServer(h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    32 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+}
+
+func (a *App) serve(name string, srv *http.Server, ln net.Listener) {
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.log.Error("listener stopped", "listener", name, "err", err)
+		}
+	}()
+}
+
+// listenMetrics serves /metrics on METRICS_ADDR alone.
+func (a *App) listenMetrics() error {
+	addr := a.cfg.MetricsAddr
+	if addr == "" || addr == "off" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		if a.cfg.MetricsAddrSet {
+			return fmt.Errorf("METRICS_ADDR: listen: %w", err)
+		}
+		a.log.Warn("metrics listener not started: its default address is taken (set METRICS_ADDR)", "addr", addr, "err", err)
+		return nil
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.Metrics, promhttp.HandlerOpts{}))
+	a.metLn, a.metSrv = ln, newServer(mux, a.log)
+	a.serve("metrics", a.metSrv, a.metLn)
+	a.log.Info("metrics listening", "addr", ln.Addr().String())
 	return nil
 }
 
@@ -172,13 +221,20 @@ func (a *App) routes() http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(a.Metrics, promhttp.HandlerOpts{}))
 	mux.Handle("/", web.Handler())
 	return mux
 }
 
 // HTTPAddr is the bound HTTP address.
 func (a *App) HTTPAddr() net.Addr { return a.httpLn.Addr() }
+
+// MetricsAddr is the bound metrics address, nil when not serving.
+func (a *App) MetricsAddr() net.Addr {
+	if a.metLn == nil {
+		return nil
+	}
+	return a.metLn.Addr()
+}
 
 // WatchedDevices is the number of open upstream links, for tests.
 func (a *App) WatchedDevices() int { return a.upstreams.Devices() }
@@ -201,8 +257,13 @@ func (a *App) Shutdown(ctx context.Context) error {
 				errs = append(errs, fmt.Errorf("http shutdown: %w", err))
 			}
 		}
+		if a.metSrv != nil {
+			if err := a.metSrv.Shutdown(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("metrics shutdown: %w", err))
+			}
+		}
+		a.bgCancel() // ends the re-checks and the JWKS refresh
 		a.wg.Wait()
-		a.bgCancel()
 		if a.pg != nil {
 			a.pg.Close()
 		}

@@ -22,8 +22,29 @@ import (
 // environment; every field documents its variable and default. The fields
 // after the environment ones are for tests and embedding (zero = default).
 type Config struct {
-	// HTTPAddr (HTTP_ADDR, default ":8090") serves /device-logs, /, /healthz, /metrics.
+	// HTTPAddr (HTTP_ADDR, default ":8090") serves /device-logs, /devices, / and /healthz.
 	HTTPAddr string
+	// MetricsAddr (METRICS_ADDR, default "127.0.0.1:9091"; "off" = none)
+	// serves /metrics on a listener of its own, never on HTTP_ADDR: the
+	// counters tell an outsider who is connected and how the relay is
+	// doing. Loopback by default; 9091 so that coap-server's 9090 and the
+	// relay's can share a development machine. When the default address
+	// is taken the relay starts without it (logged); an address set
+	// explicitly must bind.
+	MetricsAddr string
+	// MetricsAddrSet says METRICS_ADDR was set (its bind failure is fatal).
+	MetricsAddrSet bool
+	// TrustedProxyHeader (TRUSTED_PROXY_HEADER, default none: the TCP
+	// peer's address) names the header carrying the client's address, for
+	// the per-address quotas behind a proxy that always sets it, e.g.
+	// Fly-Client-IP on Fly.io. X-Forwarded-For is refused: proxies append
+	// to what the client sent, so its first entry is the client's choice.
+	TrustedProxyHeader string
+	// Quotas (MAX_CONNECTIONS_PER_USER, MAX_DEVICES_PER_USER,
+	// MAX_CONNECTIONS_PER_IP, MAX_DEVICES_PER_IP,
+	// ACCESS_CHECKS_PER_MINUTE_PER_USER, ACCESS_CHECKS_PER_MINUTE_PER_IP)
+	// bound each user and client address; defaults in browser.Quotas.
+	Quotas browser.Quotas
 	// UpstreamURL (UPSTREAM_URL, default "ws://localhost:8080/ws") is
 	// coap-server's live-log WebSocket.
 	UpstreamURL string
@@ -72,7 +93,13 @@ type Config struct {
 	Peer wspeer.Config
 	// Now is the clock of token expiry and status entries (default time.Now).
 	Now func() time.Time
+	// RecheckEvery is how often open sessions' access is asked again
+	// (default browser.DefaultRecheckEvery).
+	RecheckEvery time.Duration
 }
+
+// DefaultMetricsAddr is METRICS_ADDR's default: loopback only.
+const DefaultMetricsAddr = "127.0.0.1:9091"
 
 // Access check modes, from the configuration.
 const (
@@ -113,17 +140,20 @@ func (c Config) Issuer() string {
 // validates it. An error names the variable at fault and never its value.
 func FromEnv(getenv func(string) string) (Config, error) {
 	c := Config{
-		HTTPAddr:          envconf.Or(getenv("HTTP_ADDR"), ":8090"),
-		UpstreamURL:       envconf.Or(getenv("UPSTREAM_URL"), "ws://localhost:8080/ws"),
-		UpstreamToken:     getenv("UPSTREAM_TOKEN"),
-		SupabaseURL:       strings.TrimRight(getenv("SUPABASE_URL"), "/"),
-		SupabaseAnonKey:   getenv("SUPABASE_ANON_KEY"),
-		SupabaseJWTSecret: getenv("SUPABASE_JWT_SECRET"),
-		DatabaseURL:       getenv("DATABASE_URL"),
-		MaxConnections:    browser.DefaultMaxConnections,
-		MaxDevices:        1000,
-		History:           upstream.DefaultHistory,
-		HistoryBytes:      upstream.DefaultHistoryBytes,
+		HTTPAddr:           envconf.Or(getenv("HTTP_ADDR"), ":8090"),
+		MetricsAddr:        envconf.Or(getenv("METRICS_ADDR"), DefaultMetricsAddr),
+		MetricsAddrSet:     getenv("METRICS_ADDR") != "",
+		TrustedProxyHeader: strings.TrimSpace(getenv("TRUSTED_PROXY_HEADER")),
+		UpstreamURL:        envconf.Or(getenv("UPSTREAM_URL"), "ws://localhost:8080/ws"),
+		UpstreamToken:      getenv("UPSTREAM_TOKEN"),
+		SupabaseURL:        strings.TrimRight(getenv("SUPABASE_URL"), "/"),
+		SupabaseAnonKey:    getenv("SUPABASE_ANON_KEY"),
+		SupabaseJWTSecret:  getenv("SUPABASE_JWT_SECRET"),
+		DatabaseURL:        getenv("DATABASE_URL"),
+		MaxConnections:     browser.DefaultMaxConnections,
+		MaxDevices:         1000,
+		History:            upstream.DefaultHistory,
+		HistoryBytes:       upstream.DefaultHistoryBytes,
 	}
 	var err error
 	if c.AllowedOrigins, err = browser.ParseOrigins(getenv("ALLOWED_ORIGINS")); err != nil {
@@ -141,6 +171,23 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	}
 	if c.MaxDevices, err = envconf.Int(getenv, "MAX_WATCHED_DEVICES", c.MaxDevices, 1, 100_000); err != nil {
 		return c, err
+	}
+	q := &c.Quotas
+	for _, f := range []struct {
+		name string
+		v    *int
+		def  int
+	}{
+		{"MAX_CONNECTIONS_PER_USER", &q.UserConnections, 20},
+		{"MAX_DEVICES_PER_USER", &q.UserDevices, 10},
+		{"MAX_CONNECTIONS_PER_IP", &q.IPConnections, 200},
+		{"MAX_DEVICES_PER_IP", &q.IPDevices, 100},
+		{"ACCESS_CHECKS_PER_MINUTE_PER_USER", &q.UserChecksPerMinute, 60},
+		{"ACCESS_CHECKS_PER_MINUTE_PER_IP", &q.IPChecksPerMinute, 300},
+	} {
+		if *f.v, err = envconf.Int(getenv, f.name, f.def, 1, 1_000_000); err != nil {
+			return c, err
+		}
 	}
 	if c.History, err = envconf.Int(getenv, "RELAY_HISTORY", c.History, 0, upstream.MaxTail); err != nil {
 		return c, err
@@ -160,6 +207,22 @@ func FromEnv(getenv func(string) string) (Config, error) {
 func (c Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 		return errors.New("HTTP_ADDR: want host:port, e.g. :8090")
+	}
+	if c.MetricsAddr != "" && c.MetricsAddr != "off" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			return errors.New("METRICS_ADDR: want host:port, e.g. 127.0.0.1:9091, or off")
+		}
+		if c.MetricsAddr == c.HTTPAddr && !strings.HasSuffix(c.MetricsAddr, ":0") {
+			return errors.New("METRICS_ADDR: must differ from HTTP_ADDR (/metrics is never served on the public listener)")
+		}
+	}
+	if h := c.TrustedProxyHeader; h != "" {
+		if strings.EqualFold(h, "X-Forwarded-For") || strings.EqualFold(h, "Forwarded") {
+			return errors.New("TRUSTED_PROXY_HEADER: X-Forwarded-For and Forwarded carry what the client sent; name a header your proxy overwrites, e.g. Fly-Client-IP")
+		}
+		if strings.ContainsAny(h, " :\t") {
+			return errors.New("TRUSTED_PROXY_HEADER: want a header name, e.g. Fly-Client-IP")
+		}
 	}
 	if u, err := url.Parse(c.UpstreamURL); err != nil || (u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" || u.User != nil {
 		return errors.New("UPSTREAM_URL: want ws://host:port/ws or wss://host/ws (token in UPSTREAM_TOKEN, not in the URL)")

@@ -45,7 +45,7 @@ func startCoAP(t testing.TB, coapAddr, httpAddr string) *coapapp.App {
 	}
 	dataDir := t.TempDir() // the JetStream store
 	cfg, err := coapapp.FromEnv(func(k string) string {
-		return map[string]string{"COAP_ADDR": coapAddr, "HTTP_ADDR": httpAddr, "WS_TOKEN": wsToken, "DATA_DIR": dataDir}[k]
+		return map[string]string{"COAP_ADDR": coapAddr, "HTTP_ADDR": httpAddr, "METRICS_ADDR": "127.0.0.1:0", "WS_TOKEN": wsToken, "DATA_DIR": dataDir}[k]
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -80,8 +80,15 @@ func fastBackOff() backoff.BackOff {
 // upstream and address settings).
 func startRelay(t testing.TB, c *coapapp.App, env map[string]string, mutate func(*app.Config)) *app.App {
 	t.Helper()
+	return startRelayLogged(t, c, env, mutate, discard())
+}
+
+// startRelayLogged is startRelay logging to logger.
+func startRelayLogged(t testing.TB, c *coapapp.App, env map[string]string, mutate func(*app.Config), logger *slog.Logger) *app.App {
+	t.Helper()
 	base := map[string]string{
 		"HTTP_ADDR":      "127.0.0.1:0",
+		"METRICS_ADDR":   "127.0.0.1:0",
 		"UPSTREAM_URL":   "ws://" + c.HTTPAddr().String() + "/ws",
 		"UPSTREAM_TOKEN": wsToken,
 	}
@@ -96,7 +103,7 @@ func startRelay(t testing.TB, c *coapapp.App, env map[string]string, mutate func
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	r := app.New(cfg, discard())
+	r := app.New(cfg, logger)
 	if err := r.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -155,6 +162,7 @@ type dialOpts struct {
 	form      string // "header", "query", "subprotocol", "bare-subprotocol"
 	origin    string
 	protocols []string
+	header    http.Header // extra request headers
 }
 
 // dialBrowser opens /device-logs like a browser; it returns the HTTP
@@ -166,6 +174,9 @@ func dialBrowser(t testing.TB, r *app.App, device string, o dialOpts) (*websocke
 	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second, Subprotocols: o.protocols}
 	if o.origin != "" {
 		h.Set("Origin", o.origin)
+	}
+	for k, v := range o.header {
+		h[k] = v
 	}
 	if o.token != "" {
 		switch o.form {

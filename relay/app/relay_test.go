@@ -242,7 +242,7 @@ func TestHealthPageAndMetrics(t *testing.T) {
 	if fr := readFrame(t, ws); fr.Data["uplink_count"] != 3.0 {
 		t.Fatalf("got %s", fr.raw)
 	}
-	m := scrape(t, base+"/metrics")
+	m := scrape(t, "http://"+r.MetricsAddr().String()+"/metrics")
 	for _, name := range []string{"nbiot_relay_connections 1", "nbiot_relay_upstreams 1", "nbiot_relay_frames_forwarded_total 1",
 		"nbiot_relay_upstream_reconnects_total 0", "go_goroutines"} {
 		if !strings.Contains(m, name) {

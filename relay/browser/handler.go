@@ -53,8 +53,17 @@ type Handler struct {
 	// FirstConnectWait bounds how long the first watcher of a device waits
 	// for its upstream before the handshake is answered. Default 5 s.
 	FirstConnectWait time.Duration
-	Logger           *slog.Logger
-	Metrics          *Metrics
+	// Quotas bound each user and client address (defaults: Quotas).
+	Quotas Quotas
+	// TrustedProxyHeader (TRUSTED_PROXY_HEADER) names the header holding
+	// the client address, set by the proxy in front (ClientIP); "" uses
+	// the connection's peer address.
+	TrustedProxyHeader string
+	// RecheckEvery is how often RunRechecks asks open sessions' access
+	// again. Default DefaultRecheckEvery.
+	RecheckEvery time.Duration
+	Logger       *slog.Logger
+	Metrics      *Metrics
 	// Now and AfterFunc are the clock for token expiry (default time.Now
 	// and time.AfterFunc), injected so tests need not wait.
 	Now       func() time.Time
@@ -64,6 +73,8 @@ type Handler struct {
 	upgrader websocket.Upgrader
 	mu       sync.Mutex
 	peers    map[*wspeer.Peer]struct{}
+	sessions map[string]map[*session]struct{} // by pairKey
+	quota    *quota
 	reserved int
 	closed   bool
 	wg       sync.WaitGroup
@@ -72,6 +83,15 @@ type Handler struct {
 func (h *Handler) init() {
 	h.initOnce.Do(func() {
 		h.peers = make(map[*wspeer.Peer]struct{})
+		h.sessions = make(map[string]map[*session]struct{})
+		now := h.Now
+		if now == nil {
+			now = time.Now
+		}
+		h.quota = newQuota(h.Quotas, now)
+		if h.RecheckEvery <= 0 {
+			h.RecheckEvery = DefaultRecheckEvery
+		}
 		if h.MaxConnections <= 0 {
 			h.MaxConnections = DefaultMaxConnections
 		}
@@ -117,9 +137,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.reject(w, RejectResume, http.StatusBadRequest, err.Error())
 		return
 	}
-	var expires time.Time
+	ip := ClientIP(r, h.TrustedProxyHeader)
+	var (
+		claims *auth.Claims
+		token  string
+	)
 	if !h.AuthDisabled {
-		status, reason, msg, claims := h.authorize(r, device)
+		var status int
+		var reason, msg string
+		status, reason, msg, claims, token = h.authenticate(r, device)
 		if status != 0 {
 			if status == http.StatusUnauthorized {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="nbiot-live", error="invalid_token"`)
@@ -127,27 +153,54 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			h.reject(w, reason, status, msg)
 			return
 		}
-		expires = claims.ValidUntil
+	}
+	user := ""
+	if claims != nil {
+		user = claims.Subject
+	}
+	// The quota is held from here until the connection ends: a user at
+	// its cap costs no access check.
+	if reason := h.quota.acquire(user, ip, device); reason != "" {
+		h.Logger.Debug("quota reached", "remote", r.RemoteAddr, "device", device, "reason", reason)
+		h.reject(w, reason, http.StatusTooManyRequests, "too many connections or devices for this user or address")
+		return
+	}
+	if claims != nil {
+		if status, reason, msg := h.authorize(r, claims, token, user, ip, device); status != 0 {
+			h.quota.release(user, ip, device)
+			if status == http.StatusTooManyRequests {
+				w.Header().Set("Retry-After", "1")
+			}
+			h.reject(w, reason, status, msg)
+			return
+		}
 	}
 	if !h.reserve() {
+		h.quota.release(user, ip, device)
 		h.reject(w, RejectLimit, http.StatusServiceUnavailable, "too many connections")
 		return
 	}
-	h.serve(w, r, device, from, expires) // releases the reservation when the connection ends
+	var sess *session
+	if claims != nil {
+		sess = &session{claims: claims, token: token, device: device}
+	}
+	// serve releases the reservation and the quota when the connection ends.
+	h.serve(w, r, device, from, sess, func() { h.quota.release(user, ip, device) })
 }
 
-// authorize returns status 0 and the verified claims when the request may
-// proceed, else the status, metric reason and a message without secrets.
-func (h *Handler) authorize(r *http.Request, device string) (int, string, string, *auth.Claims) {
+// authenticate returns status 0 with the verified claims and the token
+// when the request carries a valid one, else the status, metric reason
+// and a message without secrets.
+func (h *Handler) authenticate(r *http.Request, device string) (int, string, string, *auth.Claims, string) {
 	token, source, err := auth.FromRequest(r)
 	if err != nil {
 		h.Metrics.AuthFailures.WithLabelValues(auth.Reason(err)).Inc()
-		return http.StatusUnauthorized, RejectAuth, "missing or invalid token", nil
+		return http.StatusUnauthorized, RejectAuth, "missing or invalid token", nil, ""
 	}
 	if source == auth.SourceSubprotocol && !auth.OffersSubprotocol(r) {
 		// A browser fails a handshake whose answer names no protocol it
 		// offered, and the token entry itself must never be echoed.
-		return http.StatusBadRequest, RejectProtocol, `offer the "nbiot-live" subprotocol with the token entry`, nil
+		return http.StatusBadRequest, RejectProtocol, `offer the "nbiot-live" subprotocol with the token entry`, nil, ""
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.CheckTimeout)
 	defer cancel()
@@ -156,17 +209,41 @@ func (h *Handler) authorize(r *http.Request, device string) (int, string, string
 		reason := auth.Reason(err)
 		h.Metrics.AuthFailures.WithLabelValues(reason).Inc()
 		h.Logger.Debug("token rejected", "remote", r.RemoteAddr, "device", device, "reason", reason)
-		return http.StatusUnauthorized, RejectAuth, "missing or invalid token", nil
+		return http.StatusUnauthorized, RejectAuth, "missing or invalid token", nil, ""
 	}
 	h.Metrics.TokenSources.WithLabelValues(source).Inc()
-	if err := h.Access.Check(ctx, claims, token, device); err != nil {
-		if errors.Is(err, access.ErrDenied) {
-			return http.StatusForbidden, RejectDenied, "device not visible to this user", nil
-		}
-		h.Logger.Warn("access check failed", "remote", r.RemoteAddr, "device", device, "err", err)
-		return http.StatusServiceUnavailable, RejectUnavailable, "access check unavailable, retry later", nil
+	return 0, "", "", claims, token
+}
+
+// Gated is an access checker that spends a caller's budget only on cache
+// misses (*access.Cached).
+type Gated interface {
+	CheckGated(ctx context.Context, c *auth.Claims, token, deviceID string, allow func() bool) error
+}
+
+// authorize checks that the user may see the device, spending the user's
+// and the address's budget of uncached checks; status 0 when allowed.
+func (h *Handler) authorize(r *http.Request, claims *auth.Claims, token, user, ip, device string) (int, string, string) {
+	ctx, cancel := context.WithTimeout(r.Context(), h.CheckTimeout)
+	defer cancel()
+	var err error
+	if g, ok := h.Access.(Gated); ok {
+		err = g.CheckGated(ctx, claims, token, device, func() bool { return h.quota.allowCheck(user, ip) })
+	} else {
+		err = h.Access.Check(ctx, claims, token, device)
 	}
-	return 0, "", "", claims
+	switch {
+	case err == nil:
+		return 0, "", ""
+	case errors.Is(err, access.ErrDenied):
+		return http.StatusForbidden, RejectDenied, "device not visible to this user"
+	case errors.Is(err, access.ErrLimited):
+		h.Logger.Debug("access check budget spent", "remote", r.RemoteAddr, "device", device)
+		return http.StatusTooManyRequests, RejectCheckRate, "too many access checks for new devices, retry later"
+	default:
+		h.Logger.Warn("access check failed", "remote", r.RemoteAddr, "device", device, "err", err)
+		return http.StatusServiceUnavailable, RejectUnavailable, "access check unavailable, retry later"
+	}
 }
 
 // TokenExpired closes a browser's session when its token expires: close
@@ -174,7 +251,7 @@ func (h *Handler) authorize(r *http.Request, device string) (int, string, string
 // reconnects with a new one, which is verified and checked again.
 var TokenExpired = &wspeer.CloseError{Code: 4401, Text: "token expired"}
 
-func (h *Handler) serve(w http.ResponseWriter, r *http.Request, device string, from upstream.Resume, expires time.Time) {
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request, device string, from upstream.Resume, sess *session, releaseQuota func()) {
 	// The peer queues frames from the moment it watches; its first frames
 	// are written once the handshake is done. Its queue also holds the
 	// entries of its since/tail start, which are queued before it can
@@ -188,6 +265,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, device string, f
 	})
 	if err != nil {
 		h.release()
+		releaseQuota()
 		// ErrTooManyDevices, or ErrClosed during shutdown.
 		h.reject(w, RejectLimit, http.StatusServiceUnavailable, "relay busy (too many watched devices) or shutting down")
 		return
@@ -201,15 +279,20 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, device string, f
 	if err != nil {
 		watch.Close()
 		h.release()
+		releaseQuota()
 		return // Upgrade has answered the client.
 	}
 	if !h.track(peer) {
 		peer.Close(wspeer.ErrClosed)
 	}
 	stopExpiry := func() bool { return false }
-	if !expires.IsZero() {
-		// Authorization holds for the token's lifetime, not the socket's.
-		stopExpiry = h.afterFunc(h.until(expires), func() { peer.Close(TokenExpired) }).Stop
+	if sess != nil {
+		sess.peer = peer
+		h.addSession(sess) // re-checked by RunRechecks while open
+		if exp := sess.claims.ValidUntil; !exp.IsZero() {
+			// Authorization holds for the token's lifetime, not the socket's.
+			stopExpiry = h.afterFunc(h.until(exp), func() { peer.Close(TokenExpired) }).Stop
+		}
 	}
 	h.Metrics.Accepted.Inc()
 	h.Metrics.Connections.Inc()
@@ -220,7 +303,11 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, device string, f
 	// a stack grown by the handshake), about 10 KiB per idle browser.
 	go func() {
 		defer h.release()
+		defer releaseQuota()
 		defer h.untrack(peer)
+		if sess != nil {
+			defer h.removeSession(sess)
+		}
 		defer watch.Close()
 		defer h.Metrics.Connections.Dec()
 		defer stopExpiry()
@@ -253,6 +340,8 @@ func disconnectReason(err error) string {
 		return "server"
 	case errors.Is(err, TokenExpired):
 		return "token_expired"
+	case errors.Is(err, AccessRevoked):
+		return "revoked"
 	default:
 		return "gone"
 	}

@@ -1,0 +1,186 @@
+package browser
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/nbiot-live/nbiot-live/internal/livelog"
+	"github.com/nbiot-live/nbiot-live/internal/wspeer"
+	"github.com/nbiot-live/nbiot-live/relay/access"
+	"github.com/nbiot-live/nbiot-live/relay/auth"
+)
+
+// AccessRevoked closes a session whose user may no longer see its device
+// (owner changed, membership removed): close code 4403 mirrors HTTP 403,
+// and the page shows the device as forbidden instead of reconnecting.
+var AccessRevoked = &wspeer.CloseError{Code: 4403, Text: "device not visible"}
+
+// DefaultRecheckEvery is how often open sessions' access is asked again.
+const DefaultRecheckEvery = 5 * time.Second
+
+// revokeGrace is how long the status entry saying why has to be written
+// before the close frame: the peer writes queued frames in order, but a
+// close is not queued behind them, so it waits this long (a client behind
+// on its queue by more than that is cut by the close anyway).
+const revokeGrace = 250 * time.Millisecond
+
+// Refresher asks the access backend again, bypassing and updating the
+// answer cache (*access.Cached). Without it, re-checks use Check.
+type Refresher interface {
+	Refresh(ctx context.Context, c *auth.Claims, token, deviceID string) error
+}
+
+// session is one open, authorized browser connection.
+type session struct {
+	claims *auth.Claims
+	token  string
+	device string
+	peer   *wspeer.Peer
+	// revoked is set (under Handler.mu) once its end is under way, so a
+	// sweep during the grace period neither counts nor closes it again.
+	revoked bool
+}
+
+func pairKey(c *auth.Claims, device string) string {
+	return c.Subject + "\x00" + c.Role + "\x00" + device
+}
+
+func (h *Handler) addSession(s *session) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	k := pairKey(s.claims, s.device)
+	set := h.sessions[k]
+	if set == nil {
+		set = make(map[*session]struct{})
+		h.sessions[k] = set
+	}
+	set[s] = struct{}{}
+}
+
+func (h *Handler) removeSession(s *session) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	k := pairKey(s.claims, s.device)
+	delete(h.sessions[k], s)
+	if len(h.sessions[k]) == 0 {
+		delete(h.sessions, k)
+	}
+}
+
+// RunRechecks asks, every RecheckEvery, whether each (user, device) pair
+// with an open session is still allowed, once per pair however many tabs
+// share it, one pair at a time (so the sweep holds at most one of the
+// access cache's concurrent checks and everyone else's checks go on). A
+// pair found denied has its sessions ended with a status entry and close
+// code 4403; a backend error keeps them open (an outage must not cut
+// everyone). It returns when ctx ends.
+func (h *Handler) RunRechecks(ctx context.Context) {
+	h.init()
+	if h.AuthDisabled {
+		return
+	}
+	t := time.NewTicker(h.RecheckEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			h.recheck(ctx)
+		}
+	}
+}
+
+// recheck is one sweep over the open pairs.
+func (h *Handler) recheck(ctx context.Context) {
+	for _, s := range h.pairs() {
+		if ctx.Err() != nil {
+			return
+		}
+		cctx, cancel := context.WithTimeout(ctx, h.CheckTimeout)
+		var err error
+		if r, ok := h.Access.(Refresher); ok {
+			err = r.Refresh(cctx, s.claims, s.token, s.device)
+		} else {
+			err = h.Access.Check(cctx, s.claims, s.token, s.device)
+		}
+		cancel()
+		switch {
+		case err == nil:
+			h.Metrics.Rechecks.WithLabelValues("allowed").Inc()
+		case errors.Is(err, access.ErrDenied):
+			h.Metrics.Rechecks.WithLabelValues("denied").Inc()
+			h.revoke(s.claims, s.device)
+		default:
+			h.Metrics.Rechecks.WithLabelValues("error").Inc()
+			h.Logger.Debug("access re-check failed; sessions kept", "device", s.device, "err", err)
+		}
+	}
+}
+
+// pairs returns one session per open (user, device) pair: the one whose
+// token is valid longest, whose token a REST re-check presents.
+func (h *Handler) pairs() []*session {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]*session, 0, len(h.sessions))
+	for _, set := range h.sessions {
+		var best *session
+		for s := range set {
+			if s.revoked {
+				continue
+			}
+			if best == nil || s.claims.ValidUntil.After(best.claims.ValidUntil) {
+				best = s
+			}
+		}
+		if best != nil {
+			out = append(out, best)
+		}
+	}
+	return out
+}
+
+// revoke ends every session of the pair: a status entry first, then 4403.
+func (h *Handler) revoke(c *auth.Claims, device string) {
+	h.mu.Lock()
+	var peers []*wspeer.Peer
+	for s := range h.sessions[pairKey(c, device)] {
+		if !s.revoked {
+			s.revoked = true
+			peers = append(peers, s.peer)
+		}
+	}
+	h.mu.Unlock()
+	if len(peers) == 0 {
+		return
+	}
+	h.Logger.Info("access revoked: closing sessions", "device", device, "sessions", len(peers))
+	pm := h.revokedEntry(device)
+	for _, p := range peers {
+		h.Metrics.Revoked.Inc()
+		if pm != nil {
+			p.Send(pm)
+		}
+		time.AfterFunc(revokeGrace, func() { p.Close(AccessRevoked) })
+	}
+}
+
+func (h *Handler) revokedEntry(device string) *websocket.PreparedMessage {
+	now := time.Now
+	if h.Now != nil {
+		now = h.Now
+	}
+	b, err := livelog.Status(device, now(), "Access revoked: this device is no longer visible to you", map[string]string{"access": "revoked"}).Marshal()
+	if err != nil {
+		return nil
+	}
+	pm, err := websocket.NewPreparedMessage(websocket.TextMessage, b)
+	if err != nil {
+		return nil
+	}
+	return pm
+}
