@@ -1,0 +1,308 @@
+// Command coapbench measures plain-CoAP servers side by side with one Go
+// load generator: libcoap's example server (coap-server-notls -d 10,
+// Debian libcoap3-bin), go-coap v3's bare UDP server, and coap-server
+// (live logs only: no storage, no subscribers; every uplink's entry is
+// published to the embedded JetStream LIVELOG and acknowledged before the
+// 2.04), and "lean": coap-server's datagram path and uplink logic with the
+// stream replaced by a no-op, the CoAP layer's own cost. Each server runs as its own
+// process, so its CPU is read from /proc/<pid>/stat without the load's.
+// For each server and peer pattern (K long-lived peers, or peers rotating
+// to a new source port every -rotate requests) it prints requests/s, the
+// round trip's p50/p99, server CPU µs per request and the ratio to
+// libcoap's CPU. It is a bench, not a test: figures depend on the machine
+// and its load (the load average is printed with them).
+//
+//	go run ./scripts/coapbench [-k 16] [-duration 5s] [-rotate 100] [-servers libcoap,go-coap,coap-server]
+//
+// COAPBENCH_CPUPROFILE=DIR writes each Go server's CPU profile to
+// DIR/<server>.pprof (go tool pprof -top DIR/coap-server.pprof).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
+	"github.com/plgd-dev/go-coap/v3/mux"
+	coapNet "github.com/plgd-dev/go-coap/v3/net"
+	"github.com/plgd-dev/go-coap/v3/options"
+	"github.com/plgd-dev/go-coap/v3/udp"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/nbiot-live/nbiot-live/coap-server/app"
+	"github.com/nbiot-live/nbiot-live/coap-server/ingest"
+	"github.com/nbiot-live/nbiot-live/coap-server/uplink"
+	"github.com/nbiot-live/nbiot-live/internal/livelog"
+)
+
+func main() {
+	serve := flag.String("serve", "", "internal: run one server (go-coap, coap-server or lean) on -addr")
+	addr := flag.String("addr", "127.0.0.1:0", "internal: address for -serve")
+	k := flag.Int("k", 16, "requests in flight (one per peer)")
+	duration := flag.Duration("duration", 5*time.Second, "measured time per server and pattern")
+	warmup := flag.Duration("warmup", time.Second, "unmeasured load before each measurement")
+	rotate := flag.Int("rotate", 100, "rotating peers: requests per source port")
+	servers := flag.String("servers", "libcoap,go-coap,lean,coap-server", "servers to measure, in order")
+	flag.Parse()
+	if *serve != "" {
+		if err := runServer(*serve, *addr); err != nil {
+			fmt.Fprintln(os.Stderr, "coapbench:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if err := bench(strings.Split(*servers, ","), *k, *duration, *warmup, *rotate); err != nil {
+		fmt.Fprintln(os.Stderr, "coapbench:", err)
+		os.Exit(1)
+	}
+}
+
+type result struct {
+	server, peers string
+	load          loadResult
+	cpuPerReq     time.Duration
+}
+
+func bench(servers []string, k int, duration, warmup time.Duration, rotate int) error {
+	probe := &peer{device: "BENCH-0000"}
+	fmt.Printf("coapbench: K=%d, %v per run, rotating peers every %d requests, a %d-byte Uplink, load average before: %s\n",
+		k, duration, rotate, len(probe.uplink(1000)), loadavg())
+	var results []result
+	for _, name := range servers {
+		srv, err := start(name)
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		for _, pattern := range []struct {
+			name   string
+			rotate int
+		}{{fmt.Sprintf("%d long-lived", k), 0}, {fmt.Sprintf("rotating/%d", rotate), rotate}} {
+			_ = drive(srv.addr, k, warmup, pattern.rotate)
+			cpu0, err := cpuTime(srv.pid)
+			if err != nil {
+				srv.stop()
+				return err
+			}
+			lr := drive(srv.addr, k, duration, pattern.rotate)
+			cpu1, _ := cpuTime(srv.pid)
+			r := result{server: name, peers: pattern.name, load: lr}
+			if lr.answered > 0 {
+				r.cpuPerReq = (cpu1 - cpu0) / time.Duration(lr.answered)
+			}
+			results = append(results, r)
+			fmt.Printf("  %-12s %-14s %8.0f req/s  p50 %7v  p99 %7v  CPU %6.1f µs/req  lost %d  (load %s)\n",
+				name, pattern.name, lr.rate(), lr.p50, lr.p99, micros(r.cpuPerReq), lr.lost, loadavg())
+		}
+		srv.stop()
+	}
+	fmt.Println()
+	fmt.Println("| server | peers | req/s | p50 | p99 | server CPU per request | × libcoap |")
+	fmt.Println("|---|---|---|---|---|---|---|")
+	for _, r := range results {
+		ratio := "–"
+		for _, base := range results {
+			if base.server == "libcoap" && base.peers == r.peers && base.cpuPerReq > 0 {
+				ratio = fmt.Sprintf("%.1f×", float64(r.cpuPerReq)/float64(base.cpuPerReq))
+			}
+		}
+		fmt.Printf("| %s | %s | %.0f | %v | %v | %.1f µs | %s |\n", r.server, r.peers, r.load.rate(),
+			r.load.p50.Round(time.Microsecond), r.load.p99.Round(time.Microsecond), micros(r.cpuPerReq), ratio)
+	}
+	fmt.Printf("\nload average after: %s\n", loadavg())
+	return nil
+}
+
+func micros(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
+// server is a running server process.
+type server struct {
+	addr string
+	pid  int
+	stop func()
+}
+
+// start runs a server in a child process and returns once it answers a
+// ping... or rather a POST (libcoap answers pings too).
+func start(name string) (*server, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	var cmd *exec.Cmd
+	switch name {
+	case "libcoap":
+		bin, err := exec.LookPath("coap-server-notls")
+		if err != nil {
+			return nil, errors.New("coap-server-notls not installed (apt-get install libcoap3-bin)")
+		}
+		cmd = exec.Command(bin, "-d", "10", "-A", "127.0.0.1", "-p", strconv.Itoa(port), "-v", "0")
+	case "go-coap", "coap-server", "lean":
+		self, err := os.Executable()
+		if err != nil {
+			return nil, err
+		}
+		cmd = exec.Command(self, "-serve", name, "-addr", addr)
+	default:
+		return nil, fmt.Errorf("unknown server %q (libcoap, go-coap, coap-server, lean)", name)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	stop := func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !answers(addr) {
+		if time.Now().After(deadline) {
+			stop()
+			return nil, fmt.Errorf("%s does not answer on %s", name, addr)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return &server{addr: addr, pid: cmd.Process.Pid, stop: stop}, nil
+}
+
+func answers(addr string) bool {
+	p, err := newPeer(addr)
+	if err != nil {
+		return false
+	}
+	defer p.close()
+	_, err = p.post(0, 300*time.Millisecond)
+	return err == nil
+}
+
+func freePort() (int, error) {
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).Port, nil
+}
+
+// cpuTime is the user+system CPU of pid so far (/proc/<pid>/stat, fields
+// 14 and 15, in clock ticks of 1/100 s).
+func cpuTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	s := string(b)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+2:]) // after "pid (comm) "
+	utime, _ := strconv.ParseInt(fields[11], 10, 64)
+	stime, _ := strconv.ParseInt(fields[12], 10, 64)
+	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
+}
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	return strings.Join(f[:3], " ")
+}
+
+// runServer is the child process of a Go server, serving until SIGTERM.
+func runServer(name, addr string) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if path := os.Getenv("COAPBENCH_CPUPROFILE"); path != "" {
+		// COAPBENCH_CPUPROFILE=dir: each Go server writes dir/<name>.pprof.
+		f, err := os.Create(filepath.Join(path, name+".pprof"))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	switch name {
+	case "go-coap":
+		// go-coap's bare server: a mux answering POST /uplink 2.04, the
+		// same options coap-server used (block-wise off).
+		r := mux.NewRouter()
+		_ = r.Handle("/uplink", mux.HandlerFunc(func(w mux.ResponseWriter, _ *mux.Message) {
+			_ = w.SetResponse(codes.Changed, message.AppOctets, nil)
+		}))
+		ln, err := coapNet.NewListenUDP("udp", addr)
+		if err != nil {
+			return err
+		}
+		s := udp.NewServer(options.WithMux(r), options.WithBlockwise(false, 0, 0))
+		go func() { <-ctx.Done(); s.Stop() }()
+		return s.Serve(ln)
+	case "coap-server":
+		dir, err := os.MkdirTemp("", "coapbench-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		cfg, err := app.FromEnv(func(k string) string {
+			return map[string]string{"COAP_ADDR": addr, "HTTP_ADDR": "127.0.0.1:0", "METRICS_ADDR": "off",
+				"WS_TOKEN": "coapbench-token-0123456789", "DATA_DIR": dir, "LOG_LEVEL": "error"}[k]
+		})
+		if err != nil {
+			return err
+		}
+		return app.Run(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), 10*time.Second)
+	case "lean":
+		conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
+		if err != nil {
+			return err
+		}
+		discard := slog.New(slog.NewTextHandler(io.Discard, nil))
+		h := &ingest.Handler{Stream: &noStream{}, Logger: discard, Metrics: ingest.NewMetrics(prometheus.NewRegistry()),
+			Dedup: ingest.NewDedup(0, 0)}
+		s, err := ingest.NewLeanServer(h, conn, ingest.LeanConfig{Metrics: ingest.NewLeanMetrics(prometheus.NewRegistry())})
+		if err != nil {
+			return err
+		}
+		go func() { <-ctx.Done(); s.Stop() }()
+		return s.Serve()
+	}
+	return fmt.Errorf("unknown -serve %q", name)
+}
+
+// noStream takes every uplink at once and keeps nothing: the lean server
+// measures the CoAP layer and the uplink logic without JetStream.
+type noStream struct{ seq atomic.Uint64 }
+
+func (*noStream) PublishUplink(context.Context, uplink.Accepted, []byte, string) (bool, error) {
+	return false, nil
+}
+func (s *noStream) Log(context.Context, *livelog.Entry, string) (uint64, bool, error) {
+	return s.seq.Add(1), false, nil
+}
+func (*noStream) LogAsync(*livelog.Entry) {}
+func (*noStream) Notify(*livelog.Entry)   {}
