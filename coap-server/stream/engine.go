@@ -14,6 +14,11 @@ import (
 )
 
 // Engine is the connection to JetStream and the two streams.
+//
+// It holds three connections, so that no kind of traffic queues behind
+// another on one socket: publishes from the datagram path (nc), the
+// live-log feed and history (feed), and the storage consumer's fetches
+// and acknowledgements (store). Each has its own handles on the streams.
 type Engine struct {
 	cfg     Config
 	ns      *server.Server // nil with an external NATS_URL
@@ -21,7 +26,14 @@ type Engine struct {
 	js      jetstream.JetStream
 	uplinks jetstream.Stream // nil without storage
 	live    jetstream.Stream
-	closed  chan struct{} // closed by the connection's ClosedHandler
+
+	feed        *nats.Conn
+	feedJS      jetstream.JetStream
+	feedLive    jetstream.Stream
+	store       *nats.Conn
+	storeUplink jetstream.Stream // nil without storage
+
+	closed chan struct{} // closed by the publish connection's ClosedHandler
 	// asyncErrors counts LogAsync publishes that failed.
 	asyncErrors atomic.Int64
 }
@@ -48,17 +60,22 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 			cfg.Logger.Warn("nats: disconnected; uplinks get 5.03 until it is back", "err", err)
 		}),
 		nats.ReconnectHandler(func(*nats.Conn) { cfg.Logger.Info("nats: reconnected") }),
-		nats.ClosedHandler(func(*nats.Conn) { close(e.closed) }),
 	}
 	var err error
+	url := cfg.URL
 	if cfg.URL == "" {
 		if e.ns, err = startEmbedded(cfg); err != nil {
 			return nil, err
 		}
 		opts = append(opts, nats.InProcessServer(e.ns))
-		e.nc, err = nats.Connect(e.ns.ClientURL(), opts...)
-	} else {
-		e.nc, err = nats.Connect(cfg.URL, opts...)
+		url = e.ns.ClientURL()
+	}
+	e.nc, err = nats.Connect(url, append(opts, nats.ClosedHandler(func(*nats.Conn) { close(e.closed) }))...)
+	if err == nil {
+		e.feed, err = nats.Connect(url, append(opts, nats.Name("coap-server feed"))...)
+	}
+	if err == nil {
+		e.store, err = nats.Connect(url, append(opts, nats.Name("coap-server storage"))...)
 	}
 	if err != nil {
 		e.Close()
@@ -73,6 +90,10 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	sctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
 	defer cancel()
 	if err := e.ensure(sctx); err != nil {
+		e.Close()
+		return nil, fmt.Errorf("%s: %w", e.varName(), err)
+	}
+	if err := e.bind(sctx); err != nil {
 		e.Close()
 		return nil, fmt.Errorf("%s: %w", e.varName(), err)
 	}
@@ -172,6 +193,28 @@ func (e *Engine) ensure(ctx context.Context) error {
 	return nil
 }
 
+// bind gives the feed and storage connections their own stream handles.
+func (e *Engine) bind(ctx context.Context) error {
+	var err error
+	if e.feedJS, err = jetstream.New(e.feed); err != nil {
+		return err
+	}
+	if e.feedLive, err = e.feedJS.Stream(ctx, LiveLogStream); err != nil {
+		return fmt.Errorf("stream %s: %w", LiveLogStream, err)
+	}
+	if e.uplinks == nil {
+		return nil
+	}
+	storeJS, err := jetstream.New(e.store)
+	if err != nil {
+		return err
+	}
+	if e.storeUplink, err = storeJS.Stream(ctx, UplinksStream); err != nil {
+		return fmt.Errorf("stream %s: %w", UplinksStream, err)
+	}
+	return nil
+}
+
 // Connected reports whether the engine can take publishes (for /readyz).
 func (e *Engine) Connected() bool {
 	return e != nil && e.nc != nil && e.nc.IsConnected()
@@ -183,6 +226,11 @@ func (e *Engine) Embedded() bool { return e.ns != nil }
 // Close drains the connection (pending acks are delivered) and stops the
 // embedded server. It is idempotent.
 func (e *Engine) Close() {
+	for _, c := range []*nats.Conn{e.store, e.feed} {
+		if c != nil && !c.IsClosed() {
+			c.Close()
+		}
+	}
 	if e.nc != nil && !e.nc.IsClosed() {
 		if e.nc.Drain() == nil {
 			select {

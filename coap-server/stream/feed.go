@@ -19,7 +19,7 @@ type FeedFunc func(seq uint64, device string, data []byte)
 // consumer re-creates itself from the last position after a disconnect),
 // and every notification, to fn. stop ends it.
 func (e *Engine) Feed(ctx context.Context, fn FeedFunc) (stop func(), err error) {
-	cons, err := e.live.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+	cons, err := e.feedLive.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{liveSubject + ">"},
 		DeliverPolicy:  jetstream.DeliverNewPolicy,
 	})
@@ -36,7 +36,7 @@ func (e *Engine) Feed(ctx context.Context, fn FeedFunc) (stop func(), err error)
 	if err != nil {
 		return nil, fmt.Errorf("live-log feed: %w", err)
 	}
-	sub, err := e.nc.Subscribe(notifySubject+">", func(m *nats.Msg) {
+	sub, err := e.feed.Subscribe(notifySubject+">", func(m *nats.Msg) {
 		fn(0, strings.TrimPrefix(m.Subject, notifySubject), m.Data)
 	})
 	if err != nil {

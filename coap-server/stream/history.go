@@ -16,7 +16,7 @@ type Position struct{ First, Last uint64 }
 
 // LivePosition reads the live log's retained range.
 func (e *Engine) LivePosition(ctx context.Context) (Position, error) {
-	info, err := e.live.Info(ctx)
+	info, err := e.feedLive.Info(ctx)
 	if err != nil {
 		return Position{}, fmt.Errorf("live log: %w", err)
 	}
@@ -40,7 +40,7 @@ func (e *Engine) Lost(ctx context.Context, device string, since uint64, pos Posi
 		return headDropped, nil
 	}
 	subj := liveSubject + device
-	oldest, err := e.live.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(subj))
+	oldest, err := e.feedLive.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(subj))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return headDropped, nil
 	}
@@ -53,7 +53,7 @@ func (e *Engine) Lost(ctx context.Context, device string, since uint64, pos Posi
 	if headDropped {
 		return true, nil
 	}
-	info, err := e.live.Info(ctx, jetstream.WithSubjectFilter(subj))
+	info, err := e.feedLive.Info(ctx, jetstream.WithSubjectFilter(subj))
 	if err != nil {
 		return false, fmt.Errorf("live log: %w", err)
 	}
@@ -179,7 +179,7 @@ func (e *Engine) newReader(ctx context.Context, c Cursor, upto uint64) (*reader,
 	if from == 0 {
 		from = 1
 	}
-	cons, err := e.live.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+	cons, err := e.feedLive.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{subj},
 		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
 		OptStartSeq:    from,
@@ -236,6 +236,6 @@ func (r *reader) close() {
 	if info := r.cons.CachedInfo(); info != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		_ = r.e.js.DeleteConsumer(ctx, LiveLogStream, info.Name)
+		_ = r.e.feedJS.DeleteConsumer(ctx, LiveLogStream, info.Name)
 	}
 }

@@ -28,7 +28,7 @@ func (e *Engine) UplinkSource(ctx context.Context, malformed prometheus.Counter)
 	if e.uplinks == nil {
 		return nil, errors.New("stream: opened without storage")
 	}
-	cons, err := e.uplinks.Consumer(ctx, StorageConsumer)
+	cons, err := e.storeUplink.Consumer(ctx, StorageConsumer)
 	if err != nil {
 		return nil, fmt.Errorf("consumer %s: %w", StorageConsumer, err)
 	}
