@@ -26,6 +26,7 @@ const restKey = "sb_publishable_flood_test_0123"
 type floodEnv struct {
 	relay    *app.App
 	iss      string
+	db       string
 	backend  atomic.Int64 // REST requests received
 	inFlight atomic.Int64
 }
@@ -57,7 +58,7 @@ func newFloodEnv(t testing.TB, latency time.Duration, users int, env map[string]
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &floodEnv{}
+	f := &floodEnv{db: db}
 	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f.backend.Add(1)
 		f.inFlight.Add(1)

@@ -116,3 +116,31 @@ func readUntilClose(t *testing.T, ws *websocket.Conn) (*frame, *websocket.CloseE
 		last = &f
 	}
 }
+
+// The same through Supabase REST (fakepostgrest on the real database):
+// the re-check asks devid=in.(…) with the user's own token.
+func TestOwnershipChangeEndsSessionREST(t *testing.T) {
+	f := newFloodEnv(t, 0, 2, nil, func(cfg *app.Config) { cfg.RecheckEvery = 200 * time.Millisecond })
+	d := websocket.Dialer{Subprotocols: []string{"nbiot-live", "access_token." + f.token(t, floodUser(0))}}
+	ws, _, err := d.Dial("ws://"+f.relay.HTTPAddr().String()+"/device-logs?deviceId="+floodDev(0), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	eventually(t, "a re-check", func() bool {
+		return counter(t, f.relay.Metrics, "nbiot_relay_access_rechecks_total", "result", "allowed") >= 1
+	})
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, f.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "update public.devices set owner_id = $1 where devid = $2", floodUser(1), floodDev(0)); err != nil {
+		t.Fatal(err)
+	}
+	status, closeErr := readUntilClose(t, ws)
+	if closeErr.Code != 4403 || status == nil || status.Data["access"] != "revoked" {
+		t.Fatalf("close %d, last frame %+v: want the revoked status entry then 4403", closeErr.Code, status)
+	}
+}

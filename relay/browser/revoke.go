@@ -27,10 +27,11 @@ const DefaultRecheckEvery = 5 * time.Second
 // on its queue by more than that is cut by the close anyway).
 const revokeGrace = 250 * time.Millisecond
 
-// Refresher asks the access backend again, bypassing and updating the
-// answer cache (*access.Cached). Without it, re-checks use Check.
+// Refresher asks the access backend again about several devices of one
+// user, bypassing and updating the answer cache (*access.Cached, one query
+// per user). Without it, re-checks use Check, one device at a time.
 type Refresher interface {
-	Refresh(ctx context.Context, c *auth.Claims, token, deviceID string) error
+	RefreshMany(ctx context.Context, c *auth.Claims, token string, devices []string) (map[string]bool, error)
 }
 
 // session is one open, authorized browser connection.
@@ -71,12 +72,13 @@ func (h *Handler) removeSession(s *session) {
 }
 
 // RunRechecks asks, every RecheckEvery, whether each (user, device) pair
-// with an open session is still allowed, once per pair however many tabs
-// share it, one pair at a time (so the sweep holds at most one of the
-// access cache's concurrent checks and everyone else's checks go on). A
-// pair found denied has its sessions ended with a status entry and close
-// code 4403; a backend error keeps them open (an outage must not cut
-// everyone). It returns when ctx ends.
+// with an open session is still allowed: once per pair however many tabs
+// share it, batched per user (one query for all of a user's devices), one
+// user at a time (so the sweep holds at most one of the access cache's
+// concurrent checks and everyone else's checks go on). A pair found
+// denied has its sessions ended with a status entry and close code 4403;
+// a backend error keeps them open (an outage must not cut everyone). It
+// returns when ctx ends.
 func (h *Handler) RunRechecks(ctx context.Context) {
 	h.init()
 	if h.AuthDisabled {
@@ -94,52 +96,87 @@ func (h *Handler) RunRechecks(ctx context.Context) {
 	}
 }
 
-// recheck is one sweep over the open pairs.
+// recheck is one sweep over the open pairs, user by user.
 func (h *Handler) recheck(ctx context.Context) {
-	for _, s := range h.pairs() {
+	for _, u := range h.users() {
 		if ctx.Err() != nil {
 			return
 		}
 		cctx, cancel := context.WithTimeout(ctx, h.CheckTimeout)
-		var err error
-		if r, ok := h.Access.(Refresher); ok {
-			err = r.Refresh(cctx, s.claims, s.token, s.device)
-		} else {
-			err = h.Access.Check(cctx, s.claims, s.token, s.device)
-		}
+		vis, err := h.visible(cctx, u)
 		cancel()
-		switch {
-		case err == nil:
-			h.Metrics.Rechecks.WithLabelValues("allowed").Inc()
-		case errors.Is(err, access.ErrDenied):
+		for d, ok := range vis {
+			if ok {
+				h.Metrics.Rechecks.WithLabelValues("allowed").Inc()
+				continue
+			}
 			h.Metrics.Rechecks.WithLabelValues("denied").Inc()
-			h.revoke(s.claims, s.device)
-		default:
+			h.revoke(u.claims, d)
+		}
+		if err != nil {
 			h.Metrics.Rechecks.WithLabelValues("error").Inc()
-			h.Logger.Debug("access re-check failed; sessions kept", "device", s.device, "err", err)
+			h.Logger.Debug("access re-check failed; sessions kept", "devices", len(u.devices), "err", err)
 		}
 	}
 }
 
-// pairs returns one session per open (user, device) pair: the one whose
-// token is valid longest, whose token a REST re-check presents.
-func (h *Handler) pairs() []*session {
+func (h *Handler) visible(ctx context.Context, u userSessions) (map[string]bool, error) {
+	if r, ok := h.Access.(Refresher); ok {
+		return r.RefreshMany(ctx, u.claims, u.token, u.devices)
+	}
+	out := make(map[string]bool, len(u.devices))
+	for _, d := range u.devices {
+		switch err := h.Access.Check(ctx, u.claims, u.token, d); {
+		case err == nil:
+			out[d] = true
+		case errors.Is(err, access.ErrDenied):
+			out[d] = false
+		default:
+			return out, err
+		}
+	}
+	return out, nil
+}
+
+// userSessions is what one user has open: its devices, and the claims
+// and token of its session valid longest (a REST re-check presents it).
+type userSessions struct {
+	claims  *auth.Claims
+	token   string
+	devices []string
+}
+
+// users groups the open, unrevoked sessions by user (subject and role).
+func (h *Handler) users() []userSessions {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	out := make([]*session, 0, len(h.sessions))
+	by := make(map[string]*userSessions)
+	var order []string
 	for _, set := range h.sessions {
 		var best *session
 		for s := range set {
-			if s.revoked {
-				continue
-			}
-			if best == nil || s.claims.ValidUntil.After(best.claims.ValidUntil) {
+			if !s.revoked && (best == nil || s.claims.ValidUntil.After(best.claims.ValidUntil)) {
 				best = s
 			}
 		}
-		if best != nil {
-			out = append(out, best)
+		if best == nil {
+			continue
 		}
+		k := best.claims.Subject + "\x00" + best.claims.Role
+		u := by[k]
+		if u == nil {
+			u = &userSessions{claims: best.claims, token: best.token}
+			by[k] = u
+			order = append(order, k)
+		}
+		if best.claims.ValidUntil.After(u.claims.ValidUntil) {
+			u.claims, u.token = best.claims, best.token
+		}
+		u.devices = append(u.devices, best.device)
+	}
+	out := make([]userSessions, len(order))
+	for i, k := range order {
+		out[i] = *by[k]
 	}
 	return out
 }
