@@ -17,6 +17,7 @@ import (
 // rest so the handshake's result is counted and logged.
 type listener struct {
 	inner    net.Listener
+	demux    *demux
 	limits   *Limiter
 	metrics  *Metrics
 	log      *slog.Logger
@@ -48,17 +49,43 @@ func (l *listener) AcceptWithContext(ctx context.Context) (net.Conn, error) {
 			_ = c.Close()
 			continue
 		}
+		peer := l.demux.peer(pc.RemoteAddr().String())
+		if peer == nil {
+			// Evicted or expired before it got here.
+			_ = pc.Close()
+			continue
+		}
 		if l.sessions.Load() >= l.maxSess {
 			l.refuse(pc, ErrSessions)
 			continue
 		}
-		if err := l.limits.Acquire(pc.RemoteAddr()); err != nil {
-			l.refuse(pc, err)
-			continue
-		}
-		l.metrics.HandshakesInFlight.Inc()
-		return &session{Conn: pc, l: l, remote: pc.RemoteAddr()}, nil
+		return &session{Conn: pc, l: l, remote: pc.RemoteAddr(), peer: peer}, nil
 	}
+}
+
+// verified admits a peer that echoed its cookie (its address is real) to
+// the handshake limits; false closes it. It runs on the socket's read loop
+// and does no I/O.
+func (l *listener) verified(p *peerConn) bool {
+	if l.sessions.Load() >= l.maxSess {
+		l.metrics.Refused.WithLabelValues(ErrSessions.Error()).Inc()
+		return false
+	}
+	if err := l.limits.Acquire(p.raddr); err != nil {
+		l.metrics.Refused.WithLabelValues(err.Error()).Inc()
+		l.debugf("dtls attempt refused", "remote", p.raddr.String(), "err", err)
+		return false
+	}
+	p.acquired.Store(true)
+	l.metrics.HandshakesInFlight.Inc()
+	return true
+}
+
+// release frees the limiter slot of a verified peer, once: when its
+// handshake ends, or when it closes first.
+func (l *listener) release(p *peerConn) {
+	l.limits.Release(p.raddr)
+	l.metrics.HandshakesInFlight.Dec()
 }
 
 func (l *listener) refuse(c net.Conn, reason error) {
@@ -81,6 +108,7 @@ func (l *listener) Close() error {
 type session struct {
 	*piondtls.Conn
 	l        *listener
+	peer     *peerConn
 	remote   net.Addr // where the handshake came from (the limiter's key)
 	identity string   // set once the handshake succeeded
 
@@ -100,8 +128,12 @@ func (s *session) HandshakeContext(ctx context.Context) error {
 
 func (s *session) handshake(ctx context.Context) error {
 	err := s.Conn.HandshakeContext(ctx)
-	s.l.limits.Release(s.remote)
-	s.l.metrics.HandshakesInFlight.Dec()
+	if err == nil {
+		// Done: it no longer needs its slot, nor the pre-cookie timer
+		// (in case its cookie came in a form promote did not see).
+		s.l.demux.promote(s.peer)
+	}
+	s.peer.releaseSlot()
 	id := ""
 	if st, ok := s.Conn.ConnectionState(); ok {
 		id, _ = ParseIdentity(st.IdentityHint)

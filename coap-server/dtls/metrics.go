@@ -25,6 +25,11 @@ type Metrics struct {
 	// replaced (a newer handshake by the same identity), revoked (the key
 	// was deleted or replaced).
 	SessionsClosed *prometheus.CounterVec
+	// PreCookie is the number of peers that have not echoed their cookie.
+	PreCookie prometheus.Gauge
+	// PreCookieDropped counts such peers dropped, by reason: evicted (the
+	// table was full), expired (no cookie within PreCookieTimeout).
+	PreCookieDropped *prometheus.CounterVec
 	// Sessions is the number of established sessions.
 	Sessions prometheus.Gauge
 	// HandshakesInFlight is the number of handshakes under way.
@@ -57,6 +62,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		SessionsClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nbiot_dtls_sessions_closed_total", Help: "DTLS sessions closed by the server, by reason (replaced, revoked).",
 		}, []string{"reason"}),
+		PreCookie: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "nbiot_dtls_precookie_peers", Help: "DTLS peers that sent a ClientHello and have not echoed the cookie yet.",
+		}),
+		PreCookieDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nbiot_dtls_precookie_dropped_total", Help: "DTLS peers dropped before echoing their cookie, by reason (evicted, expired).",
+		}, []string{"reason"}),
 		Sessions: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "nbiot_dtls_sessions", Help: "Established DTLS sessions.",
 		}),
@@ -64,6 +75,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "nbiot_dtls_handshakes_in_flight", Help: "DTLS handshakes under way.",
 		}),
 	}
-	reg.MustRegister(m.Handshakes, m.Refused, m.KeyLookups, m.KeyCacheEvictions, m.NegativeEvictions, m.KeyChanges, m.SessionsClosed, m.Sessions, m.HandshakesInFlight)
+	reg.MustRegister(m.Handshakes, m.Refused, m.KeyLookups, m.KeyCacheEvictions, m.NegativeEvictions, m.KeyChanges, m.SessionsClosed, m.PreCookie, m.PreCookieDropped, m.Sessions, m.HandshakesInFlight)
 	return m
 }

@@ -67,6 +67,17 @@ type Config struct {
 	// enough for NB-IoT round trips of a few seconds with pion's
 	// retransmissions, short enough to free junk quickly.
 	HandshakeTimeout time.Duration
+	// MaxPreCookie bounds the peers that sent a ClientHello but have not
+	// yet echoed the HelloVerifyRequest's cookie. They count against no
+	// handshake limit (their address may be spoofed); when the table is
+	// full a new one evicts a random one, so a flood shortens their lives
+	// instead of refusing real devices. Each costs PreCookieBytes (43 KiB,
+	// measured: pion's conn is made at the first ClientHello), so the
+	// default is an eighth of the memory limit: 1524 on the 512 MiB machine.
+	MaxPreCookie int
+	// PreCookieTimeout (default 5 s) is how long such a peer may take to
+	// echo the cookie: a few NB-IoT round trips and one retransmission.
+	PreCookieTimeout time.Duration
 	// MTU (default 1200) bounds the handshake records pion sends. NB-IoT
 	// paths carry ~1300-byte datagrams (NOTES); 1200 leaves room for IP/UDP
 	// headers and tunnels.
@@ -88,6 +99,12 @@ func (c *Config) defaults() {
 				"configured", c.MaxSessions, "max_sessions", fit, "memory_bytes", limit, "memory_from", from, "session_bytes", SessionBytes)
 		}
 		c.MaxSessions = fit
+	}
+	if c.MaxPreCookie <= 0 {
+		c.MaxPreCookie = int(max(limit/8/PreCookieBytes, 64))
+	}
+	if c.PreCookieTimeout <= 0 {
+		c.PreCookieTimeout = 5 * time.Second
 	}
 	if c.SessionIdle <= 0 {
 		c.SessionIdle = 2 * time.Hour
@@ -126,7 +143,23 @@ func Listen(addr string, h *ingest.Handler, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("dtls: %w", err)
 	}
 	s := &Server{cfg: cfg, decoy: newDecoy(), logs: rate.NewLimiter(logRate, logBurst)}
-	inner, err := piondtls.ListenWithOptions("udp", ua,
+	s.ln = &listener{
+		limits: NewLimiter(cfg.Limits), metrics: cfg.Metrics,
+		log: cfg.Logger, maxSess: int64(cfg.MaxSessions),
+		reg: newRegistry(), keys: cfg.Keys, debugf: s.debugf,
+	}
+	m := cfg.Metrics
+	d, err := newDemux(ua, demuxConfig{
+		maxPending: cfg.MaxPreCookie, timeout: cfg.PreCookieTimeout, cidLen: CIDLength,
+		verified:     s.ln.verified,
+		release:      s.ln.release,
+		evicted:      func(reason string) { m.PreCookieDropped.WithLabelValues(reason).Inc() },
+		pendingGauge: func(n int) { m.PreCookie.Set(float64(n)) },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("dtls: listen: %w", err)
+	}
+	inner, err := piondtls.NewListenerWithOptions(d,
 		piondtls.WithPSK(s.psk),
 		piondtls.WithCipherSuites(CipherSuites...),
 		piondtls.WithConnectionIDGenerator(piondtls.RandomCIDGenerator(CIDLength)),
@@ -135,14 +168,11 @@ func Listen(addr string, h *ingest.Handler, cfg Config) (*Server, error) {
 		piondtls.WithLoggerFactory(discardPionLogs{}),
 	)
 	if err != nil {
+		_ = d.Close()
 		return nil, fmt.Errorf("dtls: listen: %w", err)
 	}
-	s.addr = inner.Addr().(*net.UDPAddr)
-	s.ln = &listener{
-		inner: inner, limits: NewLimiter(cfg.Limits), metrics: cfg.Metrics,
-		log: cfg.Logger, maxSess: int64(cfg.MaxSessions),
-		reg: newRegistry(), keys: cfg.Keys, debugf: s.debugf,
-	}
+	s.ln.inner, s.ln.demux = inner, d
+	s.addr = d.Addr().(*net.UDPAddr)
 	cfg.Keys.OnChange(s.closeIdentity)
 	log := cfg.Logger
 	s.coap = server.New(
@@ -232,5 +262,9 @@ func (s *Server) Stop() {
 // MaxSessions is the session bound in effect (Config.MaxSessions).
 func (s *Server) MaxSessions() int { return s.cfg.MaxSessions }
 
-// InFlight is the number of handshakes under way (for tests and metrics).
+// PreCookie is the number of peers waiting to echo their cookie.
+func (s *Server) PreCookie() int { return s.ln.demux.pendingLen() }
+
+// InFlight is the number of handshakes under way, cookie returned (for
+// tests and metrics).
 func (s *Server) InFlight() int { return s.ln.limits.InFlight() }
