@@ -120,7 +120,15 @@ func NewLeanServer(h *Handler, conn *net.UDPConn, cfg LeanConfig) (*LeanServer, 
 		cfg.ReadBuffer = DefaultLeanReadBuffer
 	}
 	if conn != nil {
-		_ = conn.SetReadBuffer(cfg.ReadBuffer) // best effort: capped by the kernel
+		// Best effort: the kernel caps it at net.core.rmem_max. A burst the
+		// buffer cannot hold is dropped by the kernel before the read loop
+		// sees it, valid CONs included (that is what dropped the valid CON
+		// after a junk burst on go-coap's server: 208 KiB by default).
+		_ = conn.SetReadBuffer(cfg.ReadBuffer)
+		if got, ok := receiveBuffer(conn); ok && got < cfg.ReadBuffer {
+			cfg.Logger.Warn("coap: the socket receive buffer is smaller than asked: raise net.core.rmem_max, or bursts are dropped by the kernel",
+				"got_bytes", got, "want_bytes", cfg.ReadBuffer)
+		}
 	}
 	s := &LeanServer{h: h, conn: conn, cfg: cfg, m: cfg.Metrics,
 		queue: make(chan *datagram, cfg.QueueLen), done: make(chan struct{}),
@@ -133,6 +141,12 @@ func NewLeanServer(h *Handler, conn *net.UDPConn, cfg LeanConfig) (*LeanServer, 
 
 // Addr is the bound address.
 func (s *LeanServer) Addr() *net.UDPAddr { return s.conn.LocalAddr().(*net.UDPAddr) }
+
+// ReceiveBuffer is the socket's receive buffer in bytes (0 if unknown).
+func (s *LeanServer) ReceiveBuffer() int {
+	n, _ := receiveBuffer(s.conn)
+	return n
+}
 
 // Serve reads datagrams until Stop. It never waits for a worker: when the
 // queue is full the datagram is dropped and counted.

@@ -6,6 +6,9 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"os"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -449,5 +452,20 @@ func TestLeanJunkBurstThenValidCON(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatalf("round %d: the valid CON after the junk burst got no answer", round)
 		}
+	}
+}
+
+// The socket gets the receive buffer asked for (up to net.core.rmem_max):
+// it is what lets a burst wait instead of being dropped by the kernel.
+func TestLeanReceiveBuffer(t *testing.T) {
+	b, err := os.ReadFile("/proc/sys/net/core/rmem_max")
+	if err != nil {
+		t.Skip("no /proc/sys/net/core/rmem_max")
+	}
+	rmemMax, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	s, _ := startLean(t, newHandler(t, streamtest.New(t, stream.Config{})), ingest.LeanConfig{ReadBuffer: 1 << 20})
+	want := min(1<<20, rmemMax)
+	if got := s.ReceiveBuffer(); got < want {
+		t.Errorf("receive buffer %d B, want %d (rmem_max %d)", got, want, rmemMax)
 	}
 }
