@@ -56,6 +56,8 @@ type Hub struct {
 	byDevice map[string]map[*Subscription]struct{}
 	all      map[*Subscription]struct{}
 	metrics  *Metrics
+
+	order notices // notices wait for the entry they are about
 }
 
 // New returns an empty hub that counts on m.
@@ -69,7 +71,25 @@ func New(m *Metrics) *Hub {
 
 // Feed encodes one entry from the stream and publishes it; it is the
 // stream.FeedFunc of the instance's live-log consumer.
+//
+// A notice (seq 0) travels on core NATS and may overtake the entry it is
+// about; one naming a position (data.retransmission.of_seq) not delivered
+// yet is held until it is, so subscribers see the uplink, then its report.
 func (h *Hub) Feed(seq uint64, deviceID string, entry []byte) {
+	if seq == 0 {
+		if of := ofSeq(entry); of > 0 && !h.order.ready(of, deviceID, entry) {
+			return // held; released by the Feed of that position
+		}
+	}
+	h.publishEntry(seq, deviceID, entry)
+	if seq != 0 {
+		for _, n := range h.order.delivered(seq) {
+			h.publishEntry(0, n.device, n.entry)
+		}
+	}
+}
+
+func (h *Hub) publishEntry(seq uint64, deviceID string, entry []byte) {
 	f, err := NewFrame(seq, entry)
 	if err != nil {
 		h.metrics.EncodeErrors.Inc()

@@ -66,3 +66,26 @@ func TestFullSubscriberIsCounted(t *testing.T) {
 		t.Fatalf("dropped = %v, want 1", got)
 	}
 }
+
+// recording keeps the seq of every frame it is sent.
+type recording struct{ seqs []uint64 }
+
+func (r *recording) Send(f *Frame) bool { r.seqs = append(r.seqs, f.Seq); return true }
+
+// A retransmission report that overtakes its uplink's entry (it travels on
+// core NATS) is held until that entry went out.
+func TestNoticeWaitsForItsEntry(t *testing.T) {
+	h := New(NewMetrics(prometheus.NewRegistry()))
+	r := &recording{}
+	h.Subscribe(r, []string{"D"})
+	notice := []byte(`{"deviceId":"D","type":"status","data":{"retransmission":{"of_seq":7}}}`)
+	h.Feed(0, "D", notice)
+	if len(r.seqs) != 0 {
+		t.Fatalf("notice about 7 delivered before 7: %v", r.seqs)
+	}
+	h.Feed(7, "D", []byte(`{"deviceId":"D","type":"uplink"}`))
+	h.Feed(0, "D", notice) // a later copy: 7 is out, no wait
+	if want := []uint64{7, 0, 0}; len(r.seqs) != 3 || r.seqs[0] != 7 || r.seqs[1] != 0 || r.seqs[2] != 0 {
+		t.Fatalf("delivered %v, want %v", r.seqs, want)
+	}
+}
