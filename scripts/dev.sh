@@ -196,8 +196,8 @@ cat <<EOF
   Live Logs:   $page${TOKEN:+&access_token=$TOKEN}
 $(if [ -z "$TOKEN" ]; then echo "               (no token minted: sign in on the page with a user's access token)"; else echo "               (signed in as the local user dev@localhost; the token is for this machine only)"; fi)
 
-  coap-server  coap://$BIND:$COAP_PORT/uplink   http://127.0.0.1:$HTTP_PORT/metrics
-  relay        http://127.0.0.1:$RELAY_PORT/metrics
+  coap-server  coap://$BIND:$COAP_PORT/uplink   http://127.0.0.1:9090/metrics (METRICS_ADDR)
+  relay        http://127.0.0.1:$RELAY_PORT/   http://127.0.0.1:9091/metrics
   simulator    $(if [ -n "$SIMULATE" ]; then echo "$DEVICES devices, $RATE uplinks/s in total ($PREFIX-0001…)"; else echo "none (scripts/simulate missing)"; fi)
   logs         $LOGS/{coap-server,relay,simulate}.log
 $(if [ -n "${PG_URL:-}" ]; then echo "  database     psql '$PG_URL'"; fi)
@@ -205,7 +205,7 @@ $(if [ -n "${PG_URL:-}" ]; then echo "  database     psql '$PG_URL'"; fi)
   Try:
   - open $PREFIX-0002 from the device box, or a device you do not own (NOPE) for the 403;
   - Sign out, and the page asks for a token; paste the one above to sign in again;
-  - counters:  curl -s http://127.0.0.1:$HTTP_PORT/metrics | grep ^nbiot_
+  - counters:  curl -s http://127.0.0.1:9090/metrics | grep ^nbiot_
 $(if [ -n "${PG_URL:-}" ]; then echo "  - stored rows:  psql '$PG_URL' -c 'select devid, uplink_count, received_at from activity order by id desc limit 5'"; fi)
 
   Ctrl-C stops everything and removes the database.
