@@ -194,7 +194,7 @@ func (e *secureEnv) stamped(t *testing.T, id int64, column string) bool {
 // dialDevice opens a CoAPS session as device with go-coap's dtls.Dial and
 // pion's PSK options (CCM-8, the CoAP suite; a Connection ID the server
 // assigns), then completes the handshake explicitly: Dial returns no error
-// for a wrong key (NOTES), so a test that trusted it would only fail later
+// for a wrong key (docs/pitfalls.md#pion-dtls), so a test that trusted it would only fail later
 // and less clearly.
 func dialDevice(t *testing.T, e *secureEnv, device string, psk []byte) *udpClient.Conn {
 	t.Helper()

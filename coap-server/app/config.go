@@ -18,7 +18,7 @@ import (
 type Config struct {
 	// CoAPAddr (COAP_ADDR, default ":5683") is the plain CoAP UDP address;
 	// "off" disables plain CoAP so that only CoAPS is served. On Fly.io bind
-	// fly-global-services:5683 (NOTES).
+	// fly-global-services:5683 (docs/pitfalls.md#fly).
 	CoAPAddr string
 	// CoAPSAddr (COAPS_ADDR, default empty = off) is the CoAPS (DTLS) address.
 	CoAPSAddr string

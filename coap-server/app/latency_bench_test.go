@@ -47,7 +47,7 @@ func startLatencyServer(b *testing.B, dbURL string) *app.App {
 // "postgres" stores every uplink too (needs TEST_DATABASE_URL): storage must
 // not delay the live log. "devices=1000" spreads the same rate over ten
 // times the peers: go-coap's server rescans a peer's whole response cache
-// (247 s of answers) on each of its datagrams (NOTES.md), so the per-peer
+// (247 s of answers) on each of its datagrams (docs/pitfalls.md#go-coap), so the per-peer
 // rate, not the total, drives that cost as a run goes on.
 //
 //	go test -run '^$' -bench UplinkToFrame -benchtime 10000x ./coap-server/app

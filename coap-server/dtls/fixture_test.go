@@ -158,7 +158,7 @@ func waitFor(t testing.TB, what string, within time.Duration, cond func() bool) 
 
 // dialGo opens a go-coap client over a pion DTLS client on conn (a UDP
 // socket the test controls), with a Connection ID, and completes the
-// handshake explicitly (NOTES: a wrong key is otherwise only seen on the
+// handshake explicitly (docs/pitfalls.md#pion-dtls: a wrong key is otherwise only seen on the
 // first request).
 func dialGo(t testing.TB, conn net.PacketConn, raddr *net.UDPAddr, device string, psk []byte, cid bool) (*udpClient.Conn, *piondtls.Conn, error) {
 	t.Helper()

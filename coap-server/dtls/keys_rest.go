@@ -15,7 +15,7 @@ import (
 
 // RESTKeys reads PSKs from device_credentials through Supabase's REST API
 // (SUPABASE_URL mode) with the service key, which bypasses RLS. Client must
-// have a timeout (NOTES: supabase-go has none, so plain net/http is used).
+// have a timeout (docs/pitfalls.md#postgrest-go: supabase-go has none, so plain net/http is used).
 type RESTKeys struct {
 	BaseURL    string // SUPABASE_URL, no trailing slash
 	ServiceKey string // service_role JWT or sb_secret_ key; never logged

@@ -79,7 +79,7 @@ type Config struct {
 	// echo the cookie: a few NB-IoT round trips and one retransmission.
 	PreCookieTimeout time.Duration
 	// MTU (default 1200) bounds the handshake records pion sends. NB-IoT
-	// paths carry ~1300-byte datagrams (NOTES); 1200 leaves room for IP/UDP
+	// paths carry ~1300-byte datagrams (docs/pitfalls.md#fly); 1200 leaves room for IP/UDP
 	// headers and tunnels.
 	MTU int
 	// Metrics (required) counts handshakes and refusals.
@@ -202,7 +202,7 @@ func secureHandler(h *ingest.Handler) mux.Handler {
 }
 
 // psk is pion's PSK callback. On a server its argument is the identity the
-// client sent (pion calls it "hint"; NOTES). It never fails: an identity
+// client sent (pion calls it "hint"; docs/pitfalls.md#pion-dtls). It never fails: an identity
 // with no usable key gets the decoy key, so an unknown identity, a lookup
 // failure and a wrong key all end the same way for the peer (see decoy).
 func (s *Server) psk(identity []byte) ([]byte, error) {
@@ -252,7 +252,7 @@ func (s *Server) Serve() error {
 func (s *Server) Addr() *net.UDPAddr { return s.addr }
 
 // Stop closes the listener and every session. In-flight responses are
-// dropped (NOTES: go-coap's Stop does not drain), which is fine: the
+// dropped (docs/pitfalls.md#go-coap: Stop does not drain), which is fine: the
 // device retransmits its CON and storage is idempotent.
 func (s *Server) Stop() {
 	s.coap.Stop()

@@ -55,7 +55,7 @@ func TestFailedHandshakeLogsIdentityNotKey(t *testing.T) {
 	f.provision(t, "dev-log", right)
 	if _, _, err := dialGoWithin(t, udpSocket(t), f.srv.Addr(), "dev-log", wrong, true, 2*time.Second); err == nil {
 		// pion's client may finish its side before the server's check.
-		t.Log("client handshake returned no error with a wrong key (NOTES)")
+		t.Log("client handshake returned no error with a wrong key (docs/pitfalls.md#pion-dtls)")
 	}
 	waitFor(t, "the failed handshake", 10*time.Second, func() bool { return f.handshakes("failed") >= 1 })
 	out := logs.String()

@@ -1,6 +1,6 @@
 // Package ingest is coap-server's CoAP side: it decodes POST /uplink,
 // validates it, hands the accepted uplink to storage and the live log, and
-// answers at once. Nothing slow runs on this path (NOTES: go-coap serves a
+// answers at once. Nothing slow runs on this path (docs/pitfalls.md#go-coap: go-coap serves a
 // whole UDP socket from one read loop, so a slow handler stalls every device).
 package ingest
 

@@ -23,7 +23,7 @@ import (
 
 // DefaultMaxPayload is the largest uplink payload accepted, in bytes. A full
 // uplink with ten wifi APs, a fix and a config is about 300 bytes; NB-IoT
-// operators deliver datagrams of ~1300 bytes at most (NOTES: plan for
+// operators deliver datagrams of ~1300 bytes at most (docs/pitfalls.md#fly: plan for
 // ~1300-byte datagrams), so 1024 leaves room without inviting abuse.
 const DefaultMaxPayload = 1024
 

@@ -22,7 +22,7 @@ const PeerIdleTimeout = 60 * time.Second
 // peerQueueSize is go-coap's per-peer receive queue. One device has at most
 // one exchange in flight (NSTART = 1, §4.7) so the default of 16 is plenty;
 // it is set explicitly because a full queue blocks the socket's single read
-// loop for every device (NOTES).
+// loop for every device (docs/pitfalls.md#go-coap).
 const peerQueueSize = 16
 
 // UDPOptions are the go-coap server options coap-server uses for both

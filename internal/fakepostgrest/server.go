@@ -1,6 +1,6 @@
 // Package fakepostgrest is a small stand-in for Supabase's REST endpoint
 // (Kong in front of PostgREST) for tests. No PostgREST binary can be
-// installed on these machines (NOTES), so this server applies requests the
+// installed on these machines (docs/pitfalls.md#postgrest-go), so this server applies requests the
 // way PostgREST does, on the REAL migrated Postgres, so that a column, type,
 // privilege or policy mismatch fails a test exactly as it would in
 // production.

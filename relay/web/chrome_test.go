@@ -32,7 +32,7 @@ type browser struct {
 	console []chromedp.ConsoleMessage
 }
 
-// newBrowser starts a fresh headless chromium (NOTES: flags, own profile)
+// newBrowser starts a fresh headless chromium (docs/pitfalls.md#browsers: flags, own profile)
 // for the test. Without chromium the test is skipped locally and fails in CI.
 func newBrowser(t testing.TB) *browser {
 	t.Helper()

@@ -6,7 +6,7 @@
 // retried batch rewrites the same rows and never adds one.
 //
 // It uses github.com/supabase-community/postgrest-go directly rather than
-// supabase-go, whose HTTP client has no timeout and no context (NOTES).
+// supabase-go, whose HTTP client has no timeout and no context (docs/pitfalls.md#postgrest-go).
 // postgrest-go itself has three flaws worked around here, minimally:
 //   - it takes no context: a fresh Client per Write (a few small structs)
 //     whose Transport.Parent attaches the write's context to every request;

@@ -1,7 +1,7 @@
 // Package storagetest is the behavioural suite every storage writer must
 // pass, run against the real migrated Postgres (internal/pgtest): the
 // postgres writer directly, the rest writer through internal/fakepostgrest.
-// It checks what CONTRACT.md promises of storage, not how a writer does it.
+// It checks what docs/contract.md promises of storage, not how a writer does it.
 package storagetest
 
 import (

@@ -250,7 +250,7 @@ func TestDTLS(t *testing.T) {
 var _ io.Writer = (*lineWatcher)(nil)
 
 // coapNetDTLS listens for DTLS 1.2 PSK on loopback; the PSK callback gets
-// the client's identity (NOTES.md) and refuses unknown ones.
+// the client's identity (docs/pitfalls.md#pion-dtls) and refuses unknown ones.
 func coapNetDTLS(keys map[string][]byte) (*coapNet.DTLSListener, error) {
 	return coapNet.NewDTLSListener("udp", "127.0.0.1:0", coapNet.NewDTLSServerOptions(
 		piondtls.WithPSK(func(identity []byte) ([]byte, error) {

@@ -22,7 +22,7 @@ import (
 
 // dialer opens one device's connection. Every device has its own UDP socket,
 // as a real fleet is many peers: go-coap keeps per-peer state, and load from
-// a single socket measures a situation no server sees (NOTES.md).
+// a single socket measures a situation no server sees (docs/pitfalls.md#go-coap).
 type dialer func(ctx context.Context, dev *Device) (*udpClient.Conn, error)
 
 func clientOptions(logger *slog.Logger) []udp.Option {
@@ -46,7 +46,7 @@ func plainDialer(addr string, logger *slog.Logger) dialer {
 // dtlsDialer does a DTLS 1.2 PSK handshake per device, identity = device ID,
 // offering a Connection ID (RFC 9146) as NB-IoT devices behind carrier NAT
 // do. The handshake is run explicitly: go-coap's Dial does not report a
-// wrong key (NOTES.md), the first request would just fail.
+// wrong key (docs/pitfalls.md#pion-dtls), the first request would just fail.
 // timeout bounds the handshake (pion retransmits flights within it, RFC 6347
 // §4.2.4): a wrong key shows as a timeout, as the server drops the Finished
 // it cannot verify.
