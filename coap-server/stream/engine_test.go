@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/nbiot-live/nbiot-live/coap-server/uplink"
@@ -164,40 +163,3 @@ func TestFeedDeliversNewEntriesInOrder(t *testing.T) {
 }
 
 func errorsIs(err, target error) bool { return errors.Is(err, target) }
-
-// Stored uplinks leave UPLINKS: the trimmer purges below the storage
-// consumer's ack floor, and keeps what is not acknowledged.
-func TestStoredUplinksAreTrimmed(t *testing.T) {
-	e := openEmbedded(t, Config{Storage: true})
-	ctx := context.Background()
-	for i := range 5 {
-		a, payload := accepted(t, "T1", uint32(i))
-		if _, err := e.PublishUplink(ctx, a, payload, MsgID("T1", int32(i), nil, payload)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	src, err := e.UplinkSource(ctx, prometheus.NewCounter(prometheus.CounterOpts{Name: "m"}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ds, err := src.Fetch(ctx, 3, time.Second)
-	if err != nil || len(ds) != 3 {
-		t.Fatalf("fetched %d, %v", len(ds), err)
-	}
-	for _, d := range ds {
-		if err := d.Ack(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		n, err := e.UplinksHeld(ctx)
-		if err == nil && n == 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("UPLINKS holds %d (%v), want the 2 unacknowledged", n, err)
-		}
-		time.Sleep(20 * time.Millisecond) // polling the stream the trimmer purges every second
-	}
-}
