@@ -82,7 +82,7 @@ if [ -n "${SUPABASE_URL:-}" ]; then
   if [ -n "$USER_ID" ] && [ -n "${SUPABASE_SERVICE_KEY:-}" ]; then
     rows=$(python3 -c 'import json,sys; n,p,u=int(sys.argv[1]),sys.argv[2],sys.argv[3]; print(json.dumps([{"devid":"%s-%04d"%(p,i),"owner_id":u,"name":"simulated %d"%i} for i in range(1,n+1)]))' "$DEVICES" "$PREFIX" "$USER_ID")
     auth=()
-    # sb_secret_ keys are not JWTs: apikey only (NOTES); legacy keys go in both.
+    # sb_secret_ keys are not JWTs: apikey only (docs/pitfalls.md#postgrest-go); legacy keys go in both.
     [[ "$SUPABASE_SERVICE_KEY" == sb_* ]] || auth=(-H "Authorization: Bearer $SUPABASE_SERVICE_KEY")
     curl -fsS -o /dev/null -X POST "$SUPABASE_URL/rest/v1/devices?on_conflict=devid" \
       -H "apikey: $SUPABASE_SERVICE_KEY" "${auth[@]}" -H "Content-Type: application/json" \
