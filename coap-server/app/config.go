@@ -61,8 +61,9 @@ type Config struct {
 	// keeps a silent DTLS session this long, so a device waking behind a new
 	// NAT port resumes it by Connection ID instead of a new handshake.
 	CoAPSSessionIdleSeconds int
-	// CoAPSMaxSessions (COAPS_MAX_SESSIONS, default 50000) bounds DTLS
-	// sessions (tens of kB each); new handshakes are refused beyond it.
+	// CoAPSMaxSessions (COAPS_MAX_SESSIONS, default 0 = what fits in half
+	// the process's memory at 48 KiB a session: 5,577 on the 512 MB
+	// fly.toml machine) bounds DTLS sessions; a larger value is lowered.
 	CoAPSMaxSessions int
 	// CoAPSHandshakeRate (COAPS_HANDSHAKE_RATE_PER_IP, default 10) bounds new
 	// handshakes per second from one source IP (burst 4x; 32 in flight).
@@ -130,7 +131,7 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		def, lo, hi int
 	}{
 		{&c.CoAPSSessionIdleSeconds, "COAPS_SESSION_IDLE_SECONDS", 7200, 60, 7 * 86400},
-		{&c.CoAPSMaxSessions, "COAPS_MAX_SESSIONS", 50000, 1, 10_000_000},
+		{&c.CoAPSMaxSessions, "COAPS_MAX_SESSIONS", 0, 0, 10_000_000},
 		{&c.CoAPSHandshakeRate, "COAPS_HANDSHAKE_RATE_PER_IP", 10, 1, 100000},
 		{&c.DownlinkPollSeconds, "DOWNLINK_POLL_INTERVAL_SECONDS", 10, 1, 3600},
 	} {
