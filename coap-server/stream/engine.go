@@ -220,9 +220,18 @@ func (e *Engine) bind(ctx context.Context) error {
 	return nil
 }
 
-// Connected reports whether the engine can take publishes (for /readyz).
+// Connected reports whether all three connections are up (for /readyz):
+// publishes, the live-log feed and history, and storage.
 func (e *Engine) Connected() bool {
-	return e != nil && e.nc != nil && e.nc.IsConnected()
+	if e == nil {
+		return false
+	}
+	for _, c := range []*nats.Conn{e.nc, e.feed, e.store} {
+		if c == nil || !c.IsConnected() {
+			return false
+		}
+	}
+	return true
 }
 
 // Embedded reports whether the engine runs in-process.
