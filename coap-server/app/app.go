@@ -212,21 +212,12 @@ func (a *App) MetricsAddr() net.Addr {
 
 // listenMetrics serves /metrics on METRICS_ADDR alone.
 func (a *App) listenMetrics() error {
-	addr := a.cfg.MetricsAddr
-	if addr == "" || addr == "off" {
-		return nil
-	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		if a.cfg.MetricsAddrSet {
-			return fmt.Errorf("METRICS_ADDR: listen: %w", err)
-		}
-		a.log.Warn("metrics listener not started: its default address is taken (set METRICS_ADDR)", "addr", addr, "err", err)
-		return nil
+	ln, err := lifecycle.ListenMetrics(a.cfg.MetricsAddr, a.cfg.MetricsAddrSet, a.log)
+	if ln == nil || err != nil {
+		return err
 	}
 	a.metLn, a.metSrv = ln, httpapi.NewHTTPServer(httpapi.MetricsHandler(a.Metrics), a.log)
 	a.serve("metrics", func() error { return a.metSrv.Serve(a.metLn) })
-	a.log.Info("metrics listening", "addr", ln.Addr().String())
 	return nil
 }
 

@@ -3,11 +3,8 @@ package dtls
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
-	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -57,28 +54,11 @@ func (r RESTKeys) ListCredentialed(ctx context.Context) ([]string, error) {
 		if last != "" {
 			q.Set("devid", "gt."+last)
 		}
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.BaseURL+"/rest/v1/device_credentials?"+q.Encode(), nil)
-		if err != nil {
-			return nil, fmt.Errorf("device_credentials: %w", err)
-		}
-		supa.SetKey(req.Header, r.ServiceKey)
-		resp, err := r.Client.Do(req)
-		if err != nil {
-			return nil, fmt.Errorf("device_credentials: %w", err)
-		}
-		body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		resp.Body.Close()
-		if err != nil {
-			return nil, fmt.Errorf("device_credentials: read: %w", err)
-		}
-		if resp.StatusCode != http.StatusOK {
-			return nil, fmt.Errorf("device_credentials: HTTP %d", resp.StatusCode)
-		}
 		var page []struct {
 			DevID string `json:"devid"`
 		}
-		if err := json.Unmarshal(body, &page); err != nil {
-			return nil, fmt.Errorf("device_credentials: decode: %w", err)
+		if err := r.get(ctx, q, 1<<20, &page); err != nil {
+			return nil, err
 		}
 		if len(page) == 0 {
 			return ids, nil

@@ -22,32 +22,40 @@ type RESTKeys struct {
 	Client     *http.Client
 }
 
-// LoadPSK implements KeyLoader.
-func (r RESTKeys) LoadPSK(ctx context.Context, deviceID string) ([]byte, error) {
-	q := url.Values{"select": {"psk"}, "devid": {"eq." + deviceID}}
+// get reads rows of device_credentials matching q into rows (a pointer
+// to a slice), reading at most limit bytes of the answer. Errors name the
+// table and never the key (it travels in a header, not the URL).
+func (r RESTKeys) get(ctx context.Context, q url.Values, limit int64, rows any) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.BaseURL+"/rest/v1/device_credentials?"+q.Encode(), nil)
 	if err != nil {
-		return nil, fmt.Errorf("device_credentials: %w", err)
+		return fmt.Errorf("device_credentials: %w", err)
 	}
 	supa.SetKey(req.Header, r.ServiceKey)
 	resp, err := r.Client.Do(req)
 	if err != nil {
-		// The error names the URL, which holds no secret (the key is a header).
-		return nil, fmt.Errorf("device_credentials: %w", err)
+		return fmt.Errorf("device_credentials: %w", err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, limit))
 	if err != nil {
-		return nil, fmt.Errorf("device_credentials: read: %w", err)
+		return fmt.Errorf("device_credentials: read: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("device_credentials: HTTP %d", resp.StatusCode)
+		return fmt.Errorf("device_credentials: HTTP %d", resp.StatusCode)
 	}
+	if err := json.Unmarshal(body, rows); err != nil {
+		return fmt.Errorf("device_credentials: decode: %w", err)
+	}
+	return nil
+}
+
+// LoadPSK implements KeyLoader.
+func (r RESTKeys) LoadPSK(ctx context.Context, deviceID string) ([]byte, error) {
 	var rows []struct {
 		PSK string `json:"psk"`
 	}
-	if err := json.Unmarshal(body, &rows); err != nil {
-		return nil, fmt.Errorf("device_credentials: decode: %w", err)
+	if err := r.get(ctx, url.Values{"select": {"psk"}, "devid": {"eq." + deviceID}}, 64<<10, &rows); err != nil {
+		return nil, err
 	}
 	if len(rows) == 0 {
 		return nil, ErrUnknownDevice
@@ -58,30 +66,13 @@ func (r RESTKeys) LoadPSK(ctx context.Context, deviceID string) ([]byte, error) 
 // LoadPSKs implements BatchLoader. Device IDs are [A-Za-z0-9_-] only
 // (ParseIdentity), so they need no quoting in PostgREST's in.() list.
 func (r RESTKeys) LoadPSKs(ctx context.Context, ids []string) (map[string][]byte, error) {
-	q := url.Values{"select": {"devid,psk"}, "devid": {"in.(" + strings.Join(ids, ",") + ")"}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.BaseURL+"/rest/v1/device_credentials?"+q.Encode(), nil)
-	if err != nil {
-		return nil, fmt.Errorf("device_credentials: %w", err)
-	}
-	supa.SetKey(req.Header, r.ServiceKey)
-	resp, err := r.Client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("device_credentials: %w", err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return nil, fmt.Errorf("device_credentials: read: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("device_credentials: HTTP %d", resp.StatusCode)
-	}
 	var rows []struct {
 		DevID string `json:"devid"`
 		PSK   string `json:"psk"`
 	}
-	if err := json.Unmarshal(body, &rows); err != nil {
-		return nil, fmt.Errorf("device_credentials: decode: %w", err)
+	q := url.Values{"select": {"devid,psk"}, "devid": {"in.(" + strings.Join(ids, ",") + ")"}}
+	if err := r.get(ctx, q, 1<<20, &rows); err != nil {
+		return nil, err
 	}
 	out := make(map[string][]byte, len(rows))
 	for _, row := range rows {

@@ -4,7 +4,6 @@
 package proctest
 
 import (
-	"bytes"
 	"net"
 	"os"
 	"os/exec"
@@ -14,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nbiot-live/nbiot-live/internal/logtest"
 )
 
 var (
@@ -47,7 +48,7 @@ func Build(t testing.TB, pkg string) string {
 // Proc is a running process with its output kept for failure messages.
 type Proc struct {
 	cmd *exec.Cmd
-	out *syncBuffer
+	out *logtest.Buffer
 }
 
 // Start runs bin with env (on top of PATH and HOME) until Kill, Stop or
@@ -59,7 +60,7 @@ func Start(t testing.TB, bin string, env map[string]string) *Proc {
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
-	p := &Proc{cmd: cmd, out: &syncBuffer{}}
+	p := &Proc{cmd: cmd, out: &logtest.Buffer{}}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -118,21 +119,4 @@ func FreePort(t testing.TB) int {
 	}
 	t.Fatal("no free port")
 	return 0
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

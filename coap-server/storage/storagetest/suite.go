@@ -5,7 +5,6 @@
 package storagetest
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -22,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/nbiot-live/nbiot-live/coap-server/storage"
+	"github.com/nbiot-live/nbiot-live/internal/logtest"
 	"github.com/nbiot-live/nbiot-live/internal/pgtest"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 )
@@ -259,29 +259,11 @@ func testOutOfOrder(t *testing.T, newWriter NewWriter) {
 	}
 }
 
-// syncBuffer is a log sink safe for the queue's workers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func testPoison(t *testing.T, newWriter NewWriter) {
 	dbURL := pgtest.NewDB(t)
 	w := newWriter(t, dbURL)
 	db := Connect(t, dbURL)
-	var logs syncBuffer
+	var logs logtest.Buffer
 	p := NewPipeline(t, w, storage.Options{BatchSize: 100, BatchAge: 500 * time.Millisecond, Workers: 1, NewBackOff: fastBackOff,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	// ingest refuses a hw_version over 64 bytes; this record bypasses it,
