@@ -24,6 +24,7 @@ import (
 	"github.com/nbiot-live/nbiot-live/coap-server/ingest"
 	"github.com/nbiot-live/nbiot-live/coap-server/stream"
 	"github.com/nbiot-live/nbiot-live/internal/lifecycle"
+	"github.com/nbiot-live/nbiot-live/internal/supa"
 )
 
 // App is one coap-server process.
@@ -282,7 +283,7 @@ func (a *App) openSecure(ctx context.Context) error {
 	if a.cfg.Storage() == StorageNone {
 		return nil
 	}
-	src := dtls.Source{DatabaseURL: a.cfg.DatabaseURL, SupabaseURL: a.cfg.SupabaseURL, ServiceKey: a.cfg.SupabaseServiceKey}
+	src := supa.Source{DatabaseURL: a.cfg.DatabaseURL, SupabaseURL: a.cfg.SupabaseURL, ServiceKey: a.cfg.SupabaseServiceKey}
 	var err error
 	a.downlinks, err = downlink.Open(ctx, src, downlink.Config{
 		PollInterval: time.Duration(a.cfg.DownlinkPollSeconds) * time.Second,

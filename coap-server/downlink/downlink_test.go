@@ -23,12 +23,12 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/nbiot-live/nbiot-live/coap-server/downlink"
-	"github.com/nbiot-live/nbiot-live/coap-server/dtls"
 	"github.com/nbiot-live/nbiot-live/coap-server/ingest"
 	"github.com/nbiot-live/nbiot-live/coap-server/stream"
 	"github.com/nbiot-live/nbiot-live/coap-server/stream/streamtest"
 	"github.com/nbiot-live/nbiot-live/internal/livelog"
 	"github.com/nbiot-live/nbiot-live/internal/pgtest"
+	"github.com/nbiot-live/nbiot-live/internal/supa"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 )
 
@@ -80,7 +80,7 @@ func start(t *testing.T) *env {
 	}
 	loaded := make(chan struct{}, 16)
 	reg := prometheus.NewRegistry()
-	e.svc, err = downlink.Open(ctx, dtls.Source{DatabaseURL: dsn}, downlink.Config{Metrics: downlink.NewMetrics(reg), Logger: discard, Live: e.queued.Broadcast},
+	e.svc, err = downlink.Open(ctx, supa.Source{DatabaseURL: dsn}, downlink.Config{Metrics: downlink.NewMetrics(reg), Logger: discard, Live: e.queued.Broadcast},
 		func() { loaded <- struct{}{} })
 	if err != nil {
 		t.Fatal(err)

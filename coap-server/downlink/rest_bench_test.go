@@ -7,9 +7,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/nbiot-live/nbiot-live/coap-server/downlink"
-	"github.com/nbiot-live/nbiot-live/coap-server/dtls"
 	"github.com/nbiot-live/nbiot-live/internal/fakepostgrest"
 	"github.com/nbiot-live/nbiot-live/internal/pgtest"
+	"github.com/nbiot-live/nbiot-live/internal/supa"
 )
 
 // BenchmarkRESTFullReload measures what REST mode's periodic full reload
@@ -35,7 +35,7 @@ func BenchmarkRESTFullReload(b *testing.B) {
 		select 'bench-' || i, '{"heartbeat_interval": 3600, "gnss_interval": 0}' from generate_series(1, $1::int) i`, devices); err != nil {
 		b.Fatal(err)
 	}
-	r := &downlink.REST{BaseURL: srv.URL, ServiceKey: restSecretKey, Client: dtls.RESTClient()}
+	r := &downlink.REST{BaseURL: srv.URL, ServiceKey: restSecretKey, Client: supa.RESTClient()}
 	for b.Loop() {
 		rows, err := r.Pending(ctx)
 		if err != nil {

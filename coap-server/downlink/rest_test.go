@@ -19,7 +19,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/nbiot-live/nbiot-live/coap-server/downlink"
-	"github.com/nbiot-live/nbiot-live/coap-server/dtls"
 	"github.com/nbiot-live/nbiot-live/coap-server/ingest"
 	"github.com/nbiot-live/nbiot-live/coap-server/stream"
 	"github.com/nbiot-live/nbiot-live/coap-server/stream/streamtest"
@@ -27,6 +26,7 @@ import (
 	"github.com/nbiot-live/nbiot-live/internal/livelog"
 	"github.com/nbiot-live/nbiot-live/internal/logtest"
 	"github.com/nbiot-live/nbiot-live/internal/pgtest"
+	"github.com/nbiot-live/nbiot-live/internal/supa"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 )
 
@@ -84,7 +84,7 @@ func startREST(t *testing.T, o restOpts) *restEnv {
 	reg := prometheus.NewRegistry()
 	e.metrics = downlink.NewMetrics(reg)
 	const poll = 10 * time.Second // never slept: tick drives the polls
-	e.svc, err = downlink.Open(ctx, dtls.Source{SupabaseURL: srv.URL, ServiceKey: o.key}, downlink.Config{
+	e.svc, err = downlink.Open(ctx, supa.Source{SupabaseURL: srv.URL, ServiceKey: o.key}, downlink.Config{
 		PollInterval:   poll,
 		ReloadInterval: time.Duration(max(1, o.reloadEvery)) * poll,
 		Metrics:        e.metrics,
@@ -320,7 +320,7 @@ func TestRESTLoadRetriesRefusedKey(t *testing.T) {
 	default:
 	}
 
-	r := &downlink.REST{BaseURL: e.url, ServiceKey: wrong, Client: dtls.RESTClient()}
+	r := &downlink.REST{BaseURL: e.url, ServiceKey: wrong, Client: supa.RESTClient()}
 	_, err := r.Pending(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "HTTP 401") || strings.Contains(err.Error(), wrong) {
 		t.Fatalf("error %v: want HTTP 401 without the key", err)

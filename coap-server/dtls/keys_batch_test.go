@@ -9,6 +9,7 @@ import (
 
 	"github.com/nbiot-live/nbiot-live/coap-server/dtls"
 	"github.com/nbiot-live/nbiot-live/internal/pgtest"
+	"github.com/nbiot-live/nbiot-live/internal/supa"
 )
 
 // Both loaders re-read many keys at once, as KeyCache.Refresh does: present
@@ -26,7 +27,7 @@ func TestBatchLoadersOverTheRealSchema(t *testing.T) {
 		loader dtls.BatchLoader
 	}{
 		"postgres": {pgPool, dtls.PGKeys{Pool: pgPool}},
-		"rest":     {restPool, dtls.RESTKeys{BaseURL: url, ServiceKey: keysSecretKey, Client: dtls.RESTClient()}},
+		"rest":     {restPool, dtls.RESTKeys{BaseURL: url, ServiceKey: keysSecretKey, Client: supa.RESTClient()}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()

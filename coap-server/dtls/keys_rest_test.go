@@ -14,6 +14,7 @@ import (
 	"github.com/nbiot-live/nbiot-live/coap-server/dtls"
 	"github.com/nbiot-live/nbiot-live/internal/fakepostgrest"
 	"github.com/nbiot-live/nbiot-live/internal/pgtest"
+	"github.com/nbiot-live/nbiot-live/internal/supa"
 )
 
 var (
@@ -54,7 +55,7 @@ func TestRESTKeysLoadPSK(t *testing.T) {
 		"service_role_jwt": fakepostgrest.SignJWT(t, keysJWTSecret, map[string]any{"role": "service_role"}),
 	} {
 		t.Run(name, func(t *testing.T) {
-			r := dtls.RESTKeys{BaseURL: url, ServiceKey: key, Client: dtls.RESTClient()}
+			r := dtls.RESTKeys{BaseURL: url, ServiceKey: key, Client: supa.RESTClient()}
 			got, err := r.LoadPSK(context.Background(), "rest-key-dev")
 			if err != nil || !bytes.Equal(got, psk) {
 				t.Fatalf("LoadPSK = %x, %v; want %x", got, err, psk)
@@ -84,7 +85,7 @@ func TestRESTKeysRefusedKeyIsNotUnknown(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := dtls.NewMetrics(prometheus.NewRegistry())
-	cache := dtls.NewKeyCache(dtls.RESTKeys{BaseURL: url, ServiceKey: keysPublishable, Client: dtls.RESTClient()},
+	cache := dtls.NewKeyCache(dtls.RESTKeys{BaseURL: url, ServiceKey: keysPublishable, Client: supa.RESTClient()},
 		dtls.KeyCacheConfig{}, m, discard)
 	for range 2 {
 		_, err := cache.PSK(context.Background(), "rest-anon-dev")
