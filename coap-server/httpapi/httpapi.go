@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
@@ -43,16 +42,11 @@ type Server struct {
 	MaxSubscribers int // default DefaultMaxSubscribers
 
 	upgrader websocket.Upgrader
-	mu       sync.Mutex
-	peers    map[*wspeer.Peer]struct{}
-	active   int // handlers between reserve and release, upgrades included
-	closed   bool
-	wg       sync.WaitGroup
+	conns    wspeer.Registry
 }
 
 // Handler returns the HTTP routes.
 func (s *Server) Handler() http.Handler {
-	s.peers = make(map[*wspeer.Peer]struct{})
 	// CheckOrigin stays nil (same origin, or no Origin header): /ws is for
 	// servers holding the token, not for browsers, which use the relay.
 	s.upgrader = websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: 4096}
@@ -100,12 +94,16 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	if !s.reserve() {
+	limit := s.MaxSubscribers
+	if limit <= 0 {
+		limit = DefaultMaxSubscribers
+	}
+	if !s.conns.Reserve(limit) {
 		s.Logger.Warn("ws subscriber refused: limit reached", "remote", r.RemoteAddr)
 		http.Error(w, "too many subscribers", http.StatusServiceUnavailable)
 		return
 	}
-	defer s.release()
+	defer s.conns.Release()
 	// Subscribe before the 101 goes out: every frame published after the
 	// client sees the handshake complete reaches it.
 	// With since or tail, live frames are held while the history is sent.
@@ -117,9 +115,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return // Upgrade has answered the client.
 	}
-	if !s.track(peer) {
-		peer.Close(wspeer.ErrClosed)
-	}
+	s.conns.Track(peer)
 	s.Logger.Debug("ws subscriber connected", "remote", r.RemoteAddr, "devices", len(devices))
 	if st.history() {
 		ctx, cancel := context.WithCancel(context.Background())
@@ -135,7 +131,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	reason := peer.Run(conn)
 	sub.Close()
-	s.untrack(peer)
+	s.conns.Untrack(peer)
 	s.Logger.Debug("ws subscriber gone", "remote", r.RemoteAddr, "err", reason)
 }
 
@@ -152,52 +148,6 @@ func (s *Server) authorized(r *http.Request) bool {
 	return subtle.ConstantTimeCompare(got[:], want[:]) == 1
 }
 
-func (s *Server) reserve() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	limit := s.MaxSubscribers
-	if limit <= 0 {
-		limit = DefaultMaxSubscribers
-	}
-	if s.closed || s.active >= limit {
-		return false
-	}
-	s.active++
-	s.wg.Add(1)
-	return true
-}
-
-func (s *Server) release() {
-	s.mu.Lock()
-	s.active--
-	s.mu.Unlock()
-	s.wg.Done()
-}
-
-func (s *Server) track(p *wspeer.Peer) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return false
-	}
-	s.peers[p] = struct{}{}
-	return true
-}
-
-func (s *Server) untrack(p *wspeer.Peer) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.peers, p)
-}
-
 // CloseSubscribers disconnects every subscriber with a going-away close
 // frame and waits for their handlers to return. It is idempotent.
-func (s *Server) CloseSubscribers() {
-	s.mu.Lock()
-	s.closed = true
-	for p := range s.peers {
-		p.Close(wspeer.ErrClosed)
-	}
-	s.mu.Unlock()
-	s.wg.Wait()
-}
+func (s *Server) CloseSubscribers() { s.conns.CloseAll() }

@@ -71,18 +71,14 @@ type Handler struct {
 
 	initOnce sync.Once
 	upgrader websocket.Upgrader
-	mu       sync.Mutex
-	peers    map[*wspeer.Peer]struct{}
+	conns    wspeer.Registry
+	mu       sync.Mutex                       // guards sessions
 	sessions map[string]map[*session]struct{} // by pairKey
 	quota    *quota
-	reserved int
-	closed   bool
-	wg       sync.WaitGroup
 }
 
 func (h *Handler) init() {
 	h.initOnce.Do(func() {
-		h.peers = make(map[*wspeer.Peer]struct{})
 		h.sessions = make(map[string]map[*session]struct{})
 		now := h.Now
 		if now == nil {
@@ -175,7 +171,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if !h.reserve() {
+	if !h.conns.Reserve(h.MaxConnections) {
 		h.quota.release(user, ip, device)
 		h.reject(w, RejectLimit, http.StatusServiceUnavailable, "too many connections")
 		return
@@ -264,7 +260,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, device string, f
 		return peer
 	})
 	if err != nil {
-		h.release()
+		h.conns.Release()
 		releaseQuota()
 		// ErrTooManyDevices, or ErrClosed during shutdown.
 		h.reject(w, RejectLimit, http.StatusServiceUnavailable, "relay busy (too many watched devices) or shutting down")
@@ -278,13 +274,11 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, device string, f
 	conn, err := h.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		watch.Close()
-		h.release()
+		h.conns.Release()
 		releaseQuota()
 		return // Upgrade has answered the client.
 	}
-	if !h.track(peer) {
-		peer.Close(wspeer.ErrClosed)
-	}
+	h.conns.Track(peer)
 	stopExpiry := func() bool { return false }
 	if sess != nil {
 		sess.peer = peer
@@ -302,9 +296,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, device string, f
 	// HTTP server then drops its per-request state (buffers, request,
 	// a stack grown by the handshake), about 10 KiB per idle browser.
 	go func() {
-		defer h.release()
+		defer h.conns.Release()
 		defer releaseQuota()
-		defer h.untrack(peer)
+		defer h.conns.Untrack(peer)
 		if sess != nil {
 			defer h.removeSession(sess)
 		}
@@ -352,49 +346,9 @@ func (h *Handler) reject(w http.ResponseWriter, reason string, status int, msg s
 	http.Error(w, msg, status)
 }
 
-func (h *Handler) reserve() bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.closed || h.reserved >= h.MaxConnections {
-		return false
-	}
-	h.reserved++
-	h.wg.Add(1)
-	return true
-}
-
-func (h *Handler) release() {
-	h.mu.Lock()
-	h.reserved--
-	h.mu.Unlock()
-	h.wg.Done()
-}
-
-func (h *Handler) track(p *wspeer.Peer) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.closed {
-		return false
-	}
-	h.peers[p] = struct{}{}
-	return true
-}
-
-func (h *Handler) untrack(p *wspeer.Peer) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	delete(h.peers, p)
-}
-
 // CloseAll disconnects every browser with a going-away close frame and
 // waits for their handlers to return. It is idempotent.
 func (h *Handler) CloseAll() {
 	h.init()
-	h.mu.Lock()
-	h.closed = true
-	for p := range h.peers {
-		p.Close(wspeer.ErrClosed)
-	}
-	h.mu.Unlock()
-	h.wg.Wait()
+	h.conns.CloseAll()
 }
