@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/nbiot-live/nbiot-live/coap-server/devset"
 	"github.com/nbiot-live/nbiot-live/coap-server/downlink"
 	"github.com/nbiot-live/nbiot-live/coap-server/dtls"
 	"github.com/nbiot-live/nbiot-live/coap-server/httpapi"
@@ -43,7 +44,7 @@ type App struct {
 	coapLn *net.UDPConn
 
 	coaps     *dtls.Server      // nil unless COAPS_ADDR
-	keysClose func()            // releases the PSK cache's pool
+	closeSets []func()          // stop the device sets and the PSK cache, release their pools
 	downlinks *downlink.Service // nil without storage
 	httpAPI   *httpapi.Server
 	httpSrv   *http.Server
@@ -92,7 +93,13 @@ func (a *App) Start(ctx context.Context) (err error) {
 	if err := a.openStorage(ctx); err != nil {
 		return err
 	}
-	if err := a.openSecure(ctx); err != nil {
+	if err := a.openDownlinks(ctx); err != nil {
+		return err
+	}
+	if err := a.openRegistered(ctx); err != nil {
+		return err
+	}
+	if err := a.openCoAPS(ctx); err != nil {
 		return err
 	}
 	if a.cfg.CoAPAddr != "off" {
@@ -156,7 +163,11 @@ func (a *App) Ready() bool { return a.ready.Load() && a.engine.Connected() }
 
 // Credentialed is the set of devices that must use DTLS (nil without
 // COAPS_ADDR), for tests.
-func (a *App) Credentialed() ingest.Credentialed { return a.handler.Credentialed }
+func (a *App) Credentialed() ingest.DeviceSet { return a.handler.Credentialed }
+
+// Registered is the set of devices that may send (nil with AUTO_REGISTER
+// on), for tests.
+func (a *App) Registered() ingest.DeviceSet { return a.handler.Registered }
 
 // Engine is the stream engine, for tests.
 func (a *App) Engine() *stream.Engine { return a.engine }
@@ -247,8 +258,8 @@ func (a *App) Shutdown(ctx context.Context) error {
 				errs = append(errs, err)
 			}
 		}
-		if a.keysClose != nil {
-			a.keysClose()
+		for _, stop := range a.closeSets {
+			stop()
 		}
 		if a.httpSrv != nil {
 			a.httpAPI.CloseSubscribers()
@@ -276,16 +287,19 @@ func Run(ctx context.Context, cfg Config, logger *slog.Logger, drain time.Durati
 	return lifecycle.Run(ctx, New(cfg, logger), logger, drain)
 }
 
-// openSecure starts the downlink service when storage is configured (it
-// reads device_downlinks from the same database) and the CoAPS listener
-// when COAPS_ADDR is set.
-func (a *App) openSecure(ctx context.Context) error {
+// source is where device data lives, for the parts that read it.
+func (a *App) source() supa.Source {
+	return supa.Source{DatabaseURL: a.cfg.DatabaseURL, SupabaseURL: a.cfg.SupabaseURL, ServiceKey: a.cfg.SupabaseServiceKey}
+}
+
+// openDownlinks starts the downlink service when storage is configured (it
+// reads device_downlinks from the same database).
+func (a *App) openDownlinks(ctx context.Context) error {
 	if a.cfg.Storage() == StorageNone {
 		return nil
 	}
-	src := supa.Source{DatabaseURL: a.cfg.DatabaseURL, SupabaseURL: a.cfg.SupabaseURL, ServiceKey: a.cfg.SupabaseServiceKey}
 	var err error
-	a.downlinks, err = downlink.Open(ctx, src, downlink.Config{
+	a.downlinks, err = downlink.Open(ctx, a.source(), downlink.Config{
 		PollInterval: time.Duration(a.cfg.DownlinkPollSeconds) * time.Second,
 		Metrics:      downlink.NewMetrics(a.Metrics),
 		Logger:       a.log,
@@ -295,22 +309,43 @@ func (a *App) openSecure(ctx context.Context) error {
 		return fmt.Errorf("downlinks: %w", err)
 	}
 	a.handler.Downlinks = a.downlinks
+	return nil
+}
+
+// openRegistered loads the devices that may send when AUTO_REGISTER is
+// off (Validate made sure storage is configured).
+func (a *App) openRegistered(ctx context.Context) error {
+	if a.cfg.AutoRegister {
+		return nil
+	}
+	set, stop, err := devset.Open(ctx, a.source(), devset.Registered, a.cfg.Stream.DataDir, a.log)
+	if err != nil {
+		return fmt.Errorf("AUTO_REGISTER: %w", err)
+	}
+	a.handler.Registered = set
+	a.closeSets = append(a.closeSets, stop)
+	return nil
+}
+
+// openCoAPS starts the CoAPS listener when COAPS_ADDR is set, with the PSK
+// cache and the set of devices that may no longer speak plain CoAP.
+func (a *App) openCoAPS(ctx context.Context) error {
 	if a.cfg.CoAPSAddr == "" {
 		return nil
 	}
 	m := dtls.NewMetrics(a.Metrics)
-	keys, closeKeys, err := dtls.OpenKeys(ctx, src, dtls.KeyCacheConfig{}, m, a.log)
+	keys, closeKeys, err := dtls.OpenKeys(ctx, a.source(), dtls.KeyCacheConfig{}, m, a.log)
 	if err != nil {
 		return err
 	}
+	a.closeSets = append(a.closeSets, closeKeys)
 	// With CoAPS on, a device that has a key may not speak plain CoAP.
-	cred, closeCred, err := dtls.OpenCredentialed(ctx, src, a.cfg.Stream.DataDir, a.log)
+	cred, closeCred, err := devset.Open(ctx, a.source(), devset.Credentialed, a.cfg.Stream.DataDir, a.log)
 	if err != nil {
-		closeKeys()
-		return err
+		return fmt.Errorf("COAPS_ADDR: %w", err)
 	}
+	a.closeSets = append(a.closeSets, closeCred)
 	a.handler.Credentialed = cred
-	a.keysClose = func() { closeCred(); closeKeys() }
 	a.coaps, err = dtls.Listen(a.cfg.CoAPSAddr, a.handler, dtls.Config{
 		Keys:        keys,
 		Metrics:     m,

@@ -69,6 +69,12 @@ type Config struct {
 	// handshakes per second from one source IP (burst 4x; 32 in flight).
 	// Generous because carrier-grade NAT puts many devices behind one IP.
 	CoAPSHandshakeRate int
+	// AutoRegister (AUTO_REGISTER, default true) lets an uplink naming an
+	// ID that has no devices row create it (unowned until claimed): what a
+	// plain-CoAP fleet needs, and it means anyone can create device rows.
+	// false: only devices provisioned in devices may send; others get 4.03
+	// (the list is re-read every 5 s; needs DATABASE_URL or SUPABASE_URL).
+	AutoRegister bool
 	// DownlinkPollSeconds (DOWNLINK_POLL_INTERVAL_SECONDS, default 10) is
 	// how often REST mode looks for queued downlinks (Postgres mode is
 	// notified at once).
@@ -112,6 +118,7 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		DatabaseURL:        getenv("DATABASE_URL"),
 		MaxPayload:         ingest.DefaultMaxPayload,
 		StorageQueueSet:    getenv("STORAGE_QUEUE_SIZE") != "",
+		AutoRegister:       true,
 		Stream: stream.Config{
 			URL:        getenv("NATS_URL"),
 			DataDir:    envconf.Or(getenv("DATA_DIR"), stream.DefaultDataDir),
@@ -139,6 +146,13 @@ func FromEnv(getenv func(string) string) (Config, error) {
 			return c, err
 		}
 	}
+	switch getenv("AUTO_REGISTER") {
+	case "", "true":
+	case "false":
+		c.AutoRegister = false
+	default:
+		return c, errors.New("AUTO_REGISTER: want true or false")
+	}
 	if v := getenv("LOG_LEVEL"); v != "" {
 		if err := c.LogLevel.UnmarshalText([]byte(v)); err != nil {
 			return c, errors.New("LOG_LEVEL: want debug, info, warn or error")
@@ -157,6 +171,9 @@ func (c Config) Validate() error {
 	}
 	if c.CoAPSAddr != "" && c.Storage() == StorageNone {
 		return errors.New("COAPS_ADDR needs DATABASE_URL or SUPABASE_URL: device keys are read from device_credentials")
+	}
+	if !c.AutoRegister && c.Storage() == StorageNone {
+		return errors.New("AUTO_REGISTER=false needs DATABASE_URL or SUPABASE_URL: registered devices are read from devices")
 	}
 	if c.CoAPAddr == "off" && c.CoAPSAddr == "" {
 		return errors.New("COAP_ADDR is off and COAPS_ADDR is empty: no CoAP listener would run")

@@ -34,7 +34,7 @@ func TestPlainCoAPCannotSpeakForACredentialedDevice(t *testing.T) {
 			// The credential list is re-read every few seconds: a new key
 			// takes effect within that time.
 			waitFor(t, 15*time.Second, "the new credential known", func() (bool, string) {
-				required, _ := e.app.Credentialed().Requires(dev)
+				required, _ := e.app.Credentialed().Has(dev)
 				return required, ""
 			})
 			cc, err := udp.Dial(e.app.CoAPAddr().String())

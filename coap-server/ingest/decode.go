@@ -25,8 +25,12 @@ var (
 	ErrInvalid     = errors.New("invalid field")                            // 4.00, device known
 	// ErrUnauthorized: the device has DTLS credentials and spoke plain CoAP.
 	ErrUnauthorized = errors.New("this device has DTLS credentials: send over CoAPS") // 4.01
+	// ErrUnregistered: AUTO_REGISTER is off and the device has no devices row.
+	ErrUnregistered = errors.New("unknown device: not registered") // 4.03
 	// errCredentialsUnknown: the list of such devices is not loaded yet.
 	errCredentialsUnknown = errors.New("credentialed devices not known yet")
+	// errRegisteredUnknown: the list of registered devices is not loaded yet.
+	errRegisteredUnknown = errors.New("registered devices not known yet")
 )
 
 // maxVersionLen bounds hw_version and fw_version, which land in text columns.

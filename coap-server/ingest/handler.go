@@ -47,10 +47,11 @@ type Stream interface {
 	Notify(entry *livelog.Entry)
 }
 
-// Credentialed says whether a device has DTLS credentials, from memory.
-// known is false while that is not known yet (the list was never loaded).
-type Credentialed interface {
-	Requires(deviceID string) (required, known bool)
+// DeviceSet says whether a device is in a set (has DTLS credentials, is
+// registered), from memory. known is false while that is not known yet
+// (the list was never loaded). devset.Set implements it.
+type DeviceSet interface {
+	Has(deviceID string) (has, known bool)
 }
 
 // Downlinks answers an accepted uplink with a pending configuration. It must
@@ -68,7 +69,11 @@ type Handler struct {
 	Downlinks Downlinks // nil: never answers with a downlink
 	// Credentialed, when set, names the devices that must use DTLS: a
 	// plain-CoAP uplink naming one gets 4.01 (nil: no such devices).
-	Credentialed Credentialed
+	Credentialed DeviceSet
+	// Registered, when set (AUTO_REGISTER=false), names the devices that
+	// may send at all: an uplink naming any other ID gets 4.03 and creates
+	// nothing (nil: any valid ID is accepted and registers itself).
+	Registered DeviceSet
 	Dedup        *Dedup // nil: duplicates are detected per connection only (go-coap)
 	Logger       *slog.Logger
 	Metrics      *Metrics
@@ -156,20 +161,11 @@ func (h *Handler) handle(r *request, identity string, now time.Time) response {
 	u := new(nbiotv1.Uplink)
 	deviceID, err := Decode(payload, identity, u)
 	if err != nil {
-		return h.refuse(r, deviceID, err, now)
+		return h.refuse(r, deviceID, identity, err, now)
 	}
 
-	if identity == "" && h.Credentialed != nil {
-		switch required, known := h.Credentialed.Requires(deviceID); {
-		case !known:
-			return h.unavailable(deviceID, now, errCredentialsUnknown)
-		case required:
-			// Anyone can name any device on plain CoAP: a device with a key
-			// speaks only over DTLS. Nothing is stored, logged or handed out.
-			h.Metrics.reject("unauthorized")
-			h.Logger.Debug("uplink refused: device has DTLS credentials", "device", deviceID, "remote", r.remote)
-			return reply(codes.Unauthorized, ErrUnauthorized.Error())
-		}
+	if resp, refused := h.admit(r, deviceID, identity, now); refused {
+		return resp
 	}
 
 	var key dedupKey
@@ -232,6 +228,8 @@ func (h *Handler) unavailable(deviceID string, now time.Time, err error) respons
 		reason = "stream_full"
 	case errors.Is(err, errCredentialsUnknown):
 		reason = "credentials_unknown"
+	case errors.Is(err, errRegisteredUnknown):
+		reason = "registered_unknown"
 	}
 	h.Metrics.reject(reason)
 	// During an outage this happens for every uplink: log at most once a
@@ -262,7 +260,54 @@ func answerWith(code codes.Code, answer []byte) response {
 
 // refuse answers a rejected uplink and, when the device is known, puts the
 // rejection on that device's live log so its owner sees why.
-func (h *Handler) refuse(r *request, deviceID string, err error, now time.Time) response {
+// admit decides whether deviceID may send over this transport (identity
+// "" = plain CoAP): with AUTO_REGISTER off only registered devices may,
+// and a device with DTLS credentials only over DTLS. A refusal stores,
+// logs and hands out nothing.
+func (h *Handler) admit(r *request, deviceID, identity string, now time.Time) (response, bool) {
+	if h.Registered != nil {
+		switch registered, known := h.Registered.Has(deviceID); {
+		case !known:
+			return h.unavailable(deviceID, now, errRegisteredUnknown), true
+		case !registered:
+			// Nobody owns this ID's live log: nothing goes on it.
+			h.Metrics.reject("unregistered")
+			h.Logger.Debug("uplink refused: device not registered (AUTO_REGISTER=false)", "device", deviceID, "remote", r.remote)
+			return reply(codes.Forbidden, ErrUnregistered.Error()), true
+		}
+	}
+	if identity == "" && h.Credentialed != nil {
+		switch required, known := h.Credentialed.Has(deviceID); {
+		case !known:
+			return h.unavailable(deviceID, now, errCredentialsUnknown), true
+		case required:
+			// Anyone can name any device on plain CoAP: a device with a key
+			// speaks only over DTLS. Nothing is stored, logged or handed out.
+			h.Metrics.reject("unauthorized")
+			h.Logger.Debug("uplink refused: device has DTLS credentials", "device", deviceID, "remote", r.remote)
+			return reply(codes.Unauthorized, ErrUnauthorized.Error()), true
+		}
+	}
+	return response{}, false
+}
+
+// mayLog reports whether a rejection may go on deviceID's live log: only
+// when the sender could have been that device (admit would let it send).
+func (h *Handler) mayLog(deviceID, identity string) bool {
+	if h.Registered != nil {
+		if registered, _ := h.Registered.Has(deviceID); !registered {
+			return false
+		}
+	}
+	if identity == "" && h.Credentialed != nil {
+		if required, known := h.Credentialed.Has(deviceID); required || !known {
+			return false
+		}
+	}
+	return true
+}
+
+func (h *Handler) refuse(r *request, deviceID, identity string, err error, now time.Time) response {
 	code := codes.BadRequest
 	reason := "undecodable"
 	switch {
@@ -279,7 +324,9 @@ func (h *Handler) refuse(r *request, deviceID string, err error, now time.Time) 
 		// at line rate; the owner sees them on the live log, operators in
 		// nbiot_uplinks_rejected_total.
 		h.Logger.Debug("uplink rejected", "device", deviceID, "remote", r.remote, "err", err)
-		h.Stream.LogAsync(livelog.Error(deviceID, now, "Rejected uplink: "+err.Error()))
+		if h.mayLog(deviceID, identity) {
+			h.Stream.LogAsync(livelog.Error(deviceID, now, "Rejected uplink: "+err.Error()))
+		}
 	} else {
 		h.Logger.Debug("uplink rejected", "remote", r.remote, "err", err)
 	}
