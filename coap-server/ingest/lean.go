@@ -29,9 +29,16 @@ const (
 	// maxDatagram is the largest UDP payload (65,535 less the IPv4 and UDP
 	// headers); the read buffer holds one, so nothing is truncated.
 	maxDatagram = 65507
-	// datagramOverhead is what a queued datagram costs besides its bytes
-	// (the struct, its slot in the queue), charged to QueueBytes.
-	datagramOverhead = 96
+	// datagramOverhead is what a queued datagram costs besides its buffer:
+	// the struct (144 B), its slot in the queue (8 B) and its entry in the
+	// in-flight set (~100 B with the table's spare room), charged to
+	// QueueBytes with the buffer's capacity; TestQueueBytesMatchTheHeap
+	// checks it against the heap.
+	datagramOverhead = 256
+	// datagramBuffer is the capacity of a pooled datagram's buffer: an
+	// uplink (~100-300 B) fits. A larger datagram gets a buffer of its
+	// own, dropped on release, so a small one is never charged for it.
+	datagramBuffer = 512
 )
 
 // LeanConfig configures a LeanServer. Zero fields take the defaults.
@@ -89,7 +96,8 @@ type datagram struct {
 	data []byte
 	from netip.AddrPort
 	key  inflightKey
-	held bool // key is in the in-flight set
+	size int64 // charged to QueueBytes while queued
+	held bool  // key is in the in-flight set
 }
 
 // String is the peer's address, for debug logs.
@@ -135,7 +143,7 @@ func NewLeanServer(h *Handler, conn *net.UDPConn, cfg LeanConfig) (*LeanServer, 
 		inflight: inflightSet{m: make(map[inflightKey]struct{})}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.mid.Store(uint32(time.Now().UnixNano())) // §4.4: not predictable across restarts
-	s.pool.New = func() any { return &datagram{buf: make([]byte, 0, 1536)} }
+	s.pool.New = func() any { return new(datagram) }
 	return s, nil
 }
 
@@ -208,26 +216,35 @@ func (s *LeanServer) receive(b []byte, from netip.AddrPort) {
 		s.m.inflightDuplicate.Inc()
 		return
 	}
-	size := int64(len(b)) + datagramOverhead
-	if s.queued.Add(size) > s.cfg.QueueBytes {
-		s.queued.Add(-size)
-		s.inflight.remove(key)
-		s.m.full.Inc()
-		return
-	}
 	d := s.pool.Get().(*datagram)
+	if cap(d.buf) < len(b) {
+		d.buf = make([]byte, 0, max(len(b), datagramBuffer))
+	}
 	d.data = append(d.buf[:0], b...)
 	d.buf = d.data
 	d.from, d.key, d.held = from, key, true
+	// Charged what it holds: its buffer's capacity, not its length (a
+	// 20-byte datagram in a 512-byte buffer holds 512 bytes).
+	d.size = int64(cap(d.buf)) + datagramOverhead
+	if s.queued.Add(d.size) > s.cfg.QueueBytes {
+		s.drop(d)
+		return
+	}
 	select {
 	case s.queue <- d:
 		s.m.queuedBytes.Set(float64(s.queued.Load()))
 	default:
-		s.queued.Add(-size)
-		s.inflight.remove(key)
-		s.release(d)
-		s.m.full.Inc()
+		s.drop(d)
 	}
+}
+
+// drop gives back what receive took for d, which is not queued: its bytes,
+// its in-flight entry, the datagram; and counts it.
+func (s *LeanServer) drop(d *datagram) {
+	s.queued.Add(-d.size)
+	s.leave(d)
+	s.release(d)
+	s.m.full.Inc()
 }
 
 // work answers queued datagrams until the queue is closed.
@@ -235,7 +252,7 @@ func (s *LeanServer) work() {
 	defer s.workers.Done()
 	ex := newExchange(s)
 	for d := range s.queue {
-		s.queued.Add(-(int64(len(d.data)) + datagramOverhead))
+		s.queued.Add(-d.size)
 		ex.serve(d)
 		s.leave(d)
 		s.release(d)
@@ -251,10 +268,10 @@ func (s *LeanServer) leave(d *datagram) {
 }
 
 func (s *LeanServer) release(d *datagram) {
-	if cap(d.buf) > 4096 {
-		d.buf = nil // do not keep a rare large buffer in the pool
+	if cap(d.buf) > datagramBuffer {
+		d.buf = nil // a rare large buffer is not kept in the pool
 	}
-	d.data, d.held = nil, false
+	d.data, d.held, d.size = nil, false, 0
 	s.pool.Put(d)
 }
 

@@ -71,7 +71,7 @@ func (sl *syncLean) exchange(b []byte, from netip.AddrPort) [][]byte {
 	sl.s.receive(b, from)
 	select {
 	case d := <-sl.s.queue:
-		sl.s.queued.Add(-(int64(len(d.data)) + datagramOverhead))
+		sl.s.queued.Add(-d.size)
 		sl.ex.serve(d)
 		sl.s.leave(d)
 		sl.s.release(d)
