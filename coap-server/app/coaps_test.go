@@ -25,6 +25,7 @@ import (
 	"github.com/nbiot-live/nbiot-live/coap-server/app"
 	"github.com/nbiot-live/nbiot-live/internal/fakepostgrest"
 	"github.com/nbiot-live/nbiot-live/internal/pgtest"
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 )
 
@@ -273,18 +274,18 @@ func testCoAPSWholeApp(t *testing.T, mode string) {
 	if f := readFrame(t, ws); f["deviceId"] != dev || f["type"] != "uplink" {
 		t.Fatalf("frame %v, want an uplink of %s", f, dev)
 	}
-	waitFor(t, 15*time.Second, "uplink stored under the identity", func() (bool, string) {
+	testwait.ForState(t, "uplink stored under the identity", func() (bool, string) {
 		n := countRows(t, e.db, `select count(*) from activity a join sensor_data s using (uplink_id)
 			where a.devid = '`+dev+`' and a.uplink_count = 1 and s.data_type = 'temperature'`)
 		return n == 1, fmt.Sprint(n, " rows")
-	})
+	}, testwait.Within(15*time.Second))
 
 	// 2. The owner queues a configuration; it is held once the service has
 	// seen it (notification or poll).
 	id := e.queueDownlink(t, dev, `{"heartbeat_interval": 900, "wifi_scan_interval": 0}`)
-	waitFor(t, 15*time.Second, "downlink held", func() (bool, string) {
+	testwait.ForState(t, "downlink held", func() (bool, string) {
 		return e.app.Downlinks().Holds(dev, id), fmt.Sprint(e.app.Downlinks().Len(), " devices held")
-	})
+	}, testwait.Within(15*time.Second))
 
 	// 3. The next uplink's 2.04 carries it, config_version = row id.
 	code, body = postSecure(t, cc, &nbiotv1.Uplink{UplinkCount: 2})
@@ -309,7 +310,7 @@ func testCoAPSWholeApp(t *testing.T, mode string) {
 	if f := readFrame(t, ws); f["type"] != "downlink" || f["deviceId"] != dev || f["message"] != fmt.Sprintf("Sent configuration v%d", id) {
 		t.Fatalf("frame %v, want the downlink entry", f)
 	}
-	waitFor(t, 15*time.Second, "sent_at stamped", func() (bool, string) { return e.stamped(t, id, "sent_at"), "" })
+	testwait.ForState(t, "sent_at stamped", func() (bool, string) { return e.stamped(t, id, "sent_at"), "" }, testwait.Within(15*time.Second))
 	if e.stamped(t, id, "applied_at") {
 		t.Fatal("applied_at stamped before the device reported the version")
 	}
@@ -326,14 +327,14 @@ func testCoAPSWholeApp(t *testing.T, mode string) {
 	if d, _ := f["data"].(map[string]any); f["type"] != "uplink" || d["config_applied"] != true {
 		t.Fatalf("frame %v, want uplink #3 with config_applied true", f)
 	}
-	waitFor(t, 15*time.Second, "applied_at stamped", func() (bool, string) { return e.stamped(t, id, "applied_at"), "" })
-	waitFor(t, 15*time.Second, "device_config upserted with the version", func() (bool, string) {
+	testwait.ForState(t, "applied_at stamped", func() (bool, string) { return e.stamped(t, id, "applied_at"), "" }, testwait.Within(15*time.Second))
+	testwait.ForState(t, "device_config upserted with the version", func() (bool, string) {
 		n := countRows(t, e.db, fmt.Sprintf(
 			`select count(*) from device_config where devid = '%s' and config_version = %d`, dev, id))
 		return n == 1, fmt.Sprint(n)
-	})
-	waitFor(t, 15*time.Second, "every uplink stored once", func() (bool, string) {
+	}, testwait.Within(15*time.Second))
+	testwait.ForState(t, "every uplink stored once", func() (bool, string) {
 		n := countRows(t, e.db, `select count(*) from activity where devid = '`+dev+`'`)
 		return n == 3, fmt.Sprint(n, " rows")
-	})
+	}, testwait.Within(15*time.Second))
 }

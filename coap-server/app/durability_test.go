@@ -24,6 +24,7 @@ import (
 	"github.com/nbiot-live/nbiot-live/internal/natstest"
 	"github.com/nbiot-live/nbiot-live/internal/pgtest"
 	"github.com/nbiot-live/nbiot-live/internal/proctest"
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 )
 
@@ -51,14 +52,14 @@ func startProc(t *testing.T, env map[string]string) *instance {
 		full[k] = v
 	}
 	in.proc = proctest.Start(t, bin, full)
-	waitFor(t, 30*time.Second, "coap-server /readyz", func() (bool, string) {
+	testwait.ForState(t, "coap-server /readyz", func() (bool, string) {
 		resp, err := http.Get("http://" + in.http + "/readyz")
 		if err != nil {
 			return false, err.Error()
 		}
 		_ = resp.Body.Close()
 		return resp.StatusCode == http.StatusOK, resp.Status + "\n" + in.proc.Output()
-	})
+	}, testwait.Within(30*time.Second))
 	return in
 }
 
@@ -119,10 +120,10 @@ func TestKill9DuringOutageLosesNothing(t *testing.T) {
 	env := first.env()
 	env["DATABASE_URL"], env["DATA_DIR"] = dbURL, dataDir
 	second := startProc(t, env)
-	waitFor(t, 60*time.Second, "every uplink stored after the restart", func() (bool, string) {
+	testwait.ForState(t, "every uplink stored after the restart", func() (bool, string) {
 		got := countRows(t, dbURL, `select count(*) from activity where devid = 'KILL9'`)
 		return got >= n, fmt.Sprintf("%d of %d stored\n%s", got, n, second.proc.Output())
-	})
+	}, testwait.Within(60*time.Second))
 	if got := countRows(t, dbURL, `select count(distinct uplink_count) from activity where devid = 'KILL9'`); got != n {
 		t.Errorf("%d distinct uplinks stored, want %d", got, n)
 	}
@@ -197,10 +198,10 @@ func TestThreeInstancesOnOneNATS(t *testing.T) {
 	if f := readFrame(t, wss[2]); f["deviceId"] != "MARK" {
 		t.Fatalf("after the retransmission came %v, want the next uplink (no second entry)", f)
 	}
-	waitFor(t, 30*time.Second, "RETX stored", func() (bool, string) {
+	testwait.ForState(t, "RETX stored", func() (bool, string) {
 		n := countRows(t, dbURL, `select count(*) from activity where devid = 'RETX'`)
 		return n >= 1, strconv.Itoa(n)
-	})
+	}, testwait.Within(30*time.Second))
 
 	// 3. Instance 2 is killed while a device keeps sending to it.
 	var answered sync.Map // uplink_count → true when 2.04
@@ -226,9 +227,9 @@ func TestThreeInstancesOnOneNATS(t *testing.T) {
 			}
 		}
 	}()
-	waitFor(t, 30*time.Second, "uplinks flowing to instance 2", func() (bool, string) {
+	testwait.ForState(t, "uplinks flowing to instance 2", func() (bool, string) {
 		return sent.Load() > 200, strconv.FormatInt(sent.Load(), 10)
-	})
+	}, testwait.Within(30*time.Second))
 	ins[2].proc.Kill()
 	close(stop)
 	<-done
@@ -237,7 +238,7 @@ func TestThreeInstancesOnOneNATS(t *testing.T) {
 	if want == 0 {
 		t.Fatal("no uplink was answered before the kill")
 	}
-	waitFor(t, 60*time.Second, "every answered in-flight uplink stored by the survivors", func() (bool, string) {
+	testwait.ForState(t, "every answered in-flight uplink stored by the survivors", func() (bool, string) {
 		missing := 0
 		stored := storedCounts(t, dbURL, "INFLIGHT")
 		answered.Range(func(k, _ any) bool {
@@ -247,7 +248,7 @@ func TestThreeInstancesOnOneNATS(t *testing.T) {
 			return true
 		})
 		return missing == 0, fmt.Sprintf("%d of %d answered uplinks not stored", missing, want)
-	})
+	}, testwait.Within(60*time.Second))
 	if dup := countRows(t, dbURL, `select count(*) - count(distinct uplink_count) from activity where devid = 'INFLIGHT'`); dup != 0 {
 		t.Errorf("%d uplinks stored twice", dup)
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/plgd-dev/go-coap/v3/udp"
 
 	"github.com/nbiot-live/nbiot-live/coap-server/app"
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 )
 
@@ -24,19 +25,19 @@ func TestPlainCoAPCannotSpeakForACredentialedDevice(t *testing.T) {
 			psk := e.provision(t, dev)
 			ws := dialWS(t, e.app, "?deviceId="+dev+"&deviceId=plain-1")
 			id := e.queueDownlink(t, dev, `{"heartbeat_interval": 600}`)
-			waitFor(t, 15*time.Second, "downlink held", func() (bool, string) {
+			testwait.ForState(t, "downlink held", func() (bool, string) {
 				return e.app.Downlinks().Holds(dev, id), ""
-			})
+			}, testwait.Within(15*time.Second))
 			f := readFrame(t, ws) // the queued entry
 			if f["type"] != "downlink" {
 				t.Fatalf("frame %v, want the downlink's queued entry", f)
 			}
 			// The credential list is re-read every few seconds: a new key
 			// takes effect within that time.
-			waitFor(t, 15*time.Second, "the new credential known", func() (bool, string) {
+			testwait.ForState(t, "the new credential known", func() (bool, string) {
 				required, _ := e.app.Credentialed().Has(dev)
 				return required, ""
-			})
+			}, testwait.Within(15*time.Second))
 			cc, err := udp.Dial(e.app.CoAPAddr().String())
 			if err != nil {
 				t.Fatal(err)

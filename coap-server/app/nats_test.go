@@ -14,6 +14,7 @@ import (
 	"github.com/nbiot-live/nbiot-live/coap-server/app"
 	"github.com/nbiot-live/nbiot-live/internal/natstest"
 	"github.com/nbiot-live/nbiot-live/internal/proctest"
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 )
 
@@ -57,18 +58,18 @@ func TestNATSOutageRefusesUntilBack(t *testing.T) {
 		return resp.StatusCode
 	}
 	ns.Stop()
-	waitFor(t, 10*time.Second, "/readyz failing without NATS", func() (bool, string) {
+	testwait.ForState(t, "/readyz failing without NATS", func() (bool, string) {
 		c := ready()
 		return c == http.StatusServiceUnavailable, strconv.Itoa(c)
-	})
+	}, testwait.Within(10*time.Second))
 	if code := post(t, cc, &nbiotv1.Uplink{DeviceId: "NOUT", UplinkCount: 2}); code != codes.ServiceUnavailable {
 		t.Fatalf("during the outage: %v, want 5.03", code)
 	}
 	ns.Restart(t)
-	waitFor(t, 30*time.Second, "/readyz after NATS is back", func() (bool, string) {
+	testwait.ForState(t, "/readyz after NATS is back", func() (bool, string) {
 		c := ready()
 		return c == http.StatusOK, strconv.Itoa(c)
-	})
+	}, testwait.Within(30*time.Second))
 	ws := dialWS(t, a, "?deviceId=NOUT&tail=10")
 	if code := post(t, cc, &nbiotv1.Uplink{DeviceId: "NOUT", UplinkCount: 3}); code != codes.Changed {
 		t.Fatalf("after the outage: %v", code)

@@ -10,6 +10,7 @@ import (
 	"github.com/plgd-dev/go-coap/v3/udp"
 
 	"github.com/nbiot-live/nbiot-live/coap-server/app"
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 )
 
@@ -37,20 +38,20 @@ func TestAutoRegisterOff(t *testing.T) {
 			if _, err := e.pool.Exec(ctx, `insert into public.devices (devid, owner_id) values ($1, $2)`, dev, e.owner); err != nil {
 				t.Fatal(err)
 			}
-			waitFor(t, 15*time.Second, "the new device registered", func() (bool, string) {
+			testwait.ForState(t, "the new device registered", func() (bool, string) {
 				has, _ := e.app.Registered().Has(dev)
 				return has, ""
-			})
+			}, testwait.Within(15*time.Second))
 			if code := tryPost(cc, &nbiotv1.Uplink{DeviceId: dev, UplinkCount: 2}, 5*time.Second); code != codes.Changed {
 				t.Fatalf("registered device: %v, want 2.04", code)
 			}
-			waitFor(t, 15*time.Second, "its uplink stored", func() (bool, string) {
+			testwait.ForState(t, "its uplink stored", func() (bool, string) {
 				var n int
 				if err := e.pool.QueryRow(ctx, `select count(*) from activity where devid = $1`, dev).Scan(&n); err != nil {
 					return false, err.Error()
 				}
 				return n == 1, ""
-			})
+			}, testwait.Within(15*time.Second))
 			var devices int
 			if err := e.pool.QueryRow(ctx, `select count(*) from devices`).Scan(&devices); err != nil {
 				t.Fatal(err)

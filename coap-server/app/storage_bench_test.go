@@ -16,6 +16,7 @@ import (
 	"github.com/nbiot-live/nbiot-live/coap-server/app"
 	"github.com/nbiot-live/nbiot-live/coap-server/storage/storagetest"
 	"github.com/nbiot-live/nbiot-live/internal/pgtest"
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 )
 
 // BenchmarkCoAPWhileStoring: 16 devices (one socket each) post typical
@@ -72,10 +73,10 @@ func benchCoAP(b *testing.B, store bool) {
 	coapDone := time.Since(start)
 	total := clients * per
 	if store {
-		waitFor(b, 5*time.Minute, "all stored", func() (bool, string) {
+		testwait.ForState(b, "all stored", func() (bool, string) {
 			n := countRows(b, db, `select count(*) from activity`)
 			return n == total, fmt.Sprint(n, " of ", total)
-		})
+		}, testwait.Within(5*time.Minute))
 		b.ReportMetric(float64(total)/time.Since(start).Seconds(), "stored_uplinks/s")
 	}
 	b.StopTimer()

@@ -20,26 +20,9 @@ import (
 	"github.com/nbiot-live/nbiot-live/coap-server/app"
 	"github.com/nbiot-live/nbiot-live/internal/fakepostgrest"
 	"github.com/nbiot-live/nbiot-live/internal/pgtest"
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 )
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, deadline time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	end := time.Now().Add(deadline)
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(end) {
-			t.Fatalf("%s: not reached within %v (%s)", what, deadline, state)
-		}
-		<-tick.C
-	}
-}
 
 func countRows(t testing.TB, dbURL, sql string) int {
 	t.Helper()
@@ -68,10 +51,10 @@ func TestStoresThroughREST(t *testing.T) {
 	if code := post(t, cc, &nbiotv1.Uplink{DeviceId: "REST1", UplinkCount: 1, Temperature: &temp}); code != codes.Changed {
 		t.Fatalf("code %v", code)
 	}
-	waitFor(t, 10*time.Second, "uplink stored", func() (bool, string) {
+	testwait.ForState(t, "uplink stored", func() (bool, string) {
 		n := countRows(t, db, `select count(*) from activity a join sensor_data s using (uplink_id) where a.devid = 'REST1'`)
 		return n == 1, fmt.Sprint(n, " rows")
-	})
+	}, testwait.Within(10*time.Second))
 }
 
 // TestRetransmissionStoredOnce: a CON retransmitted (same message ID, RFC
@@ -92,10 +75,10 @@ func TestRetransmissionStoredOnce(t *testing.T) {
 	exchange(t, conn, rawCON(t, 0x2346, []byte{5, 4, 3, 2}, p2))
 	// Uplink #2 stored means #1 and its retransmission were processed
 	// before it (one connection, answered in order).
-	waitFor(t, 10*time.Second, "uplink #2 stored", func() (bool, string) {
+	testwait.ForState(t, "uplink #2 stored", func() (bool, string) {
 		n := countRows(t, db, `select count(*) from activity where devid = 'RETX' and uplink_count = 2`)
 		return n == 1, fmt.Sprint(n)
-	})
+	}, testwait.Within(10*time.Second))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := a.Shutdown(ctx); err != nil { // drains the queue
@@ -197,13 +180,13 @@ func TestPostgresOutage(t *testing.T) {
 	if len(rtts[1]) == 0 {
 		t.Fatal("no uplink was sent during the outage")
 	}
-	waitFor(t, 10*time.Second, "every uplink on the live log", func() (bool, string) {
+	testwait.ForState(t, "every uplink on the live log", func() (bool, string) {
 		return frames.Load() == int64(sent), fmt.Sprintf("%d of %d frames", frames.Load(), sent)
-	})
-	waitFor(t, 60*time.Second, "every uplink stored", func() (bool, string) {
+	}, testwait.Within(10*time.Second))
+	testwait.ForState(t, "every uplink stored", func() (bool, string) {
 		n := countRows(t, cl.URL, `select count(*) from activity`)
 		return n == sent, fmt.Sprintf("%d of %d stored", n, sent)
-	})
+	}, testwait.Within(60*time.Second))
 	if n := countRows(t, cl.URL, `select count(distinct uplink_id) from activity`); n != sent {
 		t.Errorf("distinct uplinks %d, want %d", n, sent)
 	}

@@ -29,6 +29,7 @@ import (
 	"github.com/nbiot-live/nbiot-live/internal/livelog"
 	"github.com/nbiot-live/nbiot-live/internal/pgtest"
 	"github.com/nbiot-live/nbiot-live/internal/supa"
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 )
 
@@ -149,17 +150,6 @@ func (e *env) stamps(t *testing.T, id int64) (sent, applied, superseded bool) {
 	return
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // postLibcoap sends u with libcoap's plain client and returns the 2.04's
 // payload as written by -o.
 func postLibcoap(t *testing.T, addr string, u *nbiotv1.Uplink) []byte {
@@ -201,14 +191,14 @@ func TestQueuedDownlinkIsSentThenApplied(t *testing.T) {
 	e := start(t)
 	e.device(t, "dev-dl")
 	id := e.queue(t, "dev-dl", `{"heartbeat_interval": 600, "gnss_interval": 0}`)
-	waitFor(t, "the notification", func() bool { return e.svc.Len() == 1 })
+	testwait.For(t, "the notification", func() bool { return e.svc.Len() == 1 })
 
 	resp := postLibcoap(t, e.addr, &nbiotv1.Uplink{DeviceId: "dev-dl", UplinkCount: 1})
 	want := fmt.Sprintf("config {\n  heartbeat_interval: 600\n  gnss_interval: 0\n  config_version: %d\n}\n", id)
 	if got := protocDecode(t, resp); got != want {
 		t.Fatalf("protoc decoded\n%s\nwant\n%s", got, want)
 	}
-	waitFor(t, "sent_at", func() bool { s, _, _ := e.stamps(t, id); return s })
+	testwait.For(t, "sent_at", func() bool { s, _, _ := e.stamps(t, id); return s })
 	entries := e.live.All()
 	if len(entries) != 2 || entries[1].Type != livelog.TypeDownlink || entries[1].Message != fmt.Sprintf("Sent configuration v%d", id) {
 		t.Fatalf("live log %+v, want the uplink then a downlink entry", entries)
@@ -242,7 +232,7 @@ func TestQueuedDownlinkIsSentThenApplied(t *testing.T) {
 	if body, _ := r.ReadBody(); len(body) != 0 {
 		t.Errorf("answer to the applying uplink carries %d bytes, want none", len(body))
 	}
-	waitFor(t, "applied_at", func() bool { _, a, _ := e.stamps(t, id); return a })
+	testwait.For(t, "applied_at", func() bool { _, a, _ := e.stamps(t, id); return a })
 	all := e.live.All()
 	if d := all[len(all)-2].Data.(*livelog.UplinkData); d.ConfigApplied == nil || !*d.ConfigApplied {
 		t.Errorf("config_applied = %v, want true", d.ConfigApplied)
@@ -257,12 +247,12 @@ func TestNewerDownlinkSupersedesOlder(t *testing.T) {
 	e.device(t, "dev-two")
 	old := e.queue(t, "dev-two", `{"heartbeat_interval": 60}`)
 	newer := e.queue(t, "dev-two", `{"heartbeat_interval": 120}`)
-	waitFor(t, "both notifications", func() bool { return e.svc.Holds("dev-two", newer) })
+	testwait.For(t, "both notifications", func() bool { return e.svc.Holds("dev-two", newer) })
 	resp := postLibcoap(t, e.addr, &nbiotv1.Uplink{DeviceId: "dev-two", UplinkCount: 1})
 	if got := protocDecode(t, resp); !strings.Contains(got, "heartbeat_interval: 120") || !strings.Contains(got, fmt.Sprintf("config_version: %d", newer)) {
 		t.Fatalf("sent %q, want the newer config", got)
 	}
-	waitFor(t, "stamps", func() bool {
+	testwait.For(t, "stamps", func() bool {
 		s, _, _ := e.stamps(t, newer)
 		_, _, sup := e.stamps(t, old)
 		return s && sup

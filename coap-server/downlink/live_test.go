@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/nbiot-live/nbiot-live/internal/livelog"
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 )
 
@@ -47,7 +48,7 @@ func TestDownlinkLifecycleEntries(t *testing.T) {
 	e := start(t)
 	e.device(t, "dev-life")
 	id := e.queue(t, "dev-life", `{"heartbeat_interval": 600}`)
-	waitFor(t, "the queued entry", func() bool { return len(e.queued.all()) == 1 })
+	testwait.For(t, "the queued entry", func() bool { return len(e.queued.all()) == 1 })
 	checkLifecycleEntry(t, e.queued.all()[0], "dev-life", id, "queued", fmt.Sprintf("Configuration v%d queued", id))
 
 	postLibcoap(t, e.addr, &nbiotv1.Uplink{DeviceId: "dev-life", UplinkCount: 1})

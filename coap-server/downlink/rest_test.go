@@ -27,6 +27,7 @@ import (
 	"github.com/nbiot-live/nbiot-live/internal/logtest"
 	"github.com/nbiot-live/nbiot-live/internal/pgtest"
 	"github.com/nbiot-live/nbiot-live/internal/supa"
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 )
 
@@ -240,7 +241,7 @@ func TestRESTDownlinkLifecycle(t *testing.T) {
 			if c := dl.GetConfig(); c.GetConfigVersion() != uint32(newer) || c.GetHeartbeatInterval() != 120 || c.GetFwVersion() != "1.2.3" {
 				t.Fatalf("sent %v, want the newer row %d", c, newer)
 			}
-			waitFor(t, "sent_at on the newer row and superseded_at on the older (REST PATCHes)", func() bool {
+			testwait.For(t, "sent_at on the newer row and superseded_at on the older (REST PATCHes)", func() bool {
 				s, _, _ := e.stamps(t, newer)
 				_, _, sup := e.stamps(t, old)
 				return s && sup
@@ -253,7 +254,7 @@ func TestRESTDownlinkLifecycle(t *testing.T) {
 			if body := e.uplink(t, &nbiotv1.Uplink{DeviceId: "rest-dl", UplinkCount: 2, Config: &nbiotv1.DeviceConfig{ConfigVersion: &v}}); len(body) != 0 {
 				t.Errorf("answer to the applying uplink carries %d bytes", len(body))
 			}
-			waitFor(t, "applied_at (REST PATCH)", func() bool { _, a, _ := e.stamps(t, newer); return a })
+			testwait.For(t, "applied_at (REST PATCH)", func() bool { _, a, _ := e.stamps(t, newer); return a })
 
 			if got := testutil.ToFloat64(e.metrics.Dropped.WithLabelValues("stamp_failed")); got != 0 {
 				t.Errorf("%v stamps failed", got)
@@ -311,9 +312,9 @@ func TestRESTPollFindsLateCommittedRow(t *testing.T) {
 func TestRESTLoadRetriesRefusedKey(t *testing.T) {
 	const wrong = "sb_secret_not-the-right-one-0123"
 	e := startREST(t, restOpts{key: wrong, reloadEvery: 1000, noWait: true})
-	waitFor(t, "a refused load counted", func() bool { return testutil.ToFloat64(e.metrics.RefreshErrors) >= 1 })
+	testwait.For(t, "a refused load counted", func() bool { return testutil.ToFloat64(e.metrics.RefreshErrors) >= 1 })
 	e.tick <- struct{}{} // the retry after the backoff sleep
-	waitFor(t, "the retry counted", func() bool { return testutil.ToFloat64(e.metrics.RefreshErrors) >= 2 })
+	testwait.For(t, "the retry counted", func() bool { return testutil.ToFloat64(e.metrics.RefreshErrors) >= 2 })
 	select {
 	case <-e.polled:
 		t.Fatal("a load with a refused key reported success")

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 )
 
 // BenchmarkUplinkToBrowser measures CoAP send → browser frame through both
@@ -142,7 +144,7 @@ func BenchmarkIdleBrowsers(b *testing.B) {
 		if failed.Load() > 0 {
 			b.Fatalf("%d handshakes failed", failed.Load())
 		}
-		eventually(b, "relay to count every connection", func() bool {
+		testwait.For(b, "relay to count every connection", func() bool {
 			return gauge(b, r.Metrics, "nbiot_relay_connections") == conns
 		})
 		runtime.GC()
@@ -157,7 +159,7 @@ func BenchmarkIdleBrowsers(b *testing.B) {
 		for _, nc := range clients {
 			_ = nc.Close()
 		}
-		eventually(b, "relay to see every connection close", func() bool {
+		testwait.For(b, "relay to see every connection close", func() bool {
 			return gauge(b, r.Metrics, "nbiot_relay_connections") == 0
 		})
 	}

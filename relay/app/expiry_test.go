@@ -10,6 +10,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/nbiot-live/nbiot-live/internal/pgtest"
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 	"github.com/nbiot-live/nbiot-live/relay/app"
 )
 
@@ -52,7 +53,7 @@ func TestSessionEndsWhenTokenExpires(t *testing.T) {
 		t.Errorf("closed at %v on the relay's clock, before exp+leeway %v", at, exp.Add(30*time.Second))
 	}
 	// Counted once the server side of the connection has ended.
-	eventually(t, "disconnects{reason=token_expired} = 1", func() bool {
+	testwait.For(t, "disconnects{reason=token_expired} = 1", func() bool {
 		return counter(t, r.Metrics, "nbiot_relay_disconnects_total", "reason", "token_expired") == 1
 	})
 	if _, code := dialBrowser(t, r, "DEV-A", dialOpts{token: tok, form: "subprotocol"}); code != http.StatusUnauthorized {

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 	"github.com/nbiot-live/nbiot-live/relay/app"
 )
 
@@ -37,7 +38,7 @@ func BenchmarkAccessChecksDuringFlood(b *testing.B) {
 		if workers > 0 {
 			stop = f.flood(b, workers)
 			start := f.backend.Load()
-			eventually(b, "the flood reaching the backend", func() bool { return f.backend.Load() >= start+8 })
+			testwait.For(b, "the flood reaching the backend", func() bool { return f.backend.Load() >= start+8 })
 		}
 		var failed atomic.Int64
 		b.SetParallelism(8)

@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 )
 
 // One user asking for random device IDs cannot occupy the access checks
@@ -24,7 +26,7 @@ func TestRandomDeviceFloodDoesNotStarveOthers(t *testing.T) {
 			stop()
 		}
 	}()
-	eventually(t, "the flood reaching the backend", func() bool { return f.backend.Load() >= 8 })
+	testwait.For(t, "the flood reaching the backend", func() bool { return f.backend.Load() >= 8 })
 	for i := 0; i < users; i++ {
 		start := time.Now()
 		code, err := f.dial(f.token(t, floodUser(i)), fmt.Sprintf("192.0.2.%d", i+1), floodDev(i))

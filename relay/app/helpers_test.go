@@ -310,21 +310,6 @@ func counter(t testing.TB, g prometheus.Gatherer, name, label, value string) flo
 	return sum
 }
 
-// eventually polls cond every few milliseconds until it holds or the
-// deadline passes: for states observable only through metrics.
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		<-tick.C
-	}
-}
-
 func scrape(t testing.TB, url string) string {
 	t.Helper()
 	resp, err := http.Get(url)

@@ -3,6 +3,8 @@ package app_test
 import (
 	"net/http"
 	"testing"
+
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 )
 
 // One user cannot hold more than MAX_CONNECTIONS_PER_USER connections:
@@ -30,7 +32,7 @@ func TestUserConnectionCapReleased(t *testing.T) {
 		t.Fatalf("second connection: HTTP %d, want 429", code)
 	}
 	_ = ws.Close()
-	eventually(t, "the relay sees the close", func() bool { return gauge(t, f.relay.Metrics, "nbiot_relay_connections") == 0 })
+	testwait.For(t, "the relay sees the close", func() bool { return gauge(t, f.relay.Metrics, "nbiot_relay_connections") == 0 })
 	mustDial(t, f.relay, "DEV-A", dialOpts{token: tok})
 }
 

@@ -11,6 +11,7 @@ import (
 
 	coapapp "github.com/nbiot-live/nbiot-live/coap-server/app"
 	"github.com/nbiot-live/nbiot-live/internal/pgtest"
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 	"github.com/nbiot-live/nbiot-live/relay/app"
 )
 
@@ -164,7 +165,7 @@ func TestBrowsersOfOneDeviceShareOneUpstream(t *testing.T) {
 	}
 	// One leaves: the upstream stays for the other.
 	_ = ws1.Close()
-	eventually(t, "relay to see the first browser leave", func() bool {
+	testwait.For(t, "relay to see the first browser leave", func() bool {
 		return gauge(t, f.relay.Metrics, "nbiot_relay_connections") == 1
 	})
 	if n := gauge(t, f.coap.Metrics, "nbiot_ws_subscribers"); n != 1 {
@@ -176,7 +177,7 @@ func TestBrowsersOfOneDeviceShareOneUpstream(t *testing.T) {
 	}
 	// The last leaves: the upstream closes.
 	_ = ws2.Close()
-	eventually(t, "coap-server to lose the relay's subscription", func() bool {
+	testwait.For(t, "coap-server to lose the relay's subscription", func() bool {
 		return gauge(t, f.coap.Metrics, "nbiot_ws_subscribers") == 0
 	})
 	if f.relay.WatchedDevices() != 0 {
@@ -205,7 +206,7 @@ func TestUpstreamRestartOnSamePort(t *testing.T) {
 	}
 	// Reconnect attempts fail while it is down; let a few happen, then
 	// start it again on the same ports.
-	eventually(t, "failed reconnect attempts", func() bool {
+	testwait.For(t, "failed reconnect attempts", func() bool {
 		return counter(t, r.Metrics, "nbiot_relay_upstream_dial_failures_total", "", "") >= 3
 	})
 	c2 := startCoAPAt(t, coapAddr, httpAddr, dir)

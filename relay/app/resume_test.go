@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	coapapp "github.com/nbiot-live/nbiot-live/coap-server/app"
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 	"github.com/nbiot-live/nbiot-live/relay/app"
 )
@@ -193,7 +194,7 @@ func TestSinceAndTailPerBrowser(t *testing.T) {
 	if n := counter(t, r.Metrics, "nbiot_relay_history_starts_total", "served", "dedicated"); n != 2 {
 		t.Errorf("dedicated starts %v, want 2", n)
 	}
-	eventually(t, "the dedicated upstreams to merge into the shared one", func() bool {
+	testwait.For(t, "the dedicated upstreams to merge into the shared one", func() bool {
 		return gauge(t, r.Metrics, "nbiot_relay_upstreams_dedicated") == 0 && gauge(t, c.Metrics, "nbiot_ws_subscribers") == 1
 	})
 	sendUplink(t, cc, "DEV-H", 6)
@@ -358,7 +359,7 @@ func TestRelayResumesWhenItsLinkIsCut(t *testing.T) {
 	for i := range 5 {
 		sendUplink(t, cc, "DEV-K", uint32(i+4))
 	}
-	eventually(t, "refused redials", func() bool {
+	testwait.For(t, "refused redials", func() bool {
 		return counter(t, r.Metrics, "nbiot_relay_upstream_dial_failures_total", "", "") >= 2
 	})
 	p.cut(false)

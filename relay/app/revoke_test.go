@@ -10,6 +10,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 	"github.com/nbiot-live/nbiot-live/relay/app"
 )
 
@@ -25,7 +26,7 @@ func TestOwnershipChangeEndsSession(t *testing.T) {
 	gone := mustDial(t, r, "DEV-A", dialOpts{token: tok, form: "subprotocol"})
 	gone2 := mustDial(t, r, "DEV-A", dialOpts{token: tok}) // a second tab
 	kept := mustDial(t, r, "DEV-B", dialOpts{token: tok, form: "subprotocol"})
-	eventually(t, "a re-check of the open sessions", func() bool {
+	testwait.For(t, "a re-check of the open sessions", func() bool {
 		return counter(t, r.Metrics, "nbiot_relay_access_rechecks_total", "result", "allowed") >= 2
 	})
 
@@ -81,7 +82,7 @@ func TestRecheckErrorKeepsSession(t *testing.T) {
 	if _, err := conn.Exec(ctx, "revoke select on public.devices from authenticated"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "failed re-checks", func() bool {
+	testwait.For(t, "failed re-checks", func() bool {
 		return counter(t, r.Metrics, "nbiot_relay_access_rechecks_total", "result", "error") >= 2
 	})
 	if _, err := conn.Exec(ctx, "grant select on public.devices to authenticated"); err != nil {
@@ -127,7 +128,7 @@ func TestOwnershipChangeEndsSessionREST(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ws.Close()
-	eventually(t, "a re-check", func() bool {
+	testwait.For(t, "a re-check", func() bool {
 		return counter(t, f.relay.Metrics, "nbiot_relay_access_rechecks_total", "result", "allowed") >= 1
 	})
 	ctx := context.Background()

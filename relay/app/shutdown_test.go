@@ -12,6 +12,7 @@ import (
 
 	"github.com/nbiot-live/nbiot-live/internal/logtest"
 	"github.com/nbiot-live/nbiot-live/internal/pgtest"
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 	"github.com/nbiot-live/nbiot-live/relay/app"
 )
 
@@ -33,7 +34,7 @@ func TestShutdownClosesBrowsersGoingAway(t *testing.T) {
 	if !errors.As(err, &ce) || ce.Code != websocket.CloseGoingAway {
 		t.Fatalf("read after shutdown: %v, want close 1001", err)
 	}
-	eventually(t, "coap-server to lose the relay's subscription", func() bool {
+	testwait.For(t, "coap-server to lose the relay's subscription", func() bool {
 		return gauge(t, c.Metrics, "nbiot_ws_subscribers") == 0
 	})
 }

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 )
 
 // lockedBuffer collects log output from concurrent handlers.
@@ -46,7 +48,7 @@ func TestQueryTokenNeverLogged(t *testing.T) {
 		t.Errorf("over the cap: HTTP %d, want 429", code)
 	}
 	_ = ws.Close()
-	eventually(t, "the close", func() bool { return gauge(t, r.Metrics, "nbiot_relay_connections") == 0 })
+	testwait.For(t, "the close", func() bool { return gauge(t, r.Metrics, "nbiot_relay_connections") == 0 })
 	if _, code := dialBrowser(t, r, "DEV-C", dialOpts{token: good, form: "query"}); code != http.StatusForbidden {
 		t.Errorf("foreign device: HTTP %d, want 403", code)
 	}

@@ -17,6 +17,8 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 )
 
 // fakeLog stands for coap-server's /ws with a retained log of one device
@@ -160,16 +162,6 @@ func (f *fakeLog) subscribers() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return len(f.subs)
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
 }
 
 func (f *fakeLog) dialed() []url.Values {
@@ -342,7 +334,7 @@ func TestStartsServedFromTheRingOrADedicatedLink(t *testing.T) {
 		t.Fatalf("dials %v", q)
 	}
 	// Caught up, both move to the shared link: one upstream connection again.
-	waitFor(t, "dedicated links to merge", func() bool {
+	testwait.For(t, "dedicated links to merge", func() bool {
 		return testutil.ToFloat64(m.Dedicated) == 0 && f.subscribers() == 1
 	})
 	if got := testutil.ToFloat64(m.Merges.WithLabelValues(MergeJoined)); got != 2 {
@@ -365,7 +357,7 @@ func TestStartsServedFromTheRingOrADedicatedLink(t *testing.T) {
 		t.Errorf("devices %d: dedicated links are not shared links", mgr.Devices())
 	}
 	// The merged links' rings are released as they close.
-	waitFor(t, "history bytes of the shared ring only", func() bool {
+	testwait.For(t, "history bytes of the shared ring only", func() bool {
 		return testutil.ToFloat64(m.HistoryBytes) == float64(6*(len(entryFrame(40))+entryOverhead))
 	})
 }
@@ -391,7 +383,7 @@ func TestDedicatedLinkBecomesTheSharedOne(t *testing.T) {
 	first.Close() // … and then it is gone
 	f.set(func(f *fakeLog) { f.down = false })
 	deep.waitSeqs(t, evens(2, 20)...)
-	waitFor(t, "promotion", func() bool { return testutil.ToFloat64(m.Merges.WithLabelValues(MergePromoted)) == 1 })
+	testwait.For(t, "promotion", func() bool { return testutil.ToFloat64(m.Merges.WithLabelValues(MergePromoted)) == 1 })
 	if mgr.Devices() != 1 || testutil.ToFloat64(m.Dedicated) != 0 || testutil.ToFloat64(m.Upstreams) != 1 {
 		t.Fatalf("devices %d, dedicated %v, upstreams %v", mgr.Devices(), testutil.ToFloat64(m.Dedicated), testutil.ToFloat64(m.Upstreams))
 	}
@@ -624,7 +616,7 @@ func TestConcurrentStartsNoGapNoRepeat(t *testing.T) {
 	<-done
 	// Every dedicated link joins the shared one; one more entry then
 	// reaches everybody once, through the one upstream connection.
-	waitFor(t, "every dedicated link to merge", func() bool {
+	testwait.For(t, "every dedicated link to merge", func() bool {
 		return testutil.ToFloat64(m.Dedicated) == 0 && f.subscribers() == 1
 	})
 	t.Logf("starts: ring %v, dedicated %v; merged %v",
