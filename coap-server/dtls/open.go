@@ -4,26 +4,15 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net/http"
 
 	"github.com/nbiot-live/nbiot-live/internal/supa"
 )
-
-// Source says where device data lives (supa.Source).
-//
-// Deprecated: use supa.Source; kept until coap-server/app names it.
-type Source = supa.Source
-
-// RESTClient is supa.RESTClient.
-//
-// Deprecated: use supa.RESTClient; kept until downlink's tests name it.
-func RESTClient() *http.Client { return supa.RESTClient() }
 
 // OpenKeys returns the PSK cache over src, re-reading its keys every
 // RefreshInterval (KeyCache.Run), and a function that stops and releases it.
 // Opening does not wait for the database: a pool connects lazily, so
 // coap-server starts (and serves plain CoAP) while the database is down.
-func OpenKeys(ctx context.Context, src Source, cfg KeyCacheConfig, m *Metrics, logger *slog.Logger) (*KeyCache, func(), error) {
+func OpenKeys(ctx context.Context, src supa.Source, cfg KeyCacheConfig, m *Metrics, logger *slog.Logger) (*KeyCache, func(), error) {
 	if src.DatabaseURL != "" {
 		// A pool of its own, apart from storage's writer pool, so a backlog
 		// of uplink writes never delays a handshake.
