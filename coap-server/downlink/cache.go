@@ -7,7 +7,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/nbiot-live/nbiot-live/coap-server/storage"
+	"github.com/nbiot-live/nbiot-live/coap-server/uplink"
 	"github.com/nbiot-live/nbiot-live/internal/livelog"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 )
@@ -96,7 +96,7 @@ func (c *Cache) put(r Row) *livelog.Entry {
 	if r.Sent {
 		return nil // queued long ago (a reload after a restart)
 	}
-	return liveEntry(r.DeviceID, r.ID, StateQueued, nd.config, c.now())
+	return livelog.Downlink(r.DeviceID, c.now(), r.ID, livelog.DownlinkQueued, nd.config)
 }
 
 // evictApplied drops one device whose downlink was applied (kept only to
@@ -116,40 +116,39 @@ func (c *Cache) evictApplied() bool {
 }
 
 // ForUplink implements ingest.Downlinks: it returns the pending downlink
-// for rec's device (nil when none) with its "sent" live-log entry, or, for
+// for a's device (nil when none) with its "sent" live-log entry, or, for
 // the uplink that reports the pending config_version, no payload and the
-// "applied" entry; and it fills data.ConfigApplied once a downlink was sent
-// to the device. It only touches memory.
-func (c *Cache) ForUplink(rec storage.Record, data *livelog.UplinkData) ([]byte, *livelog.Entry) {
+// "applied" entry; and, once a downlink was sent to the device, the
+// uplink's config_applied. It only touches memory.
+func (c *Cache) ForUplink(a uplink.Accepted) (payload []byte, configApplied *bool, entry *livelog.Entry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	d, ok := c.devices[rec.DeviceID]
+	d, ok := c.devices[a.DeviceID]
 	if !ok {
-		return nil, nil
+		return nil, nil, nil
 	}
-	reported := rec.Uplink.GetConfig()
+	reported := a.Uplink.GetConfig()
 	matches := reported != nil && reported.ConfigVersion != nil && int64(reported.GetConfigVersion()) == d.id
 	if d.sent || d.applied {
-		v := matches
-		data.ConfigApplied = &v
+		configApplied = &matches
 	}
 	if d.applied {
-		return nil, nil
+		return nil, configApplied, nil
 	}
 	if matches {
 		d.applied = true
 		c.pending--
 		c.metrics.Pending.Set(float64(c.pending))
 		c.metrics.Applied.Inc()
-		c.stamps.Applied(d.id, rec.DeviceID, rec.ReceivedAt)
-		return nil, liveEntry(rec.DeviceID, d.id, StateApplied, d.config, rec.ReceivedAt)
+		c.stamps.Applied(d.id, a.DeviceID, a.ReceivedAt)
+		return nil, configApplied, livelog.Downlink(a.DeviceID, a.ReceivedAt, d.id, livelog.DownlinkApplied, d.config)
 	}
 	if !d.sent {
 		d.sent = true
-		c.stamps.Sent(d.id, rec.DeviceID, rec.ReceivedAt)
+		c.stamps.Sent(d.id, a.DeviceID, a.ReceivedAt)
 	}
 	c.metrics.Sent.Inc()
-	return d.payload, liveEntry(rec.DeviceID, d.id, StateSent, d.config, rec.ReceivedAt)
+	return d.payload, configApplied, livelog.Downlink(a.DeviceID, a.ReceivedAt, d.id, livelog.DownlinkSent, d.config)
 }
 
 // Len is the number of devices held.

@@ -30,7 +30,7 @@ func benchEntry() *livelog.Entry {
 	temp, mv := float32(21.5), uint32(3612)
 	u := &nbiotv1.Uplink{DeviceId: "SIM-0001", UplinkCount: 42, Temperature: &temp,
 		Activity: &nbiotv1.Activity{Sleep: 3520, Modem: 23, Other: 57}, BatteryMv: &mv}
-	return livelog.Uplink(u.DeviceId, time.Date(2026, 11, 27, 13, 0, 0, 0, time.UTC), u)
+	return livelog.Uplink(u.DeviceId, time.Date(2026, 11, 27, 13, 0, 0, 0, time.UTC), u, nil)
 }
 
 // subscribe registers n counters: for one device (the relay's per-device

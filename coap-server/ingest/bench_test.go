@@ -56,7 +56,7 @@ func BenchmarkDecodeAndEntry(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				frame, err := livelog.Uplink(id, now, u).Marshal()
+				frame, err := livelog.Uplink(id, now, u, nil).Marshal()
 				if err != nil {
 					b.Fatal(err)
 				}

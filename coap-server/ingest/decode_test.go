@@ -95,7 +95,7 @@ func FuzzDecode(f *testing.F) {
 		if !livelog.ValidDeviceID(id) {
 			t.Fatalf("accepted invalid device ID %q", id)
 		}
-		b, err := livelog.Uplink(id, time.Unix(0, 0), u).Marshal()
+		b, err := livelog.Uplink(id, time.Unix(0, 0), u, nil).Marshal()
 		if err != nil {
 			t.Fatalf("entry does not encode: %v", err)
 		}

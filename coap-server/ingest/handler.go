@@ -14,7 +14,6 @@ import (
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 	"github.com/plgd-dev/go-coap/v3/mux"
 
-	"github.com/nbiot-live/nbiot-live/coap-server/storage"
 	"github.com/nbiot-live/nbiot-live/coap-server/stream"
 	"github.com/nbiot-live/nbiot-live/coap-server/uplink"
 	"github.com/nbiot-live/nbiot-live/internal/livelog"
@@ -57,10 +56,10 @@ type DeviceSet interface {
 // Downlinks answers an accepted uplink with a pending configuration. It must
 // not block (pending downlinks are held in memory).
 type Downlinks interface {
-	// ForUplink returns the encoded Downlink to send, or nil, and updates the
-	// uplink entry's data (ConfigApplied). A returned entry is logged
-	// after the uplink's.
-	ForUplink(rec storage.Record, data *livelog.UplinkData) (payload []byte, entry *livelog.Entry)
+	// ForUplink returns the encoded Downlink to send (nil: none), the
+	// uplink entry's config_applied (nil: no downlink was sent to the
+	// device) and a downlink entry to log after the uplink's (nil: none).
+	ForUplink(a uplink.Accepted) (payload []byte, configApplied *bool, entry *livelog.Entry)
 }
 
 // Handler serves POST /uplink. Its fields are set once before serving.
@@ -74,9 +73,9 @@ type Handler struct {
 	// may send at all: an uplink naming any other ID gets 4.03 and creates
 	// nothing (nil: any valid ID is accepted and registers itself).
 	Registered DeviceSet
-	Dedup        *Dedup // nil: duplicates are detected per connection only (go-coap)
-	Logger       *slog.Logger
-	Metrics      *Metrics
+	Dedup      *Dedup // nil: duplicates are detected per connection only (go-coap)
+	Logger     *slog.Logger
+	Metrics    *Metrics
 	// MaxPayload bounds the payload (default DefaultMaxPayload).
 	MaxPayload int
 	// Now and NewID are injected so tests control time and IDs.
@@ -183,18 +182,21 @@ func (h *Handler) handle(r *request, identity string, now time.Time) response {
 	// The stream recognises a copy that reached another instance, or this
 	// one before a restart, by this ID (its Duplicates window).
 	id := stream.MsgID(deviceID, r.mid, r.token, payload)
-	rec := storage.Record{ID: h.newID(), DeviceID: deviceID, ReceivedAt: now, Uplink: u, Authenticated: identity != ""}
+	accepted := uplink.Accepted{ID: h.newID(), DeviceID: deviceID, ReceivedAt: now, Uplink: u, Authenticated: identity != ""}
 	ctx := r.ctx
-	dup, err := h.Stream.PublishUplink(ctx, rec, payload, id)
+	dup, err := h.Stream.PublishUplink(ctx, accepted, payload, id)
 	if err != nil {
 		return h.unavailable(deviceID, now, err)
 	}
-	entry := livelog.Uplink(deviceID, now, u)
-	var answer []byte
-	var downlink *livelog.Entry
+	var (
+		answer        []byte
+		configApplied *bool
+		downlink      *livelog.Entry
+	)
 	if h.Downlinks != nil {
-		answer, downlink = h.Downlinks.ForUplink(rec, entry.Data.(*livelog.UplinkData))
+		answer, configApplied, downlink = h.Downlinks.ForUplink(accepted)
 	}
+	entry := livelog.Uplink(deviceID, now, u, configApplied)
 	seq, ldup, err := h.Stream.Log(ctx, entry, id)
 	switch {
 	case err != nil && !dup:

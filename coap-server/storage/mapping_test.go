@@ -186,7 +186,7 @@ var (
 
 func entryJSON(t *testing.T, u *nbiotv1.Uplink) []byte {
 	t.Helper()
-	b, err := livelog.Uplink("MAP1", mappingTime, u).Marshal()
+	b, err := livelog.Uplink("MAP1", mappingTime, u, nil).Marshal()
 	if err != nil {
 		t.Fatalf("live-log entry: %v", err)
 	}

@@ -40,7 +40,7 @@ func BenchmarkDurableUplink(b *testing.B) {
 			e := openEmbedded(b, Config{Storage: true, SyncAlways: always})
 			ctx := context.Background()
 			a, payload := accepted(b, "BENCH", 1)
-			entry := livelog.Uplink("BENCH", time.Now(), a.Uplink)
+			entry := livelog.Uplink("BENCH", time.Now(), a.Uplink, nil)
 			const workers = 16
 			lat := make([][]time.Duration, workers)
 			var wg sync.WaitGroup

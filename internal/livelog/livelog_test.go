@@ -23,23 +23,27 @@ func TestValidDeviceID(t *testing.T) {
 func TestUplinkEntryShape(t *testing.T) {
 	at := time.Date(2024, 1, 15, 11, 30, 0, 123456789, time.FixedZone("CET", 3600))
 	tests := []struct {
-		name string
-		u    *nbiotv1.Uplink
-		want string
+		name    string
+		u       *nbiotv1.Uplink
+		applied *bool
+		want    string
 	}{
 		{"only a counter: the five keys are null, not missing",
-			&nbiotv1.Uplink{DeviceId: "D", UplinkCount: 1},
+			&nbiotv1.Uplink{DeviceId: "D", UplinkCount: 1}, nil,
 			`{"deviceId":"D","timestamp":"2024-01-15T10:30:00.123Z","type":"uplink","message":"Received uplink #1","data":{"uplink_count":1,"temperature":null,"activity":null,"wifi_count":0,"reboot":null}}`},
 		{"reboot and extras",
 			&nbiotv1.Uplink{DeviceId: "D", UplinkCount: 0, Temperature: new(float32),
 				Reboot:    &nbiotv1.Reboot{Reason: nbiotv1.Reboot_REASON_FIRMWARE_UPDATE, Count: 3},
 				Gnss:      &nbiotv1.Gnss{Lat: 1.5, Lon: -2.25, AccuracyM: 10},
-				BatteryMv: new(uint32)},
+				BatteryMv: new(uint32)}, nil,
 			`{"deviceId":"D","timestamp":"2024-01-15T10:30:00.123Z","type":"uplink","message":"Received uplink #0","data":{"uplink_count":0,"temperature":0,"activity":null,"wifi_count":0,"reboot":{"reason":"firmware_update","count":3},"gnss":{"lat":1.5,"lon":-2.25,"accuracy_m":10},"battery_mv":0}}`},
+		{"after a downlink was sent: config_applied, even when false",
+			&nbiotv1.Uplink{DeviceId: "D", UplinkCount: 2}, new(bool),
+			`{"deviceId":"D","timestamp":"2024-01-15T10:30:00.123Z","type":"uplink","message":"Received uplink #2","data":{"uplink_count":2,"temperature":null,"activity":null,"wifi_count":0,"reboot":null,"config_applied":false}}`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			b, err := Uplink("D", at, tc.u).Marshal()
+			b, err := Uplink("D", at, tc.u, tc.applied).Marshal()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -47,6 +51,25 @@ func TestUplinkEntryShape(t *testing.T) {
 				t.Errorf("got  %s\nwant %s", b, tc.want)
 			}
 		})
+	}
+}
+
+func TestDownlinkEntryShape(t *testing.T) {
+	at := time.Date(2024, 1, 15, 11, 30, 0, 0, time.UTC)
+	hb := uint32(600)
+	cfg := &Config{HeartbeatInterval: &hb}
+	for state, want := range map[string]string{
+		DownlinkQueued:  `{"deviceId":"D","timestamp":"2024-01-15T11:30:00.000Z","type":"downlink","message":"Configuration v7 queued","data":{"downlink_id":7,"state":"queued","config_version":7,"config":{"heartbeat_interval":600}}}`,
+		DownlinkSent:    `{"deviceId":"D","timestamp":"2024-01-15T11:30:00.000Z","type":"downlink","message":"Sent configuration v7","data":{"downlink_id":7,"state":"sent","config_version":7,"config":{"heartbeat_interval":600}}}`,
+		DownlinkApplied: `{"deviceId":"D","timestamp":"2024-01-15T11:30:00.000Z","type":"downlink","message":"Configuration v7 applied","data":{"downlink_id":7,"state":"applied","config_version":7,"config":{"heartbeat_interval":600}}}`,
+	} {
+		b, err := Downlink("D", at, 7, state, cfg).Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(b) != want {
+			t.Errorf("%s:\ngot  %s\nwant %s", state, b, want)
+		}
 	}
 }
 
@@ -64,7 +87,7 @@ func TestPeekDeviceID(t *testing.T) {
 
 // FuzzPeekDeviceID: the relay parses frames from upstream with it.
 func FuzzPeekDeviceID(f *testing.F) {
-	b, _ := Uplink("ABC", time.Now(), &nbiotv1.Uplink{UplinkCount: 1}).Marshal()
+	b, _ := Uplink("ABC", time.Now(), &nbiotv1.Uplink{UplinkCount: 1}, nil).Marshal()
 	f.Add(b)
 	f.Add([]byte(`{"deviceId":""}`))
 	f.Fuzz(func(t *testing.T, frame []byte) {

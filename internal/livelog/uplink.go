@@ -59,12 +59,16 @@ type Gnss struct {
 
 // Uplink builds the entry of an accepted uplink received at now, for the
 // device deviceID (which may come from the DTLS identity rather than u).
-func Uplink(deviceID string, now time.Time, u *nbiotv1.Uplink) *Entry {
+// configApplied is its config_applied: nil while no downlink was sent to
+// the device, else whether u reports the config_version sent last
+// (coap-server/downlink decides).
+func Uplink(deviceID string, now time.Time, u *nbiotv1.Uplink, configApplied *bool) *Entry {
 	d := &UplinkData{
-		UplinkCount: u.GetUplinkCount(),
-		Temperature: u.Temperature,
-		WifiCount:   len(u.GetWifiAps()),
-		BatteryMV:   u.BatteryMv,
+		UplinkCount:   u.GetUplinkCount(),
+		Temperature:   u.Temperature,
+		WifiCount:     len(u.GetWifiAps()),
+		BatteryMV:     u.BatteryMv,
+		ConfigApplied: configApplied,
 	}
 	if a := u.GetActivity(); a != nil {
 		d.Activity = &Activity{Sleep: a.GetSleep(), Modem: a.GetModem(), Gnss: a.GetGnss(), Wifi: a.GetWifi(), Other: a.GetOther()}

@@ -13,7 +13,7 @@ func realFrames(t testing.TB) [][]byte {
 	d := NewDevice("SIM-0001", 1, 0)
 	var out [][]byte
 	for i := 0; i < 3; i++ {
-		b, err := livelog.Uplink(d.ID, time.Unix(1700000000, 0), d.Next()).Marshal()
+		b, err := livelog.Uplink(d.ID, time.Unix(1700000000, 0), d.Next(), nil).Marshal()
 		if err != nil {
 			t.Fatal(err)
 		}
