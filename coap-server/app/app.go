@@ -172,16 +172,6 @@ func (a *App) Registered() ingest.DeviceSet { return a.handler.Registered }
 // Engine is the stream engine, for tests.
 func (a *App) Engine() *stream.Engine { return a.engine }
 
-func (a *App) openStorage(ctx context.Context) error {
-	switch a.cfg.Storage() {
-	case StorageNone:
-		a.log.Warn("NO STORAGE: neither DATABASE_URL nor SUPABASE_URL is set; uplinks are streamed on the live log only and NOT stored")
-		return nil
-	default:
-		return a.openWriter(ctx)
-	}
-}
-
 func (a *App) serve(name string, fn func() error) {
 	a.wg.Add(1)
 	go func() {

@@ -26,16 +26,20 @@ func (s *storeConsumer) Close(ctx context.Context) error {
 	return err
 }
 
-// openWriter builds the writer the configuration selects and starts the
-// consumer of the uplink stream in front of it. It logs the mode, never the key or a URL with a
-// password. A database that is unreachable at start is only a warning:
-// uplinks queue until it answers.
-func (a *App) openWriter(ctx context.Context) error {
+// openStorage builds the writer the configuration selects and starts the
+// consumer of the uplink stream in front of it; without a database it only
+// warns. It logs the mode, never the key or a URL with a password. A
+// database that is unreachable at start is only a warning: uplinks queue
+// until it answers.
+func (a *App) openStorage(ctx context.Context) error {
 	var (
 		w       storage.Writer
 		release = func() {}
 	)
 	switch a.cfg.Storage() {
+	case StorageNone:
+		a.log.Warn("NO STORAGE: neither DATABASE_URL nor SUPABASE_URL is set; uplinks are streamed on the live log only and NOT stored")
+		return nil
 	case StoragePostgres:
 		pw, err := postgres.New(ctx, a.cfg.DatabaseURL, postgres.Options{})
 		if err != nil {
