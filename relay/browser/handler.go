@@ -139,14 +139,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		token  string
 	)
 	if !h.AuthDisabled {
-		var status int
-		var reason, msg string
-		status, reason, msg, claims, token = h.authenticate(r, device)
-		if status != 0 {
-			if status == http.StatusUnauthorized {
+		var refused *refusal
+		if claims, token, refused = h.authenticate(r, device); refused != nil {
+			if refused.status == http.StatusUnauthorized {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="nbiot-live", error="invalid_token"`)
 			}
-			h.reject(w, reason, status, msg)
+			h.refuse(w, refused)
 			return
 		}
 	}
@@ -162,12 +160,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if claims != nil {
-		if status, reason, msg := h.authorize(r, claims, token, user, ip, device); status != 0 {
+		if refused := h.authorize(r, claims, token, user, ip, device); refused != nil {
 			h.quota.release(user, ip, device)
-			if status == http.StatusTooManyRequests {
+			if refused.status == http.StatusTooManyRequests {
 				w.Header().Set("Retry-After", "1")
 			}
-			h.reject(w, reason, status, msg)
+			h.refuse(w, refused)
 			return
 		}
 	}
@@ -184,31 +182,42 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.serve(w, r, device, from, sess, func() { h.quota.release(user, ip, device) })
 }
 
-// authenticate returns status 0 with the verified claims and the token
-// when the request carries a valid one, else the status, metric reason
-// and a message without secrets.
-func (h *Handler) authenticate(r *http.Request, device string) (int, string, string, *auth.Claims, string) {
+// refusal is why a request is answered with an HTTP error instead of an
+// upgrade: the status, the reason label of nbiot_relay_rejected_total and a
+// message without secrets.
+type refusal struct {
+	status int
+	reason string
+	msg    string
+}
+
+// invalidToken is the refusal of a missing, malformed or unverified token.
+var invalidToken = &refusal{http.StatusUnauthorized, RejectAuth, "missing or invalid token"}
+
+// authenticate returns the verified claims and the token when the request
+// carries a valid one, else why it is refused.
+func (h *Handler) authenticate(r *http.Request, device string) (claims *auth.Claims, token string, refused *refusal) {
 	token, source, err := auth.FromRequest(r)
 	if err != nil {
 		h.Metrics.AuthFailures.WithLabelValues(auth.Reason(err)).Inc()
-		return http.StatusUnauthorized, RejectAuth, "missing or invalid token", nil, ""
+		return nil, "", invalidToken
 	}
 	if source == auth.SourceSubprotocol && !auth.OffersSubprotocol(r) {
 		// A browser fails a handshake whose answer names no protocol it
 		// offered, and the token entry itself must never be echoed.
-		return http.StatusBadRequest, RejectProtocol, `offer the "nbiot-live" subprotocol with the token entry`, nil, ""
+		return nil, "", &refusal{http.StatusBadRequest, RejectProtocol, `offer the "nbiot-live" subprotocol with the token entry`}
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.CheckTimeout)
 	defer cancel()
-	claims, err := h.Verifier.Verify(ctx, token)
+	claims, err = h.Verifier.Verify(ctx, token)
 	if err != nil {
 		reason := auth.Reason(err)
 		h.Metrics.AuthFailures.WithLabelValues(reason).Inc()
 		h.Logger.Debug("token rejected", "remote", r.RemoteAddr, "device", device, "reason", reason)
-		return http.StatusUnauthorized, RejectAuth, "missing or invalid token", nil, ""
+		return nil, "", invalidToken
 	}
 	h.Metrics.TokenSources.WithLabelValues(source).Inc()
-	return 0, "", "", claims, token
+	return claims, token, nil
 }
 
 // Gated is an access checker that spends a caller's budget only on cache
@@ -218,8 +227,8 @@ type Gated interface {
 }
 
 // authorize checks that the user may see the device, spending the user's
-// and the address's budget of uncached checks; status 0 when allowed.
-func (h *Handler) authorize(r *http.Request, claims *auth.Claims, token, user, ip, device string) (int, string, string) {
+// and the address's budget of uncached checks; nil when allowed.
+func (h *Handler) authorize(r *http.Request, claims *auth.Claims, token, user, ip, device string) *refusal {
 	ctx, cancel := context.WithTimeout(r.Context(), h.CheckTimeout)
 	defer cancel()
 	var err error
@@ -230,15 +239,15 @@ func (h *Handler) authorize(r *http.Request, claims *auth.Claims, token, user, i
 	}
 	switch {
 	case err == nil:
-		return 0, "", ""
+		return nil
 	case errors.Is(err, access.ErrDenied):
-		return http.StatusForbidden, RejectDenied, "device not visible to this user"
+		return &refusal{http.StatusForbidden, RejectDenied, "device not visible to this user"}
 	case errors.Is(err, access.ErrLimited):
 		h.Logger.Debug("access check budget spent", "remote", r.RemoteAddr, "device", device)
-		return http.StatusTooManyRequests, RejectCheckRate, "too many access checks for new devices, retry later"
+		return &refusal{http.StatusTooManyRequests, RejectCheckRate, "too many access checks for new devices, retry later"}
 	default:
 		h.Logger.Warn("access check failed", "remote", r.RemoteAddr, "device", device, "err", err)
-		return http.StatusServiceUnavailable, RejectUnavailable, "access check unavailable, retry later"
+		return &refusal{http.StatusServiceUnavailable, RejectUnavailable, "access check unavailable, retry later"}
 	}
 }
 
@@ -345,6 +354,8 @@ func (h *Handler) reject(w http.ResponseWriter, reason string, status int, msg s
 	h.Metrics.Rejected.WithLabelValues(reason).Inc()
 	http.Error(w, msg, status)
 }
+
+func (h *Handler) refuse(w http.ResponseWriter, r *refusal) { h.reject(w, r.reason, r.status, r.msg) }
 
 // CloseAll disconnects every browser with a going-away close frame and
 // waits for their handlers to return. It is idempotent.
