@@ -2,6 +2,7 @@ package httpapi_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -18,6 +19,7 @@ import (
 	"github.com/nbiot-live/nbiot-live/coap-server/httpapi"
 	"github.com/nbiot-live/nbiot-live/coap-server/hub"
 	"github.com/nbiot-live/nbiot-live/internal/livelog"
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 	"github.com/nbiot-live/nbiot-live/internal/wspeer"
 )
 
@@ -87,13 +89,10 @@ func TestSlowSubscriberIsDisconnected(t *testing.T) {
 		t.Fatalf("slow subscriber never dropped after %d frames", sent)
 	}
 	// Once dropped, the slow subscriber leaves the hub; the fast one stays.
-	deadline := time.Now().Add(5 * time.Second)
-	for h.Len() != 1 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond) // polling an observable state, bounded
-	}
-	if h.Len() != 1 {
-		t.Fatalf("hub has %d subscribers, want 1 (the fast one)", h.Len())
-	}
+	testwait.ForState(t, "the slow subscriber to leave the hub", func() (bool, string) {
+		n := h.Len()
+		return n == 1, fmt.Sprintf("hub has %d subscribers, want 1 (the fast one)", n)
+	}, testwait.Within(5*time.Second))
 	// The fast subscriber still receives.
 	feed(h, uint64(sent+2), &livelog.Entry{DeviceID: "D", Type: livelog.TypeStatus, Message: "end", Timestamp: livelog.Timestamp(time.Now())})
 	if _, ok := <-got; !ok {
@@ -146,13 +145,7 @@ func TestSilentSubscriberTimesOut(t *testing.T) {
 	srv, h, _ := newServer(t, wspeer.Config{PingInterval: 20 * time.Millisecond, PongTimeout: 100 * time.Millisecond})
 	ws := dial(t, srv, websocket.DefaultDialer) // never reads, so never answers a ping
 	_ = ws
-	deadline := time.Now().Add(5 * time.Second)
-	for h.Len() != 0 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond) // polling an observable state, bounded
-	}
-	if h.Len() != 0 {
-		t.Fatal("silent subscriber still registered")
-	}
+	testwait.For(t, "the silent subscriber to leave the hub", func() bool { return h.Len() == 0 }, testwait.Within(5*time.Second))
 }
 
 // feed puts e on the hub at position seq, as the stream's consumer does.

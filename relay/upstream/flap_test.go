@@ -2,7 +2,6 @@ package upstream
 
 import (
 	"net/http/httptest"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -11,6 +10,8 @@ import (
 	"github.com/cenkalti/backoff/v4"
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 )
 
 // recordingBackOff waits 1 ms and counts Reset calls.
@@ -63,12 +64,7 @@ func TestBackOffResetsOnlyAfterAStableConnection(t *testing.T) {
 	defer w.Close()
 	<-stable
 	// The link records the start of a connection before it counts it as connected.
-	for deadline := time.Now().Add(10 * time.Second); testutil.ToFloat64(m.Connected) != 1; {
-		if time.Now().After(deadline) {
-			t.Fatal("stable connection never counted")
-		}
-		runtime.Gosched()
-	}
+	testwait.For(t, "the stable connection counted", func() bool { return testutil.ToFloat64(m.Connected) == 1 })
 	if got := resets.Load(); got != 1 {
 		t.Fatalf("resets after %d flaps: %d, want only the initial one", flaps, got)
 	}

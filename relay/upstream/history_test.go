@@ -443,12 +443,7 @@ func TestReconnectResumesAfterTheLastForwarded(t *testing.T) {
 	w.waitSeqs(t, 1, 3, 5)
 	f.set(func(f *fakeLog) { f.down = true })
 	f.cut()
-	for deadline := time.Now().Add(10 * time.Second); testutil.ToFloat64(m.DialFailures) < 2; {
-		if time.Now().After(deadline) {
-			t.Fatal("no failed redial")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testwait.For(t, "a failed redial", func() bool { return testutil.ToFloat64(m.DialFailures) >= 2 })
 	f.publish(7, 9) // while the relay is away
 	f.set(func(f *fakeLog) { f.down = false })
 	w.waitSeqs(t, 1, 3, 5, 7, 9)
@@ -477,12 +472,7 @@ func TestOverlappingResendIsDroppedOnce(t *testing.T) {
 	w.waitSeqs(t, 1, 2, 3, 4)
 	f.cut() // the redial gets 1..4 again
 	f.publish(5)
-	for deadline := time.Now().Add(10 * time.Second); len(f.dialed()) < 2 || testutil.ToFloat64(m.Connected) != 1; {
-		if time.Now().After(deadline) {
-			t.Fatal("no redial")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testwait.For(t, "a redial", func() bool { return len(f.dialed()) >= 2 && testutil.ToFloat64(m.Connected) == 1 })
 	f.publish(6)
 	w.waitSeqs(t, 1, 2, 3, 4, 5, 6)
 	if got := testutil.ToFloat64(m.Dropped.WithLabelValues(DropRepeat)); got < 4 {
@@ -553,12 +543,7 @@ func TestLiveLinkThatSawNothingRedialsWithTail(t *testing.T) {
 	mgr, m := newManager(t, f.srv.URL, func(c *Config) { c.History = 20 })
 	d := newDecoder(t)
 	w := watchFrom(t, mgr, d, LiveOnly)
-	for deadline := time.Now().Add(10 * time.Second); testutil.ToFloat64(m.Connected) != 1; {
-		if time.Now().After(deadline) {
-			t.Fatal("never connected")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testwait.For(t, "the link connected", func() bool { return testutil.ToFloat64(m.Connected) == 1 })
 	f.set(func(f *fakeLog) { f.down = true })
 	f.cut()
 	f.set(func(f *fakeLog) { f.seqs = []uint64{8}; f.down = false })

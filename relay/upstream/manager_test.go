@@ -3,9 +3,9 @@ package upstream
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -15,6 +15,8 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 )
 
 // These tests use a small WebSocket server in the test as the upstream:
@@ -270,13 +272,10 @@ func TestSlowWatcherIsCounted(t *testing.T) {
 	close(both)
 	ok.next(t)
 	// The drop is counted after the fan-out loop: poll for it.
-	deadline := time.Now().Add(10 * time.Second)
-	for testutil.ToFloat64(m.Dropped.WithLabelValues(DropSlowClient)) != 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("slow drops %v, want 1", testutil.ToFloat64(m.Dropped.WithLabelValues(DropSlowClient)))
-		}
-		runtime.Gosched()
-	}
+	testwait.ForState(t, "one slow drop", func() (bool, string) {
+		n := testutil.ToFloat64(m.Dropped.WithLabelValues(DropSlowClient))
+		return n == 1, fmt.Sprint("slow drops ", n)
+	})
 	slow.none(t)
 }
 
