@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strconv"
 
+	"github.com/nbiot-live/nbiot-live/internal/supa"
 	"github.com/nbiot-live/nbiot-live/relay/access"
 	"github.com/nbiot-live/nbiot-live/relay/auth"
 )
@@ -40,9 +41,7 @@ func (r *REST) List(ctx context.Context, _ *auth.Claims, token string, limit int
 	if err != nil {
 		return nil, fmt.Errorf("devices: request: %w", err)
 	}
-	req.Header.Set("apikey", r.APIKey)
-	req.Header.Set("Authorization", "Bearer "+token)
-	req.Header.Set("Accept", "application/json")
+	supa.SetUserToken(req.Header, r.APIKey, token)
 	resp, err := r.Client.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("devices: %w", err) // the token is a header, not in the URL
