@@ -9,6 +9,8 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/nbiot-live/nbiot-live/coap-server/uplink"
 )
 
 // Writer writes the rows of one batch. Every statement must be idempotent
@@ -34,7 +36,7 @@ type Source interface {
 // them for good); an unacknowledged one is delivered again, to this or
 // another instance, after the stream's ack wait.
 type Delivery struct {
-	Record Record
+	Accepted uplink.Accepted
 	// Ack removes the uplink from the stream.
 	Ack func() error
 	// InProgress extends the ack wait while a write is retried.
@@ -214,7 +216,7 @@ func (c *Consumer) store(ds []Delivery) {
 		c.store(ds[mid:])
 	case errors.Is(err, ErrRejected):
 		c.m.Rejected.Inc()
-		r := ds[0].Record
+		r := ds[0].Accepted
 		c.log.Error("uplink not stored: rejected by the database", "uplink_id", r.ID.String(), "device", r.DeviceID, "err", err)
 		c.ack(ds)
 	default:
@@ -237,9 +239,9 @@ func (c *Consumer) ack(ds []Delivery) {
 }
 
 func (c *Consumer) writeRetry(ds []Delivery) error {
-	recs := make([]Record, len(ds))
+	recs := make([]uplink.Accepted, len(ds))
 	for i, d := range ds {
-		recs[i] = d.Record
+		recs[i] = d.Accepted
 	}
 	rows := RowsOf(recs)
 	attempt := 0

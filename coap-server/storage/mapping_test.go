@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/nbiot-live/nbiot-live/coap-server/storage"
+	"github.com/nbiot-live/nbiot-live/coap-server/uplink"
 	"github.com/nbiot-live/nbiot-live/internal/livelog"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 )
@@ -30,7 +31,7 @@ import (
 // notData are fields that name the uplink rather than carry its data: both
 // mappings take them from the record (the DTLS identity may win).
 var notData = map[string]string{
-	"device_id": "the device is Record.DeviceID and the entry's deviceId, not data",
+	"device_id": "the device is uplink.Accepted.DeviceID and the entry's deviceId, not data",
 }
 
 // summarized are repeated fields the live log shows as a count only (the
@@ -194,7 +195,7 @@ func entryJSON(t *testing.T, u *nbiotv1.Uplink) []byte {
 }
 
 func rowsOf(u *nbiotv1.Uplink) storage.Rows {
-	return storage.RowsOf([]storage.Record{{ID: mappingID, DeviceID: "MAP1", ReceivedAt: mappingTime, Uplink: u}})
+	return storage.RowsOf([]uplink.Accepted{{ID: mappingID, DeviceID: "MAP1", ReceivedAt: mappingTime, Uplink: u}})
 }
 
 func mustJSON(t *testing.T, v any) []byte {

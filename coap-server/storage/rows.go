@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/nbiot-live/nbiot-live/coap-server/uplink"
 	"github.com/nbiot-live/nbiot-live/internal/livelog"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 )
@@ -83,7 +84,7 @@ type SensorRow struct {
 // once; devices and configs are merged per device (latest receipt wins) and
 // sorted by device ID, so concurrent batches lock devices rows in the same
 // order and an upsert never touches one row twice in a statement.
-func RowsOf(recs []Record) Rows {
+func RowsOf(recs []uplink.Accepted) Rows {
 	var out Rows
 	seen := make(map[uuid.UUID]struct{}, len(recs))
 	devices := make(map[string]int, len(recs))
@@ -167,7 +168,7 @@ func nonEmpty(s string) *string {
 //	gnss        {"lat":59.3,"lon":18.1,"accuracy_m":5}
 //	wifi_scan   {"aps":[{"bssid":"aa:bb:cc:dd:ee:ff","rssi":-60,"channel":6}]}
 //	reboot      {"reason":"watchdog","count":3}
-func appendSensors(rows []SensorRow, r Record, at time.Time) []SensorRow {
+func appendSensors(rows []SensorRow, r uplink.Accepted, at time.Time) []SensorRow {
 	u := r.Uplink
 	add := func(typ string, data []byte) {
 		rows = append(rows, SensorRow{UplinkID: r.ID, DevID: r.DeviceID, DataType: typ, Data: data, ReceivedAt: at})

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nbiot-live/nbiot-live/coap-server/storage"
 	"github.com/nbiot-live/nbiot-live/coap-server/storage/storagetest"
+	"github.com/nbiot-live/nbiot-live/coap-server/uplink"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 )
 
@@ -19,7 +20,7 @@ func TestRowsOfMergesPerDevice(t *testing.T) {
 	b := storagetest.Rec("B", t0, storagetest.FullUplink("B", 1))
 	b.Uplink.Config.FwVersion = "older"
 	c := storagetest.Rec("A", t0.Add(time.Second), &nbiotv1.Uplink{})
-	rows := storage.RowsOf([]storage.Record{a, b, c, a})
+	rows := storage.RowsOf([]uplink.Accepted{a, b, c, a})
 	if len(rows.Devices) != 2 || rows.Devices[0].DevID != "A" || rows.Devices[1].DevID != "B" ||
 		!rows.Devices[1].LastSeenAt.Equal(t0.Add(2*time.Second)) {
 		t.Errorf("devices %+v", rows.Devices)
@@ -45,7 +46,7 @@ func FuzzRowsOf(f *testing.F) {
 		if proto.Unmarshal(payload, u) != nil {
 			return
 		}
-		rows := storage.RowsOf([]storage.Record{{ID: uuid.New(), DeviceID: "F", ReceivedAt: time.Now(), Uplink: u}})
+		rows := storage.RowsOf([]uplink.Accepted{{ID: uuid.New(), DeviceID: "F", ReceivedAt: time.Now(), Uplink: u}})
 		if len(rows.Activity) != 1 || len(rows.Devices) != 1 {
 			t.Fatalf("rows %+v", rows)
 		}

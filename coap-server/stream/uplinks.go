@@ -52,7 +52,7 @@ func (s *UplinkSource) Fetch(ctx context.Context, max int, wait time.Duration) (
 			_ = m.Term()
 			continue
 		}
-		ds = append(ds, storage.Delivery{Record: a, Ack: m.Ack, InProgress: m.InProgress, Nak: m.Nak})
+		ds = append(ds, storage.Delivery{Accepted: a, Ack: m.Ack, InProgress: m.InProgress, Nak: m.Nak})
 	}
 	if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, context.DeadlineExceeded) {
 		return ds, err

@@ -13,6 +13,7 @@ import (
 
 	"github.com/nbiot-live/nbiot-live/coap-server/storage"
 	"github.com/nbiot-live/nbiot-live/coap-server/storage/storagetest"
+	"github.com/nbiot-live/nbiot-live/coap-server/uplink"
 	"github.com/nbiot-live/nbiot-live/internal/pgtest"
 )
 
@@ -25,7 +26,7 @@ func TestRLS(t *testing.T) {
 	w := newWriter(t, dbURL)
 	alice, bob := uuid.New(), uuid.New()
 	now := time.Now()
-	var recs []storage.Record
+	var recs []uplink.Accepted
 	for _, d := range []string{"ALICE1", "ALICE2", "BOB1", "NOBODY"} {
 		recs = append(recs, storagetest.Rec(d, now, storagetest.FullUplink(d, 1)))
 	}

@@ -12,12 +12,13 @@ import (
 	"github.com/nbiot-live/nbiot-live/coap-server/storage"
 	"github.com/nbiot-live/nbiot-live/coap-server/storage/rest"
 	"github.com/nbiot-live/nbiot-live/coap-server/storage/storagetest"
+	"github.com/nbiot-live/nbiot-live/coap-server/uplink"
 	"github.com/nbiot-live/nbiot-live/internal/fakepostgrest"
 	"github.com/nbiot-live/nbiot-live/internal/pgtest"
 )
 
 func oneRecord() *storage.Rows {
-	rows := storage.RowsOf([]storage.Record{storagetest.Rec("KEY1", time.Now(), storagetest.FullUplink("KEY1", 1))})
+	rows := storage.RowsOf([]uplink.Accepted{storagetest.Rec("KEY1", time.Now(), storagetest.FullUplink("KEY1", 1))})
 	return &rows
 }
 

@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/nbiot-live/nbiot-live/coap-server/storage"
+	"github.com/nbiot-live/nbiot-live/coap-server/uplink"
 	"github.com/nbiot-live/nbiot-live/internal/pgtest"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 )
@@ -42,7 +43,7 @@ func Bench(b *testing.B, newWriter NewWriter, o storage.Options) {
 	start := time.Now().Add(-time.Hour)
 	for i := range b.N {
 		dev := fmt.Sprintf("BENCH%04d", i%1000)
-		p.Publish(storage.Record{ID: uuid.New(), DeviceID: dev, ReceivedAt: start.Add(time.Duration(i) * time.Microsecond),
+		p.Publish(uplink.Accepted{ID: uuid.New(), DeviceID: dev, ReceivedAt: start.Add(time.Duration(i) * time.Microsecond),
 			Uplink: TypicalUplink(dev, uint32(i/1000))})
 	}
 	b.ResetTimer()

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nbiot-live/nbiot-live/coap-server/storage"
 	"github.com/nbiot-live/nbiot-live/coap-server/stream"
+	"github.com/nbiot-live/nbiot-live/coap-server/uplink"
 )
 
 // Pipeline is the real path from an accepted uplink to a writer: an
@@ -41,7 +42,7 @@ func NewPipeline(t testing.TB, w storage.Writer, o storage.Options) *Pipeline {
 
 // Publish puts r on the stream as the datagram path does; it returns
 // once the stream acknowledged it.
-func (p *Pipeline) Publish(r storage.Record) {
+func (p *Pipeline) Publish(r uplink.Accepted) {
 	p.t.Helper()
 	payload, err := proto.Marshal(r.Uplink)
 	if err != nil {

@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/nbiot-live/nbiot-live/coap-server/storage"
+	"github.com/nbiot-live/nbiot-live/coap-server/uplink"
 	"github.com/nbiot-live/nbiot-live/internal/logtest"
 	"github.com/nbiot-live/nbiot-live/internal/pgtest"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
@@ -68,8 +69,8 @@ func FullUplink(devid string, count uint32) *nbiotv1.Uplink {
 }
 
 // Rec makes a record received at.
-func Rec(devid string, at time.Time, u *nbiotv1.Uplink) storage.Record {
-	return storage.Record{ID: uuid.New(), DeviceID: devid, ReceivedAt: at, Uplink: u}
+func Rec(devid string, at time.Time, u *nbiotv1.Uplink) uplink.Accepted {
+	return uplink.Accepted{ID: uuid.New(), DeviceID: devid, ReceivedAt: at, Uplink: u}
 }
 
 // DB is a connection to the test database for checks.
@@ -114,7 +115,7 @@ func (d *DB) JSON(sql string, args ...any) string {
 	return string(b)
 }
 
-func write(t *testing.T, w storage.Writer, recs ...storage.Record) {
+func write(t *testing.T, w storage.Writer, recs ...uplink.Accepted) {
 	t.Helper()
 	rows := storage.RowsOf(recs)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

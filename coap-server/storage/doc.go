@@ -4,8 +4,3 @@
 // database writer. The writers themselves live in the sub-packages postgres
 // (pgx) and rest (Supabase PostgREST).
 package storage
-
-import "github.com/nbiot-live/nbiot-live/coap-server/uplink"
-
-// Record is an accepted uplink (uplink.Accepted), as storage calls it.
-type Record = uplink.Accepted
