@@ -264,6 +264,9 @@ func createConn(
 		},
 	}
 
+	// Behind a stateless HelloVerifyRequest the first ClientHello this
+	// server sees is the client's second (message_seq 1).
+	conn.fragmentBuffer.followClientHello = !isClient && config.InsecureSkipVerifyHello
 	conn.setRemoteEpoch(0)
 	conn.setLocalEpoch(0)
 
@@ -1159,7 +1162,15 @@ func (c *Conn) handleIncomingPacket(
 		}
 	}
 
+	following := c.fragmentBuffer.followClientHello
 	isHandshake, isRetransmit, err := c.fragmentBuffer.push(append([]byte{}, buf...))
+	if following && !c.fragmentBuffer.followClientHello {
+		// Continue the record numbering the stateless HelloVerifyRequest
+		// started (it echoed the first ClientHello's, RFC 6347 Section 4.2.1).
+		c.writeLock.Lock()
+		c.state.localSequenceNumber = []uint64{c.fragmentBuffer.clientHelloRecordSequence}
+		c.writeLock.Unlock()
+	}
 	if err != nil {
 		// Decode error must be silently discarded
 		// [RFC6347 Section-4.1.2.7]

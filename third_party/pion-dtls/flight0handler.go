@@ -27,9 +27,18 @@ func flight0Parse(
 	cache *handshakeCache,
 	cfg *handshakeConfig,
 ) (flightVal, *alert.Alert, error) {
-	seq, msgs, ok := cache.fullPullMap(0, state.cipherSuite,
-		handshakeCachePullRule{handshake.TypeClientHello, cfg.initialEpoch, true, false},
-	)
+	rule := handshakeCachePullRule{handshake.TypeClientHello, cfg.initialEpoch, true, false}
+	startSeq := 0
+	if cfg.insecureSkipHelloVerify {
+		if hello := cache.pull(rule)[0]; hello != nil {
+			// A stateless HelloVerifyRequest in front may have answered the
+			// client's first ClientHello: continue its numbering (RFC 6347
+			// Section 4.2.2).
+			startSeq = int(hello.messageSequence)
+			state.handshakeSendSequence = startSeq
+		}
+	}
+	seq, msgs, ok := cache.fullPullMap(startSeq, state.cipherSuite, rule)
 	if !ok {
 		// No valid message received. Keep reading
 		return 0, nil, nil

@@ -108,6 +108,13 @@ type fragmentBuffer struct {
 
 	currentMessageSequenceNumber uint16
 
+	// followClientHello makes the first ClientHello set the message_seq to
+	// reassemble from, then clears (a server behind a stateless
+	// HelloVerifyRequest: InsecureSkipVerifyHello).
+	followClientHello bool
+	// clientHelloRecordSequence is the record sequence number of that ClientHello.
+	clientHelloRecordSequence uint64
+
 	totalBufferSize    int
 	totalFragmentCount int
 }
@@ -144,6 +151,12 @@ func (f *fragmentBuffer) push(buf []byte) (isHandshake, isRetransmit bool, err e
 		var header handshake.Header
 		if err := header.Unmarshal(buf); err != nil {
 			return false, false, err
+		}
+
+		if f.followClientHello && header.Type == handshake.TypeClientHello && recordLayerHeader.Epoch == 0 {
+			f.followClientHello = false
+			f.currentMessageSequenceNumber = header.MessageSequence
+			f.clientHelloRecordSequence = recordLayerHeader.SequenceNumber
 		}
 
 		// Fragment is a retransmission. We have already assembled it before successfully
