@@ -53,3 +53,7 @@ require (
 	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/text v0.43.0 // indirect
 )
+
+// pion/dtls with a small patch (third_party/pion-dtls/PATCH.md): a server behind a
+// stateless HelloVerifyRequest continues the client's numbering.
+replace github.com/pion/dtls/v3 => ./third_party/pion-dtls

@@ -51,7 +51,7 @@ func (l *listener) AcceptWithContext(ctx context.Context) (net.Conn, error) {
 		}
 		peer := l.demux.peer(pc.RemoteAddr().String())
 		if peer == nil {
-			// Evicted or expired before it got here.
+			// Closed before it got here.
 			_ = pc.Close()
 			continue
 		}
@@ -64,7 +64,7 @@ func (l *listener) AcceptWithContext(ctx context.Context) (net.Conn, error) {
 }
 
 // verified admits a peer that echoed its cookie (its address is real) to
-// the handshake limits; false closes it. It runs on the socket's read loop
+// the handshake limits; false drops it. It runs on the socket's read loop
 // and does no I/O.
 func (l *listener) verified(p *peerConn) bool {
 	if l.sessions.Load() >= l.maxSess {
@@ -128,11 +128,6 @@ func (s *session) HandshakeContext(ctx context.Context) error {
 
 func (s *session) handshake(ctx context.Context) error {
 	err := s.Conn.HandshakeContext(ctx)
-	if err == nil {
-		// Done: it no longer needs its slot, nor the pre-cookie timer
-		// (in case its cookie came in a form promote did not see).
-		s.l.demux.promote(s.peer)
-	}
 	s.peer.releaseSlot()
 	id := ""
 	if st, ok := s.Conn.ConnectionState(); ok {

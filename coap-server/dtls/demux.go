@@ -1,11 +1,8 @@
 package dtls
 
 import (
-	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
-	"math/rand/v2"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -21,53 +18,51 @@ import (
 // demux owns the UDP socket and gives pion one net.PacketConn per peer,
 // routed by Connection ID once one is set, else by address. It does what
 // pion's own listener does (its internal/net/udp, MIT, from which the
-// routing is adapted) plus one thing: a peer is "pre-cookie" until it
-// echoes the cookie of pion's HelloVerifyRequest (RFC 6347 §4.2.1), which
-// a spoofed source address never receives. Pre-cookie peers are not
-// counted against any handshake limit; they live in a table of their own,
-// bounded (a new one evicts a random one when full) and short-lived
-// (PreCookieTimeout). Only a peer that returned the cookie reaches
-// verified, which admits it to the limits (or closes it).
-//
-// Why pion still sends the HelloVerifyRequest, and not a stateless one in
-// front of it: pion's server reassembles handshake messages strictly from
-// message_seq 0 (fragment_buffer.go), numbers its own from 0, draws its
-// cookie from crypto/rand with no hook, and message_seq is part of the
-// Finished transcript, so a ClientHello answered in front (message_seq 1
-// with our cookie) cannot be handed to an unmodified pion.
+// routing is adapted) plus the cookie exchange, statelessly (RFC 6347
+// §4.2.1, cookie.go): a ClientHello from an address with no peer is
+// answered here with a HelloVerifyRequest whose cookie is computed from
+// the address and the hello, and nothing is kept. A forged source address
+// never receives the cookie, so a spoofed ClientHello costs one HMAC and
+// one small datagram, no memory. Only a ClientHello that echoes a valid
+// cookie creates a peer: verified admits it to the handshake limits (or it
+// is dropped, still without state), and pion runs the handshake from that
+// second ClientHello on (InsecureSkipVerifyHello: pion never sends a
+// HelloVerifyRequest itself). pion is patched to continue the client's
+// numbering there, message_seq 1 and the next record sequence number
+// (third_party/pion-dtls/PATCH.md): message_seq is in the Finished
+// transcript, so it cannot be rewritten in flight.
 type demux struct {
 	pc       *net.UDPConn
 	ready    chan struct{} // a peer was queued
 	done     chan struct{}
 	doneOnce sync.Once
 	cfg      demuxConfig
+	cookies  *cookieJar
 
-	mu      sync.Mutex
-	conns   map[string]*peerConn // by address string and by CID
-	pending []*peerConn          // pre-cookie peers, for random eviction
-	queue   []*peerConn          // new peers for pion's Accept, newest last
+	mu    sync.Mutex
+	conns map[string]*peerConn // by address string and by CID
+	peers int                  // distinct peers in conns
+	queue []*peerConn          // admitted peers for pion's Accept, oldest first
 }
 
 type demuxConfig struct {
-	maxPending int           // pre-cookie table size
-	timeout    time.Duration // pre-cookie lifetime
-	cidLen     int
-	// verified admits a peer that echoed its cookie; false closes it.
+	cidLen int
+	// verified admits a peer that echoed its cookie; false drops it.
 	verified func(*peerConn) bool
 	// release undoes an admission (peerConn.releaseSlot).
 	release func(*peerConn)
-	// evicted counts a pre-cookie peer dropped: "evicted" (table full),
-	// "expired" (no cookie in time), "backlog" (oldest in a full accept queue).
-	evicted func(reason string)
-	// pendingGauge tracks len(pending).
-	pendingGauge func(n int)
+	// helloVerify counts a HelloVerifyRequest sent, by the cookie the
+	// ClientHello carried: "none", "invalid" (wrong or expired).
+	helloVerify func(cookie string)
+	// backlog counts an admitted peer dropped because pion's accept queue
+	// was full.
+	backlog func()
 }
 
 const (
-	demuxMTU     = 8192
-	peerQueue    = 64 // datagrams queued per peer before drops
-	acceptQueue  = 1024
-	maxCookieLen = 255
+	demuxMTU    = 8192
+	peerQueue   = 64 // datagrams queued per peer before drops
+	acceptQueue = 1024
 )
 
 var errDemuxClosed = errors.New("dtls: listener closed")
@@ -78,7 +73,7 @@ func newDemux(laddr *net.UDPAddr, cfg demuxConfig) (*demux, error) {
 		return nil, err
 	}
 	d := &demux{
-		pc: pc, cfg: cfg,
+		pc: pc, cfg: cfg, cookies: newCookieJar(),
 		ready: make(chan struct{}, 1),
 		done:  make(chan struct{}),
 		conns: make(map[string]*peerConn),
@@ -87,22 +82,16 @@ func newDemux(laddr *net.UDPAddr, cfg demuxConfig) (*demux, error) {
 	return d, nil
 }
 
-// Accept implements pion's dtlsnet.PacketListener.
-// A peer evicted while it waited in the queue is skipped here, before pion
-// spends anything on it.
-//
-// Newest first: under a flood the queue is always full, and a real device
-// served last-in-first-out gets its HelloVerifyRequest at once instead of
-// after every spoofed hello ahead of it (those are the ones left to age
-// out); the oldest waiting is dropped when the queue is full.
+// Accept implements pion's dtlsnet.PacketListener. A peer closed while it
+// waited in the queue is skipped.
 func (d *demux) Accept() (net.PacketConn, net.Addr, error) {
 	for {
 		d.mu.Lock()
 		var c *peerConn
-		if n := len(d.queue); n > 0 {
-			c = d.queue[n-1]
-			d.queue[n-1] = nil
-			d.queue = d.queue[:n-1]
+		if len(d.queue) > 0 {
+			c = d.queue[0]
+			d.queue[0] = nil
+			d.queue = d.queue[1:]
 		}
 		d.mu.Unlock()
 		if c == nil {
@@ -144,10 +133,12 @@ func (d *demux) peer(raddr string) *peerConn {
 	return d.conns[raddr]
 }
 
-func (d *demux) pendingLen() int {
+// peerCount is the number of peers the demux holds (admitted handshakes
+// and sessions).
+func (d *demux) peerCount() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return len(d.pending)
+	return d.peers
 }
 
 func (d *demux) readLoop() {
@@ -164,8 +155,9 @@ func (d *demux) readLoop() {
 	}
 }
 
-// dispatch routes one datagram, creating a pre-cookie peer for a
-// ClientHello from a new address.
+// dispatch routes one datagram to its peer. A ClientHello from an address
+// with no peer is answered with a HelloVerifyRequest unless it echoes a
+// valid cookie; then it is admitted as a new peer.
 func (d *demux) dispatch(b []byte, raddr *net.UDPAddr) {
 	d.mu.Lock()
 	var c *peerConn
@@ -177,114 +169,73 @@ func (d *demux) dispatch(b []byte, raddr *net.UDPAddr) {
 	if c == nil {
 		c = d.conns[raddr.String()]
 	}
-	if c == nil {
-		select {
-		case <-d.done:
-			d.mu.Unlock()
-			return
-		default:
-		}
-		if _, ok := clientHelloCookie(b); !ok {
-			d.mu.Unlock()
-			return
-		}
-		c = d.newPeer(raddr)
-		if len(d.queue) >= acceptQueue {
-			oldest := d.queue[0]
-			copy(d.queue, d.queue[1:])
-			d.queue = d.queue[:len(d.queue)-1]
-			d.removeLocked(oldest)
-			oldest.closeAsync()
-			d.cfg.evicted("backlog")
-		}
-		d.queue = append(d.queue, c)
-		select {
-		case d.ready <- struct{}{}:
-		default:
-		}
-	}
 	d.mu.Unlock()
-
-	if c.state.Load() == peerPending {
-		if cookie, ok := clientHelloCookie(b); ok && len(cookie) > 0 && c.cookieMatches(cookie) {
-			d.promote(c)
-			if !d.cfg.verified(c) {
-				_ = c.Close()
-				return
-			}
-		}
+	if c != nil {
+		c.deliver(b, raddr)
+		return
 	}
-	c.deliver(b, raddr)
+	h, ok := parseClientHello(b)
+	if !ok {
+		return
+	}
+	if !d.cookies.valid(h, raddr) {
+		reason := "none"
+		if len(h.cookie) > 0 {
+			reason = "invalid"
+		}
+		d.cfg.helloVerify(reason)
+		_, _ = d.pc.WriteToUDP(helloVerifyRequest(h, d.cookies.cookie(h, raddr)), raddr)
+		return
+	}
+	if c = d.admit(raddr); c != nil {
+		c.deliver(b, raddr)
+	}
 }
 
-// newPeer adds a pre-cookie peer, evicting a random one when the table is
-// full; d.mu is held.
-func (d *demux) newPeer(raddr *net.UDPAddr) *peerConn {
-	if len(d.pending) >= d.cfg.maxPending {
-		victim := d.pending[rand.IntN(len(d.pending))]
-		d.removeLocked(victim)
-		victim.closeAsync()
-		d.cfg.evicted("evicted")
-	}
+// admit creates the peer of an address that echoed its cookie, if the
+// limits let it in and pion's accept queue has room; nil otherwise. Only
+// the read loop creates peers, so raddr has none yet.
+func (d *demux) admit(raddr *net.UDPAddr) *peerConn {
 	c := &peerConn{
 		d: d, raddr: raddr, in: make(chan datagram, peerQueue),
 		closed: make(chan struct{}), readDeadline: deadline.New(), writeDeadline: deadline.New(),
-		pendingIdx: len(d.pending),
+	}
+	if !d.cfg.verified(c) {
+		return nil
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	select {
+	case <-d.done:
+		c.releaseSlot()
+		return nil
+	default:
+	}
+	if len(d.queue) >= acceptQueue {
+		c.releaseSlot()
+		d.cfg.backlog()
+		return nil
 	}
 	d.conns[raddr.String()] = c
-	d.pending = append(d.pending, c)
-	d.cfg.pendingGauge(len(d.pending))
-	c.timer = time.AfterFunc(d.cfg.timeout, func() {
-		if c.state.Load() == peerPending {
-			d.cfg.evicted("expired")
-			_ = c.Close()
-		}
-	})
+	d.peers++
+	d.queue = append(d.queue, c)
+	select {
+	case d.ready <- struct{}{}:
+	default:
+	}
 	return c
 }
 
-// promote moves c out of the pre-cookie table.
-func (d *demux) promote(c *peerConn) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if c.state.CompareAndSwap(peerPending, peerVerified) {
-		d.dropPendingLocked(c)
-		c.timer.Stop()
-	}
-}
-
-func (d *demux) dropPendingLocked(c *peerConn) {
-	i := c.pendingIdx
-	if i < 0 || i >= len(d.pending) || d.pending[i] != c {
-		return
-	}
-	last := len(d.pending) - 1
-	d.pending[i] = d.pending[last]
-	d.pending[i].pendingIdx = i
-	d.pending[last] = nil
-	d.pending = d.pending[:last]
-	c.pendingIdx = -1
-	d.cfg.pendingGauge(len(d.pending))
-}
-
-// removeLocked forgets c's routes and table slot; d.mu is held.
+// removeLocked forgets c's routes; d.mu is held.
 func (d *demux) removeLocked(c *peerConn) {
-	d.dropPendingLocked(c)
+	d.peers--
 	if d.conns[c.raddr.String()] == c {
 		delete(d.conns, c.raddr.String())
 	}
 	if id, ok := c.cid.Load().(string); ok && d.conns[id] == c {
 		delete(d.conns, id)
 	}
-	if c.timer != nil {
-		c.timer.Stop()
-	}
 }
-
-const (
-	peerPending int32 = iota
-	peerVerified
-)
 
 type datagram struct {
 	b    []byte
@@ -293,26 +244,17 @@ type datagram struct {
 
 // peerConn is one peer's net.PacketConn for pion.
 type peerConn struct {
-	d          *demux
-	raddr      *net.UDPAddr
-	in         chan datagram
-	closed     chan struct{}
-	closeOnce  sync.Once
-	timer      *time.Timer
-	pendingIdx int // in d.pending, -1 once out (d.mu)
+	d         *demux
+	raddr     *net.UDPAddr
+	in        chan datagram
+	closed    chan struct{}
+	closeOnce sync.Once
 
-	state    atomic.Int32
-	cookie   atomic.Pointer[[]byte] // of pion's HelloVerifyRequest
-	cid      atomic.Value           // string: the Connection ID pion gave it
-	movedOff atomic.Bool            // its first address route was dropped
-	acquired atomic.Bool            // counted against the limiter (listener)
+	cid      atomic.Value // string: the Connection ID pion gave it
+	movedOff atomic.Bool  // its first address route was dropped
+	acquired atomic.Bool  // counted against the limiter (listener)
 
 	readDeadline, writeDeadline *deadline.Deadline
-}
-
-func (c *peerConn) cookieMatches(got []byte) bool {
-	want := c.cookie.Load()
-	return want != nil && bytes.Equal(*want, got)
 }
 
 // deliver queues a datagram for pion's reads; a full queue drops it, as a
@@ -338,16 +280,9 @@ func (c *peerConn) ReadFrom(p []byte) (int, net.Addr, error) {
 	}
 }
 
-// WriteTo implements net.PacketConn. It watches pion's handshake going out:
-// the HelloVerifyRequest's cookie (what the peer must echo) and the
-// ServerHello's Connection ID (a route that survives a new address).
+// WriteTo implements net.PacketConn. It watches pion's handshake going out
+// for the ServerHello's Connection ID (a route that survives a new address).
 func (c *peerConn) WriteTo(p []byte, addr net.Addr) (int, error) {
-	if c.state.Load() == peerPending && c.cookie.Load() == nil {
-		if cookie, ok := helloVerifyCookie(p); ok {
-			cp := bytes.Clone(cookie)
-			c.cookie.Store(&cp)
-		}
-	}
 	if c.d.cfg.cidLen > 0 {
 		if c.cid.Load() == nil {
 			if id, ok := serverHelloCID(p); ok {
@@ -397,11 +332,6 @@ func (c *peerConn) Close() error {
 	return nil
 }
 
-// closeAsync closes c while d.mu is held (its routes are already gone).
-func (c *peerConn) closeAsync() {
-	c.closeOnce.Do(func() { close(c.closed) })
-}
-
 // LocalAddr implements net.PacketConn.
 func (c *peerConn) LocalAddr() net.Addr { return c.d.pc.LocalAddr() }
 
@@ -417,66 +347,6 @@ func (c *peerConn) SetReadDeadline(t time.Time) error { c.readDeadline.Set(t); r
 
 // SetWriteDeadline implements net.PacketConn.
 func (c *peerConn) SetWriteDeadline(t time.Time) error { c.writeDeadline.Set(t); return nil }
-
-// firstHandshake returns the first record of a datagram and its handshake
-// header when it is an epoch-0 handshake record whose first fragment starts
-// at offset 0, with the fragment's body.
-func firstHandshake(b []byte) (handshake.Header, []byte, bool) {
-	var rh recordlayer.Header
-	if len(b) < recordlayer.FixedHeaderSize+handshake.HeaderLength || rh.Unmarshal(b) != nil ||
-		rh.ContentType != protocol.ContentTypeHandshake || rh.Epoch != 0 {
-		return handshake.Header{}, nil, false
-	}
-	// Unmarshal leaves ContentLen unset: the length is bytes 11-12.
-	end := recordlayer.FixedHeaderSize + int(binary.BigEndian.Uint16(b[11:13]))
-	if end > len(b) {
-		return handshake.Header{}, nil, false
-	}
-	rec := b[recordlayer.FixedHeaderSize:end]
-	var hh handshake.Header
-	if hh.Unmarshal(rec) != nil || hh.FragmentOffset != 0 {
-		return handshake.Header{}, nil, false
-	}
-	body := rec[handshake.HeaderLength:]
-	if int(hh.FragmentLength) < len(body) {
-		body = body[:hh.FragmentLength]
-	}
-	return hh, body, true
-}
-
-// clientHelloCookie reports whether b starts with a ClientHello and
-// returns its cookie (empty before a HelloVerifyRequest). The cookie follows
-// version (2), random (32) and session_id (1+n) (RFC 6347 §4.2.1).
-func clientHelloCookie(b []byte) ([]byte, bool) {
-	hh, body, ok := firstHandshake(b)
-	if !ok || hh.Type != handshake.TypeClientHello || len(body) < 2+32+1 {
-		return nil, false
-	}
-	i := 2 + 32
-	i += 1 + int(body[i])
-	if i >= len(body) {
-		return nil, true // the cookie is in a later fragment: treated as none
-	}
-	n := int(body[i])
-	if i+1+n > len(body) {
-		return nil, true
-	}
-	return body[i+1 : i+1+n], true
-}
-
-// helloVerifyCookie returns the cookie of a HelloVerifyRequest: version
-// (2), then cookie (1+n).
-func helloVerifyCookie(b []byte) ([]byte, bool) {
-	hh, body, ok := firstHandshake(b)
-	if !ok || hh.Type != handshake.TypeHelloVerifyRequest || len(body) < 3 {
-		return nil, false
-	}
-	n := int(body[2])
-	if n == 0 || n > maxCookieLen || 3+n > len(body) {
-		return nil, false
-	}
-	return body[3 : 3+n], true
-}
 
 // routeCID returns the Connection ID of a tls12_cid record in b (pion's
 // cidDatagramRouter).

@@ -18,6 +18,8 @@ var (
 	ErrInFlight      = errors.New("inflight")
 	ErrTableFull     = errors.New("table_full")
 	ErrSessions      = errors.New("sessions")
+	// ErrBacklog: admitted, but pion's accept queue was full.
+	ErrBacklog = errors.New("backlog")
 )
 
 // LimitConfig bounds handshakes so that junk ClientHellos cannot exhaust

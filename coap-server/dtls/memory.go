@@ -12,10 +12,11 @@ const (
 	// SessionBytes is what one established session costs, measured: 47 KiB
 	// (48128 bytes) of heap (pion's conn, go-coap's client, buffers).
 	SessionBytes = 47 << 10
-	// PreCookieBytes is what a peer costs before it echoes its cookie,
-	// measured: 43 KiB (44032 bytes), mostly pion's conn and goroutines
-	// (BenchmarkPreCookieMemory).
-	PreCookieBytes = 43 << 10
+	// A peer before it echoes its cookie costs nothing held: the
+	// HelloVerifyRequest is stateless (cookie.go), measured at 0 bytes a
+	// spoofed hello within noise (BenchmarkSpoofedHelloMemory; it was
+	// 43 KiB when pion kept a conn per hello). Admitted handshakes are
+	// bounded by LimitConfig.InFlight and become sessions.
 	// ReferenceMemory is the memory assumed when neither GOMEMLIMIT nor a
 	// cgroup limit says otherwise: the 512 MB machine of fly.toml
 	// (536870912 bytes).

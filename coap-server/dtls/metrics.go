@@ -8,7 +8,8 @@ type Metrics struct {
 	// Handshakes counts finished handshakes by result: ok, failed.
 	Handshakes *prometheus.CounterVec
 	// Refused counts connection attempts refused before any handshake work,
-	// by reason: per_ip_inflight, per_ip_rate, inflight, table_full, sessions.
+	// by reason: per_ip_inflight, per_ip_rate, inflight, table_full, sessions,
+	// backlog.
 	Refused *prometheus.CounterVec
 	// KeyLookups counts PSK lookups by outcome: hit, miss_cached, loaded,
 	// unknown, error, busy, stale, invalid_identity.
@@ -25,11 +26,9 @@ type Metrics struct {
 	// replaced (a newer handshake by the same identity), revoked (the key
 	// was deleted or replaced).
 	SessionsClosed *prometheus.CounterVec
-	// PreCookie is the number of peers that have not echoed their cookie.
-	PreCookie prometheus.Gauge
-	// PreCookieDropped counts such peers dropped, by reason: evicted (the
-	// table was full), expired (no cookie within PreCookieTimeout).
-	PreCookieDropped *prometheus.CounterVec
+	// HelloVerify counts the stateless HelloVerifyRequests sent, by the
+	// cookie the ClientHello carried: none, invalid (wrong or expired).
+	HelloVerify *prometheus.CounterVec
 	// Sessions is the number of established sessions.
 	Sessions prometheus.Gauge
 	// HandshakesInFlight is the number of handshakes under way.
@@ -44,7 +43,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"result"}),
 		Refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nbiot_dtls_refused_total",
-			Help: "DTLS connection attempts refused before the handshake, by reason (per_ip_inflight, per_ip_rate, inflight, table_full, sessions).",
+			Help: "DTLS connection attempts refused before the handshake, by reason (per_ip_inflight, per_ip_rate, inflight, table_full, sessions, backlog).",
 		}, []string{"reason"}),
 		KeyLookups: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nbiot_dtls_key_lookups_total",
@@ -62,12 +61,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		SessionsClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nbiot_dtls_sessions_closed_total", Help: "DTLS sessions closed by the server, by reason (replaced, revoked).",
 		}, []string{"reason"}),
-		PreCookie: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "nbiot_dtls_precookie_peers", Help: "DTLS peers that sent a ClientHello and have not echoed the cookie yet.",
-		}),
-		PreCookieDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "nbiot_dtls_precookie_dropped_total", Help: "DTLS peers dropped before echoing their cookie, by reason (evicted, expired).",
-		}, []string{"reason"}),
+		HelloVerify: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nbiot_dtls_hello_verify_total",
+			Help: "Stateless DTLS HelloVerifyRequests sent, by the cookie the ClientHello carried (none, invalid).",
+		}, []string{"cookie"}),
 		Sessions: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "nbiot_dtls_sessions", Help: "Established DTLS sessions.",
 		}),
@@ -75,6 +72,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "nbiot_dtls_handshakes_in_flight", Help: "DTLS handshakes under way.",
 		}),
 	}
-	reg.MustRegister(m.Handshakes, m.Refused, m.KeyLookups, m.KeyCacheEvictions, m.NegativeEvictions, m.KeyChanges, m.SessionsClosed, m.PreCookie, m.PreCookieDropped, m.Sessions, m.HandshakesInFlight)
+	reg.MustRegister(m.Handshakes, m.Refused, m.KeyLookups, m.KeyCacheEvictions, m.NegativeEvictions, m.KeyChanges, m.SessionsClosed, m.HelloVerify, m.Sessions, m.HandshakesInFlight)
 	return m
 }

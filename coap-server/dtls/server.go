@@ -5,9 +5,11 @@
 //
 // Keys come from device_credentials through a bounded cache with negative
 // entries, re-read every few seconds so a deleted or replaced key closes
-// its sessions; one session per identity; handshakes are admitted by per-IP and global limits before pion
-// does any work for them; failures are counted and logged with the identity
-// only.
+// its sessions; one session per identity. A ClientHello is first answered
+// with a stateless HelloVerifyRequest (RFC 6347 §4.2.1, cookie.go); only a
+// peer that echoes the cookie is admitted by per-IP and global limits, and
+// only then does pion do any work for it; failures are counted and logged
+// with the identity only.
 package dtls
 
 import (
@@ -67,17 +69,6 @@ type Config struct {
 	// enough for NB-IoT round trips of a few seconds with pion's
 	// retransmissions, short enough to free junk quickly.
 	HandshakeTimeout time.Duration
-	// MaxPreCookie bounds the peers that sent a ClientHello but have not
-	// yet echoed the HelloVerifyRequest's cookie. They count against no
-	// handshake limit (their address may be spoofed); when the table is
-	// full a new one evicts a random one, so a flood shortens their lives
-	// instead of refusing real devices. Each costs PreCookieBytes (43 KiB,
-	// measured: pion's conn is made at the first ClientHello), so the
-	// default is an eighth of the memory limit: 1524 on the 512 MiB machine.
-	MaxPreCookie int
-	// PreCookieTimeout (default 5 s) is how long such a peer may take to
-	// echo the cookie: a few NB-IoT round trips and one retransmission.
-	PreCookieTimeout time.Duration
 	// MTU (default 1200) bounds the handshake records pion sends. NB-IoT
 	// paths carry ~1300-byte datagrams (docs/pitfalls.md#fly); 1200 leaves room for IP/UDP
 	// headers and tunnels.
@@ -99,12 +90,6 @@ func (c *Config) defaults() {
 				"configured", c.MaxSessions, "max_sessions", fit, "memory_bytes", limit, "memory_from", from, "session_bytes", SessionBytes)
 		}
 		c.MaxSessions = fit
-	}
-	if c.MaxPreCookie <= 0 {
-		c.MaxPreCookie = int(max(limit/8/PreCookieBytes, 64))
-	}
-	if c.PreCookieTimeout <= 0 {
-		c.PreCookieTimeout = 5 * time.Second
 	}
 	if c.SessionIdle <= 0 {
 		c.SessionIdle = 2 * time.Hour
@@ -150,11 +135,11 @@ func Listen(addr string, h *ingest.Handler, cfg Config) (*Server, error) {
 	}
 	m := cfg.Metrics
 	d, err := newDemux(ua, demuxConfig{
-		maxPending: cfg.MaxPreCookie, timeout: cfg.PreCookieTimeout, cidLen: CIDLength,
-		verified:     s.ln.verified,
-		release:      s.ln.release,
-		evicted:      func(reason string) { m.PreCookieDropped.WithLabelValues(reason).Inc() },
-		pendingGauge: func(n int) { m.PreCookie.Set(float64(n)) },
+		cidLen:      CIDLength,
+		verified:    s.ln.verified,
+		release:     s.ln.release,
+		helloVerify: func(cookie string) { m.HelloVerify.WithLabelValues(cookie).Inc() },
+		backlog:     func() { m.Refused.WithLabelValues(ErrBacklog.Error()).Inc() },
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dtls: listen: %w", err)
@@ -166,6 +151,9 @@ func Listen(addr string, h *ingest.Handler, cfg Config) (*Server, error) {
 		piondtls.WithExtendedMasterSecret(piondtls.RequestExtendedMasterSecret),
 		piondtls.WithMTU(cfg.MTU),
 		piondtls.WithLoggerFactory(discardPionLogs{}),
+		// The demux sent the HelloVerifyRequest (statelessly) and admits
+		// only a ClientHello that echoed its cookie.
+		piondtls.WithInsecureSkipVerifyHello(true),
 	)
 	if err != nil {
 		_ = d.Close()
@@ -262,8 +250,9 @@ func (s *Server) Stop() {
 // MaxSessions is the session bound in effect (Config.MaxSessions).
 func (s *Server) MaxSessions() int { return s.cfg.MaxSessions }
 
-// PreCookie is the number of peers waiting to echo their cookie.
-func (s *Server) PreCookie() int { return s.ln.demux.pendingLen() }
+// Peers is the number of peers the listener holds state for: admitted
+// handshakes and sessions. A ClientHello without a valid cookie adds none.
+func (s *Server) Peers() int { return s.ln.demux.peerCount() }
 
 // InFlight is the number of handshakes under way, cookie returned (for
 // tests and metrics).
