@@ -158,6 +158,7 @@ func (s *session) handshake(ctx context.Context) error {
 	}
 	s.identity = id
 	s.established = true
+	s.peer.established.Store(true)
 	s.l.sessions.Add(1)
 	s.l.metrics.Sessions.Inc()
 	s.l.metrics.Handshakes.WithLabelValues("ok").Inc()

@@ -109,6 +109,9 @@ type clientHello struct {
 	cookie                    []byte
 }
 
+// random is the hello's ClientHello.random (after the 2-byte version).
+func (h clientHello) random() []byte { return h.beforeCookie[2:34] }
+
 // parseClientHello reads the first record of a datagram when it is an
 // epoch-0 ClientHello whose first fragment holds the message up to its
 // compression methods (a PSK ClientHello is a few hundred bytes; a hello

@@ -1,6 +1,7 @@
 package dtls
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -57,6 +58,9 @@ type demuxConfig struct {
 	// backlog counts an admitted peer dropped because pion's accept queue
 	// was full.
 	backlog func()
+	// replaced counts an established association closed for a new
+	// handshake from its address (RFC 6347 §4.2.8).
+	replaced func()
 }
 
 const (
@@ -170,13 +174,22 @@ func (d *demux) dispatch(b []byte, raddr *net.UDPAddr) {
 		c = d.conns[raddr.String()]
 	}
 	d.mu.Unlock()
+	var h clientHello
 	if c != nil {
-		c.deliver(b, raddr)
-		return
-	}
-	h, ok := parseClientHello(b)
-	if !ok {
-		return
+		// A new ClientHello from the address of an established session
+		// is a device that rebooted behind the same NAT binding (RFC 6347
+		// §4.2.8): it gets a new association once it echoes a cookie; the
+		// old one stays until then. Anything else is the session's.
+		var ok bool
+		if h, ok = parseClientHello(b); !ok || !c.established.Load() || c.startedBy(h) {
+			c.deliver(b, raddr)
+			return
+		}
+	} else {
+		var ok bool
+		if h, ok = parseClientHello(b); !ok {
+			return
+		}
 	}
 	if !d.cookies.valid(h, raddr) {
 		reason := "none"
@@ -187,7 +200,11 @@ func (d *demux) dispatch(b []byte, raddr *net.UDPAddr) {
 		_, _ = d.pc.WriteToUDP(helloVerifyRequest(h, d.cookies.cookie(h, raddr)), raddr)
 		return
 	}
-	if c = d.admit(raddr); c != nil {
+	if c != nil {
+		d.cfg.replaced()
+		_ = c.Close() // the rebooted device's old association
+	}
+	if c = d.admit(raddr, h); c != nil {
 		c.deliver(b, raddr)
 	}
 }
@@ -195,11 +212,12 @@ func (d *demux) dispatch(b []byte, raddr *net.UDPAddr) {
 // admit creates the peer of an address that echoed its cookie, if the
 // limits let it in and pion's accept queue has room; nil otherwise. Only
 // the read loop creates peers, so raddr has none yet.
-func (d *demux) admit(raddr *net.UDPAddr) *peerConn {
+func (d *demux) admit(raddr *net.UDPAddr, h clientHello) *peerConn {
 	c := &peerConn{
 		d: d, raddr: raddr, in: make(chan datagram, peerQueue),
 		closed: make(chan struct{}), readDeadline: deadline.New(), writeDeadline: deadline.New(),
 	}
+	copy(c.random[:], h.random())
 	if !d.cfg.verified(c) {
 		return nil
 	}
@@ -253,6 +271,11 @@ type peerConn struct {
 	cid      atomic.Value // string: the Connection ID pion gave it
 	movedOff atomic.Bool  // its first address route was dropped
 	acquired atomic.Bool  // counted against the limiter (listener)
+	// established is set once its handshake succeeded; random is the
+	// ClientHello.random that started it (a copy of that hello is a
+	// retransmission, not a new association).
+	established atomic.Bool
+	random      [32]byte
 
 	readDeadline, writeDeadline *deadline.Deadline
 }
@@ -311,6 +334,11 @@ func (c *peerConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 	default:
 	}
 	return c.d.pc.WriteTo(p, addr)
+}
+
+// startedBy reports whether h is the ClientHello that started c.
+func (c *peerConn) startedBy(h clientHello) bool {
+	return bytes.Equal(c.random[:], h.random())
 }
 
 // releaseSlot gives back the limiter slot verified took, once.

@@ -144,18 +144,6 @@ func (f *fixture) handshakes(result string) float64 {
 	return testutil.ToFloat64(f.metrics.Handshakes.WithLabelValues(result))
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, what string, within time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // dialGo opens a go-coap client over a pion DTLS client on conn (a UDP
 // socket the test controls), with a Connection ID, and completes the
 // handshake explicitly (docs/pitfalls.md#pion-dtls: a wrong key is otherwise only seen on the

@@ -12,6 +12,8 @@ import (
 
 	piondtls "github.com/pion/dtls/v3"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 )
 
 // clientHello captures the first datagram a pion client sends: a real
@@ -110,9 +112,9 @@ func TestHelloFloodCannotStarveAHandshake(t *testing.T) {
 		wait()
 	}()
 	answered := func() float64 { return testutil.ToFloat64(f.metrics.HelloVerify.WithLabelValues("none")) }
-	waitFor(t, "the server to answer more spoofed hellos than the old limits", 30*time.Second, func() bool {
+	testwait.For(t, "the server to answer more spoofed hellos than the old limits", func() bool {
 		return sentSoFar() > 1100 && answered() > 1100
-	})
+	}, testwait.Within(30*time.Second))
 
 	start := time.Now()
 	_, dc, err := dialGoWithin(t, udpSocket(t), f.srv.Addr(), "dev-starve", key, true, 2*time.Second)

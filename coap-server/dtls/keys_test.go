@@ -10,6 +10,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 )
 
 // mapLoader is a KeyLoader over a map that counts its calls: enough to test
@@ -87,13 +89,7 @@ func TestKeyCacheBoundsConcurrentLookups(t *testing.T) {
 	for i := range 2 {
 		go func() { _, err := k.PSK(context.Background(), fmt.Sprint("slow", i)); errs <- err }()
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for l.calls.Load() < 2 {
-		if time.Now().After(deadline) {
-			t.Fatal("lookups did not start")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testwait.For(t, "both lookups to start", func() bool { return l.calls.Load() >= 2 }, testwait.Within(5*time.Second))
 	if _, err := k.PSK(context.Background(), "third"); !errors.Is(err, ErrKeyStoreBusy) {
 		t.Fatalf("third concurrent lookup: %v, want ErrKeyStoreBusy", err)
 	}

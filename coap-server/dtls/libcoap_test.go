@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/nbiot-live/nbiot-live/coap-server/dtls"
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 )
 
@@ -89,7 +90,7 @@ func TestLibcoapWrongKeyGetsNothing(t *testing.T) {
 	ws := f.dialWS(t, "dev-wrong")
 
 	_, out, _ := postLibcoapWithin(t, f.srv.Addr().Port, "dev-wrong", "not-the-right-key", &nbiotv1.Uplink{UplinkCount: 1}, 3)
-	waitFor(t, "a failed handshake", 10*time.Second, func() bool { return f.handshakes("failed") >= 1 })
+	testwait.For(t, "a failed handshake", func() bool { return f.handshakes("failed") >= 1 }, testwait.Within(10*time.Second))
 	if n := f.store.Len(); n != 0 {
 		t.Fatalf("%d uplinks enqueued after a wrong key, want 0 (client said %q)", n, out)
 	}
@@ -115,7 +116,7 @@ func TestLibcoapUnknownIdentityIsCachedNegative(t *testing.T) {
 	f := newFixture(t, func(c *dtls.Config) { c.HandshakeTimeout = 2 * time.Second })
 	for i := 1; i <= 2; i++ {
 		_, _, _ = postLibcoapWithin(t, f.srv.Addr().Port, "no-such-device", "whatever-key-0123", &nbiotv1.Uplink{UplinkCount: 1}, 3)
-		waitFor(t, "a failed handshake", 10*time.Second, func() bool { return f.handshakes("failed") >= float64(i) })
+		testwait.For(t, "a failed handshake", func() bool { return f.handshakes("failed") >= float64(i) }, testwait.Within(10*time.Second))
 	}
 	if got := lookups(f, "unknown"); got != 1 {
 		t.Errorf("database lookups for the unknown identity = %v, want 1", got)

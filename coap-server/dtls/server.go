@@ -60,7 +60,7 @@ type Config struct {
 	// 512 MiB machine. Zero takes that cap. A larger value is lowered to it
 	// with a warning: raise GOMEMLIMIT or the machine's memory instead.
 	MaxSessions int
-	// SessionIdle (COAPS_SESSION_IDLE, default 2 h) is how long a silent
+	// SessionIdle (COAPS_SESSION_IDLE_SECONDS, default 2 h) is how long a silent
 	// session is kept. Longer than a typical heartbeat, so a device that
 	// wakes behind a new NAT port resumes with its Connection ID (RFC 9146)
 	// instead of a new handshake; shorter would cost handshakes, longer memory.
@@ -140,6 +140,7 @@ func Listen(addr string, h *ingest.Handler, cfg Config) (*Server, error) {
 		release:     s.ln.release,
 		helloVerify: func(cookie string) { m.HelloVerify.WithLabelValues(cookie).Inc() },
 		backlog:     func() { m.Refused.WithLabelValues(ErrBacklog.Error()).Inc() },
+		replaced:    func() { m.SessionsClosed.WithLabelValues("rehello").Inc() },
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dtls: listen: %w", err)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nbiot-live/nbiot-live/coap-server/dtls"
 	"github.com/nbiot-live/nbiot-live/internal/logtest"
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 )
 
@@ -57,7 +58,7 @@ func TestFailedHandshakeLogsIdentityNotKey(t *testing.T) {
 		// pion's client may finish its side before the server's check.
 		t.Log("client handshake returned no error with a wrong key (docs/pitfalls.md#pion-dtls)")
 	}
-	waitFor(t, "the failed handshake", 10*time.Second, func() bool { return f.handshakes("failed") >= 1 })
+	testwait.For(t, "the failed handshake", func() bool { return f.handshakes("failed") >= 1 }, testwait.Within(10*time.Second))
 	out := logs.String()
 	if !strings.Contains(out, "dtls handshake failed") || !strings.Contains(out, "device=dev-log") {
 		t.Errorf("log does not name the device:\n%s", out)
@@ -86,7 +87,7 @@ func TestHandshakeRateLimitPerIP(t *testing.T) {
 	errc := make(chan error, 1)
 	go func() { _, _, err := dialGo(t, sock, f.srv.Addr(), "dev-rate", key, true); errc <- err }()
 	refused := func() float64 { return testutil.ToFloat64(f.metrics.Refused.WithLabelValues("per_ip_rate")) }
-	waitFor(t, "a refused handshake", 10*time.Second, func() bool { return refused() >= 1 })
+	testwait.For(t, "a refused handshake", func() bool { return refused() >= 1 }, testwait.Within(10*time.Second))
 	_ = sock.Close() // ends the client's handshake
 	if err := <-errc; err == nil {
 		t.Fatal("second handshake succeeded over the rate limit")

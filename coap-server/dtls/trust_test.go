@@ -12,6 +12,7 @@ import (
 
 	"github.com/nbiot-live/nbiot-live/coap-server/dtls"
 	"github.com/nbiot-live/nbiot-live/internal/pgtest"
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 )
 
@@ -167,7 +168,7 @@ func TestUnknownIdentityLooksLikeAWrongKey(t *testing.T) {
 	if errWrong.Error() != errUnknown.Error() {
 		t.Errorf("the peer can tell them apart:\nwrong key:        %v\nunknown identity: %v", errWrong, errUnknown)
 	}
-	waitFor(t, "both failures on the server", 10*time.Second, func() bool { return f.handshakes("failed") >= 2 })
+	testwait.For(t, "both failures on the server", func() bool { return f.handshakes("failed") >= 2 }, testwait.Within(10*time.Second))
 }
 
 // One session per identity: a new handshake by the same device closes the
@@ -195,7 +196,7 @@ func TestNewHandshakeReplacesTheIdentitysOlderSession(t *testing.T) {
 	if got := testutil.ToFloat64(f.metrics.SessionsClosed.WithLabelValues("replaced")); got != 1 {
 		t.Errorf("sessions replaced = %v, want 1", got)
 	}
-	waitFor(t, "one session left", 5*time.Second, func() bool { return testutil.ToFloat64(f.metrics.Sessions) == 1 })
+	testwait.For(t, "one session left", func() bool { return testutil.ToFloat64(f.metrics.Sessions) == 1 }, testwait.Within(5*time.Second))
 }
 
 // The session bound is sized to memory: an over-large setting is lowered.
