@@ -417,6 +417,20 @@ func TestDockerfiles(t *testing.T) {
 			if !strings.Contains(s, "COPY --from=build "+m[1]+" ") {
 				t.Errorf("the final stage does not copy %s", m[1])
 			}
+			// A replace directive pointing into the repository (the patched
+			// pion) must be in the build context before go mod download.
+			gomod, err := os.ReadFile(filepath.Join(repoRoot, "go.mod"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			download := strings.Index(s, "RUN go mod download")
+			for _, r := range regexp.MustCompile(`=>\s+\./(\S+)`).FindAllStringSubmatch(string(gomod), -1) {
+				top := strings.SplitN(r[1], "/", 2)[0]
+				copyLine := regexp.MustCompile(`(?m)^COPY ` + regexp.QuoteMeta(top) + `\s`).FindStringIndex(s)
+				if copyLine == nil || download >= 0 && copyLine[0] > download {
+					t.Errorf("go.mod replaces a module with ./%s, which is not copied before `RUN go mod download`", r[1])
+				}
+			}
 			if _, err := os.Stat(filepath.Join(repoRoot, m[2], "main.go")); err != nil {
 				t.Fatalf("%s: %v", m[2], err)
 			}
