@@ -30,11 +30,13 @@ const (
 	// headers); the read buffer holds one, so nothing is truncated.
 	maxDatagram = 65507
 	// datagramOverhead is what a queued datagram costs besides its buffer:
-	// the struct (144 B), its slot in the queue (8 B) and its entry in the
-	// in-flight set (~100 B with the table's spare room), charged to
-	// QueueBytes with the buffer's capacity; TestQueueBytesMatchTheHeap
-	// checks it against the heap.
-	datagramOverhead = 256
+	// the struct (144 B), its slot in the queue (8 B), its entry in the
+	// in-flight set and its source's (~180 B with the tables' spare room),
+	// charged to QueueBytes with the buffer's capacity;
+	// TestQueueBytesMatchTheHeap checks it against the heap.
+	datagramOverhead = 336
+	// sourceShare: one source may hold this fraction of QueueBytes.
+	sourceShare = 256
 	// datagramBuffer is the capacity of a pooled datagram's buffer: an
 	// uplink (~100-300 B) fits. A larger datagram gets a buffer of its
 	// own, dropped on release, so a small one is never charged for it.
@@ -51,6 +53,17 @@ type LeanConfig struct {
 	// counted: a CON is retransmitted by the device (RFC 7252 §4.2).
 	QueueLen   int
 	QueueBytes int64
+	// SourceBytes is one source endpoint's (address and port) share of
+	// the queue: what it may have waiting or being answered before its
+	// datagrams go to the overflow lane (default QueueBytes/256, ~40
+	// uplinks). Workers take the overflow lane only when the queue proper
+	// is empty, and it holds at most half of QueueBytes; past that, an
+	// over-share datagram is dropped and counted. So one busy source
+	// cannot put its backlog ahead of other devices, and is still served
+	// flat out when they are quiet. A device has one exchange outstanding
+	// (RFC 7252 §4.7, NSTART 1); a proxy or relay speaking for many
+	// devices from one endpoint gets ~40 before it waits behind them.
+	SourceBytes int64
 	// ReadBuffer is the socket's receive buffer (SO_RCVBUF, default
 	// DefaultLeanReadBuffer; the kernel caps it at net.core.rmem_max): a
 	// burst waits there, not dropped, while the read loop catches up.
@@ -74,8 +87,10 @@ type LeanServer struct {
 	cfg  LeanConfig
 	m    *LeanMetrics
 
-	queue    chan *datagram
-	queued   atomic.Int64 // bytes charged to QueueBytes
+	queue    chan *datagram // datagrams within their source's share
+	overflow chan *datagram // the rest: taken when queue is empty
+	queued   atomic.Int64   // bytes charged to QueueBytes, both lanes
+	over     atomic.Int64   // of which in overflow
 	inflight inflightSet
 	mid      atomic.Uint32 // message IDs of NON responses (§4.4)
 	pool     sync.Pool
@@ -97,6 +112,7 @@ type datagram struct {
 	from netip.AddrPort
 	key  inflightKey
 	size int64 // charged to QueueBytes while queued
+	over bool  // queued in the overflow lane
 	held bool  // key is in the in-flight set
 }
 
@@ -117,6 +133,9 @@ func NewLeanServer(h *Handler, conn *net.UDPConn, cfg LeanConfig) (*LeanServer, 
 	}
 	if cfg.QueueBytes <= 0 {
 		cfg.QueueBytes = DefaultQueueBytes()
+	}
+	if cfg.SourceBytes <= 0 {
+		cfg.SourceBytes = max(cfg.QueueBytes/sourceShare, datagramBuffer+datagramOverhead)
 	}
 	if cfg.Drain <= 0 {
 		cfg.Drain = DefaultLeanDrain
@@ -139,8 +158,8 @@ func NewLeanServer(h *Handler, conn *net.UDPConn, cfg LeanConfig) (*LeanServer, 
 		}
 	}
 	s := &LeanServer{h: h, conn: conn, cfg: cfg, m: cfg.Metrics,
-		queue: make(chan *datagram, cfg.QueueLen), done: make(chan struct{}),
-		inflight: inflightSet{m: make(map[inflightKey]struct{})}}
+		queue: make(chan *datagram, cfg.QueueLen), overflow: make(chan *datagram, cfg.QueueLen), done: make(chan struct{}),
+		inflight: inflightSet{m: make(map[inflightKey]struct{}), bySource: make(map[netip.AddrPort]int64)}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.mid.Store(uint32(time.Now().UnixNano())) // §4.4: not predictable across restarts
 	s.pool.New = func() any { return new(datagram) }
@@ -167,6 +186,7 @@ func (s *LeanServer) Serve() error {
 	for range s.cfg.Workers {
 		go s.work()
 	}
+	defer close(s.overflow)
 	defer close(s.queue) // the read loop is the only sender
 	buf := make([]byte, maxDatagram)
 	for {
@@ -209,11 +229,30 @@ func (s *LeanServer) receive(b []byte, from netip.AddrPort) {
 		key.tkl = uint8(tkl)
 		copy(key.token[:], b[4:4+tkl])
 	}
-	// §4.5: a copy arriving while the first is being processed is not
-	// processed again; the first copy's answer goes to the same endpoint
-	// with the same message ID, and answers both.
-	if !s.inflight.add(key) {
+	// What the datagram will hold: a pooled buffer, or one of its own when
+	// larger (receive's buffers always have this capacity), and the rest.
+	size := int64(max(len(b), datagramBuffer)) + datagramOverhead
+	added, overShare := s.inflight.add(key, size, s.cfg.SourceBytes)
+	if !added {
+		// §4.5: a copy arriving while the first is being processed is not
+		// processed again; the first copy's answer goes to the same
+		// endpoint with the same message ID, and answers both.
 		s.m.inflightDuplicate.Inc()
+		return
+	}
+	if overShare && s.over.Add(size) > s.cfg.QueueBytes/2 {
+		s.over.Add(-size)
+		s.inflight.remove(key, size)
+		s.m.sourceShare.Inc()
+		return
+	}
+	if s.queued.Add(size) > s.cfg.QueueBytes {
+		s.queued.Add(-size)
+		if overShare {
+			s.over.Add(-size)
+		}
+		s.inflight.remove(key, size)
+		s.m.full.Inc()
 		return
 	}
 	d := s.pool.Get().(*datagram)
@@ -222,16 +261,13 @@ func (s *LeanServer) receive(b []byte, from netip.AddrPort) {
 	}
 	d.data = append(d.buf[:0], b...)
 	d.buf = d.data
-	d.from, d.key, d.held = from, key, true
-	// Charged what it holds: its buffer's capacity, not its length (a
-	// 20-byte datagram in a 512-byte buffer holds 512 bytes).
-	d.size = int64(cap(d.buf)) + datagramOverhead
-	if s.queued.Add(d.size) > s.cfg.QueueBytes {
-		s.drop(d)
-		return
+	d.from, d.key, d.size, d.over, d.held = from, key, size, overShare, true
+	lane := s.queue
+	if overShare {
+		lane = s.overflow
 	}
 	select {
-	case s.queue <- d:
+	case lane <- d:
 		s.m.queuedBytes.Set(float64(s.queued.Load()))
 	default:
 		s.drop(d)
@@ -241,28 +277,72 @@ func (s *LeanServer) receive(b []byte, from netip.AddrPort) {
 // drop gives back what receive took for d, which is not queued: its bytes,
 // its in-flight entry, the datagram; and counts it.
 func (s *LeanServer) drop(d *datagram) {
-	s.queued.Add(-d.size)
+	s.dequeued(d)
 	s.leave(d)
 	s.release(d)
 	s.m.full.Inc()
 }
 
-// work answers queued datagrams until the queue is closed.
+// dequeued uncharges d from the queue's bytes.
+func (s *LeanServer) dequeued(d *datagram) {
+	s.queued.Add(-d.size)
+	if d.over {
+		s.over.Add(-d.size)
+	}
+}
+
+// work answers queued datagrams until both lanes are closed and empty.
 func (s *LeanServer) work() {
 	defer s.workers.Done()
 	ex := newExchange(s)
-	for d := range s.queue {
-		s.queued.Add(-d.size)
+	for {
+		d, ok := s.next()
+		if !ok {
+			return
+		}
+		s.dequeued(d)
 		ex.serve(d)
 		s.leave(d)
 		s.release(d)
 	}
 }
 
+// next waits for a datagram: from the queue proper when it has one, from
+// the overflow lane only when it has none. ok is false once both lanes
+// are closed and empty.
+func (s *LeanServer) next() (d *datagram, ok bool) {
+	queue, overflow := s.queue, s.overflow
+	for queue != nil || overflow != nil {
+		select {
+		case d, ok = <-queue:
+			if ok {
+				return d, true
+			}
+			queue = nil
+			continue
+		default:
+		}
+		select {
+		case d, ok = <-queue:
+			if !ok {
+				queue = nil
+				continue
+			}
+		case d, ok = <-overflow:
+			if !ok {
+				overflow = nil
+				continue
+			}
+		}
+		return d, true
+	}
+	return nil, false
+}
+
 // leave takes d's exchange out of the in-flight set.
 func (s *LeanServer) leave(d *datagram) {
 	if d.held {
-		s.inflight.remove(d.key)
+		s.inflight.remove(d.key, d.size)
 		d.held = false
 	}
 }
@@ -320,27 +400,40 @@ type inflightKey struct {
 	token [8]byte
 }
 
-// inflightSet holds the exchanges queued or being processed. It is bounded
-// by the queue and the workers: an entry lives from receive to answer.
+// inflightSet holds the exchanges queued or being processed, and what each
+// source endpoint has of them in bytes. It is bounded by the queue and the
+// workers: an entry lives from receive to answer.
 type inflightSet struct {
-	mu sync.Mutex
-	m  map[inflightKey]struct{}
+	mu       sync.Mutex
+	m        map[inflightKey]struct{}
+	bySource map[netip.AddrPort]int64
 }
 
-func (s *inflightSet) add(k inflightKey) bool {
+// add takes k in flight, charging size to its source, unless k is in
+// flight already (added false: a copy, §4.5). overShare is whether its
+// source now holds more than share bytes.
+func (s *inflightSet) add(k inflightKey, size, share int64) (added, overShare bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.m[k]; ok {
-		return false
+		return false, false
 	}
+	held := s.bySource[k.from] + size
+	s.bySource[k.from] = held
 	s.m[k] = struct{}{}
-	return true
+	return true, held > share
 }
 
-func (s *inflightSet) remove(k inflightKey) {
+// remove takes k, charged size, out of flight.
+func (s *inflightSet) remove(k inflightKey, size int64) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	delete(s.m, k)
-	s.mu.Unlock()
+	if held := s.bySource[k.from] - size; held > 0 {
+		s.bySource[k.from] = held
+	} else {
+		delete(s.bySource, k.from)
+	}
 }
 
 func (s *inflightSet) len() int {

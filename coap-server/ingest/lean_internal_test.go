@@ -69,14 +69,17 @@ func newSyncLean(t testing.TB, h *Handler) *syncLean {
 func (sl *syncLean) exchange(b []byte, from netip.AddrPort) [][]byte {
 	sl.answers = sl.answers[:0]
 	sl.s.receive(b, from)
+	var d *datagram
 	select {
-	case d := <-sl.s.queue:
-		sl.s.queued.Add(-d.size)
-		sl.ex.serve(d)
-		sl.s.leave(d)
-		sl.s.release(d)
+	case d = <-sl.s.queue:
+	case d = <-sl.s.overflow:
 	default:
+		return sl.answers
 	}
+	sl.s.dequeued(d)
+	sl.ex.serve(d)
+	sl.s.leave(d)
+	sl.s.release(d)
 	return sl.answers
 }
 

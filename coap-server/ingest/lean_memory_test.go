@@ -100,10 +100,11 @@ const floodSources = 100_000
 //     a fixed allowance for the workers and the sockets).
 //
 // There is no per-peer cap to test because the plain path keeps no state
-// per source address: Dedup is keyed by device, message ID, token and
-// payload (bounded in bytes, oldest first, evictions counted in
-// nbiot_dedup_evictions_total); the in-flight set lives only from
-// receive to answer and is charged to QueueBytes. A new source costs what
+// per source address beyond its exchanges in flight: Dedup is keyed by
+// device, message ID, token and payload (bounded in bytes, oldest first,
+// evictions counted in nbiot_dedup_evictions_total); the in-flight set
+// and each source's byte count live only from receive to answer and are
+// charged to QueueBytes. A new source costs what
 // its datagram does while queued, and nothing once answered. (go-coap's UDP
 // server kept a session and a goroutine of 6–10 KB per source for 60 s:
 // 100,000 sources, 0.6–1 GB.)

@@ -13,6 +13,7 @@ type LeanMetrics struct {
 	badOption         prometheus.Counter
 	inflightDuplicate prometheus.Counter
 	full              prometheus.Counter
+	sourceShare       prometheus.Counter
 	writeErrors       prometheus.Counter
 	queuedBytes       prometheus.Gauge
 }
@@ -23,7 +24,8 @@ func NewLeanMetrics(reg prometheus.Registerer) *LeanMetrics {
 		Name: "nbiot_coap_datagrams_total",
 		Help: "Plain-CoAP datagrams not handed to the uplink logic, by outcome: junk (no CoAP header), " +
 			"ignored (ACK, RST, NON without a request, a response), malformed, ping, bad_option (4.02), " +
-			"duplicate_in_flight (a copy of an exchange being answered), queue_full (dropped: the workers' queue is at its bound).",
+			"duplicate_in_flight (a copy of an exchange being answered), queue_full (dropped: the workers' queue is at its bound), " +
+			"source_share (dropped: its source endpoint is over its share of the queue and the overflow lane, half the queue, is full).",
 	}, []string{"outcome"})
 	m := &LeanMetrics{
 		junk:              datagrams.WithLabelValues("junk"),
@@ -33,6 +35,7 @@ func NewLeanMetrics(reg prometheus.Registerer) *LeanMetrics {
 		badOption:         datagrams.WithLabelValues("bad_option"),
 		inflightDuplicate: datagrams.WithLabelValues("duplicate_in_flight"),
 		full:              datagrams.WithLabelValues("queue_full"),
+		sourceShare:       datagrams.WithLabelValues("source_share"),
 		resets: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "nbiot_coap_resets_sent_total", Help: "RST messages sent (pings, malformed or unexpected CON, RFC 7252 §4.2).",
 		}),

@@ -321,17 +321,17 @@ func TestLeanQueueFullDrops(t *testing.T) {
 }
 
 // The byte bound bites before the count: a datagram that would take the
-// queue past QueueBytes is dropped. A small datagram is charged 768 B (its
-// 512-byte buffer and 256 B), so 1,000 B hold one.
+// queue past QueueBytes is dropped. A small datagram is charged 848 B (its
+// 512-byte buffer and 336 B), so 1,000 B hold one.
 func TestLeanQueueBytesBound(t *testing.T) {
 	g := newGated(t)
-	s, lm := startLean(t, newHandler(t, g), ingest.LeanConfig{Workers: 1, QueueLen: 100, QueueBytes: 1000})
+	s, lm := startLean(t, newHandler(t, g), ingest.LeanConfig{Workers: 1, QueueLen: 100, QueueBytes: 1000, SourceBytes: 1 << 20})
 	p := dialPeer(t, s)
 	m := uplinkMsg(t, message.Confirmable, 700, nil, &nbiotv1.Uplink{DeviceId: "LEAN-4", UplinkCount: 1})
 	p.send(m)
 	g.waitEntered(t) // the worker holds 700; its bytes left the queue
 	big := uplinkMsg(t, message.Confirmable, 701, nil, &nbiotv1.Uplink{DeviceId: "LEAN-4", UplinkCount: 2, Config: &nbiotv1.DeviceConfig{HwVersion: string(make([]byte, 60)), FwVersion: string(make([]byte, 60))}})
-	p.send(big) // 768 B charged: queued
+	p.send(big) // 848 B charged: queued
 	big.MessageID = 702
 	p.send(big) // past 1,000 B: dropped
 	deadline := time.Now().Add(5 * time.Second)

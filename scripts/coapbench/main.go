@@ -12,7 +12,14 @@
 // libcoap's CPU. It is a bench, not a test: figures depend on the machine
 // and its load (the load average is printed with them).
 //
-//	go run ./scripts/coapbench [-k 16] [-duration 5s] [-rotate 100] [-servers libcoap,go-coap,coap-server]
+// Then, per server, the chatty-source case: one source (one address and
+// port) keeps -chatty-k CON uplinks in flight for -chatty while another
+// device sends one every 100 ms; it prints the source's answers/s in the
+// first and last 5 s and the other device's p50/p99. -soak 3m instead runs
+// one such source alone per server and prints its answers/s per 30 s.
+//
+//	go run ./scripts/coapbench [-k 16] [-duration 5s] [-rotate 100] [-servers libcoap,go-coap,lean,coap-server] [-chatty 45s] [-chatty-k 16]
+//	go run ./scripts/coapbench -soak 3m
 //
 // COAPBENCH_CPUPROFILE=DIR writes each Go server's CPU profile to
 // DIR/<server>.pprof (go tool pprof -top DIR/coap-server.pprof).
@@ -60,7 +67,20 @@ func main() {
 	warmup := flag.Duration("warmup", time.Second, "unmeasured load before each measurement")
 	rotate := flag.Int("rotate", 100, "rotating peers: requests per source port")
 	servers := flag.String("servers", "libcoap,go-coap,lean,coap-server", "servers to measure, in order")
+	chattyFor := flag.Duration("chatty", 45*time.Second, "chatty-source run per server (0: none)")
+	chattyK := flag.Int("chatty-k", 16, "the chatty source's requests in flight")
+	soak := flag.Duration("soak", 0, "instead of the rest: one source flat out this long per server, throughput per 30 s")
+	probeAddr := flag.String("probe", "", "internal: run the other device against this address for -duration")
 	flag.Parse()
+	if *probeAddr != "" {
+		r, err := probe(*probeAddr, *duration)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "coapbench:", err)
+			os.Exit(1)
+		}
+		fmt.Println(r.answered, r.lost, int64(r.p50), int64(r.p99), int64(r.elapsed))
+		return
+	}
 	if *serve != "" {
 		if err := runServer(*serve, *addr); err != nil {
 			fmt.Fprintln(os.Stderr, "coapbench:", err)
@@ -68,7 +88,13 @@ func main() {
 		}
 		return
 	}
-	if err := bench(strings.Split(*servers, ","), *k, *duration, *warmup, *rotate); err != nil {
+	var err error
+	if *soak > 0 {
+		err = soakAll(strings.Split(*servers, ","), *chattyK, *soak)
+	} else {
+		err = bench(strings.Split(*servers, ","), *k, *duration, *warmup, *rotate, *chattyFor, *chattyK)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "coapbench:", err)
 		os.Exit(1)
 	}
@@ -80,11 +106,17 @@ type result struct {
 	cpuPerReq     time.Duration
 }
 
-func bench(servers []string, k int, duration, warmup time.Duration, rotate int) error {
+type chattyRun struct {
+	server string
+	chattyResult
+}
+
+func bench(servers []string, k int, duration, warmup time.Duration, rotate int, chattyFor time.Duration, chattyK int) error {
 	probe := &peer{device: "BENCH-0000"}
 	fmt.Printf("coapbench: K=%d, %v per run, rotating peers every %d requests, a %d-byte Uplink, load average before: %s\n",
 		k, duration, rotate, len(probe.uplink(1000)), loadavg())
 	var results []result
+	var chattyRuns []chattyRun
 	for _, name := range servers {
 		srv, err := start(name)
 		if err != nil {
@@ -110,6 +142,17 @@ func bench(servers []string, k int, duration, warmup time.Duration, rotate int) 
 			fmt.Printf("  %-12s %-14s %8.0f req/s  p50 %7v  p99 %7v  CPU %6.1f µs/req  lost %d  (load %s)\n",
 				name, pattern.name, lr.rate(), lr.p50, lr.p99, micros(r.cpuPerReq), lr.lost, loadavg())
 		}
+		if chattyFor > 0 {
+			cr, err := chatty(srv.addr, chattyFor, 5*time.Second, chattyK, true)
+			if err != nil {
+				srv.stop()
+				return fmt.Errorf("%s: chatty: %w", name, err)
+			}
+			chattyRuns = append(chattyRuns, chattyRun{name, cr})
+			fmt.Printf("  %-12s chatty source (%d in flight, %v): %.0f answers/s first 5 s, %.0f last (%.2f×), lost %d; other device every 100 ms: p50 %v p99 %v lost %d  (load %s)\n",
+				name, chattyK, chattyFor, cr.first(), cr.last(), cr.last()/cr.first(), cr.lost,
+				cr.other.p50, cr.other.p99, cr.other.lost, loadavg())
+		}
 		srv.stop()
 	}
 	fmt.Println()
@@ -125,7 +168,40 @@ func bench(servers []string, k int, duration, warmup time.Duration, rotate int) 
 		fmt.Printf("| %s | %s | %.0f | %v | %v | %.1f µs | %s |\n", r.server, r.peers, r.load.rate(),
 			r.load.p50.Round(time.Microsecond), r.load.p99.Round(time.Microsecond), micros(r.cpuPerReq), ratio)
 	}
+	if len(chattyRuns) > 0 {
+		fmt.Printf("\nOne source flat out for %v (%d in flight from one address and port) while another device sends every 100 ms:\n\n", chattyFor, chattyK)
+		fmt.Println("| server | source's answers/s, first 5 s | last 5 s | last/first | other device p50 | p99 | lost |")
+		fmt.Println("|---|---|---|---|---|---|---|")
+		for _, r := range chattyRuns {
+			fmt.Printf("| %s | %.0f | %.0f | %.2f | %v | %v | %d |\n", r.server, r.first(), r.last(), r.last()/r.first(),
+				r.other.p50.Round(time.Microsecond), r.other.p99.Round(time.Microsecond), r.other.lost)
+		}
+	}
 	fmt.Printf("\nload average after: %s\n", loadavg())
+	return nil
+}
+
+// soakAll runs one source flat out for d against each server and prints
+// its throughput per 30 s window: flat when last/first stays near 1.
+func soakAll(servers []string, inflight int, d time.Duration) error {
+	fmt.Printf("coapbench soak: one source, %d in flight, %v per server, load average before: %s\n", inflight, d, loadavg())
+	for _, name := range servers {
+		srv, err := start(name)
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		r, err := chatty(srv.addr, d, 30*time.Second, inflight, false)
+		srv.stop()
+		if err != nil {
+			return fmt.Errorf("%s: soak: %w", name, err)
+		}
+		var windows []string
+		for _, w := range r.windows {
+			windows = append(windows, fmt.Sprintf("%.0f", w))
+		}
+		fmt.Printf("  %-12s answers/s per 30 s: %s; last/first %.2f, lost %d  (load %s)\n",
+			name, strings.Join(windows, " "), r.last()/r.first(), r.lost, loadavg())
+	}
 	return nil
 }
 
