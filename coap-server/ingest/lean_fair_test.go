@@ -13,7 +13,7 @@ import (
 
 // One source cannot put its backlog ahead of the others: what it has
 // waiting or being answered past SourceBytes goes to the overflow lane,
-// which the workers take only when the queue proper is empty and which
+// which workers take only when the queue proper is empty and which
 // holds half of QueueBytes; past that its excess is dropped and counted.
 // Another source's datagram is answered after at most the first source's
 // share, not after everything it sent. (Before, one FIFO served every
@@ -69,5 +69,34 @@ func TestSourceShareOfTheQueue(t *testing.T) {
 	}
 	if n := len(s.inflight.bySource); n != 0 {
 		t.Errorf("%d sources still charged", n)
+	}
+}
+
+// Only the workers started for it take the overflow lane (an eighth): the
+// others read the queue proper alone, so a busy source's backlog never
+// holds them.
+func TestOverflowTakesAnEighthOfTheWorkers(t *testing.T) {
+	s, err := NewLeanServer(testHandler(nil), nil, LeanConfig{QueueLen: 10, SourceBytes: 1,
+		Metrics: NewLeanMetrics(prometheus.NewRegistry())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.send = func([]byte, netip.AddrPort) {}
+	from := netip.MustParseAddrPort("192.0.2.3:5683")
+	s.receive(conUplink(t, 1, &nbiotv1.Uplink{DeviceId: "OVER-1", UplinkCount: 1}), from)
+	if len(s.overflow) != 1 {
+		t.Fatalf("%d in overflow, want 1", len(s.overflow))
+	}
+	close(s.queue)
+	close(s.overflow)
+	s.workers.Add(1)
+	s.work(false) // returns once the queue proper is closed and empty
+	if len(s.overflow) != 1 {
+		t.Fatal("a worker not started for the overflow lane took from it")
+	}
+	s.workers.Add(1)
+	s.work(true)
+	if len(s.overflow) != 0 {
+		t.Fatal("the overflow worker left the lane unserved")
 	}
 }
