@@ -206,3 +206,16 @@ func BenchmarkFanoutWebSocket(b *testing.B) {
 		})
 	}
 }
+
+// An entry nobody watches costs no frame: most of a fleet's entries have
+// no viewer, and building a frame (seq, prepared WebSocket message) was
+// 3.6% of coap-server's CPU under the bench with no subscriber at all.
+func TestFeedBuildsNoFrameForAnUnwatchedDevice(t *testing.T) {
+	h := hub.New(hub.NewMetrics(prometheus.NewRegistry()))
+	subscribe(h, 10, true) // watching SIM-0001 only
+	entry := []byte(`{"deviceId":"OTHER","timestamp":"2024-01-15T10:30:00.000Z","type":"uplink","message":"m","data":{}}`)
+	seq := uint64(0)
+	if allocs := testing.AllocsPerRun(100, func() { seq++; h.Feed(seq, "OTHER", entry) }); allocs != 0 {
+		t.Fatalf("Feed of an unwatched device allocates %.1f times, want 0", allocs)
+	}
+}

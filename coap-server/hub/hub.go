@@ -90,6 +90,11 @@ func (h *Hub) Feed(seq uint64, deviceID string, entry []byte) {
 }
 
 func (h *Hub) publishEntry(seq uint64, deviceID string, entry []byte) {
+	if !h.watched(deviceID) {
+		// Most entries of a fleet have no viewer: no frame to build.
+		h.metrics.Frames.Inc()
+		return
+	}
 	f, err := NewFrame(seq, entry)
 	if err != nil {
 		h.metrics.EncodeErrors.Inc()
@@ -169,6 +174,13 @@ func (h *Hub) Publish(deviceID string, frame *Frame) (delivered int) {
 		h.metrics.Dropped.Add(float64(dropped))
 	}
 	return delivered
+}
+
+// watched reports whether any subscription would receive deviceID's frames.
+func (h *Hub) watched(deviceID string) bool {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return len(h.all) > 0 || len(h.byDevice[deviceID]) > 0
 }
 
 // Len returns the number of subscriptions, for metrics and tests.
