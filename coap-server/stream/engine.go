@@ -24,7 +24,8 @@ type Engine struct {
 	ns      *server.Server // nil with an external NATS_URL
 	nc      *nats.Conn
 	js      jetstream.JetStream
-	uplinks jetstream.Stream // nil without storage
+	jsWait  jetstream.JetStream // the publishes an answer waits for
+	uplinks jetstream.Stream    // nil without storage
 	live    jetstream.Stream
 
 	feed        *nats.Conn
@@ -84,6 +85,13 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	if e.js, err = jetstream.New(e.nc, jetstream.WithPublishAsyncErrHandler(func(jetstream.JetStream, *nats.Msg, error) {
 		e.asyncErrors.Add(1)
 	})); err != nil {
+		e.Close()
+		return nil, fmt.Errorf("%s: %w", e.varName(), err)
+	}
+	// The publishes an answer waits for (publish): their own context, so
+	// their failures are not counted as LogAsync's; an ack that never
+	// comes is given up after twice the wait, so none is held forever.
+	if e.jsWait, err = jetstream.New(e.nc, jetstream.WithPublishAsyncTimeout(2*cfg.AckTimeout)); err != nil {
 		e.Close()
 		return nil, fmt.Errorf("%s: %w", e.varName(), err)
 	}
