@@ -324,7 +324,14 @@ func (a *App) openCoAPS(ctx context.Context) error {
 		return nil
 	}
 	m := dtls.NewMetrics(a.Metrics)
-	keys, closeKeys, err := dtls.OpenKeys(ctx, a.source(), dtls.KeyCacheConfig{}, m, a.log)
+	var keyCfg dtls.KeyCacheConfig
+	if a.cfg.CoAPSKeyFile && a.cfg.Stream.DataDir != "" {
+		var err error
+		if keyCfg.File, err = dtls.NewKeyFile(a.cfg.Stream.DataDir, dtls.KeyFileSecret(a.source())); err != nil {
+			return fmt.Errorf("COAPS_KEY_FILE: %w", err)
+		}
+	}
+	keys, closeKeys, err := dtls.OpenKeys(ctx, a.source(), keyCfg, m, a.log)
 	if err != nil {
 		return err
 	}

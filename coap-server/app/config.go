@@ -69,6 +69,11 @@ type Config struct {
 	// handshakes per second from one source IP (burst 4x; 32 in flight).
 	// Generous because carrier-grade NAT puts many devices behind one IP.
 	CoAPSHandshakeRate int
+	// CoAPSKeyFile (COAPS_KEY_FILE, default true) keeps the known device
+	// keys in DATA_DIR, sealed under the database credential, so a restart
+	// while the database is down still lets known devices in; false keeps
+	// them in memory only.
+	CoAPSKeyFile bool
 	// AutoRegister (AUTO_REGISTER, default true) lets an uplink naming an
 	// ID that has no devices row create it (unowned until claimed): what a
 	// plain-CoAP fleet needs, and it means anyone can create device rows.
@@ -119,6 +124,7 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		MaxPayload:         ingest.DefaultMaxPayload,
 		StorageQueueSet:    getenv("STORAGE_QUEUE_SIZE") != "",
 		AutoRegister:       true,
+		CoAPSKeyFile:       true,
 		Stream: stream.Config{
 			URL:        getenv("NATS_URL"),
 			DataDir:    envconf.Or(getenv("DATA_DIR"), stream.DefaultDataDir),
@@ -146,12 +152,17 @@ func FromEnv(getenv func(string) string) (Config, error) {
 			return c, err
 		}
 	}
-	switch getenv("AUTO_REGISTER") {
-	case "", "true":
-	case "false":
-		c.AutoRegister = false
-	default:
-		return c, errors.New("AUTO_REGISTER: want true or false")
+	for _, b := range []struct {
+		dst  *bool
+		name string
+	}{{&c.AutoRegister, "AUTO_REGISTER"}, {&c.CoAPSKeyFile, "COAPS_KEY_FILE"}} {
+		switch getenv(b.name) {
+		case "", "true":
+		case "false":
+			*b.dst = false
+		default:
+			return c, errors.New(b.name + ": want true or false")
+		}
 	}
 	if v := getenv("LOG_LEVEL"); v != "" {
 		if err := c.LogLevel.UnmarshalText([]byte(v)); err != nil {

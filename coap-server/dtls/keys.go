@@ -1,11 +1,14 @@
 package dtls
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -61,6 +64,11 @@ type KeyCacheConfig struct {
 	MaxConcurrentLookups int
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// File, when set, keeps the known keys on disk, sealed (KeyFile): they
+	// are loaded at start as stale entries, so a restart while the
+	// database is down still lets known devices in, and saved every
+	// RefreshInterval after a change, and when Run ends.
+	File *KeyFile
 }
 
 func (c *KeyCacheConfig) defaults() {
@@ -100,8 +108,7 @@ type keyEntry struct {
 // so a miss may wait on the database, within LookupTimeout.
 //
 // Known keys and unknown identities are kept in separate bounded maps.
-// Known keys are kept in memory only: a restart while the database is down
-// cannot use keys it never read (see the README).
+// With KeyCacheConfig.File the known keys also outlive the process, sealed.
 type KeyCache struct {
 	cfg     KeyCacheConfig
 	loader  KeyLoader
@@ -113,6 +120,7 @@ type KeyCache struct {
 	known    map[string]keyEntry
 	unknown  map[string]time.Time // identity -> until when it is known to be unknown
 	onChange []func(deviceID string)
+	dirty    atomic.Bool // known keys changed since the last save
 }
 
 // NewKeyCache returns a cache reading misses through loader.
@@ -121,11 +129,54 @@ func NewKeyCache(loader KeyLoader, cfg KeyCacheConfig, m *Metrics, logger *slog.
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &KeyCache{
+	k := &KeyCache{
 		cfg: cfg, loader: loader, metrics: m, log: logger,
 		sem:     make(chan struct{}, cfg.MaxConcurrentLookups),
 		known:   make(map[string]keyEntry),
 		unknown: make(map[string]time.Time),
+	}
+	k.loadFile()
+	return k
+}
+
+// loadFile takes the keys saved by an earlier run as stale entries: a
+// handshake reads the database first and falls back to them only when it
+// does not answer; Refresh re-reads them like any other.
+func (k *KeyCache) loadFile() {
+	if k.cfg.File == nil {
+		return
+	}
+	keys, err := k.cfg.File.Load()
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return
+	case err != nil:
+		k.log.Warn("dtls keys: the saved keys cannot be used; starting without them", "err", err)
+		return
+	}
+	for id, psk := range keys {
+		if len(k.known) >= k.cfg.MaxEntries {
+			break
+		}
+		k.known[id] = keyEntry{psk: psk} // expired: the database is asked first
+	}
+	k.log.Info("dtls keys: loaded the keys saved by the last run (used only while the database does not answer)", "keys", len(k.known))
+}
+
+// save writes the known keys to File when they changed since the last save.
+func (k *KeyCache) save() {
+	if k.cfg.File == nil || !k.dirty.Swap(false) {
+		return
+	}
+	k.mu.Lock()
+	keys := make(map[string][]byte, len(k.known))
+	for id, e := range k.known {
+		keys[id] = e.psk
+	}
+	k.mu.Unlock()
+	if err := k.cfg.File.Save(keys); err != nil {
+		k.dirty.Store(true)
+		k.log.Warn("dtls keys: cannot save the known keys", "err", err)
 	}
 }
 
@@ -194,6 +245,7 @@ func (k *KeyCache) Forget(deviceID string) {
 	delete(k.known, deviceID)
 	delete(k.unknown, deviceID)
 	k.mu.Unlock()
+	k.dirty.Store(true)
 }
 
 // Len is the number of cached identities, known and unknown.
@@ -236,6 +288,9 @@ func (k *KeyCache) putKnown(id string, psk []byte, now time.Time) {
 		evictOne(k.known, func(e keyEntry) bool { return !now.Before(e.expires) })
 		k.metrics.KeyCacheEvictions.Inc()
 	}
+	if old, ok := k.known[id]; !ok || !bytes.Equal(old.psk, psk) {
+		k.dirty.Store(true)
+	}
 	k.known[id] = keyEntry{psk: psk, expires: now.Add(k.cfg.TTL)}
 }
 
@@ -253,6 +308,7 @@ func (k *KeyCache) markUnknown(id string, now time.Time) {
 	fns := k.onChange
 	k.mu.Unlock()
 	if had {
+		k.dirty.Store(true)
 		for _, fn := range fns {
 			fn(id)
 		}

@@ -53,6 +53,7 @@ func (k *KeyCache) Refresh(ctx context.Context) error {
 			fns := k.onChange
 			k.mu.Unlock()
 			if changed {
+				k.dirty.Store(true)
 				k.metrics.KeyChanges.WithLabelValues("replaced").Inc()
 				for _, fn := range fns {
 					fn(id)
@@ -63,12 +64,14 @@ func (k *KeyCache) Refresh(ctx context.Context) error {
 	return nil
 }
 
-// Run calls Refresh every RefreshInterval until ctx ends. Failures (the
-// database is down) keep the cached keys and are logged once, then every
-// 60th time.
+// Run calls Refresh every RefreshInterval until ctx ends, and saves the
+// known keys to File after a change (and once more when it ends).
+// Failures (the database is down) keep the cached keys and are logged
+// once, then every 60th time.
 func (k *KeyCache) Run(ctx context.Context) {
 	t := time.NewTicker(k.cfg.RefreshInterval)
 	defer t.Stop()
+	defer k.save()
 	failures := 0
 	for {
 		select {
@@ -77,6 +80,7 @@ func (k *KeyCache) Run(ctx context.Context) {
 		case <-t.C:
 		}
 		err := k.Refresh(ctx)
+		k.save()
 		switch {
 		case err != nil && ctx.Err() == nil:
 			failures++

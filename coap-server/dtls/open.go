@@ -31,3 +31,12 @@ func OpenKeys(ctx context.Context, src supa.Source, cfg KeyCacheConfig, m *Metri
 	}
 	return nil, nil, fmt.Errorf("COAPS_ADDR: device keys need DATABASE_URL or SUPABASE_URL")
 }
+
+// KeyFileSecret is the secret the key file is sealed under: the credential
+// the keys are read with (DATABASE_URL, else the service key).
+func KeyFileSecret(src supa.Source) []byte {
+	if src.DatabaseURL != "" {
+		return []byte(src.DatabaseURL)
+	}
+	return []byte(src.ServiceKey)
+}
