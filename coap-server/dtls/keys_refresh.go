@@ -39,29 +39,35 @@ func (k *KeyCache) Refresh(ctx context.Context) error {
 		now := k.cfg.Now()
 		for _, id := range chunk {
 			psk, still := got[id]
-			if !still {
-				k.metrics.KeyChanges.WithLabelValues("deleted").Inc()
-				k.markUnknown(id, now)
-				continue
-			}
-			k.mu.Lock()
-			old, cached := k.known[id]
-			changed := cached && !bytes.Equal(old.psk, psk)
-			if cached {
-				k.known[id] = keyEntry{psk: psk, expires: now.Add(k.cfg.TTL)}
-			}
-			fns := k.onChange
-			k.mu.Unlock()
-			if changed {
-				k.dirty.Store(true)
-				k.metrics.KeyChanges.WithLabelValues("replaced").Inc()
-				for _, fn := range fns {
-					fn(id)
-				}
-			}
+			k.apply(id, psk, still, now)
 		}
 	}
 	return nil
+}
+
+// apply takes what the database says of a cached identity's key: deleted
+// (still false) or psk. A deleted or replaced key closes its sessions.
+func (k *KeyCache) apply(id string, psk []byte, still bool, now time.Time) {
+	if !still {
+		k.metrics.KeyChanges.WithLabelValues("deleted").Inc()
+		k.markUnknown(id, now)
+		return
+	}
+	k.mu.Lock()
+	old, cached := k.known[id]
+	changed := cached && !bytes.Equal(old.psk, psk)
+	if cached {
+		k.known[id] = keyEntry{psk: psk, expires: now.Add(k.cfg.TTL)}
+	}
+	fns := k.onChange
+	k.mu.Unlock()
+	if changed {
+		k.dirty.Store(true)
+		k.metrics.KeyChanges.WithLabelValues("replaced").Inc()
+		for _, fn := range fns {
+			fn(id)
+		}
+	}
 }
 
 // Run calls Refresh every RefreshInterval until ctx ends, and saves the

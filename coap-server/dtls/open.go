@@ -4,9 +4,14 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/nbiot-live/nbiot-live/internal/supa"
 )
+
+// PGRefreshInterval is how often the keys are re-read with Postgres, where
+// LISTEN/NOTIFY brings changes at once (REST re-reads every 2 s).
+const PGRefreshInterval = 30 * time.Second
 
 // OpenKeys returns the PSK cache over src, re-reading its keys every
 // RefreshInterval (KeyCache.Run), and a function that stops and releases it.
@@ -20,9 +25,17 @@ func OpenKeys(ctx context.Context, src supa.Source, cfg KeyCacheConfig, m *Metri
 		if err != nil {
 			return nil, nil, err
 		}
+		// Changes arrive by LISTEN/NOTIFY at once; the periodic re-read is
+		// only a safety net here (REST has nothing else).
+		if cfg.RefreshInterval <= 0 {
+			cfg.RefreshInterval = PGRefreshInterval
+		}
 		k := NewKeyCache(PGKeys{Pool: pool}, cfg, m, logger)
 		stop := k.Start()
-		return k, func() { stop(); pool.Close() }, nil
+		lctx, cancel := context.WithCancel(context.Background())
+		listening := make(chan struct{})
+		go func() { defer close(listening); k.ListenPG(lctx, src.DatabaseURL) }()
+		return k, func() { cancel(); <-listening; stop(); pool.Close() }, nil
 	}
 	if src.SupabaseURL != "" {
 		loader := RESTKeys{BaseURL: src.SupabaseURL, ServiceKey: src.ServiceKey, Client: supa.RESTClient()}

@@ -34,6 +34,12 @@ func (c *testClock) Add(d time.Duration) {
 // keys every RefreshInterval (default 2 s) as in production.
 func clusterFixture(t *testing.T, clock *testClock) (*fixture, *pgtest.Cluster, *pgxpool.Pool, *dtls.KeyCache) {
 	t.Helper()
+	return clusterFixtureWith(t, dtls.KeyCacheConfig{Now: clock.Now, LookupTimeout: time.Second})
+}
+
+// clusterFixtureWith is clusterFixture with the key cache configured by cfg.
+func clusterFixtureWith(t *testing.T, cfg dtls.KeyCacheConfig) (*fixture, *pgtest.Cluster, *pgxpool.Pool, *dtls.KeyCache) {
+	t.Helper()
 	cluster := pgtest.StartCluster(t)
 	pool, err := pgxpool.New(context.Background(), cluster.URL)
 	if err != nil {
@@ -42,7 +48,7 @@ func clusterFixture(t *testing.T, clock *testClock) (*fixture, *pgtest.Cluster, 
 	t.Cleanup(pool.Close)
 	var keys *dtls.KeyCache
 	f := newFixture(t, func(c *dtls.Config) {
-		keys = dtls.NewKeyCache(dtls.PGKeys{Pool: pool}, dtls.KeyCacheConfig{Now: clock.Now, LookupTimeout: time.Second}, c.Metrics, discard)
+		keys = dtls.NewKeyCache(dtls.PGKeys{Pool: pool}, cfg, c.Metrics, discard)
 		c.Keys = keys
 		c.HandshakeTimeout = 2 * time.Second
 	})
@@ -100,25 +106,7 @@ func TestDeletedCredentialEndsTheSessionWithinSeconds(t *testing.T) {
 	clock := &testClock{t: time.Now()}
 	f, _, pool, _ := clusterFixture(t, clock)
 	key := []byte("revoke-key-0123456789")
-	provisionOn(t, pool, "dev-revoke", key)
-	cc, _, err := dialGo(t, udpSocket(t), f.srv.Addr(), "dev-revoke", key, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if code := postGo(t, cc, &nbiotv1.Uplink{UplinkCount: 1}); code != codes.Changed {
-		t.Fatalf("uplink: %v", code)
-	}
-	if _, err := pool.Exec(context.Background(), `delete from public.device_credentials where devid = $1`, "dev-revoke"); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-cc.Done():
-	case <-time.After(5 * time.Second):
-		t.Fatal("the session of a deleted credential is still open after 5 s")
-	}
-	if got := testutil.ToFloat64(f.metrics.SessionsClosed.WithLabelValues("revoked")); got != 1 {
-		t.Errorf("sessions closed as revoked = %v, want 1", got)
-	}
+	deleteEndsTheSession(t, f, pool, "dev-revoke", key)
 	if _, _, err := dialGoWithin(t, udpSocket(t), f.srv.Addr(), "dev-revoke", key, true, 3*time.Second); err == nil {
 		t.Fatal("a deleted credential still completes a handshake")
 	}
@@ -205,5 +193,31 @@ func TestMaxSessionsFitsMemory(t *testing.T) {
 	limit, _ := dtls.MemoryLimit()
 	if got, want := f.srv.MaxSessions(), dtls.SessionsFor(limit); got != want {
 		t.Fatalf("MaxSessions = %d, want %d for %d bytes", got, want, limit)
+	}
+}
+
+// deleteEndsTheSession provisions device, opens a session and sends an
+// uplink, deletes the credential, and fails unless the session ends within
+// 5 s, counted as revoked.
+func deleteEndsTheSession(t *testing.T, f *fixture, pool *pgxpool.Pool, device string, key []byte) {
+	t.Helper()
+	provisionOn(t, pool, device, key)
+	cc, _, err := dialGo(t, udpSocket(t), f.srv.Addr(), device, key, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := postGo(t, cc, &nbiotv1.Uplink{UplinkCount: 1}); code != codes.Changed {
+		t.Fatalf("uplink: %v", code)
+	}
+	if _, err := pool.Exec(context.Background(), `delete from public.device_credentials where devid = $1`, device); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-cc.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the session of a deleted credential is still open after 5 s")
+	}
+	if got := testutil.ToFloat64(f.metrics.SessionsClosed.WithLabelValues("revoked")); got != 1 {
+		t.Errorf("sessions closed as revoked = %v, want 1", got)
 	}
 }

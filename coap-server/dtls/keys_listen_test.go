@@ -1,0 +1,36 @@
+package dtls_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/nbiot-live/nbiot-live/coap-server/dtls"
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
+)
+
+// With Postgres, a deleted credential ends the device's session by
+// LISTEN/NOTIFY, without waiting for the periodic re-read (an hour here),
+// and a credential added for an identity just refused as unknown is
+// accepted at its next handshake, without waiting out the negative entry.
+func TestKeyChangesArriveByNotify(t *testing.T) {
+	f, cluster, pool, keys := clusterFixtureWith(t, dtls.KeyCacheConfig{RefreshInterval: time.Hour, NegativeTTL: time.Hour, LookupTimeout: time.Second})
+	ctx, cancel := context.WithCancel(context.Background())
+	listening := make(chan struct{})
+	go func() { defer close(listening); keys.ListenPG(ctx, cluster.URL) }()
+	t.Cleanup(func() { cancel(); <-listening })
+
+	// A device provisioned after its first (refused) handshake.
+	late := []byte("late-key-0123456789ab")
+	if _, _, err := dialGoWithin(t, udpSocket(t), f.srv.Addr(), "dev-late", late, true, 2*time.Second); err == nil {
+		t.Fatal("a device without a credential completed a handshake")
+	}
+	provisionOn(t, pool, "dev-late", late)
+	testwait.For(t, "the late device's handshake", func() bool {
+		_, _, err := dialGoWithin(t, udpSocket(t), f.srv.Addr(), "dev-late", late, true, 2*time.Second)
+		return err == nil
+	}, testwait.Within(10*time.Second))
+
+	// The periodic re-read is an hour away: only NOTIFY can end it in 5 s.
+	deleteEndsTheSession(t, f, pool, "dev-notify", []byte("notify-key-0123456789"))
+}
