@@ -9,6 +9,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/nbiot-live/nbiot-live/internal/supa"
 )
 
 // Channel is the LISTEN channel the migration's trigger notifies, with the
@@ -88,62 +90,44 @@ func (p PG) MarkApplied(ctx context.Context, id int64, at time.Time) error {
 	return nil
 }
 
-// Listen keeps a dedicated connection on LISTEN nbiot_downlink until ctx
-// ends: on every (re)connection it reloads all pending rows (notifications
-// sent while disconnected are lost), then puts each notified row. It
-// reconnects with backoff (1 s doubling to 30 s) and never gives up.
-// connected, when not nil, is called after each successful reload.
+// listenPG keeps a dedicated connection on LISTEN nbiot_downlink until
+// ctx ends (supa.Listen: reconnects with backoff, never gives up): on
+// every (re)connection it reloads all pending rows (notifications sent
+// while disconnected are lost), then puts each notified row. connected,
+// when not nil, is called after each successful reload.
 func (s *Service) listenPG(ctx context.Context, dsn string, pg PG, connected func()) {
-	backoff := time.Second
-	for ctx.Err() == nil {
-		err := s.listenOnce(ctx, dsn, pg, connected, func() { backoff = time.Second })
-		if ctx.Err() != nil {
-			return
-		}
-		s.metrics.RefreshErrors.Inc()
-		s.log.Warn("downlink LISTEN lost, reconnecting", "err", err, "backoff", backoff.String())
-		s.sleep(ctx, backoff)
-		backoff = min(2*backoff, 30*time.Second)
-	}
-}
-
-func (s *Service) listenOnce(ctx context.Context, dsn string, pg PG, connected, reset func()) error {
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		return fmt.Errorf("connect: %w", err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, "listen "+Channel); err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
-	if err := s.Reload(ctx); err != nil {
-		return err
-	}
-	reset()
-	if connected != nil {
-		connected()
-	}
-	for {
-		n, err := conn.WaitForNotification(ctx)
-		if err != nil {
-			return fmt.Errorf("wait: %w", err)
-		}
-		id, err := strconv.ParseInt(n.Payload, 10, 64)
-		if err != nil {
-			s.log.Warn("downlink notification ignored: payload is not an id")
-			continue
-		}
-		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		r, err := pg.Row(rctx, id)
-		cancel()
-		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-			// Applied or superseded meanwhile, or deleted.
-		case err != nil:
+	supa.Listen(ctx, dsn, Channel, supa.Listener{
+		Connected: func(ctx context.Context) error {
+			if err := s.Reload(ctx); err != nil {
+				return err
+			}
+			if connected != nil {
+				connected()
+			}
+			return nil
+		},
+		Notify: func(ctx context.Context, payload string) {
+			id, err := strconv.ParseInt(payload, 10, 64)
+			if err != nil {
+				s.log.Warn("downlink notification ignored: payload is not an id")
+				return
+			}
+			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			r, err := pg.Row(rctx, id)
+			cancel()
+			switch {
+			case errors.Is(err, pgx.ErrNoRows):
+				// Applied or superseded meanwhile, or deleted.
+			case err != nil:
+				s.metrics.RefreshErrors.Inc()
+				s.log.Warn("downlink row not read", "downlink_id", id, "err", err)
+			default:
+				s.Put(r)
+			}
+		},
+		Lost: func(err error, backoff time.Duration) {
 			s.metrics.RefreshErrors.Inc()
-			s.log.Warn("downlink row not read", "downlink_id", id, "err", err)
-		default:
-			s.Put(r)
-		}
-	}
+			s.log.Warn("downlink LISTEN lost, reconnecting", "err", err, "backoff", backoff.String())
+		},
+	})
 }
