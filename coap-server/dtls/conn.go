@@ -25,6 +25,7 @@ type listener struct {
 	maxSess  int64
 	closed   atomic.Bool
 	reg      *registry
+	accepted atomic.Uint64 // numbers sessions in the order they were accepted
 	keys     *KeyCache
 	debugf   func(msg string, args ...any)
 }
@@ -59,7 +60,7 @@ func (l *listener) AcceptWithContext(ctx context.Context) (net.Conn, error) {
 			l.refuse(pc, ErrSessions)
 			continue
 		}
-		return &session{Conn: pc, l: l, remote: pc.RemoteAddr(), peer: peer}, nil
+		return &session{Conn: pc, l: l, remote: pc.RemoteAddr(), peer: peer, order: l.accepted.Add(1)}, nil
 	}
 }
 
@@ -111,6 +112,7 @@ type session struct {
 	peer     *peerConn
 	remote   net.Addr // where the handshake came from (the limiter's key)
 	identity string   // set once the handshake succeeded
+	order    uint64   // accept order: the later of two sessions of one identity wins
 
 	established bool
 	hsOnce      sync.Once
@@ -169,6 +171,9 @@ func (s *session) handshake(ctx context.Context) error {
 		s.l.metrics.SessionsClosed.WithLabelValues("replaced").Inc()
 		s.l.log.Debug("dtls session replaced by a newer handshake", "device", id, "old_remote", old.remote.String())
 		_ = old.Close()
+		if old == s {
+			return ErrReplaced
+		}
 	}
 	return nil
 }

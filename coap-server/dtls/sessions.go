@@ -1,6 +1,9 @@
 package dtls
 
-import "sync"
+import (
+	"errors"
+	"sync"
+)
 
 // registry holds the established session of each identity: one per device.
 // A new handshake by the same identity replaces (and closes) the older one,
@@ -12,13 +15,19 @@ type registry struct {
 
 func newRegistry() *registry { return &registry{byID: make(map[string]*session)} }
 
-// add makes s the session of its identity and returns the one it replaces.
-func (r *registry) add(s *session) (old *session) {
+// add makes s the session of its identity and returns the one to close:
+// the one it replaces or, when the registered session was accepted after
+// s, s itself. Each handshake ends on its own goroutine, so two of one
+// identity can finish in either order; the later ClientHello wins.
+func (r *registry) add(s *session) (older *session) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	old = r.byID[s.identity]
+	older = r.byID[s.identity]
+	if older != nil && older.order > s.order {
+		return s
+	}
 	r.byID[s.identity] = s
-	return old
+	return older
 }
 
 // remove forgets s if it is still its identity's session.
@@ -44,3 +53,7 @@ func (r *registry) len() int {
 	defer r.mu.Unlock()
 	return len(r.byID)
 }
+
+// ErrReplaced ends a handshake that finished after a newer one of the same
+// identity: the newer session is already serving the device.
+var ErrReplaced = errors.New("dtls: a newer session of this identity exists")
