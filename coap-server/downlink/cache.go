@@ -52,51 +52,47 @@ func NewCache(max int, stamps *Stamper, m *Metrics, logger *slog.Logger) *Cache 
 
 // Put records a row read from the database. Older rows than the one held
 // are ignored; a newer one replaces it (and will supersede it when sent).
-// A new row not sent yet is announced on the live log as "queued".
+// A new row not sent yet is announced on the live log as "queued", before
+// any uplink can be answered with it: the announcement is handed to the
+// live log (which never blocks for long) while the row is not visible yet,
+// so the queued entry precedes that uplink's entries.
 func (c *Cache) Put(r Row) {
-	if e := c.put(r); e != nil && c.live != nil {
-		c.live(e)
-	}
-}
-
-func (c *Cache) put(r Row) *livelog.Entry {
 	cfg, err := ConfigFromJSON(r.Config, r.ID)
 	if err != nil {
 		c.metrics.Dropped.WithLabelValues("invalid_config").Inc()
 		c.log.Warn("downlink not deliverable", "device", r.DeviceID, "downlink_id", r.ID, "err", err)
-		return nil
+		return
 	}
 	payload, err := proto.Marshal(&nbiotv1.Downlink{Config: cfg})
 	if err != nil {
 		c.metrics.Dropped.WithLabelValues("invalid_config").Inc()
 		c.log.Warn("downlink not encodable", "device", r.DeviceID, "downlink_id", r.ID, "err", err)
-		return nil
+		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	d, ok := c.devices[r.DeviceID]
 	switch {
 	case ok && r.ID < d.id:
-		return nil
+		return
 	case ok && r.ID == d.id:
 		d.sent = d.sent || r.Sent
-		return nil
+		return
 	case !ok && len(c.devices) >= c.max && !c.evictApplied():
 		c.metrics.Dropped.WithLabelValues("cache_full").Inc()
 		c.log.Warn("downlink not held: cache full", "device", r.DeviceID, "downlink_id", r.ID)
-		return nil
+		return
 	}
 	if ok && !d.applied {
 		c.pending--
 	}
 	nd := &device{id: r.ID, payload: payload, config: livelog.ConfigOf(cfg), sent: r.Sent}
+	if !r.Sent && c.live != nil { // not sent: new, not a reload after a restart
+		c.live(livelog.Downlink(r.DeviceID, c.now(), r.ID, livelog.DownlinkQueued, nd.config))
+	}
 	c.devices[r.DeviceID] = nd
 	c.pending++
 	c.metrics.Pending.Set(float64(c.pending))
-	if r.Sent {
-		return nil // queued long ago (a reload after a restart)
-	}
-	return livelog.Downlink(r.DeviceID, c.now(), r.ID, livelog.DownlinkQueued, nd.config)
 }
 
 // evictApplied drops one device whose downlink was applied (kept only to
