@@ -165,13 +165,14 @@ func (s *session) handshake(ctx context.Context) error {
 	s.l.metrics.Sessions.Inc()
 	s.l.metrics.Handshakes.WithLabelValues("ok").Inc()
 	s.l.log.Debug("dtls session established", "device", id, "remote", s.remote.String())
-	if old := s.l.reg.add(s); old != nil {
+	if older := s.l.reg.add(s); older != nil {
 		// One session per identity: the device reconnected (new NAT
-		// binding without a CID, reboot) or someone has its key.
+		// binding without a CID, reboot) or someone has its key. older
+		// is s itself when a later-accepted session registered first.
 		s.l.metrics.SessionsClosed.WithLabelValues("replaced").Inc()
-		s.l.log.Debug("dtls session replaced by a newer handshake", "device", id, "old_remote", old.remote.String())
-		_ = old.Close()
-		if old == s {
+		s.l.log.Debug("dtls session replaced by a newer handshake", "device", id, "old_remote", older.remote.String())
+		_ = older.Close()
+		if older == s {
 			return ErrReplaced
 		}
 	}
