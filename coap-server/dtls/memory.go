@@ -1,12 +1,6 @@
 package dtls
 
-import (
-	"math"
-	"os"
-	"runtime/debug"
-	"strconv"
-	"strings"
-)
+import "github.com/nbiot-live/nbiot-live/internal/memlimit"
 
 const (
 	// SessionBytes is what one established session costs, measured: 47 KiB
@@ -17,42 +11,18 @@ const (
 	// spoofed hello within noise (BenchmarkSpoofedHelloMemory; it was
 	// 43 KiB when pion kept a conn per hello). Admitted handshakes are
 	// bounded by LimitConfig.InFlight and become sessions.
-	// ReferenceMemory is the memory assumed when neither GOMEMLIMIT nor a
-	// cgroup limit says otherwise: the 512 MB machine of fly.toml
-	// (536870912 bytes).
-	ReferenceMemory = 512 << 20
+
+	// ReferenceMemory is memlimit.Reference, the 512 MB machine of
+	// fly.toml.
+	ReferenceMemory = memlimit.Reference
 	// sessionShare is the part of memory sessions may take; the rest is for
 	// the stream, the hub, handshakes and GC headroom.
 	sessionShare = 2
 )
 
-// cgroupLimitFiles are where Linux states a memory limit: cgroup v2, then v1.
-var cgroupLimitFiles = []string{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"}
-
 // MemoryLimit is the memory the process may use, in bytes, and where that
-// figure came from: GOMEMLIMIT when set, else the cgroup limit, else
-// ReferenceMemory.
-func MemoryLimit() (int64, string) {
-	return memoryLimit(debug.SetMemoryLimit(-1), cgroupLimitFiles)
-}
-
-func memoryLimit(goMemLimit int64, files []string) (int64, string) {
-	if goMemLimit > 0 && goMemLimit < math.MaxInt64 {
-		return goMemLimit, "GOMEMLIMIT"
-	}
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		v, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-		// "max" (v2) or a huge number (v1) means no limit.
-		if err == nil && v > 0 && v < 1<<50 {
-			return v, "cgroup"
-		}
-	}
-	return ReferenceMemory, "reference"
-}
+// figure came from (memlimit.Process).
+func MemoryLimit() (int64, string) { return memlimit.Process() }
 
 // SessionsFor is how many sessions fit in half of limit bytes: 5577 for
 // the 512 MiB reference machine.

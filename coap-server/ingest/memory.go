@@ -1,17 +1,6 @@
 package ingest
 
-import (
-	"math"
-	"os"
-	"runtime/debug"
-	"strconv"
-	"strings"
-	"sync"
-)
-
-// ReferenceMemory is the machine's memory when neither GOMEMLIMIT nor a
-// cgroup limit says otherwise: the 512 MB VM of fly.toml.
-const ReferenceMemory int64 = 512 << 20
+import "github.com/nbiot-live/nbiot-live/internal/memlimit"
 
 // Shares of ProcessMemory the CoAP side's bounds take by default. Together
 // they are under a tenth; the rest is for the stream's buffers, DTLS
@@ -25,22 +14,9 @@ const (
 	queueShare = 64
 )
 
-// ProcessMemory is the memory the process may use, in bytes: the Go
-// runtime's soft limit (GOMEMLIMIT) when set, else the cgroup v2 limit
-// (memory.max), else ReferenceMemory.
-func ProcessMemory() int64 { return processMemory() }
-
-var processMemory = sync.OnceValue(func() int64 {
-	if limit := debug.SetMemoryLimit(-1); limit > 0 && limit < math.MaxInt64 {
-		return limit
-	}
-	if b, err := os.ReadFile("/sys/fs/cgroup/memory.max"); err == nil {
-		if v, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err == nil && v > 0 {
-			return v
-		}
-	}
-	return ReferenceMemory
-})
+// ProcessMemory is the memory the process may use, in bytes
+// (memlimit.Bytes: GOMEMLIMIT, else the cgroup limit, else 512 MiB).
+func ProcessMemory() int64 { return memlimit.Bytes() }
 
 // DefaultDedupBytes bounds Dedup: a sixteenth of ProcessMemory.
 func DefaultDedupBytes() int64 { return ProcessMemory() / dedupShare }
