@@ -150,7 +150,15 @@ func (a *App) openStream(ctx context.Context) error {
 		return fmt.Errorf("NATS: %w", err)
 	}
 	if e.Embedded() {
-		a.log.Info("stream: embedded NATS JetStream", "data_dir", sc.DataDir, "sync_always", sc.SyncAlways)
+		_, maxIDs := e.IDsHeld()
+		a.log.Info("stream: embedded NATS JetStream", "data_dir", sc.DataDir, "sync_always", sc.SyncAlways, "message_ids_max", maxIDs)
+		a.Metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "nbiot_stream_message_ids",
+			Help: "Message IDs the embedded NATS server holds for its duplicate window; at nbiot_stream_message_ids_max uplinks get 5.03 (reason stream_busy).",
+		}, func() float64 { held, _ := e.IDsHeld(); return float64(held) }))
+		a.Metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "nbiot_stream_message_ids_max", Help: "The most message IDs the embedded NATS server may hold (a quarter of the process's memory, IDBytes each).",
+		}, func() float64 { return float64(maxIDs) }))
 	} else {
 		a.log.Info("stream: external NATS JetStream (NATS_URL)", "replicas", sc.Replicas)
 	}

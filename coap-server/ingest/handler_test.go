@@ -6,12 +6,14 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
+	"github.com/plgd-dev/go-coap/v3/message/pool"
 	coapNet "github.com/plgd-dev/go-coap/v3/net"
 	"github.com/plgd-dev/go-coap/v3/udp"
 	"github.com/prometheus/client_golang/prometheus"
@@ -34,26 +36,7 @@ func TestStreamFullRefusesWithServiceUnavailable(t *testing.T) {
 	fill(t, live)
 	m := ingest.NewMetrics(prometheus.NewRegistry())
 	h := &ingest.Handler{Stream: live, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: m}
-	ln, err := coapNet.NewListenUDP("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := ingest.NewUDPServer(h, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	go func() { _ = srv.Serve(ln) }()
-	defer srv.Stop()
-
-	cc, err := udp.Dial(ln.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	b, _ := proto.Marshal(&nbiotv1.Uplink{DeviceId: "FULL", UplinkCount: 1})
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	resp, err := cc.Post(ctx, "/uplink", message.AppOctets, bytes.NewReader(b))
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := servePost(t, h)(&nbiotv1.Uplink{DeviceId: "FULL", UplinkCount: 1})
 	if resp.Code() != codes.ServiceUnavailable {
 		t.Fatalf("code %v, want 5.03", resp.Code())
 	}
@@ -68,6 +51,65 @@ func TestStreamFullRefusesWithServiceUnavailable(t *testing.T) {
 	}
 	if n := len(live.All()); n != 0 {
 		t.Errorf("live log got %d entries for a refused uplink", n)
+	}
+}
+
+// The embedded server remembers every message ID for its Duplicates
+// window, and nothing in it bounds how many: the engine does, in bytes.
+// Past the bound a distinct uplink is refused with 5.03 and Max-Age (it is
+// not accepted, the device retries) and counted as stream_busy.
+func TestIDMemoryBoundRefusesWithServiceUnavailable(t *testing.T) {
+	live := streamtest.New(t, stream.Config{IDMemory: 2 * stream.IDBytes})
+	m := ingest.NewMetrics(prometheus.NewRegistry())
+	h := &ingest.Handler{Stream: live, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: m}
+	post := servePost(t, h)
+	var got []codes.Code
+	for i := range 3 {
+		resp := post(&nbiotv1.Uplink{DeviceId: "BUSY", UplinkCount: uint32(i)})
+		got = append(got, resp.Code())
+		if i == 2 {
+			if maxAge, err := resp.Options().GetUint32(message.MaxAge); err != nil || maxAge != ingest.RetryAfter {
+				t.Errorf("Max-Age %d (%v), want %d", maxAge, err, ingest.RetryAfter)
+			}
+		}
+	}
+	if want := []codes.Code{codes.Changed, codes.Changed, codes.ServiceUnavailable}; !slices.Equal(got, want) {
+		t.Fatalf("codes %v, want %v (two IDs fit)", got, want)
+	}
+	if n := testutil.ToFloat64(m.Rejected("stream_busy")); n != 1 {
+		t.Errorf("rejected{stream_busy} = %v, want 1", n)
+	}
+	if held, bound := live.IDsHeld(); held != 2 || bound != 2 {
+		t.Errorf("IDs held %d of %d, want 2 of 2", held, bound)
+	}
+}
+
+// servePost serves h on go-coap's UDP server and returns a post of one
+// uplink to it, from one client, returning the answer.
+func servePost(t *testing.T, h *ingest.Handler) func(*nbiotv1.Uplink) *pool.Message {
+	t.Helper()
+	ln, err := coapNet.NewListenUDP("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := ingest.NewUDPServer(h, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(srv.Stop)
+	cc, err := udp.Dial(ln.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cc.Close() })
+	return func(u *nbiotv1.Uplink) *pool.Message {
+		t.Helper()
+		b, _ := proto.Marshal(u)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		resp, err := cc.Post(ctx, "/uplink", message.AppOctets, bytes.NewReader(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
 	}
 }
 

@@ -1,21 +1,15 @@
 package ingest_test
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
 	"sync"
 	"testing"
-	"time"
 
-	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
-	coapNet "github.com/plgd-dev/go-coap/v3/net"
-	"github.com/plgd-dev/go-coap/v3/udp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/nbiot-live/nbiot-live/coap-server/ingest"
 	"github.com/nbiot-live/nbiot-live/coap-server/stream"
@@ -47,29 +41,8 @@ func TestUnregisteredDeviceRefused(t *testing.T) {
 	reg := &deviceSet{ids: map[string]bool{"KNOWN": true}}
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	h := &ingest.Handler{Stream: live, Registered: reg, Logger: logger, Metrics: m}
-	ln, err := coapNet.NewListenUDP("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := ingest.NewUDPServer(h, logger)
-	go func() { _ = srv.Serve(ln) }()
-	defer srv.Stop()
-	cc, err := udp.Dial(ln.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	post := func(u *nbiotv1.Uplink) codes.Code {
-		t.Helper()
-		b, _ := proto.Marshal(u)
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		resp, err := cc.Post(ctx, "/uplink", message.AppOctets, bytes.NewReader(b))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return resp.Code()
-	}
+	postUplink := servePost(t, h)
+	post := func(u *nbiotv1.Uplink) codes.Code { t.Helper(); return postUplink(u).Code() }
 
 	if c := post(&nbiotv1.Uplink{DeviceId: "KNOWN", UplinkCount: 1}); c != codes.ServiceUnavailable {
 		t.Fatalf("before the list is loaded: %v, want 5.03", c)

@@ -8,6 +8,8 @@ package stream
 import (
 	"log/slog"
 	"time"
+
+	"github.com/nbiot-live/nbiot-live/internal/memlimit"
 )
 
 // Stream and subject names. Subjects end in the device ID, which the
@@ -66,6 +68,12 @@ type Config struct {
 	// Duplicates is the window in which a publish with a known message ID
 	// is recognised (default 5 min, over CoAP's 247 s EXCHANGE_LIFETIME).
 	Duplicates time.Duration
+	// IDMemory bounds the embedded server's memory of recent message IDs
+	// (IDBytes each for the Duplicates window): default a quarter of the
+	// process's memory (memlimit), 100 MiB at GOMEMLIMIT=400MiB. When it is
+	// reached, uplinks get 5.03 (ErrBusy) until older IDs expire. With
+	// NATS_URL the cluster holds the IDs and sizes its own memory: no bound.
+	IDMemory int64
 	// AckTimeout bounds the wait for the stream's acknowledgement of one
 	// publish (default 2 s); past it the uplink is refused with 5.03.
 	AckTimeout time.Duration
@@ -96,6 +104,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.LivePerDevice <= 0 {
 		c.LivePerDevice = DefaultLivePerDevice
+	}
+	if c.IDMemory <= 0 && c.URL == "" {
+		c.IDMemory = memlimit.Bytes() / idShare
 	}
 	if c.Duplicates <= 0 {
 		c.Duplicates = DefaultDuplicates

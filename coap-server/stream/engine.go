@@ -34,6 +34,7 @@ type Engine struct {
 	store       *nats.Conn
 	storeUplink jetstream.Stream // nil without storage
 
+	ids    *idBudget     // nil with NATS_URL (the cluster holds the IDs)
 	closed chan struct{} // closed by the publish connection's ClosedHandler
 	// asyncErrors counts LogAsync publishes that failed.
 	asyncErrors atomic.Int64
@@ -42,6 +43,11 @@ type Engine struct {
 // AsyncErrors is the number of LogAsync entries the stream did not take.
 func (e *Engine) AsyncErrors() int64 { return e.asyncErrors.Load() }
 
+// IDsHeld is the number of message IDs the embedded server holds for its
+// Duplicates window, by this engine's count, and the most it may (both 0
+// with NATS_URL).
+func (e *Engine) IDsHeld() (held, maxIDs int64) { return e.ids.state() }
+
 // Open starts the embedded server (no NATS_URL) or connects to the
 // external one, then creates or updates the streams and the storage
 // consumer; doing so again with the same configuration changes nothing.
@@ -49,6 +55,9 @@ func (e *Engine) AsyncErrors() int64 { return e.asyncErrors.Load() }
 func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	cfg = cfg.withDefaults()
 	e := &Engine{cfg: cfg, closed: make(chan struct{})}
+	if cfg.URL == "" {
+		e.ids = newIDBudget(cfg.IDMemory/IDBytes, cfg.Duplicates)
+	}
 	opts := []nats.Option{
 		nats.Name("coap-server"),
 		nats.MaxReconnects(-1),

@@ -22,6 +22,9 @@ var (
 	ErrFull = errors.New("stream: full")
 	// ErrUnavailable: NATS did not acknowledge in time, or is unreachable.
 	ErrUnavailable = errors.New("stream: unavailable")
+	// ErrBusy: the embedded server holds as many message IDs as its
+	// memory bound allows (Config.IDMemory) until older ones expire.
+	ErrBusy = errors.New("stream: busy (message IDs at their memory bound)")
 )
 
 // MsgID derives the Nats-Msg-Id of an uplink from what a CoAP
@@ -50,6 +53,11 @@ func (e *Engine) PublishUplink(ctx context.Context, a uplink.Accepted, payload [
 	if e.uplinks == nil {
 		return false, nil
 	}
+	// Two IDs: this publish's, and its live-log entry's, so that the Log
+	// after a durable uplink is never refused for the bound.
+	if !e.ids.take(time.Now(), 2) {
+		return false, ErrBusy
+	}
 	msg := &nats.Msg{
 		Subject: uplinkSubject + a.DeviceID,
 		Data:    uplink.AppendMessage(make([]byte, 0, 64+len(payload)), a, payload),
@@ -77,6 +85,9 @@ func (e *Engine) Log(ctx context.Context, entry *livelog.Entry, id string) (seq 
 // LogJSON is Log of an entry already encoded.
 func (e *Engine) LogJSON(ctx context.Context, device string, entry []byte, id string) (seq uint64, dup bool, err error) {
 	msg := &nats.Msg{Subject: liveSubject + device, Data: entry}
+	if id != "" && e.uplinks == nil && !e.ids.take(time.Now(), 1) {
+		return 0, false, ErrBusy // with storage, PublishUplink counted this ID
+	}
 	if id != "" {
 		msg.Header = nats.Header{jetstream.MsgIDHeader: []string{"l" + id}}
 	}
