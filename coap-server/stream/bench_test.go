@@ -83,3 +83,47 @@ func BenchmarkDurableUplink(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkUplinksPerMessage is what the 10 µs goal would take: the same
+// acknowledged LIVELOG publishes from 16 concurrent publishers, with k
+// live-log entries packed into each JetStream message instead of one. It
+// reports process CPU per entry. The design keeps one entry per message
+// (per-device subjects serve tail, since and the per-device retention, and
+// the stream's Nats-Msg-Id dedups each uplink), so this is a measurement of
+// the alternative, not of code the server runs (README, Durability).
+//
+//	go test -run '^$' -bench UplinksPerMessage -benchtime 40000x ./coap-server/stream
+func BenchmarkUplinksPerMessage(b *testing.B) {
+	a, _ := accepted(b, "BENCH", 1)
+	one, err := livelog.Uplink("BENCH", time.Now(), a.Uplink, nil).Marshal()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, k := range []int{1, 4, 16, 64} {
+		b.Run(fmt.Sprintf("k=%d", k), func(b *testing.B) {
+			e := openEmbedded(b, Config{})
+			data := slices.Repeat(one, k)
+			const workers = 16
+			msgs := (b.N/k + workers - 1) / workers
+			var wg sync.WaitGroup
+			b.ResetTimer()
+			cpu0 := cpuTime(b)
+			for w := range workers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := range msgs {
+						if _, _, err := e.LogJSON(context.Background(), "BENCH", data, MsgID("BENCH", int32(w*msgs+i), nil, data)); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			cpu := cpuTime(b) - cpu0
+			b.StopTimer()
+			b.ReportMetric(float64(cpu.Microseconds())/float64(workers*msgs*k), "cpu-µs/entry")
+		})
+	}
+}
