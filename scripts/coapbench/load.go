@@ -126,7 +126,12 @@ func (p *peer) uplink(count uint32) []byte {
 	return b
 }
 
-var errTimeout = errors.New("no answer")
+var (
+	errTimeout = errors.New("no answer")
+	// errRefused: an answer other than 2.04 (a 5.03 costs the server
+	// less than an accepted uplink, so it must not count as an answer).
+	errRefused = errors.New("answered, but not 2.04")
+)
 
 // encode is a CON POST /uplink of uplink count with message ID mid, in out.
 func (p *peer) encode(mid uint16, count uint32, out []byte) ([]byte, error) {
@@ -161,6 +166,9 @@ func (p *peer) post(count uint32, timeout time.Duration) (time.Duration, error) 
 			continue
 		}
 		if p.msg.Type == message.Acknowledgement && p.msg.MessageID == int32(p.mid) {
+			if p.msg.Code != codes.Changed {
+				return 0, errRefused
+			}
 			return time.Since(start), nil
 		}
 	}
