@@ -151,14 +151,20 @@ func (a *App) openStream(ctx context.Context) error {
 	}
 	if e.Embedded() {
 		_, maxIDs := e.IDsHeld()
-		a.log.Info("stream: embedded NATS JetStream", "data_dir", sc.DataDir, "sync_always", sc.SyncAlways, "message_ids_max", maxIDs)
-		a.Metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "nbiot_stream_message_ids",
-			Help: "Message IDs the embedded NATS server holds for its duplicate window; at nbiot_stream_message_ids_max uplinks get 5.03 (reason stream_busy).",
-		}, func() float64 { held, _ := e.IDsHeld(); return float64(held) }))
-		a.Metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "nbiot_stream_message_ids_max", Help: "The most message IDs the embedded NATS server may hold (a quarter of the process's memory, IDBytes each).",
-		}, func() float64 { return float64(maxIDs) }))
+		_, maxDevices := e.DevicesHeld()
+		a.log.Info("stream: embedded NATS JetStream", "data_dir", sc.DataDir, "sync_always", sc.SyncAlways,
+			"message_ids_max", maxIDs, "devices_max", maxDevices)
+		gauge := func(name, help string, f func() float64) {
+			a.Metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))
+		}
+		gauge("nbiot_stream_message_ids", "Message IDs the embedded NATS server holds for its duplicate window; at nbiot_stream_message_ids_max uplinks get 5.03 (reason stream_busy).",
+			func() float64 { held, _ := e.IDsHeld(); return float64(held) })
+		gauge("nbiot_stream_message_ids_max", "The most message IDs the embedded NATS server may hold (a quarter of the process's memory, IDBytes each).",
+			func() float64 { return float64(maxIDs) })
+		gauge("nbiot_stream_devices", "Distinct devices the embedded NATS server holds entries of; at nbiot_stream_devices_max a new device's uplinks get 5.03 (reason stream_devices).",
+			func() float64 { held, _ := e.DevicesHeld(); return float64(held) })
+		gauge("nbiot_stream_devices_max", "The most distinct devices the embedded NATS server may hold entries of (a sixteenth of the process's memory, DeviceBytes each).",
+			func() float64 { return float64(maxDevices) })
 	} else {
 		a.log.Info("stream: external NATS JetStream (NATS_URL)", "replicas", sc.Replicas)
 	}

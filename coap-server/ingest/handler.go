@@ -230,6 +230,8 @@ func (h *Handler) unavailable(deviceID string, now time.Time, err error) respons
 		reason = "stream_full"
 	case errors.Is(err, stream.ErrBusy):
 		reason = "stream_busy"
+	case errors.Is(err, stream.ErrTooManyDevices):
+		reason = "stream_devices"
 	case errors.Is(err, errCredentialsUnknown):
 		reason = "credentials_unknown"
 	case errors.Is(err, errRegisteredUnknown):

@@ -84,6 +84,25 @@ func TestIDMemoryBoundRefusesWithServiceUnavailable(t *testing.T) {
 	}
 }
 
+// The embedded server holds per-device state for every device with
+// retained entries; past the bound a new device's uplink is refused with
+// 5.03 (stream_devices), and a device already counted is still accepted.
+func TestDeviceBoundRefusesANewDevice(t *testing.T) {
+	live := streamtest.New(t, stream.Config{DeviceMemory: stream.DeviceBytes})
+	m := ingest.NewMetrics(prometheus.NewRegistry())
+	post := servePost(t, &ingest.Handler{Stream: live, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: m})
+	var got []codes.Code
+	for i, dev := range []string{"OLD", "NEW", "OLD"} {
+		got = append(got, post(&nbiotv1.Uplink{DeviceId: dev, UplinkCount: uint32(i)}).Code())
+	}
+	if want := []codes.Code{codes.Changed, codes.ServiceUnavailable, codes.Changed}; !slices.Equal(got, want) {
+		t.Fatalf("codes %v, want %v", got, want)
+	}
+	if n := testutil.ToFloat64(m.Rejected("stream_devices")); n != 1 {
+		t.Errorf("rejected{stream_devices} = %v, want 1", n)
+	}
+}
+
 // servePost serves h on go-coap's UDP server and returns a post of one
 // uplink to it, from one client, returning the answer.
 func servePost(t *testing.T, h *ingest.Handler) func(*nbiotv1.Uplink) *pool.Message {

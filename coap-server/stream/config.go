@@ -74,6 +74,12 @@ type Config struct {
 	// reached, uplinks get 5.03 (ErrBusy) until older IDs expire. With
 	// NATS_URL the cluster holds the IDs and sizes its own memory: no bound.
 	IDMemory int64
+	// DeviceMemory bounds the memory of the distinct devices the embedded
+	// server holds entries of (DeviceBytes each): default a sixteenth of
+	// the process's memory, 25 MiB (40,960 devices) at GOMEMLIMIT=400MiB.
+	// Past it an uplink of a new device gets 5.03 (ErrTooManyDevices);
+	// devices already counted are not affected. No bound with NATS_URL.
+	DeviceMemory int64
 	// AckTimeout bounds the wait for the stream's acknowledgement of one
 	// publish (default 2 s); past it the uplink is refused with 5.03.
 	AckTimeout time.Duration
@@ -107,6 +113,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.IDMemory <= 0 && c.URL == "" {
 		c.IDMemory = memlimit.Bytes() / idShare
+	}
+	if c.DeviceMemory <= 0 && c.URL == "" {
+		c.DeviceMemory = memlimit.Bytes() / deviceShare
 	}
 	if c.Duplicates <= 0 {
 		c.Duplicates = DefaultDuplicates

@@ -34,8 +34,9 @@ type Engine struct {
 	store       *nats.Conn
 	storeUplink jetstream.Stream // nil without storage
 
-	ids    *idBudget     // nil with NATS_URL (the cluster holds the IDs)
-	closed chan struct{} // closed by the publish connection's ClosedHandler
+	ids     *idBudget     // nil with NATS_URL (the cluster holds the IDs)
+	devices *deviceBudget // nil with NATS_URL
+	closed  chan struct{} // closed by the publish connection's ClosedHandler
 	// asyncErrors counts LogAsync publishes that failed.
 	asyncErrors atomic.Int64
 }
@@ -48,6 +49,11 @@ func (e *Engine) AsyncErrors() int64 { return e.asyncErrors.Load() }
 // with NATS_URL).
 func (e *Engine) IDsHeld() (held, maxIDs int64) { return e.ids.state() }
 
+// DevicesHeld is the number of distinct devices the embedded server holds
+// entries of, by this engine's count, and the most it may (both 0 with
+// NATS_URL).
+func (e *Engine) DevicesHeld() (held, maxDevices int) { return e.devices.state() }
+
 // Open starts the embedded server (no NATS_URL) or connects to the
 // external one, then creates or updates the streams and the storage
 // consumer; doing so again with the same configuration changes nothing.
@@ -57,6 +63,7 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	e := &Engine{cfg: cfg, closed: make(chan struct{})}
 	if cfg.URL == "" {
 		e.ids = newIDBudget(cfg.IDMemory/IDBytes, cfg.Duplicates)
+		e.devices = newDeviceBudget(int(cfg.DeviceMemory/DeviceBytes), cfg.LiveMaxAge)
 	}
 	opts := []nats.Option{
 		nats.Name("coap-server"),

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime"
 	"testing"
 	"time"
 )
@@ -100,34 +99,16 @@ func TestPublishRefusedAtTheIDBound(t *testing.T) {
 // message published with an ID, measured here against the same publishes
 // without one. It fails if nats-server comes to hold more per ID.
 func TestMsgIDHeapCost(t *testing.T) {
-	heap := func() int64 {
-		runtime.GC()
-		var m runtime.MemStats
-		runtime.ReadMemStats(&m)
-		return int64(m.HeapAlloc)
-	}
 	const n = 35000
-	perMessage := func(withID bool) int64 {
-		// A small stream has small blocks (a block's buffer is the
-		// noise in this measurement); the server remembers IDs whether
-		// or not it still retains their messages.
-		e := openEmbedded(t, Config{LiveBytes: 1 << 20})
-		defer e.Close()
-		data := []byte(`{"type":"uplink"}`)
-		h0 := heap()
-		for i := range n {
-			id := ""
-			if withID {
-				id = MsgID("D", int32(i), nil, data)
-			}
-			if _, _, err := e.LogJSON(context.Background(), fmt.Sprint("D", i%100), data, id); err != nil {
-				t.Fatal(err)
-			}
-		}
-		return (heap() - h0) / int64(n)
-	}
-	perMessage(false) // the first server in a process sets up what the others share
-	without, with := perMessage(false), perMessage(true)
+	// A small stream has small blocks (a block's buffer is the noise in
+	// this measurement); the server remembers IDs whether or not it still
+	// retains their messages.
+	cfg := Config{LiveBytes: 1 << 20}
+	subject := func(i int) string { return fmt.Sprint("D", i%100) }
+	noID := func(int) string { return "" }
+	heapPerMessage(t, cfg, n, subject, noID) // the first server in a process sets up what the others share
+	without := heapPerMessage(t, cfg, n, subject, noID)
+	with := heapPerMessage(t, cfg, n, subject, func(i int) string { return MsgID("D", int32(i), []byte{1}, nil) })
 	t.Logf("heap per message: %d B without an ID, %d B with one", without, with)
 	if cost := with - without; cost > IDBytes {
 		t.Errorf("an ID costs %d B of heap for the Duplicates window, over IDBytes (%d): raise it", cost, IDBytes)

@@ -25,6 +25,11 @@ var (
 	// ErrBusy: the embedded server holds as many message IDs as its
 	// memory bound allows (Config.IDMemory) until older ones expire.
 	ErrBusy = errors.New("stream: busy (message IDs at their memory bound)")
+	// ErrTooManyDevices: the embedded server holds entries of as many
+	// distinct devices as its memory bound allows (Config.DeviceMemory); a
+	// new device waits until others have been silent for the live log's
+	// retention.
+	ErrTooManyDevices = errors.New("stream: too many devices for its memory bound")
 )
 
 // MsgID derives the Nats-Msg-Id of an uplink from what a CoAP
@@ -53,9 +58,13 @@ func (e *Engine) PublishUplink(ctx context.Context, a uplink.Accepted, payload [
 	if e.uplinks == nil {
 		return false, nil
 	}
+	now := time.Now()
+	if !e.devices.admit(now, a.DeviceID) {
+		return false, ErrTooManyDevices
+	}
 	// Two IDs: this publish's, and its live-log entry's, so that the Log
 	// after a durable uplink is never refused for the bound.
-	if !e.ids.take(time.Now(), 2) {
+	if !e.ids.take(now, 2) {
 		return false, ErrBusy
 	}
 	msg := &nats.Msg{
@@ -85,7 +94,11 @@ func (e *Engine) Log(ctx context.Context, entry *livelog.Entry, id string) (seq 
 // LogJSON is Log of an entry already encoded.
 func (e *Engine) LogJSON(ctx context.Context, device string, entry []byte, id string) (seq uint64, dup bool, err error) {
 	msg := &nats.Msg{Subject: liveSubject + device, Data: entry}
-	if id != "" && e.uplinks == nil && !e.ids.take(time.Now(), 1) {
+	now := time.Now()
+	if !e.devices.admit(now, device) {
+		return 0, false, ErrTooManyDevices
+	}
+	if id != "" && e.uplinks == nil && !e.ids.take(now, 1) {
 		return 0, false, ErrBusy // with storage, PublishUplink counted this ID
 	}
 	if id != "" {
@@ -135,6 +148,10 @@ func publishErr(err error) error {
 // acknowledgement: error entries and downlink events, which must not delay
 // an answer. A failure is counted by the engine's async error handler.
 func (e *Engine) LogAsync(entry *livelog.Entry) {
+	if !e.devices.admit(time.Now(), entry.DeviceID) {
+		e.asyncErrors.Add(1)
+		return
+	}
 	b, err := entry.Marshal()
 	if err == nil {
 		_, err = e.js.PublishMsgAsync(&nats.Msg{Subject: liveSubject + entry.DeviceID, Data: b}, jetstream.WithStallWait(time.Millisecond))

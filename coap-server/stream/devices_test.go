@@ -1,0 +1,132 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/nbiot-live/nbiot-live/internal/livelog"
+)
+
+func TestDeviceBudget(t *testing.T) {
+	const window = time.Hour
+	d := newDeviceBudget(3, window)
+	t0 := time.Unix(1_800_000_000, 0)
+	for _, dev := range []string{"A", "B", "C", "A", "B"} {
+		if !d.admit(t0, dev) {
+			t.Fatalf("%s refused within the bound", dev)
+		}
+	}
+	if d.admit(t0, "D") {
+		t.Fatal("a fourth device was admitted")
+	}
+	// After one window A and B are seen again, C not: C still counts (its
+	// entries may still be retained), so D still waits.
+	t1 := t0.Add(window)
+	if !d.admit(t1, "A") || !d.admit(t1, "B") {
+		t.Fatal("a counted device was refused after a rotation")
+	}
+	if held, _ := d.state(); held != 3 {
+		t.Fatalf("held %d after the rotation, want 3 (a device in both generations counts once)", held)
+	}
+	if d.admit(t1, "D") {
+		t.Fatal("D admitted while C's entries may be retained")
+	}
+	// One more window: C was silent for two, so it no longer counts.
+	t2 := t1.Add(window)
+	if !d.admit(t2, "A") || !d.admit(t2, "D") {
+		t.Fatal("D refused after C aged out")
+	}
+	if d.admit(t2, "E") {
+		t.Fatal("E admitted over the bound (A, B from the last window, D)")
+	}
+	// A long silence forgets everyone at once.
+	if !d.admit(t2.Add(3*window), "E") {
+		t.Fatal("E refused after everyone was silent for three windows")
+	}
+	if held, _ := d.state(); held != 1 {
+		t.Fatalf("held %d after the silence, want 1", held)
+	}
+}
+
+// A steady fleet of exactly max devices, each seen once a window, is
+// never refused across many rotations.
+func TestDeviceBudgetKeepsASteadyFleet(t *testing.T) {
+	const window, fleet = time.Hour, 100
+	d := newDeviceBudget(fleet, window)
+	now := time.Unix(1_800_000_000, 0)
+	for round := range 10 {
+		for i := range fleet {
+			now = now.Add(window / fleet)
+			if dev := fmt.Sprint("DEV", i); !d.admit(now, dev) {
+				t.Fatalf("round %d: %s refused", round, dev)
+			}
+		}
+	}
+}
+
+func TestPublishRefusedAtTheDeviceBound(t *testing.T) {
+	e := openEmbedded(t, Config{Storage: true, DeviceMemory: 2 * DeviceBytes})
+	ctx := context.Background()
+	for i, dev := range []string{"D1", "D2", "D1"} {
+		a, payload := accepted(t, dev, uint32(i))
+		if _, err := e.PublishUplink(ctx, a, payload, MsgID(dev, int32(i), nil, payload)); err != nil {
+			t.Fatalf("%s: %v", dev, err)
+		}
+	}
+	a, payload := accepted(t, "D3", 1)
+	if _, err := e.PublishUplink(ctx, a, payload, MsgID("D3", 1, nil, payload)); !errors.Is(err, ErrTooManyDevices) {
+		t.Fatalf("a third device: err %v, want ErrTooManyDevices", err)
+	}
+	before := e.AsyncErrors()
+	e.LogAsync(livelog.Error("D3", time.Now(), "Rejected uplink: test"))
+	if got := e.AsyncErrors() - before; got != 1 {
+		t.Errorf("an entry of a third device: %d async errors, want 1 (dropped and counted)", got)
+	}
+	if held, bound := e.DevicesHeld(); held != 2 || bound != 2 {
+		t.Errorf("devices held %d of %d, want 2 of 2", held, bound)
+	}
+}
+
+// SubjectBytes is what the device bound rests on: the embedded server's
+// heap per distinct subject, measured against the same publishes on one
+// subject. It fails if nats-server comes to hold more per subject.
+func TestSubjectHeapCost(t *testing.T) {
+	const n = 35000
+	cfg := Config{LiveBytes: 64 << 20} // every message retained: so is its subject
+	noID := func(int) string { return "" }
+	oneSubject := func(int) string { return "D" }
+	heapPerMessage(t, cfg, n, oneSubject, noID) // the first server in a process sets up what the others share
+	one := heapPerMessage(t, cfg, n, oneSubject, noID)
+	distinct := heapPerMessage(t, cfg, n, func(i int) string { return fmt.Sprintf("DEV%08d", i) }, noID)
+	t.Logf("heap per message: %d B on one subject, %d B on a subject each", one, distinct)
+	if cost := distinct - one; cost > SubjectBytes {
+		t.Errorf("a subject costs %d B of heap, over SubjectBytes (%d): raise it", cost, SubjectBytes)
+	}
+}
+
+// heapPerMessage is the heap an embedded server on cfg holds per message
+// after n live-log publishes, the i-th on subject(i) with ID id(i).
+func heapPerMessage(t *testing.T, cfg Config, n int, subject, id func(i int) string) int64 {
+	t.Helper()
+	e := openEmbedded(t, cfg)
+	defer e.Close()
+	data := []byte(`{"type":"uplink"}`)
+	h0 := heapAfterGC()
+	for i := range n {
+		if _, _, err := e.LogJSON(context.Background(), subject(i), data, id(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return (heapAfterGC() - h0) / int64(n)
+}
+
+func heapAfterGC() int64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapAlloc)
+}
