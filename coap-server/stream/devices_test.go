@@ -130,3 +130,46 @@ func heapAfterGC() int64 {
 	runtime.ReadMemStats(&m)
 	return int64(m.HeapAlloc)
 }
+
+// A flood of uplinks, each from a new device ID (what AUTO_REGISTER lets
+// anyone send), holds the embedded server's heap within the two bounds,
+// while a device already counted is still accepted. Without the bounds
+// the same flood holds about 45 MB here (14 times the bounds).
+func TestFloodOfNewDevicesHoldsMemoryUnderTheBounds(t *testing.T) {
+	const devices, ids, flood = 2000, 8000, 50000
+	bound := int64(devices*DeviceBytes + ids*IDBytes)
+	e := openEmbedded(t, Config{Storage: true, DeviceMemory: devices * DeviceBytes, IDMemory: ids * IDBytes})
+	ctx := context.Background()
+	known, payload := accepted(t, "KNOWN", 0)
+	if _, err := e.PublishUplink(ctx, known, payload, MsgID("KNOWN", 0, nil, payload)); err != nil {
+		t.Fatal(err)
+	}
+	h0 := heapAfterGC()
+	refused := 0
+	for i := range flood {
+		dev := fmt.Sprintf("FLOOD%07d", i)
+		a, p := accepted(t, dev, 1)
+		id := MsgID(dev, 1, nil, p)
+		_, err := e.PublishUplink(ctx, a, p, id)
+		if err == nil {
+			_, _, err = e.LogJSON(ctx, dev, []byte(`{"type":"uplink"}`), id)
+		}
+		switch {
+		case errors.Is(err, ErrTooManyDevices), errors.Is(err, ErrBusy):
+			refused++
+		case err != nil:
+			t.Fatal(err)
+		}
+	}
+	grew := heapAfterGC() - h0
+	t.Logf("%d of %d refused; heap grew %d B (bounds %d B)", refused, flood, grew, bound)
+	if grew > 2*bound {
+		t.Errorf("heap grew %d B under a flood of new devices, over twice the bounds (%d B)", grew, bound)
+	}
+	if refused < flood-devices {
+		t.Errorf("only %d of %d new devices refused", refused, flood)
+	}
+	if _, err := e.PublishUplink(ctx, known, payload, MsgID("KNOWN", 1, nil, payload)); err != nil {
+		t.Errorf("a counted device refused during the flood: %v", err)
+	}
+}
