@@ -280,11 +280,16 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, device string, f
 	wctx, cancel := context.WithTimeout(r.Context(), h.FirstConnectWait)
 	watch.WaitFirstAttempt(wctx)
 	cancel()
+	// Counted before the upgrade answers the browser, and until its
+	// quota and slot are given back: a client that saw its connection
+	// open, then the gauge at 0, may open another.
+	h.Metrics.Connections.Inc()
 	conn, err := h.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		watch.Close()
 		h.conns.Release()
 		releaseQuota()
+		h.Metrics.Connections.Dec()
 		return // Upgrade has answered the client.
 	}
 	h.conns.Track(peer)
@@ -298,13 +303,13 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, device string, f
 		}
 	}
 	h.Metrics.Accepted.Inc()
-	h.Metrics.Connections.Inc()
 	remote := r.RemoteAddr
 	h.Logger.Debug("browser connected", "remote", remote, "device", device)
 	// The connection runs on its own goroutine and ServeHTTP returns: the
 	// HTTP server then drops its per-request state (buffers, request,
 	// a stack grown by the handshake), about 10 KiB per idle browser.
 	go func() {
+		defer h.Metrics.Connections.Dec() // deferred first, so run last
 		defer h.conns.Release()
 		defer releaseQuota()
 		defer h.conns.Untrack(peer)
@@ -312,7 +317,6 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, device string, f
 			defer h.removeSession(sess)
 		}
 		defer watch.Close()
-		defer h.Metrics.Connections.Dec()
 		defer stopExpiry()
 		reason := peer.Run(conn)
 		h.Metrics.Disconnects.WithLabelValues(disconnectReason(reason)).Inc()
