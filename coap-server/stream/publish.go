@@ -94,12 +94,16 @@ func (e *Engine) Log(ctx context.Context, entry *livelog.Entry, id string) (seq 
 // LogJSON is Log of an entry already encoded.
 func (e *Engine) LogJSON(ctx context.Context, device string, entry []byte, id string) (seq uint64, dup bool, err error) {
 	msg := &nats.Msg{Subject: liveSubject + device, Data: entry}
-	now := time.Now()
-	if !e.devices.admit(now, device) {
-		return 0, false, ErrTooManyDevices
-	}
-	if id != "" && e.uplinks == nil && !e.ids.take(now, 1) {
-		return 0, false, ErrBusy // with storage, PublishUplink counted this ID
+	// With storage, PublishUplink already counted an uplink's entry (id
+	// set): its device and its ID.
+	if id == "" || e.uplinks == nil {
+		now := time.Now()
+		if !e.devices.admit(now, device) {
+			return 0, false, ErrTooManyDevices
+		}
+		if id != "" && !e.ids.take(now, 1) {
+			return 0, false, ErrBusy
+		}
 	}
 	if id != "" {
 		msg.Header = nats.Header{jetstream.MsgIDHeader: []string{"l" + id}}
