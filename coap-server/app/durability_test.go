@@ -198,9 +198,13 @@ func TestThreeInstancesOnOneNATS(t *testing.T) {
 	if f := readFrame(t, wss[2]); f["deviceId"] != "MARK" {
 		t.Fatalf("after the retransmission came %v, want the next uplink (no second entry)", f)
 	}
-	testwait.ForState(t, "RETX stored", func() (bool, string) {
-		n := countRows(t, dbURL, `select count(*) from activity where devid = 'RETX'`)
-		return n >= 1, strconv.Itoa(n)
+	// Both copies reach storage (the stream no longer recognises the
+	// second: uplinks are batched); the database keeps the first and
+	// records the second.
+	testwait.ForState(t, "RETX stored once, its copy recorded as a duplicate", func() (bool, string) {
+		rows := countRows(t, dbURL, `select count(*) from activity where devid = 'RETX'`)
+		dups := countRows(t, dbURL, `select count(*) from uplink_duplicates where devid = 'RETX'`)
+		return rows == 1 && dups == 1, fmt.Sprintf("%d rows, %d duplicates", rows, dups)
 	}, testwait.Within(30*time.Second))
 
 	// 3. Instance 2 is killed while a device keeps sending to it.
@@ -318,4 +322,44 @@ func rawExchange(t testing.TB, addr string, dgram []byte) codes.Code {
 		t.Fatal(err)
 	}
 	return m.Code
+}
+
+// TestRetransmissionAcrossKill9StoredOnce: a CON answered 2.04 by a
+// process that is then killed, retransmitted to its restart (the device
+// never got the answer), is answered 2.04 again and makes no second row
+// and no second live-log entry: the live log knows the entry's ID, and the
+// database keeps one copy of the uplink by its key.
+func TestRetransmissionAcrossKill9StoredOnce(t *testing.T) {
+	dbURL := pgtest.NewDB(t)
+	dataDir := t.TempDir()
+	first := startProc(t, map[string]string{"DATABASE_URL": dbURL, "DATA_DIR": dataDir})
+	payload, _ := proto.Marshal(&nbiotv1.Uplink{DeviceId: "ACROSS", UplinkCount: 3})
+	dgram := conDatagram(t, 0x5151, []byte{7, 7}, payload)
+	if code := rawExchange(t, first.coap, dgram); code != codes.Changed {
+		t.Fatalf("original: %v", code)
+	}
+	first.proc.Kill()
+
+	env := first.env()
+	env["DATABASE_URL"], env["DATA_DIR"] = dbURL, dataDir
+	second := startProc(t, env)
+	if code := rawExchange(t, second.coap, dgram); code != codes.Changed {
+		t.Fatalf("retransmission after the restart: %v, want 2.04", code)
+	}
+	testwait.ForState(t, "ACROSS stored once, its copy recorded as a duplicate", func() (bool, string) {
+		rows := countRows(t, dbURL, `select count(*) from activity where devid = 'ACROSS'`)
+		dups := countRows(t, dbURL, `select count(*) from uplink_duplicates where devid = 'ACROSS'`)
+		return rows == 1 && dups == 1, fmt.Sprintf("%d rows, %d duplicates\n%s", rows, dups, second.proc.Output())
+	}, testwait.Within(30*time.Second))
+	ws := second.ws(t, "?since=0")
+	if f := readFrame(t, ws); f["deviceId"] != "ACROSS" {
+		t.Fatalf("history: %v, want the ACROSS entry", f)
+	}
+	marker := tryPost(second.dial(t), &nbiotv1.Uplink{DeviceId: "MARK", UplinkCount: 1}, 5*time.Second)
+	if marker != codes.Changed {
+		t.Fatal("marker uplink refused")
+	}
+	if f := readFrame(t, ws); f["deviceId"] != "MARK" {
+		t.Fatalf("after the ACROSS entry came %v, want the marker (no second entry)", f)
+	}
 }

@@ -3,6 +3,7 @@ package ingest
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
 	"io"
 	"log/slog"
@@ -35,8 +36,8 @@ const RetryAfter = 30
 // (*stream.Engine). The datagram path waits for nothing slower than its
 // acknowledgements.
 type Stream interface {
-	// PublishUplink returns once a is durable; dup when it already was.
-	PublishUplink(ctx context.Context, a uplink.Accepted, payload []byte, id string) (dup bool, err error)
+	// PublishUplink returns once a is durable.
+	PublishUplink(ctx context.Context, a uplink.Accepted, payload []byte) error
 	// Log puts an entry on the live log and returns its position; with
 	// an id, a repeat returns the first position with dup set.
 	Log(ctx context.Context, entry *livelog.Entry, id string) (seq uint64, dup bool, err error)
@@ -181,11 +182,11 @@ func (h *Handler) handle(r *request, identity string, now time.Time) response {
 
 	// The stream recognises a copy that reached another instance, or this
 	// one before a restart, by this ID (its Duplicates window).
-	id := stream.MsgID(deviceID, r.mid, r.token, payload)
-	accepted := uplink.Accepted{ID: h.newID(), DeviceID: deviceID, ReceivedAt: now, Uplink: u, Authenticated: identity != ""}
+	msgKey := stream.MsgKey(deviceID, r.mid, r.token, payload)
+	id := hex.EncodeToString(msgKey[:])
+	accepted := uplink.Accepted{ID: h.newID(), DeviceID: deviceID, ReceivedAt: now, Uplink: u, Authenticated: identity != "", Key: msgKey}
 	ctx := r.ctx
-	dup, err := h.Stream.PublishUplink(ctx, accepted, payload, id)
-	if err != nil {
+	if err := h.Stream.PublishUplink(ctx, accepted, payload); err != nil {
 		return h.unavailable(deviceID, now, err)
 	}
 	var (
@@ -199,13 +200,15 @@ func (h *Handler) handle(r *request, identity string, now time.Time) response {
 	entry := livelog.Uplink(deviceID, now, u, configApplied)
 	seq, ldup, err := h.Stream.Log(ctx, entry, id)
 	switch {
-	case err != nil && !dup:
+	case err != nil:
 		// Nothing was accepted yet when there is no storage stream, and
 		// with one the uplink is durable but its entry is not: refuse, so
-		// the device's retransmission repeats both (the stream dedups the
-		// uplink by its ID).
+		// the device's retransmission repeats both (the database keeps one
+		// copy of the uplink by its key).
 		return h.unavailable(deviceID, now, err)
-	case dup || ldup:
+	case ldup:
+		// The live log had this entry's ID: the uplink was accepted before,
+		// by another instance or before a restart.
 		h.Metrics.Duplicates.Inc()
 		h.notifyRetransmission(deviceID, now, u.GetUplinkCount(), seq, 0)
 	default:

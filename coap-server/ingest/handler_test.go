@@ -138,7 +138,7 @@ func fill(t *testing.T, e *streamtest.Recorder) {
 	for i := range 1000 {
 		payload, _ := proto.Marshal(&nbiotv1.Uplink{DeviceId: "FILL", UplinkCount: uint32(i)})
 		a := uplink.Accepted{ID: uuid.New(), DeviceID: "FILL", ReceivedAt: time.Now(), Uplink: &nbiotv1.Uplink{}}
-		if _, err := e.PublishUplink(context.Background(), a, payload, stream.MsgID("FILL", int32(i), nil, payload)); err != nil {
+		if err := e.PublishUplink(context.Background(), a, payload); err != nil {
 			if !errors.Is(err, stream.ErrFull) {
 				t.Fatal(err)
 			}

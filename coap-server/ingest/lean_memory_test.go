@@ -30,8 +30,8 @@ import (
 // a test measures is the datagram path's own.
 type keepNothing struct{ seq atomic.Uint64 }
 
-func (*keepNothing) PublishUplink(context.Context, uplink.Accepted, []byte, string) (bool, error) {
-	return false, nil
+func (*keepNothing) PublishUplink(context.Context, uplink.Accepted, []byte) error {
+	return nil
 }
 func (k *keepNothing) Log(context.Context, *livelog.Entry, string) (uint64, bool, error) {
 	return k.seq.Add(1), false, nil

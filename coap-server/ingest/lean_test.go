@@ -240,11 +240,11 @@ func newGated(t testing.TB) *gated {
 	return &gated{Recorder: streamtest.New(t, stream.Config{}), entered: make(chan struct{}, 16), release: make(chan struct{})}
 }
 
-func (g *gated) PublishUplink(ctx context.Context, a uplink.Accepted, payload []byte, id string) (bool, error) {
+func (g *gated) PublishUplink(ctx context.Context, a uplink.Accepted, payload []byte) error {
 	g.calls.Add(1)
 	g.entered <- struct{}{}
 	<-g.release
-	return g.Recorder.PublishUplink(ctx, a, payload, id)
+	return g.Recorder.PublishUplink(ctx, a, payload)
 }
 
 func (g *gated) waitEntered(t testing.TB) {
@@ -351,9 +351,9 @@ type countingStream struct {
 	calls atomic.Int32
 }
 
-func (c *countingStream) PublishUplink(ctx context.Context, a uplink.Accepted, payload []byte, id string) (bool, error) {
+func (c *countingStream) PublishUplink(ctx context.Context, a uplink.Accepted, payload []byte) error {
 	c.calls.Add(1)
-	return c.Recorder.PublishUplink(ctx, a, payload, id)
+	return c.Recorder.PublishUplink(ctx, a, payload)
 }
 
 // rawAnswer reads one datagram's bytes, failing after 5 s.

@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"encoding/hex"
 	"encoding/json"
 	"math"
 	"slices"
@@ -69,6 +70,9 @@ type ActivityRow struct {
 	Wifi        int64     `json:"wifi"`
 	Other       int64     `json:"other"`
 	ReceivedAt  time.Time `json:"received_at"`
+	// MsgKey is the uplink's Key in hex (nil for uplinks of the version
+	// before it): the database keeps one row of the copies that share it.
+	MsgKey *string `json:"msg_key"`
 }
 
 // SensorRow is one sensor_data row; Data is a JSON object (see sensorRows).
@@ -115,13 +119,25 @@ func RowsOf(recs []uplink.Accepted) Rows {
 		out.Activity = append(out.Activity, ActivityRow{
 			UplinkID: r.ID, DevID: r.DeviceID, UplinkCount: int64(u.GetUplinkCount()),
 			Sleep: int64(a.GetSleep()), Modem: int64(a.GetModem()), Gnss: int64(a.GetGnss()),
-			Wifi: int64(a.GetWifi()), Other: int64(a.GetOther()), ReceivedAt: at,
+			Wifi: int64(a.GetWifi()), Other: int64(a.GetOther()), ReceivedAt: at, MsgKey: msgKey(r.Key),
 		})
 		out.Sensors = appendSensors(out.Sensors, r, at)
 	}
 	slices.SortFunc(out.Devices, func(a, b DeviceRow) int { return strings.Compare(a.DevID, b.DevID) })
 	slices.SortFunc(out.Configs, func(a, b ConfigRow) int { return strings.Compare(a.DevID, b.DevID) })
+	// The activity trigger locks each row's device: in one order, so two
+	// writers' batches cannot deadlock (REST writes activity in its own
+	// transaction, after the devices').
+	slices.SortStableFunc(out.Activity, func(a, b ActivityRow) int { return strings.Compare(a.DevID, b.DevID) })
 	return out
+}
+
+func msgKey(k [16]byte) *string {
+	if k == ([16]byte{}) {
+		return nil
+	}
+	s := hex.EncodeToString(k[:])
+	return &s
 }
 
 // dbTime is t in UTC at Postgres's microsecond precision, so what is

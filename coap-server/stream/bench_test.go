@@ -22,8 +22,9 @@ func cpuTime(tb testing.TB) time.Duration {
 }
 
 // BenchmarkDurableUplink is what durability adds to one uplink on the
-// datagram path: the UPLINKS publish and the LIVELOG publish, each waited
-// for, from 16 concurrent devices (CoAP handlers run per peer), on the
+// datagram path: the UPLINKS publish (in a batch with the other devices'
+// uplinks: batch.go) and the LIVELOG publish, each waited for, from 16
+// concurrent devices (CoAP handlers run per peer), on the
 // embedded server. It reports the CPU of the whole process (client and
 // server side of NATS) per uplink and the latency of the pair, by fsync
 // policy: sync=default (the OS has every write at once, fsync every 2 min;
@@ -54,7 +55,7 @@ func BenchmarkDurableUplink(b *testing.B) {
 					for i := range per {
 						id := MsgID("BENCH", int32(w*per+i), nil, payload)
 						start := time.Now()
-						if _, err := e.PublishUplink(ctx, a, payload, id); err != nil {
+						if err := e.PublishUplink(ctx, a, payload); err != nil {
 							b.Error(err)
 							return
 						}
@@ -87,10 +88,11 @@ func BenchmarkDurableUplink(b *testing.B) {
 // BenchmarkUplinksPerMessage is what the 10 µs goal would take: the same
 // acknowledged LIVELOG publishes from 16 concurrent publishers, with k
 // live-log entries packed into each JetStream message instead of one. It
-// reports process CPU per entry. The design keeps one entry per message
-// (per-device subjects serve tail, since and the per-device retention, and
-// the stream's Nats-Msg-Id dedups each uplink), so this is a measurement of
-// the alternative, not of code the server runs (README, Durability).
+// reports process CPU per entry. UPLINKS is batched so (batch.go); the live
+// log keeps one entry per message (per-device subjects serve tail, since
+// and the per-device retention, and its Nats-Msg-Id dedups each uplink),
+// so for LIVELOG this is a measurement of the alternative, not of code the
+// server runs (README, Durability).
 //
 //	go test -run '^$' -bench UplinksPerMessage -benchtime 40000x ./coap-server/stream
 func BenchmarkUplinksPerMessage(b *testing.B) {
@@ -102,28 +104,66 @@ func BenchmarkUplinksPerMessage(b *testing.B) {
 	for _, k := range []int{1, 4, 16, 64} {
 		b.Run(fmt.Sprintf("k=%d", k), func(b *testing.B) {
 			e := openEmbedded(b, Config{})
-			data := slices.Repeat(one, k)
-			const workers = 16
-			msgs := (b.N/k + workers - 1) / workers
-			var wg sync.WaitGroup
 			b.ResetTimer()
 			cpu0 := cpuTime(b)
-			for w := range workers {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					for i := range msgs {
-						if _, _, err := e.LogJSON(context.Background(), "BENCH", data, MsgID("BENCH", int32(w*msgs+i), nil, data)); err != nil {
-							b.Error(err)
-							return
-						}
-					}
-				}()
-			}
-			wg.Wait()
+			n := logParallel(b, e, slices.Repeat(one, k), b.N/k)
 			cpu := cpuTime(b) - cpu0
 			b.StopTimer()
-			b.ReportMetric(float64(cpu.Microseconds())/float64(workers*msgs*k), "cpu-µs/entry")
+			b.ReportMetric(float64(cpu.Microseconds())/float64(n*k), "cpu-µs/entry")
 		})
 	}
+}
+
+// BenchmarkFeed is what the live-log feed costs: the same acknowledged
+// LIVELOG publishes from 16 publishers, without and with an instance's
+// ordered consumer delivering every entry (to a FeedFunc that drops it).
+// The hub holds the feed only while /ws has subscribers (hub.Feeder).
+//
+//	go test -run '^$' -bench Feed -benchtime 40000x ./coap-server/stream
+func BenchmarkFeed(b *testing.B) {
+	a, _ := accepted(b, "BENCH", 1)
+	one, err := livelog.Uplink("BENCH", time.Now(), a.Uplink, nil).Marshal()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, feed := range []bool{false, true} {
+		b.Run(fmt.Sprint("feed=", feed), func(b *testing.B) {
+			e := openEmbedded(b, Config{})
+			if feed {
+				stop, err := e.Feed(context.Background(), func(uint64, string, []byte) {})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer stop()
+			}
+			b.ResetTimer()
+			cpu0 := cpuTime(b)
+			n := logParallel(b, e, one, b.N)
+			cpu := cpuTime(b) - cpu0
+			b.StopTimer()
+			b.ReportMetric(float64(cpu.Microseconds())/float64(n), "cpu-µs/entry")
+		})
+	}
+}
+
+// logParallel publishes about n acknowledged LIVELOG messages of data from
+// 16 publishers, each with its own message ID, and returns how many.
+func logParallel(b *testing.B, e *Engine, data []byte, n int) int {
+	const workers = 16
+	msgs := (n + workers - 1) / workers
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range msgs {
+				if _, _, err := e.LogJSON(context.Background(), "BENCH", data, MsgID("BENCH", int32(w*msgs+i), nil, data)); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return workers * msgs
 }

@@ -74,12 +74,12 @@ func TestPublishRefusedAtTheDeviceBound(t *testing.T) {
 	ctx := context.Background()
 	for i, dev := range []string{"D1", "D2", "D1"} {
 		a, payload := accepted(t, dev, uint32(i))
-		if _, err := e.PublishUplink(ctx, a, payload, MsgID(dev, int32(i), nil, payload)); err != nil {
+		if err := e.PublishUplink(ctx, a, payload); err != nil {
 			t.Fatalf("%s: %v", dev, err)
 		}
 	}
 	a, payload := accepted(t, "D3", 1)
-	if _, err := e.PublishUplink(ctx, a, payload, MsgID("D3", 1, nil, payload)); !errors.Is(err, ErrTooManyDevices) {
+	if err := e.PublishUplink(ctx, a, payload); !errors.Is(err, ErrTooManyDevices) {
 		t.Fatalf("a third device: err %v, want ErrTooManyDevices", err)
 	}
 	before := e.AsyncErrors()
@@ -154,7 +154,7 @@ func TestFloodOfNewDevicesHoldsMemoryUnderTheBounds(t *testing.T) {
 	e := openEmbedded(t, Config{Storage: true, DeviceMemory: devices * DeviceBytes, IDMemory: ids * IDBytes})
 	ctx := context.Background()
 	known, payload := accepted(t, "KNOWN", 0)
-	if _, err := e.PublishUplink(ctx, known, payload, MsgID("KNOWN", 0, nil, payload)); err != nil {
+	if err := e.PublishUplink(ctx, known, payload); err != nil {
 		t.Fatal(err)
 	}
 	h0 := heapAfterGC()
@@ -163,7 +163,7 @@ func TestFloodOfNewDevicesHoldsMemoryUnderTheBounds(t *testing.T) {
 		dev := fmt.Sprintf("FLOOD%07d", i)
 		a, p := accepted(t, dev, 1)
 		id := MsgID(dev, 1, nil, p)
-		_, err := e.PublishUplink(ctx, a, p, id)
+		err := e.PublishUplink(ctx, a, p)
 		if err == nil {
 			_, _, err = e.LogJSON(ctx, dev, []byte(`{"type":"uplink"}`), id)
 		}
@@ -182,7 +182,7 @@ func TestFloodOfNewDevicesHoldsMemoryUnderTheBounds(t *testing.T) {
 	if refused < flood-devices {
 		t.Errorf("only %d of %d new devices refused", refused, flood)
 	}
-	if _, err := e.PublishUplink(ctx, known, payload, MsgID("KNOWN", 1, nil, payload)); err != nil {
+	if err := e.PublishUplink(ctx, known, payload); err != nil {
 		t.Errorf("a counted device refused during the flood: %v", err)
 	}
 }

@@ -2,6 +2,7 @@ package stream
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -11,6 +12,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/nbiot-live/nbiot-live/coap-server/uplink"
 )
 
 // Engine is the connection to JetStream and the two streams.
@@ -34,6 +37,7 @@ type Engine struct {
 	store       *nats.Conn
 	storeUplink jetstream.Stream // nil without storage
 
+	batches batcher       // of UPLINKS publishes
 	ids     *idBudget     // nil with NATS_URL (the cluster holds the IDs)
 	devices *deviceBudget // nil with NATS_URL
 	closed  chan struct{} // closed by the publish connection's ClosedHandler
@@ -61,6 +65,7 @@ func (e *Engine) DevicesHeld() (held, maxDevices int) { return e.devices.state()
 func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	cfg = cfg.withDefaults()
 	e := &Engine{cfg: cfg, closed: make(chan struct{})}
+	e.batches.e = e
 	if cfg.URL == "" {
 		e.ids = newIDBudget(cfg.IDMemory/IDBytes, cfg.Duplicates)
 		e.devices = newDeviceBudget(int(cfg.DeviceMemory/DeviceBytes), cfg.LiveMaxAge)
@@ -195,7 +200,7 @@ func (e *Engine) ensure(ctx context.Context) error {
 		// Full means 5.03 for new uplinks, never dropping accepted ones.
 		Discard:    jetstream.DiscardNew,
 		MaxBytes:   c.UplinksBytes,
-		MaxMsgSize: 128 + 64 + 65000,
+		MaxMsgSize: int32(max(maxBatchBytes, uplink.MaxMessageLen+binary.MaxVarintLen32)),
 		Duplicates: c.Duplicates,
 		Replicas:   c.Replicas,
 		Storage:    jetstream.FileStorage,

@@ -39,37 +39,13 @@ func accepted(t testing.TB, device string, count uint32) (uplink.Accepted, []byt
 	return uplink.Accepted{ID: uuid.New(), DeviceID: device, ReceivedAt: time.Now(), Uplink: u}, b
 }
 
-func TestPublishUplinkDeduplicatesByMsgID(t *testing.T) {
-	e := openEmbedded(t, Config{Storage: true})
-	ctx := context.Background()
-	a, payload := accepted(t, "D1", 1)
-	id := MsgID(a.DeviceID, 7, []byte{1, 2}, payload)
-	if dup, err := e.PublishUplink(ctx, a, payload, id); err != nil || dup {
-		t.Fatalf("first publish: dup=%v err=%v", dup, err)
-	}
-	if dup, err := e.PublishUplink(ctx, a, payload, id); err != nil || !dup {
-		t.Fatalf("retransmission: dup=%v err=%v, want a duplicate", dup, err)
-	}
-	other := MsgID(a.DeviceID, 8, []byte{1, 2}, payload)
-	if other == id {
-		t.Fatal("a new message ID gives the same Nats-Msg-Id")
-	}
-	info, err := e.uplinks.Info(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if info.State.Msgs != 1 {
-		t.Fatalf("UPLINKS holds %d messages, want 1", info.State.Msgs)
-	}
-}
-
 func TestUplinksFullIsErrFull(t *testing.T) {
 	e := openEmbedded(t, Config{Storage: true, UplinksBytes: 4096})
 	ctx := context.Background()
 	var err error
 	for i := 0; i < 200 && err == nil; i++ {
 		a, payload := accepted(t, "D1", uint32(i))
-		_, err = e.PublishUplink(ctx, a, payload, MsgID("D1", int32(i), nil, payload))
+		err = e.PublishUplink(ctx, a, payload)
 	}
 	if err == nil || !errorsIs(err, ErrFull) {
 		t.Fatalf("publishing past UPLINKS_MAX_BYTES: %v, want ErrFull", err)

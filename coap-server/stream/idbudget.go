@@ -14,9 +14,9 @@ const IDBytes = 192
 
 // idShare is the part of the process's memory (memlimit) that the
 // embedded server's message IDs may take by default: 1/4, 100 MiB at
-// GOMEMLIMIT=400MiB, 546,000 IDs: 273,000 uplinks with storage (two IDs
-// each) or 546,000 live-only within the 5-minute window, 910/s or 1,820/s
-// sustained. With the other shares (DTLS sessions 1/2 at most, Dedup 1/16,
+// GOMEMLIMIT=400MiB, 546,000 IDs: as many uplinks (one ID each, their
+// live-log entry's; UPLINKS batches have none) within the 5-minute
+// window, 1,820/s sustained. With the other shares (DTLS sessions 1/2 at most, Dedup 1/16,
 // the datagram queue 1/64) the worst case leaves a sixth for the rest.
 const idShare = 4
 

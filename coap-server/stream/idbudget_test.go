@@ -71,23 +71,23 @@ func TestIDBudgetNeverUndercountsTheServer(t *testing.T) {
 }
 
 func TestPublishRefusedAtTheIDBound(t *testing.T) {
-	e := openEmbedded(t, Config{Storage: true, IDMemory: 5 * IDBytes})
+	e := openEmbedded(t, Config{Storage: true, IDMemory: 2 * IDBytes})
 	ctx := context.Background()
 	a, payload := accepted(t, "D1", 1)
-	for i := range 2 { // two uplinks, two IDs each
-		if _, err := e.PublishUplink(ctx, a, payload, MsgID("D1", int32(i), nil, payload)); err != nil {
+	for i := range 2 { // two uplinks, one ID each (their entries')
+		if err := e.PublishUplink(ctx, a, payload); err != nil {
 			t.Fatalf("uplink %d: %v", i, err)
 		}
 	}
-	if _, err := e.PublishUplink(ctx, a, payload, MsgID("D1", 2, nil, payload)); !errors.Is(err, ErrBusy) {
-		t.Fatalf("third uplink: err %v, want ErrBusy (it needs 2 IDs, 1 is left)", err)
+	if err := e.PublishUplink(ctx, a, payload); !errors.Is(err, ErrBusy) {
+		t.Fatalf("third uplink: err %v, want ErrBusy", err)
 	}
 	// The entries of the accepted uplinks were counted with them.
 	if _, _, err := e.LogJSON(ctx, "D1", []byte(`{}`), MsgID("D1", 0, nil, payload)); err != nil {
 		t.Fatalf("entry of an accepted uplink refused: %v", err)
 	}
-	if held, bound := e.IDsHeld(); held != 4 || bound != 5 {
-		t.Errorf("IDs held %d of %d, want 4 of 5", held, bound)
+	if held, bound := e.IDsHeld(); held != 2 || bound != 2 {
+		t.Errorf("IDs held %d of %d, want 2 of 2", held, bound)
 	}
 	external := Config{URL: "nats://127.0.0.1:1"}.withDefaults()
 	if external.IDMemory != 0 {

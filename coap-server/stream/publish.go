@@ -32,11 +32,13 @@ var (
 	ErrTooManyDevices = errors.New("stream: too many devices for its memory bound")
 )
 
-// MsgID derives the Nats-Msg-Id of an uplink from what a CoAP
-// retransmission repeats (RFC 7252 §4.5): the device, the message ID, the
-// token and the payload. A copy that reaches a restarted process or another
-// instance within the Duplicates window is then recognised by the stream.
-func MsgID(device string, mid int32, token, payload []byte) string {
+// MsgKey hashes what a CoAP retransmission repeats (RFC 7252 §4.5): the
+// device, the message ID, the token and the payload. It is an uplink's Key
+// (the database keeps one row of copies that share it) and, in hex, the
+// Nats-Msg-Id of its live-log entry (MsgID), by which a copy that reaches
+// a restarted process or another instance within the Duplicates window
+// gets the first one's entry.
+func MsgKey(device string, mid int32, token, payload []byte) [16]byte {
 	h := sha256.New()
 	var b [8]byte
 	h.Write([]byte(device))
@@ -47,36 +49,33 @@ func MsgID(device string, mid int32, token, payload []byte) string {
 	h.Write(token)
 	h.Write(payload)
 	var sum [sha256.Size]byte
-	return hex.EncodeToString(h.Sum(sum[:0])[:16])
+	return [16]byte(h.Sum(sum[:0]))
+}
+
+// MsgID is MsgKey in hex: the message ID of the live-log entry.
+func MsgID(device string, mid int32, token, payload []byte) string {
+	k := MsgKey(device, mid, token, payload)
+	return hex.EncodeToString(k[:])
 }
 
 // PublishUplink makes a durable in UPLINKS and returns once the stream
-// acknowledged it. dup is true when the stream already held the message ID:
-// the uplink was accepted before (a retransmission), and nothing new was
-// written. payload is the device's protobuf, a.Uplink its decoding.
-func (e *Engine) PublishUplink(ctx context.Context, a uplink.Accepted, payload []byte, id string) (dup bool, err error) {
+// acknowledged the batch it went out in. payload is the device's protobuf,
+// a.Uplink its decoding. A retransmission is not recognised here (see
+// batch.go): the live log's ID and the database's key do that.
+func (e *Engine) PublishUplink(ctx context.Context, a uplink.Accepted, payload []byte) error {
 	if e.uplinks == nil {
-		return false, nil
+		return nil
 	}
 	now := time.Now()
 	if !e.devices.admit(now, a.DeviceID) {
-		return false, ErrTooManyDevices
+		return ErrTooManyDevices
 	}
-	// Two IDs: this publish's, and its live-log entry's, so that the Log
-	// after a durable uplink is never refused for the bound.
-	if !e.ids.take(now, 2) {
-		return false, ErrBusy
+	// The live-log entry's ID, taken here so that the Log after a durable
+	// uplink is never refused for the bound.
+	if !e.ids.take(now, 1) {
+		return ErrBusy
 	}
-	msg := &nats.Msg{
-		Subject: uplinkSubject + a.DeviceID,
-		Data:    uplink.AppendMessage(make([]byte, 0, 64+len(payload)), a, payload),
-		Header:  nats.Header{jetstream.MsgIDHeader: []string{"u" + id}},
-	}
-	ack, err := e.publish(ctx, msg)
-	if err != nil {
-		return false, err
-	}
-	return ack.Duplicate, nil
+	return e.batches.add(ctx, uplink.AppendMessage(make([]byte, 0, 64+len(payload)), a, payload))
 }
 
 // Log puts one live-log entry on the live log (its JSON without seq: the

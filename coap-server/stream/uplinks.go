@@ -4,6 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -16,9 +20,18 @@ import (
 // UplinkSource is the storage consumer of UPLINKS, shared by every
 // instance on the same NATS: each batch goes to one of them. It implements
 // storage.Source.
+//
+// A message holds one uplink (the version before batching) or a batch of
+// them (batch.go); its uplinks are delivered separately and the message is
+// acknowledged when all of them are. Those beyond what one Fetch asked
+// for wait for the next one.
 type UplinkSource struct {
 	cons      jetstream.Consumer
 	malformed prometheus.Counter
+
+	mu     sync.Mutex
+	rest   []storage.Delivery // fetched beyond a Fetch's max
+	perMsg float64            // uplinks per message, recently
 }
 
 // UplinkSource binds the storage consumer. malformed counts messages that
@@ -32,32 +45,111 @@ func (e *Engine) UplinkSource(ctx context.Context, malformed prometheus.Counter)
 	if err != nil {
 		return nil, fmt.Errorf("consumer %s: %w", StorageConsumer, err)
 	}
-	return &UplinkSource{cons: cons, malformed: malformed}, nil
+	return &UplinkSource{cons: cons, malformed: malformed, perMsg: 1}, nil
 }
 
-// Fetch implements storage.Source.
-func (s *UplinkSource) Fetch(ctx context.Context, max int, wait time.Duration) ([]storage.Delivery, error) {
+// Fetch implements storage.Source: at most limit deliveries.
+func (s *UplinkSource) Fetch(ctx context.Context, limit int, wait time.Duration) ([]storage.Delivery, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	batch, err := s.cons.Fetch(max, jetstream.FetchMaxWait(wait))
+	s.mu.Lock()
+	ds := s.takeLocked(nil, limit)
+	// Ask for about as many messages as hold the uplinks still wanted.
+	msgs := int(float64(limit-len(ds))/s.perMsg + 0.5)
+	s.mu.Unlock()
+	if len(ds) == limit {
+		return ds, nil
+	}
+	if len(ds) > 0 {
+		wait = 0 // something to write already: take only what is there
+	}
+	batch, err := s.cons.Fetch(min(limit, msgs+1), jetstream.FetchMaxWait(max(wait, time.Millisecond)))
 	if err != nil {
-		return nil, err
+		return ds, err
 	}
-	var ds []storage.Delivery
+	var got []storage.Delivery
+	n := 0
 	for m := range batch.Messages() {
-		a, err := uplink.Unmarshal(m.Data())
-		if err != nil {
-			s.malformed.Inc()
-			_ = m.Term()
-			continue
-		}
-		ds = append(ds, storage.Delivery{Accepted: a, Ack: m.Ack, InProgress: m.InProgress, Nak: m.Nak})
+		n++
+		got = s.deliveries(got, m)
 	}
+	s.mu.Lock()
+	if n > 0 {
+		s.perMsg = 0.8*s.perMsg + 0.2*float64(len(got))/float64(n)
+		s.perMsg = math.Max(1, s.perMsg)
+	}
+	s.rest = append(s.rest, got...)
+	ds = s.takeLocked(ds, limit)
+	s.mu.Unlock()
 	if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, context.DeadlineExceeded) {
 		return ds, err
 	}
 	return ds, nil
+}
+
+// takeLocked moves up to limit-len(ds) of the held deliveries to ds.
+func (s *UplinkSource) takeLocked(ds []storage.Delivery, limit int) []storage.Delivery {
+	k := min(limit-len(ds), len(s.rest))
+	ds = append(ds, s.rest[:k]...)
+	s.rest = slices.Delete(s.rest, 0, k)
+	return ds
+}
+
+// deliveries appends the uplinks of m to ds.
+func (s *UplinkSource) deliveries(ds []storage.Delivery, m jetstream.Msg) []storage.Delivery {
+	if m.Subject() != batchSubject {
+		a, err := uplink.Unmarshal(m.Data())
+		if err != nil {
+			s.malformed.Inc()
+			_ = m.Term()
+			return ds
+		}
+		return append(ds, storage.Delivery{Accepted: a, Ack: m.Ack, InProgress: m.InProgress, Nak: m.Nak})
+	}
+	var recs []uplink.Accepted
+	err := splitBatch(m.Data(), func(rec []byte) {
+		if a, err := uplink.Unmarshal(rec); err == nil {
+			recs = append(recs, a)
+		} else {
+			s.malformed.Inc() // that record only: the others are stored
+		}
+	})
+	if err != nil || len(recs) == 0 {
+		s.malformed.Inc()
+		_ = m.Term()
+		return ds
+	}
+	g := &sharedAck{m: m}
+	g.left.Store(int32(len(recs)))
+	for _, a := range recs {
+		ds = append(ds, storage.Delivery{Accepted: a, Ack: g.ack, InProgress: m.InProgress, Nak: g.nak})
+	}
+	return ds
+}
+
+// sharedAck settles one batch message for its uplinks: acknowledged when
+// every one was; handed back at once when any one is (the others are then
+// written again, idempotently).
+type sharedAck struct {
+	m      jetstream.Msg
+	left   atomic.Int32
+	nacked atomic.Bool
+}
+
+func (g *sharedAck) ack() error {
+	if g.left.Add(-1) != 0 || g.nacked.Load() {
+		return nil
+	}
+	return g.m.Ack()
+}
+
+func (g *sharedAck) nak() error {
+	g.left.Add(-1)
+	if g.nacked.Swap(true) {
+		return nil
+	}
+	return g.m.Nak()
 }
 
 // Pending is the number of uplinks waiting for the database.

@@ -2,6 +2,7 @@ package uplink
 
 import (
 	"bytes"
+	"encoding/binary"
 	"testing"
 	"time"
 
@@ -18,7 +19,8 @@ func sample(t testing.TB) (Accepted, []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return Accepted{ID: uuid.New(), DeviceID: "DEV-1", ReceivedAt: time.Unix(1700000000, 123456789).UTC(), Uplink: u, Authenticated: true}, payload
+	return Accepted{ID: uuid.New(), DeviceID: "DEV-1", ReceivedAt: time.Unix(1700000000, 123456789).UTC(), Uplink: u, Authenticated: true,
+		Key: [16]byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}}, payload
 }
 
 func TestMessageRoundTrip(t *testing.T) {
@@ -27,9 +29,35 @@ func TestMessageRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.ID != a.ID || got.DeviceID != a.DeviceID || !got.ReceivedAt.Equal(a.ReceivedAt) || !got.Authenticated ||
+	if got.ID != a.ID || got.Key != a.Key || got.DeviceID != a.DeviceID || !got.ReceivedAt.Equal(a.ReceivedAt) || !got.Authenticated ||
 		!proto.Equal(got.Uplink, a.Uplink) {
 		t.Fatalf("round trip: got %+v, want %+v", got, a)
+	}
+}
+
+// appendV1 writes the message of the previous version (no key), as a
+// stream filled before an upgrade holds it.
+func appendV1(a Accepted, payload []byte) []byte {
+	b := []byte{1, 0}
+	if a.Authenticated {
+		b[1] = flagAuth
+	}
+	b = append(b, a.ID[:]...)
+	b = binary.BigEndian.AppendUint64(b, uint64(a.ReceivedAt.UnixNano()))
+	b = append(b, byte(len(a.DeviceID)))
+	b = append(b, a.DeviceID...)
+	return append(b, payload...)
+}
+
+func TestUnmarshalReadsVersion1(t *testing.T) {
+	a, payload := sample(t)
+	got, err := Unmarshal(appendV1(a, payload))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ID != a.ID || got.Key != ([16]byte{}) || got.DeviceID != a.DeviceID || !got.ReceivedAt.Equal(a.ReceivedAt) ||
+		!got.Authenticated || !proto.Equal(got.Uplink, a.Uplink) {
+		t.Fatalf("version 1: got %+v, want %+v without a key", got, a)
 	}
 }
 
@@ -39,8 +67,9 @@ func TestUnmarshalRefuses(t *testing.T) {
 	bad := map[string][]byte{
 		"empty":           nil,
 		"short":           good[:10],
-		"version":         append([]byte{2}, good[1:]...),
-		"device too long": func() []byte { b := bytes.Clone(good); b[26] = 200; return b }(),
+		"version":         append([]byte{3}, good[1:]...),
+		"v2 short":        good[:headerLen-1],
+		"device too long": func() []byte { b := bytes.Clone(good); b[headerLen-1] = 200; return b }(),
 		"nil id":          AppendMessage(nil, Accepted{DeviceID: "D", ReceivedAt: a.ReceivedAt}, payload),
 		"bad device":      AppendMessage(nil, Accepted{ID: a.ID, DeviceID: "a b", ReceivedAt: a.ReceivedAt}, payload),
 		"bad protobuf":    AppendMessage(nil, Accepted{ID: a.ID, DeviceID: "D", ReceivedAt: a.ReceivedAt}, []byte{0xff}),
@@ -57,6 +86,7 @@ func TestUnmarshalRefuses(t *testing.T) {
 func FuzzUnmarshal(f *testing.F) {
 	a, payload := sample(f)
 	f.Add(AppendMessage(nil, a, payload))
+	f.Add(appendV1(a, payload))
 	f.Add([]byte{1, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		got, err := Unmarshal(b)

@@ -23,4 +23,11 @@ type Accepted struct {
 	// Authenticated is true when the uplink came over DTLS with the device's
 	// own key (the PSK identity names DeviceID).
 	Authenticated bool
+	// Key is what a CoAP retransmission repeats, hashed (stream.MsgKey:
+	// device, message ID, token, payload). Copies of one uplink that two
+	// instances, or one before and after a restart, accepted under two IDs
+	// share it; the database keeps the first (the activity trigger of
+	// supabase/migrations/20261202120000_retransmission_dedup.sql). Zero
+	// for uplinks of an older version, which the stream deduplicated.
+	Key [16]byte
 }

@@ -382,8 +382,8 @@ func runServer(name, addr string) error {
 // measures the CoAP layer and the uplink logic without JetStream.
 type noStream struct{ seq atomic.Uint64 }
 
-func (*noStream) PublishUplink(context.Context, uplink.Accepted, []byte, string) (bool, error) {
-	return false, nil
+func (*noStream) PublishUplink(context.Context, uplink.Accepted, []byte) error {
+	return nil
 }
 func (s *noStream) Log(context.Context, *livelog.Entry, string) (uint64, bool, error) {
 	return s.seq.Add(1), false, nil

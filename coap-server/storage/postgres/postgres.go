@@ -70,8 +70,8 @@ on conflict (devid) do update set heartbeat_interval = excluded.heartbeat_interv
   config_version = excluded.config_version, updated_at = excluded.updated_at
 where device_config.updated_at <= excluded.updated_at`
 
-	sqlActivity = `insert into public.activity (uplink_id, devid, uplink_count, sleep, modem, gnss, wifi, other, received_at)
-select * from unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::timestamptz[])
+	sqlActivity = `insert into public.activity (uplink_id, devid, uplink_count, sleep, modem, gnss, wifi, other, received_at, msg_key)
+select * from unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::timestamptz[], $10::text[])
 on conflict (uplink_id) do nothing`
 
 	sqlSensors = `insert into public.sensor_data (uplink_id, devid, data_type, data, received_at)
@@ -101,13 +101,13 @@ func (w *Writer) Write(ctx context.Context, rows *storage.Rows) error {
 		b.Queue(sqlConfigs, ids, hb, hw, fw, gi, wi, cv, at)
 	}
 	if n := len(rows.Activity); n > 0 {
-		uid, ids, cnt, at := make([]uuid.UUID, n), make([]string, n), make([]int64, n), make([]time.Time, n)
+		uid, ids, cnt, at, key := make([]uuid.UUID, n), make([]string, n), make([]int64, n), make([]time.Time, n), make([]*string, n)
 		sl, mo, gn, wf, ot := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
 		for i, a := range rows.Activity {
-			uid[i], ids[i], cnt[i], at[i] = a.UplinkID, a.DevID, a.UplinkCount, a.ReceivedAt
+			uid[i], ids[i], cnt[i], at[i], key[i] = a.UplinkID, a.DevID, a.UplinkCount, a.ReceivedAt, a.MsgKey
 			sl[i], mo[i], gn[i], wf[i], ot[i] = a.Sleep, a.Modem, a.Gnss, a.Wifi, a.Other
 		}
-		b.Queue(sqlActivity, uid, ids, cnt, sl, mo, gn, wf, ot, at)
+		b.Queue(sqlActivity, uid, ids, cnt, sl, mo, gn, wf, ot, at, key)
 	}
 	if n := len(rows.Sensors); n > 0 {
 		uid, ids, typ, data, at := make([]uuid.UUID, n), make([]string, n), make([]string, n), make([]string, n), make([]time.Time, n)

@@ -49,7 +49,8 @@ func (p *Pipeline) Publish(r uplink.Accepted) {
 		p.t.Fatal(err)
 	}
 	p.mid++
-	if _, err := p.Engine.PublishUplink(context.Background(), r, payload, stream.MsgID(r.DeviceID, p.mid, r.ID[:], payload)); err != nil {
+	r.Key = stream.MsgKey(r.DeviceID, p.mid, r.ID[:], payload)
+	if err := p.Engine.PublishUplink(context.Background(), r, payload); err != nil {
 		p.t.Fatal(err)
 	}
 }

@@ -40,6 +40,8 @@ func Run(t *testing.T, newWriter NewWriter) {
 		{"FullUplinkLandsInEveryTable", testFullUplink},
 		{"SecondUplinkUpsertsConfig", testConfigUpsert},
 		{"SameRecordTwiceMakesOneRow", testSameRecordTwice},
+		{"CopiesOfOneUplinkMakeOneRow", testCopies},
+		{"CopiesWrittenAtOnceMakeOneRow", testCopiesAtOnce},
 		{"BatchRetriedAfterCommittedFailure", testRetryAfterFailure},
 		{"OlderBatchNeverOverwritesNewer", testOutOfOrder},
 		{"PoisonRowSkippedRestStored", testPoison},
@@ -199,6 +201,90 @@ func testSameRecordTwice(t *testing.T, newWriter NewWriter) {
 	write(t, w, Rec("OTHER", t0, FullUplink("OTHER", 1)), r) // and within another batch
 	if got, want := counts(db), `[{"a":2,"c":2,"d":2,"s":10}]`; got != want {
 		t.Errorf("rows %s, want %s", got, want)
+	}
+}
+
+// copyOf is a second acceptance of r: a CoAP retransmission that reached
+// another instance, or this one after a restart, d later (its own
+// uplink_id, the same key).
+func copyOf(r uplink.Accepted, d time.Duration) uplink.Accepted {
+	c := r
+	c.ID, c.ReceivedAt = uuid.New(), r.ReceivedAt.Add(d)
+	return c
+}
+
+// testCopies: copies of one uplink (same key) accepted within 247 s of each
+// other make one row in each table, whether they arrive in one batch or
+// in two, first or second; the same key 248 s later is a new uplink (the
+// device may reuse a message ID after EXCHANGE_LIFETIME).
+func testCopies(t *testing.T, newWriter NewWriter) {
+	dbURL := pgtest.NewDB(t)
+	w := newWriter(t, dbURL)
+	db := Connect(t, dbURL)
+	r := Rec("COPY", t0, FullUplink("COPY", 5))
+	r.Key = [16]byte{1, 2, 3}
+	write(t, w, r, copyOf(r, 40*time.Second)) // both in one batch
+	write(t, w, copyOf(r, 246*time.Second))   // one in a later batch
+	write(t, w, copyOf(r, -2*time.Second))    // an earlier copy, written later
+	write(t, w, r)                            // the first again (a redelivery)
+	if got, want := counts(db), `[{"a":1,"c":1,"d":1,"s":5}]`; got != want {
+		t.Errorf("rows %s, want %s (one uplink)", got, want)
+	}
+	if n := db.Int(`select count(*) from uplink_duplicates where of_uplink_id = $1`, r.ID); n != 3 {
+		t.Errorf("%d copies recorded as duplicates of the first, want 3", n)
+	}
+	write(t, w, copyOf(r, 248*time.Second))
+	other := r
+	other.Key = [16]byte{9}
+	other.ID = uuid.New()
+	write(t, w, other) // another key at the same time
+	if n := db.Int(`select count(*) from activity`); n != 3 {
+		t.Errorf("%d activity rows, want 3: the same key 248 s later, and another key, are new uplinks", n)
+	}
+	if n := db.Int(`select count(*) from sensor_data`); n != 15 {
+		t.Errorf("%d sensor_data rows, want 15", n)
+	}
+}
+
+// testCopiesAtOnce: two writers (two instances) write copies of the same
+// uplinks at the same moment, in batches that name the devices in opposite
+// orders: one row each, and no deadlock.
+func testCopiesAtOnce(t *testing.T, newWriter NewWriter) {
+	dbURL := pgtest.NewDB(t)
+	w1, w2 := newWriter(t, dbURL), newWriter(t, dbURL)
+	db := Connect(t, dbURL)
+	const rounds = 20
+	for round := range rounds {
+		var a, b []uplink.Accepted
+		for _, dev := range []string{"RACE-A", "RACE-B", "RACE-C"} {
+			r := Rec(dev, t0.Add(time.Duration(round)*time.Minute*5), FullUplink(dev, uint32(round)))
+			r.Key = [16]byte{byte(round), dev[5]}
+			a = append(a, r)
+			b = append([]uplink.Accepted{copyOf(r, time.Second)}, b...)
+		}
+		var wg sync.WaitGroup
+		for _, job := range []struct {
+			w    storage.Writer
+			recs []uplink.Accepted
+		}{{w1, a}, {w2, b}} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				rows := storage.RowsOf(job.recs)
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				defer cancel()
+				if err := job.w.Write(ctx, &rows); err != nil {
+					t.Errorf("round %d: %v", round, err)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	if n := db.Int(`select count(*) from activity`); n != 3*rounds {
+		t.Errorf("%d activity rows, want %d: one per uplink, not per copy", n, 3*rounds)
+	}
+	if n := db.Int(`select count(*) from uplink_duplicates`); n != 3*rounds {
+		t.Errorf("%d copies recorded, want %d", n, 3*rounds)
 	}
 }
 
