@@ -37,7 +37,7 @@ type App struct {
 	hub      *hub.Hub
 	handler  *ingest.Handler
 	engine   *stream.Engine
-	stopFeed func()
+	feeder   *hub.Feeder
 	store    *storeConsumer // nil without storage
 
 	coap   *ingest.LeanServer // plain CoAP: the lean datagram path
@@ -146,9 +146,21 @@ func (a *App) openStream(ctx context.Context) error {
 	a.engine = e
 	a.handler.Stream = e
 	a.httpAPI.History = e
-	if a.stopFeed, err = e.Feed(ctx, a.hub.Feed); err != nil {
+	// The hub is fed while a /ws subscriber holds the feed; trying it
+	// once here makes a feed that cannot start an error at start.
+	a.feeder = hub.NewFeeder(func() (func(), error) {
+		// Its own context: Start's may have ended when a subscriber comes.
+		fctx, cancel := context.WithTimeout(context.Background(), stream.DefaultConnectTimeout)
+		defer cancel()
+		return e.Feed(fctx, a.hub.Feed)
+	}, 0)
+	release, err := a.feeder.Hold()
+	if err != nil {
 		return fmt.Errorf("NATS: %w", err)
 	}
+	release()
+	a.feeder.Close() // nobody watches yet
+	a.httpAPI.Feed = a.feeder
 	if e.Embedded() {
 		_, maxIDs := e.IDsHeld()
 		_, maxDevices := e.DevicesHeld()
@@ -254,8 +266,8 @@ func (a *App) Shutdown(ctx context.Context) error {
 				errs = append(errs, fmt.Errorf("storage drain: %w", err))
 			}
 		}
-		if a.stopFeed != nil {
-			a.stopFeed()
+		if a.feeder != nil {
+			a.feeder.Close()
 		}
 		if a.downlinks != nil {
 			if err := a.downlinks.Close(ctx); err != nil {

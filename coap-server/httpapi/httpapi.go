@@ -33,7 +33,8 @@ const (
 // Server serves /ws, /healthz and /readyz.
 type Server struct {
 	Hub            *hub.Hub
-	History        History // the retained live log, for since and tail
+	Feed           *hub.Feeder // held per subscriber: the hub is fed while someone watches; nil = always fed
+	History        History     // the retained live log, for since and tail
 	Token          string  // WS_TOKEN; compared in constant time
 	Ready          func() bool
 	Gatherer       prometheus.Gatherer // not served here: see MetricsHandler
@@ -107,6 +108,17 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	// Subscribe before the 101 goes out: every frame published after the
 	// client sees the handshake complete reaches it.
 	// With since or tail, live frames are held while the history is sent.
+	// The feed first: it carries every entry stored from here on, so the
+	// position the history reads next leaves no gap.
+	if s.Feed != nil {
+		release, err := s.Feed.Hold()
+		if err != nil {
+			s.Logger.Warn("ws subscriber refused: the live-log feed cannot start", "err", err)
+			http.Error(w, "live log unavailable, retry later", http.StatusServiceUnavailable)
+			return
+		}
+		defer release()
+	}
 	peer := wspeer.New(s.Peer)
 	g := &gate{peer: peer, notices: st.notices, live: !st.history()}
 	sub := s.Hub.Subscribe(g, devices)
