@@ -80,7 +80,7 @@ func (a *App) openStorage(ctx context.Context) error {
 		return fmt.Errorf("NATS: %w", err)
 	}
 	a.Metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "nbiot_storage_pending", Help: "Uplinks in the stream waiting for the database (every instance's).",
+		Name: "nbiot_storage_pending", Help: "Messages in UPLINKS waiting for the database (every instance's): each holds one uplink, or up to 64 published together.",
 	}, func() float64 {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()

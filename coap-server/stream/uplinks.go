@@ -152,7 +152,8 @@ func (g *sharedAck) nak() error {
 	return g.m.Nak()
 }
 
-// Pending is the number of uplinks waiting for the database.
+// Pending is the number of messages waiting for the database: each holds
+// one uplink, or the up to 64 of a batch (batch.go).
 func (s *UplinkSource) Pending(ctx context.Context) (uint64, error) {
 	info, err := s.cons.Info(ctx)
 	if err != nil {
@@ -161,7 +162,8 @@ func (s *UplinkSource) Pending(ctx context.Context) (uint64, error) {
 	return info.NumPending + uint64(info.NumAckPending), nil
 }
 
-// UplinksHeld is the number of uplinks in UPLINKS (not yet stored).
+// UplinksHeld is the number of messages in UPLINKS (not yet stored; one
+// uplink each, or a batch).
 func (e *Engine) UplinksHeld(ctx context.Context) (uint64, error) {
 	if e.uplinks == nil {
 		return 0, nil
