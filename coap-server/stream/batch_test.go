@@ -127,7 +127,7 @@ func TestBatchAckedWhenAllItsUplinksAre(t *testing.T) {
 		a, payload := accepted(t, "B1", uint32(i))
 		recs = appendRecord(recs, uplink.AppendMessage(nil, a, payload))
 	}
-	if _, err := e.jsWait.PublishMsg(ctx, &nats.Msg{Subject: batchSubject, Data: recs}); err != nil {
+	if _, err := e.js.PublishMsg(ctx, &nats.Msg{Subject: batchSubject, Data: recs}); err != nil {
 		t.Fatal(err)
 	}
 	src, err := e.UplinkSource(ctx, prometheus.NewCounter(prometheus.CounterOpts{Name: "m"}))
@@ -167,11 +167,11 @@ func TestVersion1MessagesStillStored(t *testing.T) {
 	a, payload := accepted(t, "OLD", 1)
 	v1 := uplink.AppendMessage(nil, a, payload)
 	v1 = append([]byte{1, v1[1]}, append(v1[2:18], v1[34:]...)...) // drop the key: version 1
-	if _, err := e.jsWait.PublishMsg(ctx, &nats.Msg{Subject: uplinkSubject + "OLD", Data: v1}); err != nil {
+	if _, err := e.js.PublishMsg(ctx, &nats.Msg{Subject: uplinkSubject + "OLD", Data: v1}); err != nil {
 		t.Fatal(err)
 	}
 	for _, m := range []*nats.Msg{{Subject: uplinkSubject + "JUNK", Data: []byte("junk")}, {Subject: batchSubject, Data: []byte{0xff}}} {
-		if _, err := e.jsWait.PublishMsg(ctx, m); err != nil {
+		if _, err := e.js.PublishMsg(ctx, m); err != nil {
 			t.Fatal(err)
 		}
 	}

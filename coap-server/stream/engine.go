@@ -27,7 +27,7 @@ type Engine struct {
 	ns      *server.Server // nil with an external NATS_URL
 	nc      *nats.Conn
 	js      jetstream.JetStream
-	jsWait  jetstream.JetStream // the publishes an answer waits for
+	acks    *acker              // the publishes an answer waits for
 	uplinks jetstream.Stream    // nil without storage
 	live    jetstream.Stream
 
@@ -109,10 +109,9 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		e.Close()
 		return nil, fmt.Errorf("%s: %w", e.varName(), err)
 	}
-	// The publishes an answer waits for (publish): their own context, so
-	// their failures are not counted as LogAsync's; an ack that never
-	// comes is given up after twice the wait, so none is held forever.
-	if e.jsWait, err = jetstream.New(e.nc, jetstream.WithPublishAsyncTimeout(2*cfg.AckTimeout)); err != nil {
+	// The publishes an answer waits for (publish): acknowledged on their
+	// own subscription, so their failures are not counted as LogAsync's.
+	if e.acks, err = newAcker(e.nc); err != nil {
 		e.Close()
 		return nil, fmt.Errorf("%s: %w", e.varName(), err)
 	}

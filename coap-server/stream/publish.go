@@ -114,37 +114,10 @@ func (e *Engine) LogJSON(ctx context.Context, device string, entry []byte, id st
 	return ack.Sequence, ack.Duplicate, nil
 }
 
-func (e *Engine) publish(ctx context.Context, msg *nats.Msg) (*jetstream.PubAck, error) {
-	// Published asynchronously and then waited for: cheaper than a
-	// request per message (no inbox, context or timer in the client per
-	// publish), and concurrent callers pipeline on one connection. No
-	// retries inside: the device retransmits, and a fast 5.03 beats a slow
-	// one.
-	f, err := e.jsWait.PublishMsgAsync(msg, jetstream.WithRetryAttempts(0), jetstream.WithStallWait(e.cfg.AckTimeout))
-	if err != nil {
-		return nil, publishErr(err)
-	}
-	timeout := time.NewTimer(e.cfg.AckTimeout)
-	defer timeout.Stop()
-	select {
-	case ack := <-f.Ok():
-		return ack, nil
-	case err := <-f.Err():
-		return nil, publishErr(err)
-	case <-ctx.Done():
-		return nil, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
-	case <-timeout.C:
-		return nil, fmt.Errorf("%w: no acknowledgement within %v", ErrUnavailable, e.cfg.AckTimeout)
-	}
-}
-
-// publishErr maps a publish failure to ErrFull or ErrUnavailable.
-func publishErr(err error) error {
-	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) && apiErr.ErrorCode == 10077 {
-		return fmt.Errorf("%w: %s", ErrFull, apiErr.Description)
-	}
-	return fmt.Errorf("%w: %v", ErrUnavailable, err)
+func (e *Engine) publish(ctx context.Context, msg *nats.Msg) (pubAck, error) {
+	// No retries inside: the device retransmits, and a fast 5.03 beats a
+	// slow one. Concurrent callers pipeline on one connection.
+	return e.acks.publish(ctx, msg, e.cfg.AckTimeout)
 }
 
 // LogAsync puts an entry on the live log without waiting for the
