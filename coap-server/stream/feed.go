@@ -39,7 +39,15 @@ func (e *Engine) Feed(ctx context.Context, fn FeedFunc) (stop func(), err error)
 	sub, err := e.feed.Subscribe(notifySubject+">", func(m *nats.Msg) {
 		fn(0, strings.TrimPrefix(m.Subject, notifySubject), m.Data)
 	})
+	// A round trip: the server has the subscription when Feed returns,
+	// so no notification published after that is missed.
+	if err == nil {
+		err = e.feed.FlushTimeout(e.cfg.ConnectTimeout)
+	}
 	if err != nil {
+		if sub != nil {
+			_ = sub.Unsubscribe()
+		}
 		cc.Stop()
 		return nil, fmt.Errorf("live-log notifications: %w", err)
 	}
