@@ -157,7 +157,7 @@ func readNames(t *testing.T, env map[string]string, secrets []string) (map[strin
 }
 
 // runtimeEnv are [env] names the Go runtime reads, not FromEnv.
-var runtimeEnv = []string{"GOMEMLIMIT"}
+var runtimeEnv = []string{"GOMEMLIMIT", "GOGC"}
 
 // GOMEMLIMIT is set, parses as the runtime reads it (a number with an
 // optional B, KiB, MiB or GiB) and leaves room under the VM's memory.

@@ -244,6 +244,9 @@ func start(name string) (*server, error) {
 			// 3-minute soak. 4 GiB keeps every uplink under it.
 			cmd.Env = append(os.Environ(), "GOMEMLIMIT=4GiB")
 		}
+		if name == "coap-server" && os.Getenv("GOGC") == "" {
+			cmd.Env = append(cmd.Environ(), "GOGC=200") // as fly.toml runs it
+		}
 	default:
 		return nil, fmt.Errorf("unknown server %q (libcoap, go-coap, coap-server, lean)", name)
 	}
