@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/nbiot-live/nbiot-live/internal/livelog"
 )
 
@@ -31,14 +33,17 @@ func cpuTime(tb testing.TB) time.Duration {
 // survives kill -9) and sync=always (fsync per message; survives a power cut).
 //
 //	go test -run '^$' -bench DurableUplink -benchtime 20000x ./coap-server/stream
+//
+// "storage=none" is the same without storage (no UPLINKS publish: the live
+// log only); the difference to sync=default is what making the uplink
+// itself durable costs.
 func BenchmarkDurableUplink(b *testing.B) {
-	for _, always := range []bool{false, true} {
-		name := "sync=default"
-		if always {
-			name = "sync=always"
-		}
-		b.Run(name, func(b *testing.B) {
-			e := openEmbedded(b, Config{Storage: true, SyncAlways: always})
+	for _, c := range []struct {
+		name            string
+		storage, always bool
+	}{{"sync=default", true, false}, {"sync=always", true, true}, {"storage=none", false, false}} {
+		b.Run(c.name, func(b *testing.B) {
+			e := openEmbedded(b, Config{Storage: c.storage, SyncAlways: c.always})
 			ctx := context.Background()
 			a, payload := accepted(b, "BENCH", 1)
 			entry := livelog.Uplink("BENCH", time.Now(), a.Uplink, nil)
@@ -166,4 +171,62 @@ func logParallel(b *testing.B, e *Engine, data []byte, n int) int {
 	}
 	wg.Wait()
 	return workers * msgs
+}
+
+// BenchmarkUplinkSource is the stream side of storage: b.N uplinks
+// published by 16 devices in parallel (so batched as on the datagram path)
+// are fetched 500 at a time and acknowledged, as the storage workers do,
+// with no database. It reports the process CPU per uplink of fetching and
+// acknowledging (deleting) them, the rest of what durability costs.
+//
+//	go test -run '^$' -bench UplinkSource -benchtime 80000x ./coap-server/stream
+func BenchmarkUplinkSource(b *testing.B) {
+	e := openEmbedded(b, Config{Storage: true})
+	ctx := context.Background()
+	a, payload := accepted(b, "BENCH", 1)
+	const workers = 16
+	per := (b.N + workers - 1) / workers
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range per {
+				if err := e.PublishUplink(ctx, a, payload); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	info, err := e.uplinks.Info(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	src, err := e.UplinkSource(ctx, prometheus.NewCounter(prometheus.CounterOpts{Name: "m"}))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	cpu0 := cpuTime(b)
+	for got := 0; got < workers*per; {
+		ds, err := src.Fetch(ctx, 500, time.Second)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(ds) == 0 {
+			b.Fatalf("fetched %d of %d", got, workers*per)
+		}
+		for _, d := range ds {
+			if err := d.Ack(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		got += len(ds)
+	}
+	cpu := cpuTime(b) - cpu0
+	b.StopTimer()
+	b.ReportMetric(float64(cpu.Microseconds())/float64(workers*per), "cpu-µs/uplink")
+	b.ReportMetric(float64(workers*per)/float64(info.State.Msgs), "uplinks/message")
 }
