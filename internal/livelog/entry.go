@@ -58,6 +58,9 @@ func (t *Timestamp) UnmarshalJSON(b []byte) error {
 
 // Marshal encodes e as the bytes of one text frame.
 func (e *Entry) Marshal() ([]byte, error) {
+	if b, ok := appendEntry(make([]byte, 0, 512), e); ok {
+		return b, nil
+	}
 	return json.Marshal(e)
 }
 
