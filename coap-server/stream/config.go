@@ -76,7 +76,7 @@ type Config struct {
 	IDMemory int64
 	// DeviceMemory bounds the memory of the distinct devices the embedded
 	// server holds entries of (DeviceBytes each): default a sixteenth of
-	// the process's memory, 25 MiB (40,960 devices) at GOMEMLIMIT=400MiB.
+	// the process's memory, 25 MiB (68,266 devices) at GOMEMLIMIT=400MiB.
 	// Past it an uplink of a new device gets 5.03 (ErrTooManyDevices);
 	// devices already counted are not affected. No bound with NATS_URL.
 	DeviceMemory int64

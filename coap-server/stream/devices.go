@@ -8,18 +8,20 @@ import (
 // SubjectBytes is what the embedded server holds in memory for each
 // distinct subject a stream retains a message on (its per-subject state):
 // measured 190–216 B on nats-server v2.15 between 10,000 and 60,000
-// subjects (TestSubjectHeapCost checks the bound); rounded up. Subjects end in the device ID, so every device with
-// retained entries costs this in LIVELOG and, while it has unstored
-// uplinks, in UPLINKS.
+// subjects (TestSubjectHeapCost checks the bound); rounded up. LIVELOG's
+// subjects end in the device ID, so every device with retained entries
+// costs this. UPLINKS's do not since uplinks are batched (one subject for
+// every batch); messages of the version before, on the device's subject,
+// are only there until storage has them after an upgrade.
 const SubjectBytes = 256
 
-// DeviceBytes is the memory a device's presence in the streams costs: a
-// subject in each stream and its entry in deviceBudget.
-const DeviceBytes = 2*SubjectBytes + 128
+// DeviceBytes is the memory a device's presence in the streams costs: its
+// LIVELOG subject and its entry in deviceBudget.
+const DeviceBytes = SubjectBytes + 128
 
 // deviceShare is the part of the process's memory (memlimit) the devices
 // with entries in the embedded server may take by default: 1/16, 25 MiB
-// at GOMEMLIMIT=400MiB, 40,960 devices.
+// at GOMEMLIMIT=400MiB, 68,266 devices.
 const deviceShare = 16
 
 // deviceBudget bounds the distinct devices the streams hold entries of,
