@@ -9,7 +9,11 @@
 // For each server and peer pattern (K long-lived peers, or peers rotating
 // to a new source port every -rotate requests) it prints requests/s, the
 // round trip's p50/p99, server CPU µs per request and the ratio to
-// libcoap's CPU; "lost" counts requests unanswered within 2 s or answered
+// libcoap's CPU; "coap-server+db" is coap-server storing every uplink
+// (the durable path: UPLINKS, the storage consumer, Postgres at
+// COAPBENCH_DATABASE_URL, which must have the migrations; the database's
+// own CPU is not counted, coap-server's until every uplink answered is
+// stored is); "lost" counts requests unanswered within 2 s or answered
 // with anything but 2.04. It is a bench, not a test: figures depend on the machine
 // and its load (the load average is printed with them).
 //
@@ -20,6 +24,7 @@
 // one such source alone per server and prints its answers/s per 30 s.
 //
 //	go run ./scripts/coapbench [-k 16] [-duration 5s] [-rotate 100] [-servers libcoap,go-coap,lean,coap-server] [-chatty 45s] [-chatty-k 16]
+//	COAPBENCH_DATABASE_URL=postgres://… go run ./scripts/coapbench -servers libcoap,coap-server,coap-server+db
 //	go run ./scripts/coapbench -soak 3m
 //
 // COAPBENCH_CPUPROFILE=DIR writes each Go server's CPU profile to
@@ -119,6 +124,13 @@ func bench(servers []string, k int, duration, warmup time.Duration, rotate int, 
 	var results []result
 	var chattyRuns []chattyRun
 	for _, name := range servers {
+		var stored *storedCounter
+		if name == "coap-server+db" {
+			var err error
+			if stored, err = newStoredCounter(); err != nil {
+				return err
+			}
+		}
 		srv, err := start(name)
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
@@ -127,13 +139,28 @@ func bench(servers []string, k int, duration, warmup time.Duration, rotate int, 
 			name   string
 			rotate int
 		}{{fmt.Sprintf("%d long-lived", k), 0}, {fmt.Sprintf("rotating/%d", rotate), rotate}} {
-			_ = drive(srv.addr, k, warmup, pattern.rotate)
+			wr := drive(srv.addr, k, warmup, pattern.rotate)
+			if stored != nil {
+				if _, err := stored.settle(wr.answered); err != nil {
+					srv.stop()
+					return err
+				}
+			}
 			cpu0, err := cpuTime(srv.pid)
 			if err != nil {
 				srv.stop()
 				return err
 			}
 			lr := drive(srv.addr, k, duration, pattern.rotate)
+			if stored != nil {
+				// The CPU of storing what was answered, after the load too.
+				took, err := stored.settle(lr.answered)
+				if err != nil {
+					srv.stop()
+					return err
+				}
+				fmt.Printf("  %-12s %-14s every answered uplink stored %v after the load\n", name, pattern.name, took.Round(time.Millisecond))
+			}
 			cpu1, _ := cpuTime(srv.pid)
 			r := result{server: name, peers: pattern.name, load: lr}
 			if lr.answered > 0 {
@@ -155,6 +182,9 @@ func bench(servers []string, k int, duration, warmup time.Duration, rotate int, 
 				cr.other.p50, cr.other.p99, cr.other.lost, loadavg())
 		}
 		srv.stop()
+		if stored != nil {
+			stored.close()
+		}
 	}
 	fmt.Println()
 	fmt.Println("| server | peers | req/s | p50 | p99 | server CPU per request | × libcoap |")
@@ -231,24 +261,27 @@ func start(name string) (*server, error) {
 			return nil, errors.New("coap-server-notls not installed (apt-get install libcoap3-bin)")
 		}
 		cmd = exec.Command(bin, "-d", "10", "-A", "127.0.0.1", "-p", strconv.Itoa(port), "-v", "0")
-	case "go-coap", "coap-server", "lean":
+	case "go-coap", "coap-server", "coap-server+db", "lean":
+		if name == "coap-server+db" && os.Getenv("COAPBENCH_DATABASE_URL") == "" {
+			return nil, errors.New("coap-server+db needs COAPBENCH_DATABASE_URL: a Postgres database with the migrations applied")
+		}
 		self, err := os.Executable()
 		if err != nil {
 			return nil, err
 		}
 		cmd = exec.Command(self, "-serve", name, "-addr", addr)
-		if name == "coap-server" && os.Getenv("GOMEMLIMIT") == "" {
+		if strings.HasPrefix(name, "coap-server") && os.Getenv("GOMEMLIMIT") == "" {
 			// The bench measures CPU per request at rates a 512 MB machine
 			// sustains only for minutes: its message-ID bound (a quarter
 			// of memory; README, Durability) would refuse part of a
 			// 3-minute soak. 4 GiB keeps every uplink under it.
 			cmd.Env = append(os.Environ(), "GOMEMLIMIT=4GiB")
 		}
-		if name == "coap-server" && os.Getenv("GOGC") == "" {
+		if strings.HasPrefix(name, "coap-server") && os.Getenv("GOGC") == "" {
 			cmd.Env = append(cmd.Environ(), "GOGC=200") // as fly.toml runs it
 		}
 	default:
-		return nil, fmt.Errorf("unknown server %q (libcoap, go-coap, coap-server, lean)", name)
+		return nil, fmt.Errorf("unknown server %q (libcoap, go-coap, coap-server, coap-server+db, lean)", name)
 	}
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
@@ -349,16 +382,18 @@ func runServer(name, addr string) error {
 		s := udp.NewServer(options.WithMux(r), options.WithBlockwise(false, 0, 0))
 		go func() { <-ctx.Done(); s.Stop() }()
 		return s.Serve(ln)
-	case "coap-server":
+	case "coap-server", "coap-server+db":
 		dir, err := os.MkdirTemp("", "coapbench-")
 		if err != nil {
 			return err
 		}
 		defer os.RemoveAll(dir)
-		cfg, err := app.FromEnv(func(k string) string {
-			return map[string]string{"COAP_ADDR": addr, "HTTP_ADDR": "127.0.0.1:0", "METRICS_ADDR": "off",
-				"WS_TOKEN": "coapbench-token-0123456789", "DATA_DIR": dir, "LOG_LEVEL": "error"}[k]
-		})
+		env := map[string]string{"COAP_ADDR": addr, "HTTP_ADDR": "127.0.0.1:0", "METRICS_ADDR": "off",
+			"WS_TOKEN": "coapbench-token-0123456789", "DATA_DIR": dir, "LOG_LEVEL": "error"}
+		if name == "coap-server+db" {
+			env["DATABASE_URL"] = os.Getenv("COAPBENCH_DATABASE_URL")
+		}
+		cfg, err := app.FromEnv(func(k string) string { return env[k] })
 		if err != nil {
 			return err
 		}

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -100,8 +99,12 @@ func (w *Writer) Write(ctx context.Context, rows *storage.Rows) error {
 		}
 		b.Queue(sqlConfigs, ids, hb, hw, fw, gi, wi, cv, at)
 	}
+	// uplink_ids go as [16]byte: pgx encodes those natively, where a
+	// uuid.UUID (a driver.Valuer) took a reflective path that built an
+	// error per element before falling back to its text (21% of
+	// coap-server's CPU while storing).
 	if n := len(rows.Activity); n > 0 {
-		uid, ids, cnt, at, key := make([]uuid.UUID, n), make([]string, n), make([]int64, n), make([]time.Time, n), make([]*string, n)
+		uid, ids, cnt, at, key := make([][16]byte, n), make([]string, n), make([]int64, n), make([]time.Time, n), make([]*string, n)
 		sl, mo, gn, wf, ot := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
 		for i, a := range rows.Activity {
 			uid[i], ids[i], cnt[i], at[i], key[i] = a.UplinkID, a.DevID, a.UplinkCount, a.ReceivedAt, a.MsgKey
@@ -110,7 +113,7 @@ func (w *Writer) Write(ctx context.Context, rows *storage.Rows) error {
 		b.Queue(sqlActivity, uid, ids, cnt, sl, mo, gn, wf, ot, at, key)
 	}
 	if n := len(rows.Sensors); n > 0 {
-		uid, ids, typ, data, at := make([]uuid.UUID, n), make([]string, n), make([]string, n), make([]string, n), make([]time.Time, n)
+		uid, ids, typ, data, at := make([][16]byte, n), make([]string, n), make([]string, n), make([]string, n), make([]time.Time, n)
 		for i, s := range rows.Sensors {
 			uid[i], ids[i], typ[i], data[i], at[i] = s.UplinkID, s.DevID, s.DataType, string(s.Data), s.ReceivedAt
 		}
