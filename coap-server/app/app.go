@@ -34,11 +34,11 @@ type App struct {
 	log     *slog.Logger
 	Metrics *prometheus.Registry
 
-	hub      *hub.Hub
-	handler  *ingest.Handler
-	engine   *stream.Engine
-	feeder   *hub.Feeder
-	store    *storeConsumer // nil without storage
+	hub     *hub.Hub
+	handler *ingest.Handler
+	engine  *stream.Engine
+	feeder  *hub.Feeder
+	store   *storeConsumer // nil without storage
 
 	coap   *ingest.LeanServer // plain CoAP: the lean datagram path
 	coapLn *net.UDPConn

@@ -35,7 +35,7 @@ type Server struct {
 	Hub            *hub.Hub
 	Feed           *hub.Feeder // held per subscriber: the hub is fed while someone watches; nil = always fed
 	History        History     // the retained live log, for since and tail
-	Token          string  // WS_TOKEN; compared in constant time
+	Token          string      // WS_TOKEN; compared in constant time
 	Ready          func() bool
 	Gatherer       prometheus.Gatherer // not served here: see MetricsHandler
 	Logger         *slog.Logger

@@ -27,8 +27,8 @@ type Engine struct {
 	ns      *server.Server // nil with an external NATS_URL
 	nc      *nats.Conn
 	js      jetstream.JetStream
-	acks    *acker              // the publishes an answer waits for
-	uplinks jetstream.Stream    // nil without storage
+	acks    *acker           // the publishes an answer waits for
+	uplinks jetstream.Stream // nil without storage
 	live    jetstream.Stream
 
 	feed        *nats.Conn
