@@ -13,7 +13,11 @@
 --    and its uplink_id recorded in uplink_duplicates;
 --  * sensor_data: rows of a recorded duplicate are skipped.
 -- Copies written at once by two instances are serialised on the device's
--- row (select ... for update), so the second sees the first's commit.
+-- row (select ... for no key update), so the second sees the first's
+-- commit. Not FOR UPDATE: that lock also conflicts with the KEY SHARE
+-- every foreign-key check on devices takes, so the REST writer's
+-- sensor_data insert (a transaction of its own) and another instance's
+-- activity insert waited on each other and deadlocked.
 -- Rows without msg_key (written before this version) are not checked.
 
 alter table public.activity add column if not exists msg_key text
@@ -43,7 +47,7 @@ create or replace function public.activity_skip_copies() returns trigger
 declare
   first uuid;
 begin
-  perform 1 from public.devices where devid = new.devid for update;
+  perform 1 from public.devices where devid = new.devid for no key update;
   select a.uplink_id into first from public.activity a
    where a.devid = new.devid and a.msg_key = new.msg_key
      and a.received_at > new.received_at - interval '247 seconds'

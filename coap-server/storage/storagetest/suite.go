@@ -42,6 +42,7 @@ func Run(t *testing.T, newWriter NewWriter) {
 		{"SameRecordTwiceMakesOneRow", testSameRecordTwice},
 		{"CopiesOfOneUplinkMakeOneRow", testCopies},
 		{"CopiesWrittenAtOnceMakeOneRow", testCopiesAtOnce},
+		{"SensorRowsNeverWaitOnCopyCheck", testSensorsDuringCopyCheck},
 		{"BatchRetriedAfterCommittedFailure", testRetryAfterFailure},
 		{"OlderBatchNeverOverwritesNewer", testOutOfOrder},
 		{"PoisonRowSkippedRestStored", testPoison},
@@ -285,6 +286,39 @@ func testCopiesAtOnce(t *testing.T, newWriter NewWriter) {
 	}
 	if n := db.Int(`select count(*) from uplink_duplicates`); n != 3*rounds {
 		t.Errorf("%d copies recorded, want %d", n, 3*rounds)
+	}
+}
+
+// testSensorsDuringCopyCheck: while another instance's activity insert
+// holds a device's row for its copy check, this writer's sensor_data rows
+// of that device go in at once. The REST writer writes sensor_data in a
+// transaction of its own, whose foreign-key check takes KEY SHARE on the
+// devices row: a copy check that locked it FOR UPDATE made the two wait on
+// each other, and two instances deadlocked (40P01) on devices named in
+// different orders. The check takes FOR NO KEY UPDATE, which serialises
+// copy checks and leaves foreign keys alone.
+func testSensorsDuringCopyCheck(t *testing.T, newWriter NewWriter) {
+	dbURL := pgtest.NewDB(t)
+	w := newWriter(t, dbURL)
+	write(t, w, Rec("LOCK-A", t0, FullUplink("LOCK-A", 1)))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	other := Connect(t, dbURL)
+	tx, err := other.conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(context.Background()) }()
+	if _, err := tx.Exec(ctx, `insert into activity (uplink_id, devid, uplink_count, received_at, msg_key)
+		values (gen_random_uuid(), 'LOCK-A', 2, now(), repeat('ab', 16))`); err != nil {
+		t.Fatal(err)
+	}
+	rows := storage.RowsOf([]uplink.Accepted{Rec("LOCK-A", t0.Add(time.Minute), FullUplink("LOCK-A", 3))})
+	rows.Devices, rows.Configs, rows.Activity = nil, nil, nil
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer wcancel()
+	if err := w.Write(wctx, &rows); err != nil {
+		t.Fatalf("sensor_data rows waited on another transaction's copy check: %v", err)
 	}
 }
 
