@@ -168,9 +168,13 @@ func (h *Handler) handle(r *request, identity string, now time.Time) response {
 		return resp
 	}
 
-	var key dedupKey
+	// Copies of one uplink share this key: Dedup's, the database's (the
+	// uplink's Key) and, in hex, the live-log entry's ID, by which the
+	// stream recognises a copy that reached another instance, or this one
+	// before a restart (its Duplicates window).
+	msgKey := stream.MsgKey(deviceID, r.mid, r.token, payload)
+	key := dedupKey(msgKey)
 	if h.Dedup != nil {
-		key = h.Dedup.key(deviceID, r.mid, r.token, payload)
 		if hit, ok := h.Dedup.lookup(key, now); ok {
 			// A retransmission from another address (RFC 7252 §4.5): the
 			// same answer, and nothing stored or logged twice.
@@ -180,9 +184,6 @@ func (h *Handler) handle(r *request, identity string, now time.Time) response {
 		}
 	}
 
-	// The stream recognises a copy that reached another instance, or this
-	// one before a restart, by this ID (its Duplicates window).
-	msgKey := stream.MsgKey(deviceID, r.mid, r.token, payload)
 	id := hex.EncodeToString(msgKey[:])
 	accepted := uplink.Accepted{ID: h.newID(), DeviceID: deviceID, ReceivedAt: now, Uplink: u, Authenticated: identity != "", Key: msgKey}
 	ctx := r.ctx

@@ -6,8 +6,9 @@ import "github.com/nbiot-live/nbiot-live/internal/memlimit"
 // they are under a tenth; the rest is for the stream's buffers, DTLS
 // sessions, the hub and the Go runtime.
 const (
-	// dedupShare: 1/16, 25 MiB at GOMEMLIMIT=400MiB, about 85,000 answers
-	// (~300 B each), 345 uplinks/s for a whole EXCHANGE_LIFETIME.
+	// dedupShare: 1/16, 25 MiB at GOMEMLIMIT=400MiB, about 273,000 answers
+	// (96 B each without a downlink): 1,100 uplinks/s for a whole
+	// EXCHANGE_LIFETIME.
 	dedupShare = 16
 	// queueShare: 1/64, 6.25 MiB at 400 MiB, ~50,000 uplink datagrams:
 	// seconds of the most a 2-core machine answers.
