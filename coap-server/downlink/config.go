@@ -23,6 +23,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"strings"
 
@@ -54,7 +55,9 @@ func ConfigFromJSON(raw []byte, version int64) (*nbiotv1.DeviceConfig, error) {
 	if err := dec.Decode(&fields); err != nil || fields == nil {
 		return nil, fmt.Errorf("%w: not a JSON object", ErrConfig)
 	}
-	if dec.More() {
+	// More() is false before a stray '}' or ']', so ask for the next token:
+	// only the end of input may follow the object.
+	if _, err := dec.Token(); err != io.EOF {
 		return nil, fmt.Errorf("%w: trailing data", ErrConfig)
 	}
 	c := &nbiotv1.DeviceConfig{}

@@ -27,6 +27,9 @@ func TestConfigFromJSON(t *testing.T) {
 		{"null", `null`, false},
 		{"NUL in version", `{"fw_version":"a\u0000b"}`, false},
 		{"trailing", `{"gnss_interval":1} {}`, false},
+		{"stray closing brace", `{"fw_version":""}}`, false},
+		{"stray closing bracket", `{"gnss_interval":1}]`, false},
+		{"trailing space", "{\"gnss_interval\":1} \n", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := ConfigFromJSON([]byte(tc.in), 42)
