@@ -28,7 +28,10 @@
 //	go run ./scripts/coapbench -soak 3m
 //
 // COAPBENCH_CPUPROFILE=DIR writes each Go server's CPU profile to
-// DIR/<server>.pprof (go tool pprof -top DIR/coap-server.pprof).
+// DIR/<server>.pprof (go tool pprof -top DIR/coap-server.pprof); with
+// COAPBENCH_CPUPROFILE_EVERY=60s too, one profile per minute instead
+// (DIR/<server>-1.pprof, -2, …), to compare the start of a soak with its
+// end (go tool pprof -top -diff_base DIR/coap-server-1.pprof DIR/coap-server-3.pprof).
 package main
 
 import (
@@ -358,16 +361,11 @@ func runServer(name, addr string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	if path := os.Getenv("COAPBENCH_CPUPROFILE"); path != "" {
-		// COAPBENCH_CPUPROFILE=dir: each Go server writes dir/<name>.pprof.
-		f, err := os.Create(filepath.Join(path, name+".pprof"))
+		stop, err := profile(ctx, path, name, os.Getenv("COAPBENCH_CPUPROFILE_EVERY"))
 		if err != nil {
 			return err
 		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+		defer stop()
 	}
 	switch name {
 	case "go-coap":
@@ -430,3 +428,63 @@ func (s *noStream) Log(context.Context, *livelog.Entry, string) (uint64, bool, e
 }
 func (*noStream) LogAsync(*livelog.Entry) {}
 func (*noStream) Notify(*livelog.Entry)   {}
+
+// profile writes the process's CPU profile to dir/<name>.pprof until the
+// returned stop, or, with every (a duration), to dir/<name>-N.pprof, a new
+// one each period.
+func profile(ctx context.Context, dir, name, every string) (stop func(), err error) {
+	var f *os.File
+	open := func(file string) error {
+		var err error
+		if f, err = os.Create(filepath.Join(dir, file)); err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			f = nil
+			return err
+		}
+		return nil
+	}
+	end := func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}
+	if every == "" {
+		if err := open(name + ".pprof"); err != nil {
+			return nil, err
+		}
+		return end, nil
+	}
+	period, err := time.ParseDuration(every)
+	if err != nil || period <= 0 {
+		return nil, fmt.Errorf("COAPBENCH_CPUPROFILE_EVERY=%q: want a positive duration such as 60s", every)
+	}
+	if err := open(name + "-1.pprof"); err != nil {
+		return nil, err
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(period)
+		defer t.Stop()
+		for n := 2; ; n++ {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			end()
+			if err := open(fmt.Sprintf("%s-%d.pprof", name, n)); err != nil {
+				fmt.Fprintln(os.Stderr, "coapbench: profile:", err)
+				return
+			}
+		}
+	}()
+	return func() {
+		<-done
+		if f != nil {
+			end()
+		}
+	}, nil
+}
