@@ -30,7 +30,7 @@ const (
 	DefaultLiveMaxAge     = 24 * time.Hour
 	DefaultLiveBytes      = 256 << 20
 	DefaultLivePerDevice  = 1000
-	DefaultDuplicates     = 5 * time.Minute
+	DefaultDuplicates     = 250 * time.Second
 	DefaultAckTimeout     = 2 * time.Second
 	DefaultConnectTimeout = 10 * time.Second
 	// MaxEntryBytes bounds one live-log message (an entry is well under
@@ -66,7 +66,11 @@ type Config struct {
 	LiveBytes     int64
 	LivePerDevice int64
 	// Duplicates is the window in which a publish with a known message ID
-	// is recognised (default 5 min, over CoAP's 247 s EXCHANGE_LIFETIME).
+	// is recognised (default 250 s: CoAP's EXCHANGE_LIFETIME, 247 s after a
+	// device's first transmission, after which it sends no copy of it, and
+	// a margin; an ID is stored later than that transmission, never earlier).
+	// The embedded server holds every ID for the whole window, so it is no
+	// longer than it must be (it was 5 min: a fifth more IDs held).
 	Duplicates time.Duration
 	// IDMemory bounds the embedded server's memory of recent message IDs
 	// (IDBytes each for the Duplicates window): default a quarter of the

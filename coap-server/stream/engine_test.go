@@ -139,3 +139,36 @@ func TestFeedDeliversNewEntriesInOrder(t *testing.T) {
 }
 
 func errorsIs(err, target error) bool { return errors.Is(err, target) }
+
+// TestDuplicatesWindowCoversAnExchange: the live log recognises a copy for
+// CoAP's whole EXCHANGE_LIFETIME (RFC 7252 §4.8.2: 247 s with default
+// parameters; ingest.ExchangeLifetime, which this package cannot import),
+// and a stream made by an earlier version with another window gets the
+// default at start, as every setting of the streams does.
+func TestDuplicatesWindowCoversAnExchange(t *testing.T) {
+	const exchangeLifetime = 247 * time.Second
+	if DefaultDuplicates < exchangeLifetime {
+		t.Fatalf("DefaultDuplicates %v is shorter than EXCHANGE_LIFETIME %v", DefaultDuplicates, exchangeLifetime)
+	}
+	dir := t.TempDir()
+	old, err := Open(context.Background(), Config{DataDir: dir, Storage: true, Duplicates: 5 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	e := openEmbedded(t, Config{DataDir: dir, Storage: true})
+	ctx := context.Background()
+	for _, name := range []string{LiveLogStream, UplinksStream} {
+		s, err := e.js.Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := s.CachedInfo().Config.Duplicates; got != DefaultDuplicates {
+			t.Errorf("%s: duplicate window %v after a restart, want the default %v", name, got, DefaultDuplicates)
+		}
+	}
+	// The ID bound counts over the same window as the server holds IDs.
+	if e.ids.slot*idSlots != DefaultDuplicates {
+		t.Errorf("the ID bound's window is %v, the stream's %v", e.ids.slot*idSlots, DefaultDuplicates)
+	}
+}

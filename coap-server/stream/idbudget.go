@@ -15,8 +15,8 @@ const IDBytes = 192
 // idShare is the part of the process's memory (memlimit) that the
 // embedded server's message IDs may take by default: 1/4, 100 MiB at
 // GOMEMLIMIT=400MiB, 546,000 IDs: as many uplinks (one ID each, their
-// live-log entry's; UPLINKS batches have none) within the 5-minute
-// window, 1,820/s sustained. With the other shares (DTLS sessions 1/2 at most, Dedup 1/16,
+// live-log entry's; UPLINKS batches have none) within the 250 s
+// window, 2,184/s sustained. With the other shares (DTLS sessions 1/2 at most, Dedup 1/16,
 // the datagram queue 1/64) the worst case leaves a sixth for the rest.
 const idShare = 4
 
