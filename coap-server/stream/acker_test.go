@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strconv"
 	"testing"
 	"time"
 
@@ -122,4 +123,58 @@ func pendingAcks(e *Engine) int {
 	e.acks.mu.Lock()
 	defer e.acks.mu.Unlock()
 	return len(e.acks.pending)
+}
+
+// TestGivenUpWaitersComeBackEmpty: waiters are pooled, and a publish
+// whose context ends just as deliver took its acknowledgement must not put
+// the waiter back with that ack in it, for the next publish to read as its
+// own position.
+func TestGivenUpWaitersComeBackEmpty(t *testing.T) {
+	e := openEmbedded(t, Config{})
+	a := e.acks
+	w := a.waiters.Get().(*waiter)
+	a.mu.Lock()
+	a.next++
+	id := a.next
+	a.pending[id] = w
+	a.mu.Unlock()
+	// The ack arrives, then the publish gives up (it saw ctx.Done first).
+	a.deliver(&nats.Msg{Subject: a.prefix + strconv.FormatUint(id, 10), Data: []byte(`{"stream":"LIVELOG","seq":99}`)})
+	a.forget(id, w)
+	if n := len(w.ch); n != 0 {
+		t.Fatalf("a given-up waiter went back to the pool holding %d acknowledgement(s)", n)
+	}
+	// And one whose ack never came: nothing to take.
+	w = a.waiters.Get().(*waiter)
+	a.mu.Lock()
+	a.next++
+	id = a.next
+	a.pending[id] = w
+	a.mu.Unlock()
+	a.forget(id, w)
+	if n := pendingAcks(e); n != 0 || len(w.ch) != 0 {
+		t.Fatalf("%d acknowledgements still awaited, %d in the waiter", n, len(w.ch))
+	}
+}
+
+// TestCloseGivesUpWaitingPublishes: a publish waiting without a deadline
+// of its own ends when the engine closes, instead of waiting for ever.
+func TestCloseGivesUpWaitingPublishes(t *testing.T) {
+	e := openEmbedded(t, Config{})
+	a := e.acks
+	w := a.waiters.Get().(*waiter)
+	w.deadline = time.Now().Add(time.Hour)
+	a.mu.Lock()
+	a.next++
+	a.pending[a.next] = w
+	a.mu.Unlock()
+	e.Close()
+	select {
+	case m := <-w.ch:
+		if m != nil {
+			t.Fatalf("closing delivered %v, want the give-up (nil)", m)
+		}
+	default:
+		t.Fatal("closing left a waiting publish waiting")
+	}
 }

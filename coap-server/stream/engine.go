@@ -282,6 +282,9 @@ func (e *Engine) Close() {
 		}
 		e.nc.Close()
 	}
+	if e.acks != nil {
+		e.acks.close()
+	}
 	if e.ns != nil {
 		e.ns.Shutdown()
 		e.ns.WaitForShutdown()

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -83,16 +84,51 @@ func (e *Engine) PublishUplink(ctx context.Context, a uplink.Accepted, payload [
 // acknowledged it. With a non-empty id, a second publish within the
 // Duplicates window returns the first one's position with dup set.
 func (e *Engine) Log(ctx context.Context, entry *livelog.Entry, id string) (seq uint64, dup bool, err error) {
-	b, err := entry.Marshal()
-	if err != nil {
+	lm := liveMsgs.Get().(*liveMsg)
+	defer lm.release()
+	if lm.buf, err = entry.AppendMarshal(lm.buf[:0]); err != nil {
 		return 0, false, fmt.Errorf("live-log entry: %w", err)
 	}
-	return e.LogJSON(ctx, entry.DeviceID, b, id)
+	return e.logMsg(ctx, lm, entry.DeviceID, lm.buf, id)
 }
 
 // LogJSON is Log of an entry already encoded.
 func (e *Engine) LogJSON(ctx context.Context, device string, entry []byte, id string) (seq uint64, dup bool, err error) {
-	msg := &nats.Msg{Subject: liveSubject + device, Data: entry}
+	lm := liveMsgs.Get().(*liveMsg)
+	defer lm.release()
+	return e.logMsg(ctx, lm, device, entry, id)
+}
+
+// liveMsg is what a live-log publish is made of, pooled: PublishMsg copies
+// the message into the connection's buffer, and nothing holds it after,
+// so an accepted uplink's entry allocates no message, header map or JSON
+// buffer of its own.
+type liveMsg struct {
+	msg    nats.Msg
+	header nats.Header // {Nats-Msg-Id: id[:]}, set when the publish has an ID
+	id     [1]string
+	buf    []byte // the entry's JSON (Log)
+}
+
+// maxPooledEntry: a larger JSON buffer (a rare oversize entry) is not kept.
+const maxPooledEntry = 4 << 10
+
+var liveMsgs = sync.Pool{New: func() any {
+	lm := &liveMsg{buf: make([]byte, 0, 512)}
+	lm.header = nats.Header{jetstream.MsgIDHeader: lm.id[:]}
+	return lm
+}}
+
+func (lm *liveMsg) release() {
+	if cap(lm.buf) > maxPooledEntry {
+		lm.buf = make([]byte, 0, 512)
+	}
+	lm.msg = nats.Msg{}
+	lm.id[0] = ""
+	liveMsgs.Put(lm)
+}
+
+func (e *Engine) logMsg(ctx context.Context, lm *liveMsg, device string, entry []byte, id string) (seq uint64, dup bool, err error) {
 	// With storage, PublishUplink already counted an uplink's entry (id
 	// set): its device and its ID.
 	if id == "" || e.uplinks == nil {
@@ -104,10 +140,12 @@ func (e *Engine) LogJSON(ctx context.Context, device string, entry []byte, id st
 			return 0, false, ErrBusy
 		}
 	}
+	lm.msg.Subject, lm.msg.Data = liveSubject+device, entry
 	if id != "" {
-		msg.Header = nats.Header{jetstream.MsgIDHeader: []string{"l" + id}}
+		lm.id[0] = "l" + id
+		lm.msg.Header = lm.header
 	}
-	ack, err := e.publish(ctx, msg)
+	ack, err := e.publish(ctx, &lm.msg)
 	if err != nil {
 		return 0, false, err
 	}

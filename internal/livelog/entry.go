@@ -64,6 +64,19 @@ func (e *Entry) Marshal() ([]byte, error) {
 	return json.Marshal(e)
 }
 
+// AppendMarshal appends what Marshal returns to b: the publisher of every
+// accepted uplink's entry encodes it into a buffer it reuses.
+func (e *Entry) AppendMarshal(b []byte) ([]byte, error) {
+	if out, ok := appendEntry(b, e); ok {
+		return out, nil
+	}
+	j, err := json.Marshal(e)
+	if err != nil {
+		return b, err
+	}
+	return append(b, j...), nil
+}
+
 // ErrNoDeviceID is returned by PeekDeviceID for a frame without a deviceId.
 var ErrNoDeviceID = errors.New("livelog: frame has no deviceId")
 

@@ -108,3 +108,31 @@ func FuzzAppendEntry(f *testing.F) {
 		}
 	})
 }
+
+// TestAppendMarshalAppends: what AppendMarshal adds to a buffer in use is
+// what Marshal returns, for entries appendEntry takes and for the ones it
+// leaves to encoding/json; what the buffer held stays.
+func TestAppendMarshalAppends(t *testing.T) {
+	at := Timestamp(time.Date(2024, 1, 15, 10, 30, 0, 0, time.UTC))
+	for _, e := range []*Entry{
+		{DeviceID: "DEV-1", Timestamp: at, Type: TypeUplink, Message: "m", Data: &UplinkData{UplinkCount: 7}},
+		{DeviceID: "DEV-1", Timestamp: at, Type: "status", Data: map[string]bool{"recovered": false}},
+	} {
+		want, err := e.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := append(make([]byte, 0, 4), "old:"...)
+		got, err := e.AppendMarshal(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got) != "old:"+string(want) {
+			t.Errorf("AppendMarshal gave %q, want %q", got, "old:"+string(want))
+		}
+	}
+	bad := &Entry{Data: func() {}}
+	if got, err := bad.AppendMarshal([]byte("old:")); err == nil || string(got) != "old:" {
+		t.Errorf("an entry encoding/json refuses: %q, %v; want the buffer as it was and an error", got, err)
+	}
+}
