@@ -44,7 +44,12 @@ RUN=$(mktemp -d /tmp/nbiot-dev.XXXXXX)
 LOGS="$CACHE/dev-logs"
 PIDS=()
 cleanup() {
-  trap - EXIT INT TERM
+  # A second signal must not cut the cleanup short and leave Postgres
+  # running: timeout(1) signals the script and then its process group, and
+  # a user may press Ctrl-C twice. (One arriving before this line runs the
+  # INT/TERM trap, which cleans up in full itself.)
+  trap '' INT TERM
+  trap - EXIT
   local i
   for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
     kill -TERM "${PIDS[i]}" 2>/dev/null || true
@@ -55,7 +60,7 @@ cleanup() {
   log "stopped; logs are in $LOGS"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'cleanup; exit 130' INT TERM
 
 # --- 1. tools -----------------------------------------------------------------
 command -v go >/dev/null || die "Go 1.26 is required (https://go.dev/dl/); Debian's golang package is too old"

@@ -1,6 +1,7 @@
 // Package lib holds the tests of scripts/lib/common.sh, the shell library of
-// scripts/dev.sh and scripts/test.sh. The tests run the real functions with
-// bash against real sockets.
+// scripts/dev.sh and scripts/test.sh, and of dev.sh itself. The tests run
+// the real functions and the real script with bash, against real sockets
+// and a real Postgres.
 package lib
 
 import (
@@ -16,11 +17,11 @@ import (
 	"time"
 )
 
-// needTools skips the test when run by hand without bash and python3 (the
-// probe is a python3 one-liner), and fails it in CI.
-func needTools(t *testing.T) {
+// needTools skips the test when run by hand without bash, python3 (the
+// probe is a python3 one-liner) or the other tools named, and fails it in CI.
+func needTools(t *testing.T, others ...string) {
 	t.Helper()
-	for _, tool := range []string{"bash", "python3"} {
+	for _, tool := range append([]string{"bash", "python3"}, others...) {
 		if _, err := exec.LookPath(tool); err != nil {
 			if os.Getenv("CI") == "true" {
 				t.Fatalf("%s is missing", tool)
