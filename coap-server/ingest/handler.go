@@ -3,7 +3,6 @@ package ingest
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
 	"errors"
 	"io"
 	"log/slog"
@@ -169,7 +168,7 @@ func (h *Handler) handle(r *request, identity string, now time.Time) response {
 	}
 
 	// Copies of one uplink share this key: Dedup's, the database's (the
-	// uplink's Key) and, in hex, the live-log entry's ID, by which the
+	// uplink's Key) and, encoded (stream.IDOf), the live-log entry's ID, by which the
 	// stream recognises a copy that reached another instance, or this one
 	// before a restart (its Duplicates window).
 	msgKey := stream.MsgKey(deviceID, r.mid, r.token, payload)
@@ -184,7 +183,7 @@ func (h *Handler) handle(r *request, identity string, now time.Time) response {
 		}
 	}
 
-	id := hex.EncodeToString(msgKey[:])
+	id := stream.IDOf(msgKey)
 	accepted := uplink.Accepted{ID: h.newID(), DeviceID: deviceID, ReceivedAt: now, Uplink: u, Authenticated: identity != "", Key: msgKey}
 	ctx := r.ctx
 	if err := h.Stream.PublishUplink(ctx, accepted, payload); err != nil {

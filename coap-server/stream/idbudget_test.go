@@ -1,7 +1,9 @@
 package stream
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"testing"
@@ -114,5 +116,25 @@ func TestMsgIDHeapCost(t *testing.T) {
 	// rounds: this checks that an ID costs under twice IDBytes.
 	if cost := with - without; cost > 2*IDBytes {
 		t.Errorf("an ID costs %d B of heap for the Duplicates window, over twice IDBytes (%d): raise it", cost, IDBytes)
+	}
+}
+
+// TestIDOfIsShort: the server keeps every ID (with the "l" of the live
+// log before it) for the Duplicates window, so it is the key's 16 bytes in
+// 22 characters, which Go allocates in 24 bytes (32 hex characters took
+// 48); and it still names its key alone.
+func TestIDOfIsShort(t *testing.T) {
+	a := MsgKey("D1", 1, []byte{1}, []byte("p"))
+	b := MsgKey("D1", 2, []byte{1}, []byte("p"))
+	ia, ib := IDOf(a), IDOf(b)
+	if len("l"+ia) > 24 {
+		t.Errorf("live-log message ID %q is %d bytes, want at most 24", "l"+ia, len("l"+ia))
+	}
+	if ia == ib {
+		t.Errorf("two keys, one ID %q", ia)
+	}
+	back, err := base64.RawURLEncoding.DecodeString(ia)
+	if err != nil || !bytes.Equal(back, a[:]) {
+		t.Errorf("IDOf(%x) = %q, which decodes to %x (%v)", a, ia, back, err)
 	}
 }

@@ -3,8 +3,8 @@ package stream
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"sync"
@@ -35,8 +35,8 @@ var (
 
 // MsgKey hashes what a CoAP retransmission repeats (RFC 7252 §4.5): the
 // device, the message ID, the token and the payload. It is an uplink's Key
-// (the database keeps one row of copies that share it) and, in hex, the
-// Nats-Msg-Id of its live-log entry (MsgID), by which a copy that reaches
+// (the database keeps one row of copies that share it) and, encoded, the
+// Nats-Msg-Id of its live-log entry (IDOf), by which a copy that reaches
 // a restarted process or another instance within the Duplicates window
 // gets the first one's entry.
 func MsgKey(device string, mid int32, token, payload []byte) [16]byte {
@@ -53,10 +53,17 @@ func MsgKey(device string, mid int32, token, payload []byte) [16]byte {
 	return [16]byte(h.Sum(sum[:0]))
 }
 
-// MsgID is MsgKey in hex: the message ID of the live-log entry.
+// MsgID is the message ID of the live-log entry of the uplink MsgKey
+// names: IDOf its key.
 func MsgID(device string, mid int32, token, payload []byte) string {
-	k := MsgKey(device, mid, token, payload)
-	return hex.EncodeToString(k[:])
+	return IDOf(MsgKey(device, mid, token, payload))
+}
+
+// IDOf writes key in unpadded base64url, 22 characters: the server keeps
+// every ID for the Duplicates window, and this takes 24 bytes of its heap
+// where hex's 32 characters took 48 (Go's size classes).
+func IDOf(key [16]byte) string {
+	return base64.RawURLEncoding.EncodeToString(key[:])
 }
 
 // PublishUplink makes a durable in UPLINKS and returns once the stream

@@ -278,7 +278,7 @@ func start(name string) (*server, error) {
 			// sustains only for minutes: its message-ID bound (a quarter
 			// of memory; README, Durability) would refuse part of a
 			// 3-minute soak. At 40,000 uplinks/s the 250 s window holds
-			// 10 million IDs (1.9 GB at 192 B): 12 GiB keeps every uplink
+			// 10 million IDs (1.6 GB at 160 B): 12 GiB keeps every uplink
 			// under the bound (the heap itself stays far below).
 			cmd.Env = append(os.Environ(), "GOMEMLIMIT=12GiB")
 		}
