@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test: installs what the tests need when missing (Debian's
-# libcoap3-bin, protobuf-compiler, nats-server, chromium, postgresql-15;
+# libcoap3-bin, protobuf-compiler, nats-server, curl, chromium, postgresql-15;
 # the pinned Supabase CLI and buf from npm), starts a throwaway Postgres,
 # pushes the migrations, lints the schema, vets and runs the Go tests with
 # the race detector, then fuzzes each decoder briefly.
@@ -16,8 +16,9 @@ source "$(dirname "$0")/lib/common.sh"
 cd "$ROOT"
 
 # libcoap's clients and protoc are independent peers in the CoAP and
-# downlink tests; nats-server is the external JetStream for NATS_URL tests.
-apt_install libcoap3-bin protobuf-compiler nats-server
+# downlink tests; nats-server is the external JetStream for NATS_URL tests;
+# curl is dev.sh's, which scripts/lib's test runs.
+apt_install libcoap3-bin protobuf-compiler nats-server curl
 # The page tests drive /usr/bin/chromium (relay/web). Ubuntu has no such
 # package (its chromium-browser is a snap, which they do not use).
 if [ ! -x /usr/bin/chromium ]; then

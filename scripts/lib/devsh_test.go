@@ -25,7 +25,7 @@ import (
 // left Postgres running: under timeout(1), whose SIGTERM to the script is
 // followed by one to its process group, in some runs.)
 func TestDevShStopsCleanly(t *testing.T) {
-	needTools(t, "go", "curl") // dev.sh installs the rest when it can
+	needTools(t, "go", "curl") // test.sh installs curl; dev.sh the rest
 
 	coapPort := freePort(t, "udp")
 	httpPort, relayPort := freePort(t, "tcp"), freePort(t, "tcp")
