@@ -138,3 +138,9 @@ func TestIDOfIsShort(t *testing.T) {
 		t.Errorf("IDOf(%x) = %q, which decodes to %x (%v)", a, ia, back, err)
 	}
 }
+
+// MsgID is the live-log message ID of the uplink MsgKey names, as the
+// ingest handler makes it (IDOf its key).
+func MsgID(device string, mid int32, token, payload []byte) string {
+	return IDOf(MsgKey(device, mid, token, payload))
+}

@@ -53,12 +53,6 @@ func MsgKey(device string, mid int32, token, payload []byte) [16]byte {
 	return [16]byte(h.Sum(sum[:0]))
 }
 
-// MsgID is the message ID of the live-log entry of the uplink MsgKey
-// names: IDOf its key.
-func MsgID(device string, mid int32, token, payload []byte) string {
-	return IDOf(MsgKey(device, mid, token, payload))
-}
-
 // IDOf writes key in unpadded base64url, 22 characters: the server keeps
 // every ID for the Duplicates window, and this takes 24 bytes of its heap
 // where hex's 32 characters took 48 (Go's size classes).

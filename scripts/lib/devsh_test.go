@@ -98,6 +98,8 @@ signal:
 		case <-tick.C:
 			_ = syscall.Kill(pgid, syscall.SIGTERM)
 		case <-deadline:
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
+			<-read // the reader is done with log
 			t.Fatalf("dev.sh's output still open 2 minutes after SIGTERM:\n%s", log.String())
 		}
 	}
