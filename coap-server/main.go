@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nbiot-live/nbiot-live/coap-server/app"
+	"github.com/nbiot-live/nbiot-live/internal/memlimit"
 )
 
 // drainTimeout is how long shutdown may take; fly.toml's kill_timeout is
@@ -26,6 +27,9 @@ func main() {
 		os.Exit(2)
 	}
 	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	// Without GOMEMLIMIT, a container's limit becomes the runtime's.
+	memBytes, memFrom := memlimit.Apply()
+	logger.Info("memory limit", "bytes", memBytes, "from", memFrom)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := app.Run(ctx, cfg, logger, drainTimeout); err != nil {

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nbiot-live/nbiot-live/internal/memlimit"
 	"github.com/nbiot-live/nbiot-live/relay/app"
 )
 
@@ -27,6 +28,9 @@ func main() {
 		os.Exit(2)
 	}
 	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	// Without GOMEMLIMIT, a container's limit becomes the runtime's.
+	memBytes, memFrom := memlimit.Apply()
+	logger.Info("memory limit", "bytes", memBytes, "from", memFrom)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := app.Run(ctx, cfg, logger, drainTimeout); err != nil {

@@ -56,7 +56,7 @@ type Config struct {
 	// MaxSessions (COAPS_MAX_SESSIONS) bounds established sessions; new
 	// handshakes are refused when it is reached. Each costs SessionBytes
 	// (47 KiB), so it is capped to SessionsFor(MemoryLimit()): half the
-	// memory (GOMEMLIMIT, else the cgroup limit, else 512 MiB), 5577 on the
+	// memory (GOMEMLIMIT, else four fifths of the cgroup limit, else 512 MiB), 5577 on the
 	// 512 MiB machine. Zero takes that cap. A larger value is lowered to it
 	// with a warning: raise GOMEMLIMIT or the machine's memory instead.
 	MaxSessions int

@@ -16,7 +16,7 @@ const (
 )
 
 // ProcessMemory is the memory the process may use, in bytes
-// (memlimit.Bytes: GOMEMLIMIT, else the cgroup limit, else 512 MiB).
+// (memlimit.Bytes: GOMEMLIMIT, else four fifths of the cgroup limit, else 512 MiB).
 func ProcessMemory() int64 { return memlimit.Bytes() }
 
 // DefaultDedupBytes bounds Dedup: a sixteenth of ProcessMemory.

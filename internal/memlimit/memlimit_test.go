@@ -24,7 +24,7 @@ func TestRead(t *testing.T) {
 		from       string
 	}{
 		{"GOMEMLIMIT wins", 256 << 20, []string{v2set}, 256 << 20, "GOMEMLIMIT"},
-		{"cgroup v2 limit", 1<<63 - 1, []string{v2set}, 1 << 30, "cgroup"},
+		{"cgroup v2 limit: its share", 1<<63 - 1, []string{v2set}, 1 << 30 / 5 * 4, "cgroup"},
 		{"unlimited cgroups: the reference machine", 1<<63 - 1, []string{v2max, v1none, filepath.Join(dir, "absent")}, Reference, "reference"},
 	}
 	for _, tt := range tests {
@@ -34,5 +34,25 @@ func TestRead(t *testing.T) {
 				t.Fatalf("read = %d (%s), want %d (%s)", got, from, tt.want, tt.from)
 			}
 		})
+	}
+}
+
+// TestApplySetsTheRuntimeLimitFromACgroup: a container limit with no
+// GOMEMLIMIT becomes the runtime's soft limit; GOMEMLIMIT and the
+// reference machine leave the runtime as it is.
+func TestApplySetsTheRuntimeLimitFromACgroup(t *testing.T) {
+	for _, tt := range []struct {
+		p    limit
+		want int64 // -1: not set
+	}{
+		{limit{400 << 20, "cgroup"}, 400 << 20},
+		{limit{256 << 20, "GOMEMLIMIT"}, -1},
+		{limit{Reference, "reference"}, -1},
+	} {
+		got := int64(-1)
+		b, from := apply(tt.p, func(v int64) { got = v })
+		if got != tt.want || b != tt.p.bytes || from != tt.p.from {
+			t.Errorf("apply(%v): set %d, returned %d (%s); want set %d", tt.p, got, b, from, tt.want)
+		}
 	}
 }
