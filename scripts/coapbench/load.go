@@ -23,7 +23,7 @@ import (
 type loadResult struct {
 	answered, lost int
 	elapsed        time.Duration
-	p50, p99       time.Duration
+	p50, p99, max  time.Duration
 }
 
 func (r loadResult) rate() float64 { return float64(r.answered) / r.elapsed.Seconds() }
@@ -336,4 +336,58 @@ func probeProcess(addr string, d time.Duration) (loadResult, error) {
 	}
 	r.p50, r.p99, r.elapsed = time.Duration(p50), time.Duration(p99), time.Duration(elapsed)
 	return r, nil
+}
+
+// paced sends rate CON uplinks per second in total for d from peers
+// long-lived peers, each on its own schedule (open loop: a late answer
+// does not move the next send; a peer waits only for its own previous
+// answer), as a fleet of devices reporting does. It returns the round
+// trips; max is r.max.
+func paced(addr string, peers int, rate float64, d time.Duration) loadResult {
+	var mu sync.Mutex
+	var all []time.Duration
+	var lost int
+	var wg sync.WaitGroup
+	every := time.Duration(float64(peers) / rate * float64(time.Second))
+	start := time.Now()
+	for w := range peers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p, err := newPeer(addr)
+			if err != nil {
+				mu.Lock()
+				lost++
+				mu.Unlock()
+				return
+			}
+			defer p.close()
+			p.device = fmt.Sprintf("PACED-%04d", w)
+			var rtts []time.Duration
+			myLost := 0
+			// Spread the peers' schedules over one period.
+			next := start.Add(every * time.Duration(w) / time.Duration(peers))
+			for n := uint32(1); next.Sub(start) < d; n++ {
+				time.Sleep(time.Until(next))
+				next = next.Add(every)
+				rtt, err := p.post(n, 2*time.Second)
+				if err != nil {
+					myLost++
+					continue
+				}
+				rtts = append(rtts, rtt)
+			}
+			mu.Lock()
+			all = append(all, rtts...)
+			lost += myLost
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	r := loadResult{answered: len(all), lost: lost, elapsed: time.Since(start)}
+	if len(all) > 0 {
+		slices.Sort(all)
+		r.p50, r.p99, r.max = all[len(all)/2], all[len(all)*99/100], all[len(all)-1]
+	}
+	return r
 }

@@ -79,6 +79,8 @@ func main() {
 	chattyFor := flag.Duration("chatty", 45*time.Second, "chatty-source run per server (0: none)")
 	chattyK := flag.Int("chatty-k", 16, "the chatty source's requests in flight")
 	soak := flag.Duration("soak", 0, "instead of the rest: one source flat out this long per server, throughput per 30 s")
+	rate := flag.Float64("rate", 0, "instead of the rest: this many uplinks/s in total from -peers long-lived peers for -duration per server, round trips and CPU")
+	peers := flag.Int("peers", 100, "peers for -rate")
 	probeAddr := flag.String("probe", "", "internal: run the other device against this address for -duration")
 	flag.Parse()
 	if *probeAddr != "" {
@@ -98,9 +100,12 @@ func main() {
 		return
 	}
 	var err error
-	if *soak > 0 {
+	switch {
+	case *soak > 0:
 		err = soakAll(strings.Split(*servers, ","), *chattyK, *soak)
-	} else {
+	case *rate > 0:
+		err = pacedAll(strings.Split(*servers, ","), *peers, *rate, *duration, *warmup)
+	default:
 		err = bench(strings.Split(*servers, ","), *k, *duration, *warmup, *rotate, *chattyFor, *chattyK)
 	}
 	if err != nil {
@@ -127,16 +132,9 @@ func bench(servers []string, k int, duration, warmup time.Duration, rotate int, 
 	var results []result
 	var chattyRuns []chattyRun
 	for _, name := range servers {
-		var stored *storedCounter
-		if name == "coap-server+db" {
-			var err error
-			if stored, err = newStoredCounter(); err != nil {
-				return err
-			}
-		}
-		srv, err := start(name)
+		srv, stored, err := startCounted(name)
 		if err != nil {
-			return fmt.Errorf("%s: %w", name, err)
+			return err
 		}
 		for _, pattern := range []struct {
 			name   string
@@ -215,6 +213,80 @@ func bench(servers []string, k int, duration, warmup time.Duration, rotate int, 
 	return nil
 }
 
+// pacedAll drives each server at rate uplinks/s from peers peers for d
+// (after warmup unmeasured) and prints the round trips and the server's
+// CPU per uplink, with coap-server+db's until every answered uplink is
+// stored: what a fleet at a steady rate sees, where the closed loop of
+// bench measures what a server can do.
+func pacedAll(servers []string, peers int, rate float64, d, warmup time.Duration) error {
+	fmt.Printf("coapbench: %.0f uplinks/s from %d long-lived peers, %v per server, a %d-byte Uplink, load average before: %s\n",
+		rate, peers, d, len((&peer{device: "PACED-0000"}).uplink(1000)), loadavg())
+	var results []result
+	for _, name := range servers {
+		srv, stored, err := startCounted(name)
+		if err != nil {
+			return err
+		}
+		r, err := pacedRun(srv, stored, peers, rate, d, warmup)
+		srv.stop()
+		if stored != nil {
+			stored.close()
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		results = append(results, result{server: name, peers: fmt.Sprintf("%d at %.0f/s", peers, rate), load: r.load, cpuPerReq: r.cpuPerReq})
+		fmt.Printf("  %-14s %8.0f req/s  p50 %7v  p99 %7v  max %7v  CPU %6.1f µs/req  lost %d  (load %s)\n",
+			name, r.load.rate(), r.load.p50, r.load.p99, r.load.max, micros(r.cpuPerReq), r.load.lost, loadavg())
+	}
+	fmt.Println()
+	fmt.Println("| server | req/s | p50 | p99 | max | server CPU per request | p99 × libcoap's |")
+	fmt.Println("|---|---|---|---|---|---|---|")
+	for _, r := range results {
+		ratio := "–"
+		for _, base := range results {
+			if base.server == "libcoap" && base.load.p99 > 0 {
+				ratio = fmt.Sprintf("%.1f×", float64(r.load.p99)/float64(base.load.p99))
+			}
+		}
+		fmt.Printf("| %s | %.0f | %v | %v | %v | %.1f µs | %s |\n", r.server, r.load.rate(), r.load.p50.Round(time.Microsecond),
+			r.load.p99.Round(time.Microsecond), r.load.max.Round(time.Microsecond), micros(r.cpuPerReq), ratio)
+	}
+	fmt.Printf("\nload average after: %s\n", loadavg())
+	return nil
+}
+
+// pacedRun is one server's warmup and measured run at a steady rate.
+func pacedRun(srv *server, stored *storedCounter, peers int, rate float64, d, warmup time.Duration) (result, error) {
+	if warmup > 0 {
+		wr := paced(srv.addr, peers, rate, warmup)
+		if stored != nil {
+			if _, err := stored.settle(wr.answered); err != nil {
+				return result{}, err
+			}
+		}
+	}
+	cpu0, err := cpuTime(srv.pid)
+	if err != nil {
+		return result{}, err
+	}
+	lr := paced(srv.addr, peers, rate, d)
+	if stored != nil {
+		if _, err := stored.settle(lr.answered); err != nil {
+			return result{}, err
+		}
+	}
+	cpu1, err := cpuTime(srv.pid)
+	if err != nil {
+		return result{}, err
+	}
+	r := result{load: lr}
+	if lr.answered > 0 {
+		r.cpuPerReq = (cpu1 - cpu0) / time.Duration(lr.answered)
+	}
+	return r, nil
+}
+
 // soakAll runs one source flat out for d against each server and prints
 // its throughput per 30 s window: flat when last/first stays near 1.
 func soakAll(servers []string, inflight int, d time.Duration) error {
@@ -240,6 +312,26 @@ func soakAll(servers []string, inflight int, d time.Duration) error {
 }
 
 func micros(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
+// startCounted starts name; for coap-server+db also a counter of the rows
+// it stored (nil for the others).
+func startCounted(name string) (*server, *storedCounter, error) {
+	var stored *storedCounter
+	if name == "coap-server+db" {
+		var err error
+		if stored, err = newStoredCounter(); err != nil {
+			return nil, nil, err
+		}
+	}
+	srv, err := start(name)
+	if err != nil {
+		if stored != nil {
+			stored.close()
+		}
+		return nil, nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return srv, stored, nil
+}
 
 // server is a running server process.
 type server struct {
