@@ -27,8 +27,8 @@ type Config struct {
 	// MetricsAddr (METRICS_ADDR, default "127.0.0.1:9090"; "off" = none)
 	// serves /metrics on a listener of its own, never on HTTP_ADDR: the
 	// counters tell an outsider about devices and traffic. Loopback by
-	// default; on Fly.io fly.toml sets fly-local-6pn:9090, the private
-	// network Fly's scraper uses, never routed by the public proxy. When
+	// default; on Fly.io fly.toml sets [::]:9090, reached by Fly's
+	// scraper and exposed by no service (the public proxy never routes it). When
 	// the default address is taken coap-server starts without it (logged);
 	// an address set explicitly must bind.
 	MetricsAddr string

@@ -48,13 +48,14 @@ func startLatencyServer(b *testing.B, dbURL string) *app.App {
 // Simulator and server share the process and the machine's two cores.
 // "postgres" stores every uplink too (needs TEST_DATABASE_URL): storage must
 // not delay the live log. "devices=1000" spreads the same rate over ten
-// times the peers: go-coap's server rescans a peer's whole response cache
-// (247 s of answers) on each of its datagrams (docs/pitfalls.md#go-coap), so the per-peer
-// rate, not the total, drives that cost as a run goes on.
+// times the peers: the lean path keeps no per-peer history (go-coap's UDP
+// server, before it, rescanned a peer's 247 s of answers on each of its
+// datagrams: docs/pitfalls.md#go-coap), so latency should not depend on how
+// the rate is split.
 //
 // The process runs with GOGC=200, as fly.toml runs coap-server (unless
 // GOGC is set): the collector is most of the tail, p99 with storage
-// 2.2-3.0 ms at the default 100 against 1.2-2.1 ms at 200 (README,
+// 1.7-3.0 ms at the default 100 against 1.2-2.1 ms at 200 (README,
 // Performance).
 //
 //	go test -run '^$' -bench UplinkToFrame -benchtime 10000x ./coap-server/app

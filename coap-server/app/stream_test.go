@@ -74,9 +74,10 @@ func rawCON(t testing.TB, mid int32, token []byte, payload []byte) []byte {
 }
 
 // exchange sends datagram and retransmits it, as a device's CON timer
-// would (RFC 7252 §4.2, here every 100 ms), until an answer arrives. go-coap
-// silently drops a retransmission that arrives while the first copy is still
-// being answered; the next one gets the cached answer.
+// would (RFC 7252 §4.2, here every 100 ms), until an answer arrives. The
+// lean path silently drops a retransmission that arrives while the first
+// copy is still being answered (its in-flight set); the next one gets the
+// remembered answer.
 func exchange(t testing.TB, conn *net.UDPConn, datagram []byte) []byte {
 	t.Helper()
 	buf := make([]byte, 1500)
@@ -179,8 +180,8 @@ func TestJunkDatagramsLeaveServerServing(t *testing.T) {
 }
 
 // A retransmission from another source port (a NAT rebinding between a CON
-// and its retransmission, common on NB-IoT) is a new endpoint to go-coap;
-// the application-level dedup still answers it the same and processes it
+// and its retransmission, common on NB-IoT) is a new source endpoint; the
+// application-level dedup still answers it the same and processes it
 // once.
 func TestRetransmissionAfterNATRebindingIsProcessedOnce(t *testing.T) {
 	a := startApp(t, nil)

@@ -169,7 +169,8 @@ func Listen(addr string, h *ingest.Handler, cfg Config) (*Server, error) {
 		options.WithErrors(func(err error) { log.Debug("coaps", "err", err) }),
 		options.WithInactivityMonitor(cfg.SessionIdle, func(cc *udpClient.Conn) { _ = cc.Close() }),
 		options.WithReceivedMessageQueueSize(16),
-		// Block-wise off: an uplink fits one datagram (ingest.UDPOptions).
+		// Block-wise off: an uplink fits one datagram, and block-wise would
+		// let a peer make us buffer its payload.
 		options.WithBlockwise(false, 0, 0),
 		options.WithDTLSHandshakeTimeout(cfg.HandshakeTimeout),
 	)

@@ -1,7 +1,9 @@
 // Package ingest is coap-server's CoAP side: it decodes POST /uplink,
 // validates it, hands the accepted uplink to storage and the live log, and
-// answers at once. Nothing slow runs on this path (docs/pitfalls.md#go-coap: go-coap serves a
-// whole UDP socket from one read loop, so a slow handler stalls every device).
+// answers at once. Nothing slow runs on this path: an uplink holds one of
+// the lean path's workers (lean.go) until it is answered, and CoAPS runs on
+// go-coap's DTLS server, whose handlers a slow one stalls
+// (docs/pitfalls.md#go-coap).
 package ingest
 
 import (

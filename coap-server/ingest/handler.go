@@ -73,7 +73,7 @@ type Handler struct {
 	// may send at all: an uplink naming any other ID gets 4.03 and creates
 	// nothing (nil: any valid ID is accepted and registers itself).
 	Registered DeviceSet
-	Dedup      *Dedup // nil: duplicates are detected per connection only (go-coap)
+	Dedup      *Dedup // nil: only the transport's own detection (the lean path's in-flight set, go-coap's per-session cache for CoAPS)
 	Logger     *slog.Logger
 	Metrics    *Metrics
 	// MaxPayload bounds the payload (default DefaultMaxPayload).
@@ -147,7 +147,8 @@ func (h *Handler) handle(r *request, identity string, now time.Time) response {
 	limit := h.maxPayload()
 	// An uplink is one datagram. A Block1 request (RFC 7959) means the client
 	// splits a payload it thinks too big for one: refuse it as too large
-	// rather than buffer blocks for it (block-wise is off in UDPOptions).
+	// rather than buffer blocks for it (the lean path has no block-wise
+	// transfer; the DTLS server turns it off, dtls/server.go).
 	if len(r.payload) > limit || r.options.HasOption(message.Block1) {
 		h.Metrics.reject("too_large")
 		// RFC 7252 §5.9.2.9: a 4.13 may carry Size1, the largest size accepted.

@@ -20,7 +20,7 @@ import (
 
 // BenchmarkPeerHistory is the round trip of one uplink from a peer that
 // already has history answers remembered, through the lean path and
-// through go-coap v3.8.0's UDP server (today's path before the lean one),
+// through go-coap v3.8.0's UDP server (the path before the lean one),
 // with an in-memory stream. The lean path's cost does not move with the
 // history; go-coap's grows with it, because it walks the peer's 247 s
 // response cache on every datagram. go-coap is not filled to 60,000: the

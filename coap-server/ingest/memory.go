@@ -10,8 +10,9 @@ const (
 	// (96 B each without a downlink): 1,100 uplinks/s for a whole
 	// EXCHANGE_LIFETIME.
 	dedupShare = 16
-	// queueShare: 1/64, 6.25 MiB at 400 MiB, ~50,000 uplink datagrams:
-	// seconds of the most a 2-core machine answers.
+	// queueShare: 1/64, 6.25 MiB at 400 MiB, ~7,700 uplink datagrams
+	// (848 B each as queued: lean.go; DefaultLeanQueueLen caps the count
+	// at 8,192): a fraction of a second of the most a 2-core machine answers.
 	queueShare = 64
 )
 

@@ -11,6 +11,11 @@ import (
 	udpServer "github.com/plgd-dev/go-coap/v3/udp/server"
 )
 
+// This file is go-coap's UDP server as plain CoAP ran on it before the
+// lean path (lean.go): tests and benchmarks still compare the two
+// (BenchmarkPeerHistory). coap-server serves plain CoAP with LeanServer,
+// and CoAPS sets its own options in coap-server/dtls/server.go.
+
 // PeerIdleTimeout is how long go-coap keeps a silent peer's state. It must
 // outlast MAX_TRANSMIT_SPAN (45 s, RFC 7252 §4.8.2): go-coap's duplicate
 // detection (§4.5) lives in that state, and the default 16 s would forget a
@@ -25,8 +30,7 @@ const PeerIdleTimeout = 60 * time.Second
 // loop for every device (docs/pitfalls.md#go-coap).
 const peerQueueSize = 16
 
-// UDPOptions are the go-coap server options coap-server uses for both
-// transports' shared concerns: the handler, errors into slog, the peer idle
+// UDPOptions are the go-coap UDP server options of NewUDPServer: the handler, errors into slog, the peer idle
 // timeout and block-wise transfers off (an uplink fits in one datagram, and
 // block-wise would let a peer make us buffer its payload).
 func UDPOptions(h mux.Handler, logger *slog.Logger) []udpServer.Option {
@@ -39,7 +43,8 @@ func UDPOptions(h mux.Handler, logger *slog.Logger) []udpServer.Option {
 	}
 }
 
-// NewUDPServer returns a plain CoAP server for h.
+// NewUDPServer returns go-coap's plain CoAP server for h (tests and
+// benchmarks; coap-server uses LeanServer).
 func NewUDPServer(h mux.Handler, logger *slog.Logger) *udpServer.Server {
 	return udp.NewServer(UDPOptions(h, logger)...)
 }

@@ -26,7 +26,7 @@ func cpuTime(tb testing.TB) time.Duration {
 // BenchmarkDurableUplink is what durability adds to one uplink on the
 // datagram path: the UPLINKS publish (in a batch with the other devices'
 // uplinks: batch.go) and the LIVELOG publish, each waited for, from 16
-// concurrent devices (CoAP handlers run per peer), on the
+// concurrent devices (the lean path's workers answer uplinks concurrently), on the
 // embedded server. It reports the CPU of the whole process (client and
 // server side of NATS) per uplink and the latency of the pair, by fsync
 // policy: sync=default (the OS has every write at once, fsync every 2 min;

@@ -37,8 +37,9 @@ type Config struct {
 	// TrustedProxyHeader (TRUSTED_PROXY_HEADER, default none: the TCP
 	// peer's address) names the header carrying the client's address, for
 	// the per-address quotas behind a proxy that always sets it, e.g.
-	// Fly-Client-IP on Fly.io. X-Forwarded-For is refused: proxies append
-	// to what the client sent, so its first entry is the client's choice.
+	// Fly-Client-IP on Fly.io. X-Forwarded-For and Forwarded are refused:
+	// proxies append to what the client sent, so its first entry is the
+	// client's choice.
 	TrustedProxyHeader string
 	// Quotas (MAX_CONNECTIONS_PER_USER, MAX_DEVICES_PER_USER,
 	// MAX_CONNECTIONS_PER_IP, MAX_DEVICES_PER_IP,

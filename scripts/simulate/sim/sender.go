@@ -21,7 +21,8 @@ import (
 )
 
 // dialer opens one device's connection. Every device has its own UDP socket,
-// as a real fleet is many peers: go-coap keeps per-peer state, and load from
+// as a real fleet is many peers: servers keep per-peer state (go-coap's DTLS
+// server, libcoap; coap-server's lean path a per-source share), and load from
 // a single socket measures a situation no server sees (docs/pitfalls.md#go-coap).
 type dialer func(ctx context.Context, dev *Device) (*udpClient.Conn, error)
 
