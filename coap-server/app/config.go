@@ -126,9 +126,8 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		AutoRegister:       true,
 		CoAPSKeyFile:       true,
 		Stream: stream.Config{
-			URL:        getenv("NATS_URL"),
-			DataDir:    envconf.Or(getenv("DATA_DIR"), stream.DefaultDataDir),
-			SyncAlways: getenv("NATS_SYNC_ALWAYS") == "true",
+			URL:     getenv("NATS_URL"),
+			DataDir: envconf.Or(getenv("DATA_DIR"), stream.DefaultDataDir),
 		},
 	}
 	var err error
@@ -156,12 +155,8 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		dst  *bool
 		name string
 	}{{&c.AutoRegister, "AUTO_REGISTER"}, {&c.CoAPSKeyFile, "COAPS_KEY_FILE"}} {
-		switch getenv(b.name) {
-		case "", "true":
-		case "false":
-			*b.dst = false
-		default:
-			return c, errors.New(b.name + ": want true or false")
+		if *b.dst, err = envconf.Bool(getenv, b.name, true); err != nil {
+			return c, err
 		}
 	}
 	if v := getenv("LOG_LEVEL"); v != "" {

@@ -171,3 +171,33 @@ func TestConfigRefusesToStartWithoutToken(t *testing.T) {
 		t.Fatalf("err = %v, want one naming WS_TOKEN", err)
 	}
 }
+
+// TestConfigSwitches: every true/false variable reads the same forms as
+// the relay's AUTH_DISABLED (true/false/1/0, any case) and refuses others
+// with an error naming it.
+func TestConfigSwitches(t *testing.T) {
+	for _, tc := range []struct {
+		name, value string
+		got         func(app.Config) bool
+		want        bool
+	}{
+		{"NATS_SYNC_ALWAYS", "TRUE", func(c app.Config) bool { return c.Stream.SyncAlways }, true},
+		{"NATS_SYNC_ALWAYS", "1", func(c app.Config) bool { return c.Stream.SyncAlways }, true},
+		{"NATS_SYNC_ALWAYS", "", func(c app.Config) bool { return c.Stream.SyncAlways }, false},
+		{"COAPS_KEY_FILE", "False", func(c app.Config) bool { return c.CoAPSKeyFile }, false},
+		{"COAPS_KEY_FILE", "0", func(c app.Config) bool { return c.CoAPSKeyFile }, false},
+		{"COAPS_KEY_FILE", "", func(c app.Config) bool { return c.CoAPSKeyFile }, true},
+	} {
+		env := map[string]string{"WS_TOKEN": "0123456789abcdef0123", tc.name: tc.value}
+		c, err := app.FromEnv(func(k string) string { return env[k] })
+		if err != nil || tc.got(c) != tc.want {
+			t.Errorf("%s=%q: %v, err %v; want %v", tc.name, tc.value, tc.got(c), err, tc.want)
+		}
+	}
+	for _, name := range []string{"NATS_SYNC_ALWAYS", "COAPS_KEY_FILE", "AUTO_REGISTER"} {
+		env := map[string]string{"WS_TOKEN": "0123456789abcdef0123", name: "yes"}
+		if _, err := app.FromEnv(func(k string) string { return env[k] }); err == nil || !strings.HasPrefix(err.Error(), name+":") {
+			t.Errorf("%s=yes: err = %v, want one naming %s", name, err, name)
+		}
+	}
+}

@@ -4,11 +4,13 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+
+	"github.com/nbiot-live/nbiot-live/internal/envconf"
 )
 
 // FromEnv fills the retention and replica settings from the environment
 // (NATS_REPLICAS, UPLINKS_MAX_BYTES, LIVELOG_MAX_AGE, LIVELOG_MAX_BYTES,
-// LIVELOG_PER_DEVICE); empty variables keep the defaults. An error names
+// LIVELOG_PER_DEVICE) and NATS_SYNC_ALWAYS; empty variables keep the defaults. An error names
 // the variable.
 func (c *Config) FromEnv(getenv func(string) string) error {
 	ints := []struct {
@@ -52,8 +54,10 @@ func (c *Config) FromEnv(getenv func(string) string) error {
 		}
 		c.RedeliverAfter = d
 	}
-	if s := getenv("NATS_SYNC_ALWAYS"); s != "" && s != "true" && s != "false" {
-		return fmt.Errorf("NATS_SYNC_ALWAYS: want true or false")
+	sync, err := envconf.Bool(getenv, "NATS_SYNC_ALWAYS", false)
+	if err != nil {
+		return err
 	}
+	c.SyncAlways = c.SyncAlways || sync
 	return nil
 }

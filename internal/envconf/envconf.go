@@ -6,6 +6,7 @@ package envconf
 import (
 	"fmt"
 	"strconv"
+	"strings"
 )
 
 // Or returns v, or def when v is empty.
@@ -28,4 +29,19 @@ func Int(getenv func(string) string, name string, def, lo, hi int) (int, error) 
 		return 0, fmt.Errorf("%s: want an integer from %d to %d", name, lo, hi)
 	}
 	return n, nil
+}
+
+// Bool reads the boolean variable name through getenv: def when unset,
+// true for "true" or "1" and false for "false" or "0" in any case, else an
+// error naming the variable. Both binaries read every switch this way.
+func Bool(getenv func(string) string, name string, def bool) (bool, error) {
+	switch strings.ToLower(getenv(name)) {
+	case "":
+		return def, nil
+	case "true", "1":
+		return true, nil
+	case "false", "0":
+		return false, nil
+	}
+	return false, fmt.Errorf("%s: want true or false", name)
 }

@@ -32,3 +32,32 @@ func TestInt(t *testing.T) {
 		t.Error("Or")
 	}
 }
+
+func TestBool(t *testing.T) {
+	env := map[string]string{"T": "true", "UPPER": "TRUE", "ONE": "1", "F": "False", "ZERO": "0", "YES": "yes", "SECRETISH": "hunter2"}
+	get := func(k string) string { return env[k] }
+	for _, tc := range []struct {
+		name    string
+		def     bool
+		want    bool
+		wantErr bool
+	}{
+		{"UNSET", true, true, false},
+		{"UNSET", false, false, false},
+		{"T", false, true, false},
+		{"UPPER", false, true, false},
+		{"ONE", false, true, false},
+		{"F", true, false, false},
+		{"ZERO", true, false, false},
+		{"YES", false, false, true},
+		{"SECRETISH", false, false, true},
+	} {
+		got, err := Bool(get, tc.name, tc.def)
+		if got != tc.want || (err != nil) != tc.wantErr {
+			t.Errorf("Bool(%s, %v) = %v, %v", tc.name, tc.def, got, err)
+		}
+		if err != nil && (!strings.HasPrefix(err.Error(), tc.name+":") || strings.Contains(err.Error(), env[tc.name])) {
+			t.Errorf("error %q must name %s and not echo its value", err, tc.name)
+		}
+	}
+}

@@ -160,12 +160,8 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	if c.AllowedOrigins, err = browser.ParseOrigins(getenv("ALLOWED_ORIGINS")); err != nil {
 		return c, fmt.Errorf("ALLOWED_ORIGINS: %w", err)
 	}
-	switch v := strings.ToLower(getenv("AUTH_DISABLED")); v {
-	case "", "false", "0":
-	case "true", "1":
-		c.AuthDisabled = true
-	default:
-		return c, errors.New("AUTH_DISABLED: want true or false")
+	if c.AuthDisabled, err = envconf.Bool(getenv, "AUTH_DISABLED", false); err != nil {
+		return c, err
 	}
 	if c.MaxConnections, err = envconf.Int(getenv, "MAX_CONNECTIONS", c.MaxConnections, 1, 1_000_000); err != nil {
 		return c, err
