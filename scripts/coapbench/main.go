@@ -22,10 +22,15 @@
 // device sends one every 100 ms; it prints the source's answers/s in the
 // first and last 5 s and the other device's p50/p99. -soak 3m instead runs
 // one such source alone per server and prints its answers/s per 30 s.
+// -rate 1000 instead drives each server at that many uplinks/s in total
+// from -peers long-lived peers (open loop, as a fleet reports) and prints
+// the round trips' p50/p99/max, the CPU per uplink and the p99's ratio to
+// libcoap's.
 //
 //	go run ./scripts/coapbench [-k 16] [-duration 5s] [-rotate 100] [-servers libcoap,go-coap,lean,coap-server] [-chatty 45s] [-chatty-k 16]
 //	COAPBENCH_DATABASE_URL=postgres://… go run ./scripts/coapbench -servers libcoap,coap-server,coap-server+db
 //	go run ./scripts/coapbench -soak 3m
+//	COAPBENCH_DATABASE_URL=postgres://… go run ./scripts/coapbench -rate 1000 -duration 20s -servers libcoap,lean,coap-server,coap-server+db
 //
 // COAPBENCH_CPUPROFILE=DIR writes each Go server's CPU profile to
 // DIR/<server>.pprof (go tool pprof -top DIR/coap-server.pprof); with
