@@ -28,9 +28,9 @@ type Config struct {
 	// serves /metrics on a listener of its own, never on HTTP_ADDR: the
 	// counters tell an outsider about devices and traffic. Loopback by
 	// default; on Fly.io fly.toml sets [::]:9090, reached by Fly's
-	// scraper and exposed by no service (the public proxy never routes it). When
-	// the default address is taken coap-server starts without it (logged);
-	// an address set explicitly must bind.
+	// scraper and exposed by no service (the public proxy never routes
+	// it). When the default address is taken coap-server starts without it
+	// (logged); an address set explicitly must bind.
 	MetricsAddr string
 	// MetricsAddrSet says METRICS_ADDR was set (its bind failure is fatal).
 	MetricsAddrSet bool

@@ -8,10 +8,10 @@ import (
 	"github.com/nbiot-live/nbiot-live/internal/envconf"
 )
 
-// FromEnv fills the retention and replica settings from the environment
-// (NATS_REPLICAS, UPLINKS_MAX_BYTES, LIVELOG_MAX_AGE, LIVELOG_MAX_BYTES,
-// LIVELOG_PER_DEVICE) and NATS_SYNC_ALWAYS; empty variables keep the defaults. An error names
-// the variable.
+// FromEnv fills the retention, replica and sync settings from the
+// environment (NATS_REPLICAS, UPLINKS_MAX_BYTES, LIVELOG_MAX_AGE,
+// LIVELOG_MAX_BYTES, LIVELOG_PER_DEVICE, NATS_SYNC_ALWAYS); empty variables
+// keep the defaults. An error names the variable.
 func (c *Config) FromEnv(getenv func(string) string) error {
 	ints := []struct {
 		name   string
@@ -54,10 +54,10 @@ func (c *Config) FromEnv(getenv func(string) string) error {
 		}
 		c.RedeliverAfter = d
 	}
-	sync, err := envconf.Bool(getenv, "NATS_SYNC_ALWAYS", false)
+	always, err := envconf.Bool(getenv, "NATS_SYNC_ALWAYS", false)
 	if err != nil {
 		return err
 	}
-	c.SyncAlways = c.SyncAlways || sync
+	c.SyncAlways = c.SyncAlways || always
 	return nil
 }
