@@ -12,9 +12,9 @@ import (
 
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
-	coapNet "github.com/plgd-dev/go-coap/v3/net"
 	"github.com/plgd-dev/go-coap/v3/udp"
 	udpClient "github.com/plgd-dev/go-coap/v3/udp/client"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/nbiot-live/nbiot-live/coap-server/dtls"
@@ -103,16 +103,22 @@ func BenchmarkUplinkDTLS(b *testing.B) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "uplinks/s")
 }
 
+// BenchmarkUplinkPlain is the same uplinks over plain CoAP, through the
+// lean path coap-server serves it with.
 func BenchmarkUplinkPlain(b *testing.B) {
 	f := benchFixture(b)
 	payload, _ := proto.Marshal(&nbiotv1.Uplink{DeviceId: "bench", UplinkCount: 1})
-	srv := ingest.NewUDPServer(f.handler, discard)
-	ln, err := coapNet.NewListenUDP("udp", "127.0.0.1:0")
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		b.Fatal(err)
 	}
-	go func() { _ = srv.Serve(ln) }()
+	srv, err := ingest.NewLeanServer(f.handler, conn, ingest.LeanConfig{Metrics: ingest.NewLeanMetrics(prometheus.NewRegistry())})
+	if err != nil {
+		b.Fatal(err)
+	}
+	go func() { _ = srv.Serve() }()
 	b.Cleanup(srv.Stop)
+	ln := conn
 	b.SetParallelism(2)
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
