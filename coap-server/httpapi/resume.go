@@ -177,12 +177,14 @@ func (s *Server) sendHistory(ctx context.Context, g *gate, devices []string, st 
 				}
 			}
 		}
-		// More went by than the gate holds: read it from the stream.
+		// More went by than the gate holds: read it from the stream, from
+		// where each cursor is: past what was sent (g.last), never before
+		// where it started (since, tail), even when nothing was sent yet.
 		if pos, err = s.History.LivePosition(ctx); err != nil {
 			return err
 		}
 		for i := range cursors {
-			cursors[i].From = g.last + 1
+			cursors[i].From = max(cursors[i].From, g.last+1)
 		}
 		upto = pos.Last
 	}
