@@ -175,14 +175,17 @@ func (a *acker) forget(id uint64, w *waiter) {
 
 var (
 	seqKey = []byte(`"seq":`)
-	dupKey = []byte(`"duplicate":true`)
+	errKey = []byte(`"error"`)
+	dupKey = []byte(`"duplicate"`)
 )
 
 // parseAck reads a PubAck ({"stream":"S","seq":N[,"duplicate":true]...})
 // or an API error ({"error":{"code":C,"err_code":E,"description":"…"}}).
-// Anything it cannot read with certainty goes through encoding/json.
+// Anything it cannot read with certainty goes through encoding/json, and
+// so does a duplicate's, which nats-server writes as `"duplicate": true`
+// (a space, unlike encoding/json) and which is rare.
 func parseAck(b []byte) (pubAck, error) {
-	if !bytes.Contains(b, []byte(`"error"`)) {
+	if !bytes.Contains(b, errKey) && !bytes.Contains(b, dupKey) {
 		if i := bytes.Index(b, seqKey); i >= 0 {
 			j := i + len(seqKey)
 			k := j
@@ -191,7 +194,7 @@ func parseAck(b []byte) (pubAck, error) {
 			}
 			if k > j && k < len(b) && (b[k] == ',' || b[k] == '}') {
 				if seq, err := strconv.ParseUint(string(b[j:k]), 10, 64); err == nil && seq > 0 {
-					return pubAck{Sequence: seq, Duplicate: bytes.Contains(b, dupKey)}, nil
+					return pubAck{Sequence: seq}, nil
 				}
 			}
 		}

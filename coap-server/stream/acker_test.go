@@ -19,6 +19,8 @@ func TestParseAck(t *testing.T) {
 	}{
 		{`{"stream":"LIVELOG","seq":42}`, pubAck{Sequence: 42}, nil},
 		{`{"stream":"LIVELOG","seq":7,"duplicate":true}`, pubAck{Sequence: 7, Duplicate: true}, nil},
+		{`{"stream":"LIVELOG","seq":7,"duplicate": true}`, pubAck{Sequence: 7, Duplicate: true}, nil}, // as nats-server 2.15 writes it
+		{`{"stream":"LIVELOG","seq":7,"duplicate":false}`, pubAck{Sequence: 7}, nil},
 		{`{"stream":"LIVELOG","domain":"hub","seq":18446744073709551615}`, pubAck{Sequence: 18446744073709551615}, nil},
 		{`{"seq": 9, "stream":"X"}`, pubAck{Sequence: 9}, nil}, // a space: read by encoding/json
 		{`{"error":{"code":503,"err_code":10077,"description":"maximum bytes exceeded"},"stream":"UPLINKS","seq":0}`, pubAck{}, ErrFull},
@@ -47,6 +49,7 @@ func TestParseAck(t *testing.T) {
 func FuzzParseAck(f *testing.F) {
 	f.Add([]byte(`{"stream":"LIVELOG","seq":42}`))
 	f.Add([]byte(`{"stream":"LIVELOG","seq":7,"duplicate":true}`))
+	f.Add([]byte(`{"stream":"LIVELOG","seq":7,"duplicate": true}`))
 	f.Add([]byte(`{"error":{"code":503,"err_code":10077,"description":"x"}}`))
 	f.Add([]byte(`{"seq":12345678901234567890}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
