@@ -64,11 +64,17 @@ func New(cfg Config, logger *slog.Logger) *App {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a := &App{cfg: cfg, log: logger, Metrics: reg}
 	a.hub = hub.New(hub.NewMetrics(reg))
+	// With the embedded server, Dedup is the only memory of recent
+	// uplinks (see ingest.Dedup): strict, and restored at start.
+	dedup := ingest.NewStrictDedup(ingest.EmbeddedDedupBytes(), ingest.ExchangeLifetime)
+	if cfg.Stream.URL != "" {
+		dedup = ingest.NewDedup(ingest.DefaultDedupBytes(), ingest.ExchangeLifetime)
+	}
 	a.handler = &ingest.Handler{
 		Logger:     logger,
 		Metrics:    ingest.NewMetrics(reg),
 		MaxPayload: cfg.MaxPayload,
-		Dedup:      ingest.NewDedup(ingest.DefaultDedupBytes(), ingest.ExchangeLifetime),
+		Dedup:      dedup,
 	}
 	a.httpAPI = &httpapi.Server{
 		Hub:      a.hub,
@@ -130,6 +136,24 @@ func (a *App) Start(ctx context.Context) (err error) {
 	return nil
 }
 
+// restoreDedup gives Dedup the uplinks the live log took within the last
+// EXCHANGE_LIFETIME, before a restart: a copy of one of them that reaches
+// this process now is answered 2.04 and makes nothing twice. It runs
+// before the CoAP listener is bound.
+func (a *App) restoreDedup(ctx context.Context) (int, error) {
+	now := time.Now()
+	restored := 0
+	_, err := a.engine.RecentKeys(ctx, now.Add(-ingest.ExchangeLifetime), func(key [16]byte, seq uint64, at time.Time) {
+		if a.handler.Dedup.Restore(key, seq, at, now) {
+			restored++
+		}
+	})
+	if err != nil {
+		return 0, fmt.Errorf("live log: reading the recent uplinks: %w", err)
+	}
+	return restored, nil
+}
+
 // openStream opens the engine (embedded, or NATS_URL) and feeds the hub
 // from the live log, so /ws carries every instance's entries.
 func (a *App) openStream(ctx context.Context) error {
@@ -162,17 +186,21 @@ func (a *App) openStream(ctx context.Context) error {
 	a.feeder.Close() // nobody watches yet
 	a.httpAPI.Feed = a.feeder
 	if e.Embedded() {
-		_, maxIDs := e.IDsHeld()
+		restored, err := a.restoreDedup(ctx)
+		if err != nil {
+			return err
+		}
 		_, maxDevices := e.DevicesHeld()
 		a.log.Info("stream: embedded NATS JetStream", "data_dir", sc.DataDir, "sync_always", sc.SyncAlways,
-			"message_ids_max", maxIDs, "devices_max", maxDevices)
+			"devices_max", maxDevices, "recent_uplinks_restored", restored)
 		gauge := func(name, help string, f func() float64) {
 			a.Metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, f))
 		}
-		gauge("nbiot_stream_message_ids", "Message IDs the embedded NATS server holds for its duplicate window; at nbiot_stream_message_ids_max uplinks get 5.03 (reason stream_busy).",
-			func() float64 { held, _ := e.IDsHeld(); return float64(held) })
-		gauge("nbiot_stream_message_ids_max", "The most message IDs the embedded NATS server may hold (a quarter of the process's memory, IDBytes each).",
-			func() float64 { return float64(maxIDs) })
+		d := a.handler.Dedup
+		gauge("nbiot_dedup_bytes", "Memory charged to the answers of recent uplinks; at nbiot_dedup_bytes_max new uplinks get 5.03 (reason dedup_full) until older answers expire.",
+			func() float64 { return float64(d.Bytes()) })
+		gauge("nbiot_dedup_bytes_max", "The most memory the answers of recent uplinks may take (five sixteenths of the process's memory with the embedded server).",
+			func() float64 { return float64(d.MaxBytes()) })
 		gauge("nbiot_stream_devices", "Distinct devices the embedded NATS server holds entries of; at nbiot_stream_devices_max a new device's uplinks get 5.03 (reason stream_devices).",
 			func() float64 { held, _ := e.DevicesHeld(); return float64(held) })
 		gauge("nbiot_stream_devices_max", "The most distinct devices the embedded NATS server may hold entries of (a sixteenth of the process's memory, DeviceBytes each).",

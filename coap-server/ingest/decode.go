@@ -33,6 +33,8 @@ var (
 	errCredentialsUnknown = errors.New("credentialed devices not known yet")
 	// errRegisteredUnknown: the list of registered devices is not loaded yet.
 	errRegisteredUnknown = errors.New("registered devices not known yet")
+	// errDedupFull: a strict Dedup holds its bound of recent answers.
+	errDedupFull = errors.New("recent uplinks at their memory bound")
 )
 
 // maxVersionLen bounds hw_version and fw_version, which land in text columns.

@@ -41,9 +41,19 @@ const dedupChunk = 1024
 // rebinding between a CON and its retransmission makes a new endpoint.
 // The key is stream.MsgKey: a hash of the device, message ID, token and
 // payload; a retransmission repeats all four, and a new uplink differs in
-// at least the message ID. Safe for concurrent use; two copies arriving at
-// the same instant from two addresses may both be processed (the database
-// and the live log keep one by the same key).
+// at least the message ID. Safe for concurrent use: while one copy is
+// being processed (begin to end), another is reported busy and not
+// processed, so two copies arriving at once from two addresses make one
+// row and one entry.
+//
+// With the embedded NATS server, Dedup is the only memory of recent
+// uplinks (the live log's entries carry their key but the server does not
+// index it: its map of message IDs cost a third of the throughput): it is
+// strict (NewStrictDedup), never forgetting an answer early, and restored
+// at start from the live log's last EXCHANGE_LIFETIME (Restore), so that a
+// copy reaching the process after a restart is recognised too. With
+// NATS_URL the cluster's duplicate window backs it, and it may forget the
+// oldest answers when full (counted).
 //
 // Entries live in a ring of fixed-size chunks in the order they were
 // remembered, which is the order they expire in (the lifetime is
@@ -53,6 +63,7 @@ type Dedup struct {
 	mu       sync.Mutex
 	ttl      time.Duration
 	maxBytes int64
+	strict   bool  // never drop an answer before it expires (NewStrictDedup)
 	bytes    int64 // charged: dedupEntryBytes per entry, plus answers
 	steps    int64 // entries touched, for tests: constant per call
 
@@ -63,6 +74,9 @@ type Dedup struct {
 	head    uint64                  // oldest position still in the ring
 	tail    uint64                  // next position to fill
 	answers map[uint64][]byte       // non-empty answers, by position
+	// working holds the keys being processed (begin to end): at most one
+	// per worker.
+	working map[dedupKey]struct{}
 }
 
 // dedupKey is stream.MsgKey of the uplink.
@@ -78,6 +92,7 @@ type dedupEntry struct {
 	code      codes.Code
 	live      bool
 	hasAnswer bool
+	restored  bool // from the live log at start: its answer is not known
 }
 
 // dedupHit is what lookup returns of a remembered answer.
@@ -86,6 +101,9 @@ type dedupHit struct {
 	answer []byte
 	seq    uint64
 	copies int
+	// restored: the uplink was accepted before a restart (Restore); the
+	// answer it got then is not known, so the handler answers it anew.
+	restored bool
 }
 
 // NewDedup returns a Dedup keeping answers for ttl in up to maxBytes
@@ -97,7 +115,19 @@ func NewDedup(maxBytes int64, ttl time.Duration) *Dedup {
 	if ttl <= 0 {
 		ttl = ExchangeLifetime
 	}
-	return &Dedup{ttl: ttl, maxBytes: maxBytes, entries: make(map[dedupKey]uint64), answers: make(map[uint64][]byte)}
+	return &Dedup{ttl: ttl, maxBytes: maxBytes, entries: make(map[dedupKey]uint64), answers: make(map[uint64][]byte),
+		working: make(map[dedupKey]struct{})}
+}
+
+// NewStrictDedup is NewDedup that never drops an answer before it
+// expires: when it holds maxBytes, Full reports it and the handler refuses
+// new uplinks with 5.03 until answers expire. remember may take it past
+// maxBytes by what the uplinks being processed at that moment add (one
+// each per worker, 96 B plus a downlink's bytes).
+func NewStrictDedup(maxBytes int64, ttl time.Duration) *Dedup {
+	d := NewDedup(maxBytes, ttl)
+	d.strict = true
+	return d
 }
 
 // entrySize is the bytes an entry is charged.
@@ -123,6 +153,10 @@ func (d *Dedup) at(p uint64) *dedupEntry {
 func (d *Dedup) lookup(k dedupKey, now time.Time) (dedupHit, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	return d.lookupLocked(k, now)
+}
+
+func (d *Dedup) lookupLocked(k dedupKey, now time.Time) (dedupHit, bool) {
 	d.steps++
 	p, ok := d.entries[k]
 	if !ok {
@@ -133,21 +167,52 @@ func (d *Dedup) lookup(k dedupKey, now time.Time) (dedupHit, bool) {
 		return dedupHit{}, false
 	}
 	e.copies++
-	h := dedupHit{code: e.code, seq: e.seq, copies: int(e.copies)}
+	h := dedupHit{code: e.code, seq: e.seq, copies: int(e.copies), restored: e.restored}
 	if e.hasAnswer {
 		h.answer = d.answers[p]
 	}
 	return h, true
 }
 
-// remember stores the answer for k, dropping a few expired entries and,
-// while over the byte bound, the oldest ones. Both take from the front:
-// O(1) amortised, and at most dedupSweep expired entries per call.
-func (d *Dedup) remember(k dedupKey, code codes.Code, answer []byte, seq uint64, now time.Time) (evicted bool) {
+// begin is lookup that, when k has no answer, claims it for the caller,
+// who then remembers its answer (or not) and calls end: a copy that
+// arrives meanwhile gets busy, and is not processed. One lock for both, so
+// a copy sees either the claim or the answer.
+func (d *Dedup) begin(k dedupKey, now time.Time) (h dedupHit, found, busy bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.steps++
-	t := now.UnixNano()
+	if h, found = d.lookupLocked(k, now); found {
+		return h, true, false
+	}
+	if _, busy = d.working[k]; busy {
+		return dedupHit{}, false, true
+	}
+	d.working[k] = struct{}{}
+	return dedupHit{}, false, false
+}
+
+// end releases the claim begin took on k.
+func (d *Dedup) end(k dedupKey) {
+	d.mu.Lock()
+	delete(d.working, k)
+	d.mu.Unlock()
+}
+
+// Full reports whether a strict Dedup holds its maxBytes of answers that
+// have not expired (it drops a few expired ones first); a Dedup that is
+// not strict is never full, it forgets its oldest answers instead.
+func (d *Dedup) Full(now time.Time) bool {
+	if !d.strict {
+		return false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.sweepLocked(now.UnixNano())
+	return d.bytes+dedupEntryBytes > d.maxBytes
+}
+
+// sweepLocked drops up to dedupSweep expired entries from the front.
+func (d *Dedup) sweepLocked(t int64) {
 	for range dedupSweep {
 		e, ok := d.front()
 		if !ok || t <= e.expires {
@@ -156,11 +221,50 @@ func (d *Dedup) remember(k dedupKey, code codes.Code, answer []byte, seq uint64,
 		d.steps++
 		d.popFront()
 	}
+}
+
+// Restore remembers an uplink accepted at at, before a restart, at
+// position seq of the live log (stream.Engine.RecentKeys): a copy of it
+// within ttl of at gets 2.04 and makes nothing twice. Its answer is not
+// known (hit.restored). An expired or known key is skipped, and so is
+// every key once a strict Dedup is full. Keys must come in the order they
+// were accepted, the order entries expire in. It reports whether k was
+// remembered.
+func (d *Dedup) Restore(k [16]byte, seq uint64, at, now time.Time) bool {
+	expires := at.Add(d.ttl)
+	if !now.Before(expires) {
+		return false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.entries[k]; ok {
+		return false
+	}
+	if d.bytes+dedupEntryBytes > d.maxBytes {
+		return false
+	}
+	p := d.push()
+	*d.at(p) = dedupEntry{key: k, expires: expires.UnixNano(), seq: seq, copies: 1, code: codes.Changed, live: true, restored: true}
+	d.entries[k] = p
+	d.bytes += dedupEntryBytes
+	return true
+}
+
+// remember stores the answer for k, dropping a few expired entries and,
+// while over the byte bound and not strict, the oldest ones. Both take
+// from the front: O(1) amortised, and at most dedupSweep expired entries
+// per call.
+func (d *Dedup) remember(k dedupKey, code codes.Code, answer []byte, seq uint64, now time.Time) (evicted bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.steps++
+	t := now.UnixNano()
+	d.sweepLocked(t)
 	if p, ok := d.entries[k]; ok {
 		d.kill(p)
 	}
 	size := entrySize(answer)
-	for d.bytes+size > d.maxBytes && d.head < d.tail {
+	for !d.strict && d.bytes+size > d.maxBytes && d.head < d.tail {
 		e, ok := d.front()
 		if !ok {
 			break
@@ -245,6 +349,9 @@ func (d *Dedup) Bytes() int64 {
 	defer d.mu.Unlock()
 	return d.bytes
 }
+
+// MaxBytes is the bound Dedup was made with.
+func (d *Dedup) MaxBytes() int64 { return d.maxBytes }
 
 // Len is the number of remembered answers.
 func (d *Dedup) Len() int {

@@ -152,3 +152,87 @@ func pointerIn(t reflect.Type) string {
 		return t.Kind().String()
 	}
 }
+
+// TestDedupBeginHoldsACopyBack: while one copy of an uplink is being
+// processed, a second one (from another address) is busy, not processed;
+// once the first is remembered, a copy gets its answer; a key whose
+// processing ended without an answer (5.03) can be processed again.
+func TestDedupBeginHoldsACopyBack(t *testing.T) {
+	d := NewDedup(1<<20, time.Minute)
+	t0 := time.Unix(1000, 0)
+	k := d.key("DEV", 1, []byte{1}, []byte("p"))
+	if _, found, busy := d.begin(k, t0); found || busy {
+		t.Fatalf("first copy: found %v busy %v, want neither", found, busy)
+	}
+	if _, found, busy := d.begin(k, t0); found || !busy {
+		t.Fatalf("second copy while the first is processed: found %v busy %v, want busy", found, busy)
+	}
+	d.remember(k, codes.Changed, nil, 7, t0)
+	d.end(k)
+	if hit, found, busy := d.begin(k, t0); !found || busy || hit.seq != 7 {
+		t.Fatalf("copy after the answer: %+v found %v busy %v, want the answer", hit, found, busy)
+	}
+	refused := d.key("DEV", 2, []byte{1}, []byte("p"))
+	d.begin(refused, t0)
+	d.end(refused) // answered 5.03: nothing remembered
+	if _, found, busy := d.begin(refused, t0); found || busy {
+		t.Fatalf("retry after a refusal: found %v busy %v, want it processed", found, busy)
+	}
+	if len(d.working) != 1 {
+		t.Errorf("%d keys claimed, want 1 (the retry's)", len(d.working))
+	}
+}
+
+// TestStrictDedupNeverForgetsEarly: at its bound a strict Dedup is Full
+// and keeps every answer until it expires; one that is not strict forgets
+// its oldest and is never Full.
+func TestStrictDedupNeverForgetsEarly(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	strict, loose := NewStrictDedup(2*dedupEntryBytes, time.Minute), NewDedup(2*dedupEntryBytes, time.Minute)
+	for i := range 3 {
+		for _, d := range []*Dedup{strict, loose} {
+			if i == 2 && d == strict && !d.Full(t0) {
+				t.Fatal("strict Dedup with two answers of two is not Full")
+			}
+			d.remember(d.key("DEV", int32(i), nil, nil), codes.Changed, nil, uint64(i+1), t0)
+		}
+	}
+	if loose.Full(t0) {
+		t.Error("a Dedup that is not strict reports Full")
+	}
+	if _, ok := strict.lookup(strict.key("DEV", 0, nil, nil), t0); !ok {
+		t.Error("strict Dedup forgot its oldest answer before it expired")
+	}
+	if _, ok := loose.lookup(loose.key("DEV", 0, nil, nil), t0); ok {
+		t.Error("Dedup that is not strict kept its oldest answer past its bound")
+	}
+	if strict.Full(t0.Add(2 * time.Minute)) {
+		t.Error("strict Dedup still Full once its answers expired")
+	}
+}
+
+// TestDedupRestore: an uplink accepted before a restart, restored from
+// the live log, is recognised (restored: its answer is not known) until
+// EXCHANGE_LIFETIME after it was accepted; an expired one is not restored,
+// and restoring stops at a strict Dedup's bound.
+func TestDedupRestore(t *testing.T) {
+	now := time.Unix(10_000, 0)
+	d := NewStrictDedup(2*dedupEntryBytes, ExchangeLifetime)
+	old, recent, third := d.key("DEV", 1, nil, nil), d.key("DEV", 2, nil, nil), d.key("DEV", 3, nil, nil)
+	if d.Restore(old, 1, now.Add(-ExchangeLifetime), now) {
+		t.Error("restored an uplink accepted EXCHANGE_LIFETIME ago")
+	}
+	if !d.Restore(recent, 2, now.Add(-time.Minute), now) || !d.Restore(third, 3, now.Add(-time.Second), now) {
+		t.Fatal("recent uplinks not restored")
+	}
+	if d.Restore(d.key("DEV", 4, nil, nil), 4, now, now) {
+		t.Error("restored past the strict bound")
+	}
+	hit, ok := d.lookup(recent, now)
+	if !ok || !hit.restored || hit.seq != 2 || hit.code != codes.Changed {
+		t.Fatalf("restored uplink: %+v %v, want a restored 2.04 at seq 2", hit, ok)
+	}
+	if _, ok := d.lookup(recent, now.Add(-time.Minute).Add(ExchangeLifetime+time.Second)); ok {
+		t.Error("restored uplink still recognised past EXCHANGE_LIFETIME after it was accepted")
+	}
+}

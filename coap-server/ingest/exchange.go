@@ -24,7 +24,8 @@ type request struct {
 // response is the uplink logic's answer; the transport adds type, message
 // ID and token (RFC 7252 §5.2). Content-Format is set when payload is not
 // nil; option, when its ID is not 0, is the one other option (Size1 or
-// Max-Age).
+// Max-Age). Code 0 is no answer at all: a copy of an uplink that is being
+// processed, whose answer is on its way.
 type response struct {
 	code    codes.Code
 	format  message.MediaType

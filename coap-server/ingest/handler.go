@@ -110,7 +110,9 @@ func (h *Handler) serveMux(w mux.ResponseWriter, r *mux.Message, identity string
 		h.Metrics.observe(resp.code, 0)
 	} else {
 		req.payload = payload
-		resp = h.serve(&req, identity)
+		if resp = h.serve(&req, identity); resp.code == 0 {
+			return // a copy of an uplink being processed: no answer of its own
+		}
 	}
 	var body io.ReadSeeker
 	if resp.payload != nil {
@@ -127,7 +129,9 @@ func (h *Handler) serveMux(w mux.ResponseWriter, r *mux.Message, identity string
 func (h *Handler) serve(req *request, identity string) response {
 	start := h.now()
 	resp := h.handle(req, identity, start)
-	h.Metrics.observe(resp.code, time.Since(start))
+	if resp.code != 0 {
+		h.Metrics.observe(resp.code, time.Since(start))
+	}
 	return resp
 }
 
@@ -168,24 +172,44 @@ func (h *Handler) handle(r *request, identity string, now time.Time) response {
 		return resp
 	}
 
-	// Copies of one uplink share this key: Dedup's, the database's (the
-	// uplink's Key) and, encoded (stream.IDOf), the live-log entry's ID, by which the
-	// stream recognises a copy that reached another instance, or this one
-	// before a restart (its Duplicates window).
+	// Copies of one uplink share this key: Dedup's (restored from the live
+	// log after a restart), the database's (the uplink's Key) and, encoded
+	// (stream.IDOf), the live-log entry's, by which the stream on NATS_URL
+	// recognises a copy that reached another instance (its Duplicates
+	// window).
 	msgKey := stream.MsgKey(deviceID, r.mid, r.token, payload)
 	key := dedupKey(msgKey)
+	accepted := uplink.Accepted{ID: h.newID(), DeviceID: deviceID, ReceivedAt: now, Uplink: u, Authenticated: identity != "", Key: msgKey}
 	if h.Dedup != nil {
-		if hit, ok := h.Dedup.lookup(key, now); ok {
-			// A retransmission from another address (RFC 7252 §4.5): the
-			// same answer, and nothing stored or logged twice.
+		hit, found, busy := h.Dedup.begin(key, now)
+		switch {
+		case found:
+			// A retransmission from another address (RFC 7252 §4.5), or
+			// one of an uplink accepted before a restart: the same
+			// answer, and nothing stored or logged twice.
 			h.Metrics.Duplicates.Inc()
 			h.notifyRetransmission(deviceID, now, u.GetUplinkCount(), hit.seq, hit.copies)
+			if hit.restored && h.Downlinks != nil {
+				// What it was answered before the restart is not known:
+				// a pending configuration is what it would have carried.
+				hit.answer, _, _ = h.Downlinks.ForUplink(accepted)
+			}
 			return answerWith(hit.code, hit.answer)
+		case busy:
+			// Another copy is being processed right now: its answer
+			// goes to the device (to its address, with this message ID),
+			// and a later copy gets the remembered one. §4.5 lets a
+			// duplicate be dropped.
+			h.Metrics.Duplicates.Inc()
+			return response{}
+		}
+		defer h.Dedup.end(key)
+		if h.Dedup.Full(now) {
+			return h.unavailable(deviceID, now, errDedupFull)
 		}
 	}
 
 	id := stream.IDOf(msgKey)
-	accepted := uplink.Accepted{ID: h.newID(), DeviceID: deviceID, ReceivedAt: now, Uplink: u, Authenticated: identity != "", Key: msgKey}
 	ctx := r.ctx
 	if err := h.Stream.PublishUplink(ctx, accepted, payload); err != nil {
 		return h.unavailable(deviceID, now, err)
@@ -208,8 +232,8 @@ func (h *Handler) handle(r *request, identity string, now time.Time) response {
 		// copy of the uplink by its key).
 		return h.unavailable(deviceID, now, err)
 	case ldup:
-		// The live log had this entry's ID: the uplink was accepted before,
-		// by another instance or before a restart.
+		// The live log had this entry's ID (NATS_URL): the uplink was
+		// accepted before, by another instance.
 		h.Metrics.Duplicates.Inc()
 		h.notifyRetransmission(deviceID, now, u.GetUplinkCount(), seq, 0)
 	default:
@@ -232,8 +256,8 @@ func (h *Handler) unavailable(deviceID string, now time.Time, err error) respons
 	switch {
 	case errors.Is(err, stream.ErrFull):
 		reason = "stream_full"
-	case errors.Is(err, stream.ErrBusy):
-		reason = "stream_busy"
+	case errors.Is(err, errDedupFull):
+		reason = "dedup_full"
 	case errors.Is(err, stream.ErrTooManyDevices):
 		reason = "stream_devices"
 	case errors.Is(err, errCredentialsUnknown):

@@ -54,14 +54,16 @@ func TestStreamFullRefusesWithServiceUnavailable(t *testing.T) {
 	}
 }
 
-// The embedded server remembers every message ID for its Duplicates
-// window, and nothing in it bounds how many: the engine does, in bytes.
-// Past the bound a distinct uplink is refused with 5.03 and Max-Age (it is
-// not accepted, the device retries) and counted as stream_busy.
-func TestIDMemoryBoundRefusesWithServiceUnavailable(t *testing.T) {
-	live := streamtest.New(t, stream.Config{IDMemory: 2 * stream.IDBytes})
+// With the embedded server a strict Dedup is the only memory of recent
+// uplinks, and it never forgets one early: at its bound a new uplink is
+// refused with 5.03 and Max-Age (it is not accepted, the device retries)
+// and counted as dedup_full, while a copy of one it holds is still
+// answered 2.04.
+func TestStrictDedupBoundRefusesWithServiceUnavailable(t *testing.T) {
+	live := streamtest.New(t, stream.Config{})
 	m := ingest.NewMetrics(prometheus.NewRegistry())
-	h := &ingest.Handler{Stream: live, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: m}
+	h := &ingest.Handler{Stream: live, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: m,
+		Dedup: ingest.NewStrictDedup(2*96, ingest.ExchangeLifetime)}
 	post := servePost(t, h)
 	var got []codes.Code
 	for i := range 3 {
@@ -74,13 +76,13 @@ func TestIDMemoryBoundRefusesWithServiceUnavailable(t *testing.T) {
 		}
 	}
 	if want := []codes.Code{codes.Changed, codes.Changed, codes.ServiceUnavailable}; !slices.Equal(got, want) {
-		t.Fatalf("codes %v, want %v (two IDs fit)", got, want)
+		t.Fatalf("codes %v, want %v (two answers fit)", got, want)
 	}
-	if n := testutil.ToFloat64(m.Rejected("stream_busy")); n != 1 {
-		t.Errorf("rejected{stream_busy} = %v, want 1", n)
+	if n := testutil.ToFloat64(m.Rejected("dedup_full")); n != 1 {
+		t.Errorf("rejected{dedup_full} = %v, want 1", n)
 	}
-	if held, bound := live.IDsHeld(); held != 2 || bound != 2 {
-		t.Errorf("IDs held %d of %d, want 2 of 2", held, bound)
+	if n := len(live.All()); n != 2 {
+		t.Errorf("live log has %d entries, want 2", n)
 	}
 }
 

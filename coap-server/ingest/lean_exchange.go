@@ -79,6 +79,9 @@ func (ex *exchange) serve(d *datagram) {
 	req := request{ctx: ex.s.ctx, code: m.Code, options: m.Options, payload: m.Payload,
 		mid: m.MessageID, token: m.Token, remote: d}
 	resp := ex.s.h.serve(&req, "")
+	if resp.code == 0 {
+		return // a copy of an uplink being processed: its answer is on the way
+	}
 	if suppressed(m.Options, resp.code) {
 		// RFC 7967: the client asked not to hear this class of answer. A
 		// CON still gets its empty ACK (§4.2); a NON gets nothing.

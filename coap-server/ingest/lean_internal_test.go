@@ -201,3 +201,60 @@ func FuzzLeanDatagram(f *testing.F) {
 		}
 	})
 }
+
+// blockingStream holds the first Log until released, so a test can send a
+// copy while the first is being processed.
+type blockingStream struct {
+	memStream
+	entered chan struct{}
+	release chan struct{}
+	logs    atomic.Int64
+}
+
+func (b *blockingStream) Log(ctx context.Context, e *livelog.Entry, id string) (uint64, bool, error) {
+	if b.logs.Add(1) == 1 {
+		b.entered <- struct{}{}
+		<-b.release
+	}
+	return b.memStream.Log(ctx, e, id)
+}
+
+// TestCopiesAtOnceFromTwoAddressesMakeOneEntry: two copies of one CON
+// arriving from two addresses (a NAT rebinding) while the first is being
+// processed: the second gets no answer of its own and is not processed;
+// the first is answered 2.04; a later copy gets the remembered answer.
+// One live-log entry in all (with the embedded server nothing else
+// recognises the copy: its message IDs are gone).
+func TestCopiesAtOnceFromTwoAddressesMakeOneEntry(t *testing.T) {
+	st := &blockingStream{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	h := testHandler(time.Now)
+	h.Stream, h.Dedup = st, NewStrictDedup(1<<20, 0)
+	first, second := newSyncLean(t, h), newSyncLean(t, h)
+	dgram := conUplink(t, 0x4242, &nbiotv1.Uplink{DeviceId: "NAT", UplinkCount: 1})
+	a, b := netip.MustParseAddrPort("127.0.0.1:40001"), netip.MustParseAddrPort("127.0.0.1:40002")
+	done := make(chan [][]byte)
+	go func() { done <- first.exchange(dgram, a) }()
+	<-st.entered
+	if got := second.exchange(dgram, b); len(got) != 0 {
+		t.Fatalf("the copy from another address while the first is processed got %d answers, want none", len(got))
+	}
+	close(st.release)
+	if got := <-done; len(got) != 1 || ackCode(t, got[0]) != codes.Changed {
+		t.Fatalf("first copy: %d answers, want one 2.04", len(got))
+	}
+	if got := second.exchange(dgram, b); len(got) != 1 || ackCode(t, got[0]) != codes.Changed {
+		t.Fatalf("later copy: %d answers, want the remembered 2.04", len(got))
+	}
+	if n := st.logs.Load(); n != 1 {
+		t.Errorf("%d live-log entries, want 1", n)
+	}
+}
+
+func ackCode(t *testing.T, b []byte) codes.Code {
+	t.Helper()
+	var m message.Message
+	if _, err := coder.DefaultCoder.Decode(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	return m.Code
+}

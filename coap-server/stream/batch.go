@@ -20,8 +20,9 @@ import (
 //
 // A batch has no per-uplink Nats-Msg-Id, so the stream does not recognise
 // a retransmission that reached another instance, or this one after a
-// restart; the live log still does (its entry's ID), and the database
-// keeps one copy by the uplink's Key (uplink.Accepted).
+// restart; the live log still does with NATS_URL (its entry's ID), or
+// coap-server's own table embedded (its entry's KeyHeader, RecentKeys),
+// and the database keeps one copy by the uplink's Key (uplink.Accepted).
 const (
 	// batchSubject is the subject of batch messages: two tokens after the
 	// prefix, so it never equals a device's (one token) of the version

@@ -95,7 +95,7 @@ func BenchmarkDurableUplink(b *testing.B) {
 // live-log entries packed into each JetStream message instead of one. It
 // reports process CPU per entry. UPLINKS is batched so (batch.go); the live
 // log keeps one entry per message (per-device subjects serve tail, since
-// and the per-device retention, and its Nats-Msg-Id dedups each uplink),
+// and the per-device retention, and its key dedups each uplink),
 // so for LIVELOG this is a measurement of the alternative, not of code the
 // server runs (README, Durability).
 //

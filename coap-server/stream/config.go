@@ -69,15 +69,10 @@ type Config struct {
 	// is recognised (default 250 s: CoAP's EXCHANGE_LIFETIME, 247 s after a
 	// device's first transmission, after which it sends no copy of it, and
 	// a margin; an ID is stored later than that transmission, never earlier).
-	// The embedded server holds every ID for the whole window, so it is no
-	// longer than it must be (it was 5 min: a fifth more IDs held).
+	// With NATS_URL the cluster holds every ID for the whole window, so it
+	// is no longer than it must be (it was 5 min: a fifth more IDs held).
+	// The embedded engine publishes no IDs (see Engine.Log).
 	Duplicates time.Duration
-	// IDMemory bounds the embedded server's memory of recent message IDs
-	// (IDBytes each for the Duplicates window): default a quarter of the
-	// process's memory (memlimit), 100 MiB at GOMEMLIMIT=400MiB. When it is
-	// reached, uplinks get 5.03 (ErrBusy) until older IDs expire. With
-	// NATS_URL the cluster holds the IDs and sizes its own memory: no bound.
-	IDMemory int64
 	// DeviceMemory bounds the memory of the distinct devices the embedded
 	// server holds entries of (DeviceBytes each): default a sixteenth of
 	// the process's memory, 25 MiB (68,266 devices) at GOMEMLIMIT=400MiB.
@@ -114,9 +109,6 @@ func (c Config) withDefaults() Config {
 	}
 	if c.LivePerDevice <= 0 {
 		c.LivePerDevice = DefaultLivePerDevice
-	}
-	if c.IDMemory <= 0 && c.URL == "" {
-		c.IDMemory = memlimit.Bytes() / idShare
 	}
 	if c.DeviceMemory <= 0 && c.URL == "" {
 		c.DeviceMemory = memlimit.Bytes() / deviceShare

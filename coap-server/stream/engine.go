@@ -38,7 +38,6 @@ type Engine struct {
 	storeUplink jetstream.Stream // nil without storage
 
 	batches batcher       // of UPLINKS publishes
-	ids     *idBudget     // nil with NATS_URL (the cluster holds the IDs)
 	devices *deviceBudget // nil with NATS_URL
 	closed  chan struct{} // closed by the publish connection's ClosedHandler
 	// asyncErrors counts LogAsync publishes that failed.
@@ -47,11 +46,6 @@ type Engine struct {
 
 // AsyncErrors is the number of LogAsync entries the stream did not take.
 func (e *Engine) AsyncErrors() int64 { return e.asyncErrors.Load() }
-
-// IDsHeld is the number of message IDs the embedded server holds for its
-// Duplicates window, by this engine's count, and the most it may (both 0
-// with NATS_URL).
-func (e *Engine) IDsHeld() (held, maxIDs int64) { return e.ids.state() }
 
 // DevicesHeld is the number of distinct devices the embedded server holds
 // entries of, by this engine's count, and the most it may (both 0 with
@@ -67,7 +61,6 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	e := &Engine{cfg: cfg, closed: make(chan struct{})}
 	e.batches.e = e
 	if cfg.URL == "" {
-		e.ids = newIDBudget(cfg.IDMemory/IDBytes, cfg.Duplicates)
 		e.devices = newDeviceBudget(int(cfg.DeviceMemory/DeviceBytes), cfg.LiveMaxAge)
 	}
 	opts := []nats.Option{

@@ -230,12 +230,16 @@ func (r *reader) fill() error {
 	return nil
 }
 
-// close deletes the reader's consumer at once instead of leaving it to
-// expire (ordered consumers go away by themselves after 5 s idle).
-func (r *reader) close() {
-	if info := r.cons.CachedInfo(); info != nil {
+// close deletes the reader's consumer at once (deleteLiveConsumer).
+func (r *reader) close() { r.e.deleteLiveConsumer(r.cons) }
+
+// deleteLiveConsumer deletes an ordered consumer of the live log at once
+// instead of leaving it to expire (ordered consumers go away by
+// themselves only after InactiveThreshold idle).
+func (e *Engine) deleteLiveConsumer(cons jetstream.Consumer) {
+	if info := cons.CachedInfo(); info != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
-		_ = r.e.feedJS.DeleteConsumer(ctx, LiveLogStream, info.Name)
+		_ = e.feedJS.DeleteConsumer(ctx, LiveLogStream, info.Name)
 	}
 }

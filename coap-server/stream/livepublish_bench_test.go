@@ -12,9 +12,10 @@ import (
 
 // BenchmarkLivePublish takes a LIVELOG publish apart: one message per
 // entry from 16 concurrent callers on the embedded server, process CPU per
-// message until the stream holds them all. "ack+id" is what Log does
-// (acknowledged, with a Nats-Msg-Id); "ack" drops the message ID (the
-// Duplicates window's cost); "noreply" drops the acknowledgement (what is
+// message until the stream holds them all. "ack+id" is what Log does with
+// NATS_URL (acknowledged, with a Nats-Msg-Id); "ack" drops the message ID
+// (the Duplicates window's cost), close to what Log does embedded (its
+// KeyHeader instead); "noreply" drops the acknowledgement (what is
 // left is the stream's own work); "async+id" is nats.go's PublishMsgAsync
 // with no bound on what is in flight (what a deeper pipeline would save);
 // "ack+id/nolimit" lifts the per-device limit and "ack+id/bytes1M" is at

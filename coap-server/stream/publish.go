@@ -23,9 +23,6 @@ var (
 	ErrFull = errors.New("stream: full")
 	// ErrUnavailable: NATS did not acknowledge in time, or is unreachable.
 	ErrUnavailable = errors.New("stream: unavailable")
-	// ErrBusy: the embedded server holds as many message IDs as its
-	// memory bound allows (Config.IDMemory) until older ones expire.
-	ErrBusy = errors.New("stream: busy (message IDs at their memory bound)")
 	// ErrTooManyDevices: the embedded server holds entries of as many
 	// distinct devices as its memory bound allows (Config.DeviceMemory); a
 	// new device waits until others have been silent for the live log's
@@ -35,10 +32,12 @@ var (
 
 // MsgKey hashes what a CoAP retransmission repeats (RFC 7252 §4.5): the
 // device, the message ID, the token and the payload. It is an uplink's Key
-// (the database keeps one row of copies that share it) and, encoded, the
-// Nats-Msg-Id of its live-log entry (IDOf), by which a copy that reaches
-// a restarted process or another instance within the Duplicates window
-// gets the first one's entry.
+// (the database keeps one row of copies that share it) and, encoded
+// (IDOf), what its live-log entry carries to recognise a copy by: with
+// NATS_URL its Nats-Msg-Id, so that a copy reaching a restarted process or
+// another instance within the Duplicates window gets the first one's
+// entry; embedded, its KeyHeader, from which RecentKeys rebuilds
+// coap-server's own table of recent uplinks after a restart.
 func MsgKey(device string, mid int32, token, payload []byte) [16]byte {
 	h := sha256.New()
 	var b [8]byte
@@ -53,9 +52,10 @@ func MsgKey(device string, mid int32, token, payload []byte) [16]byte {
 	return [16]byte(h.Sum(sum[:0]))
 }
 
-// IDOf writes key in unpadded base64url, 22 characters: the server keeps
-// every ID for the Duplicates window, and this takes 24 bytes of its heap
-// where hex's 32 characters took 48 (Go's size classes).
+// IDOf writes key in unpadded base64url, 22 characters: an external
+// server keeps every ID for the Duplicates window, and this takes 24 bytes
+// of its heap where hex's 32 characters took 48 (Go's size classes); the
+// embedded stream stores it with each entry.
 func IDOf(key [16]byte) string {
 	return base64.RawURLEncoding.EncodeToString(key[:])
 }
@@ -63,27 +63,31 @@ func IDOf(key [16]byte) string {
 // PublishUplink makes a durable in UPLINKS and returns once the stream
 // acknowledged the batch it went out in. payload is the device's protobuf,
 // a.Uplink its decoding. A retransmission is not recognised here (see
-// batch.go): the live log's ID and the database's key do that.
+// batch.go): the live log's ID (or, embedded, coap-server's own table) and
+// the database's key do that.
 func (e *Engine) PublishUplink(ctx context.Context, a uplink.Accepted, payload []byte) error {
 	if e.uplinks == nil {
 		return nil
 	}
-	now := time.Now()
-	if !e.devices.admit(now, a.DeviceID) {
+	if !e.devices.admit(time.Now(), a.DeviceID) {
 		return ErrTooManyDevices
-	}
-	// The live-log entry's ID, taken here so that the Log after a durable
-	// uplink is never refused for the bound.
-	if !e.ids.take(now, 1) {
-		return ErrBusy
 	}
 	return e.batches.add(ctx, uplink.AppendMessage(make([]byte, 0, 64+len(payload)), a, payload))
 }
 
 // Log puts one live-log entry on the live log (its JSON without seq: the
 // position is known once stored) and returns its position once the stream
-// acknowledged it. With a non-empty id, a second publish within the
-// Duplicates window returns the first one's position with dup set.
+// acknowledged it.
+//
+// What a non-empty id (IDOf the uplink's key) does depends on the engine.
+// With NATS_URL it is the entry's Nats-Msg-Id: the cluster recognises a
+// copy published within the Duplicates window by any instance, or by this
+// one after a restart, and returns the first one's position with dup set.
+// Embedded, the entry carries it in KeyHeader instead and dup is always
+// false: the embedded server's map of message IDs, marked by the
+// process's collector, cost a third of a busy source's throughput after a
+// few minutes (README, Performance), so coap-server recognises copies in
+// its own pointer-free table, which RecentKeys refills after a restart.
 func (e *Engine) Log(ctx context.Context, entry *livelog.Entry, id string) (seq uint64, dup bool, err error) {
 	lm := liveMsgs.Get().(*liveMsg)
 	defer lm.release()
@@ -105,11 +109,19 @@ func (e *Engine) LogJSON(ctx context.Context, device string, entry []byte, id st
 // so an accepted uplink's entry allocates no message, header map or JSON
 // buffer of its own.
 type liveMsg struct {
-	msg    nats.Msg
-	header nats.Header // {Nats-Msg-Id: id[:]}, set when the publish has an ID
-	id     [1]string
-	buf    []byte // the entry's JSON (Log)
+	msg       nats.Msg
+	header    nats.Header // {Nats-Msg-Id: id[:]}, set when the publish has an ID (NATS_URL)
+	id        [1]string
+	keyHeader nats.Header // {Nbiot-Key: key[:]}, set when it has one (embedded)
+	key       [1]string
+	buf       []byte // the entry's JSON (Log)
 }
+
+// KeyHeader names the header in which an embedded engine's live-log entry
+// of an uplink carries IDOf its key (MsgKey): stored with the entry, it
+// lets RecentKeys tell after a restart which uplinks were answered, with
+// none of the memory the server's own message IDs would hold.
+const KeyHeader = "Nbiot-Key"
 
 // maxPooledEntry: a larger JSON buffer (a rare oversize entry) is not kept.
 const maxPooledEntry = 4 << 10
@@ -117,6 +129,7 @@ const maxPooledEntry = 4 << 10
 var liveMsgs = sync.Pool{New: func() any {
 	lm := &liveMsg{buf: make([]byte, 0, 512)}
 	lm.header = nats.Header{jetstream.MsgIDHeader: lm.id[:]}
+	lm.keyHeader = nats.Header{KeyHeader: lm.key[:]}
 	return lm
 }}
 
@@ -125,32 +138,38 @@ func (lm *liveMsg) release() {
 		lm.buf = make([]byte, 0, 512)
 	}
 	lm.msg = nats.Msg{}
-	lm.id[0] = ""
+	lm.id[0], lm.key[0] = "", ""
 	liveMsgs.Put(lm)
 }
 
 func (e *Engine) logMsg(ctx context.Context, lm *liveMsg, device string, entry []byte, id string) (seq uint64, dup bool, err error) {
-	// With storage, PublishUplink already counted an uplink's entry (id
-	// set): its device and its ID.
-	if id == "" || e.uplinks == nil {
-		now := time.Now()
-		if !e.devices.admit(now, device) {
-			return 0, false, ErrTooManyDevices
-		}
-		if id != "" && !e.ids.take(now, 1) {
-			return 0, false, ErrBusy
-		}
+	// With storage, PublishUplink already counted the device of an
+	// uplink's entry (id set).
+	if (id == "" || e.uplinks == nil) && !e.devices.admit(time.Now(), device) {
+		return 0, false, ErrTooManyDevices
 	}
 	lm.msg.Subject, lm.msg.Data = liveSubject+device, entry
-	if id != "" {
-		lm.id[0] = "l" + id
-		lm.msg.Header = lm.header
-	}
+	e.setLiveID(lm, id)
 	ack, err := e.publish(ctx, &lm.msg)
 	if err != nil {
 		return 0, false, err
 	}
 	return ack.Sequence, ack.Duplicate, nil
+}
+
+// setLiveID puts a non-empty id on the message: with NATS_URL as its
+// Nats-Msg-Id, "l"+id, by which the cluster deduplicates; embedded as
+// KeyHeader, the id as given (see Log).
+func (e *Engine) setLiveID(lm *liveMsg, id string) {
+	switch {
+	case id == "":
+	case e.cfg.URL == "":
+		lm.key[0] = id
+		lm.msg.Header = lm.keyHeader
+	default:
+		lm.id[0] = "l" + id
+		lm.msg.Header = lm.header
+	}
 }
 
 func (e *Engine) publish(ctx context.Context, msg *nats.Msg) (pubAck, error) {

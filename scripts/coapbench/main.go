@@ -372,11 +372,11 @@ func start(name string) (*server, error) {
 		cmd = exec.Command(self, "-serve", name, "-addr", addr)
 		if strings.HasPrefix(name, "coap-server") && os.Getenv("GOMEMLIMIT") == "" {
 			// The bench measures CPU per request at rates a 512 MB machine
-			// sustains only for minutes: its message-ID bound (a quarter
-			// of memory; README, Durability) would refuse part of a
-			// 3-minute soak. At 40,000 uplinks/s the 250 s window holds
-			// 10 million IDs (1.6 GB at 160 B): 12 GiB keeps every uplink
-			// under the bound (the heap itself stays far below).
+			// sustains only for minutes: its bound on recent uplinks
+			// (5/16 of memory; README, Durability) would refuse part of a
+			// 3-minute soak. At 40,000 uplinks/s the 247 s window holds
+			// 10 million answers (0.95 GB at 96 B): 12 GiB keeps every
+			// uplink under the bound (the heap itself stays far below).
 			cmd.Env = append(os.Environ(), "GOMEMLIMIT=12GiB")
 		}
 		if strings.HasPrefix(name, "coap-server") && os.Getenv("GOGC") == "" {
