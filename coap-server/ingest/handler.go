@@ -111,7 +111,11 @@ func (h *Handler) serveMux(w mux.ResponseWriter, r *mux.Message, identity string
 	} else {
 		req.payload = payload
 		if resp = h.serve(&req, identity); resp.code == 0 {
-			return // a copy of an uplink being processed: no answer of its own
+			// A copy of an uplink being processed: no answer of its own
+			// (go-coap then sends an empty ACK). Over DTLS a copy comes
+			// through a second session only after a handshake, by which
+			// time the first is answered: this is for completeness.
+			return
 		}
 	}
 	var body io.ReadSeeker

@@ -18,8 +18,9 @@ const keysBuffer = 1024
 // of them gets the same answer, not a second entry: it calls fn with the
 // key (KeyHeader), position and time of every live-log entry stored at or
 // after since, in position order, and returns how many it passed.
-// Entries without a key are skipped: errors, downlink events, and those of
-// the version before, whose key was their Nats-Msg-Id.
+// Entries without a key are skipped (errors, downlink events); those of
+// the version before carry it as their Nats-Msg-Id ("l" and IDOf the key)
+// and are read too, so that a copy straddling the upgrade is recognised.
 //
 // It reads only what the stream held when it was called, without the
 // payloads, one buffer at a time, and then returns. With NATS_URL it
@@ -91,9 +92,16 @@ func (e *Engine) readKeys(ctx context.Context, it jetstream.MessagesContext, las
 	}
 }
 
-// keyOf decodes the message's KeyHeader: IDOf a 16-byte key.
+// keyOf decodes the message's KeyHeader, IDOf a 16-byte key, or the
+// Nats-Msg-Id "l"+IDOf(key) of the version before.
 func keyOf(m jetstream.Msg) (key [16]byte, ok bool) {
-	s := m.Headers().Get(KeyHeader)
+	h := m.Headers()
+	s := h.Get(KeyHeader)
+	if s == "" {
+		if id := h.Get(jetstream.MsgIDHeader); len(id) > 1 && id[0] == 'l' {
+			s = id[1:]
+		}
+	}
 	if len(s) != base64.RawURLEncoding.EncodedLen(len(key)) {
 		return key, false
 	}

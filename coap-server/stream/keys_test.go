@@ -156,15 +156,20 @@ func TestRecentKeys(t *testing.T) {
 		want = append(want, keyAt{k, seq, time.Now()})
 	}
 	publish(0)
-	// Entries without a key, or with one this version did not write, in
-	// between: an error entry, one of the version before (its key as
-	// Nats-Msg-Id), and a malformed header.
+	// In between: an entry without a key (an error entry), one of the
+	// version before (its key as Nats-Msg-Id: read too, so that a copy
+	// straddling the upgrade is still recognised), and malformed headers.
 	e.LogAsync(livelog.Error("D1", time.Now(), "Rejected uplink: test"))
 	publish(1)
-	old := IDOf(MsgKey("OLD", 1, nil, nil))
-	for _, h := range []nats.Header{{jetstream.MsgIDHeader: {"l" + old}}, {KeyHeader: {"short"}}, {KeyHeader: {old + "AA"}}} {
-		if _, err := e.js.PublishMsg(ctx, &nats.Msg{Subject: liveSubject + "D1", Data: []byte(`{}`), Header: h}); err != nil {
+	oldKey := MsgKey("OLD", 1, nil, nil)
+	old := IDOf(oldKey)
+	for i, h := range []nats.Header{{jetstream.MsgIDHeader: {"l" + old}}, {KeyHeader: {"short"}}, {KeyHeader: {old + "AA"}}, {jetstream.MsgIDHeader: {old}}} {
+		ack, err := e.js.PublishMsg(ctx, &nats.Msg{Subject: liveSubject + "D1", Data: []byte(`{}`), Header: h})
+		if err != nil {
 			t.Fatal(err)
+		}
+		if i == 0 {
+			want = append(want, keyAt{oldKey, ack.Sequence, time.Now()})
 		}
 	}
 	publish(2)
@@ -188,7 +193,7 @@ func TestRecentKeys(t *testing.T) {
 		}
 	}
 	check("since before", recentKeys(t, e, before), want)
-	check("since between", recentKeys(t, e, mid), want[3:])
+	check("since between", recentKeys(t, e, mid), want[4:])
 	check("since after", recentKeys(t, e, after), nil)
 
 	// A restart: the keys are read from the file store.
