@@ -169,3 +169,55 @@ func TestDuplicatesWindowCoversAnExchange(t *testing.T) {
 		}
 	}
 }
+
+// TestFeedResetBeforeItsFirstEntryMissesNothing: the feed's consumer is
+// lost before it delivered anything (its server-side state deleted, as a
+// restart of a cluster node or a disconnect does) while entries are
+// published; re-created, it delivers them, from where the feed started,
+// not from whatever is new by then (nats.go re-creates an ordered consumer
+// that delivered nothing with its first configuration).
+func TestFeedResetBeforeItsFirstEntryMissesNothing(t *testing.T) {
+	e := openEmbedded(t, Config{})
+	ctx := context.Background()
+	got := make(chan uint64, 100)
+	stop, err := e.Feed(ctx, func(seq uint64, _ string, _ []byte) {
+		if seq != 0 {
+			got <- seq
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	names := e.feedLive.ListConsumers(ctx)
+	var deleted int
+	for c := range names.Info() {
+		if err := e.feedLive.DeleteConsumer(ctx, c.Name); err != nil {
+			t.Fatal(err)
+		}
+		deleted++
+	}
+	if deleted == 0 {
+		t.Fatal("the feed has no consumer to delete")
+	}
+	var want []uint64
+	for range 5 {
+		seq, _, err := e.LogJSON(ctx, "B", []byte(`{}`), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, seq)
+	}
+	var seen []uint64
+	for len(seen) < len(want) {
+		select {
+		case s := <-got:
+			seen = append(seen, s)
+		case <-time.After(30 * time.Second):
+			t.Fatalf("after the reset the feed delivered %v, want %v", seen, want)
+		}
+	}
+	if !slices.Equal(seen, want) {
+		t.Fatalf("feed delivered %v, want %v", seen, want)
+	}
+}

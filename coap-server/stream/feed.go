@@ -18,10 +18,20 @@ type FeedFunc func(seq uint64, device string, data []byte)
 // instance published it, in stream order and without gaps (an ordered
 // consumer re-creates itself from the last position after a disconnect),
 // and every notification, to fn. stop ends it.
+//
+// It starts by position, after the newest entry, not with DeliverNew:
+// nats.go re-creates an ordered consumer that has delivered nothing yet
+// with its first configuration, and "new" would then skip what was
+// published while it was gone.
 func (e *Engine) Feed(ctx context.Context, fn FeedFunc) (stop func(), err error) {
+	pos, err := e.LivePosition(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("live-log feed: %w", err)
+	}
 	cons, err := e.feedLive.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{liveSubject + ">"},
-		DeliverPolicy:  jetstream.DeliverNewPolicy,
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    pos.Last + 1,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("live-log feed: %w", err)
