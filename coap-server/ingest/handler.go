@@ -183,7 +183,9 @@ func (h *Handler) handle(r *request, identity string, now time.Time) response {
 	// window).
 	msgKey := stream.MsgKey(deviceID, r.mid, r.token, payload)
 	key := dedupKey(msgKey)
-	accepted := uplink.Accepted{ID: h.newID(), DeviceID: deviceID, ReceivedAt: now, Uplink: u, Authenticated: identity != "", Key: msgKey}
+	accept := func() uplink.Accepted {
+		return uplink.Accepted{ID: h.newID(), DeviceID: deviceID, ReceivedAt: now, Uplink: u, Authenticated: identity != "", Key: msgKey}
+	}
 	if h.Dedup != nil {
 		hit, found, busy := h.Dedup.begin(key, now)
 		switch {
@@ -196,7 +198,7 @@ func (h *Handler) handle(r *request, identity string, now time.Time) response {
 			if hit.restored && h.Downlinks != nil {
 				// What it was answered before the restart is not known:
 				// a pending configuration is what it would have carried.
-				hit.answer, _, _ = h.Downlinks.ForUplink(accepted)
+				hit.answer, _, _ = h.Downlinks.ForUplink(accept())
 			}
 			return answerWith(hit.code, hit.answer)
 		case busy:
@@ -214,6 +216,7 @@ func (h *Handler) handle(r *request, identity string, now time.Time) response {
 	}
 
 	id := stream.IDOf(msgKey)
+	accepted := accept()
 	ctx := r.ctx
 	if err := h.Stream.PublishUplink(ctx, accepted, payload); err != nil {
 		return h.unavailable(deviceID, now, err)
