@@ -34,6 +34,11 @@ type fakeLog struct {
 	dials       []url.Values
 	down        bool
 	ignoreSince bool
+	// holdTail, when set, stops a connection opened with tail=holdTail
+	// after holdAfter frames of its answer until hold is closed.
+	holdTail  string
+	holdAfter int
+	hold      chan struct{}
 }
 
 func newFakeLog(t *testing.T, seqs ...uint64) *fakeLog {
@@ -88,6 +93,10 @@ func (f *fakeLog) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ch := make(chan []byte, 4096)
 	f.subs[ch] = c
+	holdAt, hold := -1, f.hold
+	if f.holdTail != "" && q.Get("tail") == f.holdTail {
+		holdAt = f.holdAfter
+	}
 	f.mu.Unlock()
 	defer func() {
 		f.mu.Lock()
@@ -104,7 +113,14 @@ func (f *fakeLog) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}()
-	for _, b := range backlog {
+	for i, b := range backlog {
+		if i == holdAt {
+			select {
+			case <-hold:
+			case <-gone:
+				return
+			}
+		}
 		if c.WriteMessage(websocket.TextMessage, b) != nil {
 			return
 		}
@@ -362,6 +378,35 @@ func TestStartsServedFromTheRingOrADedicatedLink(t *testing.T) {
 	})
 }
 
+// TestTailWhileTheLinksOwnAnswerIsInFlight: a tail start that arrives
+// while the shared link's connection is still sending its own history
+// gets exactly its tail. The ring then holds the answer's first entries
+// only, and everything still to come would be forwarded to the new
+// watcher too: tail=3 got 24 26 28 and then the rest of the first
+// watcher's answer, 30 to 40.
+func TestTailWhileTheLinksOwnAnswerIsInFlight(t *testing.T) {
+	f := newFakeLog(t, evens(2, 40)...)
+	f.set(func(f *fakeLog) { f.holdTail, f.holdAfter, f.hold = "10", 4, make(chan struct{}) })
+	mgr, _ := newManager(t, f.srv.URL, func(c *Config) { c.History = 20 })
+	d := newDecoder(t)
+
+	first := watchFrom(t, mgr, d, Resume{Mode: Tail, N: 10})
+	first.waitSeqs(t, 22, 24, 26, 28) // the link's answer, held after 4 of 10
+	three := watchFrom(t, mgr, d, Resume{Mode: Tail, N: 3})
+	three.waitSeqs(t, 36, 38, 40)
+	one := watchFrom(t, mgr, d, Resume{Mode: Tail, N: 1})
+	one.waitSeqs(t, 40)
+	close(f.hold)
+	first.waitSeqs(t, evens(22, 40)...)
+	f.publish(42)
+	first.waitSeqs(t, evens(22, 42)...)
+	three.waitSeqs(t, 36, 38, 40, 42)
+	one.waitSeqs(t, 40, 42)
+	// Its answer complete, the shared ring answers tails again.
+	later := watchFrom(t, mgr, d, Resume{Mode: Tail, N: 2})
+	later.waitSeqs(t, 40, 42)
+}
+
 // TestDedicatedLinkBecomesTheSharedOne: when the shared link's last
 // watcher leaves, a remaining dedicated link takes its place, and later
 // starts are answered from its ring.
@@ -485,7 +530,8 @@ func TestOverlappingResendIsDroppedOnce(t *testing.T) {
 // ring restarts from them.
 func TestRecoveredFalseResetsThePosition(t *testing.T) {
 	f := newFakeLog(t, 100, 101)
-	mgr, m := newManager(t, f.srv.URL, nil)
+	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	mgr, m := newManager(t, f.srv.URL, func(c *Config) { c.Now = clk.Now })
 	d := newDecoder(t)
 	w := watchFrom(t, mgr, d, Resume{Mode: Tail, N: 10})
 	w.waitSeqs(t, 100, 101)
@@ -500,7 +546,9 @@ func TestRecoveredFalseResetsThePosition(t *testing.T) {
 	}
 	f.publish(3)
 	w.waitSeqs(t, 100, 101, 1, 2, 3)
-	// The ring holds the new stream only, all of it.
+	// The ring holds the new stream only, all of it, once the connection's
+	// history is over (what since= may bring is unknown: HistoryBurst).
+	clk.Add(11 * time.Second)
 	w2 := watchFrom(t, mgr, d, Resume{Mode: Tail, N: 50})
 	w2.waitSeqs(t, 1, 2, 3)
 	if n := len(f.dialed()); n != 2 {

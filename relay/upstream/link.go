@@ -112,11 +112,19 @@ func (l *link) resume() Resume {
 // serve answers a new watcher's start from the ring, under the link's
 // lock: it returns the frames to send first and true, or false when the
 // ring cannot answer (a dedicated link must).
+//
+// A tail is not answered while the link's connection may still be sending
+// its own history (pending): the rest of it would reach the new watcher
+// after its tail, older entries than the ones the watcher joined for. A
+// since is: whatever follows is still after it, in order.
 func (l *link) serve(r Resume) ([]*websocket.PreparedMessage, bool) {
 	switch r.Mode {
 	case Since:
 		return l.ring.since(r.N, l.top())
 	case Tail:
+		if l.pending() > 0 {
+			return nil, false
+		}
 		return l.ring.tail(r.N)
 	default:
 		return nil, true
