@@ -103,6 +103,20 @@ func TestLogReadTailAndLost(t *testing.T) {
 	if lost, _ := e.Lost(ctx, "B", 0, pos); !lost {
 		t.Fatal("since 0 after the log dropped position 1: B cannot know, must say lost")
 	}
+	// A's oldest is now position 4, in the middle of the log: dropped, it is
+	// lost to a reader of every device since 1 to 3, not since 4.
+	if _, _, err := e.LogJSON(ctx, "A", []byte(`{}`), ""); err != nil {
+		t.Fatal(err)
+	}
+	pos, _ = e.LivePosition(ctx)
+	if pos.First != 2 || pos.Last != 15 || pos.Deleted != 1 {
+		t.Fatalf("position %+v, want 2 to 15 with position 4 gone", pos)
+	}
+	for since, want := range map[uint64]bool{1: true, 3: true, 4: false, 5: false, 14: false, 15: false} {
+		if lost, err := e.Lost(ctx, "", since, pos); err != nil || lost != want {
+			t.Errorf("every device since %d: lost=%v %v, want %v", since, lost, err, want)
+		}
+	}
 }
 
 func TestFeedDeliversNewEntriesInOrder(t *testing.T) {

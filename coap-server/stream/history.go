@@ -11,8 +11,13 @@ import (
 )
 
 // Position is the live log's retained range: First is the oldest
-// retained position, Last the newest (0 when empty).
-type Position struct{ First, Last uint64 }
+// retained position, Last the newest (0 when empty), Deleted how many
+// positions between them are gone (LIVELOG_PER_DEVICE drops a device's
+// oldest entry from the middle of the log).
+type Position struct {
+	First, Last uint64
+	Deleted     int
+}
 
 // LivePosition reads the live log's retained range.
 func (e *Engine) LivePosition(ctx context.Context) (Position, error) {
@@ -20,24 +25,29 @@ func (e *Engine) LivePosition(ctx context.Context) (Position, error) {
 	if err != nil {
 		return Position{}, fmt.Errorf("live log: %w", err)
 	}
-	return Position{First: info.State.FirstSeq, Last: info.State.LastSeq}, nil
+	return Position{First: info.State.FirstSeq, Last: info.State.LastSeq, Deleted: info.State.NumDeleted}, nil
 }
 
 // Lost reports whether entries of device (every device when empty) after
 // since may have been dropped by retention, or since lies beyond the newest
 // position (the stream was reset): either way, history cannot be resumed
-// exactly. The stream does not say whose entries it dropped, so the answer
-// errs on the safe side: for a device, entries may be lost when since is
-// older than the device's oldest retained entry and either the log dropped
-// positions after since (age, bytes) or the device is at
+// exactly. The stream does not say whose entries it dropped, so for a
+// device the answer errs on the safe side: entries may be lost when since
+// is older than the device's oldest retained entry and either the log
+// dropped positions after since (age, bytes) or the device is at
 // LIVELOG_PER_DEVICE. A false "lost" costs a gap marker, never an entry.
+// For every device it is exact: positions are consecutive as published,
+// so entries are lost when one after since is gone (gapAfter).
 func (e *Engine) Lost(ctx context.Context, device string, since uint64, pos Position) (bool, error) {
 	if since > pos.Last {
 		return true, nil
 	}
 	headDropped := pos.First > 0 && since+1 < pos.First
 	if device == "" {
-		return headDropped, nil
+		if headDropped || pos.Deleted == 0 {
+			return headDropped, nil
+		}
+		return e.gapAfter(ctx, since, pos.Last)
 	}
 	subj := liveSubject + device
 	oldest, err := e.feedLive.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(subj))
@@ -58,6 +68,56 @@ func (e *Engine) Lost(ctx context.Context, device string, since uint64, pos Posi
 		return false, fmt.Errorf("live log: %w", err)
 	}
 	return int64(info.State.Subjects[subj]) >= e.cfg.LivePerDevice, nil
+}
+
+// gapAfter reports whether a position in (since, last] is gone, reading
+// the log's headers from since+1 (only when some position is: Lost).
+func (e *Engine) gapAfter(ctx context.Context, since, last uint64) (bool, error) {
+	if since >= last {
+		return false, nil
+	}
+	cons, err := e.feedLive.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{liveSubject + ">"},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    since + 1,
+		HeadersOnly:    true,
+	})
+	if err != nil {
+		return false, fmt.Errorf("live log: %w", err)
+	}
+	defer e.deleteLiveConsumer(cons)
+	if info := cons.CachedInfo(); info != nil && info.NumPending == 0 {
+		return true, nil // every position after since is gone
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(keysBuffer))
+	if err != nil {
+		return false, fmt.Errorf("live log: %w", err)
+	}
+	defer it.Stop()
+	defer context.AfterFunc(ctx, it.Stop)()
+	want := since + 1
+	for {
+		m, err := it.Next(jetstream.NextMaxWait(e.cfg.ConnectTimeout))
+		if err != nil {
+			if cerr := ctx.Err(); cerr != nil {
+				err = cerr
+			}
+			return false, fmt.Errorf("live log: reading positions %d to %d: %w", want, last, err)
+		}
+		md, err := m.Metadata()
+		if err != nil {
+			return false, fmt.Errorf("live log: message metadata: %w", err)
+		}
+		switch seq := md.Sequence.Stream; {
+		case seq != want:
+			return true, nil
+		case seq >= last:
+			return false, nil
+		case md.NumPending == 0:
+			return true, nil // the positions up to last are gone
+		}
+		want++
+	}
 }
 
 // Cursor is where reading one device's history starts: entries with a
