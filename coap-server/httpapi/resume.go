@@ -27,7 +27,6 @@ const maxHeld = 1024
 // History is the retained live log (*stream.Engine).
 type History interface {
 	LivePosition(ctx context.Context) (stream.Position, error)
-	Lost(ctx context.Context, device string, since uint64, pos stream.Position) (bool, error)
 	Read(ctx context.Context, cursors []stream.Cursor, upto uint64, fn stream.ReadFunc) error
 	TailStart(ctx context.Context, device string, n int, upto uint64) (uint64, error)
 }
@@ -133,22 +132,13 @@ func (s *Server) sendHistory(ctx context.Context, g *gate, devices []string, st 
 		watched = []string{""} // every device: the whole log
 	}
 	cursors := make([]stream.Cursor, 0, len(watched))
-	now := time.Now()
 	for _, d := range watched {
 		c := stream.Cursor{Device: d, From: 1}
 		switch {
 		case st.since >= 0:
-			lost, err := s.History.Lost(ctx, d, uint64(st.since), pos)
-			if err != nil {
-				return err
-			}
-			if lost {
-				if err := g.sendNow(ctx, recoveredFalse(d, now)); err != nil {
-					return err
-				}
-			} else {
-				c.From = uint64(st.since) + 1
-			}
+			// Read says recovered:false first when entries after since
+			// are gone, and where they go while it reads.
+			c.From, c.Gap = uint64(st.since)+1, g.gap(ctx, d)
 		case st.tail >= 0:
 			if c.From, err = s.History.TailStart(ctx, d, int(st.tail), pos.Last); err != nil {
 				return err
@@ -185,6 +175,7 @@ func (s *Server) sendHistory(ctx context.Context, g *gate, devices []string, st 
 		}
 		for i := range cursors {
 			cursors[i].From = max(cursors[i].From, g.last+1)
+			cursors[i].Gap = g.gap(ctx, cursors[i].Device)
 		}
 		upto = pos.Last
 	}
@@ -239,6 +230,11 @@ func (g *gate) sendNow(ctx context.Context, e *livelog.Entry) error {
 		return err
 	}
 	return g.peer.SendWait(ctx, f.Msg)
+}
+
+// gap sends recovered:false for device where its history is incomplete.
+func (g *gate) gap(ctx context.Context, device string) func() error {
+	return func() error { return g.sendNow(ctx, recoveredFalse(device, time.Now())) }
 }
 
 // recoveredFalse is the status entry that comes first when history after

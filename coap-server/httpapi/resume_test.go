@@ -39,10 +39,6 @@ func (f *floodingHistory) LivePosition(context.Context) (stream.Position, error)
 	return stream.Position{First: 1, Last: uint64(len(f.log))}, nil
 }
 
-func (f *floodingHistory) Lost(context.Context, string, uint64, stream.Position) (bool, error) {
-	return false, nil
-}
-
 func (f *floodingHistory) TailStart(context.Context, string, int, uint64) (uint64, error) {
 	return 1, nil
 }
@@ -108,4 +104,106 @@ func TestSinceAfterGateOverflowRepeatsNothing(t *testing.T) {
 			t.Fatalf("got seq %d, want %d (since=5: each later entry once, in order)", f.Seq, want)
 		}
 	}
+}
+
+// droppingHistory is the real retained log whose device A sends more
+// entries while a subscriber's history is read, so that LIVELOG_PER_DEVICE
+// drops some the reader has not fetched yet; then a live entry goes by.
+type droppingHistory struct {
+	*stream.Engine
+	hub  *hub.Hub
+	more int
+	once sync.Once
+}
+
+func (d *droppingHistory) Read(ctx context.Context, cursors []stream.Cursor, upto uint64, fn stream.ReadFunc) error {
+	return d.Engine.Read(ctx, cursors, upto, func(seq uint64, dev string, data []byte) error {
+		d.once.Do(func() {
+			for range d.more {
+				if _, _, err := d.LogJSON(ctx, "A", []byte(`{"deviceId":"A"}`), ""); err != nil {
+					panic(err)
+				}
+			}
+			d.hub.Feed(100000, "A", []byte(`{"deviceId":"A","type":"uplink","message":"live"}`))
+		})
+		return fn(seq, dev, data)
+	})
+}
+
+// TestSinceTellsOfEntriesDroppedWhileItsHistoryIsRead: retention may drop
+// entries after since while they are being sent (a busy device at
+// LIVELOG_PER_DEVICE): the subscriber gets recovered:false where they were,
+// not a silent gap. It got 11–74, 81–150 and nothing else before.
+func TestSinceTellsOfEntriesDroppedWhileItsHistoryIsRead(t *testing.T) {
+	const token = "t0123456789abcdef"
+	e, err := stream.Open(context.Background(), stream.Config{DataDir: t.TempDir(), LivePerDevice: 200})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	for range 150 {
+		if _, _, err := e.LogJSON(context.Background(), "A", []byte(`{"deviceId":"A"}`), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reg := prometheus.NewRegistry()
+	h := hub.New(hub.NewMetrics(reg))
+	hist := &droppingHistory{Engine: e, hub: h, more: 130} // 280 entries: 1–80 go, 75–80 not yet fetched
+	api := &httpapi.Server{Hub: h, History: hist, Token: token, Gatherer: reg, Logger: slog.New(slog.DiscardHandler)}
+	srv := httptest.NewServer(api.Handler())
+	t.Cleanup(srv.Close)
+	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/ws?deviceId=A&since=10",
+		http.Header{"Authorization": {"Bearer " + token}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ws.Close() })
+	_ = ws.SetReadDeadline(time.Now().Add(30 * time.Second))
+	var got []string
+	for {
+		_, b, err := ws.ReadMessage()
+		if err != nil {
+			t.Fatalf("after %v: %v", got, err)
+		}
+		var f struct {
+			Seq  uint64
+			Data struct{ Recovered *bool }
+		}
+		if err := json.Unmarshal(b, &f); err != nil {
+			t.Fatalf("frame %q: %v", b, err)
+		}
+		switch {
+		case f.Seq == 100000:
+			want := "11-74 recovered:false 81-150"
+			if g := ranges(got); g != want {
+				t.Fatalf("frames %s, want %s", g, want)
+			}
+			return
+		case f.Seq > 0:
+			got = append(got, fmt.Sprint(f.Seq))
+		case f.Data.Recovered != nil && !*f.Data.Recovered:
+			got = append(got, "recovered:false")
+		default:
+			got = append(got, string(b))
+		}
+	}
+}
+
+// ranges writes runs of consecutive seqs as from-to.
+func ranges(frames []string) string {
+	var out []string
+	for i := 0; i < len(frames); {
+		var from, to uint64
+		if _, err := fmt.Sscan(frames[i], &from); err != nil {
+			out = append(out, frames[i])
+			i++
+			continue
+		}
+		to, i = from, i+1
+		for i < len(frames) && frames[i] == fmt.Sprint(to+1) {
+			to, i = to+1, i+1
+		}
+		out = append(out, fmt.Sprintf("%d-%d", from, to))
+	}
+	return strings.Join(out, " ")
 }

@@ -122,9 +122,17 @@ func (e *Engine) gapAfter(ctx context.Context, since, last uint64) (bool, error)
 
 // Cursor is where reading one device's history starts: entries with a
 // position of at least From.
+//
+// With Gap set, the cursor resumes a reader that has every entry before
+// From, so none after it may go missing unsaid. Read first asks Lost
+// about From-1 and, when entries are lost, calls Gap and reads everything
+// retained instead. Entries can also go while Read runs (retention drops
+// the oldest first): Read then calls Gap again before the first entry
+// after the hole, or at the end when the hole is there.
 type Cursor struct {
 	Device string // empty = every device
 	From   uint64
+	Gap    func() error
 }
 
 // ReadFunc takes one retained entry in position order.
@@ -135,8 +143,9 @@ type ReadFunc func(seq uint64, device string, data []byte) error
 const historyBatch = 64
 
 // Read calls fn for every retained entry at the cursors' devices from
-// their From up to and including upto, merged in position order. It holds
-// at most historyBatch entries per cursor.
+// their From up to and including upto, merged in position order (and a
+// cursor's Gap where entries after its From are missing). It holds at
+// most historyBatch entries per cursor.
 func (e *Engine) Read(ctx context.Context, cursors []Cursor, upto uint64, fn ReadFunc) error {
 	readers := make([]*reader, 0, len(cursors))
 	defer func() {
@@ -145,13 +154,24 @@ func (e *Engine) Read(ctx context.Context, cursors []Cursor, upto uint64, fn Rea
 		}
 	}()
 	for _, c := range cursors {
+		var hole hole
+		if c.Gap != nil && c.From > 0 {
+			var err error
+			if c, hole, err = e.resumeCheck(ctx, c, upto); err != nil {
+				return err
+			}
+			if afterResumeCheck != nil {
+				afterResumeCheck()
+			}
+		}
 		if c.From > upto {
-			continue
+			continue // nothing retained after it: nothing can go missing
 		}
 		r, err := e.newReader(ctx, c, upto)
 		if err != nil {
 			return err
 		}
+		r.hole, r.gap = hole, c.Gap
 		readers = append(readers, r)
 	}
 	for {
@@ -159,6 +179,11 @@ func (e *Engine) Read(ctx context.Context, cursors []Cursor, upto uint64, fn Rea
 		for _, r := range readers {
 			if err := r.fill(); err != nil {
 				return err
+			}
+			if len(r.buf) == 0 && r.done && r.gap != nil && r.hole.atEnd(r.upto) {
+				if err := r.gap(); err != nil {
+					return err
+				}
 			}
 			if len(r.buf) > 0 && (next == nil || r.buf[0].seq < next.buf[0].seq) {
 				next = r
@@ -169,10 +194,106 @@ func (e *Engine) Read(ctx context.Context, cursors []Cursor, upto uint64, fn Rea
 		}
 		m := next.buf[0]
 		next.buf = next.buf[1:]
+		if next.gap != nil && next.hole.before(m.seq) {
+			if err := next.gap(); err != nil {
+				return err
+			}
+		}
 		if err := fn(m.seq, m.device, m.data); err != nil {
 			return err
 		}
 	}
+}
+
+// afterResumeCheck, set by tests only, runs between a resumed cursor's
+// check and its reader's start.
+var afterResumeCheck func()
+
+// hole is how a resumed cursor's reader finds entries that went missing
+// while Read ran. Retention drops the oldest entries first (of the log:
+// age, bytes; of a device: LIVELOG_PER_DEVICE).
+//
+// Every device: positions are consecutive as published, so each entry
+// must be at the position after the one before, up to upto (next).
+//
+// One device: its entries are not consecutive positions. A page fetched
+// is complete from its first entry on (the ones after it were dropped
+// later than it, if at all), so what is checked is each page's first
+// entry: on the first page, the device's first entry at or after From
+// when Read began (first); on a later one, that no entry after the
+// previous page's last (prev) was dropped before the fetch, which holds
+// while the device's oldest retained entry is not after prev. A device
+// whose oldest entries are dropped faster than a page is read (busy, at
+// LIVELOG_PER_DEVICE) may be told of a gap that is not one: a false "lost"
+// costs a marker, never an entry.
+type hole struct {
+	next  uint64 // every device: the next position expected (0: no check)
+	first uint64 // one device: its expected first entry (0: none expected)
+	prev  uint64 // one device: the last entry fetched (0: none yet)
+	// What the reader found: a gap before the entry at seq at, or after
+	// its last entry (end). Each is told once.
+	at  uint64
+	end bool
+}
+
+// before reports whether entries went missing before seq.
+func (h *hole) before(seq uint64) bool {
+	if h.next > 0 {
+		missing := seq != h.next
+		h.next = seq + 1
+		return missing
+	}
+	missing := h.at == seq
+	if missing {
+		h.at = 0
+	}
+	return missing
+}
+
+// atEnd reports, once, whether entries went missing after the last one.
+func (h *hole) atEnd(upto uint64) bool {
+	missing := h.end || h.next > 0 && h.next <= upto
+	h.end, h.next = false, 0
+	return missing
+}
+
+// resumeCheck decides where a resumed cursor reads from: c.From when the
+// entries after c.From-1 are all retained, else (after calling c.Gap)
+// the start of what is retained. since beyond upto, the newest position
+// when the subscriber arrived, is a reset stream even if entries have
+// been published since. A device's expected first entry is read before
+// Lost: an entry Lost saw retained is one the reader must find, unless
+// it was dropped since, which the reader then tells (hole).
+func (e *Engine) resumeCheck(ctx context.Context, c Cursor, upto uint64) (Cursor, hole, error) {
+	since := c.From - 1
+	var hole hole
+	lost := since > upto
+	if !lost {
+		if c.Device == "" {
+			hole.next = c.From
+		} else {
+			m, err := e.feedLive.GetMsg(ctx, c.From, jetstream.WithGetMsgSubject(liveSubject+c.Device))
+			switch {
+			case err == nil:
+				hole.first = m.Sequence
+			case !errors.Is(err, jetstream.ErrMsgNotFound):
+				return c, hole, fmt.Errorf("live log: %w", err)
+			}
+		}
+		pos, err := e.LivePosition(ctx)
+		if err != nil {
+			return c, hole, err
+		}
+		if lost, err = e.Lost(ctx, c.Device, since, pos); err != nil {
+			return c, hole, err
+		}
+	}
+	if !lost {
+		return c, hole, nil
+	}
+	c.From = 1
+	hole.next, hole.first = 0, 0 // everything retained: nothing to check
+	return c, hole, c.Gap()
 }
 
 // TailStart returns the position from which device's last n retained
@@ -222,12 +343,15 @@ type entry struct {
 // (JetStream's own flow control; one filter subject, which NATS 2.9 and
 // later all support).
 type reader struct {
-	e    *Engine
-	ctx  context.Context
-	cons jetstream.Consumer
-	upto uint64
-	buf  []entry
-	done bool
+	e       *Engine
+	ctx     context.Context
+	cons    jetstream.Consumer
+	subject string
+	upto    uint64
+	buf     []entry
+	done    bool
+	hole    hole         // resumed cursors only
+	gap     func() error // resumed cursors only
 }
 
 func (e *Engine) newReader(ctx context.Context, c Cursor, upto uint64) (*reader, error) {
@@ -247,7 +371,7 @@ func (e *Engine) newReader(ctx context.Context, c Cursor, upto uint64) (*reader,
 	if err != nil {
 		return nil, fmt.Errorf("live-log history: %w", err)
 	}
-	return &reader{e: e, ctx: ctx, cons: cons, upto: upto}, nil
+	return &reader{e: e, ctx: ctx, cons: cons, subject: subj, upto: upto}, nil
 }
 
 // fill fetches the next page when the buffer is empty. A page without
@@ -264,7 +388,7 @@ func (r *reader) fill() error {
 	if err != nil {
 		return fmt.Errorf("live-log history: %w", err)
 	}
-	n := 0
+	n, first := 0, uint64(0)
 	for m := range batch.Messages() {
 		n++
 		md, err := m.Metadata()
@@ -272,6 +396,9 @@ func (r *reader) fill() error {
 			continue
 		}
 		seq := md.Sequence.Stream
+		if first == 0 {
+			first = seq
+		}
 		if seq > r.upto {
 			r.done = true
 			continue
@@ -286,6 +413,45 @@ func (r *reader) fill() error {
 	}
 	if n == 0 {
 		r.done = true
+	}
+	if r.gap != nil && r.hole.next == 0 {
+		return r.checkPage(first)
+	}
+	return nil
+}
+
+// checkPage runs one device's hole check on the page just fetched, whose
+// first entry is at first (0: the page was empty).
+func (r *reader) checkPage(first uint64) error {
+	h := &r.hole
+	defer func() {
+		if n := len(r.buf); n > 0 {
+			h.prev = r.buf[n-1].seq
+		}
+	}()
+	var missing bool
+	switch {
+	case h.prev == 0 && first == 0:
+		missing = h.first > 0 && h.first <= r.upto // the expected entry never came
+	case h.prev == 0:
+		missing = h.first > 0 && h.first <= r.upto && first != h.first
+	case first != 0 || r.done:
+		oldest, err := r.e.feedLive.GetMsg(r.ctx, 1, jetstream.WithGetMsgSubject(r.subject))
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			missing = true
+		case err != nil:
+			return fmt.Errorf("live log: %w", err)
+		default:
+			missing = oldest.Sequence > h.prev
+		}
+	}
+	switch {
+	case !missing:
+	case first != 0 && first <= r.upto && len(r.buf) > 0:
+		h.at = first
+	default:
+		h.end = true
 	}
 	return nil
 }

@@ -1,0 +1,113 @@
+package stream
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+)
+
+// readResumed reads cursor c up to upto with a Gap that records where it
+// was told ("gap" among the seqs, as -1); during records calls during
+// after fn received its first entry (retention dropping entries while
+// Read runs).
+func readResumed(t *testing.T, e *Engine, c Cursor, upto uint64, during func()) []int64 {
+	t.Helper()
+	var got []int64
+	c.Gap = func() error { got = append(got, -1); return nil }
+	first := true
+	err := e.Read(context.Background(), []Cursor{c}, upto, func(seq uint64, _ string, _ []byte) error {
+		got = append(got, int64(seq))
+		if first && during != nil {
+			first = false
+			during()
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+func logN(t *testing.T, e *Engine, device string, n int) {
+	t.Helper()
+	for i := range n {
+		if _, _, err := e.LogJSON(context.Background(), device, fmt.Appendf(nil, `{"deviceId":%q,"n":%d}`, device, i), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func span(from, to int64, step int64) []int64 {
+	var out []int64
+	for s := from; s <= to; s += step {
+		out = append(out, s)
+	}
+	return out
+}
+
+// TestReadTellsWhereEntriesWentMissing: a subscriber resuming with since
+// is told where entries were dropped while its history was read: the
+// LIVELOG_PER_DEVICE limit drops a device's oldest entries as it sends new
+// ones, and those the reader had not fetched yet are gone. Entries dropped
+// after they were fetched are no gap.
+func TestReadTellsWhereEntriesWentMissing(t *testing.T) {
+	t.Run("device", func(t *testing.T) {
+		for _, tc := range []struct {
+			name string
+			more int // entries A sends during the read: 150+more-200 of its oldest go
+			want []int64
+		}{
+			// The first page is 11–74: dropping 1–60 takes nothing unread.
+			{name: "dropped after fetched", more: 110, want: span(11, 150, 1)},
+			// Dropping 1–80 takes 75–80 before they were fetched.
+			{name: "dropped before fetched", more: 130, want: slices.Concat(span(11, 74, 1), []int64{-1}, span(81, 150, 1))},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				e := openEmbedded(t, Config{LivePerDevice: 200})
+				logN(t, e, "A", 150)
+				got := readResumed(t, e, Cursor{Device: "A", From: 11}, 150, func() { logN(t, e, "A", tc.more) })
+				if !slices.Equal(got, tc.want) {
+					t.Fatalf("read since 10:\n got %v\nwant %v", got, tc.want)
+				}
+			})
+		}
+	})
+	t.Run("every device", func(t *testing.T) {
+		// A at odd positions, B at even ones, 80 each; 60 more of A drop
+		// its oldest 40 (1, 3, … 79), of which 65–79 were not fetched.
+		e := openEmbedded(t, Config{LivePerDevice: 100})
+		for range 80 {
+			logN(t, e, "A", 1)
+			logN(t, e, "B", 1)
+		}
+		got := readResumed(t, e, Cursor{From: 1}, 160, func() { logN(t, e, "A", 60) })
+		want := span(1, 64, 1)
+		for s := int64(66); s <= 80; s += 2 {
+			want = append(want, -1, s)
+		}
+		want = append(want, span(81, 160, 1)...)
+		if !slices.Equal(got, want) {
+			t.Fatalf("read since 0:\n got %v\nwant %v", got, want)
+		}
+	})
+	t.Run("expected first entry gone", func(t *testing.T) {
+		// Both of A's entries after since are dropped between the check and
+		// the reader's start: the reader finds none up to upto, and says so.
+		e := openEmbedded(t, Config{LivePerDevice: 2})
+		logN(t, e, "A", 3) // 1 2 3, of which 2 3 are kept; since 1
+		logN(t, e, "B", 1) // 4
+		afterResumeCheck = func() { logN(t, e, "A", 2) }
+		t.Cleanup(func() { afterResumeCheck = nil })
+		var got []int64
+		c := Cursor{Device: "A", From: 2, Gap: func() error { got = append(got, -1); return nil }}
+		err := e.Read(context.Background(), []Cursor{c, {Device: "B", From: 4}}, 4, func(seq uint64, _ string, _ []byte) error {
+			got = append(got, int64(seq))
+			return nil
+		})
+		if err != nil || !slices.Equal(got, []int64{-1, 4}) {
+			t.Fatalf("got %v %v, want the gap, then B's 4", got, err)
+		}
+	})
+}
