@@ -556,6 +556,45 @@ func TestRecoveredFalseResetsThePosition(t *testing.T) {
 	}
 }
 
+// TestGapWithinHistoryKeepsThePosition: a recovered:false after entries
+// on the same connection (retention dropped some while coap-server sent
+// history) is forwarded; the link keeps its position (a redial resumes
+// after the last entry, it does not ask for everything again, which would
+// repeat entries) and its ring no longer answers a since across the gap.
+func TestGapWithinHistoryKeepsThePosition(t *testing.T) {
+	f := newFakeLog(t, 1, 2, 3)
+	mgr, m := newManager(t, f.srv.URL, nil)
+	d := newDecoder(t)
+	w := watchFrom(t, mgr, d, Resume{Mode: Since, N: 0})
+	w.waitSeqs(t, 1, 2, 3)
+	f.send(lostFrame)
+	f.publish(6, 7)
+	w.waitSeqs(t, 1, 2, 3, 6, 7)
+	if got, want := strings.Join(w.texts(), " "), "1 2 3 recovered:false 6 7"; got != want {
+		t.Fatalf("frames %q, want %q", got, want)
+	}
+	if got := testutil.ToFloat64(m.Resets); got != 0 {
+		t.Errorf("resets %v, want 0: a gap is not a reset", got)
+	}
+	old := watchFrom(t, mgr, d, Resume{Mode: Since, N: 2})
+	old.waitSeqs(t, 3, 6, 7)
+	if q := f.dialed(); len(q) != 2 || q[1].Get("since") != "2" {
+		t.Fatalf("dials %v, want a dedicated since=2", q)
+	}
+	testwait.For(t, "the dedicated link to merge", func() bool {
+		return testutil.ToFloat64(m.Dedicated) == 0 && f.subscribers() == 1
+	})
+	dials := len(f.dialed())
+	f.cut()
+	testwait.For(t, "the redial", func() bool { return len(f.dialed()) > dials })
+	if q := f.dialed()[dials]; q.Get("since") != "7" {
+		t.Fatalf("redial %v, want since=7", q)
+	}
+	f.publish(8)
+	w.waitSeqs(t, 1, 2, 3, 6, 7, 8)
+	old.waitSeqs(t, 3, 6, 7, 8)
+}
+
 // TestFrameWithoutSeqMovesNoPosition: a status without seq is forwarded and
 // kept out of the ring; the reconnect resumes after the last seq.
 func TestFrameWithoutSeqMovesNoPosition(t *testing.T) {

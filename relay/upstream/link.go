@@ -64,6 +64,9 @@ type link struct {
 	// burstUntil (HistoryBurst after it connected; zero before).
 	burst      int
 	burstUntil time.Time
+	// connEntries counts the entries the current connection forwarded: a
+	// recovered:false after one is a gap within history, not a reset.
+	connEntries int
 }
 
 func newLink(m *Manager, device string, first Resume) *link {
@@ -102,6 +105,7 @@ func (l *link) resume() Resume {
 	}
 	l.attempts++
 	l.burst, l.burstUntil = r.backlog(), time.Time{}
+	l.connEntries = 0
 	if r.Mode == Tail && l.ring.n == 0 && !l.seen {
 		// Everything this connection sends from now on lands in the ring.
 		l.ring.whole, l.ring.depth = true, r.N
@@ -367,7 +371,9 @@ func (l *link) read(conn *websocket.Conn) error {
 // dropped; a frame without seq moves no position. coap-server's
 // recovered:false status (the relay's position is no longer retained, or
 // the stream was reset) is forwarded and resets the link's position and
-// ring: what follows is the new truth.
+// ring: what follows is the new truth. After an entry on the same
+// connection it marks a gap within the history instead: it empties the
+// ring only.
 func (l *link) forward(typ int, b []byte) {
 	cfg := &l.m.cfg
 	if typ != websocket.TextMessage {
@@ -397,10 +403,16 @@ func (l *link) forward(typ int, b []byte) {
 		return
 	case h.hasSeq:
 		l.last, l.seen = h.seq, true
+		l.connEntries++
 		before := l.ring.bytes
 		ev := l.ring.push(h.seq, pm, len(b)+entryOverhead)
 		cfg.Metrics.HistoryBytes.Add(float64(l.ring.bytes - before))
 		cfg.Metrics.HistoryEvicted.Add(float64(ev.entries))
+	case h.reset && l.connEntries > 0:
+		// Entries coap-server no longer retains went missing after the ones
+		// forwarded (retention while it sent history): the position holds,
+		// but the ring no longer answers across the gap.
+		cfg.Metrics.HistoryBytes.Sub(float64(l.ring.reset()))
 	case h.reset:
 		cfg.Metrics.Resets.Inc()
 		cfg.Metrics.HistoryBytes.Sub(float64(l.ring.reset()))
