@@ -154,10 +154,10 @@ func (e *Engine) Read(ctx context.Context, cursors []Cursor, upto uint64, fn Rea
 		}
 	}()
 	for _, c := range cursors {
-		var hole hole
+		var h hole
 		if c.Gap != nil && c.From > 0 {
 			var err error
-			if c, hole, err = e.resumeCheck(ctx, c, upto); err != nil {
+			if c, h, err = e.resumeCheck(ctx, c, upto); err != nil {
 				return err
 			}
 			if afterResumeCheck != nil {
@@ -171,7 +171,7 @@ func (e *Engine) Read(ctx context.Context, cursors []Cursor, upto uint64, fn Rea
 		if err != nil {
 			return err
 		}
-		r.hole, r.gap = hole, c.Gap
+		r.hole, r.gap = h, c.Gap
 		readers = append(readers, r)
 	}
 	for {
@@ -180,7 +180,7 @@ func (e *Engine) Read(ctx context.Context, cursors []Cursor, upto uint64, fn Rea
 			if err := r.fill(); err != nil {
 				return err
 			}
-			if len(r.buf) == 0 && r.done && r.gap != nil && r.hole.atEnd(r.upto) {
+			if len(r.buf) == 0 && r.done && r.hole.kind != noCheck && r.hole.atEnd(r.upto) {
 				if err := r.gap(); err != nil {
 					return err
 				}
@@ -194,7 +194,7 @@ func (e *Engine) Read(ctx context.Context, cursors []Cursor, upto uint64, fn Rea
 		}
 		m := next.buf[0]
 		next.buf = next.buf[1:]
-		if next.gap != nil && next.hole.before(m.seq) {
+		if next.hole.kind != noCheck && next.hole.before(m.seq) {
 			if err := next.gap(); err != nil {
 				return err
 			}
@@ -227,7 +227,8 @@ var afterResumeCheck func()
 // LIVELOG_PER_DEVICE) may be told of a gap that is not one: a false "lost"
 // costs a marker, never an entry.
 type hole struct {
-	next  uint64 // every device: the next position expected (0: no check)
+	kind  holeKind
+	next  uint64 // every device: the next position expected
 	first uint64 // one device: its expected first entry (0: none expected)
 	prev  uint64 // one device: the last entry fetched (0: none yet)
 	// What the reader found: a gap before the entry at seq at, or after
@@ -236,9 +237,17 @@ type hole struct {
 	end bool
 }
 
+type holeKind uint8
+
+const (
+	noCheck     holeKind = iota // not resumed, or reading all that is retained
+	everyDevice                 // consecutive positions
+	oneDevice                   // each page's first entry
+)
+
 // before reports whether entries went missing before seq.
 func (h *hole) before(seq uint64) bool {
-	if h.next > 0 {
+	if h.kind == everyDevice {
 		missing := seq != h.next
 		h.next = seq + 1
 		return missing
@@ -252,8 +261,8 @@ func (h *hole) before(seq uint64) bool {
 
 // atEnd reports, once, whether entries went missing after the last one.
 func (h *hole) atEnd(upto uint64) bool {
-	missing := h.end || h.next > 0 && h.next <= upto
-	h.end, h.next = false, 0
+	missing := h.end || h.kind == everyDevice && h.next <= upto
+	*h = hole{}
 	return missing
 }
 
@@ -266,34 +275,34 @@ func (h *hole) atEnd(upto uint64) bool {
 // it was dropped since, which the reader then tells (hole).
 func (e *Engine) resumeCheck(ctx context.Context, c Cursor, upto uint64) (Cursor, hole, error) {
 	since := c.From - 1
-	var hole hole
+	var h hole
 	lost := since > upto
 	if !lost {
 		if c.Device == "" {
-			hole.next = c.From
+			h.kind, h.next = everyDevice, c.From
 		} else {
+			h.kind = oneDevice
 			m, err := e.feedLive.GetMsg(ctx, c.From, jetstream.WithGetMsgSubject(liveSubject+c.Device))
 			switch {
 			case err == nil:
-				hole.first = m.Sequence
+				h.first = m.Sequence
 			case !errors.Is(err, jetstream.ErrMsgNotFound):
-				return c, hole, fmt.Errorf("live log: %w", err)
+				return c, h, fmt.Errorf("live log: %w", err)
 			}
 		}
 		pos, err := e.LivePosition(ctx)
 		if err != nil {
-			return c, hole, err
+			return c, h, err
 		}
 		if lost, err = e.Lost(ctx, c.Device, since, pos); err != nil {
-			return c, hole, err
+			return c, h, err
 		}
 	}
 	if !lost {
-		return c, hole, nil
+		return c, h, nil
 	}
 	c.From = 1
-	hole.next, hole.first = 0, 0 // everything retained: nothing to check
-	return c, hole, c.Gap()
+	return c, hole{}, c.Gap() // everything retained follows: nothing to check
 }
 
 // TailStart returns the position from which device's last n retained
@@ -414,7 +423,7 @@ func (r *reader) fill() error {
 	if n == 0 {
 		r.done = true
 	}
-	if r.gap != nil && r.hole.next == 0 {
+	if r.hole.kind == oneDevice {
 		return r.checkPage(first)
 	}
 	return nil
