@@ -10,6 +10,7 @@ import (
 	"crypto/subtle"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/gorilla/websocket"
@@ -90,6 +91,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	devices = distinct(devices) // a device named twice is watched once
 	st, err := parseStart(r.URL.Query())
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
@@ -163,3 +165,14 @@ func (s *Server) authorized(r *http.Request) bool {
 // CloseSubscribers disconnects every subscriber with a going-away close
 // frame and waits for their handlers to return. It is idempotent.
 func (s *Server) CloseSubscribers() { s.conns.CloseAll() }
+
+// distinct returns ids without repeats, in their first order.
+func distinct(ids []string) []string {
+	out := ids[:0:0]
+	for _, id := range ids {
+		if !slices.Contains(out, id) {
+			out = append(out, id)
+		}
+	}
+	return out
+}

@@ -18,6 +18,7 @@ import (
 	"github.com/nbiot-live/nbiot-live/coap-server/httpapi"
 	"github.com/nbiot-live/nbiot-live/coap-server/hub"
 	"github.com/nbiot-live/nbiot-live/coap-server/stream"
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 )
 
 // floodingHistory is a retained log in memory whose first Read lets more
@@ -158,6 +159,48 @@ func TestSinceTellsOfEntriesDroppedWhileItsHistoryIsRead(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = ws.Close() })
+	if got, want := framesUntil(t, ws, 100000), "11-74 recovered:false 81-150"; got != want {
+		t.Fatalf("frames %s, want %s", got, want)
+	}
+}
+
+// TestDeviceNamedTwiceIsWatchedOnce: deviceId=A&deviceId=A is one device:
+// one recovered:false, each entry once (the marker came twice).
+func TestDeviceNamedTwiceIsWatchedOnce(t *testing.T) {
+	const token = "t0123456789abcdef"
+	e, err := stream.Open(context.Background(), stream.Config{DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	for range 3 {
+		if _, _, err := e.LogJSON(context.Background(), "A", []byte(`{"deviceId":"A"}`), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reg := prometheus.NewRegistry()
+	h := hub.New(hub.NewMetrics(reg))
+	api := &httpapi.Server{Hub: h, History: e, Token: token, Gatherer: reg, Logger: slog.New(slog.DiscardHandler)}
+	srv := httptest.NewServer(api.Handler())
+	t.Cleanup(srv.Close)
+	// since=99 is beyond the newest position: recovered:false, then all.
+	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/ws?deviceId=A&deviceId=A&since=99",
+		http.Header{"Authorization": {"Bearer " + token}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ws.Close() })
+	testwait.For(t, "the subscription", func() bool { return h.Len() == 1 })
+	h.Feed(100000, "A", []byte(`{"deviceId":"A","type":"uplink","message":"live"}`))
+	if got, want := framesUntil(t, ws, 100000), "recovered:false 1-3"; got != want {
+		t.Fatalf("frames %s, want %s", got, want)
+	}
+}
+
+// framesUntil reads frames up to the one at seq stop and writes them as
+// ranges: seqs, and recovered:false where it came.
+func framesUntil(t *testing.T, ws *websocket.Conn, stop uint64) string {
+	t.Helper()
 	_ = ws.SetReadDeadline(time.Now().Add(30 * time.Second))
 	var got []string
 	for {
@@ -173,12 +216,8 @@ func TestSinceTellsOfEntriesDroppedWhileItsHistoryIsRead(t *testing.T) {
 			t.Fatalf("frame %q: %v", b, err)
 		}
 		switch {
-		case f.Seq == 100000:
-			want := "11-74 recovered:false 81-150"
-			if g := ranges(got); g != want {
-				t.Fatalf("frames %s, want %s", g, want)
-			}
-			return
+		case f.Seq == stop:
+			return ranges(got)
 		case f.Seq > 0:
 			got = append(got, fmt.Sprint(f.Seq))
 		case f.Data.Recovered != nil && !*f.Data.Recovered:
