@@ -110,4 +110,24 @@ func TestReadTellsWhereEntriesWentMissing(t *testing.T) {
 			t.Fatalf("got %v %v, want the gap, then B's 4", got, err)
 		}
 	})
+	t.Run("lost at the start", func(t *testing.T) {
+		// B at 1, A at 2 3 4: A's 2 goes (2 per device), in the middle of
+		// the log. Every device since 1: the gap first, then 3 4, not 1 again.
+		e := openEmbedded(t, Config{LivePerDevice: 2})
+		logN(t, e, "B", 1)
+		logN(t, e, "A", 3)
+		got := readResumed(t, e, Cursor{From: 2}, 4, nil)
+		if want := []int64{-1, 3, 4}; !slices.Equal(got, want) {
+			t.Fatalf("got %v, want %v", got, want)
+		}
+		// since beyond the newest position (a reset stream): all of it.
+		got = readResumed(t, e, Cursor{Device: "A", From: 10}, 4, nil)
+		if want := []int64{-1, 3, 4}; !slices.Equal(got, want) {
+			t.Fatalf("A since 9: got %v, want %v", got, want)
+		}
+		got = readResumed(t, e, Cursor{From: 10}, 4, nil)
+		if want := []int64{-1, 1, 3, 4}; !slices.Equal(got, want) {
+			t.Fatalf("every device since 9: got %v, want %v", got, want)
+		}
+	})
 }

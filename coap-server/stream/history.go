@@ -125,8 +125,8 @@ func (e *Engine) gapAfter(ctx context.Context, since, last uint64) (bool, error)
 //
 // With Gap set, the cursor resumes a reader that has every entry before
 // From, so none after it may go missing unsaid. Read first asks Lost
-// about From-1 and, when entries are lost, calls Gap and reads everything
-// retained instead. Entries can also go while Read runs (retention drops
+// about From-1 and, when entries are lost, calls Gap and reads what is
+// retained after it (everything retained when the stream was reset). Entries can also go while Read runs (retention drops
 // the oldest first): Read then calls Gap again before the first entry
 // after the hole, or at the end when the hole is there.
 type Cursor struct {
@@ -266,9 +266,11 @@ func (h *hole) atEnd(upto uint64) bool {
 	return missing
 }
 
-// resumeCheck decides where a resumed cursor reads from: c.From when the
-// entries after c.From-1 are all retained, else (after calling c.Gap)
-// the start of what is retained. since beyond upto, the newest position
+// resumeCheck decides how a resumed cursor reads: from c.From, checking
+// that nothing goes missing, when the entries after c.From-1 are all
+// retained; else it calls c.Gap first and reads what is retained after
+// since without checks, or all of it from the start after a reset. since
+// beyond upto, the newest position
 // when the subscriber arrived, is a reset stream even if entries have
 // been published since. A device's expected first entry is read before
 // Lost: an entry Lost saw retained is one the reader must find, unless
@@ -301,8 +303,13 @@ func (e *Engine) resumeCheck(ctx context.Context, c Cursor, upto uint64) (Cursor
 	if !lost {
 		return c, h, nil
 	}
-	c.From = 1
-	return c, hole{}, c.Gap() // everything retained follows: nothing to check
+	if since > upto {
+		c.From = 1 // a reset stream: everything it retains
+	}
+	// Else what is retained after since: all a device retains is (Lost says
+	// so only when since is older than its oldest entry), and the reader
+	// has what the log retains up to since.
+	return c, hole{}, c.Gap()
 }
 
 // TailStart returns the position from which device's last n retained
