@@ -131,3 +131,42 @@ func TestReadTellsWhereEntriesWentMissing(t *testing.T) {
 		}
 	})
 }
+
+// BenchmarkResumeRead is what the resumed cursor's checks cost a since:
+// one device's last 100 or 1,000 entries read plainly (From) and resumed
+// (From and Gap: Lost, the expected first entry, a check per page).
+//
+//	go test -run '^$' -bench ResumeRead ./coap-server/stream
+func BenchmarkResumeRead(b *testing.B) {
+	for _, n := range []int{100, 1000} {
+		e := openEmbedded(b, Config{})
+		ctx := context.Background()
+		for i := range n {
+			if _, _, err := e.LogJSON(ctx, "A", fmt.Appendf(nil, `{"deviceId":"A","n":%d}`, i), ""); err != nil {
+				b.Fatal(err)
+			}
+			if _, _, err := e.LogJSON(ctx, "B", []byte(`{"deviceId":"B"}`), ""); err != nil {
+				b.Fatal(err)
+			}
+		}
+		upto := uint64(2 * n)
+		for _, mode := range []string{"plain", "resumed"} {
+			b.Run(fmt.Sprintf("entries=%d/%s", n, mode), func(b *testing.B) {
+				gaps := 0
+				c := Cursor{Device: "A", From: 1}
+				if mode == "resumed" {
+					c.Gap = func() error { gaps++; return nil }
+				}
+				for b.Loop() {
+					got := 0
+					if err := e.Read(ctx, []Cursor{c}, upto, func(uint64, string, []byte) error { got++; return nil }); err != nil {
+						b.Fatal(err)
+					}
+					if got != n || gaps != 0 {
+						b.Fatalf("read %d entries and %d gaps, want %d and none", got, gaps, n)
+					}
+				}
+			})
+		}
+	}
+}
