@@ -74,6 +74,51 @@ func TestReadTellsWhereEntriesWentMissing(t *testing.T) {
 			})
 		}
 	})
+	t.Run("dropped while the first page was sent", func(t *testing.T) {
+		// The page starts at the expected entry, 11, but 15–20 went while
+		// it was sent, after 11–14 and before 21: retention dropping 1–20
+		// between two messages of the page, as a busy device at
+		// LIVELOG_PER_DEVICE does. The test deletes 15–20 before the fetch
+		// and 1–14 after it, which leaves the page and the stream as that
+		// would.
+		e := openEmbedded(t, Config{})
+		logN(t, e, "A", 150)
+		del := func(from, to uint64) {
+			for seq := from; seq <= to; seq++ {
+				if err := e.feedLive.DeleteMsg(context.Background(), seq); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		afterResumeCheck = func() { del(15, 20) }
+		fetched := false
+		afterFetch = func() {
+			if !fetched {
+				fetched = true
+				del(1, 14)
+			}
+		}
+		t.Cleanup(func() { afterResumeCheck, afterFetch = nil, nil })
+		got := readResumed(t, e, Cursor{Device: "A", From: 11}, 150, nil)
+		if want := slices.Concat([]int64{-1}, span(11, 14, 1), span(21, 150, 1)); !slices.Equal(got, want) {
+			t.Fatalf("read since 10:\n got %v\nwant %v", got, want)
+		}
+	})
+	t.Run("deleted after upto", func(t *testing.T) {
+		// 1–4 are retained and read; 5, published after the subscriber
+		// arrived (upto 4), is gone. That is no gap in what the reader
+		// reads: the live subscription has 5.
+		e := openEmbedded(t, Config{})
+		for _, d := range []string{"A", "B", "A", "B", "C"} {
+			logN(t, e, d, 1)
+		}
+		if err := e.feedLive.DeleteMsg(context.Background(), 5); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := readResumed(t, e, Cursor{From: 2}, 4, nil), []int64{2, 3, 4}; !slices.Equal(got, want) {
+			t.Fatalf("every device since 1, up to 4: got %v, want %v", got, want)
+		}
+	})
 	t.Run("every device", func(t *testing.T) {
 		// A at odd positions, B at even ones, 80 each; 60 more of A drop
 		// its oldest 40 (1, 3, … 79), of which 65–79 were not fetched.

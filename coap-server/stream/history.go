@@ -71,7 +71,9 @@ func (e *Engine) Lost(ctx context.Context, device string, since uint64, pos Posi
 }
 
 // gapAfter reports whether a position in (since, last] is gone, reading
-// the log's headers from since+1 (only when some position is: Lost).
+// the log's headers from since+1 (only when some position is: Lost). It
+// reads in pages that never wait: a page that comes back empty means the
+// positions up to last are gone (dropped while it read, if not before).
 func (e *Engine) gapAfter(ctx context.Context, since, last uint64) (bool, error) {
 	if since >= last {
 		return false, nil
@@ -86,37 +88,42 @@ func (e *Engine) gapAfter(ctx context.Context, since, last uint64) (bool, error)
 		return false, fmt.Errorf("live log: %w", err)
 	}
 	defer e.deleteLiveConsumer(cons)
-	if info := cons.CachedInfo(); info != nil && info.NumPending == 0 {
-		return true, nil // every position after since is gone
-	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(keysBuffer))
-	if err != nil {
-		return false, fmt.Errorf("live log: %w", err)
-	}
-	defer it.Stop()
-	defer context.AfterFunc(ctx, it.Stop)()
 	want := since + 1
 	for {
-		m, err := it.Next(jetstream.NextMaxWait(e.cfg.ConnectTimeout))
+		if err := ctx.Err(); err != nil {
+			return false, err
+		}
+		batch, err := cons.FetchNoWait(keysBuffer)
 		if err != nil {
-			if cerr := ctx.Err(); cerr != nil {
-				err = cerr
-			}
 			return false, fmt.Errorf("live log: reading positions %d to %d: %w", want, last, err)
 		}
-		md, err := m.Metadata()
-		if err != nil {
-			return false, fmt.Errorf("live log: message metadata: %w", err)
+		n, gap, done := 0, false, false
+		for m := range batch.Messages() {
+			n++
+			if gap || done {
+				continue // the answer is in: let the page drain
+			}
+			md, err := m.Metadata()
+			if err != nil {
+				return false, fmt.Errorf("live log: message metadata: %w", err)
+			}
+			switch seq := md.Sequence.Stream; {
+			case seq != want:
+				gap = true
+			case seq >= last:
+				done = true
+			}
+			want++
 		}
-		switch seq := md.Sequence.Stream; {
-		case seq != want:
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+			return false, fmt.Errorf("live log: reading positions %d to %d: %w", want, last, err)
+		}
+		switch {
+		case gap || n == 0:
 			return true, nil
-		case seq >= last:
+		case done:
 			return false, nil
-		case md.NumPending == 0:
-			return true, nil // the positions up to last are gone
 		}
-		want++
 	}
 }
 
@@ -205,9 +212,10 @@ func (e *Engine) Read(ctx context.Context, cursors []Cursor, upto uint64, fn Rea
 	}
 }
 
-// afterResumeCheck, set by tests only, runs between a resumed cursor's
-// check and its reader's start.
-var afterResumeCheck func()
+// afterResumeCheck and afterFetch, set by tests only, run between a
+// resumed cursor's check and its reader's start, and between a page's
+// fetch and its check.
+var afterResumeCheck, afterFetch func()
 
 // hole is how a resumed cursor's reader finds entries that went missing
 // while Read ran. Retention drops the oldest entries first (of the log:
@@ -216,16 +224,18 @@ var afterResumeCheck func()
 // Every device: positions are consecutive as published, so each entry
 // must be at the position after the one before, up to upto (next).
 //
-// One device: its entries are not consecutive positions. A page fetched
-// is complete from its first entry on (the ones after it were dropped
-// later than it, if at all), so what is checked is each page's first
-// entry: on the first page, the device's first entry at or after From
-// when Read began (first); on a later one, that no entry after the
-// previous page's last (prev) was dropped before the fetch, which holds
-// while the device's oldest retained entry is not after prev. A device
-// whose oldest entries are dropped faster than a page is read (busy, at
+// One device: its entries are not consecutive positions, and a page is
+// not a snapshot (the server sends it message by message, and retention
+// may drop entries between two of them). What is checked, once a page is
+// in, is that the device's oldest retained entry is not after the page's
+// anchor: the previous page's last entry (prev), or on the first page its
+// first entry, which must be the device's first at or after From when
+// Read began (first). Retention drops the oldest first, so then nothing
+// after the anchor has gone, and the page is complete. A device whose
+// oldest entries are dropped faster than a page is read (busy, at
 // LIVELOG_PER_DEVICE) may be told of a gap that is not one: a false "lost"
-// costs a marker, never an entry.
+// costs a marker, never an entry. The marker comes before the page where
+// the check failed.
 type hole struct {
 	kind  holeKind
 	next  uint64 // every device: the next position expected
@@ -296,6 +306,9 @@ func (e *Engine) resumeCheck(ctx context.Context, c Cursor, upto uint64) (Cursor
 		if err != nil {
 			return c, h, err
 		}
+		// The reader reads up to upto; what comes after is the live
+		// subscription's, whatever retention does to it.
+		pos.Last = min(pos.Last, upto)
 		if lost, err = e.Lost(ctx, c.Device, since, pos); err != nil {
 			return c, h, err
 		}
@@ -430,6 +443,9 @@ func (r *reader) fill() error {
 	if n == 0 {
 		r.done = true
 	}
+	if afterFetch != nil {
+		afterFetch()
+	}
 	if r.hole.kind == oneDevice {
 		return r.checkPage(first)
 	}
@@ -445,13 +461,15 @@ func (r *reader) checkPage(first uint64) error {
 			h.prev = r.buf[n-1].seq
 		}
 	}()
+	anchor := h.prev
+	if anchor == 0 && len(r.buf) > 0 {
+		anchor = r.buf[0].seq
+	}
 	var missing bool
-	switch {
-	case h.prev == 0 && first == 0:
-		missing = h.first > 0 && h.first <= r.upto // the expected entry never came
-	case h.prev == 0:
-		missing = h.first > 0 && h.first <= r.upto && first != h.first
-	case first != 0 || r.done:
+	switch expected := h.first > 0 && h.first <= r.upto; {
+	case h.prev == 0 && expected && first != h.first:
+		missing = true // the expected entry is not the page's first, or never came
+	case anchor != 0 && (first != 0 || r.done):
 		oldest, err := r.e.feedLive.GetMsg(r.ctx, 1, jetstream.WithGetMsgSubject(r.subject))
 		switch {
 		case errors.Is(err, jetstream.ErrMsgNotFound):
@@ -459,7 +477,7 @@ func (r *reader) checkPage(first uint64) error {
 		case err != nil:
 			return fmt.Errorf("live log: %w", err)
 		default:
-			missing = oldest.Sequence > h.prev
+			missing = oldest.Sequence > anchor
 		}
 	}
 	switch {
