@@ -300,7 +300,10 @@ func conDatagram(t testing.TB, mid uint16, token, payload []byte) []byte {
 	return b[:n]
 }
 
-// rawExchange sends a datagram from a fresh socket and returns the answer's code.
+// rawExchange sends a datagram from a fresh socket, resending it every
+// second as a device's CON timer would (a copy that arrives while the
+// first is being answered is dropped; a later one gets the remembered
+// answer), and returns the answer's code.
 func rawExchange(t testing.TB, addr string, dgram []byte) codes.Code {
 	t.Helper()
 	c, err := net.Dial("udp", addr)
@@ -308,14 +311,19 @@ func rawExchange(t testing.TB, addr string, dgram []byte) codes.Code {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if _, err := c.Write(dgram); err != nil {
-		t.Fatal(err)
-	}
-	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	buf := make([]byte, 1500)
-	n, err := c.Read(buf)
-	if err != nil {
-		t.Fatalf("no answer from %s: %v", addr, err)
+	n := 0
+	for try := 0; ; try++ {
+		if _, err := c.Write(dgram); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(time.Second))
+		if n, err = c.Read(buf); err == nil {
+			break
+		}
+		if ne, ok := err.(net.Error); !ok || !ne.Timeout() || try == 14 {
+			t.Fatalf("no answer from %s in %d tries: %v", addr, try+1, err)
+		}
 	}
 	var m message.Message
 	if _, err := coder.DefaultCoder.Decode(buf[:n], &m); err != nil {

@@ -138,7 +138,9 @@ func TestPostgresOutage(t *testing.T) {
 				temp, mv := float32(n%40), uint32(3600)
 				b, _ := proto.Marshal(&nbiotv1.Uplink{DeviceId: dev, UplinkCount: n, Temperature: &temp, BatteryMv: &mv})
 				p := phase.Load()
-				rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				// Room for go-coap's CON retransmissions (2 s, then 4 s…) on
+				// loaded cores: the test is that every uplink gets 2.04.
+				rctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				start := time.Now()
 				resp, err := cc.Post(rctx, "/uplink", message.AppOctets, bytes.NewReader(b))
 				rtt := time.Since(start)

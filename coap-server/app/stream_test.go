@@ -77,11 +77,11 @@ func rawCON(t testing.TB, mid int32, token []byte, payload []byte) []byte {
 // would (RFC 7252 §4.2, here every 100 ms), until an answer arrives. The
 // lean path silently drops a retransmission that arrives while the first
 // copy is still being answered (its in-flight set); the next one gets the
-// remembered answer.
+// remembered answer. It gives up after 30 s.
 func exchange(t testing.TB, conn *net.UDPConn, datagram []byte) []byte {
 	t.Helper()
 	buf := make([]byte, 1500)
-	for range 50 {
+	for range 300 {
 		if _, err := conn.Write(datagram); err != nil {
 			t.Fatal(err)
 		}
@@ -94,7 +94,7 @@ func exchange(t testing.TB, conn *net.UDPConn, datagram []byte) []byte {
 			t.Fatalf("read: %v", err)
 		}
 	}
-	t.Fatal("no answer after 50 retransmissions")
+	t.Fatal("no answer after 300 retransmissions (30 s)")
 	return nil
 }
 

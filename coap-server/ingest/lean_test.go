@@ -414,6 +414,12 @@ func TestLeanRetransmissionAfter22And240Seconds(t *testing.T) {
 // source is answered at its first transmission, three times in a row.
 func TestLeanJunkBurstThenValidCON(t *testing.T) {
 	s, _ := startLean(t, newHandler(t, streamtest.New(t, stream.Config{})), ingest.LeanConfig{})
+	if got := s.ReceiveBuffer(); got < ingest.DefaultLeanReadBuffer {
+		// The burst must wait in the socket, not be dropped by the kernel
+		// (scripts/test.sh raises the limit when it runs as root).
+		t.Fatalf("the server's receive buffer is %d B, under the %d B it asks for: raise net.core.rmem_max (sysctl -w net.core.rmem_max=%d)",
+			got, ingest.DefaultLeanReadBuffer, ingest.DefaultLeanReadBuffer)
+	}
 	p := dialPeer(t, s)
 	_ = p.conn.SetReadBuffer(4 << 20)
 	answers := make(chan message.Message, 16)

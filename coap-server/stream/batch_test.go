@@ -18,8 +18,8 @@ import (
 	"github.com/nbiot-live/nbiot-live/internal/testwait"
 )
 
-// drain fetches from src until it has want deliveries (or fails the test
-// after a few empty fetches), acknowledging each, and returns them.
+// drain fetches from src until it has want deliveries (or 20 fetches in a
+// row came back empty), acknowledging each, and returns them.
 func drain(t *testing.T, src *UplinkSource, want, limit int) []storage.Delivery {
 	t.Helper()
 	var all []storage.Delivery
@@ -33,6 +33,8 @@ func drain(t *testing.T, src *UplinkSource, want, limit int) []storage.Delivery 
 		}
 		if len(ds) == 0 {
 			empty++
+		} else {
+			empty = 0
 		}
 		for _, d := range ds {
 			if err := d.Ack(); err != nil {

@@ -142,7 +142,7 @@ func TestFeedDeliversNewEntriesInOrder(t *testing.T) {
 		select {
 		case s := <-got:
 			seen = append(seen, s)
-		case <-time.After(5 * time.Second):
+		case <-time.After(30 * time.Second):
 			t.Fatalf("feed delivered %v", seen)
 		}
 	}
