@@ -83,6 +83,10 @@ type gate struct {
 	last     uint64 // highest position sent
 	held     []*hub.Frame
 	overflow bool
+	// gapAt is, per device told recovered:false, last+1 when it was: a
+	// re-read after an overflow that finds the same hole with nothing
+	// sent in between tells it once. Only catchUp uses it.
+	gapAt map[string]uint64
 }
 
 // Send implements hub.Sender.
@@ -169,7 +173,8 @@ func (s *Server) sendHistory(ctx context.Context, g *gate, devices []string, st 
 		}
 		// More went by than the gate holds: read it from the stream, from
 		// where each cursor is: past what was sent (g.last), never before
-		// where it started (since, tail), even when nothing was sent yet.
+		// where it started (since, tail; Read moved it to 1 after a
+		// stream reset), even when nothing was sent yet.
 		if pos, err = s.History.LivePosition(ctx); err != nil {
 			return err
 		}
@@ -232,9 +237,19 @@ func (g *gate) sendNow(ctx context.Context, e *livelog.Entry) error {
 	return g.peer.SendWait(ctx, f.Msg)
 }
 
-// gap sends recovered:false for device where its history is incomplete.
+// gap sends recovered:false for device where its history is incomplete,
+// unless it was the last thing sent for it.
 func (g *gate) gap(ctx context.Context, device string) func() error {
-	return func() error { return g.sendNow(ctx, recoveredFalse(device, time.Now())) }
+	return func() error {
+		if g.gapAt[device] == g.last+1 {
+			return nil
+		}
+		if g.gapAt == nil {
+			g.gapAt = make(map[string]uint64)
+		}
+		g.gapAt[device] = g.last + 1
+		return g.sendNow(ctx, recoveredFalse(device, time.Now()))
+	}
 }
 
 // recoveredFalse is the status entry that comes first when history after

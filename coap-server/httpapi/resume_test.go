@@ -110,23 +110,36 @@ func TestSinceAfterGateOverflowRepeatsNothing(t *testing.T) {
 // droppingHistory is the real retained log whose device A sends more
 // entries while a subscriber's history is read, so that LIVELOG_PER_DEVICE
 // drops some the reader has not fetched yet; then a live entry goes by.
+// With feed, each of those entries goes by live too, as the instance's
+// feed sends it; with first, they come before the first Read starts
+// rather than after its first entry.
 type droppingHistory struct {
 	*stream.Engine
-	hub  *hub.Hub
-	more int
-	once sync.Once
+	hub         *hub.Hub
+	more        int
+	feed, first bool
+	once        sync.Once
 }
 
 func (d *droppingHistory) Read(ctx context.Context, cursors []stream.Cursor, upto uint64, fn stream.ReadFunc) error {
-	return d.Engine.Read(ctx, cursors, upto, func(seq uint64, dev string, data []byte) error {
-		d.once.Do(func() {
-			for range d.more {
-				if _, _, err := d.LogJSON(ctx, "A", []byte(`{"deviceId":"A"}`), ""); err != nil {
-					panic(err)
-				}
+	more := func() {
+		for range d.more {
+			s, _, err := d.LogJSON(ctx, "A", []byte(`{"deviceId":"A"}`), "")
+			if err != nil {
+				panic(err)
 			}
-			d.hub.Feed(100000, "A", []byte(`{"deviceId":"A","type":"uplink","message":"live"}`))
-		})
+			if d.feed {
+				d.hub.Feed(s, "A", []byte(`{"deviceId":"A"}`))
+			}
+		}
+		d.hub.Feed(100000, "A", []byte(`{"deviceId":"A","type":"uplink","message":"live"}`))
+	}
+	if d.first {
+		d.once.Do(more)
+		return d.Engine.Read(ctx, cursors, upto, fn)
+	}
+	return d.Engine.Read(ctx, cursors, upto, func(seq uint64, dev string, data []byte) error {
+		d.once.Do(more)
 		return fn(seq, dev, data)
 	})
 }
@@ -160,6 +173,75 @@ func TestSinceTellsOfEntriesDroppedWhileItsHistoryIsRead(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = ws.Close() })
 	if got, want := framesUntil(t, ws, 100000), "11-74 recovered:false 81-150"; got != want {
+		t.Fatalf("frames %s, want %s", got, want)
+	}
+}
+
+// TestResetSinceAfterGateOverflowSkipsNothing: since=500 on a stream that
+// was reset (its newest is 100) gets recovered:false, then all of it; when
+// more live entries go by meanwhile than the gate holds (1,200) and the
+// stream passes 500, the re-read goes on after what was sent. It went on
+// after since, skipping 101–500 without a word.
+func TestResetSinceAfterGateOverflowSkipsNothing(t *testing.T) {
+	const token = "t0123456789abcdef"
+	// Room for all 1,300 of A's entries: nothing is dropped.
+	e, err := stream.Open(context.Background(), stream.Config{DataDir: t.TempDir(), LivePerDevice: 100_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	for range 100 {
+		if _, _, err := e.LogJSON(context.Background(), "A", []byte(`{"deviceId":"A"}`), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reg := prometheus.NewRegistry()
+	h := hub.New(hub.NewMetrics(reg))
+	hist := &droppingHistory{Engine: e, hub: h, more: 1200, feed: true}
+	api := &httpapi.Server{Hub: h, History: hist, Token: token, Gatherer: reg, Logger: slog.New(slog.DiscardHandler)}
+	srv := httptest.NewServer(api.Handler())
+	t.Cleanup(srv.Close)
+	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/ws?deviceId=A&since=500",
+		http.Header{"Authorization": {"Bearer " + token}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ws.Close() })
+	if got, want := framesUntil(t, ws, 1300), "recovered:false 1-1299"; got != want {
+		t.Fatalf("frames %s, want %s", got, want)
+	}
+}
+
+// TestGapToldOnceAcrossRereads: since=500 on a reset stream (its newest,
+// 100, is B's) where A has nothing yet: recovered:false, and nothing of A.
+// 1,200 entries of A go by meanwhile (the gate overflows), of which A
+// keeps its last 1,000 (301–1,300): the re-read finds entries lost after
+// since again with nothing sent in between, and tells it once, not twice.
+func TestGapToldOnceAcrossRereads(t *testing.T) {
+	const token = "t0123456789abcdef"
+	e, err := stream.Open(context.Background(), stream.Config{DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	for range 100 {
+		if _, _, err := e.LogJSON(context.Background(), "B", []byte(`{"deviceId":"B"}`), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reg := prometheus.NewRegistry()
+	h := hub.New(hub.NewMetrics(reg))
+	hist := &droppingHistory{Engine: e, hub: h, more: 1200, feed: true, first: true}
+	api := &httpapi.Server{Hub: h, History: hist, Token: token, Gatherer: reg, Logger: slog.New(slog.DiscardHandler)}
+	srv := httptest.NewServer(api.Handler())
+	t.Cleanup(srv.Close)
+	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/ws?deviceId=A&since=500",
+		http.Header{"Authorization": {"Bearer " + token}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ws.Close() })
+	if got, want := framesUntil(t, ws, 1300), "recovered:false 301-1299"; got != want {
 		t.Fatalf("frames %s, want %s", got, want)
 	}
 }

@@ -104,7 +104,8 @@ func TestLogReadTailAndLost(t *testing.T) {
 		t.Fatal("since 0 after the log dropped position 1: B cannot know, must say lost")
 	}
 	// A's oldest is now position 4, in the middle of the log: dropped, it is
-	// lost to a reader of every device since 1 to 3, not since 4.
+	// a gap to a reader of every device since 0 to 3, told where it is
+	// (before 5), not since 4; position 1 is a gap since 0.
 	if _, _, err := e.LogJSON(ctx, "A", []byte(`{}`), ""); err != nil {
 		t.Fatal(err)
 	}
@@ -112,9 +113,12 @@ func TestLogReadTailAndLost(t *testing.T) {
 	if pos.First != 2 || pos.Last != 15 || pos.Deleted != 1 {
 		t.Fatalf("position %+v, want 2 to 15 with position 4 gone", pos)
 	}
-	for since, want := range map[uint64]bool{1: true, 3: true, 4: false, 5: false, 14: false, 15: false} {
-		if lost, err := e.Lost(ctx, "", since, pos); err != nil || lost != want {
-			t.Errorf("every device since %d: lost=%v %v, want %v", since, lost, err, want)
+	for since, want := range map[uint64][]int64{
+		0: slices.Concat([]int64{-1, 2, 3, -1}, span(5, 15, 1)), 1: slices.Concat([]int64{2, 3, -1}, span(5, 15, 1)),
+		3: slices.Concat([]int64{-1}, span(5, 15, 1)), 4: span(5, 15, 1), 14: {15}, 15: nil,
+	} {
+		if got := readResumed(t, e, Cursor{From: since + 1}, pos.Last, nil); !slices.Equal(got, want) {
+			t.Errorf("every device since %d: got %v, want %v", since, got, want)
 		}
 	}
 }

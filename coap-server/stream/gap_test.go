@@ -155,6 +155,20 @@ func TestReadTellsWhereEntriesWentMissing(t *testing.T) {
 			t.Fatalf("got %v %v, want the gap, then B's 4", got, err)
 		}
 	})
+	t.Run("dropped while read after a lost since", func(t *testing.T) {
+		// since 10 is older than what A retains (51–250 of 250, 200 per
+		// device): recovered:false first, then 51 on. The 130 entries A
+		// sends meanwhile drop 51–180, of which 115–180 were not fetched:
+		// a second gap, for one device and for every device alike.
+		for _, c := range []Cursor{{Device: "A", From: 11}, {From: 11}} {
+			e := openEmbedded(t, Config{LivePerDevice: 200})
+			logN(t, e, "A", 250)
+			got := readResumed(t, e, c, 250, func() { logN(t, e, "A", 130) })
+			if want := slices.Concat([]int64{-1}, span(51, 114, 1), []int64{-1}, span(181, 250, 1)); !slices.Equal(got, want) {
+				t.Fatalf("read %q since 10:\n got %v\nwant %v", c.Device, got, want)
+			}
+		}
+	})
 	t.Run("lost at the start", func(t *testing.T) {
 		// B at 1, A at 2 3 4: A's 2 goes (2 per device), in the middle of
 		// the log. Every device since 1: the gap first, then 3 4, not 1 again.
@@ -165,13 +179,20 @@ func TestReadTellsWhereEntriesWentMissing(t *testing.T) {
 		if want := []int64{-1, 3, 4}; !slices.Equal(got, want) {
 			t.Fatalf("got %v, want %v", got, want)
 		}
-		// since beyond the newest position (a reset stream): all of it.
-		got = readResumed(t, e, Cursor{Device: "A", From: 10}, 4, nil)
+		// since beyond the newest position (a reset stream): all of it, and
+		// for every device the gap in it where it is (the subscriber has
+		// nothing of this stream); the cursor then starts at 1.
+		c := Cursor{Device: "A", From: 10}
+		got = readResumed(t, e, c, 4, nil)
 		if want := []int64{-1, 3, 4}; !slices.Equal(got, want) {
 			t.Fatalf("A since 9: got %v, want %v", got, want)
 		}
+		cursors := []Cursor{{From: 10, Gap: func() error { return nil }}}
+		if err := e.Read(context.Background(), cursors, 4, func(uint64, string, []byte) error { return nil }); err != nil || cursors[0].From != 1 {
+			t.Fatalf("after reading a reset stream: From %d, %v; want 1", cursors[0].From, err)
+		}
 		got = readResumed(t, e, Cursor{From: 10}, 4, nil)
-		if want := []int64{-1, 1, 3, 4}; !slices.Equal(got, want) {
+		if want := []int64{-1, 1, -1, 3, 4}; !slices.Equal(got, want) {
 			t.Fatalf("every device since 9: got %v, want %v", got, want)
 		}
 	})

@@ -36,18 +36,15 @@ func (e *Engine) LivePosition(ctx context.Context) (Position, error) {
 // is older than the device's oldest retained entry and either the log
 // dropped positions after since (age, bytes) or the device is at
 // LIVELOG_PER_DEVICE. A false "lost" costs a gap marker, never an entry.
-// For every device it is exact: positions are consecutive as published,
-// so entries are lost when one after since is gone (gapAfter).
+// For every device it answers for the log's head only: positions are
+// consecutive as published, so Read finds a gap in the middle where it is.
 func (e *Engine) Lost(ctx context.Context, device string, since uint64, pos Position) (bool, error) {
 	if since > pos.Last {
 		return true, nil
 	}
 	headDropped := pos.First > 0 && since+1 < pos.First
 	if device == "" {
-		if headDropped || pos.Deleted == 0 {
-			return headDropped, nil
-		}
-		return e.gapAfter(ctx, since, pos.Last)
+		return headDropped, nil
 	}
 	subj := liveSubject + device
 	oldest, err := e.feedLive.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(subj))
@@ -70,72 +67,21 @@ func (e *Engine) Lost(ctx context.Context, device string, since uint64, pos Posi
 	return int64(info.State.Subjects[subj]) >= e.cfg.LivePerDevice, nil
 }
 
-// gapAfter reports whether a position in (since, last] is gone, reading
-// the log's headers from since+1 (only when some position is: Lost). It
-// reads in pages that never wait: a page that comes back empty means the
-// positions up to last are gone (dropped while it read, if not before).
-func (e *Engine) gapAfter(ctx context.Context, since, last uint64) (bool, error) {
-	if since >= last {
-		return false, nil
-	}
-	cons, err := e.feedLive.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{liveSubject + ">"},
-		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:    since + 1,
-		HeadersOnly:    true,
-	})
-	if err != nil {
-		return false, fmt.Errorf("live log: %w", err)
-	}
-	defer e.deleteLiveConsumer(cons)
-	want := since + 1
-	for {
-		if err := ctx.Err(); err != nil {
-			return false, err
-		}
-		batch, err := cons.FetchNoWait(keysBuffer)
-		if err != nil {
-			return false, fmt.Errorf("live log: reading positions %d to %d: %w", want, last, err)
-		}
-		n, gap, done := 0, false, false
-		for m := range batch.Messages() {
-			n++
-			if gap || done {
-				continue // the answer is in: let the page drain
-			}
-			md, err := m.Metadata()
-			if err != nil {
-				return false, fmt.Errorf("live log: message metadata: %w", err)
-			}
-			switch seq := md.Sequence.Stream; {
-			case seq != want:
-				gap = true
-			case seq >= last:
-				done = true
-			}
-			want++
-		}
-		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
-			return false, fmt.Errorf("live log: reading positions %d to %d: %w", want, last, err)
-		}
-		switch {
-		case gap || n == 0:
-			return true, nil
-		case done:
-			return false, nil
-		}
-	}
-}
-
 // Cursor is where reading one device's history starts: entries with a
 // position of at least From.
 //
 // With Gap set, the cursor resumes a reader that has every entry before
-// From, so none after it may go missing unsaid. Read first asks Lost
-// about From-1 and, when entries are lost, calls Gap and reads what is
-// retained after it (everything retained when the stream was reset). Entries can also go while Read runs (retention drops
-// the oldest first): Read then calls Gap again before the first entry
-// after the hole, or at the end when the hole is there.
+// From, so none after it may go missing unsaid: Read calls Gap where
+// entries after From-1 are missing, once per hole (not again before
+// another entry of the cursor). For one device it first asks Lost about
+// From-1 and, when entries are lost, calls Gap before anything else; for
+// every device the positions read must follow one another from From, so
+// the Gap comes before the first entry after each hole, the log's head
+// included. A From-1 beyond the newest position is a reset stream: Gap
+// first, then everything retained, and Read sets the cursor's From to 1
+// (a caller reading again goes on from there). Entries can also go while
+// Read runs (retention drops the oldest first): each is told the same
+// way, before the first entry after it, or at the end.
 type Cursor struct {
 	Device string // empty = every device
 	From   uint64
@@ -160,11 +106,15 @@ func (e *Engine) Read(ctx context.Context, cursors []Cursor, upto uint64, fn Rea
 			r.close()
 		}
 	}()
-	for _, c := range cursors {
-		var h hole
+	for i := range cursors {
+		c := &cursors[i]
+		var (
+			h    hole
+			told bool
+		)
 		if c.Gap != nil && c.From > 0 {
 			var err error
-			if c, h, err = e.resumeCheck(ctx, c, upto); err != nil {
+			if h, told, err = e.resumeCheck(ctx, c, upto); err != nil {
 				return err
 			}
 			if afterResumeCheck != nil {
@@ -174,11 +124,11 @@ func (e *Engine) Read(ctx context.Context, cursors []Cursor, upto uint64, fn Rea
 		if c.From > upto {
 			continue // nothing retained after it: nothing can go missing
 		}
-		r, err := e.newReader(ctx, c, upto)
+		r, err := e.newReader(ctx, *c, upto)
 		if err != nil {
 			return err
 		}
-		r.hole, r.gap = h, c.Gap
+		r.hole, r.gap, r.told = h, c.Gap, told
 		readers = append(readers, r)
 	}
 	for {
@@ -188,7 +138,7 @@ func (e *Engine) Read(ctx context.Context, cursors []Cursor, upto uint64, fn Rea
 				return err
 			}
 			if len(r.buf) == 0 && r.done && r.hole.kind != noCheck && r.hole.atEnd(r.upto) {
-				if err := r.gap(); err != nil {
+				if err := r.tell(); err != nil {
 					return err
 				}
 			}
@@ -202,10 +152,11 @@ func (e *Engine) Read(ctx context.Context, cursors []Cursor, upto uint64, fn Rea
 		m := next.buf[0]
 		next.buf = next.buf[1:]
 		if next.hole.kind != noCheck && next.hole.before(m.seq) {
-			if err := next.gap(); err != nil {
+			if err := next.tell(); err != nil {
 				return err
 			}
 		}
+		next.told = false
 		if err := fn(m.seq, m.device, m.data); err != nil {
 			return err
 		}
@@ -276,53 +227,53 @@ func (h *hole) atEnd(upto uint64) bool {
 	return missing
 }
 
-// resumeCheck decides how a resumed cursor reads: from c.From, checking
-// that nothing goes missing, when the entries after c.From-1 are all
-// retained; else it calls c.Gap first and reads what is retained after
-// since without checks, or all of it from the start after a reset. since
-// beyond upto, the newest position
-// when the subscriber arrived, is a reset stream even if entries have
-// been published since. A device's expected first entry is read before
-// Lost: an entry Lost saw retained is one the reader must find, unless
-// it was dropped since, which the reader then tells (hole).
-func (e *Engine) resumeCheck(ctx context.Context, c Cursor, upto uint64) (Cursor, hole, error) {
+// resumeCheck sets up a resumed cursor's checks (hole), and calls c.Gap
+// at once where the entries after c.From-1 are known to be incomplete
+// (told). A c.From-1 beyond upto, the newest position when the subscriber
+// arrived, is a reset stream even if entries have been published since:
+// c.From becomes 1. For one device, its expected first entry is read
+// before Lost: an entry Lost saw retained is one the reader must find,
+// unless it was dropped since, which the reader then tells.
+func (e *Engine) resumeCheck(ctx context.Context, c *Cursor, upto uint64) (h hole, told bool, err error) {
 	since := c.From - 1
-	var h hole
-	lost := since > upto
-	if !lost {
-		if c.Device == "" {
-			h.kind, h.next = everyDevice, c.From
-		} else {
-			h.kind = oneDevice
-			m, err := e.feedLive.GetMsg(ctx, c.From, jetstream.WithGetMsgSubject(liveSubject+c.Device))
-			switch {
-			case err == nil:
-				h.first = m.Sequence
-			case !errors.Is(err, jetstream.ErrMsgNotFound):
-				return c, h, fmt.Errorf("live log: %w", err)
-			}
+	reset := since > upto
+	if reset {
+		c.From = 1
+	}
+	if c.Device == "" {
+		// Positions are consecutive as published: the reader finds every
+		// one missing after since, at the head too, and tells it there.
+		h = hole{kind: everyDevice, next: c.From}
+		if reset {
+			return h, true, c.Gap()
 		}
+		return h, false, nil
+	}
+	h.kind = oneDevice
+	m, err := e.feedLive.GetMsg(ctx, c.From, jetstream.WithGetMsgSubject(liveSubject+c.Device))
+	switch {
+	case err == nil:
+		h.first = m.Sequence
+	case !errors.Is(err, jetstream.ErrMsgNotFound):
+		return h, false, fmt.Errorf("live log: %w", err)
+	}
+	lost := reset
+	if !lost {
 		pos, err := e.LivePosition(ctx)
 		if err != nil {
-			return c, h, err
+			return h, false, err
 		}
 		// The reader reads up to upto; what comes after is the live
 		// subscription's, whatever retention does to it.
 		pos.Last = min(pos.Last, upto)
 		if lost, err = e.Lost(ctx, c.Device, since, pos); err != nil {
-			return c, h, err
+			return h, false, err
 		}
 	}
-	if !lost {
-		return c, h, nil
+	if lost {
+		return h, true, c.Gap()
 	}
-	if since > upto {
-		c.From = 1 // a reset stream: everything it retains
-	}
-	// Else what is retained after since: all a device retains is (Lost says
-	// so only when since is older than its oldest entry), and the reader
-	// has what the log retains up to since.
-	return c, hole{}, c.Gap()
+	return h, false, nil
 }
 
 // TailStart returns the position from which device's last n retained
@@ -381,6 +332,17 @@ type reader struct {
 	done    bool
 	hole    hole         // resumed cursors only
 	gap     func() error // resumed cursors only
+	told    bool         // gap called, and no entry delivered since
+}
+
+// tell calls the cursor's Gap, unless it was just called: one marker per
+// hole, however many checks find it.
+func (r *reader) tell() error {
+	if r.told {
+		return nil
+	}
+	r.told = true
+	return r.gap()
 }
 
 func (e *Engine) newReader(ctx context.Context, c Cursor, upto uint64) (*reader, error) {
