@@ -149,29 +149,10 @@ func (d *droppingHistory) Read(ctx context.Context, cursors []stream.Cursor, upt
 // LIVELOG_PER_DEVICE): the subscriber gets recovered:false where they were,
 // not a silent gap. It got 11–74, 81–150 and nothing else before.
 func TestSinceTellsOfEntriesDroppedWhileItsHistoryIsRead(t *testing.T) {
-	const token = "t0123456789abcdef"
-	e, err := stream.Open(context.Background(), stream.Config{DataDir: t.TempDir(), LivePerDevice: 200})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	for range 150 {
-		if _, _, err := e.LogJSON(context.Background(), "A", []byte(`{"deviceId":"A"}`), ""); err != nil {
-			t.Fatal(err)
-		}
-	}
-	reg := prometheus.NewRegistry()
-	h := hub.New(hub.NewMetrics(reg))
-	hist := &droppingHistory{Engine: e, hub: h, more: 130} // 280 entries: 1–80 go, 75–80 not yet fetched
-	api := &httpapi.Server{Hub: h, History: hist, Token: token, Gatherer: reg, Logger: slog.New(slog.DiscardHandler)}
-	srv := httptest.NewServer(api.Handler())
-	t.Cleanup(srv.Close)
-	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/ws?deviceId=A&since=10",
-		http.Header{"Authorization": {"Bearer " + token}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ws.Close() })
+	e := openLog(t, stream.Config{LivePerDevice: 200}, "A", 150)
+	_, ws := subscribe(t, func(h *hub.Hub) httpapi.History {
+		return &droppingHistory{Engine: e, hub: h, more: 130} // 280 entries: 1–80 go, 75–80 not yet fetched
+	}, "deviceId=A&since=10")
 	if got, want := framesUntil(t, ws, 100000), "11-74 recovered:false 81-150"; got != want {
 		t.Fatalf("frames %s, want %s", got, want)
 	}
@@ -183,30 +164,11 @@ func TestSinceTellsOfEntriesDroppedWhileItsHistoryIsRead(t *testing.T) {
 // stream passes 500, the re-read goes on after what was sent. It went on
 // after since, skipping 101–500 without a word.
 func TestResetSinceAfterGateOverflowSkipsNothing(t *testing.T) {
-	const token = "t0123456789abcdef"
 	// Room for all 1,300 of A's entries: nothing is dropped.
-	e, err := stream.Open(context.Background(), stream.Config{DataDir: t.TempDir(), LivePerDevice: 100_000})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	for range 100 {
-		if _, _, err := e.LogJSON(context.Background(), "A", []byte(`{"deviceId":"A"}`), ""); err != nil {
-			t.Fatal(err)
-		}
-	}
-	reg := prometheus.NewRegistry()
-	h := hub.New(hub.NewMetrics(reg))
-	hist := &droppingHistory{Engine: e, hub: h, more: 1200, feed: true}
-	api := &httpapi.Server{Hub: h, History: hist, Token: token, Gatherer: reg, Logger: slog.New(slog.DiscardHandler)}
-	srv := httptest.NewServer(api.Handler())
-	t.Cleanup(srv.Close)
-	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/ws?deviceId=A&since=500",
-		http.Header{"Authorization": {"Bearer " + token}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ws.Close() })
+	e := openLog(t, stream.Config{LivePerDevice: 100_000}, "A", 100)
+	_, ws := subscribe(t, func(h *hub.Hub) httpapi.History {
+		return &droppingHistory{Engine: e, hub: h, more: 1200, feed: true}
+	}, "deviceId=A&since=500")
 	if got, want := framesUntil(t, ws, 1300), "recovered:false 1-1299"; got != want {
 		t.Fatalf("frames %s, want %s", got, want)
 	}
@@ -218,29 +180,10 @@ func TestResetSinceAfterGateOverflowSkipsNothing(t *testing.T) {
 // keeps its last 1,000 (301–1,300): the re-read finds entries lost after
 // since again with nothing sent in between, and tells it once, not twice.
 func TestGapToldOnceAcrossRereads(t *testing.T) {
-	const token = "t0123456789abcdef"
-	e, err := stream.Open(context.Background(), stream.Config{DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	for range 100 {
-		if _, _, err := e.LogJSON(context.Background(), "B", []byte(`{"deviceId":"B"}`), ""); err != nil {
-			t.Fatal(err)
-		}
-	}
-	reg := prometheus.NewRegistry()
-	h := hub.New(hub.NewMetrics(reg))
-	hist := &droppingHistory{Engine: e, hub: h, more: 1200, feed: true, first: true}
-	api := &httpapi.Server{Hub: h, History: hist, Token: token, Gatherer: reg, Logger: slog.New(slog.DiscardHandler)}
-	srv := httptest.NewServer(api.Handler())
-	t.Cleanup(srv.Close)
-	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/ws?deviceId=A&since=500",
-		http.Header{"Authorization": {"Bearer " + token}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ws.Close() })
+	e := openLog(t, stream.Config{}, "B", 100)
+	_, ws := subscribe(t, func(h *hub.Hub) httpapi.History {
+		return &droppingHistory{Engine: e, hub: h, more: 1200, feed: true, first: true}
+	}, "deviceId=A&since=500")
 	if got, want := framesUntil(t, ws, 1300), "recovered:false 301-1299"; got != want {
 		t.Fatalf("frames %s, want %s", got, want)
 	}
@@ -249,34 +192,50 @@ func TestGapToldOnceAcrossRereads(t *testing.T) {
 // TestDeviceNamedTwiceIsWatchedOnce: deviceId=A&deviceId=A is one device:
 // one recovered:false, each entry once (the marker came twice).
 func TestDeviceNamedTwiceIsWatchedOnce(t *testing.T) {
-	const token = "t0123456789abcdef"
-	e, err := stream.Open(context.Background(), stream.Config{DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	for range 3 {
-		if _, _, err := e.LogJSON(context.Background(), "A", []byte(`{"deviceId":"A"}`), ""); err != nil {
-			t.Fatal(err)
-		}
-	}
-	reg := prometheus.NewRegistry()
-	h := hub.New(hub.NewMetrics(reg))
-	api := &httpapi.Server{Hub: h, History: e, Token: token, Gatherer: reg, Logger: slog.New(slog.DiscardHandler)}
-	srv := httptest.NewServer(api.Handler())
-	t.Cleanup(srv.Close)
+	e := openLog(t, stream.Config{}, "A", 3)
 	// since=99 is beyond the newest position: recovered:false, then all.
-	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/ws?deviceId=A&deviceId=A&since=99",
-		http.Header{"Authorization": {"Bearer " + token}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ws.Close() })
+	h, ws := subscribe(t, func(*hub.Hub) httpapi.History { return e }, "deviceId=A&deviceId=A&since=99")
 	testwait.For(t, "the subscription", func() bool { return h.Len() == 1 })
 	h.Feed(100000, "A", []byte(`{"deviceId":"A","type":"uplink","message":"live"}`))
 	if got, want := framesUntil(t, ws, 100000), "recovered:false 1-3"; got != want {
 		t.Fatalf("frames %s, want %s", got, want)
 	}
+}
+
+// openLog opens an embedded live log holding n entries of device.
+func openLog(t *testing.T, cfg stream.Config, device string, n int) *stream.Engine {
+	t.Helper()
+	cfg.DataDir = t.TempDir()
+	e, err := stream.Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	for range n {
+		if _, _, err := e.LogJSON(context.Background(), device, fmt.Appendf(nil, `{"deviceId":%q}`, device), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return e
+}
+
+// subscribe serves /ws on a hub of its own with the history history gives
+// and opens a subscriber with query.
+func subscribe(t *testing.T, history func(*hub.Hub) httpapi.History, query string) (*hub.Hub, *websocket.Conn) {
+	t.Helper()
+	const token = "t0123456789abcdef"
+	reg := prometheus.NewRegistry()
+	h := hub.New(hub.NewMetrics(reg))
+	api := &httpapi.Server{Hub: h, History: history(h), Token: token, Gatherer: reg, Logger: slog.New(slog.DiscardHandler)}
+	srv := httptest.NewServer(api.Handler())
+	t.Cleanup(srv.Close)
+	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http")+"/ws?"+query,
+		http.Header{"Authorization": {"Bearer " + token}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ws.Close() })
+	return h, ws
 }
 
 // framesUntil reads frames up to the one at seq stop and writes them as
