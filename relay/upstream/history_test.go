@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/nbiot-live/nbiot-live/internal/testwait"
@@ -440,6 +441,43 @@ func TestDedicatedLinkBecomesTheSharedOne(t *testing.T) {
 	late.waitSeqs(t, 18, 20, 22)
 	if n := len(f.dialed()); n != dials {
 		t.Errorf("%d more dials: the promoted link's ring should answer", n-dials)
+	}
+}
+
+// TestMergeAfterLostSaysRestored: a dedicated link whose connection
+// dropped told its watcher "lost"; merged onto the shared link, which is
+// up, the watcher hears "restored" before the entries it missed (it never
+// did: the page kept showing the stream as interrupted). The links are set
+// up by hand, without connections, to reach that state exactly.
+func TestMergeAfterLostSaysRestored(t *testing.T) {
+	m := New(Config{URL: "ws://127.0.0.1:1/ws", Token: "t", Metrics: NewMetrics(prometheus.NewRegistry())})
+	t.Cleanup(m.Close)
+	shared := newLink(m, "DEV", LiveOnly)
+	shared.state = stateUp
+	m.links["DEV"] = shared
+	for s := uint64(10); s <= 20; s++ {
+		shared.forward(websocket.TextMessage, entryFrame(s))
+	}
+	d := newLink(m, "DEV", Resume{Mode: Since, N: 1})
+	d.dedicated.Store(true)
+	m.dedicated[d] = struct{}{}
+	lw := &logWatcher{d: newDecoder(t)}
+	d.add(&Watch{m: m, link: d, first: d.firstAttempt, sender: lw})
+	d.state = stateUp
+	for s := uint64(2); s <= 15; s++ {
+		d.forward(websocket.TextMessage, entryFrame(s))
+	}
+	d.setState(stateDown)
+	if !m.merge(d) {
+		t.Fatal("not merged")
+	}
+	for s := uint64(21); s <= 22; s++ {
+		shared.forward(websocket.TextMessage, entryFrame(s))
+	}
+	want := []string{"2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15",
+		"lost", "restored", "16", "17", "18", "19", "20", "21", "22"}
+	if got := lw.texts(); !slices.Equal(got, want) {
+		t.Fatalf("frames %v, want %v", got, want)
 	}
 }
 

@@ -1,6 +1,10 @@
 package upstream
 
-import "time"
+import (
+	"time"
+
+	"github.com/gorilla/websocket"
+)
 
 // merge ends a dedicated link once it is no longer needed: when the
 // device's shared link is up and its ring covers the dedicated link's
@@ -39,7 +43,19 @@ func (m *Manager) merge(d *link) bool {
 	if !ok {
 		return false
 	}
+	// A dedicated link that is down told its watchers "lost": the shared
+	// link they join is up, so they hear "restored" before what it has.
+	var restored *websocket.PreparedMessage
+	if d.state == stateDown {
+		restored = shared.status(StatusRestored)
+	}
 	for w := range d.watchers {
+		if restored != nil {
+			m.cfg.Metrics.Statuses.WithLabelValues(StatusRestored).Inc()
+			if !w.sender.Send(restored) {
+				m.cfg.Metrics.Dropped.WithLabelValues(DropSlowClient).Inc()
+			}
+		}
 		shared.attachLocked(w, backlog)
 		w.link = shared
 		delete(d.watchers, w)
