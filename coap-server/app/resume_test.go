@@ -2,8 +2,10 @@ package app_test
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -120,18 +122,28 @@ func TestWSSinceAndTail(t *testing.T) {
 	})
 }
 
+// Each bad since or tail is refused with 400 and a text that says what is
+// allowed, before the upgrade (a WebSocket dial, so that the upgrade's own
+// 400 cannot pass for it). A sign is no number here, as on the relay.
 func TestWSSinceTailBadInput(t *testing.T) {
 	a := startApp(t, nil)
-	for _, q := range []string{"?since=abc", "?since=-1", "?tail=1001", "?tail=-2", "?tail=x", "?since=1&tail=1", "?since=99999999999999999999"} {
-		req, _ := http.NewRequest("GET", "http://"+a.HTTPAddr().String()+"/ws"+q, nil)
-		req.Header.Set("Authorization", "Bearer "+testToken)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
+	for q, want := range map[string]string{
+		"?since=abc": "since must", "?since=-1": "since must", "?since=%2B5": "since must",
+		"?since=99999999999999999999": "since must",
+		"?tail=1001":                  "tail must", "?tail=-2": "tail must", "?tail=x": "tail must",
+		"?tail=%2B5": "tail must", "?tail=-0": "tail must",
+		"?since=1&tail=1": "not both",
+	} {
+		_, resp, err := websocket.DefaultDialer.Dial("ws://"+a.HTTPAddr().String()+"/ws"+q,
+			http.Header{"Authorization": {"Bearer " + testToken}})
+		if err == nil || resp == nil {
+			t.Errorf("%s: upgraded (%v), want 400", q, err)
+			continue
 		}
+		body, _ := io.ReadAll(resp.Body)
 		_ = resp.Body.Close()
-		if resp.StatusCode != http.StatusBadRequest {
-			t.Errorf("%s: %d, want 400", q, resp.StatusCode)
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), want) {
+			t.Errorf("%s: %d %q, want 400 saying %q", q, resp.StatusCode, body, want)
 		}
 	}
 }

@@ -59,8 +59,8 @@ func parseStart(q url.Values) (start, error) {
 		st.since = int64(v)
 	}
 	if q.Has("tail") {
-		v, err := strconv.Atoi(tv)
-		if err != nil || v < 0 || v > MaxTail {
+		v, err := strconv.ParseUint(tv, 10, 64) // digits only, as since: no sign
+		if err != nil || v > MaxTail {
 			return st, errTail
 		}
 		st.tail = int64(v)

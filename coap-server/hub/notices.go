@@ -6,7 +6,8 @@ import (
 )
 
 // maxHeldNotices bounds notices waiting for their entry (each at most a
-// live-log entry's size); past it the oldest is delivered at once.
+// live-log entry's size); past it the oldest is dropped (a report, never
+// retained: the entry it names is what matters).
 const maxHeldNotices = 256
 
 type heldNotice struct {
