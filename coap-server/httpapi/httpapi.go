@@ -121,6 +121,18 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		}
 		defer release()
 	}
+	if st.position && !st.history() {
+		// Live, and told its position: everything after the newest
+		// position now, read from the stream up to where the hub takes
+		// over, so that the position it is told leaves nothing out.
+		pos, err := s.History.LivePosition(r.Context())
+		if err != nil {
+			s.Logger.Warn("ws subscriber refused: the live log is unreachable", "err", err)
+			http.Error(w, "live log unavailable, retry later", http.StatusServiceUnavailable)
+			return
+		}
+		st.since, st.fresh = int64(pos.Last), true
+	}
 	peer := wspeer.New(s.Peer)
 	g := &gate{peer: peer, notices: st.notices, live: !st.history()}
 	sub := s.Hub.Subscribe(g, devices)

@@ -36,6 +36,11 @@ type History interface {
 type start struct {
 	since, tail int64 // -1: not given
 	notices     bool  // retransmissions=1
+	// position=1: once the history is sent, say up to which position the
+	// subscriber has everything (positionEntry), so that it can resume
+	// after it even when no entry came (the relay asks for it).
+	position bool
+	fresh    bool // since is the newest position at the start: nothing to check
 }
 
 var (
@@ -46,7 +51,7 @@ var (
 
 // parseStart reads since, tail and retransmissions from a query.
 func parseStart(q url.Values) (start, error) {
-	st := start{since: -1, tail: -1, notices: q.Get("retransmissions") == "1"}
+	st := start{since: -1, tail: -1, notices: q.Get("retransmissions") == "1", position: q.Get("position") == "1"}
 	sv, tv := q.Get("since"), q.Get("tail")
 	if q.Has("since") && q.Has("tail") {
 		return st, errSinceTail
@@ -142,7 +147,10 @@ func (s *Server) sendHistory(ctx context.Context, g *gate, devices []string, st 
 		case st.since >= 0:
 			// Read says recovered:false first when entries after since
 			// are gone, and where they go while it reads.
-			c.From, c.Gap = uint64(st.since)+1, g.gap(ctx, d)
+			c.From = uint64(st.since) + 1
+			if !st.fresh {
+				c.Gap = g.gap(ctx, d)
+			}
 		case st.tail >= 0:
 			if c.From, err = s.History.TailStart(ctx, d, int(st.tail), pos.Last); err != nil {
 				return err
@@ -156,6 +164,17 @@ func (s *Server) sendHistory(ctx context.Context, g *gate, devices []string, st 
 	for {
 		if err := s.History.Read(ctx, cursors, upto, g.sendEntry(ctx)); err != nil {
 			return err
+		}
+		if st.position {
+			// Everything up to upto was read, and what the gate holds is
+			// after it: the subscriber has every entry up to here.
+			st.position = false
+			g.last = max(g.last, upto)
+			for _, d := range watched {
+				if err := g.sendNow(ctx, positionEntry(d, g.last, time.Now())); err != nil {
+					return err
+				}
+			}
 		}
 		for {
 			held, overflow := g.take()
@@ -250,6 +269,12 @@ func (g *gate) gap(ctx context.Context, device string) func() error {
 		g.gapAt[device] = g.last + 1
 		return g.sendNow(ctx, recoveredFalse(device, time.Now()))
 	}
+}
+
+// positionEntry tells a subscriber that asked for it (position=1) that it
+// has every entry of device up to position p: a since=p resumes it.
+func positionEntry(device string, p uint64, now time.Time) *livelog.Entry {
+	return livelog.Status(device, now, "History sent: live from here", map[string]uint64{"position": p})
 }
 
 // recoveredFalse is the status entry that comes first when history after

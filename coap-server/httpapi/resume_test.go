@@ -202,6 +202,30 @@ func TestDeviceNamedTwiceIsWatchedOnce(t *testing.T) {
 	}
 }
 
+// TestPositionEndsTheHistory: with position=1 the subscriber is told, once
+// its history is sent, the position up to which it has every entry, also
+// when no entry came: a since or tail answered, or a live start (the
+// newest position when it arrived). The relay resumes after it.
+func TestPositionEndsTheHistory(t *testing.T) {
+	e := openLog(t, stream.Config{}, "A", 3)
+	for query, want := range map[string]string{
+		"deviceId=A&tail=2&position=1":  "2-3 position:3",
+		"deviceId=A&since=1&position=1": "2-3 position:3",
+		"deviceId=A&since=3&position=1": "position:3",
+		"deviceId=A&position=1":         "position:3",
+		"deviceId=B&tail=5&position=1":  "position:3",
+		"deviceId=A&tail=2":             "2-3",
+	} {
+		h, ws := subscribe(t, func(*hub.Hub) httpapi.History { return e }, query)
+		testwait.For(t, "the subscription", func() bool { return h.Len() == 1 })
+		dev := strings.TrimPrefix(strings.Split(query, "&")[0], "deviceId=")
+		h.Feed(100000, dev, fmt.Appendf(nil, `{"deviceId":%q,"type":"uplink","message":"live"}`, dev))
+		if got := framesUntil(t, ws, 100000); got != want {
+			t.Errorf("%s: frames %s, want %s", query, got, want)
+		}
+	}
+}
+
 // openLog opens an embedded live log holding n entries of device.
 func openLog(t *testing.T, cfg stream.Config, device string, n int) *stream.Engine {
 	t.Helper()
@@ -251,7 +275,10 @@ func framesUntil(t *testing.T, ws *websocket.Conn, stop uint64) string {
 		}
 		var f struct {
 			Seq  uint64
-			Data struct{ Recovered *bool }
+			Data struct {
+				Recovered *bool
+				Position  *uint64
+			}
 		}
 		if err := json.Unmarshal(b, &f); err != nil {
 			t.Fatalf("frame %q: %v", b, err)
@@ -263,6 +290,8 @@ func framesUntil(t *testing.T, ws *websocket.Conn, stop uint64) string {
 			got = append(got, fmt.Sprint(f.Seq))
 		case f.Data.Recovered != nil && !*f.Data.Recovered:
 			got = append(got, "recovered:false")
+		case f.Data.Position != nil:
+			got = append(got, fmt.Sprintf("position:%d", *f.Data.Position))
 		default:
 			got = append(got, string(b))
 		}

@@ -13,6 +13,10 @@ type head struct {
 	seq    uint64
 	hasSeq bool
 	reset  bool // coap-server's {"type":"status",...,"data":{"recovered":false}}, without seq
+	// coap-server's {"type":"status",...,"data":{"position":P}}, without
+	// seq: the link has every entry up to P (position=1).
+	position    uint64
+	hasPosition bool
 }
 
 var errNoDevice = errors.New("frame has no deviceId")
@@ -41,10 +45,14 @@ func peek(b []byte) (head, error) {
 	var typ string
 	if json.Unmarshal(f.Type, &typ) == nil && typ == "status" && len(f.Data) > 0 {
 		var d struct {
-			Recovered *bool `json:"recovered"`
+			Recovered *bool   `json:"recovered"`
+			Position  *uint64 `json:"position"`
 		}
-		if json.Unmarshal(f.Data, &d) == nil && d.Recovered != nil && !*d.Recovered {
-			h.reset = true
+		if json.Unmarshal(f.Data, &d) == nil {
+			h.reset = d.Recovered != nil && !*d.Recovered
+			if d.Position != nil {
+				h.position, h.hasPosition = *d.Position, true
+			}
 		}
 	}
 	return h, nil

@@ -23,9 +23,11 @@ import (
 )
 
 // fakeLog stands for coap-server's /ws with a retained log of one device
-// (seq, since, tail, recovered:false), with knobs the real one cannot be
-// made to turn: refuse dials, cut every connection, ignore since (resend
-// old entries), reset the stream. relay/app tests the real coap-server.
+// (seq, since, tail, recovered:false, and with position=1 the position
+// frame after the history), with knobs the real one cannot be made to
+// turn: refuse dials, cut every connection, ignore since (resend old
+// entries), reset the stream, be a coap-server from before position=1
+// (noPosition). relay/app tests the real coap-server.
 type fakeLog struct {
 	srv *httptest.Server
 
@@ -35,6 +37,7 @@ type fakeLog struct {
 	dials       []url.Values
 	down        bool
 	ignoreSince bool
+	noPosition  bool
 	// holdTail, when set, stops a connection opened with tail=holdTail
 	// after holdAfter frames of its answer until hold is closed.
 	holdTail  string
@@ -51,6 +54,10 @@ func newFakeLog(t *testing.T, seqs ...uint64) *fakeLog {
 
 func entryFrame(seq uint64) []byte {
 	return fmt.Appendf(nil, `{"seq":%d,"deviceId":"DEV","timestamp":"2026-12-01T12:00:00.000Z","type":"uplink","message":"Received uplink #%d","data":{}}`, seq, seq)
+}
+
+func positionFrame(p uint64) []byte {
+	return fmt.Appendf(nil, `{"deviceId":"DEV","timestamp":"2026-12-01T12:00:00.000Z","type":"status","message":"History sent: live from here","data":{"position":%d}}`, p)
 }
 
 const lostFrame = `{"deviceId":"DEV","timestamp":"2026-12-01T12:00:00.000Z","type":"status","message":"Earlier entries are no longer retained","data":{"recovered":false}}`
@@ -86,6 +93,13 @@ func (f *fakeLog) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		for _, s := range f.seqs[max(0, len(f.seqs)-n):] {
 			backlog = append(backlog, entryFrame(s))
 		}
+	}
+	if q.Get("position") == "1" && !f.noPosition {
+		newest := uint64(0)
+		if n := len(f.seqs); n > 0 {
+			newest = f.seqs[n-1]
+		}
+		backlog = append(backlog, positionFrame(newest))
 	}
 	c, err := (&websocket.Upgrader{}).Upgrade(w, r, nil)
 	if err != nil {
@@ -486,6 +500,7 @@ func TestMergeAfterLostSaysRestored(t *testing.T) {
 // is answered from the ring while the first catch-up may still be arriving.
 func TestFirstWatcherWithSinceOpensTheLinkWithIt(t *testing.T) {
 	f := newFakeLog(t, evens(2, 20)...)
+	f.noPosition = true // when the history ends, the link learns from the clock only
 	clk := &fakeClock{t: time.Unix(1e9, 0)}
 	mgr, _ := newManager(t, f.srv.URL, func(c *Config) { c.Now = clk.Now })
 	d := newDecoder(t)
@@ -661,10 +676,12 @@ func TestFrameWithoutSeqMovesNoPosition(t *testing.T) {
 }
 
 // TestLiveLinkThatSawNothingRedialsWithTail: a link opened live that
-// forwarded no entry reconnects with tail=History, so entries published
-// while it was away are not lost.
+// forwarded no entry, on a coap-server that does not say its position,
+// reconnects with tail=History, so entries published while it was away
+// are not lost (up to History of them).
 func TestLiveLinkThatSawNothingRedialsWithTail(t *testing.T) {
 	f := newFakeLog(t)
+	f.noPosition = true
 	mgr, m := newManager(t, f.srv.URL, func(c *Config) { c.History = 20 })
 	d := newDecoder(t)
 	w := watchFrom(t, mgr, d, LiveOnly)
@@ -676,6 +693,57 @@ func TestLiveLinkThatSawNothingRedialsWithTail(t *testing.T) {
 	q := f.dialed()
 	if q[0].Has("tail") || q[0].Has("since") || q[len(q)-1].Get("tail") != "20" {
 		t.Errorf("dials %v: want plain, then tail=20", q)
+	}
+}
+
+// TestLiveLinkThatSawNothingResumesAfterItsPosition: a link opened live
+// is told its position (4) when it connects; one that forwarded no entry
+// then reconnects with since=4 and gets everything published while it was
+// away. With tail=History (2) it got only the last two (10 12) and lost
+// 6 8 without a word.
+func TestLiveLinkThatSawNothingResumesAfterItsPosition(t *testing.T) {
+	f := newFakeLog(t, 2, 4)
+	mgr, m := newManager(t, f.srv.URL, func(c *Config) { c.History = 2 })
+	d := newDecoder(t)
+	w := watchFrom(t, mgr, d, LiveOnly)
+	testwait.For(t, "the position", func() bool { return testutil.ToFloat64(m.Positions) == 1 })
+	f.set(func(f *fakeLog) { f.down = true })
+	f.cut()
+	f.set(func(f *fakeLog) { f.seqs = evens(2, 12); f.down = false })
+	w.waitSeqs(t, 6, 8, 10, 12)
+	if q := f.dialed(); q[len(q)-1].Get("since") != "4" {
+		t.Errorf("redial %v, want since=4", q[len(q)-1])
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, fr := range w.frames {
+		if data, _ := fr["data"].(map[string]any); data["position"] != nil {
+			t.Errorf("forwarded %v: the position is the link's, not the browser's", fr)
+		}
+	}
+}
+
+// TestPositionEndsTheHistoryBurst: once coap-server has said where a
+// connection's history ends, a new watcher needs room for its own answer
+// only, and a tail is answered from the ring at once (the clock never
+// moves here: without the position, both wait out HistoryBurst).
+func TestPositionEndsTheHistoryBurst(t *testing.T) {
+	f := newFakeLog(t, evens(2, 20)...)
+	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	mgr, m := newManager(t, f.srv.URL, func(c *Config) { c.Now = clk.Now })
+	d := newDecoder(t)
+	w1 := watchFrom(t, mgr, d, Resume{Mode: Since, N: 10})
+	w1.waitSeqs(t, evens(12, 20)...)
+	testwait.For(t, "the position", func() bool { return testutil.ToFloat64(m.Positions) == 1 })
+	w2 := watchFrom(t, mgr, d, Resume{Mode: Since, N: 16})
+	w2.waitSeqs(t, 18, 20)
+	if w2.backlog != 2 {
+		t.Errorf("second watcher's backlog %d, want 2 (its answer)", w2.backlog)
+	}
+	w3 := watchFrom(t, mgr, d, Resume{Mode: Tail, N: 3})
+	w3.waitSeqs(t, 16, 18, 20)
+	if q := f.dialed(); len(q) != 1 {
+		t.Errorf("dials %v: the tail should come from the ring", q)
 	}
 }
 

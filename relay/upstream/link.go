@@ -397,6 +397,20 @@ func (l *link) forward(typ int, b []byte) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.burst = max(l.burst-1, 0)
+	if h.hasPosition && !h.reset {
+		// The connection's history is all here, and the link has every
+		// entry up to the position: a redial resumes after it, and the
+		// ring covers up to it (kept to itself: no watcher asked).
+		l.burst = 0
+		if !l.seen || h.position > l.last {
+			if !l.ring.floorOK {
+				l.ring.floor, l.ring.floorOK = h.position, true
+			}
+			l.last, l.seen = h.position, true
+		}
+		cfg.Metrics.Positions.Inc()
+		return
+	}
 	switch {
 	case h.hasSeq && l.seen && h.seq <= l.last:
 		cfg.Metrics.Dropped.WithLabelValues(DropRepeat).Inc()

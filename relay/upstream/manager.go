@@ -298,11 +298,13 @@ func (m *Manager) remove(w *Watch) {
 	}
 }
 
-// upstreamURL is cfg.URL with deviceId and r's since or tail set, and
-// retransmissions=1: coap-server then also sends its retransmission
-// reports that are not retained (no seq), which the page marks on the
+// upstreamURL is cfg.URL with deviceId and r's since or tail set,
+// retransmissions=1 (coap-server then also sends its retransmission
+// reports that are not retained, no seq, which the page marks on the
 // original uplink; they are forwarded to every watcher and move no
-// position.
+// position) and position=1 (coap-server says, once its history is sent,
+// up to which position the link has everything: the link resumes after it
+// even when no entry came; never forwarded).
 func (m *Manager) upstreamURL(deviceID string, r Resume) (string, error) {
 	u, err := url.Parse(m.cfg.URL)
 	if err != nil {
@@ -313,6 +315,7 @@ func (m *Manager) upstreamURL(deviceID string, r Resume) (string, error) {
 	q.Del("since")
 	q.Del("tail")
 	q.Set("retransmissions", "1")
+	q.Set("position", "1")
 	r.query(q)
 	u.RawQuery = q.Encode()
 	return u.String(), nil

@@ -37,6 +37,7 @@ type Metrics struct {
 	Dedicated      prometheus.Gauge
 	Starts         *prometheus.CounterVec
 	Resets         prometheus.Counter
+	Positions      prometheus.Counter
 	HistoryBytes   prometheus.Gauge
 	HistoryEvicted prometheus.Counter
 	Merges         *prometheus.CounterVec
@@ -78,6 +79,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Resets: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "nbiot_relay_upstream_resets_total", Help: "recovered:false statuses from coap-server (position no longer retained, or stream reset).",
 		}),
+		Positions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nbiot_relay_upstream_positions_total", Help: "Positions coap-server reported at the end of a connection's history (position=1; kept, not forwarded).",
+		}),
 		HistoryBytes: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "nbiot_relay_history_bytes", Help: "Bytes of entries kept in the links' history rings.",
 		}),
@@ -89,6 +93,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"result"}),
 	}
 	reg.MustRegister(m.Upstreams, m.Connected, m.Reconnects, m.DialFailures, m.Frames, m.Deliveries, m.Dropped, m.Statuses,
-		m.Dedicated, m.Starts, m.Resets, m.HistoryBytes, m.HistoryEvicted, m.Merges)
+		m.Dedicated, m.Starts, m.Resets, m.Positions, m.HistoryBytes, m.HistoryEvicted, m.Merges)
 	return m
 }
