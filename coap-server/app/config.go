@@ -63,7 +63,9 @@ type Config struct {
 	CoAPSSessionIdleSeconds int
 	// CoAPSMaxSessions (COAPS_MAX_SESSIONS, default 0 = what fits in half
 	// the process's memory at 48 KiB a session: 5,577 on the 512 MB
-	// fly.toml machine) bounds DTLS sessions; a larger value is lowered.
+	// fly.toml machine) bounds DTLS sessions (at the limit the one silent
+	// the longest gives way, see dtls.Config.MaxSessions); a larger value
+	// is lowered.
 	CoAPSMaxSessions int
 	// CoAPSHandshakeRate (COAPS_HANDSHAKE_RATE_PER_IP, default 10) bounds new
 	// handshakes per second from one source IP (burst 4x; 32 in flight).

@@ -7,6 +7,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	piondtls "github.com/pion/dtls/v3"
 	coapNet "github.com/plgd-dev/go-coap/v3/net"
@@ -23,11 +24,17 @@ type listener struct {
 	log      *slog.Logger
 	sessions atomic.Int64
 	maxSess  int64
-	closed   atomic.Bool
-	reg      *registry
-	accepted atomic.Uint64 // numbers sessions in the order they were accepted
-	keys     *KeyCache
-	debugf   func(msg string, args ...any)
+	now      func() time.Time
+	// evictable caches, for a second, whether a session is idle enough to
+	// give way at maxSess (room): the scan is not paid per hello.
+	evictMu    sync.Mutex
+	evictAt    time.Time
+	evictFound bool
+	closed     atomic.Bool
+	reg        *registry
+	accepted   atomic.Uint64 // numbers sessions in the order they were accepted
+	keys       *KeyCache
+	debugf     func(msg string, args ...any)
 }
 
 // AcceptWithContext implements go-coap's dtls/server.Listener. Refused
@@ -56,7 +63,7 @@ func (l *listener) AcceptWithContext(ctx context.Context) (net.Conn, error) {
 			_ = pc.Close()
 			continue
 		}
-		if l.sessions.Load() >= l.maxSess {
+		if !l.room() {
 			l.refuse(pc, ErrSessions)
 			continue
 		}
@@ -68,7 +75,7 @@ func (l *listener) AcceptWithContext(ctx context.Context) (net.Conn, error) {
 // the handshake limits; false drops it. It runs on the socket's read loop
 // and does no I/O.
 func (l *listener) verified(p *peerConn) bool {
-	if l.sessions.Load() >= l.maxSess {
+	if !l.room() {
 		l.metrics.Refused.WithLabelValues(ErrSessions.Error()).Inc()
 		return false
 	}
@@ -80,6 +87,23 @@ func (l *listener) verified(p *peerConn) bool {
 	p.acquired.Store(true)
 	l.metrics.HandshakesInFlight.Inc()
 	return true
+}
+
+// room reports whether a handshake may start: the sessions are under
+// maxSess, or one of them has been idle for EvictIdle and gives way when
+// the new one is established (only a device holding its key can push one
+// out). At the cap, the answer is cached for a second.
+func (l *listener) room() bool {
+	if l.sessions.Load() < l.maxSess {
+		return true
+	}
+	now := l.now()
+	l.evictMu.Lock()
+	defer l.evictMu.Unlock()
+	if now.Sub(l.evictAt) >= time.Second || now.Before(l.evictAt) {
+		l.evictAt, l.evictFound = now, l.reg.idlest(now, EvictIdle, nil) != nil
+	}
+	return l.evictFound
 }
 
 // release frees the limiter slot of a verified peer, once: when its
@@ -110,9 +134,10 @@ type session struct {
 	*piondtls.Conn
 	l        *listener
 	peer     *peerConn
-	remote   net.Addr // where the handshake came from (the limiter's key)
-	identity string   // set once the handshake succeeded
-	order    uint64   // accept order: the later of two sessions of one identity wins
+	remote   net.Addr     // where the handshake came from (the limiter's key)
+	identity string       // set once the handshake succeeded
+	order    uint64       // accept order: the later of two sessions of one identity wins
+	active   atomic.Int64 // l.now() in Unix nanoseconds: established, or the last datagram read
 
 	established bool
 	hsOnce      sync.Once
@@ -160,6 +185,7 @@ func (s *session) handshake(ctx context.Context) error {
 	}
 	s.identity = id
 	s.established = true
+	s.active.Store(s.l.now().UnixNano())
 	s.peer.established.Store(true)
 	s.l.sessions.Add(1)
 	s.l.metrics.Sessions.Inc()
@@ -176,7 +202,29 @@ func (s *session) handshake(ctx context.Context) error {
 			return ErrReplaced
 		}
 	}
+	if s.l.sessions.Load() > s.l.maxSess {
+		// At the cap: the session idle the longest gives way, if one has
+		// been for EvictIdle; else this one does (they became busy since
+		// room said yes).
+		victim := s.l.reg.idlest(s.l.now(), EvictIdle, s)
+		if victim == nil {
+			s.l.metrics.Refused.WithLabelValues(ErrSessions.Error()).Inc()
+			return ErrSessions
+		}
+		s.l.metrics.SessionsClosed.WithLabelValues("evicted").Inc()
+		s.l.log.Debug("dtls session evicted for a new one at the session limit", "device", victim.identity, "idle", time.Duration(s.l.now().UnixNano()-victim.active.Load()))
+		_ = victim.Close()
+	}
 	return nil
+}
+
+// Read reads one datagram's payload and records the session's activity.
+func (s *session) Read(b []byte) (int, error) {
+	n, err := s.Conn.Read(b)
+	if n > 0 {
+		s.active.Store(s.l.now().UnixNano())
+	}
+	return n, err
 }
 
 // Close closes the connection once and frees its session slot.

@@ -25,7 +25,8 @@ type Metrics struct {
 	// SessionsClosed counts sessions the server ended itself, by reason:
 	// replaced (a newer handshake by the same identity), rehello (a new
 	// ClientHello with a valid cookie from the session's address: the
-	// device rebooted), revoked (the key was deleted or replaced).
+	// device rebooted), revoked (the key was deleted or replaced), evicted
+	// (the one idle the longest, for a new session at MaxSessions).
 	SessionsClosed *prometheus.CounterVec
 	// HelloVerify counts the stateless HelloVerifyRequests sent, by the
 	// cookie the ClientHello carried: none, invalid (wrong or expired).
@@ -60,7 +61,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "nbiot_dtls_key_changes_total", Help: "Cached DTLS credentials found changed in the database, by change (deleted, replaced).",
 		}, []string{"change"}),
 		SessionsClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "nbiot_dtls_sessions_closed_total", Help: "DTLS sessions closed by the server, by reason (replaced, rehello, revoked).",
+			Name: "nbiot_dtls_sessions_closed_total", Help: "DTLS sessions closed by the server, by reason (replaced, rehello, revoked, evicted).",
 		}, []string{"reason"}),
 		HelloVerify: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nbiot_dtls_hello_verify_total",

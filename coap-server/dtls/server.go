@@ -53,8 +53,10 @@ type Config struct {
 	Keys *KeyCache
 	// Limits bound handshakes (see LimitConfig).
 	Limits LimitConfig
-	// MaxSessions (COAPS_MAX_SESSIONS) bounds established sessions; new
-	// handshakes are refused when it is reached. Each costs SessionBytes
+	// MaxSessions (COAPS_MAX_SESSIONS) bounds established sessions. When
+	// it is reached, a new session takes the place of the one idle the
+	// longest, if that one has been silent for EvictIdle at least
+	// (counted as evicted); else new handshakes are refused. Each costs SessionBytes
 	// (47 KiB), so it is capped to SessionsFor(MemoryLimit()): half the
 	// memory (GOMEMLIMIT, else four fifths of the cgroup limit, else 512 MiB), 5577 on the
 	// 512 MiB machine. Zero takes that cap. A larger value is lowered to it
@@ -77,7 +79,14 @@ type Config struct {
 	Metrics *Metrics
 	// Logger gets handshake failures and errors (default: discard).
 	Logger *slog.Logger
+	// Now is the clock of session activity (default time.Now; tests).
+	Now func() time.Time
 }
+
+// EvictIdle is how long a session must have been silent for a new one to
+// take its place at MaxSessions: sessions in use are never pushed out, so
+// that a flood of devices cannot make them take turns.
+const EvictIdle = time.Minute
 
 func (c *Config) defaults() {
 	if c.Logger == nil {
@@ -99,6 +108,9 @@ func (c *Config) defaults() {
 	}
 	if c.MTU <= 0 {
 		c.MTU = 1200
+	}
+	if c.Now == nil {
+		c.Now = time.Now
 	}
 }
 
@@ -130,7 +142,7 @@ func Listen(addr string, h *ingest.Handler, cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, decoy: newDecoy(), logs: rate.NewLimiter(logRate, logBurst)}
 	s.ln = &listener{
 		limits: NewLimiter(cfg.Limits), metrics: cfg.Metrics,
-		log: cfg.Logger, maxSess: int64(cfg.MaxSessions),
+		log: cfg.Logger, maxSess: int64(cfg.MaxSessions), now: cfg.Now,
 		reg: newRegistry(), keys: cfg.Keys, debugf: s.debugf,
 	}
 	m := cfg.Metrics

@@ -3,6 +3,7 @@ package dtls
 import (
 	"errors"
 	"sync"
+	"time"
 )
 
 // registry holds the established session of each identity: one per device.
@@ -46,6 +47,25 @@ func (r *registry) take(id string) *session {
 	s := r.byID[id]
 	delete(r.byID, id)
 	return s
+}
+
+// idlest returns the registered session silent the longest, other than
+// except, if it has been for at least idle at now; nil otherwise. It scans
+// every session: it runs when a session is established at the cap, and
+// for room at most once a second.
+func (r *registry) idlest(now time.Time, idle time.Duration, except *session) *session {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var best *session
+	for _, s := range r.byID {
+		if s != except && (best == nil || s.active.Load() < best.active.Load()) {
+			best = s
+		}
+	}
+	if best == nil || now.UnixNano()-best.active.Load() < int64(idle) {
+		return nil
+	}
+	return best
 }
 
 func (r *registry) len() int {

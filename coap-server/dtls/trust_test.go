@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
+	udpClient "github.com/plgd-dev/go-coap/v3/udp/client"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/nbiot-live/nbiot-live/coap-server/dtls"
@@ -196,6 +197,58 @@ func TestMaxSessionsFitsMemory(t *testing.T) {
 	limit, _ := dtls.MemoryLimit()
 	if got, want := f.srv.MaxSessions(), dtls.SessionsFor(limit); got != want {
 		t.Fatalf("MaxSessions = %d, want %d for %d bytes", got, want, limit)
+	}
+}
+
+// At the session limit (2 here) a new device's session takes the place of
+// the one silent the longest, once that one has been silent for
+// EvictIdle, counted as evicted; while every session was in use within
+// EvictIdle, the new handshake is refused instead. (It was refused
+// whatever the others did: a device that had gone quiet for hours kept
+// its slot from a device that wanted to send.)
+func TestSessionLimitEvictsTheIdlest(t *testing.T) {
+	clock := &testClock{t: time.Now()}
+	f := newFixture(t, func(c *dtls.Config) { c.MaxSessions = 2; c.Now = clock.Now })
+	key := func(d string) []byte { return []byte(d + "-key-0123456789") }
+	for _, d := range []string{"dev-a", "dev-b", "dev-c"} {
+		f.provision(t, d, key(d))
+	}
+	open := func(d string) *udpClient.Conn {
+		t.Helper()
+		cc, _, err := dialGo(t, udpSocket(t), f.srv.Addr(), d, key(d), true)
+		if err != nil {
+			t.Fatalf("handshake of %s: %v", d, err)
+		}
+		if code := postGo(t, cc, &nbiotv1.Uplink{UplinkCount: 1}); code != codes.Changed {
+			t.Fatalf("uplink of %s: %v", d, code)
+		}
+		return cc
+	}
+	a, b := open("dev-a"), open("dev-b")
+	refused := func() float64 { return testutil.ToFloat64(f.metrics.Refused.WithLabelValues(dtls.ErrSessions.Error())) }
+	if _, _, err := dialGoWithin(t, udpSocket(t), f.srv.Addr(), "dev-c", key("dev-c"), true, 3*time.Second); err == nil {
+		t.Fatal("a third session at a limit of 2, with both others in use")
+	}
+	if refused() == 0 {
+		t.Error("the refusal was not counted")
+	}
+	clock.Add(dtls.EvictIdle + time.Second) // both silent that long; then a speaks
+	if code := postGo(t, a, &nbiotv1.Uplink{UplinkCount: 2}); code != codes.Changed {
+		t.Fatalf("uplink of dev-a: %v", code)
+	}
+	c := open("dev-c")
+	select {
+	case <-b.Done():
+	case <-time.After(15 * time.Second):
+		t.Fatal("dev-b, silent the longest, still has its session")
+	}
+	if got := testutil.ToFloat64(f.metrics.SessionsClosed.WithLabelValues("evicted")); got != 1 {
+		t.Errorf("sessions evicted = %v, want 1", got)
+	}
+	for name, cc := range map[string]*udpClient.Conn{"dev-a": a, "dev-c": c} {
+		if code := postGo(t, cc, &nbiotv1.Uplink{UplinkCount: 3}); code != codes.Changed {
+			t.Errorf("uplink of %s after the eviction: %v", name, code)
+		}
 	}
 }
 
