@@ -121,17 +121,22 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		}
 		defer release()
 	}
-	if st.position && !st.history() {
-		// Live, and told its position: everything after the newest
-		// position now, read from the stream up to where the hub takes
-		// over, so that the position it is told leaves nothing out.
+	if st.history() || st.position {
+		// Where the stream is before the subscription: a tail counts back
+		// from here, and everything after it comes too (read from the
+		// stream up to where the hub takes over), so that no entry
+		// published once the subscriber is in is left out. Live and told
+		// its position, a subscriber starts here.
 		pos, err := s.History.LivePosition(r.Context())
 		if err != nil {
 			s.Logger.Warn("ws subscriber refused: the live log is unreachable", "err", err)
 			http.Error(w, "live log unavailable, retry later", http.StatusServiceUnavailable)
 			return
 		}
-		st.since, st.fresh = int64(pos.Last), true
+		st.at = pos.Last
+		if !st.history() {
+			st.since, st.fresh = int64(pos.Last), true
+		}
 	}
 	peer := wspeer.New(s.Peer)
 	g := &gate{peer: peer, notices: st.notices, live: !st.history()}

@@ -40,7 +40,8 @@ type start struct {
 	// subscriber has everything (positionEntry), so that it can resume
 	// after it even when no entry came (the relay asks for it).
 	position bool
-	fresh    bool // since is the newest position at the start: nothing to check
+	fresh    bool   // since is the newest position at the start: nothing to check
+	at       uint64 // the newest position before the subscription (history starts)
 }
 
 var (
@@ -152,7 +153,9 @@ func (s *Server) sendHistory(ctx context.Context, g *gate, devices []string, st 
 				c.Gap = g.gap(ctx, d)
 			}
 		case st.tail >= 0:
-			if c.From, err = s.History.TailStart(ctx, d, int(st.tail), pos.Last); err != nil {
+			// The last entries before the subscription; Read then sends
+			// every one after them up to upto.
+			if c.From, err = s.History.TailStart(ctx, d, int(st.tail), min(st.at, pos.Last)); err != nil {
 				return err
 			}
 		default:

@@ -226,6 +226,46 @@ func TestPositionEndsTheHistory(t *testing.T) {
 	}
 }
 
+// arrivingHistory is the real retained log where device A sends more
+// entries (fed to the hub as an instance's feed does) just as the first
+// subscriber's history starts: once the hub has the subscriber, on the
+// first LivePosition after that.
+type arrivingHistory struct {
+	*stream.Engine
+	hub  *hub.Hub
+	more int
+	once sync.Once
+}
+
+func (a *arrivingHistory) LivePosition(ctx context.Context) (stream.Position, error) {
+	if a.hub.Len() > 0 {
+		a.once.Do(func() {
+			for range a.more {
+				s, _, err := a.LogJSON(ctx, "A", []byte(`{"deviceId":"A"}`), "")
+				if err != nil {
+					panic(err)
+				}
+				a.hub.Feed(s, "A", []byte(`{"deviceId":"A"}`))
+			}
+		})
+	}
+	return a.Engine.LivePosition(ctx)
+}
+
+// TestTailThenEveryEntryAfterTheSubscription: tail=1 is the last entry
+// before the subscriber came (1), then every entry published after it (2,
+// 3), also those that arrive while its history is being read. It got 3
+// alone: the tail counted back from the position read after the
+// subscription, and 2, held live, was taken as sent.
+func TestTailThenEveryEntryAfterTheSubscription(t *testing.T) {
+	e := openLog(t, stream.Config{}, "A", 1)
+	h, ws := subscribe(t, func(h *hub.Hub) httpapi.History { return &arrivingHistory{Engine: e, hub: h, more: 2} }, "deviceId=A&tail=1")
+	h.Feed(100000, "A", []byte(`{"deviceId":"A","type":"uplink","message":"live"}`))
+	if got, want := framesUntil(t, ws, 100000), "1-3"; got != want {
+		t.Fatalf("frames %s, want %s", got, want)
+	}
+}
+
 // openLog opens an embedded live log holding n entries of device.
 func openLog(t *testing.T, cfg stream.Config, device string, n int) *stream.Engine {
 	t.Helper()
