@@ -75,6 +75,7 @@ func New(cfg Config, logger *slog.Logger) *App {
 		Metrics:    ingest.NewMetrics(reg),
 		MaxPayload: cfg.MaxPayload,
 		Dedup:      dedup,
+		Refusals:   ingest.NewDedup(ingest.DefaultRefusalBytes(), ingest.ExchangeLifetime),
 	}
 	a.httpAPI = &httpapi.Server{
 		Hub:      a.hub,

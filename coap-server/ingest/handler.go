@@ -35,8 +35,13 @@ const RetryAfter = 30
 // (*stream.Engine). The datagram path waits for nothing slower than its
 // acknowledgements.
 type Stream interface {
-	// PublishUplink returns once a is durable.
+	// PublishUplink returns once a is durable (at once, doing nothing,
+	// when Stores is false).
 	PublishUplink(ctx context.Context, a uplink.Accepted, payload []byte) error
+	// Stores reports whether PublishUplink makes uplinks durable (a
+	// storage stream): then an uplink it took is accepted, whatever
+	// becomes of its live-log entry.
+	Stores() bool
 	// Log puts an entry on the live log and returns its position; with
 	// an id, a repeat returns the first position with dup set.
 	Log(ctx context.Context, entry *livelog.Entry, id string) (seq uint64, dup bool, err error)
@@ -74,15 +79,21 @@ type Handler struct {
 	// nothing (nil: any valid ID is accepted and registers itself).
 	Registered DeviceSet
 	Dedup      *Dedup // nil: only the transport's own detection (the lean path's in-flight set, go-coap's per-session cache for CoAPS)
-	Logger     *slog.Logger
-	Metrics    *Metrics
+	// Refusals remembers the keys of refused requests of known devices
+	// (never strict: a flood of them only pushes out older ones), so that
+	// a retransmission gets the same answer and no second error entry.
+	// nil: every copy logs one.
+	Refusals *Dedup
+	Logger   *slog.Logger
+	Metrics  *Metrics
 	// MaxPayload bounds the payload (default DefaultMaxPayload).
 	MaxPayload int
 	// Now and NewID are injected so tests control time and IDs.
 	Now   func() time.Time
 	NewID func() uuid.UUID
 
-	lastFullLog atomic.Int64 // unix ns of the last stream-refusal warning
+	lastFullLog  atomic.Int64 // unix ns of the last stream-refusal warning
+	lastEntryLog atomic.Int64 // unix ns of the last failed-entry warning
 }
 
 // ServeCOAP implements mux.Handler for plain CoAP: the device is named by
@@ -232,12 +243,24 @@ func (h *Handler) handle(r *request, identity string, now time.Time) response {
 	entry := livelog.Uplink(deviceID, now, u, configApplied)
 	seq, ldup, err := h.Stream.Log(ctx, entry, id)
 	switch {
-	case err != nil:
-		// Nothing was accepted yet when there is no storage stream, and
-		// with one the uplink is durable but its entry is not: refuse, so
-		// the device's retransmission repeats both (the database keeps one
-		// copy of the uplink by its key).
+	case err != nil && !h.Stream.Stores():
+		// Without a storage stream nothing was accepted yet.
 		return h.unavailable(deviceID, now, err)
+	case err != nil:
+		// The uplink is durable and will be stored: it is accepted. A 5.03
+		// would end the exchange, and the device's next try, a new
+		// request, would be stored again. Its entry is sent once more
+		// without waiting; if that fails too the live log goes without it.
+		h.Metrics.Accepted.Inc()
+		h.Metrics.EntriesFailed.Inc()
+		h.Stream.LogAsync(entry)
+		if last := h.lastEntryLog.Load(); now.UnixNano()-last >= int64(time.Second) && h.lastEntryLog.CompareAndSwap(last, now.UnixNano()) {
+			h.Logger.Warn("uplink accepted, its live-log entry was not (logged at most once a second; see nbiot_livelog_entries_failed_total)",
+				"device", deviceID, "err", err)
+		}
+		if downlink != nil {
+			h.Stream.LogAsync(downlink)
+		}
 	case ldup:
 		// The live log had this entry's ID (NATS_URL): the uplink was
 		// accepted before, by another instance.
@@ -348,6 +371,23 @@ func (h *Handler) mayLog(deviceID, identity string) bool {
 	return true
 }
 
+// firstRefusal reports whether r is the first copy of a request refused
+// within EXCHANGE_LIFETIME (by its key, as Dedup keys uplinks), and
+// remembers it. The answer needs no remembering: a copy is refused alike.
+func (h *Handler) firstRefusal(deviceID string, r *request, now time.Time) bool {
+	if h.Refusals == nil {
+		return true
+	}
+	key := dedupKey(stream.MsgKey(deviceID, r.mid, r.token, r.payload))
+	_, found, busy := h.Refusals.begin(key, now)
+	if found || busy {
+		return false
+	}
+	defer h.Refusals.end(key)
+	h.Refusals.remember(key, codes.BadRequest, nil, 0, now)
+	return true
+}
+
 func (h *Handler) refuse(r *request, deviceID, identity string, err error, now time.Time) response {
 	code := codes.BadRequest
 	reason := "undecodable"
@@ -365,7 +405,7 @@ func (h *Handler) refuse(r *request, deviceID, identity string, err error, now t
 		// at line rate; the owner sees them on the live log, operators in
 		// nbiot_uplinks_rejected_total.
 		h.Logger.Debug("uplink rejected", "device", deviceID, "remote", r.remote, "err", err)
-		if h.mayLog(deviceID, identity) {
+		if h.mayLog(deviceID, identity) && h.firstRefusal(deviceID, r, now) {
 			h.Stream.LogAsync(livelog.Error(deviceID, now, "Rejected uplink: "+err.Error()))
 		}
 	} else {

@@ -27,6 +27,7 @@ type memStream struct {
 }
 
 func (m *memStream) PublishUplink(context.Context, uplink.Accepted, []byte) error { return nil }
+func (m *memStream) Stores() bool                                                 { return false }
 
 func (m *memStream) Log(context.Context, *livelog.Entry, string) (uint64, bool, error) {
 	return m.seq.Add(1), false, nil

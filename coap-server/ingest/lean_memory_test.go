@@ -30,6 +30,7 @@ import (
 // a test measures is the datagram path's own.
 type keepNothing struct{ seq atomic.Uint64 }
 
+func (*keepNothing) Stores() bool { return false }
 func (*keepNothing) PublishUplink(context.Context, uplink.Accepted, []byte) error {
 	return nil
 }

@@ -19,6 +19,10 @@ const (
 	// (848 B each as queued: lean.go; DefaultLeanQueueLen caps the count
 	// at 8,192): a fraction of a second of the most a 2-core machine answers.
 	queueShare = 64
+	// refusalShare: 1/256, 1.6 MiB at 400 MiB, about 16,000 refused
+	// requests remembered (their keys only), so that a retransmission of
+	// one logs no second error entry; oldest first when full.
+	refusalShare = 256
 )
 
 // ProcessMemory is the memory the process may use, in bytes
@@ -31,6 +35,10 @@ func DefaultDedupBytes() int64 { return ProcessMemory() / dedupShare }
 // EmbeddedDedupBytes bounds the strict Dedup of an embedded server: five
 // sixteenths of ProcessMemory.
 func EmbeddedDedupBytes() int64 { return ProcessMemory() / 16 * embeddedDedupShare }
+
+// DefaultRefusalBytes bounds the refusals a Handler remembers: a 256th
+// of ProcessMemory.
+func DefaultRefusalBytes() int64 { return ProcessMemory() / refusalShare }
 
 // DefaultQueueBytes bounds the lean path's queue of datagrams: a
 // sixty-fourth of ProcessMemory.

@@ -15,9 +15,12 @@ type Metrics struct {
 	// counts answers forgotten early because Dedup was full.
 	Duplicates     prometheus.Counter
 	DedupEvictions prometheus.Counter
-	requests       *prometheus.CounterVec
-	rejected       *prometheus.CounterVec
-	latency        prometheus.Histogram
+	// EntriesFailed counts accepted uplinks whose live-log entry the
+	// stream did not acknowledge (sent again without waiting).
+	EntriesFailed prometheus.Counter
+	requests      *prometheus.CounterVec
+	rejected      *prometheus.CounterVec
+	latency       prometheus.Histogram
 }
 
 // NewMetrics registers the CoAP metrics on reg.
@@ -32,6 +35,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		DedupEvictions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "nbiot_dedup_evictions_total", Help: "Remembered answers dropped before EXCHANGE_LIFETIME because the table was full.",
 		}),
+		EntriesFailed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nbiot_livelog_entries_failed_total", Help: "Accepted (durable) uplinks whose live-log entry the stream did not acknowledge; each is sent once more without waiting.",
+		}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nbiot_coap_requests_total", Help: "CoAP requests by response code.",
 		}, []string{"code"}),
@@ -45,7 +51,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: []float64{10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 5e-3, 25e-3},
 		}),
 	}
-	reg.MustRegister(m.Accepted, m.Duplicates, m.DedupEvictions, m.requests, m.rejected, m.latency)
+	reg.MustRegister(m.Accepted, m.Duplicates, m.DedupEvictions, m.EntriesFailed, m.requests, m.rejected, m.latency)
 	return m
 }
 

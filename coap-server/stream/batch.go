@@ -79,9 +79,10 @@ func splitBatch(b []byte, fn func(rec []byte)) error {
 }
 
 // add puts rec in the batch being collected and returns once that batch
-// was acknowledged, failed, or ctx ended. A record given up on by ctx may
-// still be stored (the device's retransmission then makes a second copy,
-// which the database drops by its key).
+// was acknowledged, failed, or ctx ended. A record given up on (ctx, or no
+// acknowledgement within AckTimeout) may still be stored: the device got
+// 5.03, so its next try is a new request, and both are stored (README,
+// Durability).
 func (b *batcher) add(ctx context.Context, rec []byte) error {
 	b.mu.Lock()
 	if b.open != nil && (b.open.n >= maxBatchUplinks || len(b.open.data)+len(rec)+binary.MaxVarintLen32 > maxBatchBytes) {

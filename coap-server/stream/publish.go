@@ -75,6 +75,10 @@ func (e *Engine) PublishUplink(ctx context.Context, a uplink.Accepted, payload [
 	return e.batches.add(ctx, uplink.AppendMessage(make([]byte, 0, 64+len(payload)), a, payload))
 }
 
+// Stores reports whether PublishUplink makes uplinks durable (the engine
+// has the UPLINKS stream).
+func (e *Engine) Stores() bool { return e.uplinks != nil }
+
 // Log puts one live-log entry on the live log (its JSON without seq: the
 // position is known once stored) and returns its position once the stream
 // acknowledged it.

@@ -517,6 +517,8 @@ func runServer(name, addr string) error {
 // measures the CoAP layer and the uplink logic without JetStream.
 type noStream struct{ seq atomic.Uint64 }
 
+func (*noStream) Stores() bool { return false }
+
 func (*noStream) PublishUplink(context.Context, uplink.Accepted, []byte) error {
 	return nil
 }
