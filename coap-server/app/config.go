@@ -62,7 +62,7 @@ type Config struct {
 	// NAT port resumes it by Connection ID instead of a new handshake.
 	CoAPSSessionIdleSeconds int
 	// CoAPSMaxSessions (COAPS_MAX_SESSIONS, default 0 = what fits in half
-	// the process's memory at 48 KiB a session: 5,577 on the 512 MB
+	// the process's memory at 67 KiB a session: 3,912 on the 512 MB
 	// fly.toml machine) bounds DTLS sessions (at the limit the one silent
 	// the longest gives way, see dtls.Config.MaxSessions); a larger value
 	// is lowered.

@@ -28,9 +28,15 @@ import (
 //	go test -run '^$' -bench . -benchtime 2s ./coap-server/dtls/
 func benchFixture(b *testing.B) *fixture {
 	b.Helper()
+	// Each reading of the clock moves it on a minute: a session's answers
+	// then expire as fast as it sends (MaxExchanges bounds a device's new
+	// message IDs per 252 s, far below a benchmark's rate).
+	var ticks atomic.Int64
+	t0 := time.Now()
 	f := newFixture(b, func(c *dtls.Config) {
 		// The defaults would refuse a benchmark's handshake rate from one IP.
 		c.Limits = dtls.LimitConfig{PerIPRate: 1e6, PerIPBurst: 1e6, PerIPInFlight: 1e6}
+		c.Now = func() time.Time { return t0.Add(time.Duration(ticks.Add(1)) * time.Minute) }
 	})
 	f.provision(b, "bench", benchKey)
 	return f

@@ -10,7 +10,10 @@ import (
 	"time"
 
 	piondtls "github.com/pion/dtls/v3"
+	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/pool"
 	coapNet "github.com/plgd-dev/go-coap/v3/net"
+	udpClient "github.com/plgd-dev/go-coap/v3/udp/client"
 )
 
 // listener hands go-coap's DTLS server the connections pion accepts,
@@ -132,12 +135,13 @@ func (l *listener) Close() error {
 // limiter slot released and its identity taken.
 type session struct {
 	*piondtls.Conn
-	l        *listener
-	peer     *peerConn
-	remote   net.Addr     // where the handshake came from (the limiter's key)
-	identity string       // set once the handshake succeeded
-	order    uint64       // accept order: the later of two sessions of one identity wins
-	active   atomic.Int64 // l.now() in Unix nanoseconds: established, or the last datagram read
+	l         *listener
+	peer      *peerConn
+	remote    net.Addr     // where the handshake came from (the limiter's key)
+	identity  string       // set once the handshake succeeded
+	order     uint64       // accept order: the later of two sessions of one identity wins
+	active    atomic.Int64 // l.now() in Unix nanoseconds: established, or the last datagram read
+	exchanges exchanges    // the message IDs go-coap may hold answers to
 
 	established bool
 	hsOnce      sync.Once
@@ -216,6 +220,67 @@ func (s *session) handshake(ctx context.Context) error {
 		_ = victim.Close()
 	}
 	return nil
+}
+
+// MaxExchanges bounds the requests with distinct message IDs a session
+// may have had answered within exchangeWindow: go-coap's DTLS server keeps
+// every answer for EXCHANGE_LIFETIME (247 s) to repeat it to a
+// retransmission, and has no option to bound that cache, so the bound is
+// on what reaches it. A device may start 32 exchanges in any 252 s (one
+// per 8 s sustained); a request past that is dropped (counted as
+// nbiot_dtls_requests_dropped_total{reason="exchanges"}) and the device
+// retransmits it; a retransmission of an admitted one always passes.
+const MaxExchanges = 32
+
+// exchangeWindow is how long go-coap may hold an answer: EXCHANGE_LIFETIME
+// plus its sweep of expired ones (every few seconds).
+const exchangeWindow = 247*time.Second + 5*time.Second
+
+// exchanges is a session's recent message IDs, oldest first.
+type exchanges struct {
+	mu    sync.Mutex
+	mid   [MaxExchanges]uint16
+	at    [MaxExchanges]int64
+	start int
+	n     int
+}
+
+// admit reports whether a request with mid may be processed at now (Unix
+// nanoseconds), and records it.
+func (x *exchanges) admit(mid uint16, now int64) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	for x.n > 0 && now-x.at[x.start] >= int64(exchangeWindow) {
+		x.start = (x.start + 1) % MaxExchanges
+		x.n--
+	}
+	for i := range x.n {
+		if x.mid[(x.start+i)%MaxExchanges] == mid {
+			return true // a retransmission: answered from the cache
+		}
+	}
+	if x.n == MaxExchanges {
+		return false
+	}
+	j := (x.start + x.n) % MaxExchanges
+	x.mid[j], x.at[j] = mid, now
+	x.n++
+	return true
+}
+
+// admitRequest is go-coap's request monitor: it drops a request (true)
+// past its session's MaxExchanges. ACKs and RSTs are not answered, so not
+// cached: they pass.
+func (l *listener) admitRequest(cc *udpClient.Conn, req *pool.Message) (bool, error) {
+	s, ok := cc.NetConn().(*session)
+	if !ok || (req.Type() != message.Confirmable && req.Type() != message.NonConfirmable) {
+		return false, nil
+	}
+	if s.exchanges.admit(uint16(req.MessageID()), l.now().UnixNano()) {
+		return false, nil
+	}
+	l.metrics.RequestsDropped.WithLabelValues("exchanges").Inc()
+	return true, nil
 }
 
 // Read reads one datagram's payload and records the session's activity.

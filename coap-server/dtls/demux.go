@@ -61,6 +61,9 @@ type demuxConfig struct {
 	// replaced counts an established association closed for a new
 	// handshake from its address (RFC 6347 §4.2.8).
 	replaced func()
+	// dropped counts a datagram dropped because its peer's queue was full
+	// (PeerQueueBytes).
+	dropped func()
 }
 
 const (
@@ -68,6 +71,12 @@ const (
 	peerQueue   = 64 // datagrams queued per peer before drops
 	acceptQueue = 1024
 )
+
+// PeerQueueBytes bounds the bytes of a peer's datagrams waiting for pion
+// to read them (they wait while its session's handler waits for the
+// stream); past it they are dropped and counted. 8 KiB: dozens of uplinks
+// or handshake records.
+const PeerQueueBytes = 8 << 10
 
 var errDemuxClosed = errors.New("dtls: listener closed")
 
@@ -265,6 +274,7 @@ type peerConn struct {
 	d         *demux
 	raddr     *net.UDPAddr
 	in        chan datagram
+	queued    atomic.Int64 // bytes in in (PeerQueueBytes)
 	closed    chan struct{}
 	closeOnce sync.Once
 
@@ -283,11 +293,18 @@ type peerConn struct {
 // deliver queues a datagram for pion's reads; a full queue drops it, as a
 // socket buffer would.
 func (c *peerConn) deliver(b []byte, from net.Addr) {
+	if c.queued.Add(int64(len(b))) > PeerQueueBytes {
+		c.queued.Add(-int64(len(b)))
+		c.d.cfg.dropped()
+		return
+	}
 	cp := make([]byte, len(b))
 	copy(cp, b)
 	select {
 	case c.in <- datagram{cp, from}:
 	default:
+		c.queued.Add(-int64(len(b)))
+		c.d.cfg.dropped()
 	}
 }
 
@@ -295,6 +312,7 @@ func (c *peerConn) deliver(b []byte, from net.Addr) {
 func (c *peerConn) ReadFrom(p []byte) (int, net.Addr, error) {
 	select {
 	case dg := <-c.in:
+		c.queued.Add(-int64(len(dg.b)))
 		return copy(p, dg.b), dg.from, nil
 	case <-c.closed:
 		return 0, nil, net.ErrClosed

@@ -28,6 +28,10 @@ type Metrics struct {
 	// device rebooted), revoked (the key was deleted or replaced), evicted
 	// (the one idle the longest, for a new session at MaxSessions).
 	SessionsClosed *prometheus.CounterVec
+	// RequestsDropped counts datagrams of established sessions dropped, by
+	// reason: exchanges (past MaxExchanges), peer_queue (past
+	// PeerQueueBytes waiting to be read).
+	RequestsDropped *prometheus.CounterVec
 	// HelloVerify counts the stateless HelloVerifyRequests sent, by the
 	// cookie the ClientHello carried: none, invalid (wrong or expired).
 	HelloVerify *prometheus.CounterVec
@@ -63,6 +67,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		SessionsClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nbiot_dtls_sessions_closed_total", Help: "DTLS sessions closed by the server, by reason (replaced, rehello, revoked, evicted).",
 		}, []string{"reason"}),
+		RequestsDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nbiot_dtls_requests_dropped_total", Help: "DTLS datagrams dropped by a bound, by reason (exchanges: past MaxExchanges new message IDs within 252 s; peer_queue: past PeerQueueBytes waiting to be read).",
+		}, []string{"reason"}),
 		HelloVerify: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nbiot_dtls_hello_verify_total",
 			Help: "Stateless DTLS HelloVerifyRequests sent, by the cookie the ClientHello carried (none, invalid).",
@@ -74,6 +81,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "nbiot_dtls_handshakes_in_flight", Help: "DTLS handshakes under way.",
 		}),
 	}
-	reg.MustRegister(m.Handshakes, m.Refused, m.KeyLookups, m.KeyCacheEvictions, m.NegativeEvictions, m.KeyChanges, m.SessionsClosed, m.HelloVerify, m.Sessions, m.HandshakesInFlight)
+	reg.MustRegister(m.Handshakes, m.Refused, m.KeyLookups, m.KeyCacheEvictions, m.NegativeEvictions, m.KeyChanges, m.SessionsClosed, m.RequestsDropped, m.HelloVerify, m.Sessions, m.HandshakesInFlight)
 	return m
 }

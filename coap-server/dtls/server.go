@@ -57,8 +57,8 @@ type Config struct {
 	// it is reached, a new session takes the place of the one idle the
 	// longest, if that one has been silent for EvictIdle at least
 	// (counted as evicted); else new handshakes are refused. Each costs SessionBytes
-	// (47 KiB), so it is capped to SessionsFor(MemoryLimit()): half the
-	// memory (GOMEMLIMIT, else four fifths of the cgroup limit, else 512 MiB), 5577 on the
+	// (67 KiB at most), so it is capped to SessionsFor(MemoryLimit()): half the
+	// memory (GOMEMLIMIT, else four fifths of the cgroup limit, else 512 MiB), 3912 on the
 	// 512 MiB machine. Zero takes that cap. A larger value is lowered to it
 	// with a warning: raise GOMEMLIMIT or the machine's memory instead.
 	MaxSessions int
@@ -153,6 +153,7 @@ func Listen(addr string, h *ingest.Handler, cfg Config) (*Server, error) {
 		helloVerify: func(cookie string) { m.HelloVerify.WithLabelValues(cookie).Inc() },
 		backlog:     func() { m.Refused.WithLabelValues(ErrBacklog.Error()).Inc() },
 		replaced:    func() { m.SessionsClosed.WithLabelValues("rehello").Inc() },
+		dropped:     func() { m.RequestsDropped.WithLabelValues("peer_queue").Inc() },
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dtls: listen: %w", err)
@@ -180,6 +181,8 @@ func Listen(addr string, h *ingest.Handler, cfg Config) (*Server, error) {
 		options.WithMux(secureHandler(h)),
 		options.WithErrors(func(err error) { log.Debug("coaps", "err", err) }),
 		options.WithInactivityMonitor(cfg.SessionIdle, func(cc *udpClient.Conn) { _ = cc.Close() }),
+		// Bounds go-coap's cache of the session's answers (MaxExchanges).
+		options.WithRequestMonitor(s.ln.admitRequest),
 		options.WithReceivedMessageQueueSize(16),
 		// Block-wise off: an uplink fits one datagram, and block-wise would
 		// let a peer make us buffer its payload.

@@ -1,15 +1,18 @@
 package dtls_test
 
 import (
+	"bytes"
 	"context"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 	udpClient "github.com/plgd-dev/go-coap/v3/udp/client"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/nbiot-live/nbiot-live/coap-server/dtls"
 	"github.com/nbiot-live/nbiot-live/internal/pgtest"
@@ -249,6 +252,44 @@ func TestSessionLimitEvictsTheIdlest(t *testing.T) {
 		if code := postGo(t, cc, &nbiotv1.Uplink{UplinkCount: 3}); code != codes.Changed {
 			t.Errorf("uplink of %s after the eviction: %v", name, code)
 		}
+	}
+}
+
+// A session's answers, which go-coap keeps 247 s for retransmissions, are
+// bounded: past MaxExchanges new message IDs within that window a request
+// is dropped and counted (the device retransmits it), and once the window
+// has passed the device is served again. Unbounded, one key holder sending
+// fresh message IDs made a session hold 11 MiB of answers.
+func TestSessionAnswersAreBounded(t *testing.T) {
+	clock := &testClock{t: time.Now()}
+	f := newFixture(t, func(c *dtls.Config) { c.Now = clock.Now })
+	key := []byte("dev-many-key-0123456789")
+	f.provision(t, "dev-many", key)
+	cc, _, err := dialGo(t, udpSocket(t), f.srv.Addr(), "dev-many", key, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range dtls.MaxExchanges {
+		if code := postGo(t, cc, &nbiotv1.Uplink{UplinkCount: uint32(i + 1)}); code != codes.Changed {
+			t.Fatalf("uplink %d: %v", i+1, code)
+		}
+	}
+	payload, err := proto.Marshal(&nbiotv1.Uplink{DeviceId: "dev-many", UplinkCount: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	_, err = cc.Post(ctx, "/uplink", message.AppOctets, bytes.NewReader(payload))
+	cancel()
+	if err == nil {
+		t.Fatalf("uplink %d answered: the session's answers are not bounded", dtls.MaxExchanges+1)
+	}
+	if got := testutil.ToFloat64(f.metrics.RequestsDropped.WithLabelValues("exchanges")); got == 0 {
+		t.Error("the dropped request was not counted")
+	}
+	clock.Add(252 * time.Second) // the first answers have expired
+	if code := postGo(t, cc, &nbiotv1.Uplink{UplinkCount: 1001}); code != codes.Changed {
+		t.Fatalf("uplink after the window: %v", code)
 	}
 }
 

@@ -110,7 +110,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (cf
 	}
 	fs.StringVar(&cfg.Addr, "addr", or(getenv("SIM_ADDR"), "127.0.0.1:5683"), "coap-server's CoAP address (CoAPS address with -dtls-key-file) (env SIM_ADDR)")
 	fs.IntVar(&cfg.Devices, "devices", 10, "simulated devices, each with its own UDP socket (IDs PREFIX-0001…); with -dtls-key-file 0 = one per key")
-	fs.Float64Var(&cfg.Rate, "rate", 10, "uplinks per second, all devices together")
+	fs.Float64Var(&cfg.Rate, "rate", 10, "uplinks per second, all devices together (over DTLS, coap-server takes at most one per 8 s per device sustained, bursts of 32)")
 	fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "stop sending after this long; 0 = until Ctrl-C (or -count)")
 	fs.IntVar(&cfg.Count, "count", 0, "stop after this many uplinks (then -duration is no limit unless also given)")
 	fs.BoolVar(&cfg.NON, "non", false, "send NON (non-confirmable) requests instead of CON")
