@@ -110,12 +110,15 @@ func (g *gate) Send(f *hub.Frame) bool {
 		}
 		return true
 	}
-	if f.Seq != 0 {
-		if f.Seq <= g.last {
-			return true
-		}
-		g.last = f.Seq
+	if f.Seq == 0 {
+		// A retransmission report: dropped when the queue is full rather
+		// than cutting the subscriber off (anyone can replay a datagram).
+		return g.peer.TrySend(f.Msg)
 	}
+	if f.Seq <= g.last {
+		return true
+	}
+	g.last = f.Seq
 	return g.peer.Send(f.Msg)
 }
 

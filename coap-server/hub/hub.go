@@ -170,7 +170,11 @@ func (h *Hub) Publish(deviceID string, frame *Frame) (delivered int) {
 		}
 	}
 	h.metrics.Frames.Inc()
-	if dropped > 0 {
+	switch {
+	case dropped == 0:
+	case frame.Seq == 0:
+		h.metrics.NoticesDropped.Add(float64(dropped))
+	default:
 		h.metrics.Dropped.Add(float64(dropped))
 	}
 	return delivered

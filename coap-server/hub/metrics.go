@@ -4,10 +4,13 @@ import "github.com/prometheus/client_golang/prometheus"
 
 // Metrics counts the fan-out.
 type Metrics struct {
-	Subscribers  prometheus.Gauge
-	Frames       prometheus.Counter
-	Dropped      prometheus.Counter
-	EncodeErrors prometheus.Counter
+	Subscribers prometheus.Gauge
+	Frames      prometheus.Counter
+	Dropped     prometheus.Counter
+	// NoticesDropped counts reports (frames without seq) a subscriber's
+	// full queue did not take; it stays connected.
+	NoticesDropped prometheus.Counter
+	EncodeErrors   prometheus.Counter
 }
 
 // NewMetrics registers the hub metrics on reg.
@@ -22,10 +25,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Dropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "nbiot_ws_dropped_total", Help: "Frames a subscriber could not take (it is then disconnected as too slow).",
 		}),
+		NoticesDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nbiot_ws_notices_dropped_total", Help: "Retransmission reports a subscriber's full queue did not take (it stays connected).",
+		}),
 		EncodeErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "nbiot_livelog_encode_errors_total", Help: "Entries that could not be encoded (a bug).",
 		}),
 	}
-	reg.MustRegister(m.Subscribers, m.Frames, m.Dropped, m.EncodeErrors)
+	reg.MustRegister(m.Subscribers, m.Frames, m.Dropped, m.NoticesDropped, m.EncodeErrors)
 	return m
 }

@@ -113,6 +113,20 @@ func (p *Peer) Send(m *websocket.PreparedMessage) bool {
 	}
 }
 
+// TrySend queues a frame the peer can go without (a report, not an
+// entry) if there is room, and reports whether it did; a full queue drops
+// it and leaves the peer open, so a flood of reports cannot disconnect it.
+func (p *Peer) TrySend(m *websocket.PreparedMessage) bool {
+	select {
+	case <-p.done:
+		return false
+	case p.send <- m:
+		return true
+	default:
+		return false
+	}
+}
+
 // SendWait queues a frame, waiting for room in the queue: history sent on
 // connect is paced by the client instead of overflowing its queue. It
 // returns ErrClosed when the peer closes or ctx ends first.

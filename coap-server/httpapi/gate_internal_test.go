@@ -1,0 +1,47 @@
+package httpapi
+
+import (
+	"testing"
+
+	"github.com/nbiot-live/nbiot-live/coap-server/hub"
+	"github.com/nbiot-live/nbiot-live/internal/wspeer"
+)
+
+// Retransmission reports that find a subscriber's queue full are dropped,
+// and the subscriber stays connected: anyone can replay an accepted
+// datagram, and each copy is a report. An entry that finds it full still
+// disconnects it (too slow). Reports used to disconnect it too.
+func TestReportsNeverDisconnectASubscriber(t *testing.T) {
+	peer := wspeer.New(wspeer.Config{QueueSize: 2}) // not running: nothing drains it
+	g := &gate{peer: peer, notices: true, live: true}
+	report, err := hub.NewFrame(0, []byte(`{"deviceId":"D","type":"status","data":{"retransmission":{"of_seq":1,"count":2}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent := 0
+	for range 5 {
+		if g.Send(report) {
+			sent++
+		}
+	}
+	if sent != 2 {
+		t.Errorf("%d of 5 reports queued, want the queue's 2", sent)
+	}
+	select {
+	case <-peer.Done():
+		t.Fatalf("the subscriber was disconnected by reports: %v", peer.Reason())
+	default:
+	}
+	entry, err := hub.NewFrame(7, []byte(`{"deviceId":"D","type":"uplink"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.Send(entry) {
+		t.Fatal("an entry was queued in a full queue")
+	}
+	select {
+	case <-peer.Done():
+	default:
+		t.Fatal("an entry that found the queue full left the subscriber connected")
+	}
+}
