@@ -131,6 +131,24 @@ type pubAck struct {
 
 // publish sends msg and waits up to timeout for its acknowledgement.
 func (a *acker) publish(ctx context.Context, msg *nats.Msg, timeout time.Duration) (pubAck, error) {
+	t, err := a.send(msg, timeout)
+	if err != nil {
+		return pubAck{}, err
+	}
+	return a.wait(ctx, t, timeout)
+}
+
+// ticket is a publish sent and waiting for its acknowledgement.
+type ticket struct {
+	id uint64
+	w  *waiter
+}
+
+// send publishes msg with a reply subject of its own; wait then waits for
+// the acknowledgement, which the sweeper gives up timeout after the send.
+// Between the two the caller may send more: messages of one connection
+// reach the server in the order they were sent.
+func (a *acker) send(msg *nats.Msg, timeout time.Duration) (ticket, error) {
 	w := a.waiters.Get().(*waiter)
 	w.deadline = time.Now().Add(timeout)
 	a.mu.Lock()
@@ -141,11 +159,17 @@ func (a *acker) publish(ctx context.Context, msg *nats.Msg, timeout time.Duratio
 	msg.Reply = a.prefix + strconv.FormatUint(id, 10)
 	if err := a.nc.PublishMsg(msg); err != nil {
 		a.forget(id, w)
-		return pubAck{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		return ticket{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
+	return ticket{id: id, w: w}, nil
+}
+
+// wait waits for the acknowledgement of a publish sent; timeout is the
+// one given to send, for the error.
+func (a *acker) wait(ctx context.Context, t ticket, timeout time.Duration) (pubAck, error) {
 	select {
-	case m := <-w.ch:
-		a.waiters.Put(w)
+	case m := <-t.w.ch:
+		a.waiters.Put(t.w)
 		switch {
 		case m == nil:
 			return pubAck{}, fmt.Errorf("%w: no acknowledgement within %v", ErrUnavailable, timeout)
@@ -154,7 +178,7 @@ func (a *acker) publish(ctx context.Context, msg *nats.Msg, timeout time.Duratio
 		}
 		return parseAck(m.Data)
 	case <-ctx.Done():
-		a.forget(id, w)
+		a.forget(t.id, t.w)
 		return pubAck{}, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
 	}
 }

@@ -38,6 +38,7 @@ type Engine struct {
 	storeUplink jetstream.Stream // nil without storage
 
 	batches batcher       // of UPLINKS publishes
+	groups  *liveGroups   // of LIVELOG publishes, embedded; nil with NATS_URL
 	devices *deviceBudget // nil with NATS_URL
 	closed  chan struct{} // closed by the publish connection's ClosedHandler
 	// asyncErrors counts LogAsync publishes that failed.
@@ -46,6 +47,16 @@ type Engine struct {
 
 // AsyncErrors is the number of LogAsync entries the stream did not take.
 func (e *Engine) AsyncErrors() int64 { return e.asyncErrors.Load() }
+
+// UnconfirmedEntries is the number of live-log entries refused because
+// their group's acknowledgement did not show them stored (livegroup.go;
+// always 0 with NATS_URL).
+func (e *Engine) UnconfirmedEntries() int64 {
+	if e.groups == nil {
+		return 0
+	}
+	return e.groups.Unconfirmed()
+}
 
 // DevicesHeld is the number of distinct devices the embedded server holds
 // entries of, by this engine's count, and the most it may (both 0 with
@@ -62,6 +73,8 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	e.batches.e = e
 	if cfg.URL == "" {
 		e.devices = newDeviceBudget(int(cfg.DeviceMemory/DeviceBytes), cfg.LiveMaxAge)
+		e.groups = &liveGroups{e: e, key: make([]string, 1)}
+		e.groups.hdr = nats.Header{KeyHeader: e.groups.key}
 	}
 	opts := []nats.Option{
 		nats.Name("coap-server"),

@@ -98,6 +98,9 @@ func BenchmarkLivePublish(b *testing.B) {
 			n := per * workers
 			b.ReportMetric(float64(cpu.Nanoseconds())/1e3/float64(n), "cpu-µs/msg")
 			b.ReportMetric(float64(n)/el.Seconds(), "msg/s")
+			if e.groups != nil && e.groups.sent > 0 {
+				b.ReportMetric(float64(e.groups.entries)/float64(e.groups.sent), "entries/group")
+			}
 		})
 	}
 }

@@ -113,12 +113,10 @@ func (e *Engine) LogJSON(ctx context.Context, device string, entry []byte, id st
 // so an accepted uplink's entry allocates no message, header map or JSON
 // buffer of its own.
 type liveMsg struct {
-	msg       nats.Msg
-	header    nats.Header // {Nats-Msg-Id: id[:]}, set when the publish has an ID (NATS_URL)
-	id        [1]string
-	keyHeader nats.Header // {Nbiot-Key: key[:]}, set when it has one (embedded)
-	key       [1]string
-	buf       []byte // the entry's JSON (Log)
+	msg    nats.Msg
+	header nats.Header // {Nats-Msg-Id: id[:]}, set when the publish has an ID (NATS_URL)
+	id     [1]string
+	buf    []byte // the entry's JSON (Log)
 }
 
 // KeyHeader names the header in which an embedded engine's live-log entry
@@ -133,7 +131,6 @@ const maxPooledEntry = 4 << 10
 var liveMsgs = sync.Pool{New: func() any {
 	lm := &liveMsg{buf: make([]byte, 0, 512)}
 	lm.header = nats.Header{jetstream.MsgIDHeader: lm.id[:]}
-	lm.keyHeader = nats.Header{KeyHeader: lm.key[:]}
 	return lm
 }}
 
@@ -142,7 +139,7 @@ func (lm *liveMsg) release() {
 		lm.buf = make([]byte, 0, 512)
 	}
 	lm.msg = nats.Msg{}
-	lm.id[0], lm.key[0] = "", ""
+	lm.id[0] = ""
 	liveMsgs.Put(lm)
 }
 
@@ -151,6 +148,10 @@ func (e *Engine) logMsg(ctx context.Context, lm *liveMsg, device string, entry [
 	// uplink's entry (id set).
 	if (id == "" || e.uplinks == nil) && !e.devices.admit(time.Now(), device) {
 		return 0, false, ErrTooManyDevices
+	}
+	if e.groups != nil {
+		seq, err = e.groups.add(ctx, liveSubject+device, id, entry, false)
+		return seq, false, err
 	}
 	lm.msg.Subject, lm.msg.Data = liveSubject+device, entry
 	e.setLiveID(lm, id)
@@ -161,16 +162,11 @@ func (e *Engine) logMsg(ctx context.Context, lm *liveMsg, device string, entry [
 	return ack.Sequence, ack.Duplicate, nil
 }
 
-// setLiveID puts a non-empty id on the message: with NATS_URL as its
-// Nats-Msg-Id, "l"+id, by which the cluster deduplicates; embedded as
-// KeyHeader, the id as given (see Log).
+// setLiveID puts a non-empty id on the message (NATS_URL) as its
+// Nats-Msg-Id, "l"+id, by which the cluster deduplicates. Embedded, the
+// groups put it in KeyHeader (see Log).
 func (e *Engine) setLiveID(lm *liveMsg, id string) {
-	switch {
-	case id == "":
-	case e.cfg.URL == "":
-		lm.key[0] = id
-		lm.msg.Header = lm.keyHeader
-	default:
+	if id != "" {
 		lm.id[0] = "l" + id
 		lm.msg.Header = lm.header
 	}
@@ -191,7 +187,9 @@ func (e *Engine) LogAsync(entry *livelog.Entry) {
 		return
 	}
 	b, err := entry.Marshal()
-	if err == nil {
+	if err == nil && e.groups != nil {
+		_, err = e.groups.add(context.Background(), liveSubject+entry.DeviceID, "", b, true)
+	} else if err == nil {
 		_, err = e.js.PublishMsgAsync(&nats.Msg{Subject: liveSubject + entry.DeviceID, Data: b}, jetstream.WithStallWait(time.Millisecond))
 	}
 	if err != nil {

@@ -1,0 +1,242 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/nats-io/nats.go"
+)
+
+// On the embedded engine, live-log entries are made durable in groups
+// (group commit), each still its own JetStream message: the contract's
+// per-entry seq, the per-device subjects that serve tail and since, and
+// the per-device retention need one message per entry. While a group waits
+// for its acknowledgement, the entries of other callers collect in the
+// next one. A group goes out as messages sent back to back on the publish
+// connection, only the last with a reply subject, so the stream answers
+// once per group: an acknowledgement costs the stream and both ends of
+// the connection about 6 µs per message (BenchmarkLivePublish, "ack"
+// against "noreply"). An entry never waits for a timer: at low load each
+// one is a group of its own, acknowledged alone.
+//
+// Why one acknowledgement confirms the whole group. The server queues the
+// messages of one connection for the stream in the order they were sent,
+// and the stream numbers what it stores in that order. Nothing else
+// publishes to LIVELOG on the embedded server: it has no listener, and
+// every publish of this engine to the live log goes through these groups,
+// sent one group after the other under one lock. So the messages stored
+// between the previous group's last entry and this group's last are this
+// group's others, and when the last's position is the previous last's plus
+// the group's size, every one of them was stored, at the positions in
+// between. When it is not (the stream dropped one without telling, as it
+// does when its ingest queue is full, or the previous group's
+// acknowledgement did not come), the group's other entries get
+// errUnconfirmed: whether they were stored is not known, as after an
+// acknowledgement that never came. With NATS_URL other instances publish
+// to the same stream, and every entry is acknowledged on its own (Log).
+type liveGroups struct {
+	e *Engine
+
+	mu       sync.Mutex
+	open     *liveGroup // collecting; nil when none
+	inflight int        // groups sent and not yet resolved
+	last     *liveGroup // the group sent most recently
+	async    int        // LogAsync entries in groups not yet resolved
+	hdr      nats.Header
+	key      []string // hdr's KeyHeader value
+
+	unconfirmed   int64 // entries that got errUnconfirmed (mu)
+	sent, entries int64 // groups sent and their entries (mu)
+}
+
+const (
+	// liveInflight is how many groups may wait for their acknowledgement
+	// at once; more are sent only when a group is full.
+	liveInflight = 2
+	// maxGroupEntries and maxGroupBytes bound one group.
+	maxGroupEntries = 64
+	maxGroupBytes   = 64 << 10
+	// maxAsyncEntries bounds the LogAsync entries held in groups: past it
+	// one fails (counted), as nats.go's async publishes did past their
+	// pending limit.
+	maxAsyncEntries = 4096
+)
+
+// errUnconfirmed: an entry of a group whose acknowledgement does not show
+// that every entry before the last was stored.
+var errUnconfirmed = fmt.Errorf("%w: live-log entry sent, its storage not confirmed", ErrUnavailable)
+
+// errEntryTooLarge: an entry over MaxEntryBytes, which the stream would
+// refuse without a word.
+var errEntryTooLarge = errors.New("stream: live-log entry larger than its bound")
+
+type liveGroup struct {
+	data  []byte     // the entries' JSON, back to back
+	parts []livePart // one per entry, in the order sent
+	prev  *liveGroup // sent just before this one; nil once resolved
+	async int        // LogAsync entries among parts
+	done  chan struct{}
+
+	// Set before done is closed.
+	err       error  // the acknowledgement's: every entry's
+	lastSeq   uint64 // the last entry's position; 0 unless err == nil
+	confirmed bool   // every entry's position is known
+}
+
+type livePart struct {
+	subject string
+	key     string // KeyHeader, "" for none
+	end     int    // the entry is data[previous end:end]
+	async   bool   // nobody waits for it (LogAsync)
+}
+
+// result is entry i's position, or why it has none; g.done is closed.
+func (g *liveGroup) result(i int) (uint64, error) {
+	last := len(g.parts) - 1
+	switch {
+	case g.err != nil:
+		return 0, g.err
+	case i == last:
+		return g.lastSeq, nil
+	case !g.confirmed:
+		return 0, errUnconfirmed
+	}
+	return g.lastSeq - uint64(last-i), nil
+}
+
+// add puts one entry in the group being collected. Unless async, it waits
+// for the group's outcome (or ctx) and returns the entry's position. An
+// async entry returns at once; its failure is counted in asyncErrors.
+func (l *liveGroups) add(ctx context.Context, subject, key string, entry []byte, async bool) (uint64, error) {
+	if len(entry) > MaxEntryBytes {
+		return 0, errEntryTooLarge
+	}
+	l.mu.Lock()
+	if async && l.async >= maxAsyncEntries {
+		l.mu.Unlock()
+		return 0, fmt.Errorf("%w: %d live-log entries already waiting", ErrUnavailable, maxAsyncEntries)
+	}
+	if g := l.open; g != nil && (len(g.parts) >= maxGroupEntries || len(g.data)+len(entry) > maxGroupBytes) {
+		l.sendLocked() // full: out now, whatever is in flight
+	}
+	if l.open == nil {
+		l.open = &liveGroup{data: make([]byte, 0, 4*len(entry)), done: make(chan struct{})}
+	}
+	g := l.open
+	g.data = append(g.data, entry...)
+	g.parts = append(g.parts, livePart{subject: subject, key: key, end: len(g.data), async: async})
+	i := len(g.parts) - 1
+	if async {
+		g.async++
+		l.async++
+	}
+	if l.inflight < liveInflight {
+		l.sendLocked()
+	}
+	l.mu.Unlock()
+	if async {
+		return 0, nil
+	}
+	select {
+	case <-g.done:
+		return g.result(i)
+	case <-ctx.Done():
+		return 0, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
+	}
+}
+
+// sendLocked sends the open group; l.mu is held, so that groups reach the
+// connection whole and in the order l.last records.
+func (l *liveGroups) sendLocked() {
+	g := l.open
+	l.open = nil
+	g.prev, l.last = l.last, g
+	l.inflight++
+	l.sent++
+	l.entries += int64(len(g.parts))
+	msg := nats.Msg{}
+	start, n := 0, len(g.parts)
+	var err error
+	for i, p := range g.parts {
+		msg.Subject, msg.Data, msg.Header = p.subject, g.data[start:p.end], nil
+		if p.key != "" {
+			l.key[0] = p.key
+			msg.Header = l.hdr
+		}
+		start = p.end
+		if i < n-1 {
+			if err = l.e.nc.PublishMsg(&msg); err != nil {
+				err = fmt.Errorf("%w: %v", ErrUnavailable, err)
+				break
+			}
+			continue
+		}
+		var t ticket
+		if t, err = l.e.acks.send(&msg, l.e.cfg.AckTimeout); err == nil {
+			go l.await(g, t)
+			return
+		}
+	}
+	// Nothing to wait for: resolved at once, in order after its
+	// predecessor like any other.
+	go l.resolve(g, pubAck{}, err)
+}
+
+func (l *liveGroups) await(g *liveGroup, t ticket) {
+	// Not a caller's context: the group is shared, and the sweeper bounds
+	// the wait by AckTimeout.
+	ack, err := l.e.acks.wait(context.Background(), t, l.e.cfg.AckTimeout)
+	l.resolve(g, ack, err)
+}
+
+// resolve sets g's outcome once its predecessor's is known, then lets the
+// next group go out.
+func (l *liveGroups) resolve(g *liveGroup, ack pubAck, err error) {
+	var prevSeq uint64
+	if p := g.prev; p != nil {
+		<-p.done
+		prevSeq = p.lastSeq
+	}
+	n := len(g.parts)
+	if err != nil {
+		g.err = err
+	} else {
+		g.lastSeq = ack.Sequence
+		g.confirmed = n == 1 || (prevSeq != 0 && ack.Sequence-prevSeq == uint64(n))
+	}
+	g.prev = nil // resolved groups hold no chain of predecessors
+	close(g.done)
+	switch {
+	case g.err != nil:
+		l.e.asyncErrors.Add(int64(g.async))
+	case !g.confirmed:
+		// Which entries are stored is not known: the async ones are
+		// counted as failed, the last one aside (its acknowledgement
+		// is its own).
+		failed := g.async
+		if g.parts[n-1].async {
+			failed--
+		}
+		l.e.asyncErrors.Add(int64(failed))
+	}
+	l.mu.Lock()
+	if g.err == nil && !g.confirmed {
+		l.unconfirmed += int64(n - 1)
+	}
+	l.async -= g.async
+	l.inflight--
+	if l.open != nil && l.inflight < liveInflight {
+		l.sendLocked()
+	}
+	l.mu.Unlock()
+}
+
+// Unconfirmed is how many live-log entries were refused with
+// errUnconfirmed (an acknowledged group that did not show them stored).
+func (l *liveGroups) Unconfirmed() int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.unconfirmed
+}

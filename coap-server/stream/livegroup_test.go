@@ -1,0 +1,138 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+)
+
+// logged is what one Log call published and what it was told.
+type logged struct {
+	device, id string
+	entry      []byte
+	seq        uint64
+	err        error
+}
+
+// logConcurrently has workers callers Log per entries each, so that the
+// entries of callers waiting together share a group.
+func logConcurrently(t *testing.T, e *Engine, round, workers, per int) []logged {
+	t.Helper()
+	out := make([][]logged, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			dev := fmt.Sprintf("D%d", w)
+			for i := range per {
+				l := logged{device: dev, id: fmt.Sprintf("r%dw%di%d", round, w, i)}
+				l.entry = fmt.Appendf(nil, `{"deviceId":%q,"n":%q}`, dev, l.id)
+				l.seq, _, l.err = e.LogJSON(context.Background(), dev, l.entry, l.id)
+				out[w] = append(out[w], l)
+			}
+		}()
+	}
+	wg.Wait()
+	var all []logged
+	for _, o := range out {
+		all = append(all, o...)
+	}
+	return all
+}
+
+// checkPositions fails the test for a position told to a caller that does
+// not hold that caller's entry, and returns how many calls got
+// errUnconfirmed.
+func checkPositions(t *testing.T, e *Engine, all []logged) (unconfirmed int) {
+	t.Helper()
+	ctx := context.Background()
+	seen := make(map[uint64]string)
+	for _, l := range all {
+		switch {
+		case errors.Is(l.err, errUnconfirmed):
+			unconfirmed++
+			continue
+		case l.err != nil:
+			t.Fatalf("%s: %v", l.id, l.err)
+		}
+		if other, dup := seen[l.seq]; dup {
+			t.Fatalf("position %d told to %s and to %s", l.seq, other, l.id)
+		}
+		seen[l.seq] = l.id
+		m, err := e.live.GetMsg(ctx, l.seq)
+		if err != nil {
+			t.Fatalf("%s at %d: %v", l.id, l.seq, err)
+		}
+		if m.Subject != liveSubject+l.device || string(m.Data) != string(l.entry) || m.Header.Get(KeyHeader) != l.id {
+			t.Fatalf("%s was told position %d, which holds %s %s (key %q)", l.id, l.seq, m.Subject, m.Data, m.Header.Get(KeyHeader))
+		}
+	}
+	return unconfirmed
+}
+
+// Entries acknowledged as a group each learn their own position, and it
+// holds their entry, with its key.
+func TestGroupedEntriesGetTheirOwnPositions(t *testing.T) {
+	e := openEmbedded(t, Config{})
+	all := logConcurrently(t, e, 0, 16, 300)
+	if n := checkPositions(t, e, all); n != 0 {
+		t.Fatalf("%d entries unconfirmed with nobody else publishing", n)
+	}
+	e.groups.mu.Lock()
+	sent, entries := e.groups.sent, e.groups.entries
+	e.groups.mu.Unlock()
+	t.Logf("%d entries in %d groups", entries, sent)
+	if entries <= sent {
+		t.Fatalf("%d entries in %d groups: no group had more than one, so this tested nothing", entries, sent)
+	}
+	info, err := e.live.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.LastSeq != uint64(len(all)) {
+		t.Fatalf("the stream's last position is %d after %d entries", info.State.LastSeq, len(all))
+	}
+}
+
+// Another publisher on the live log (which the embedded engine never has:
+// this stands for any message the stream stored or dropped unseen between
+// a group's entries) makes the group's positions unknowable: its entries
+// get errUnconfirmed, never a position that holds something else.
+func TestGroupNeverReturnsAWrongPosition(t *testing.T) {
+	e := openEmbedded(t, Config{})
+	stop := make(chan struct{})
+	intruded := make(chan error, 1)
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				intruded <- nil
+				return
+			default:
+			}
+			// Acknowledged, so that it goes at the stream's pace.
+			if _, err := e.feedJS.Publish(context.Background(), liveSubject+"INTRUDER", fmt.Appendf(nil, `{"i":%d}`, i)); err != nil {
+				intruded <- err
+				return
+			}
+		}
+	}()
+	unconfirmed := 0
+	for round := 0; round < 20 && unconfirmed == 0; round++ {
+		unconfirmed += checkPositions(t, e, logConcurrently(t, e, round, 16, 200))
+	}
+	close(stop)
+	if err := <-intruded; err != nil {
+		t.Fatal(err)
+	}
+	if unconfirmed == 0 {
+		t.Fatal("no group was interleaved with the other publisher in 20 rounds: this tested nothing")
+	}
+	if got := e.UnconfirmedEntries(); got != int64(unconfirmed) {
+		t.Fatalf("UnconfirmedEntries() = %d, callers got errUnconfirmed %d times", got, unconfirmed)
+	}
+	t.Logf("%d entries unconfirmed", unconfirmed)
+}
