@@ -27,7 +27,8 @@ type Writer interface {
 // storage consumer, shared by every instance).
 type Source interface {
 	// Fetch returns up to max deliveries, waiting at most wait for the
-	// first; an empty batch is no error.
+	// first; an empty batch is no error. Deliveries returned with an
+	// error (taken before the fetch failed) are stored all the same.
 	Fetch(ctx context.Context, max int, wait time.Duration) ([]Delivery, error)
 }
 
@@ -185,6 +186,11 @@ func (c *Consumer) worker() {
 	failures := 0
 	for c.fetchCtx.Err() == nil {
 		ds, err := c.src.Fetch(c.fetchCtx, c.o.BatchSize, c.o.BatchAge)
+		if len(ds) > 0 {
+			// Also when the fetch failed after taking them: left alone
+			// they would wait for the stream's redelivery (a minute).
+			c.store(ds)
+		}
 		if err != nil {
 			if c.fetchCtx.Err() != nil {
 				return
@@ -199,9 +205,6 @@ func (c *Consumer) worker() {
 		}
 		failures = 0
 		b.Reset()
-		if len(ds) > 0 {
-			c.store(ds)
-		}
 	}
 }
 
