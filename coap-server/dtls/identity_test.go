@@ -2,6 +2,7 @@ package dtls
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 
 	"github.com/nbiot-live/nbiot-live/internal/livelog"
@@ -38,6 +39,21 @@ func FuzzParseIdentity(f *testing.F) {
 			t.Fatalf("accepted %q as %q", raw, id)
 		}
 	})
+}
+
+// A malformed key's error names none of its characters: it reaches logs.
+func TestDecodeByteaErrorQuotesNoKey(t *testing.T) {
+	for _, s := range []string{`\x00zq`, `\x0Q`, `\x001`, `\xK`} {
+		_, err := DecodeBytea(s)
+		if err == nil {
+			t.Fatalf("%q accepted", s)
+		}
+		for _, c := range []string{"z", "q", "Q", "K", "'"} {
+			if strings.Contains(s, c) && strings.Contains(err.Error(), c) {
+				t.Errorf("DecodeBytea(%q): %q quotes %q", s, err, c)
+			}
+		}
+	}
 }
 
 // FuzzDecodeBytea: PostgREST's bytea text from the network never panics and

@@ -93,7 +93,9 @@ func DecodeBytea(s string) ([]byte, error) {
 	}
 	b, err := hex.DecodeString(h)
 	if err != nil {
-		return nil, fmt.Errorf("bytea: %w", err)
+		// Not hex's own error: it quotes the offending character, a
+		// character of a key.
+		return nil, fmt.Errorf("bytea: not hex (%d characters after \\x)", len(h))
 	}
 	return b, nil
 }
