@@ -205,7 +205,7 @@ func (a *App) openStream(ctx context.Context) error {
 		gauge("nbiot_stream_devices", "Distinct devices the embedded NATS server holds entries of; at nbiot_stream_devices_max a new device's uplinks get 5.03 (reason stream_devices).",
 			func() float64 { held, _ := e.DevicesHeld(); return float64(held) })
 		a.Metrics.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "nbiot_livelog_unconfirmed_total",
-			Help: "Live-log entries refused because their group's acknowledgement did not show them stored: another writer or a dropped message between its entries. Without storage their uplinks got 5.03; with it each entry was sent once more."},
+			Help: "Live-log entries refused because their group's acknowledgement did not show them stored: another writer or a dropped message between its entries. Without storage their uplinks got 5.03; with it each entry was sent once more. Entries sent without waiting (downlink events, errors) are not counted here."},
 			func() float64 { return float64(e.UnconfirmedEntries()) }))
 		gauge("nbiot_stream_devices_max", "The most distinct devices the embedded NATS server may hold entries of (a sixteenth of the process's memory, DeviceBytes each).",
 			func() float64 { return float64(maxDevices) })

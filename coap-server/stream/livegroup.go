@@ -110,7 +110,9 @@ func (g *liveGroup) result(i int) (uint64, error) {
 // for the group's outcome (or ctx) and returns the entry's position. An
 // async entry returns at once; its failure is counted in asyncErrors.
 func (l *liveGroups) add(ctx context.Context, subject, key string, entry []byte, async bool) (uint64, error) {
-	if len(entry) > MaxEntryBytes {
+	// The stream's MaxMsgSize counts the header too: "NATS/1.0\r\n",
+	// "Nbiot-Key: key\r\n" and "\r\n".
+	if len(entry)+len(KeyHeader)+len(key)+16 > MaxEntryBytes {
 		return 0, errEntryTooLarge
 	}
 	l.mu.Lock()
@@ -223,7 +225,13 @@ func (l *liveGroups) resolve(g *liveGroup, ack pubAck, err error) {
 	}
 	l.mu.Lock()
 	if g.err == nil && !g.confirmed {
-		l.unconfirmed += int64(n - 1)
+		// The entries whose callers were refused (the async ones are
+		// in asyncErrors).
+		for _, p := range g.parts[:n-1] {
+			if !p.async {
+				l.unconfirmed++
+			}
+		}
 	}
 	l.async -= g.async
 	l.inflight--
@@ -233,8 +241,8 @@ func (l *liveGroups) resolve(g *liveGroup, ack pubAck, err error) {
 	l.mu.Unlock()
 }
 
-// Unconfirmed is how many live-log entries were refused with
-// errUnconfirmed (an acknowledged group that did not show them stored).
+// Unconfirmed is how many live-log entries (of Log, not LogAsync) were
+// refused with errUnconfirmed (an acknowledged group that did not show them stored).
 func (l *liveGroups) Unconfirmed() int64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -136,3 +136,21 @@ func TestGroupNeverReturnsAWrongPosition(t *testing.T) {
 	}
 	t.Logf("%d entries unconfirmed", unconfirmed)
 }
+
+// An entry that fits MaxEntryBytes only without its key header is refused
+// before it is sent: the stream counts the header, and would drop it
+// without a word in the middle of a group.
+func TestEntryTooLargeWithItsHeader(t *testing.T) {
+	e := openEmbedded(t, Config{})
+	id := IDOf(MsgKey("D", 1, nil, nil))
+	entry := make([]byte, MaxEntryBytes-len(id))
+	for i := range entry {
+		entry[i] = 'x'
+	}
+	if _, _, err := e.LogJSON(context.Background(), "D", entry, id); !errors.Is(err, errEntryTooLarge) {
+		t.Fatalf("got %v, want errEntryTooLarge", err)
+	}
+	if _, _, err := e.LogJSON(context.Background(), "D", entry[:MaxEntryBytes/2], id); err != nil {
+		t.Fatal(err)
+	}
+}
