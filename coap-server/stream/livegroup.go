@@ -31,10 +31,11 @@ import (
 // group's others, and when the last's position is the previous last's plus
 // the group's size, every one of them was stored, at the positions in
 // between. When it is not (the stream dropped one without telling, as it
-// does when its ingest queue is full, or the previous group's
-// acknowledgement did not come), the group's other entries get
-// errUnconfirmed: whether they were stored is not known, as after an
-// acknowledgement that never came. With NATS_URL other instances publish
+// does when its ingest queue is full), the messages in between are read
+// back and matched to the group's entries (locate); an entry not found,
+// or every other entry of a group whose predecessor's acknowledgement did
+// not come, gets errUnconfirmed: whether it was stored is not known, as
+// after an acknowledgement that never came. With NATS_URL other instances publish
 // to the same stream, and every entry is acknowledged on its own (Log).
 type liveGroups struct {
 	e *Engine
@@ -49,6 +50,7 @@ type liveGroups struct {
 
 	unconfirmed   int64 // entries that got errUnconfirmed (mu)
 	sent, entries int64 // groups sent and their entries (mu)
+	located       int64 // groups whose entries were looked for (mu)
 }
 
 const (
@@ -83,6 +85,9 @@ type liveGroup struct {
 	err       error  // the acknowledgement's: every entry's
 	lastSeq   uint64 // the last entry's position; 0 unless err == nil
 	confirmed bool   // every entry's position is known
+	// found holds the positions of entries found in the stream when the
+	// group was not confirmed (0: not found); nil when not looked for.
+	found []uint64
 }
 
 type livePart struct {
@@ -100,8 +105,10 @@ func (g *liveGroup) result(i int) (uint64, error) {
 		return 0, g.err
 	case i == last:
 		return g.lastSeq, nil
-	case !g.confirmed:
+	case !g.confirmed && (g.found == nil || g.found[i] == 0):
 		return 0, errUnconfirmed
+	case !g.confirmed:
+		return g.found[i], nil
 	}
 	return g.lastSeq - uint64(last-i), nil
 }
@@ -207,31 +214,35 @@ func (l *liveGroups) resolve(g *liveGroup, ack pubAck, err error) {
 	} else {
 		g.lastSeq = ack.Sequence
 		g.confirmed = n == 1 || (prevSeq != 0 && ack.Sequence-prevSeq == uint64(n))
+		if !g.confirmed && prevSeq != 0 && ack.Sequence > prevSeq {
+			g.found = l.locate(g, prevSeq)
+		}
 	}
 	g.prev = nil // resolved groups hold no chain of predecessors
 	close(g.done)
+	var unconfirmed int64
 	switch {
 	case g.err != nil:
 		l.e.asyncErrors.Add(int64(g.async))
 	case !g.confirmed:
-		// Which entries are stored is not known: the async ones are
-		// counted as failed, the last one aside (its acknowledgement
-		// is its own).
-		failed := g.async
-		if g.parts[n-1].async {
-			failed--
-		}
-		l.e.asyncErrors.Add(int64(failed))
-	}
-	l.mu.Lock()
-	if g.err == nil && !g.confirmed {
-		// The entries whose callers were refused (the async ones are
-		// in asyncErrors).
-		for _, p := range g.parts[:n-1] {
-			if !p.async {
-				l.unconfirmed++
+		// The entries not found: the async ones count as failed, the
+		// others' callers were refused.
+		var failed int64
+		for i, p := range g.parts[:n-1] {
+			switch {
+			case g.found != nil && g.found[i] != 0:
+			case p.async:
+				failed++
+			default:
+				unconfirmed++
 			}
 		}
+		l.e.asyncErrors.Add(failed)
+	}
+	l.mu.Lock()
+	l.unconfirmed += unconfirmed
+	if g.found != nil {
+		l.located++
 	}
 	l.async -= g.async
 	l.inflight--
@@ -239,6 +250,49 @@ func (l *liveGroups) resolve(g *liveGroup, ack pubAck, err error) {
 		l.sendLocked()
 	}
 	l.mu.Unlock()
+}
+
+// maxLocate bounds the messages locate reads: a range longer than that
+// was not written by this engine alone.
+const maxLocate = 2 * maxGroupEntries
+
+// locate finds, among the messages stored between the previous group's
+// last entry (prevSeq) and g's last, the entries of g but its last, and
+// returns their positions (0 for one not found). The messages are read
+// in order and matched in order, by subject, key and JSON. It runs only
+// when a group's positions do not add up (a message the stream dropped,
+// or another writer), so that one dropped entry does not cost the
+// group's others their answer.
+func (l *liveGroups) locate(g *liveGroup, prevSeq uint64) []uint64 {
+	if g.lastSeq-prevSeq-1 > maxLocate {
+		return nil
+	}
+	found := make([]uint64, len(g.parts))
+	ctx, cancel := context.WithTimeout(context.Background(), l.e.cfg.AckTimeout)
+	defer cancel()
+	next := 0 // the first part not matched yet
+	for seq := prevSeq + 1; seq < g.lastSeq && next < len(g.parts)-1; seq++ {
+		m, err := l.e.live.GetMsg(ctx, seq)
+		if err != nil {
+			if ctx.Err() != nil {
+				return found
+			}
+			continue // deleted since (the per-device limit), or not ours
+		}
+		start := 0
+		if next > 0 {
+			start = g.parts[next-1].end
+		}
+		for k := next; k < len(g.parts)-1; k++ {
+			p := g.parts[k]
+			if m.Subject == p.subject && m.Header.Get(KeyHeader) == p.key && string(m.Data) == string(g.data[start:p.end]) {
+				found[k], next = seq, k+1
+				break
+			}
+			start = p.end
+		}
+	}
+	return found
 }
 
 // Unconfirmed is how many live-log entries (of Log, not LogAsync) were
