@@ -152,6 +152,19 @@ func (a *App) restoreDedup(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("live log: reading the recent uplinks: %w", err)
 	}
+	// Uplinks answered just before a crash whose entries were not stored
+	// yet get them now, and are remembered with them.
+	recovered, err := a.engine.RecoverEntries(ctx, func(key [16]byte, seq uint64, at time.Time) {
+		if a.handler.Dedup.Restore(key, seq, at, now) {
+			restored++
+		}
+	})
+	if err != nil {
+		return 0, err
+	}
+	if recovered > 0 {
+		a.log.Warn("live log: entries of uplinks answered before a crash logged now", "entries", recovered)
+	}
 	return restored, nil
 }
 
@@ -186,6 +199,9 @@ func (a *App) openStream(ctx context.Context) error {
 	release()
 	a.feeder.Close() // nobody watches yet
 	a.httpAPI.Feed = a.feeder
+	a.Metrics.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "nbiot_livelog_async_failed_total",
+		Help: "Live-log entries sent without waiting that the stream did not store: downlink and error entries, and with storage on the embedded engine every accepted uplink's entry (its uplink is stored all the same)."},
+		func() float64 { return float64(e.AsyncErrors()) }))
 	if e.Embedded() {
 		restored, err := a.restoreDedup(ctx)
 		if err != nil {
@@ -293,6 +309,9 @@ func (a *App) Shutdown(ctx context.Context) error {
 			a.coaps.Stop()
 		}
 		var errs []error
+		if a.engine != nil && !a.engine.FlushLive(liveFlushTimeout(ctx)) {
+			errs = append(errs, errors.New("live log: entries still waiting for the stream at shutdown"))
+		}
 		if a.store != nil {
 			if err := a.store.Close(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("storage drain: %w", err))
@@ -327,6 +346,16 @@ func (a *App) Shutdown(ctx context.Context) error {
 		a.shutErr = errors.Join(errs...)
 	})
 	return a.shutErr
+}
+
+// liveFlushTimeout is how long shutdown waits for the live-log entries
+// still being stored: what is left of ctx, at most 5 s.
+func liveFlushTimeout(ctx context.Context) time.Duration {
+	d := 5 * time.Second
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d {
+		d = max(time.Until(dl), 0)
+	}
+	return d
 }
 
 // Run starts the program and serves until ctx ends, then shuts down within

@@ -127,8 +127,32 @@ func TestKill9DuringOutageLosesNothing(t *testing.T) {
 	if got := countRows(t, dbURL, `select count(distinct uplink_count) from activity where devid = 'KILL9'`); got != n {
 		t.Errorf("%d distinct uplinks stored, want %d", got, n)
 	}
+	// The live log has one entry per answered uplink, the last ones too,
+	// whose entries the kill may have caught on their way (the restart
+	// logs them from UPLINKS): up to a marker sent now.
+	ws := second.ws(t, "?since=0&deviceId=KILL9")
+	if code := tryPost(second.dial(t), &nbiotv1.Uplink{DeviceId: "KILL9", UplinkCount: 1_000_000}, 5*time.Second); code != codes.Changed {
+		t.Fatalf("marker: %v", code)
+	}
+	entries := make(map[float64]int)
+	for {
+		f := readFrame(t, ws)
+		if f["type"] != "uplink" {
+			continue
+		}
+		c, _ := f["data"].(map[string]any)["uplink_count"].(float64)
+		if c == 1_000_000 {
+			break
+		}
+		entries[c]++
+	}
+	for i := range n {
+		if entries[float64(i)] != 1 {
+			t.Errorf("uplink %d has %d live-log entries, want 1", i, entries[float64(i)])
+		}
+	}
 	second.proc.Stop(t)
-	if got := countRows(t, dbURL, `select count(*) from activity where devid = 'KILL9'`); got != n {
+	if got := countRows(t, dbURL, `select count(*) from activity where devid = 'KILL9' and uplink_count < 1000000`); got != n {
 		t.Errorf("%d rows, want exactly %d (none twice)", got, n)
 	}
 }

@@ -31,6 +31,10 @@ type recStream struct {
 }
 
 func (r *recStream) Stores() bool { return true }
+func (r *recStream) Behind() bool { return false }
+func (r *recStream) LogBehind(*livelog.Entry, string, func(uint64)) error {
+	panic("recStream: not Behind")
+}
 func (r *recStream) PublishUplink(_ context.Context, a uplink.Accepted, _ []byte) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()

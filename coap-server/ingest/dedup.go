@@ -285,6 +285,17 @@ func (d *Dedup) remember(k dedupKey, code codes.Code, answer []byte, seq uint64,
 	return evicted
 }
 
+// setSeq records the position of k's live-log entry, learnt after its
+// answer was remembered (Stream.LogBehind); a key no longer held is
+// skipped.
+func (d *Dedup) setSeq(k dedupKey, seq uint64) {
+	d.mu.Lock()
+	if p, ok := d.entries[k]; ok {
+		d.at(p).seq = seq
+	}
+	d.mu.Unlock()
+}
+
 // front returns the oldest live entry, first dropping the dead slots
 // before it (entries replaced by a newer answer: their cost was returned
 // when they died).

@@ -47,6 +47,15 @@ type Stream interface {
 	Log(ctx context.Context, entry *livelog.Entry, id string) (seq uint64, dup bool, err error)
 	// LogAsync puts an entry on the live log without waiting.
 	LogAsync(entry *livelog.Entry)
+	// Behind reports whether an accepted uplink's entry may follow its
+	// answer: uplinks are stored (Stores), and the engine learns its
+	// entries' positions without waiting for them (the embedded one).
+	Behind() bool
+	// LogBehind puts an accepted uplink's entry with its key id on the
+	// live log without waiting (only when Behind); done, if set, gets
+	// its position once it is stored. The error is for an entry refused
+	// at once.
+	LogBehind(entry *livelog.Entry, id string, done func(seq uint64)) error
 	// Notify sends a report that is not retained to every instance's hub.
 	Notify(entry *livelog.Entry)
 }
@@ -241,6 +250,26 @@ func (h *Handler) handle(r *request, identity string, now time.Time) response {
 		answer, configApplied, downlink = h.Downlinks.ForUplink(accepted)
 	}
 	entry := livelog.Uplink(deviceID, now, u, configApplied)
+	if h.Stream.Behind() {
+		// The uplink is durable: it is answered now, while its entry is
+		// stored (its position reaches Dedup then, for the retransmission
+		// reports). Remembered first, so that the position has its slot.
+		h.Metrics.Accepted.Inc()
+		var done func(uint64)
+		if h.Dedup != nil {
+			if h.Dedup.remember(key, codes.Changed, answer, 0, now) {
+				h.Metrics.DedupEvictions.Inc()
+			}
+			done = func(seq uint64) { h.Dedup.setSeq(key, seq) }
+		}
+		if err := h.Stream.LogBehind(entry, id, done); err != nil {
+			h.entryFailed(deviceID, now, err)
+		}
+		if downlink != nil {
+			h.Stream.LogAsync(downlink)
+		}
+		return answerWith(codes.Changed, answer)
+	}
 	seq, ldup, err := h.Stream.Log(ctx, entry, id)
 	switch {
 	case err != nil && !h.Stream.Stores():
@@ -252,12 +281,8 @@ func (h *Handler) handle(r *request, identity string, now time.Time) response {
 		// request, would be stored again. Its entry is sent once more
 		// without waiting; if that fails too the live log goes without it.
 		h.Metrics.Accepted.Inc()
-		h.Metrics.EntriesFailed.Inc()
+		h.entryFailed(deviceID, now, err)
 		h.Stream.LogAsync(entry)
-		if last := h.lastEntryLog.Load(); now.UnixNano()-last >= int64(time.Second) && h.lastEntryLog.CompareAndSwap(last, now.UnixNano()) {
-			h.Logger.Warn("uplink accepted, its live-log entry was not (logged at most once a second; see nbiot_livelog_entries_failed_total)",
-				"device", deviceID, "err", err)
-		}
 		if downlink != nil {
 			h.Stream.LogAsync(downlink)
 		}
@@ -276,6 +301,16 @@ func (h *Handler) handle(r *request, identity string, now time.Time) response {
 		h.Metrics.DedupEvictions.Inc()
 	}
 	return answerWith(codes.Changed, answer)
+}
+
+// entryFailed counts and logs (at most once a second) an accepted uplink
+// whose live-log entry the stream refused.
+func (h *Handler) entryFailed(deviceID string, now time.Time, err error) {
+	h.Metrics.EntriesFailed.Inc()
+	if last := h.lastEntryLog.Load(); now.UnixNano()-last >= int64(time.Second) && h.lastEntryLog.CompareAndSwap(last, now.UnixNano()) {
+		h.Logger.Warn("uplink accepted, its live-log entry was not (logged at most once a second; see nbiot_livelog_entries_failed_total)",
+			"device", deviceID, "err", err)
+	}
 }
 
 // unavailable answers 5.03 with Max-Age: the stream did not take the

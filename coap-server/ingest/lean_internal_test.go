@@ -33,7 +33,11 @@ func (m *memStream) Log(context.Context, *livelog.Entry, string) (uint64, bool, 
 	return m.seq.Add(1), false, nil
 }
 func (m *memStream) LogAsync(*livelog.Entry) {}
-func (m *memStream) Notify(*livelog.Entry)   {}
+func (m *memStream) Behind() bool            { return false }
+func (m *memStream) LogBehind(*livelog.Entry, string, func(uint64)) error {
+	panic("memStream: not Behind")
+}
+func (m *memStream) Notify(*livelog.Entry) {}
 
 // syncLean is a LeanServer driven by hand, without a socket or workers:
 // exchange runs one datagram to its answers.

@@ -38,7 +38,11 @@ func (k *keepNothing) Log(context.Context, *livelog.Entry, string) (uint64, bool
 	return k.seq.Add(1), false, nil
 }
 func (*keepNothing) LogAsync(*livelog.Entry) {}
-func (*keepNothing) Notify(*livelog.Entry)   {}
+func (*keepNothing) Behind() bool            { return false }
+func (*keepNothing) LogBehind(*livelog.Entry, string, func(uint64)) error {
+	panic("keepNothing: not Behind")
+}
+func (*keepNothing) Notify(*livelog.Entry) {}
 
 // What the queue charges per datagram is what the heap holds for it,
 // within a quarter, for small junk and for uplinks: QueueBytes means what

@@ -2,6 +2,7 @@ package ingest_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -24,6 +25,7 @@ import (
 	"github.com/nbiot-live/nbiot-live/coap-server/stream"
 	"github.com/nbiot-live/nbiot-live/coap-server/stream/streamtest"
 	"github.com/nbiot-live/nbiot-live/coap-server/uplink"
+	"github.com/nbiot-live/nbiot-live/internal/livelog"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 )
 
@@ -371,9 +373,20 @@ func (p *peer) rawAnswer() []byte {
 // A CON retransmitted 22 s after the original from the same address, and
 // 240 s after from a new one (a NAT rebinding), within EXCHANGE_LIFETIME
 // (RFC 7252 §4.8.2), gets the very same answer; the uplink is handed to
-// the stream once and remembered once.
+// the stream once and remembered once, and each copy's report names the
+// original's entry. With storage the entry follows the answer
+// (LogBehind), and its position reaches Dedup once it is stored.
 func TestLeanRetransmissionAfter22And240Seconds(t *testing.T) {
-	live := &countingStream{Recorder: streamtest.New(t, stream.Config{})}
+	for _, storage := range []bool{false, true} {
+		t.Run(fmt.Sprintf("storage=%v", storage), func(t *testing.T) { testRetransmissionAfter22And240(t, storage) })
+	}
+}
+
+func testRetransmissionAfter22And240(t *testing.T, storage bool) {
+	live := &countingStream{Recorder: streamtest.New(t, stream.Config{Storage: storage})}
+	if live.Behind() != storage {
+		t.Fatalf("Behind() = %v with storage=%v", live.Behind(), storage)
+	}
 	t0 := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
 	var now atomic.Int64
 	now.Store(t0.UnixNano())
@@ -385,6 +398,9 @@ func TestLeanRetransmissionAfter22And240Seconds(t *testing.T) {
 
 	first.sendRaw(m)
 	original := first.rawAnswer()
+	if !live.FlushLive(5 * time.Second) { // its entry stored: position 1
+		t.Fatal("the entry was not stored within 5 s")
+	}
 	for _, tc := range []struct {
 		after time.Duration
 		p     *peer
@@ -406,6 +422,15 @@ func TestLeanRetransmissionAfter22And240Seconds(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(h.Metrics.Duplicates); n != 2 {
 		t.Errorf("duplicates = %v, want 2", n)
+	}
+	reports := live.Notices()
+	if len(reports) != 2 {
+		t.Fatalf("%d retransmission reports, want 2", len(reports))
+	}
+	for i, r := range reports {
+		if rt, _ := r.Data.(map[string]any)["retransmission"].(livelog.RetransmissionData); rt.OfSeq != 1 {
+			t.Errorf("report %d names position %d, want 1 (the original's entry)", i, rt.OfSeq)
+		}
 	}
 }
 

@@ -16,7 +16,8 @@ type Metrics struct {
 	Duplicates     prometheus.Counter
 	DedupEvictions prometheus.Counter
 	// EntriesFailed counts accepted uplinks whose live-log entry the
-	// stream did not acknowledge (sent again without waiting).
+	// stream refused (when it was waited for: sent again without
+	// waiting).
 	EntriesFailed prometheus.Counter
 	requests      *prometheus.CounterVec
 	rejected      *prometheus.CounterVec
@@ -36,7 +37,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "nbiot_dedup_evictions_total", Help: "Remembered answers dropped before EXCHANGE_LIFETIME because the table was full.",
 		}),
 		EntriesFailed: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "nbiot_livelog_entries_failed_total", Help: "Accepted (durable) uplinks whose live-log entry the stream did not acknowledge; each is sent once more without waiting.",
+			Name: "nbiot_livelog_entries_failed_total", Help: "Accepted (durable) uplinks whose live-log entry the stream refused (an entry that was waited for is sent once more without waiting). Entries that fail after the answer are in nbiot_livelog_async_failed_total.",
 		}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nbiot_coap_requests_total", Help: "CoAP requests by response code.",

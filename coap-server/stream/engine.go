@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -74,6 +75,7 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	if cfg.URL == "" {
 		e.devices = newDeviceBudget(int(cfg.DeviceMemory/DeviceBytes), cfg.LiveMaxAge)
 		e.groups = &liveGroups{e: e, key: make([]string, 1)}
+		e.groups.idle = sync.NewCond(&e.groups.mu)
 		e.groups.hdr = nats.Header{KeyHeader: e.groups.key}
 	}
 	opts := []nats.Option{
@@ -274,6 +276,7 @@ func (e *Engine) Embedded() bool { return e.ns != nil }
 // Close drains the connection (pending acks are delivered) and stops the
 // embedded server. It is idempotent.
 func (e *Engine) Close() {
+	e.FlushLive(5 * time.Second)
 	for _, c := range []*nats.Conn{e.store, e.feed} {
 		if c != nil && !c.IsClosed() {
 			c.Close()

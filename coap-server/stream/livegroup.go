@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
 )
@@ -44,7 +45,8 @@ type liveGroups struct {
 	open     *liveGroup // collecting; nil when none
 	inflight int        // groups sent and not yet resolved
 	last     *liveGroup // the group sent most recently
-	async    int        // LogAsync entries in groups not yet resolved
+	async    int        // bytes of async entries in groups not yet resolved
+	idle     *sync.Cond // on mu: signalled when a group is resolved
 	hdr      nats.Header
 	key      []string // hdr's KeyHeader value
 
@@ -60,10 +62,11 @@ const (
 	// maxGroupEntries and maxGroupBytes bound one group.
 	maxGroupEntries = 64
 	maxGroupBytes   = 64 << 10
-	// maxAsyncEntries bounds the LogAsync entries held in groups: past it
-	// one fails (counted), as nats.go's async publishes did past their
-	// pending limit.
-	maxAsyncEntries = 4096
+	// maxAsyncBytes bounds the entries nobody waits for (LogAsync,
+	// LogBehind) held in groups: past it one fails (counted), as nats.go's
+	// async publishes did past their pending limit. 4 MiB is about 10,000
+	// uplink entries, a fifth of a second at this engine's fastest.
+	maxAsyncBytes = 4 << 20
 )
 
 // errUnconfirmed: an entry of a group whose acknowledgement does not show
@@ -75,11 +78,12 @@ var errUnconfirmed = fmt.Errorf("%w: live-log entry sent, its storage not confir
 var errEntryTooLarge = errors.New("stream: live-log entry larger than its bound")
 
 type liveGroup struct {
-	data  []byte     // the entries' JSON, back to back
-	parts []livePart // one per entry, in the order sent
-	prev  *liveGroup // sent just before this one; nil once resolved
-	async int        // LogAsync entries among parts
-	done  chan struct{}
+	data       []byte     // the entries' JSON, back to back
+	parts      []livePart // one per entry, in the order sent
+	prev       *liveGroup // sent just before this one; nil once resolved
+	async      int        // async entries among parts
+	asyncBytes int        // and their bytes
+	done       chan struct{}
 
 	// Set before done is closed.
 	err       error  // the acknowledgement's: every entry's
@@ -94,7 +98,10 @@ type livePart struct {
 	subject string
 	key     string // KeyHeader, "" for none
 	end     int    // the entry is data[previous end:end]
-	async   bool   // nobody waits for it (LogAsync)
+	async   bool   // nobody waits for it (LogAsync, LogBehind)
+	// done, for an async entry, gets its position once it is known
+	// (LogBehind); it is not called for an entry that was not stored.
+	done func(seq uint64)
 }
 
 // result is entry i's position, or why it has none; g.done is closed.
@@ -115,17 +122,18 @@ func (g *liveGroup) result(i int) (uint64, error) {
 
 // add puts one entry in the group being collected. Unless async, it waits
 // for the group's outcome (or ctx) and returns the entry's position. An
-// async entry returns at once; its failure is counted in asyncErrors.
-func (l *liveGroups) add(ctx context.Context, subject, key string, entry []byte, async bool) (uint64, error) {
+// async entry returns at once; its failure is counted in asyncErrors, and
+// done, when set, gets its position.
+func (l *liveGroups) add(ctx context.Context, subject, key string, entry []byte, async bool, done func(uint64)) (uint64, error) {
 	// The stream's MaxMsgSize counts the header too: "NATS/1.0\r\n",
 	// "Nbiot-Key: key\r\n" and "\r\n".
 	if len(entry)+len(KeyHeader)+len(key)+16 > MaxEntryBytes {
 		return 0, errEntryTooLarge
 	}
 	l.mu.Lock()
-	if async && l.async >= maxAsyncEntries {
+	if async && l.async+len(entry) > maxAsyncBytes {
 		l.mu.Unlock()
-		return 0, fmt.Errorf("%w: %d live-log entries already waiting", ErrUnavailable, maxAsyncEntries)
+		return 0, fmt.Errorf("%w: %d bytes of live-log entries already waiting", ErrUnavailable, l.async)
 	}
 	if g := l.open; g != nil && (len(g.parts) >= maxGroupEntries || len(g.data)+len(entry) > maxGroupBytes) {
 		l.sendLocked() // full: out now, whatever is in flight
@@ -135,11 +143,12 @@ func (l *liveGroups) add(ctx context.Context, subject, key string, entry []byte,
 	}
 	g := l.open
 	g.data = append(g.data, entry...)
-	g.parts = append(g.parts, livePart{subject: subject, key: key, end: len(g.data), async: async})
+	g.parts = append(g.parts, livePart{subject: subject, key: key, end: len(g.data), async: async, done: done})
 	i := len(g.parts) - 1
 	if async {
 		g.async++
-		l.async++
+		g.asyncBytes += len(entry)
+		l.async += len(entry)
 	}
 	if l.inflight < liveInflight {
 		l.sendLocked()
@@ -220,6 +229,13 @@ func (l *liveGroups) resolve(g *liveGroup, ack pubAck, err error) {
 	}
 	g.prev = nil // resolved groups hold no chain of predecessors
 	close(g.done)
+	for i, p := range g.parts {
+		if p.done != nil {
+			if seq, err := g.result(i); err == nil {
+				p.done(seq)
+			}
+		}
+	}
 	var unconfirmed int64
 	switch {
 	case g.err != nil:
@@ -244,12 +260,41 @@ func (l *liveGroups) resolve(g *liveGroup, ack pubAck, err error) {
 	if g.found != nil {
 		l.located++
 	}
-	l.async -= g.async
+	l.async -= g.asyncBytes
 	l.inflight--
 	if l.open != nil && l.inflight < liveInflight {
 		l.sendLocked()
 	}
+	l.idle.Broadcast()
 	l.mu.Unlock()
+}
+
+// flush sends the group being collected and waits until every group sent
+// is resolved, or timeout: at shutdown, so that the entries nobody waits
+// for are stored (and acknowledged) before the connection closes.
+func (l *liveGroups) flush(timeout time.Duration) bool {
+	expired := make(chan struct{})
+	t := time.AfterFunc(timeout, func() {
+		close(expired)
+		l.mu.Lock()
+		l.idle.Broadcast()
+		l.mu.Unlock()
+	})
+	defer t.Stop()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.open != nil {
+		l.sendLocked()
+	}
+	for l.inflight > 0 {
+		select {
+		case <-expired:
+			return false
+		default:
+		}
+		l.idle.Wait()
+	}
+	return true
 }
 
 // maxLocate bounds the messages locate reads: a range longer than that

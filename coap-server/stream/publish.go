@@ -150,7 +150,7 @@ func (e *Engine) logMsg(ctx context.Context, lm *liveMsg, device string, entry [
 		return 0, false, ErrTooManyDevices
 	}
 	if e.groups != nil {
-		seq, err = e.groups.add(ctx, liveSubject+device, id, entry, false)
+		seq, err = e.groups.add(ctx, liveSubject+device, id, entry, false, nil)
 		return seq, false, err
 	}
 	lm.msg.Subject, lm.msg.Data = liveSubject+device, entry
@@ -178,6 +178,50 @@ func (e *Engine) publish(ctx context.Context, msg *nats.Msg) (pubAck, error) {
 	return e.acks.publish(ctx, msg, e.cfg.AckTimeout)
 }
 
+// Behind reports whether an accepted uplink's entry may follow its
+// answer (LogBehind): the engine stores uplinks, so an uplink it took is
+// accepted whatever becomes of its entry, and it is the live log's only
+// writer (embedded), so it learns every entry's position on its own.
+func (e *Engine) Behind() bool { return e.uplinks != nil && e.groups != nil }
+
+// LogBehind puts an accepted uplink's live-log entry, with its key id
+// (IDOf), in the next group without waiting (Behind must be true): the
+// uplink's answer goes out while the entry is being stored, so a durable
+// uplink costs one acknowledgement wait, not two. done gets the entry's
+// position once it is stored (on the group's goroutine: it must not
+// block); for an entry that was not, it is not called and the failure is
+// counted (AsyncErrors). The error is for an entry refused at once (too
+// large, too many waiting).
+func (e *Engine) LogBehind(entry *livelog.Entry, id string, done func(seq uint64)) error {
+	if !e.Behind() {
+		return errors.New("stream: LogBehind without storage on the embedded engine")
+	}
+	lm := liveMsgs.Get().(*liveMsg)
+	defer lm.release()
+	b, err := entry.AppendMarshal(lm.buf[:0])
+	if err != nil {
+		return fmt.Errorf("live-log entry: %w", err)
+	}
+	lm.buf = b
+	// PublishUplink already counted the entry's device.
+	if _, err := e.groups.add(context.Background(), liveSubject+entry.DeviceID, id, b, true, done); err != nil {
+		e.asyncErrors.Add(1)
+		return err
+	}
+	return nil
+}
+
+// FlushLive sends the live-log entries being collected and waits, up to
+// timeout, until every group sent is resolved: the entries nobody waits
+// for (LogBehind, LogAsync) are then stored. Shutdown calls it once the
+// CoAP listeners have stopped, before subscribers are disconnected.
+func (e *Engine) FlushLive(timeout time.Duration) bool {
+	if e.groups == nil {
+		return true
+	}
+	return e.groups.flush(timeout)
+}
+
 // LogAsync puts an entry on the live log without waiting for the
 // acknowledgement: error entries and downlink events, which must not delay
 // an answer. A failure is counted by the engine's async error handler.
@@ -188,7 +232,7 @@ func (e *Engine) LogAsync(entry *livelog.Entry) {
 	}
 	b, err := entry.Marshal()
 	if err == nil && e.groups != nil {
-		_, err = e.groups.add(context.Background(), liveSubject+entry.DeviceID, "", b, true)
+		_, err = e.groups.add(context.Background(), liveSubject+entry.DeviceID, "", b, true, nil)
 	} else if err == nil {
 		_, err = e.js.PublishMsgAsync(&nats.Msg{Subject: liveSubject + entry.DeviceID, Data: b}, jetstream.WithStallWait(time.Millisecond))
 	}

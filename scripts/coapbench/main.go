@@ -518,6 +518,10 @@ func runServer(name, addr string) error {
 type noStream struct{ seq atomic.Uint64 }
 
 func (*noStream) Stores() bool { return false }
+func (*noStream) Behind() bool { return false }
+func (*noStream) LogBehind(*livelog.Entry, string, func(uint64)) error {
+	panic("noStream: not Behind")
+}
 
 func (*noStream) PublishUplink(context.Context, uplink.Accepted, []byte) error {
 	return nil

@@ -13,7 +13,7 @@ import (
 	"github.com/nbiot-live/nbiot-live/internal/livelog"
 )
 
-// Recorder is a real *stream.Engine whose Log, LogAsync and Notify also
+// Recorder is a real *stream.Engine whose Log, LogAsync, LogBehind and Notify also
 // keep the entry. It implements ingest.Stream.
 type Recorder struct {
 	*stream.Engine
@@ -49,6 +49,15 @@ func (r *Recorder) Log(ctx context.Context, e *livelog.Entry, id string) (uint64
 func (r *Recorder) LogAsync(e *livelog.Entry) {
 	r.record(&r.entries, e)
 	r.Engine.LogAsync(e)
+}
+
+// LogBehind records e when the engine took it and logs it.
+func (r *Recorder) LogBehind(e *livelog.Entry, id string, done func(uint64)) error {
+	err := r.Engine.LogBehind(e, id, done)
+	if err == nil {
+		r.record(&r.entries, e)
+	}
+	return err
 }
 
 // Broadcast is LogAsync, for code that takes a func(*livelog.Entry).

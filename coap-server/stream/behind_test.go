@@ -1,0 +1,129 @@
+package stream
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nbiot-live/nbiot-live/internal/livelog"
+)
+
+// behind is one LogBehind call: its entry, its key and the position done
+// was given (0: not yet).
+type behind struct {
+	entry []byte
+	key   string
+	mu    sync.Mutex
+	seqs  []uint64
+}
+
+// logBehind has workers callers LogBehind per entries each.
+func logBehind(t *testing.T, e *Engine, workers, per int) []*behind {
+	t.Helper()
+	out := make([][]*behind, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			dev := fmt.Sprintf("D%d", w)
+			for i := range per {
+				le := livelog.Error(dev, time.Now(), fmt.Sprintf("w%di%d", w, i))
+				b := &behind{key: IDOf(MsgKey(dev, int32(i), nil, []byte{byte(w)}))}
+				var err error
+				if b.entry, err = le.Marshal(); err != nil {
+					t.Error(err)
+					return
+				}
+				if err := e.LogBehind(le, b.key, func(seq uint64) {
+					b.mu.Lock()
+					b.seqs = append(b.seqs, seq)
+					b.mu.Unlock()
+				}); err != nil {
+					t.Error(err)
+					return
+				}
+				out[w] = append(out[w], b)
+			}
+		}()
+	}
+	wg.Wait()
+	var all []*behind
+	for _, o := range out {
+		all = append(all, o...)
+	}
+	return all
+}
+
+// An entry that follows its uplink's answer learns its position once it
+// is stored: exactly once, and the position holds that entry with its key.
+func TestLogBehindTellsEachEntryItsPosition(t *testing.T) {
+	e := openEmbedded(t, Config{Storage: true})
+	if !e.Behind() {
+		t.Fatal("an embedded engine with storage does not log behind")
+	}
+	all := logBehind(t, e, 16, 200)
+	if !e.FlushLive(10 * time.Second) {
+		t.Fatal("entries still waiting after 10 s")
+	}
+	ctx := context.Background()
+	seen := make(map[uint64]bool)
+	for i, b := range all {
+		b.mu.Lock()
+		seqs := b.seqs
+		b.mu.Unlock()
+		if len(seqs) != 1 {
+			t.Fatalf("entry %d was given %d positions: %v", i, len(seqs), seqs)
+		}
+		if seen[seqs[0]] {
+			t.Fatalf("position %d given twice", seqs[0])
+		}
+		seen[seqs[0]] = true
+		m, err := e.live.GetMsg(ctx, seqs[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(m.Data) != string(b.entry) || m.Header.Get(KeyHeader) != b.key {
+			t.Fatalf("entry %d (%s) was given position %d, which holds %s (key %q)", i, b.entry, seqs[0], m.Data, m.Header.Get(KeyHeader))
+		}
+	}
+	if e.groups.entries <= e.groups.sent {
+		t.Fatalf("no group had more than one entry (%d groups, %d entries)", e.groups.sent, e.groups.entries)
+	}
+	if n := e.AsyncErrors(); n != 0 {
+		t.Fatalf("%d entries failed", n)
+	}
+}
+
+// Closing the engine right after entries were logged behind their answers
+// stores every one of them: a deploy (a graceful stop) loses no entry.
+func TestCloseStoresTheEntriesBehind(t *testing.T) {
+	dir := t.TempDir()
+	e := openEmbedded(t, Config{DataDir: dir, Storage: true})
+	const workers, per = 16, 300
+	logBehind(t, e, workers, per)
+	e.Close()
+	e = openEmbedded(t, Config{DataDir: dir, Storage: true})
+	info, err := e.live.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != workers*per {
+		t.Fatalf("the live log holds %d entries after a restart, want %d", info.State.Msgs, workers*per)
+	}
+}
+
+// Without storage an entry is what makes its uplink durable, so it is
+// never logged behind (nor with NATS_URL, where other instances write to
+// the live log and each entry is acknowledged on its own: no groups).
+func TestLogBehindNeedsStorage(t *testing.T) {
+	e := openEmbedded(t, Config{})
+	if e.Behind() {
+		t.Fatal("an engine without storage logs behind")
+	}
+	if err := e.LogBehind(livelog.Error("D1", time.Now(), "x"), "", nil); err == nil {
+		t.Fatal("LogBehind without storage took an entry")
+	}
+}

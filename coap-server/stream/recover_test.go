@@ -1,0 +1,86 @@
+package stream
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/nbiot-live/nbiot-live/internal/livelog"
+)
+
+// Uplinks answered (in UPLINKS) whose entries a crash kept from the live
+// log get them at the next start, each once, with its key; those whose
+// entries were stored get no second one, and a second start logs nothing.
+func TestRecoverEntriesOfUplinksAnsweredBeforeACrash(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	e := openEmbedded(t, Config{DataDir: dir, Storage: true})
+	const total, logged = 40, 25
+	keys := make(map[[16]byte]string)
+	for i := range total {
+		a, payload := accepted(t, "REC", uint32(i))
+		a.Key = MsgKey("REC", int32(i), nil, payload)
+		keys[a.Key] = IDOf(a.Key)
+		if err := e.PublishUplink(ctx, a, payload); err != nil {
+			t.Fatal(err)
+		}
+		if i < logged { // the crash took the entries of the rest
+			if err := e.LogBehind(livelog.Uplink("REC", a.ReceivedAt, a.Uplink, nil), IDOf(a.Key), nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	e.Close()
+
+	e = openEmbedded(t, Config{DataDir: dir, Storage: true})
+	got := make(map[[16]byte]uint64)
+	n, err := e.RecoverEntries(ctx, func(key [16]byte, seq uint64, _ time.Time) { got[key] = seq })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != total-logged || len(got) != total-logged {
+		t.Fatalf("recovered %d entries (%d keys), want %d", n, len(got), total-logged)
+	}
+	// Every uplink has one entry now, with its key, in the order of the
+	// uplinks.
+	counts := make(map[[16]byte]int)
+	var order []uint32
+	if _, err := e.RecentKeys(ctx, time.Time{}, func(key [16]byte, seq uint64, _ time.Time) {
+		counts[key]++
+		m, err := e.live.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var le struct {
+			Data struct {
+				Count uint32 `json:"uplink_count"`
+			} `json:"data"`
+		}
+		if err := json.Unmarshal(m.Data, &le); err != nil {
+			t.Fatal(err)
+		}
+		order = append(order, le.Data.Count)
+		if s, ok := got[key]; ok && s != seq {
+			t.Errorf("key %s recovered at %d, found at %d", keys[key], s, seq)
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for k, id := range keys {
+		if counts[k] != 1 {
+			t.Errorf("uplink %s has %d entries, want 1", id, counts[k])
+		}
+	}
+	for i, c := range order {
+		if c != uint32(i) {
+			t.Fatalf("entries in the order %v, want the uplinks' order", order)
+		}
+	}
+
+	e.Close()
+	e = openEmbedded(t, Config{DataDir: dir, Storage: true})
+	if n, err := e.RecoverEntries(ctx, func([16]byte, uint64, time.Time) {}); err != nil || n != 0 {
+		t.Fatalf("a second start recovered %d entries (%v), want none", n, err)
+	}
+}
