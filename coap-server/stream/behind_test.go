@@ -68,6 +68,54 @@ func TestLogBehindTellsEachEntryItsPosition(t *testing.T) {
 	if !e.FlushLive(10 * time.Second) {
 		t.Fatal("entries still waiting after 10 s")
 	}
+	checkBehind(t, e, all)
+	if e.groups.entries <= e.groups.sent {
+		t.Fatalf("no group had more than one entry (%d groups, %d entries)", e.groups.sent, e.groups.entries)
+	}
+}
+
+// When more entries wait than the engine holds for nobody (maxAsyncBytes:
+// the stream stores entries slower than uplinks come, as with an fsync per
+// message), a caller waits for its entry rather than drop it. Here the
+// bound is below one entry, so every caller waits.
+func TestLogBehindWaitsWhenTooManyWait(t *testing.T) {
+	e := openEmbedded(t, Config{Storage: true})
+	e.groups.mu.Lock()
+	e.groups.maxAsync = 1
+	e.groups.mu.Unlock()
+	const workers, per = 8, 100
+	all := logBehind(t, e, workers, per)
+	if n := e.BehindWaits(); n != workers*per {
+		t.Fatalf("%d callers waited for their entry, want %d", n, workers*per)
+	}
+	checkBehind(t, e, all)
+}
+
+// Entries logged behind their answers faster than the stream stores them
+// fill groups, and only a few full groups are in flight at once, the rest
+// waiting their turn: a stream slowed by an fsync per message stores every
+// entry within its acknowledgement's time. When every full group was sent
+// at once, the backlog in the stream's queue outlasted AckTimeout, and
+// its entries failed with the groups after them.
+func TestLogBehindWithSyncAlwaysLosesNoEntry(t *testing.T) {
+	e := openEmbedded(t, Config{Storage: true, SyncAlways: true})
+	all := logBehind(t, e, 16, 400)
+	if !e.FlushLive(time.Minute) {
+		t.Fatal("entries still waiting after a minute")
+	}
+	checkBehind(t, e, all)
+	e.groups.mu.Lock()
+	peak := e.groups.peak
+	e.groups.mu.Unlock()
+	if peak > liveInflightFull {
+		t.Fatalf("%d groups were in flight at once, want at most %d", peak, liveInflightFull)
+	}
+}
+
+// checkBehind: every entry was given one position, no two the same, and
+// the position holds that entry with its key; none failed.
+func checkBehind(t *testing.T, e *Engine, all []*behind) {
+	t.Helper()
 	ctx := context.Background()
 	seen := make(map[uint64]bool)
 	for i, b := range all {
@@ -88,9 +136,6 @@ func TestLogBehindTellsEachEntryItsPosition(t *testing.T) {
 		if string(m.Data) != string(b.entry) || m.Header.Get(KeyHeader) != b.key {
 			t.Fatalf("entry %d (%s) was given position %d, which holds %s (key %q)", i, b.entry, seqs[0], m.Data, m.Header.Get(KeyHeader))
 		}
-	}
-	if e.groups.entries <= e.groups.sent {
-		t.Fatalf("no group had more than one entry (%d groups, %d entries)", e.groups.sent, e.groups.entries)
 	}
 	if n := e.AsyncErrors(); n != 0 {
 		t.Fatalf("%d entries failed", n)

@@ -39,8 +39,9 @@ func cpuTime(tb testing.TB) time.Duration {
 //	go test -run '^$' -bench DurableUplink -benchtime 20000x ./coap-server/stream
 //
 // "storage=none" is the same without storage (no UPLINKS publish: the live
-// log only); the difference to sync=default is what making the uplink
-// itself durable costs.
+// log only, each entry waited for, since it is what makes the uplink
+// durable); the difference to sync=default is what making the uplink
+// itself durable costs, the entry's CPU counted in both.
 func BenchmarkDurableUplink(b *testing.B) {
 	for _, c := range []struct {
 		name            string

@@ -42,12 +42,17 @@ type Engine struct {
 	groups  *liveGroups   // of LIVELOG publishes, embedded; nil with NATS_URL
 	devices *deviceBudget // nil with NATS_URL
 	closed  chan struct{} // closed by the publish connection's ClosedHandler
-	// asyncErrors counts LogAsync publishes that failed.
+	// asyncErrors counts LogAsync and LogBehind publishes that failed.
 	asyncErrors atomic.Int64
+	behindWaits atomic.Int64 // LogBehind callers that waited (BehindWaits)
 }
 
 // AsyncErrors is the number of LogAsync entries the stream did not take.
 func (e *Engine) AsyncErrors() int64 { return e.asyncErrors.Load() }
+
+// BehindWaits is the number of LogBehind callers that waited for their
+// entry because too many entries were waiting already (maxAsyncBytes).
+func (e *Engine) BehindWaits() int64 { return e.behindWaits.Load() }
 
 // UnconfirmedEntries is the number of live-log entries refused because
 // their group's acknowledgement did not show them stored (livegroup.go;
@@ -74,7 +79,7 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	e.batches.e = e
 	if cfg.URL == "" {
 		e.devices = newDeviceBudget(int(cfg.DeviceMemory/DeviceBytes), cfg.LiveMaxAge)
-		e.groups = &liveGroups{e: e, key: make([]string, 1)}
+		e.groups = &liveGroups{e: e, key: make([]string, 1), maxAsync: maxAsyncBytes}
 		e.groups.idle = sync.NewCond(&e.groups.mu)
 		e.groups.hdr = nats.Header{KeyHeader: e.groups.key}
 	}

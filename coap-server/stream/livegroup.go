@@ -42,11 +42,14 @@ type liveGroups struct {
 	e *Engine
 
 	mu       sync.Mutex
-	open     *liveGroup // collecting; nil when none
-	inflight int        // groups sent and not yet resolved
-	last     *liveGroup // the group sent most recently
-	async    int        // bytes of async entries in groups not yet resolved
-	idle     *sync.Cond // on mu: signalled when a group is resolved
+	open     *liveGroup   // collecting; nil when none
+	queued   []*liveGroup // full, waiting to be sent, oldest first
+	inflight int          // groups sent and not yet resolved
+	peak     int          // the most inflight has been
+	last     *liveGroup   // the group sent most recently
+	async    int          // bytes of async entries in groups not yet resolved
+	maxAsync int          // the most async may be: maxAsyncBytes (tests lower it)
+	idle     *sync.Cond   // on mu: signalled when a group is resolved
 	hdr      nats.Header
 	key      []string // hdr's KeyHeader value
 
@@ -57,14 +60,23 @@ type liveGroups struct {
 
 const (
 	// liveInflight is how many groups may wait for their acknowledgement
-	// at once; more are sent only when a group is full.
-	liveInflight = 2
+	// at once; full groups are sent up to liveInflightFull. More wait, in
+	// order, until one is resolved: entries the stream has not processed
+	// yet wait in its queue, where their acknowledgement's time runs
+	// (AckTimeout), so the groups in flight must be few enough for the
+	// slowest stream to store within it: with an fsync per message
+	// (NATS_SYNC_ALWAYS) about 3,000 entries a second, and 8 full groups
+	// are 512 entries. Sending every full group at once let a backlog of
+	// 10,000 entries time out there, and the groups after it with it.
+	liveInflight     = 2
+	liveInflightFull = 8
 	// maxGroupEntries and maxGroupBytes bound one group.
 	maxGroupEntries = 64
 	maxGroupBytes   = 64 << 10
 	// maxAsyncBytes bounds the entries nobody waits for (LogAsync,
-	// LogBehind) held in groups: past it one fails (counted), as nats.go's
-	// async publishes did past their pending limit. 4 MiB is about 10,000
+	// LogBehind) held in groups. Past it a LogAsync entry fails (counted),
+	// as nats.go's async publishes did past their pending limit, and a
+	// LogBehind caller waits for its entry instead. 4 MiB is about 10,000
 	// uplink entries, a fifth of a second at this engine's fastest.
 	maxAsyncBytes = 4 << 20
 )
@@ -72,6 +84,9 @@ const (
 // errUnconfirmed: an entry of a group whose acknowledgement does not show
 // that every entry before the last was stored.
 var errUnconfirmed = fmt.Errorf("%w: live-log entry sent, its storage not confirmed", ErrUnavailable)
+
+// errAsyncFull: maxAsync bytes of entries nobody waits for are in groups.
+var errAsyncFull = fmt.Errorf("%w: too many live-log entries already waiting", ErrUnavailable)
 
 // errEntryTooLarge: an entry over MaxEntryBytes, which the stream would
 // refuse without a word.
@@ -131,12 +146,13 @@ func (l *liveGroups) add(ctx context.Context, subject, key string, entry []byte,
 		return 0, errEntryTooLarge
 	}
 	l.mu.Lock()
-	if async && l.async+len(entry) > maxAsyncBytes {
+	if async && l.async+len(entry) > l.maxAsync {
 		l.mu.Unlock()
-		return 0, fmt.Errorf("%w: %d bytes of live-log entries already waiting", ErrUnavailable, l.async)
+		return 0, fmt.Errorf("%w (%d bytes)", errAsyncFull, l.async)
 	}
 	if g := l.open; g != nil && (len(g.parts) >= maxGroupEntries || len(g.data)+len(entry) > maxGroupBytes) {
-		l.sendLocked() // full: out now, whatever is in flight
+		l.queued = append(l.queued, g) // full: next out
+		l.open = nil
 	}
 	if l.open == nil {
 		l.open = &liveGroup{data: make([]byte, 0, 4*len(entry)), done: make(chan struct{})}
@@ -150,9 +166,7 @@ func (l *liveGroups) add(ctx context.Context, subject, key string, entry []byte,
 		g.asyncBytes += len(entry)
 		l.async += len(entry)
 	}
-	if l.inflight < liveInflight {
-		l.sendLocked()
-	}
+	l.sendNextLocked()
 	l.mu.Unlock()
 	if async {
 		return 0, nil
@@ -165,13 +179,28 @@ func (l *liveGroups) add(ctx context.Context, subject, key string, entry []byte,
 	}
 }
 
-// sendLocked sends the open group; l.mu is held, so that groups reach the
-// connection whole and in the order l.last records.
-func (l *liveGroups) sendLocked() {
-	g := l.open
-	l.open = nil
+// sendNextLocked sends what may go now: the full groups, oldest first,
+// while fewer than liveInflightFull are in flight, then the open one,
+// while fewer than liveInflight are.
+func (l *liveGroups) sendNextLocked() {
+	for len(l.queued) > 0 && l.inflight < liveInflightFull {
+		g := l.queued[0]
+		l.queued[0] = nil
+		l.queued = l.queued[1:]
+		l.sendLocked(g)
+	}
+	if g := l.open; g != nil && len(l.queued) == 0 && l.inflight < liveInflight {
+		l.open = nil
+		l.sendLocked(g)
+	}
+}
+
+// sendLocked sends g; l.mu is held, so that groups reach the connection
+// whole and in the order l.last records.
+func (l *liveGroups) sendLocked(g *liveGroup) {
 	g.prev, l.last = l.last, g
 	l.inflight++
+	l.peak = max(l.peak, l.inflight)
 	l.sent++
 	l.entries += int64(len(g.parts))
 	msg := nats.Msg{}
@@ -262,9 +291,7 @@ func (l *liveGroups) resolve(g *liveGroup, ack pubAck, err error) {
 	}
 	l.async -= g.asyncBytes
 	l.inflight--
-	if l.open != nil && l.inflight < liveInflight {
-		l.sendLocked()
-	}
+	l.sendNextLocked()
 	l.idle.Broadcast()
 	l.mu.Unlock()
 }
@@ -284,9 +311,11 @@ func (l *liveGroups) flush(timeout time.Duration) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.open != nil {
-		l.sendLocked()
+		l.queued = append(l.queued, l.open)
+		l.open = nil
+		l.sendNextLocked()
 	}
-	for l.inflight > 0 {
+	for l.inflight > 0 || len(l.queued) > 0 {
 		select {
 		case <-expired:
 			return false

@@ -190,8 +190,13 @@ func (e *Engine) Behind() bool { return e.uplinks != nil && e.groups != nil }
 // uplink costs one acknowledgement wait, not two. done gets the entry's
 // position once it is stored (on the group's goroutine: it must not
 // block); for an entry that was not, it is not called and the failure is
-// counted (AsyncErrors). The error is for an entry refused at once (too
-// large, too many waiting).
+// counted (AsyncErrors). When maxAsyncBytes of entries are waiting already
+// (the stream stores entries slower than uplinks come: an fsync per
+// message, a saturated machine), the caller waits for its entry, up to
+// AckTimeout, and done is called before LogBehind returns: the answers
+// slow down to the rate the live log keeps, and no entry is dropped
+// (BehindWaits counts it). The error is for an entry the stream did not
+// take (too large; a wait that failed).
 func (e *Engine) LogBehind(entry *livelog.Entry, id string, done func(seq uint64)) error {
 	if !e.Behind() {
 		return errors.New("stream: LogBehind without storage on the embedded engine")
@@ -204,7 +209,18 @@ func (e *Engine) LogBehind(entry *livelog.Entry, id string, done func(seq uint64
 	}
 	lm.buf = b
 	// PublishUplink already counted the entry's device.
-	if _, err := e.groups.add(context.Background(), liveSubject+entry.DeviceID, id, b, true, done); err != nil {
+	subject := liveSubject + entry.DeviceID
+	_, err = e.groups.add(context.Background(), subject, id, b, true, done)
+	if errors.Is(err, errAsyncFull) {
+		// Not the request's context: the entry is in a group once added,
+		// and the group's wait is bounded by AckTimeout.
+		e.behindWaits.Add(1)
+		var seq uint64
+		if seq, err = e.groups.add(context.Background(), subject, id, b, false, nil); err == nil && done != nil {
+			done(seq)
+		}
+	}
+	if err != nil {
 		e.asyncErrors.Add(1)
 		return err
 	}
