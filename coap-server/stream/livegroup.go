@@ -147,8 +147,9 @@ func (l *liveGroups) add(ctx context.Context, subject, key string, entry []byte,
 	}
 	l.mu.Lock()
 	if async && l.async+len(entry) > l.maxAsync {
+		waiting := l.async
 		l.mu.Unlock()
-		return 0, fmt.Errorf("%w (%d bytes)", errAsyncFull, l.async)
+		return 0, fmt.Errorf("%w (%d bytes)", errAsyncFull, waiting)
 	}
 	if g := l.open; g != nil && (len(g.parts) >= maxGroupEntries || len(g.data)+len(entry) > maxGroupBytes) {
 		l.queued = append(l.queued, g) // full: next out

@@ -104,3 +104,73 @@ func BenchmarkLivePublish(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkLiveAtCap is what an entry costs once the devices are at their
+// per-device limit (LIVELOG_PER_DEVICE, here 4), so that every entry
+// removes that device's oldest: acknowledged LIVELOG publishes from 16
+// callers, round-robin over the devices, process CPU per entry. The
+// removal makes nats-server look for the device's next entry in the
+// block from the removed one on, past every other device's entries in
+// between, so the cost grows with the number of devices interleaved, not
+// with the limit. "nolimit" is the same publishes with no per-device limit,
+// "bytes" with the stream at a byte limit instead (4 MiB, about 16 entries
+// a device: every entry removes the stream's oldest).
+//
+//	go test -run '^$' -bench LiveAtCap -benchtime 40000x ./coap-server/stream
+func BenchmarkLiveAtCap(b *testing.B) {
+	entry := []byte(`{"deviceId":"BENCH","timestamp":"2024-01-15T10:30:00.000Z","type":"uplink","message":"Received uplink #42","data":{"uplink_count":42,"temperature":23.5,"activity":{"sleep":3600,"modem":45,"gnss":120,"wifi":30,"other":60},"wifi_count":3,"reboot":null}}`)
+	const perDevice, workers = 4, 16
+	for _, c := range []struct {
+		devices int
+		limit   string
+	}{{16, ""}, {1000, ""}, {5000, ""}, {5000, "nolimit"}, {1000, "bytes"}} {
+		name := fmt.Sprintf("devices=%d", c.devices)
+		if c.limit != "" {
+			name += "/" + c.limit
+		}
+		b.Run(name, func(b *testing.B) {
+			cfg := Config{LivePerDevice: perDevice}
+			switch c.limit {
+			case "nolimit":
+				cfg.LivePerDevice = 1 << 40
+			case "bytes":
+				cfg.LivePerDevice, cfg.LiveBytes = 1<<40, 4<<20
+			}
+			e := openEmbedded(b, cfg)
+			devs := make([]string, c.devices)
+			for i := range devs {
+				devs[i] = fmt.Sprintf("D%05d", i)
+			}
+			publish := func(n int) int {
+				var wg sync.WaitGroup
+				per := (n + workers - 1) / workers
+				for w := range workers {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						for i := range per {
+							dev := devs[(i*workers+w)%len(devs)]
+							if _, _, err := e.LogJSON(context.Background(), dev, entry, ""); err != nil {
+								b.Error(err)
+								return
+							}
+						}
+					}()
+				}
+				wg.Wait()
+				return per * workers
+			}
+			if c.limit == "bytes" {
+				publish(2 * int(cfg.LiveBytes) / len(entry)) // the stream at its limit
+			} else {
+				publish(c.devices * perDevice) // every device at its limit
+			}
+			b.ResetTimer()
+			cpu0 := cpuTime(b)
+			n := publish(b.N)
+			cpu := cpuTime(b) - cpu0
+			b.StopTimer()
+			b.ReportMetric(float64(cpu.Nanoseconds())/1e3/float64(n), "cpu-µs/entry")
+		})
+	}
+}
