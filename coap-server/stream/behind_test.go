@@ -74,19 +74,24 @@ func TestLogBehindTellsEachEntryItsPosition(t *testing.T) {
 	}
 }
 
-// When more entries wait than the engine holds for nobody (maxAsyncBytes:
+// When more entries wait than the engine holds behind answers (maxBehindBytes:
 // the stream stores entries slower than uplinks come, as with an fsync per
 // message), a caller waits for its entry rather than drop it. Here the
 // bound is below one entry, so every caller waits.
 func TestLogBehindWaitsWhenTooManyWait(t *testing.T) {
 	e := openEmbedded(t, Config{Storage: true})
 	e.groups.mu.Lock()
-	e.groups.maxAsync = 1
+	e.groups.maxBehind = 1
 	e.groups.mu.Unlock()
 	const workers, per = 8, 100
 	all := logBehind(t, e, workers, per)
 	if n := e.BehindWaits(); n != workers*per {
 		t.Fatalf("%d callers waited for their entry, want %d", n, workers*per)
+	}
+	// The entries of LogAsync have a bound of their own.
+	e.LogAsync(livelog.Error("D1", time.Now(), "async"))
+	if !e.FlushLive(10 * time.Second) {
+		t.Fatal("entries still waiting after 10 s")
 	}
 	checkBehind(t, e, all)
 }

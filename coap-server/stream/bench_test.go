@@ -104,7 +104,10 @@ func BenchmarkDurableUplink(b *testing.B) {
 			b.ReportMetric(float64(all[n/2].Microseconds()), "p50-µs")
 			b.ReportMetric(float64(all[n*99/100].Microseconds()), "p99-µs")
 			b.ReportMetric(float64(n)/elapsed.Seconds(), "uplinks/s")
-			_ = fmt.Sprint()
+			if e.Behind() {
+				// How often an answer waited for its entry (maxBehindBytes).
+				b.ReportMetric(float64(e.BehindWaits())/float64(n), "waited/uplink")
+			}
 		})
 	}
 }

@@ -51,7 +51,7 @@ type Engine struct {
 func (e *Engine) AsyncErrors() int64 { return e.asyncErrors.Load() }
 
 // BehindWaits is the number of LogBehind callers that waited for their
-// entry because too many entries were waiting already (maxAsyncBytes).
+// entry because too many entries were waiting already (maxBehindBytes).
 func (e *Engine) BehindWaits() int64 { return e.behindWaits.Load() }
 
 // UnconfirmedEntries is the number of live-log entries refused because
@@ -79,7 +79,7 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	e.batches.e = e
 	if cfg.URL == "" {
 		e.devices = newDeviceBudget(int(cfg.DeviceMemory/DeviceBytes), cfg.LiveMaxAge)
-		e.groups = &liveGroups{e: e, key: make([]string, 1), maxAsync: maxAsyncBytes}
+		e.groups = &liveGroups{e: e, key: make([]string, 1), maxAsync: maxAsyncBytes, maxBehind: maxBehindBytes}
 		e.groups.idle = sync.NewCond(&e.groups.mu)
 		e.groups.hdr = nats.Header{KeyHeader: e.groups.key}
 	}

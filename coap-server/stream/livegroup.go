@@ -41,17 +41,18 @@ import (
 type liveGroups struct {
 	e *Engine
 
-	mu       sync.Mutex
-	open     *liveGroup   // collecting; nil when none
-	queued   []*liveGroup // full, waiting to be sent, oldest first
-	inflight int          // groups sent and not yet resolved
-	peak     int          // the most inflight has been
-	last     *liveGroup   // the group sent most recently
-	async    int          // bytes of async entries in groups not yet resolved
-	maxAsync int          // the most async may be: maxAsyncBytes (tests lower it)
-	idle     *sync.Cond   // on mu: signalled when a group is resolved
-	hdr      nats.Header
-	key      []string // hdr's KeyHeader value
+	mu        sync.Mutex
+	open      *liveGroup   // collecting; nil when none
+	queued    []*liveGroup // full, waiting to be sent, oldest first
+	inflight  int          // groups sent and not yet resolved
+	peak      int          // the most inflight has been
+	last      *liveGroup   // the group sent most recently
+	async     int          // bytes of async entries in groups not yet resolved
+	maxAsync  int          // the most async may be: maxAsyncBytes (tests lower it)
+	maxBehind int          // the most for a LogBehind entry to join: maxBehindBytes
+	idle      *sync.Cond   // on mu: signalled when a group is resolved
+	hdr       nats.Header
+	key       []string // hdr's KeyHeader value
 
 	unconfirmed   int64 // entries that got errUnconfirmed (mu)
 	sent, entries int64 // groups sent and their entries (mu)
@@ -74,11 +75,18 @@ const (
 	maxGroupEntries = 64
 	maxGroupBytes   = 64 << 10
 	// maxAsyncBytes bounds the entries nobody waits for (LogAsync,
-	// LogBehind) held in groups. Past it a LogAsync entry fails (counted),
-	// as nats.go's async publishes did past their pending limit, and a
-	// LogBehind caller waits for its entry instead. 4 MiB is about 10,000
-	// uplink entries, a fifth of a second at this engine's fastest.
+	// LogBehind) held in groups: past it a LogAsync entry fails (counted),
+	// as nats.go's async publishes did past their pending limit. 4 MiB is
+	// about 10,000 uplink entries, a fifth of a second at this engine's
+	// fastest.
 	maxAsyncBytes = 4 << 20
+	// maxBehindBytes: past it a LogBehind caller waits for its entry
+	// instead, so that an entry lags its answer by no more than the
+	// stream takes to store this much, about 330 entries: 3 ms at this
+	// engine's fastest, 0.1 s with an fsync per message. That keeps it
+	// within the storage's batch wait (200 ms), during which its uplink
+	// is still in UPLINKS for RecoverEntries to find after a crash.
+	maxBehindBytes = 128 << 10
 )
 
 // errUnconfirmed: an entry of a group whose acknowledgement does not show
@@ -135,18 +143,33 @@ func (g *liveGroup) result(i int) (uint64, error) {
 	return g.lastSeq - uint64(last-i), nil
 }
 
-// add puts one entry in the group being collected. Unless async, it waits
-// for the group's outcome (or ctx) and returns the entry's position. An
-// async entry returns at once; its failure is counted in asyncErrors, and
-// done, when set, gets its position.
-func (l *liveGroups) add(ctx context.Context, subject, key string, entry []byte, async bool, done func(uint64)) (uint64, error) {
+// addMode says who waits for an entry.
+type addMode int
+
+const (
+	addWaited addMode = iota // its caller (Log)
+	addBehind                // nobody: its uplink was answered (LogBehind)
+	addFire                  // nobody (LogAsync)
+)
+
+// add puts one entry in the group being collected. A waited entry's
+// caller waits for the group's outcome (or ctx) and gets the entry's
+// position. Any other returns at once, or with errAsyncFull when too many
+// bytes of such entries wait already; its failure is counted in
+// asyncErrors, and done, when set, gets its position.
+func (l *liveGroups) add(ctx context.Context, subject, key string, entry []byte, mode addMode, done func(uint64)) (uint64, error) {
+	async := mode != addWaited
 	// The stream's MaxMsgSize counts the header too: "NATS/1.0\r\n",
 	// "Nbiot-Key: key\r\n" and "\r\n".
 	if len(entry)+len(KeyHeader)+len(key)+16 > MaxEntryBytes {
 		return 0, errEntryTooLarge
 	}
 	l.mu.Lock()
-	if async && l.async+len(entry) > l.maxAsync {
+	bound := l.maxAsync
+	if mode == addBehind {
+		bound = min(bound, l.maxBehind)
+	}
+	if async && l.async+len(entry) > bound {
 		waiting := l.async
 		l.mu.Unlock()
 		return 0, fmt.Errorf("%w (%d bytes)", errAsyncFull, waiting)

@@ -150,7 +150,7 @@ func (e *Engine) logMsg(ctx context.Context, lm *liveMsg, device string, entry [
 		return 0, false, ErrTooManyDevices
 	}
 	if e.groups != nil {
-		seq, err = e.groups.add(ctx, liveSubject+device, id, entry, false, nil)
+		seq, err = e.groups.add(ctx, liveSubject+device, id, entry, addWaited, nil)
 		return seq, false, err
 	}
 	lm.msg.Subject, lm.msg.Data = liveSubject+device, entry
@@ -190,7 +190,7 @@ func (e *Engine) Behind() bool { return e.uplinks != nil && e.groups != nil }
 // uplink costs one acknowledgement wait, not two. done gets the entry's
 // position once it is stored (on the group's goroutine: it must not
 // block); for an entry that was not, it is not called and the failure is
-// counted (AsyncErrors). When maxAsyncBytes of entries are waiting already
+// counted (AsyncErrors). When maxBehindBytes of entries are waiting already
 // (the stream stores entries slower than uplinks come: an fsync per
 // message, a saturated machine), the caller waits for its entry, up to
 // AckTimeout, and done is called before LogBehind returns: the answers
@@ -210,13 +210,13 @@ func (e *Engine) LogBehind(entry *livelog.Entry, id string, done func(seq uint64
 	lm.buf = b
 	// PublishUplink already counted the entry's device.
 	subject := liveSubject + entry.DeviceID
-	_, err = e.groups.add(context.Background(), subject, id, b, true, done)
+	_, err = e.groups.add(context.Background(), subject, id, b, addBehind, done)
 	if errors.Is(err, errAsyncFull) {
 		// Not the request's context: the entry is in a group once added,
 		// and the group's wait is bounded by AckTimeout.
 		e.behindWaits.Add(1)
 		var seq uint64
-		if seq, err = e.groups.add(context.Background(), subject, id, b, false, nil); err == nil && done != nil {
+		if seq, err = e.groups.add(context.Background(), subject, id, b, addWaited, nil); err == nil && done != nil {
 			done(seq)
 		}
 	}
@@ -248,7 +248,7 @@ func (e *Engine) LogAsync(entry *livelog.Entry) {
 	}
 	b, err := entry.Marshal()
 	if err == nil && e.groups != nil {
-		_, err = e.groups.add(context.Background(), liveSubject+entry.DeviceID, "", b, true, nil)
+		_, err = e.groups.add(context.Background(), liveSubject+entry.DeviceID, "", b, addFire, nil)
 	} else if err == nil {
 		_, err = e.js.PublishMsgAsync(&nats.Msg{Subject: liveSubject + entry.DeviceID, Data: b}, jetstream.WithStallWait(time.Millisecond))
 	}

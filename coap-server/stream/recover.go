@@ -17,7 +17,8 @@ import (
 // crash in between (kill -9, an OOM kill, a power cut) can leave an
 // answered uplink without its entry. UPLINKS is then what tells: the
 // uplink is still there, waiting for the database (its batch waits up to
-// STORAGE_BATCH_WAIT, its entry takes well under a millisecond), so at
+// STORAGE_BATCH_WAIT, its entry takes well under a millisecond, and past
+// maxBehindBytes of entries waiting the answers wait for theirs), so at
 // start RecoverEntries gives every recent uplink of UPLINKS whose key is
 // not in the live log its entry.
 
@@ -28,7 +29,8 @@ const (
 	recoverWindow = 5 * time.Second
 	// maxRecover bounds the uplinks RecoverEntries holds to compare:
 	// more than the entries that can wait in groups (maxAsyncBytes of
-	// them, about 10,000) and the groups in flight.
+	// them, about 10,000, of which maxBehindBytes behind their answers)
+	// and the groups in flight.
 	maxRecover = 16384
 )
 
