@@ -101,7 +101,8 @@ func TestLogBehindWaitsWhenTooManyWait(t *testing.T) {
 // waiting their turn: a stream slowed by an fsync per message stores every
 // entry within its acknowledgement's time. When every full group was sent
 // at once, the backlog in the stream's queue outlasted AckTimeout, and
-// its entries failed with the groups after them.
+// its entries failed with the groups after them. Past maxBehindBytes the
+// callers wait for their entries, so the backlog stays within that.
 func TestLogBehindWithSyncAlwaysLosesNoEntry(t *testing.T) {
 	e := openEmbedded(t, Config{Storage: true, SyncAlways: true})
 	all := logBehind(t, e, 16, 400)
@@ -110,10 +111,15 @@ func TestLogBehindWithSyncAlwaysLosesNoEntry(t *testing.T) {
 	}
 	checkBehind(t, e, all)
 	e.groups.mu.Lock()
-	peak := e.groups.peak
+	peak, peakBytes := e.groups.peak, e.groups.peakAsync
 	e.groups.mu.Unlock()
 	if peak > liveInflightFull {
 		t.Fatalf("%d groups were in flight at once, want at most %d", peak, liveInflightFull)
+	}
+	// And the entries behind their answers stayed within their bound,
+	// which keeps them within the storage's batch wait (recover.go).
+	if peakBytes > maxBehindBytes {
+		t.Fatalf("%d bytes of entries waited behind their answers, want at most %d", peakBytes, maxBehindBytes)
 	}
 }
 

@@ -46,6 +46,7 @@ type liveGroups struct {
 	queued    []*liveGroup // full, waiting to be sent, oldest first
 	inflight  int          // groups sent and not yet resolved
 	peak      int          // the most inflight has been
+	peakAsync int          // the most async has been
 	last      *liveGroup   // the group sent most recently
 	async     int          // bytes of async entries in groups not yet resolved
 	maxAsync  int          // the most async may be: maxAsyncBytes (tests lower it)
@@ -189,6 +190,7 @@ func (l *liveGroups) add(ctx context.Context, subject, key string, entry []byte,
 		g.async++
 		g.asyncBytes += len(entry)
 		l.async += len(entry)
+		l.peakAsync = max(l.peakAsync, l.async)
 	}
 	l.sendNextLocked()
 	l.mu.Unlock()
