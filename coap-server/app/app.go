@@ -203,7 +203,7 @@ func (a *App) openStream(ctx context.Context) error {
 		Help: "Live-log entries sent without waiting that the stream did not store: downlink and error entries, and with storage on the embedded engine every accepted uplink's entry (its uplink is stored all the same)."},
 		func() float64 { return float64(e.AsyncErrors()) }))
 	a.Metrics.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "nbiot_livelog_behind_waited_total",
-		Help: "Accepted uplinks (storage on the embedded engine) whose answer waited for their live-log entry, because 4 MiB of entries were waiting already: the stream stores entries slower than uplinks come."},
+		Help: "Accepted uplinks (storage on the embedded engine) whose answer waited for their live-log entry, because 128 KiB of entries were waiting behind their answers already: the stream stores entries slower than uplinks come."},
 		func() float64 { return float64(e.BehindWaits()) }))
 	if e.Embedded() {
 		restored, err := a.restoreDedup(ctx)
