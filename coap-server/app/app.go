@@ -176,6 +176,7 @@ func (a *App) openStream(ctx context.Context) error {
 	}
 	sc := a.cfg.Stream
 	sc.Storage = a.cfg.Storage() != StorageNone
+	sc.EntriesFollow = true // the handler logs each accepted uplink's entry
 	sc.Logger = a.log
 	e, err := stream.Open(ctx, sc)
 	if err != nil {
@@ -205,6 +206,9 @@ func (a *App) openStream(ctx context.Context) error {
 	a.Metrics.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "nbiot_livelog_behind_waited_total",
 		Help: "Accepted uplinks (storage on the embedded engine) whose answer waited for their live-log entry, because 128 KiB of entries were waiting behind their answers already: the stream stores entries slower than uplinks come."},
 		func() float64 { return float64(e.BehindWaits()) }))
+	a.Metrics.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "nbiot_storage_entry_wait_timeouts_total",
+		Help: "Stored UPLINKS messages acknowledged although the live-log entries of their uplinks were still unresolved after 5 acknowledgement timeouts (a stalled live log): a crash then may leave those uplinks without an entry."},
+		func() float64 { return float64(e.EntryWaitTimeouts()) }))
 	if e.Embedded() {
 		restored, err := a.restoreDedup(ctx)
 		if err != nil {
@@ -224,7 +228,7 @@ func (a *App) openStream(ctx context.Context) error {
 		gauge("nbiot_stream_devices", "Distinct devices the embedded NATS server holds entries of; at nbiot_stream_devices_max a new device's uplinks get 5.03 (reason stream_devices).",
 			func() float64 { held, _ := e.DevicesHeld(); return float64(held) })
 		a.Metrics.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "nbiot_livelog_unconfirmed_total",
-			Help: "Live-log entries refused because their group's acknowledgement did not show them stored: another writer or a dropped message between its entries. Without storage their uplinks got 5.03; with it each entry was sent once more. Entries sent without waiting (downlink events, errors) are not counted here."},
+			Help: "Live-log entries refused because their group's acknowledgement did not show them stored: another writer or a dropped message between its entries. Without storage their uplinks got 5.03; with NATS_URL each entry was sent once more; with storage on the embedded engine the entry followed its answer and is counted in nbiot_livelog_async_failed_total as well. Entries sent without waiting (downlink events, errors) are not counted here."},
 			func() float64 { return float64(e.UnconfirmedEntries()) }))
 		gauge("nbiot_stream_devices_max", "The most distinct devices the embedded NATS server may hold entries of (a sixteenth of the process's memory, DeviceBytes each).",
 			func() float64 { return float64(maxDevices) })

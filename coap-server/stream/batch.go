@@ -50,10 +50,12 @@ type batcher struct {
 
 // batch is one message's worth of records and the outcome they share.
 type batch struct {
-	data []byte
-	n    int
-	done chan struct{} // closed when err is set
-	err  error
+	data   []byte
+	n      int
+	keys   [][16]byte    // the uplinks' keys, with the ledger; zero: given up on
+	ticket uint64        // the ledger's
+	done   chan struct{} // closed when err is set (under batcher.mu)
+	err    error
 }
 
 // appendRecord appends one length-prefixed record to a batch message.
@@ -83,7 +85,7 @@ func splitBatch(b []byte, fn func(rec []byte)) error {
 // acknowledgement within AckTimeout) may still be stored: the device got
 // 5.03, so its next try is a new request, and both are stored (README,
 // Durability).
-func (b *batcher) add(ctx context.Context, rec []byte) error {
+func (b *batcher) add(ctx context.Context, rec []byte, key [16]byte) error {
 	b.mu.Lock()
 	if b.open != nil && (b.open.n >= maxBatchUplinks || len(b.open.data)+len(rec)+binary.MaxVarintLen32 > maxBatchBytes) {
 		b.startLocked() // full: out now, whatever is in flight
@@ -94,6 +96,10 @@ func (b *batcher) add(ctx context.Context, rec []byte) error {
 	bt := b.open
 	bt.data = appendRecord(bt.data, rec)
 	bt.n++
+	i := len(bt.keys)
+	if b.e.ledger != nil {
+		bt.keys = append(bt.keys, key)
+	}
 	if b.inflight < batchInflight {
 		b.startLocked()
 	}
@@ -102,7 +108,24 @@ func (b *batcher) add(ctx context.Context, rec []byte) error {
 	case <-bt.done:
 		return bt.err
 	case <-ctx.Done():
+		if b.e.ledger != nil {
+			b.giveUp(bt, i)
+		}
 		return fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
+	}
+}
+
+// giveUp records that the caller of record i of bt stopped waiting: the
+// uplink got 5.03 and will have no entry, so the ledger must not wait for
+// it, whether bt turns out stored or not.
+func (b *batcher) giveUp(bt *batch, i int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	select {
+	case <-bt.done: // resolved in between: the ledger owes it if stored
+		b.e.ledger.settleKey(bt.keys[i])
+	default:
+		bt.keys[i] = [16]byte{}
 	}
 }
 
@@ -111,15 +134,27 @@ func (b *batcher) startLocked() {
 	bt := b.open
 	b.open = nil
 	b.inflight++
+	if b.e.ledger != nil {
+		bt.ticket = b.e.ledger.start()
+	}
 	go b.publish(bt)
 }
 
 func (b *batcher) publish(bt *batch) {
 	// Not the caller's context: the batch is shared, and publish bounds
 	// its wait by AckTimeout.
-	_, bt.err = b.e.publish(context.Background(), &nats.Msg{Subject: batchSubject, Data: bt.data})
-	close(bt.done)
+	ack, err := b.e.publish(context.Background(), &nats.Msg{Subject: batchSubject, Data: bt.data})
 	b.mu.Lock()
+	if l := b.e.ledger; l != nil {
+		// Before its callers wake: each one's entry is owed from now on.
+		var seq uint64
+		if err == nil {
+			seq = ack.Sequence
+		}
+		l.published(bt.ticket, seq, bt.keys)
+	}
+	bt.err = err
+	close(bt.done)
 	b.inflight--
 	if b.open != nil && b.inflight < batchInflight {
 		b.startLocked()

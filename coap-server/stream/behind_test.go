@@ -117,7 +117,7 @@ func TestLogBehindWithSyncAlwaysLosesNoEntry(t *testing.T) {
 		t.Fatalf("%d groups were in flight at once, want at most %d", peak, liveInflightFull)
 	}
 	// And the entries behind their answers stayed within their bound,
-	// which keeps them within the storage's batch wait (recover.go).
+	// which keeps their lag, and the storage's wait for them, short.
 	if peakBytes > maxBehindBytes {
 		t.Fatalf("%d bytes of entries waited behind their answers, want at most %d", peakBytes, maxBehindBytes)
 	}

@@ -88,7 +88,14 @@ type Config struct {
 	RedeliverAfter time.Duration
 	// ConnectTimeout bounds start-up (default 10 s).
 	ConnectTimeout time.Duration
-	Logger         *slog.Logger
+	// EntriesFollow declares that whoever calls PublishUplink logs the
+	// uplink's entry with LogBehind once it returned nil, as the ingest
+	// handler does when Behind. The storage consumer then deletes an
+	// uplink from UPLINKS only once its entry is resolved (ledger.go), so
+	// that RecoverEntries finds every entry a crash lost. Only with
+	// storage on the embedded engine.
+	EntriesFollow bool
+	Logger        *slog.Logger
 }
 
 func (c Config) withDefaults() Config {

@@ -40,6 +40,7 @@ type Engine struct {
 
 	batches batcher       // of UPLINKS publishes
 	groups  *liveGroups   // of LIVELOG publishes, embedded; nil with NATS_URL
+	ledger  *ledger       // entries owed to accepted uplinks, when Behind (ledger.go)
 	devices *deviceBudget // nil with NATS_URL
 	closed  chan struct{} // closed by the publish connection's ClosedHandler
 	// asyncErrors counts LogAsync and LogBehind publishes that failed.
@@ -47,8 +48,20 @@ type Engine struct {
 	behindWaits atomic.Int64 // LogBehind callers that waited (BehindWaits)
 }
 
-// AsyncErrors is the number of LogAsync entries the stream did not take.
+// AsyncErrors is the number of LogAsync and LogBehind entries the stream
+// did not take, or whose storage its acknowledgement did not confirm.
 func (e *Engine) AsyncErrors() int64 { return e.asyncErrors.Load() }
+
+// EntryWaitTimeouts is the number of storage acknowledgements that gave
+// up waiting for their uplinks' live-log entries (ledger.go).
+func (e *Engine) EntryWaitTimeouts() int64 {
+	if e.ledger == nil {
+		return 0
+	}
+	e.ledger.mu.Lock()
+	defer e.ledger.mu.Unlock()
+	return e.ledger.timeouts
+}
 
 // BehindWaits is the number of LogBehind callers that waited for their
 // entry because too many entries were waiting already (maxBehindBytes).
@@ -137,6 +150,9 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	if err := e.bind(sctx); err != nil {
 		e.Close()
 		return nil, fmt.Errorf("%s: %w", e.varName(), err)
+	}
+	if e.Behind() && cfg.EntriesFollow {
+		e.ledger = newLedger()
 	}
 	return e, nil
 }

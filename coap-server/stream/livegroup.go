@@ -84,9 +84,9 @@ const (
 	// maxBehindBytes: past it a LogBehind caller waits for its entry
 	// instead, so that an entry lags its answer by no more than the
 	// stream takes to store this much, about 330 entries: 3 ms at this
-	// engine's fastest, 0.1 s with an fsync per message. That keeps it
-	// within the storage's batch wait (200 ms), during which its uplink
-	// is still in UPLINKS for RecoverEntries to find after a crash.
+	// engine's fastest, 0.1 s with an fsync per message. Its uplink's
+	// storage acknowledgement waits as long (ledger.go), so that a crash
+	// meanwhile leaves the uplink in UPLINKS for RecoverEntries.
 	maxBehindBytes = 128 << 10
 )
 
@@ -126,6 +126,8 @@ type livePart struct {
 	// done, for an async entry, gets its position once it is known
 	// (LogBehind); it is not called for an entry that was not stored.
 	done func(seq uint64)
+	// behind: the ledger owes it (LogBehind); settled once resolved.
+	behind bool
 }
 
 // result is entry i's position, or why it has none; g.done is closed.
@@ -184,7 +186,7 @@ func (l *liveGroups) add(ctx context.Context, subject, key string, entry []byte,
 	}
 	g := l.open
 	g.data = append(g.data, entry...)
-	g.parts = append(g.parts, livePart{subject: subject, key: key, end: len(g.data), async: async, done: done})
+	g.parts = append(g.parts, livePart{subject: subject, key: key, end: len(g.data), async: async, done: done, behind: mode == addBehind})
 	i := len(g.parts) - 1
 	if async {
 		g.async++
@@ -289,6 +291,9 @@ func (l *liveGroups) resolve(g *liveGroup, ack pubAck, err error) {
 			if seq, err := g.result(i); err == nil {
 				p.done(seq)
 			}
+		}
+		if p.behind {
+			l.e.ledger.settle(p.key) // stored or counted: storage may delete its uplink
 		}
 	}
 	var unconfirmed int64

@@ -72,7 +72,7 @@ func (e *Engine) PublishUplink(ctx context.Context, a uplink.Accepted, payload [
 	if !e.devices.admit(time.Now(), a.DeviceID) {
 		return ErrTooManyDevices
 	}
-	return e.batches.add(ctx, uplink.AppendMessage(make([]byte, 0, 64+len(payload)), a, payload))
+	return e.batches.add(ctx, uplink.AppendMessage(make([]byte, 0, 64+len(payload)), a, payload), a.Key)
 }
 
 // Stores reports whether PublishUplink makes uplinks durable (the engine
@@ -192,11 +192,13 @@ func (e *Engine) Behind() bool { return e.uplinks != nil && e.groups != nil }
 // block); for an entry that was not, it is not called and the failure is
 // counted (AsyncErrors). When maxBehindBytes of entries are waiting already
 // (the stream stores entries slower than uplinks come: an fsync per
-// message, a saturated machine), the caller waits for its entry, up to
-// AckTimeout, and done is called before LogBehind returns: the answers
-// slow down to the rate the live log keeps, and no entry is dropped
-// (BehindWaits counts it). The error is for an entry the stream did not
-// take (too large; a wait that failed).
+// message, a saturated machine), the caller waits for its entry (its
+// group's AckTimeout, after the groups queued before it), and done is
+// called before LogBehind returns: the answers slow down to the rate the
+// live log keeps, and no entry is dropped (BehindWaits counts it). The
+// error is for an entry the stream did not take (too large; a wait that
+// failed). With EntriesFollow, the entry settles what the ledger owes
+// for its uplink, whatever its outcome.
 func (e *Engine) LogBehind(entry *livelog.Entry, id string, done func(seq uint64)) error {
 	if !e.Behind() {
 		return errors.New("stream: LogBehind without storage on the embedded engine")
@@ -205,6 +207,7 @@ func (e *Engine) LogBehind(entry *livelog.Entry, id string, done func(seq uint64
 	defer lm.release()
 	b, err := entry.AppendMarshal(lm.buf[:0])
 	if err != nil {
+		e.ledger.settle(id)
 		return fmt.Errorf("live-log entry: %w", err)
 	}
 	lm.buf = b
@@ -219,6 +222,9 @@ func (e *Engine) LogBehind(entry *livelog.Entry, id string, done func(seq uint64
 		if seq, err = e.groups.add(context.Background(), subject, id, b, addWaited, nil); err == nil && done != nil {
 			done(seq)
 		}
+		e.ledger.settle(id)
+	} else if err != nil {
+		e.ledger.settle(id) // refused at once
 	}
 	if err != nil {
 		e.asyncErrors.Add(1)

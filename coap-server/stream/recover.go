@@ -16,11 +16,11 @@ import (
 // UPLINKS, and its live-log entry is stored just after (LogBehind). A
 // crash in between (kill -9, an OOM kill, a power cut) can leave an
 // answered uplink without its entry. UPLINKS is then what tells: the
-// uplink is still there, waiting for the database (its batch waits up to
-// STORAGE_BATCH_WAIT, its entry takes well under a millisecond, and past
-// maxBehindBytes of entries waiting the answers wait for theirs), so at
-// start RecoverEntries gives every recent uplink of UPLINKS whose key is
-// not in the live log its entry.
+// uplink is still there, since storage acknowledges (deletes) an uplink
+// only once its entry is resolved (ledger.go), and an entry lags its
+// answer by a fraction of a second at most (maxBehindBytes), so at start
+// RecoverEntries gives every recent uplink of UPLINKS whose key is not in
+// the live log its entry.
 
 const (
 	// recoverWindow is how far before the newest uplink in UPLINKS an

@@ -28,6 +28,8 @@ import (
 type UplinkSource struct {
 	cons      jetstream.Consumer
 	malformed prometheus.Counter
+	ledger    *ledger       // nil unless entries follow their answers
+	gateWait  time.Duration // the most an acknowledgement waits for them
 
 	mu     sync.Mutex
 	rest   []storage.Delivery // fetched beyond a Fetch's max
@@ -45,7 +47,7 @@ func (e *Engine) UplinkSource(ctx context.Context, malformed prometheus.Counter)
 	if err != nil {
 		return nil, fmt.Errorf("consumer %s: %w", StorageConsumer, err)
 	}
-	return &UplinkSource{cons: cons, malformed: malformed, perMsg: 1}, nil
+	return &UplinkSource{cons: cons, malformed: malformed, perMsg: 1, ledger: e.ledger, gateWait: gateAckTimeouts * e.cfg.AckTimeout}, nil
 }
 
 // Fetch implements storage.Source: at most limit deliveries.
@@ -121,6 +123,11 @@ func (s *UplinkSource) deliveries(ds []storage.Delivery, m jetstream.Msg) []stor
 		return ds
 	}
 	g := &sharedAck{m: m}
+	if s.ledger != nil {
+		if md, err := m.Metadata(); err == nil {
+			g.ledger, g.seq, g.mark, g.wait = s.ledger, md.Sequence.Stream, s.ledger.mark(), s.gateWait
+		}
+	}
 	g.left.Store(int32(len(recs)))
 	for _, a := range recs {
 		ds = append(ds, storage.Delivery{Accepted: a, Ack: g.ack, InProgress: m.InProgress, Nak: g.nak})
@@ -130,16 +137,29 @@ func (s *UplinkSource) deliveries(ds []storage.Delivery, m jetstream.Msg) []stor
 
 // sharedAck settles one batch message for its uplinks: acknowledged when
 // every one was; handed back at once when any one is (the others are then
-// written again, idempotently).
+// written again, idempotently). With a ledger the acknowledgement first
+// waits for the uplinks' live-log entries (ledger.go).
 type sharedAck struct {
 	m      jetstream.Msg
 	left   atomic.Int32
 	nacked atomic.Bool
+
+	ledger    *ledger
+	seq, mark uint64        // m's position; the ledger's mark when m came
+	wait      time.Duration // the most to wait
 }
+
+// gateAckTimeouts: an acknowledgement waits for the entries of its
+// uplinks at most this many AckTimeouts; a group of them is resolved
+// within one once sent, and a few may be queued before it.
+const gateAckTimeouts = 5
 
 func (g *sharedAck) ack() error {
 	if g.left.Add(-1) != 0 || g.nacked.Load() {
 		return nil
+	}
+	if g.ledger != nil {
+		g.ledger.wait(g.seq, g.mark, g.wait)
 	}
 	return g.m.Ack()
 }
