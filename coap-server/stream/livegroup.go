@@ -110,9 +110,12 @@ type liveGroup struct {
 	done       chan struct{}
 
 	// Set before done is closed.
-	err       error  // the acknowledgement's: every entry's
-	lastSeq   uint64 // the last entry's position; 0 unless err == nil
-	confirmed bool   // every entry's position is known
+	err     error  // the acknowledgement's: every entry's
+	lastSeq uint64 // the last entry's position; 0 unless err == nil
+	// known is the last position known stored when g was resolved: its
+	// lastSeq, or, when it failed, its predecessor's known (0: none).
+	known     uint64
+	confirmed bool // every entry's position is known
 	// found holds the positions of entries found in the stream when the
 	// group was not confirmed (0: not found); nil when not looked for.
 	found []uint64
@@ -269,19 +272,24 @@ func (l *liveGroups) await(g *liveGroup, t ticket) {
 // resolve sets g's outcome once its predecessor's is known, then lets the
 // next group go out.
 func (l *liveGroups) resolve(g *liveGroup, ack pubAck, err error) {
-	var prevSeq uint64
+	var prevSeq, known uint64
 	if p := g.prev; p != nil {
 		<-p.done
-		prevSeq = p.lastSeq
+		prevSeq, known = p.lastSeq, p.known
 	}
 	n := len(g.parts)
 	if err != nil {
 		g.err = err
+		g.known = known
 	} else {
-		g.lastSeq = ack.Sequence
+		g.lastSeq, g.known = ack.Sequence, ack.Sequence
 		g.confirmed = n == 1 || (prevSeq != 0 && ack.Sequence-prevSeq == uint64(n))
-		if !g.confirmed && prevSeq != 0 && ack.Sequence > prevSeq {
-			g.found = l.locate(g, prevSeq)
+		// After a group that failed (no acknowledgement within AckTimeout:
+		// it may be stored all the same), the entries are looked for from
+		// the last position known, so that one lost acknowledgement does
+		// not cost the next group's entries too.
+		if !g.confirmed && known != 0 && ack.Sequence > known {
+			g.found = l.locate(g, known)
 		}
 	}
 	g.prev = nil // resolved groups hold no chain of predecessors
@@ -361,8 +369,9 @@ func (l *liveGroups) flush(timeout time.Duration) bool {
 // was not written by this engine alone.
 const maxLocate = 2 * maxGroupEntries
 
-// locate finds, among the messages stored between the previous group's
-// last entry (prevSeq) and g's last, the entries of g but its last, and
+// locate finds, among the messages stored between the last position known
+// before g (prevSeq: the previous group's last entry, or an earlier one's
+// when that group failed) and g's last, the entries of g but its last, and
 // returns their positions (0 for one not found). The messages are read
 // in order and matched in order, by subject, key and JSON. It runs only
 // when a group's positions do not add up (a message the stream dropped,

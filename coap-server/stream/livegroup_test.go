@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+
+	"github.com/nats-io/nats.go"
 )
 
 // logged is what one Log call published and what it was told.
@@ -161,5 +163,72 @@ func TestEntryTooLargeWithItsHeader(t *testing.T) {
 	}
 	if _, _, err := e.LogJSON(context.Background(), "D", entry[:MaxEntryBytes/2], id); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// testGroup is a group of entries of device D as add makes it, each with
+// its own key.
+func testGroup(prev *liveGroup, entries ...string) *liveGroup {
+	g := &liveGroup{prev: prev, done: make(chan struct{})}
+	for i, en := range entries {
+		g.data = append(g.data, en...)
+		g.parts = append(g.parts, livePart{subject: liveSubject + "D", key: fmt.Sprintf("k-%s-%d", en, i), end: len(g.data)})
+	}
+	return g
+}
+
+// store stores g's entries as sendLocked would (with their keys) and
+// returns the last one's position.
+func store(t *testing.T, e *Engine, g *liveGroup) uint64 {
+	t.Helper()
+	var seq uint64
+	start := 0
+	for _, p := range g.parts {
+		msg := &nats.Msg{Subject: p.subject, Data: g.data[start:p.end], Header: nats.Header{KeyHeader: []string{p.key}}}
+		start = p.end
+		ack, err := e.feedJS.PublishMsg(context.Background(), msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seq = ack.Sequence
+	}
+	return seq
+}
+
+// A group whose acknowledgement never came (it may be stored all the same)
+// leaves the next group without a previous position to count from: its
+// entries are looked for from the last position known, and found, not
+// refused. Before, all but its last got errUnconfirmed (without storage,
+// 5.03 for uplinks that were stored).
+func TestGroupAfterAFailedOneFindsItsEntries(t *testing.T) {
+	e := openEmbedded(t, Config{LivePerDevice: 1 << 20})
+	l := e.groups
+	first := testGroup(nil, `{"z":1}`)
+	lost := testGroup(first, `{"a":1}`, `{"a":2}`)
+	next := testGroup(lost, `{"b":1}`, `{"b":2}`, `{"b":3}`)
+	firstSeq := store(t, e, first)
+	store(t, e, lost) // stored; its acknowledgement lost
+	nextSeq := store(t, e, next)
+	l.mu.Lock()
+	l.inflight += 3
+	l.mu.Unlock()
+	l.resolve(first, pubAck{Sequence: firstSeq}, nil)
+	l.resolve(lost, pubAck{}, ErrUnavailable)
+	l.resolve(next, pubAck{Sequence: nextSeq}, nil)
+	for i := range next.parts {
+		seq, err := next.result(i)
+		if err != nil {
+			t.Fatalf("entry %d of the group after the failed one: %v", i, err)
+		}
+		m, err := e.live.GetMsg(context.Background(), seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, want := m.Header.Get(KeyHeader), next.parts[i].key; got != want {
+			t.Fatalf("entry %d told position %d, which holds %q, want %q", i, seq, got, want)
+		}
+	}
+	if n := e.UnconfirmedEntries(); n != 0 {
+		t.Fatalf("%d entries unconfirmed, want 0", n)
 	}
 }
