@@ -405,3 +405,127 @@ func TestRetransmissionAcrossKill9StoredOnce(t *testing.T) {
 		t.Errorf("the copy reached storage (%d duplicates recorded): the restarted process did not recognise it", dups)
 	}
 }
+
+// TestKill9UnderLoadLosesNoEntry: coap-server killed (kill -9) while 16
+// devices send flat out with the database up and an fsync per message
+// (NATS_SYNC_ALWAYS, where an entry lags its answer most): after the
+// restart every uplink answered 2.04 has exactly one row and exactly one
+// live-log entry. Each entry follows its answer; storage, which writes
+// what it fetched at once, must not delete an uplink from UPLINKS before
+// its entry is stored, or the kill leaves it without one for good.
+func TestKill9UnderLoadLosesNoEntry(t *testing.T) {
+	dbURL := pgtest.NewDB(t)
+	dataDir := t.TempDir()
+	env := map[string]string{"DATABASE_URL": dbURL, "DATA_DIR": dataDir, "NATS_SYNC_ALWAYS": "true"}
+	first := startProc(t, env)
+	const devices, killAt = 16, 3000
+	var (
+		mu       sync.Mutex
+		answered = make(map[string]bool) // "device/count"
+		total    atomic.Int64
+		wg       sync.WaitGroup
+	)
+	for d := range devices {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cc, err := udp.Dial(first.coap)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer cc.Close()
+			dev := fmt.Sprintf("LOAD%02d", d)
+			for i := 0; ; i++ {
+				if tryPost(cc, &nbiotv1.Uplink{DeviceId: dev, UplinkCount: uint32(i)}, 2*time.Second) != codes.Changed {
+					return // killed (or refused): this device stops
+				}
+				mu.Lock()
+				answered[fmt.Sprintf("%s/%d", dev, i)] = true
+				mu.Unlock()
+				total.Add(1)
+			}
+		}()
+	}
+	testwait.For(t, fmt.Sprintf("%d uplinks answered", killAt), func() bool { return total.Load() >= killAt }, testwait.Within(60*time.Second))
+	first.proc.Kill()
+	wg.Wait()
+
+	env["COAP_ADDR"], env["HTTP_ADDR"] = first.coap, first.http
+	second := startProc(t, env)
+	rows := func() map[string]int {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := pgx.Connect(ctx, dbURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close(ctx)
+		got := make(map[string]int)
+		rs, err := c.Query(ctx, `select devid, uplink_count, count(*) from activity where devid like 'LOAD%' group by 1, 2`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rs.Next() {
+			var dev string
+			var count, n int
+			if err := rs.Scan(&dev, &count, &n); err != nil {
+				t.Fatal(err)
+			}
+			got[fmt.Sprintf("%s/%d", dev, count)] = n
+		}
+		if err := rs.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	testwait.ForState(t, "every answered uplink stored after the restart", func() (bool, string) {
+		got := rows()
+		missing := 0
+		for k := range answered {
+			if got[k] == 0 {
+				missing++
+			}
+		}
+		return missing == 0, fmt.Sprintf("%d of %d answered uplinks not stored", missing, len(answered))
+	}, testwait.Within(60*time.Second))
+	for k, n := range rows() {
+		if n != 1 {
+			t.Errorf("uplink %s stored %d times", k, n)
+		}
+	}
+
+	// Every entry, up to a marker sent now.
+	ws := second.ws(t, "?since=0")
+	if code := tryPost(second.dial(t), &nbiotv1.Uplink{DeviceId: "LOADMARK", UplinkCount: 1}, 5*time.Second); code != codes.Changed {
+		t.Fatalf("marker: %v", code)
+	}
+	entries := make(map[string]int)
+	for {
+		f := readFrame(t, ws)
+		if f["type"] != "uplink" {
+			continue
+		}
+		dev, _ := f["deviceId"].(string)
+		if dev == "LOADMARK" {
+			break
+		}
+		c, _ := f["data"].(map[string]any)["uplink_count"].(float64)
+		entries[fmt.Sprintf("%s/%d", dev, int(c))]++
+	}
+	lost := 0
+	for k := range answered {
+		if entries[k] == 0 {
+			lost++
+		}
+	}
+	for k, n := range entries {
+		if n > 1 {
+			t.Errorf("uplink %s has %d live-log entries", k, n)
+		}
+	}
+	if lost > 0 {
+		t.Errorf("%d of %d uplinks answered 2.04 have no live-log entry after the kill", lost, len(answered))
+	}
+	t.Logf("%d uplinks answered before the kill, %d entries after the restart", len(answered), len(entries))
+}
