@@ -228,8 +228,11 @@ func (a *App) openStream(ctx context.Context) error {
 		gauge("nbiot_stream_devices", "Distinct devices the embedded NATS server holds entries of; at nbiot_stream_devices_max a new device's uplinks get 5.03 (reason stream_devices).",
 			func() float64 { held, _ := e.DevicesHeld(); return float64(held) })
 		a.Metrics.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "nbiot_livelog_unconfirmed_total",
-			Help: "Live-log entries refused because their group's acknowledgement did not show them stored: another writer or a dropped message between its entries. Without storage their uplinks got 5.03; with NATS_URL each entry was sent once more; with storage on the embedded engine the entry followed its answer and is counted in nbiot_livelog_async_failed_total as well. Entries sent without waiting (downlink events, errors) are not counted here."},
+			Help: "Live-log entries whose caller waited for them (without storage, each uplink's) refused because their group's acknowledgement did not show them stored: another writer or a dropped message between its entries; their uplinks got 5.03. Entries nobody waits for (downlink events, errors, and with storage the uplinks' entries, which follow their answers) count in nbiot_livelog_async_failed_total instead, or in nbiot_livelog_entries_sent_again_total when sent once more."},
 			func() float64 { return float64(e.UnconfirmedEntries()) }))
+		a.Metrics.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "nbiot_livelog_entries_sent_again_total",
+			Help: "Live-log entries of accepted uplinks (storage on the embedded engine: the entry follows the answer) that the stream dropped, looked for and not found, and sent a second time. Failures of the second try count in nbiot_livelog_async_failed_total."},
+			func() float64 { return float64(e.EntriesSentAgain()) }))
 		gauge("nbiot_stream_devices_max", "The most distinct devices the embedded NATS server may hold entries of (a sixteenth of the process's memory, DeviceBytes each).",
 			func() float64 { return float64(maxDevices) })
 	} else {

@@ -77,6 +77,16 @@ func (e *Engine) UnconfirmedEntries() int64 {
 	return e.groups.Unconfirmed()
 }
 
+// EntriesSentAgain is the number of live-log entries behind their answers
+// that the stream dropped and that were sent a second time (livegroup.go;
+// always 0 with NATS_URL).
+func (e *Engine) EntriesSentAgain() int64 {
+	if e.groups == nil {
+		return 0
+	}
+	return e.groups.SentAgain()
+}
+
 // DevicesHeld is the number of distinct devices the embedded server holds
 // entries of, by this engine's count, and the most it may (both 0 with
 // NATS_URL).

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -57,6 +58,7 @@ type liveGroups struct {
 
 	unconfirmed   int64 // entries that got errUnconfirmed (mu)
 	sent, entries int64 // groups sent and their entries (mu)
+	sentAgain     int64 // behind entries sent a second time (mu)
 	located       int64 // groups whose entries were looked for (mu)
 }
 
@@ -119,6 +121,9 @@ type liveGroup struct {
 	// found holds the positions of entries found in the stream when the
 	// group was not confirmed (0: not found); nil when not looked for.
 	found []uint64
+	// searched: every message found could hold was read, so an entry not
+	// found is not in the stream.
+	searched bool
 }
 
 type livePart struct {
@@ -131,6 +136,8 @@ type livePart struct {
 	done func(seq uint64)
 	// behind: the ledger owes it (LogBehind); settled once resolved.
 	behind bool
+	// again: a behind entry sent a second time (see resolve).
+	again bool
 }
 
 // result is entry i's position, or why it has none; g.done is closed.
@@ -156,6 +163,7 @@ const (
 	addWaited addMode = iota // its caller (Log)
 	addBehind                // nobody: its uplink was answered (LogBehind)
 	addFire                  // nobody (LogAsync)
+	addAgain                 // a behind entry the stream dropped, once more (resolve)
 )
 
 // add puts one entry in the group being collected. A waited entry's
@@ -171,7 +179,7 @@ func (l *liveGroups) add(ctx context.Context, subject, key string, entry []byte,
 		return 0, errEntryTooLarge
 	}
 	l.mu.Lock()
-	bound := l.maxAsync
+	bound := l.maxAsync // addAgain must not wait: the bound of LogAsync
 	if mode == addBehind {
 		bound = min(bound, l.maxBehind)
 	}
@@ -189,7 +197,7 @@ func (l *liveGroups) add(ctx context.Context, subject, key string, entry []byte,
 	}
 	g := l.open
 	g.data = append(g.data, entry...)
-	g.parts = append(g.parts, livePart{subject: subject, key: key, end: len(g.data), async: async, done: done, behind: mode == addBehind})
+	g.parts = append(g.parts, livePart{subject: subject, key: key, end: len(g.data), async: async, done: done, behind: mode == addBehind || mode == addAgain, again: mode == addAgain})
 	i := len(g.parts) - 1
 	if async {
 		g.async++
@@ -289,11 +297,16 @@ func (l *liveGroups) resolve(g *liveGroup, ack pubAck, err error) {
 		// the last position known, so that one lost acknowledgement does
 		// not cost the next group's entries too.
 		if !g.confirmed && known != 0 && ack.Sequence > known {
-			g.found = l.locate(g, known)
+			g.found, g.searched = l.locate(g, known)
 		}
 	}
 	g.prev = nil // resolved groups hold no chain of predecessors
 	close(g.done)
+	// A behind entry that is certainly not in the stream (it dropped the
+	// message: its ingest queue was full) is sent once more: its uplink was
+	// answered 2.04, and no caller will send it again. Not after a failed
+	// acknowledgement, when it may be stored all the same.
+	var again []int
 	for i, p := range g.parts {
 		if p.done != nil {
 			if seq, err := g.result(i); err == nil {
@@ -301,6 +314,10 @@ func (l *liveGroups) resolve(g *liveGroup, ack pubAck, err error) {
 			}
 		}
 		if p.behind {
+			if g.searched && i < n-1 && g.found[i] == 0 && !p.again {
+				again = append(again, i)
+				continue // owed until its second try is resolved
+			}
 			l.e.ledger.settle(p.key) // stored or counted: storage may delete its uplink
 		}
 	}
@@ -315,6 +332,7 @@ func (l *liveGroups) resolve(g *liveGroup, ack pubAck, err error) {
 		for i, p := range g.parts[:n-1] {
 			switch {
 			case g.found != nil && g.found[i] != 0:
+			case slices.Contains(again, i): // counted if its second try fails
 			case p.async:
 				failed++
 			default:
@@ -333,6 +351,20 @@ func (l *liveGroups) resolve(g *liveGroup, ack pubAck, err error) {
 	l.sendNextLocked()
 	l.idle.Broadcast()
 	l.mu.Unlock()
+	for _, i := range again {
+		p, start := g.parts[i], 0
+		if i > 0 {
+			start = g.parts[i-1].end
+		}
+		if _, err := l.add(context.Background(), p.subject, p.key, g.data[start:p.end], addAgain, p.done); err != nil {
+			l.e.asyncErrors.Add(1)
+			l.e.ledger.settle(p.key)
+			continue
+		}
+		l.mu.Lock()
+		l.sentAgain++
+		l.mu.Unlock()
+	}
 }
 
 // flush sends the group being collected and waits until every group sent
@@ -377,11 +409,11 @@ const maxLocate = 2 * maxGroupEntries
 // when a group's positions do not add up (a message the stream dropped,
 // or another writer), so that one dropped entry does not cost the
 // group's others their answer.
-func (l *liveGroups) locate(g *liveGroup, prevSeq uint64) []uint64 {
+func (l *liveGroups) locate(g *liveGroup, prevSeq uint64) (found []uint64, searched bool) {
 	if g.lastSeq-prevSeq-1 > maxLocate {
-		return nil
+		return nil, false
 	}
-	found := make([]uint64, len(g.parts))
+	found, searched = make([]uint64, len(g.parts)), true
 	ctx, cancel := context.WithTimeout(context.Background(), l.e.cfg.AckTimeout)
 	defer cancel()
 	next := 0 // the first part not matched yet
@@ -389,9 +421,13 @@ func (l *liveGroups) locate(g *liveGroup, prevSeq uint64) []uint64 {
 		m, err := l.e.live.GetMsg(ctx, seq)
 		if err != nil {
 			if ctx.Err() != nil {
-				return found
+				return found, false
 			}
-			continue // deleted since (the per-device limit), or not ours
+			// Deleted since (a retention limit), or not readable: it may
+			// have been one of g's, so what is not found is not certainly
+			// missing.
+			searched = false
+			continue
 		}
 		start := 0
 		if next > 0 {
@@ -406,7 +442,15 @@ func (l *liveGroups) locate(g *liveGroup, prevSeq uint64) []uint64 {
 			start = p.end
 		}
 	}
-	return found
+	return found, searched
+}
+
+// SentAgain is how many entries behind their answers the stream dropped
+// and were sent a second time.
+func (l *liveGroups) SentAgain() int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.sentAgain
 }
 
 // Unconfirmed is how many live-log entries (of Log, not LogAsync) were

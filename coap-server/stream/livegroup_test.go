@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 )
@@ -230,5 +231,70 @@ func TestGroupAfterAFailedOneFindsItsEntries(t *testing.T) {
 	}
 	if n := e.UnconfirmedEntries(); n != 0 {
 		t.Fatalf("%d entries unconfirmed, want 0", n)
+	}
+}
+
+// An entry behind its answer that the stream dropped (looked for among
+// the group's positions and certainly not there) is sent once more: its
+// uplink was answered 2.04 and nobody else would. It then has a position
+// holding it, done is told it, and the ledger no longer owes it. Before,
+// it was counted failed and the live log went without it.
+func TestDroppedEntryBehindItsAnswerIsSentAgain(t *testing.T) {
+	e := openEmbedded(t, Config{LivePerDevice: 1 << 20, Storage: true, EntriesFollow: true})
+	l := e.groups
+	first := testGroup(nil, `{"z":1}`)
+	firstSeq := store(t, e, first)
+	g := testGroup(first, `{"c":1}`, `{"c":2}`, `{"c":3}`)
+	told := make(chan uint64, 3)
+	for i := range g.parts {
+		g.parts[i].async, g.parts[i].behind = true, true
+		g.parts[i].done = func(seq uint64) { told <- seq }
+	}
+	g.async, g.asyncBytes = 3, len(g.data)
+	// The ledger owes the three entries; the middle one is dropped.
+	var keys [][16]byte
+	for i := range g.parts {
+		k := MsgKey("D", int32(i), nil, nil)
+		keys = append(keys, k)
+		g.parts[i].key = IDOf(k)
+	}
+	tk := e.ledger.start()
+	e.ledger.published(tk, 1, keys)
+	kept := &liveGroup{data: g.data, parts: []livePart{g.parts[0], g.parts[2]}}
+	kept.parts[1].end, kept.data = len(`{"c":1}`)+len(`{"c":3}`), append(append([]byte(nil), `{"c":1}`...), `{"c":3}`...)
+	lastSeq := store(t, e, kept)
+	l.mu.Lock()
+	l.inflight += 2
+	l.async += g.asyncBytes
+	l.mu.Unlock()
+	l.resolve(first, pubAck{Sequence: firstSeq}, nil)
+	l.resolve(g, pubAck{Sequence: lastSeq}, nil)
+
+	held := make(map[string]bool)
+	for range 3 {
+		select {
+		case seq := <-told:
+			m, err := e.live.GetMsg(context.Background(), seq)
+			if err != nil {
+				t.Fatal(err)
+			}
+			held[string(m.Data)] = true
+		case <-time.After(5 * time.Second):
+			t.Fatalf("positions told: %v; the dropped entry has none", held)
+		}
+	}
+	for _, want := range []string{`{"c":1}`, `{"c":2}`, `{"c":3}`} {
+		if !held[want] {
+			t.Errorf("no position told holds %s (%v)", want, held)
+		}
+	}
+	if n := l.SentAgain(); n != 1 {
+		t.Errorf("%d entries sent again, want 1", n)
+	}
+	if n := e.AsyncErrors(); n != 0 {
+		t.Errorf("%d entries counted failed, want 0", n)
+	}
+	if !e.ledger.wait(1, e.ledger.mark(), 5*time.Second) {
+		t.Error("the ledger still owes an entry")
 	}
 }
