@@ -61,12 +61,19 @@ func (e *Engine) RecoverEntries(ctx context.Context, fn func(key [16]byte, seq u
 	}); err != nil {
 		return 0, fmt.Errorf("recovering live-log entries: %w", err)
 	}
+	floor, err := e.retainedSince(ctx, recent, missing)
+	if err != nil {
+		return 0, fmt.Errorf("recovering live-log entries: %w", err)
+	}
 	n := 0
 	for _, a := range recent {
 		if !missing[a.Key] {
 			continue
 		}
 		delete(missing, a.Key) // two copies of one uplink: one entry
+		if a.ReceivedAt.Before(floor[a.DeviceID]) {
+			continue // its entry may have been stored and dropped by retention since
+		}
 		seq, _, err := e.Log(ctx, livelog.Uplink(a.DeviceID, a.ReceivedAt, a.Uplink, nil), IDOf(a.Key))
 		if err != nil {
 			return n, fmt.Errorf("recovering live-log entries (%d logged): %w", n, err)
@@ -75,6 +82,38 @@ func (e *Engine) RecoverEntries(ctx context.Context, fn func(key [16]byte, seq u
 		n++
 	}
 	return n, nil
+}
+
+// retainedSince returns, for each device with a missing entry, the time
+// from which the live log still holds its entries: the time of its oldest
+// retained entry, or of the stream's oldest message when that is later.
+// An entry older than that may have been stored and dropped since by a
+// retention limit (LIVELOG_PER_DEVICE, LIVELOG_MAX_BYTES); logging it
+// again would show it twice to a client resuming with since, and with a
+// per-device limit push out an entry that belongs there.
+func (e *Engine) retainedSince(ctx context.Context, recent []uplink.Accepted, missing map[[16]byte]bool) (map[string]time.Time, error) {
+	info, err := e.live.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("LIVELOG info: %w", err)
+	}
+	floor := make(map[string]time.Time)
+	for _, a := range recent {
+		if _, done := floor[a.DeviceID]; done || !missing[a.Key] {
+			continue
+		}
+		at := info.State.FirstTime
+		m, err := e.live.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(liveSubject+a.DeviceID))
+		switch {
+		case err == nil:
+			if m.Time.After(at) {
+				at = m.Time
+			}
+		case !errors.Is(err, jetstream.ErrMsgNotFound):
+			return nil, fmt.Errorf("LIVELOG, device %s: %w", a.DeviceID, err)
+		}
+		floor[a.DeviceID] = at
+	}
+	return floor, nil
 }
 
 // recentUplinks reads UPLINKS from its newest message back and returns,

@@ -84,3 +84,48 @@ func TestRecoverEntriesOfUplinksAnsweredBeforeACrash(t *testing.T) {
 		t.Fatalf("a second start recovered %d entries (%v), want none", n, err)
 	}
 }
+
+// An uplink whose entry was stored and then dropped by retention (here
+// LIVELOG_PER_DEVICE=1: the device's next entry pushed it out) is not
+// given a second entry at the next start: that would show it twice to a
+// client resuming with since, and push out the entry that belongs there.
+// An uplink answered after the entry kept, whose own entry a crash took,
+// still gets its entry.
+func TestRecoverEntriesSkipsEntriesRetentionDropped(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	cfg := Config{DataDir: dir, Storage: true, LivePerDevice: 1}
+	e := openEmbedded(t, cfg)
+	var keys [][16]byte
+	for i := range 3 {
+		a, payload := accepted(t, "RET", uint32(i))
+		a.Key = MsgKey("RET", int32(i), nil, payload)
+		keys = append(keys, a.Key)
+		if err := e.PublishUplink(ctx, a, payload); err != nil {
+			t.Fatal(err)
+		}
+		if i == 2 {
+			break // the crash took this one's entry
+		}
+		seq, _, err := e.Log(ctx, livelog.Uplink("RET", a.ReceivedAt, a.Uplink, nil), IDOf(a.Key))
+		if err != nil || seq == 0 {
+			t.Fatalf("entry %d: %d, %v", i, seq, err)
+		}
+	}
+	e.Close()
+
+	e = openEmbedded(t, cfg)
+	got := make(map[[16]byte]bool)
+	if _, err := e.RecoverEntries(ctx, func(key [16]byte, _ uint64, _ time.Time) { got[key] = true }); err != nil {
+		t.Fatal(err)
+	}
+	if got[keys[0]] {
+		t.Error("the uplink whose entry retention dropped got a second one")
+	}
+	if got[keys[1]] {
+		t.Error("the uplink whose entry is kept got a second one")
+	}
+	if !got[keys[2]] {
+		t.Error("the uplink whose entry the crash took got none")
+	}
+}
