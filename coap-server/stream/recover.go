@@ -85,31 +85,43 @@ func (e *Engine) RecoverEntries(ctx context.Context, fn func(key [16]byte, seq u
 }
 
 // retainedSince returns, for each device with a missing entry, the time
-// from which the live log still holds its entries: the time of its oldest
-// retained entry, or of the stream's oldest message when that is later.
-// An entry older than that may have been stored and dropped since by a
-// retention limit (LIVELOG_PER_DEVICE, LIVELOG_MAX_BYTES); logging it
-// again would show it twice to a client resuming with since, and with a
-// per-device limit push out an entry that belongs there.
+// from which the live log surely still holds its entries: where retention
+// has dropped some (the device at LIVELOG_PER_DEVICE, or the stream's
+// oldest messages gone to LIVELOG_MAX_BYTES or LIVELOG_MAX_AGE), the time
+// of the oldest kept; otherwise none. An entry older than that may have
+// been stored and dropped since: logging it again would show it twice to a
+// client resuming with since, and at the per-device limit push out an
+// entry that belongs there.
 func (e *Engine) retainedSince(ctx context.Context, recent []uplink.Accepted, missing map[[16]byte]bool) (map[string]time.Time, error) {
 	info, err := e.live.Info(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("LIVELOG info: %w", err)
+	}
+	var streamFloor time.Time
+	if info.State.FirstSeq > 1 {
+		streamFloor = info.State.FirstTime
 	}
 	floor := make(map[string]time.Time)
 	for _, a := range recent {
 		if _, done := floor[a.DeviceID]; done || !missing[a.Key] {
 			continue
 		}
-		at := info.State.FirstTime
-		m, err := e.live.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(liveSubject+a.DeviceID))
-		switch {
-		case err == nil:
-			if m.Time.After(at) {
-				at = m.Time
-			}
-		case !errors.Is(err, jetstream.ErrMsgNotFound):
+		at := streamFloor
+		subj := liveSubject + a.DeviceID
+		di, err := e.live.Info(ctx, jetstream.WithSubjectFilter(subj))
+		if err != nil {
 			return nil, fmt.Errorf("LIVELOG, device %s: %w", a.DeviceID, err)
+		}
+		if int64(di.State.Subjects[subj]) >= e.cfg.LivePerDevice {
+			m, err := e.live.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(subj))
+			switch {
+			case err == nil:
+				if m.Time.After(at) {
+					at = m.Time
+				}
+			case !errors.Is(err, jetstream.ErrMsgNotFound):
+				return nil, fmt.Errorf("LIVELOG, device %s: %w", a.DeviceID, err)
+			}
 		}
 		floor[a.DeviceID] = at
 	}

@@ -129,3 +129,31 @@ func TestRecoverEntriesSkipsEntriesRetentionDropped(t *testing.T) {
 		t.Error("the uplink whose entry the crash took got none")
 	}
 }
+
+// An uplink whose entry a crash took gets it at the next start even when
+// a later entry of its device was stored (a downlink event, logged without
+// waiting) and retention dropped nothing: the device's oldest kept entry
+// is no reason to skip it then.
+func TestRecoverEntriesDespiteALaterEntryOfTheDevice(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	e := openEmbedded(t, Config{DataDir: dir, Storage: true})
+	a, payload := accepted(t, "LATER", 1)
+	a.Key = MsgKey("LATER", 1, nil, payload)
+	if err := e.PublishUplink(ctx, a, payload); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := e.Log(ctx, livelog.Error("LATER", time.Now(), "a later entry"), ""); err != nil {
+		t.Fatal(err)
+	}
+	e.Close()
+
+	e = openEmbedded(t, Config{DataDir: dir, Storage: true})
+	got := false
+	if _, err := e.RecoverEntries(ctx, func(key [16]byte, _ uint64, _ time.Time) { got = got || key == a.Key }); err != nil {
+		t.Fatal(err)
+	}
+	if !got {
+		t.Fatal("the uplink whose entry the crash took got none")
+	}
+}
