@@ -204,10 +204,10 @@ func (a *App) openStream(ctx context.Context) error {
 		Help: "Live-log entries sent without waiting that the stream did not store: downlink and error entries, and with storage on the embedded engine every accepted uplink's entry (its uplink is stored all the same)."},
 		func() float64 { return float64(e.AsyncErrors()) }))
 	a.Metrics.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "nbiot_livelog_behind_waited_total",
-		Help: "Accepted uplinks (storage on the embedded engine) whose answer waited for their live-log entry, because 128 KiB of entries were waiting behind their answers already: the stream stores entries slower than uplinks come."},
+		Help: "Accepted uplinks (storage on the embedded engine) whose answer waited until their live-log entry fitted among the 128 KiB of entries that may wait behind their answers: the stream stores entries slower than uplinks come."},
 		func() float64 { return float64(e.BehindWaits()) }))
 	a.Metrics.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "nbiot_storage_entry_wait_timeouts_total",
-		Help: "Stored UPLINKS messages acknowledged although the live-log entries of their uplinks were still unresolved after 5 acknowledgement timeouts (a stalled live log): a crash then may leave those uplinks without an entry."},
+		Help: "Stored UPLINKS messages acknowledged although the live-log entries of their uplinks were still unresolved 10 s after their fetch, or half STORAGE_REDELIVERY when shorter (a stalled live log): a crash then may leave those uplinks without an entry."},
 		func() float64 { return float64(e.EntryWaitTimeouts()) }))
 	if e.Embedded() {
 		restored, err := a.restoreDedup(ctx)

@@ -123,7 +123,9 @@ func (b *batcher) giveUp(bt *batch, i int) {
 	defer b.mu.Unlock()
 	select {
 	case <-bt.done: // resolved in between: the ledger owes it if stored
-		b.e.ledger.settleKey(bt.keys[i])
+		if bt.err == nil {
+			b.e.ledger.settleKey(bt.keys[i])
+		}
 	default:
 		bt.keys[i] = [16]byte{}
 	}

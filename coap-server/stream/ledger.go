@@ -25,7 +25,7 @@ type ledger struct {
 	mu      sync.Mutex
 	changed *sync.Cond // on mu: broadcast when owed entries or publishes resolve
 
-	owed    map[[16]byte]uint64 // an uplink's key: the position of its UPLINKS message
+	owed    map[[16]byte]owed   // an uplink's key: where it is, how many entries it owes
 	pending map[uint64]int      // an UPLINKS position: how many of its entries are owed
 	tickets uint64              // batch publishes started
 	open    map[uint64]struct{} // the tickets of those not resolved yet
@@ -34,8 +34,17 @@ type ledger struct {
 	timeouts int64 // waits that gave up (mu)
 }
 
+// owed is what the ledger holds for one key: the position of the first
+// UPLINKS message with it, and how many entries are owed for it (a copy
+// accepted twice, after its answer left the table of recent answers,
+// owes two, both counted at the first position).
+type owed struct {
+	seq uint64
+	n   int
+}
+
 func newLedger() *ledger {
-	l := &ledger{owed: make(map[[16]byte]uint64), pending: make(map[uint64]int), open: make(map[uint64]struct{})}
+	l := &ledger{owed: make(map[[16]byte]owed), pending: make(map[uint64]int), open: make(map[uint64]struct{})}
 	l.changed = sync.NewCond(&l.mu)
 	return l
 }
@@ -60,11 +69,13 @@ func (l *ledger) published(t, seq uint64, keys [][16]byte) {
 			if k == ([16]byte{}) {
 				continue // its caller gave up: no entry follows
 			}
-			if _, ok := l.owed[k]; ok {
-				continue // a copy accepted twice: its one entry settles it
+			o, ok := l.owed[k]
+			if !ok {
+				o.seq = seq
 			}
-			l.owed[k] = seq
-			l.pending[seq]++
+			o.n++
+			l.owed[k] = o
+			l.pending[o.seq]++
 		}
 	}
 	l.changed.Broadcast()
@@ -87,10 +98,14 @@ func (l *ledger) settle(id string) {
 
 func (l *ledger) settleKey(k [16]byte) {
 	l.mu.Lock()
-	if seq, ok := l.owed[k]; ok {
-		delete(l.owed, k)
-		if l.pending[seq]--; l.pending[seq] <= 0 {
-			delete(l.pending, seq)
+	if o, ok := l.owed[k]; ok {
+		if o.n--; o.n > 0 {
+			l.owed[k] = o
+		} else {
+			delete(l.owed, k)
+		}
+		if l.pending[o.seq]--; l.pending[o.seq] <= 0 {
+			delete(l.pending, o.seq)
 			l.changed.Broadcast()
 		}
 	}
@@ -129,8 +144,8 @@ func (l *ledger) wait(seq, mark uint64, timeout time.Duration) bool {
 	for !l.clearLocked(seq, mark) {
 		if expired {
 			l.timeouts++
-			for k, s := range l.owed {
-				if s <= seq {
+			for k, o := range l.owed {
+				if o.seq <= seq {
 					delete(l.owed, k)
 				}
 			}

@@ -143,3 +143,56 @@ func BenchmarkLedger(b *testing.B) {
 		b.Fatalf("%d keys and %d positions still owed", len(l.owed), len(l.pending))
 	}
 }
+
+// A storage fetch may get a batch message before this process has read
+// the batch's acknowledgement: the publish's ticket, started before the
+// fetch, holds the wait until the batch's keys are known, and then until
+// their entries are settled.
+func TestLedgerWaitsForAPublishStartedBeforeTheFetch(t *testing.T) {
+	l := newLedger()
+	tk := l.start()
+	mark := l.mark() // the fetch: the message is there, its acknowledgement not read
+	cleared := make(chan bool, 1)
+	go func() { cleared <- l.wait(5, mark, 5*time.Second) }()
+	testwait.For(t, "the wait held by the publish in flight", func() bool { return l.waiters() == 1 })
+	key := [16]byte{5}
+	l.published(tk, 5, [][16]byte{key})
+	l.mu.Lock()
+	clear := l.clearLocked(5, mark)
+	l.mu.Unlock()
+	if clear {
+		t.Fatal("clear with the batch's entry owed")
+	}
+	l.settleKey(key)
+	if !<-cleared {
+		t.Fatal("the wait gave up")
+	}
+	// A publish started after the fetch does not hold it.
+	late := l.start()
+	if !l.wait(5, mark, time.Second) {
+		t.Fatal("a publish started after the fetch held the wait")
+	}
+	l.published(late, 0, nil)
+}
+
+// A copy of an uplink accepted twice (after its answer left the table of
+// recent answers) owes two entries under one key: the first one settled
+// does not clear the message of the other.
+func TestLedgerCountsACopyAcceptedTwice(t *testing.T) {
+	l := newLedger()
+	key := [16]byte{7}
+	a, b := l.start(), l.start()
+	l.published(a, 10, [][16]byte{key})
+	l.published(b, 11, [][16]byte{key})
+	l.settleKey(key)
+	l.mu.Lock()
+	clear := l.clearLocked(11, l.tickets)
+	l.mu.Unlock()
+	if clear {
+		t.Fatal("one settle cleared both copies")
+	}
+	l.settleKey(key)
+	if !l.wait(11, l.mark(), time.Second) {
+		t.Fatal("both settled, the wait still held")
+	}
+}

@@ -170,7 +170,8 @@ const (
 // caller waits for the group's outcome (or ctx) and gets the entry's
 // position. Any other returns at once, or with errAsyncFull when too many
 // bytes of such entries wait already; its failure is counted in
-// asyncErrors, and done, when set, gets its position.
+// asyncErrors, and done, when set, gets its position. A behind entry
+// past maxBehind waits for room first (waitRoomLocked).
 func (l *liveGroups) add(ctx context.Context, subject, key string, entry []byte, mode addMode, done func(uint64)) (uint64, error) {
 	async := mode != addWaited
 	// The stream's MaxMsgSize counts the header too: "NATS/1.0\r\n",
@@ -183,7 +184,7 @@ func (l *liveGroups) add(ctx context.Context, subject, key string, entry []byte,
 	if mode == addBehind {
 		bound = min(bound, l.maxBehind)
 	}
-	if async && l.async+len(entry) > bound {
+	if async && l.async+len(entry) > bound && (mode != addBehind || !l.waitRoomLocked(len(entry), bound)) {
 		waiting := l.async
 		l.mu.Unlock()
 		return 0, fmt.Errorf("%w (%d bytes)", errAsyncFull, waiting)
@@ -216,6 +217,31 @@ func (l *liveGroups) add(ctx context.Context, subject, key string, entry []byte,
 	case <-ctx.Done():
 		return 0, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
 	}
+}
+
+// waitRoomLocked waits, l.mu held, until an entry of n bytes fits within
+// bound, or nothing else waits (an entry larger than the bound goes
+// alone), or 2 AckTimeouts passed (false): groups are resolved within one
+// once sent. The caller is a LogBehind whose answer then waits, so that
+// answers slow down to the pace the stream stores entries at (counted in
+// BehindWaits).
+func (l *liveGroups) waitRoomLocked(n, bound int) bool {
+	l.e.behindWaits.Add(1)
+	expired := false
+	t := time.AfterFunc(2*l.e.cfg.AckTimeout, func() {
+		l.mu.Lock()
+		expired = true
+		l.idle.Broadcast()
+		l.mu.Unlock()
+	})
+	defer t.Stop()
+	for l.async > 0 && l.async+n > bound {
+		if expired {
+			return false
+		}
+		l.idle.Wait()
+	}
+	return true
 }
 
 // sendNextLocked sends what may go now: the full groups, oldest first,
@@ -341,16 +367,8 @@ func (l *liveGroups) resolve(g *liveGroup, ack pubAck, err error) {
 		}
 		l.e.asyncErrors.Add(failed)
 	}
-	l.mu.Lock()
-	l.unconfirmed += unconfirmed
-	if g.found != nil {
-		l.located++
-	}
-	l.async -= g.asyncBytes
-	l.inflight--
-	l.sendNextLocked()
-	l.idle.Broadcast()
-	l.mu.Unlock()
+	// Before this group counts as resolved, so that a flush waits for
+	// the second tries too.
 	for _, i := range again {
 		p, start := g.parts[i], 0
 		if i > 0 {
@@ -365,6 +383,16 @@ func (l *liveGroups) resolve(g *liveGroup, ack pubAck, err error) {
 		l.sentAgain++
 		l.mu.Unlock()
 	}
+	l.mu.Lock()
+	l.unconfirmed += unconfirmed
+	if g.found != nil {
+		l.located++
+	}
+	l.async -= g.asyncBytes
+	l.inflight--
+	l.sendNextLocked()
+	l.idle.Broadcast()
+	l.mu.Unlock()
 }
 
 // flush sends the group being collected and waits until every group sent

@@ -2,6 +2,7 @@ package stream
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"sync"
@@ -245,10 +246,22 @@ func TestDroppedEntryBehindItsAnswerIsSentAgain(t *testing.T) {
 	first := testGroup(nil, `{"z":1}`)
 	firstSeq := store(t, e, first)
 	g := testGroup(first, `{"c":1}`, `{"c":2}`, `{"c":3}`)
-	told := make(chan uint64, 3)
+	type tell struct {
+		seq  uint64
+		owed bool // the ledger still owed the entry's key when told
+	}
+	told := make(chan tell, 3)
+	owes := func(key string) bool {
+		var k [16]byte
+		copy(k[:], mustDecode(t, key))
+		e.ledger.mu.Lock()
+		defer e.ledger.mu.Unlock()
+		_, ok := e.ledger.owed[k]
+		return ok
+	}
 	for i := range g.parts {
 		g.parts[i].async, g.parts[i].behind = true, true
-		g.parts[i].done = func(seq uint64) { told <- seq }
+		g.parts[i].done = func(seq uint64) { told <- tell{seq, owes(g.parts[i].key)} }
 	}
 	g.async, g.asyncBytes = 3, len(g.data)
 	// The ledger owes the three entries; the middle one is dropped.
@@ -273,12 +286,17 @@ func TestDroppedEntryBehindItsAnswerIsSentAgain(t *testing.T) {
 	held := make(map[string]bool)
 	for range 3 {
 		select {
-		case seq := <-told:
-			m, err := e.live.GetMsg(context.Background(), seq)
+		case tl := <-told:
+			m, err := e.live.GetMsg(context.Background(), tl.seq)
 			if err != nil {
 				t.Fatal(err)
 			}
 			held[string(m.Data)] = true
+			// Told before it is settled: until its second try was stored,
+			// its uplink had to stay in UPLINKS.
+			if !tl.owed {
+				t.Errorf("the ledger no longer owed %s when its position came", m.Data)
+			}
 		case <-time.After(5 * time.Second):
 			t.Fatalf("positions told: %v; the dropped entry has none", held)
 		}
@@ -297,4 +315,13 @@ func TestDroppedEntryBehindItsAnswerIsSentAgain(t *testing.T) {
 	if !e.ledger.wait(1, e.ledger.mark(), 5*time.Second) {
 		t.Error("the ledger still owes an entry")
 	}
+}
+
+func mustDecode(t *testing.T, id string) []byte {
+	t.Helper()
+	b, err := base64.RawURLEncoding.DecodeString(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

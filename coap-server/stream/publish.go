@@ -192,13 +192,13 @@ func (e *Engine) Behind() bool { return e.uplinks != nil && e.groups != nil }
 // block); for an entry that was not, it is not called and the failure is
 // counted (AsyncErrors). When maxBehindBytes of entries are waiting already
 // (the stream stores entries slower than uplinks come: an fsync per
-// message, a saturated machine), the caller waits for its entry (its
-// group's AckTimeout, after the groups queued before it), and done is
-// called before LogBehind returns: the answers slow down to the rate the
-// live log keeps, and no entry is dropped (BehindWaits counts it). The
-// error is for an entry the stream did not take (too large; a wait that
-// failed). With EntriesFollow, the entry settles what the ledger owes
-// for its uplink, whatever its outcome.
+// message, a saturated machine), the caller waits until its entry fits
+// (at most 2 AckTimeouts): the answers slow down to the rate the live log
+// keeps, no entry is dropped for want of room, and none lags its answer
+// by more than the stream takes to store that much (BehindWaits counts
+// the callers that waited). The error is for an entry the stream did not
+// take (too large; no room in time). With EntriesFollow, the entry
+// settles what the ledger owes for its uplink, whatever its outcome.
 func (e *Engine) LogBehind(entry *livelog.Entry, id string, done func(seq uint64)) error {
 	if !e.Behind() {
 		return errors.New("stream: LogBehind without storage on the embedded engine")
@@ -213,21 +213,9 @@ func (e *Engine) LogBehind(entry *livelog.Entry, id string, done func(seq uint64
 	lm.buf = b
 	// PublishUplink already counted the entry's device.
 	subject := liveSubject + entry.DeviceID
-	_, err = e.groups.add(context.Background(), subject, id, b, addBehind, done)
-	if errors.Is(err, errAsyncFull) {
-		// Not the request's context: the entry is in a group once added,
-		// and the group's wait is bounded by AckTimeout.
-		e.behindWaits.Add(1)
-		var seq uint64
-		if seq, err = e.groups.add(context.Background(), subject, id, b, addWaited, nil); err == nil && done != nil {
-			done(seq)
-		}
-		e.ledger.settle(id)
-	} else if err != nil {
-		e.ledger.settle(id) // refused at once
-	}
-	if err != nil {
+	if _, err = e.groups.add(context.Background(), subject, id, b, addBehind, done); err != nil {
 		e.asyncErrors.Add(1)
+		e.ledger.settle(id) // refused: nothing owed
 		return err
 	}
 	return nil

@@ -47,7 +47,7 @@ func (e *Engine) UplinkSource(ctx context.Context, malformed prometheus.Counter)
 	if err != nil {
 		return nil, fmt.Errorf("consumer %s: %w", StorageConsumer, err)
 	}
-	return &UplinkSource{cons: cons, malformed: malformed, perMsg: 1, ledger: e.ledger, gateWait: gateAckTimeouts * e.cfg.AckTimeout}, nil
+	return &UplinkSource{cons: cons, malformed: malformed, perMsg: 1, ledger: e.ledger, gateWait: min(gateAckTimeouts*e.cfg.AckTimeout, e.cfg.RedeliverAfter/2)}, nil
 }
 
 // Fetch implements storage.Source: at most limit deliveries.
@@ -125,7 +125,8 @@ func (s *UplinkSource) deliveries(ds []storage.Delivery, m jetstream.Msg) []stor
 	g := &sharedAck{m: m}
 	if s.ledger != nil {
 		if md, err := m.Metadata(); err == nil {
-			g.ledger, g.seq, g.mark, g.wait = s.ledger, md.Sequence.Stream, s.ledger.mark(), s.gateWait
+			g.ledger, g.seq, g.mark = s.ledger, md.Sequence.Stream, s.ledger.mark()
+			g.deadline = time.Now().Add(s.gateWait)
 		}
 	}
 	g.left.Store(int32(len(recs)))
@@ -145,13 +146,16 @@ type sharedAck struct {
 	nacked atomic.Bool
 
 	ledger    *ledger
-	seq, mark uint64        // m's position; the ledger's mark when m came
-	wait      time.Duration // the most to wait
+	seq, mark uint64    // m's position; the ledger's mark when m came
+	deadline  time.Time // the latest to wait until: a fetch's messages share one
 }
 
 // gateAckTimeouts: an acknowledgement waits for the entries of its
-// uplinks at most this many AckTimeouts; a group of them is resolved
-// within one once sent, and a few may be queued before it.
+// uplinks at most this many AckTimeouts after its message was fetched (a
+// group of them is resolved within one once sent, and a few may be queued
+// before it), the messages of one fetch together, and at most half the
+// time after which the stream hands a fetched message to another worker
+// (RedeliverAfter, STORAGE_REDELIVERY).
 const gateAckTimeouts = 5
 
 func (g *sharedAck) ack() error {
@@ -159,7 +163,7 @@ func (g *sharedAck) ack() error {
 		return nil
 	}
 	if g.ledger != nil {
-		g.ledger.wait(g.seq, g.mark, g.wait)
+		g.ledger.wait(g.seq, g.mark, max(time.Until(g.deadline), 0))
 	}
 	return g.m.Ack()
 }
