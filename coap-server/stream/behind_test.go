@@ -114,7 +114,7 @@ func TestLogBehindWaitsWhenTooManyWait(t *testing.T) {
 // entry within its acknowledgement's time. When every full group was sent
 // at once, the backlog in the stream's queue outlasted AckTimeout, and
 // its entries failed with the groups after them. Past maxBehindBytes the
-// callers wait for their entries, so the backlog stays within that.
+// callers wait for room, so the backlog stays within that.
 func TestLogBehindWithSyncAlwaysLosesNoEntry(t *testing.T) {
 	e := openEmbedded(t, Config{Storage: true, SyncAlways: true})
 	all := logBehind(t, e, 16, 400)

@@ -83,7 +83,7 @@ const (
 	// about 10,000 uplink entries, a fifth of a second at this engine's
 	// fastest.
 	maxAsyncBytes = 4 << 20
-	// maxBehindBytes: past it a LogBehind caller waits for its entry
+	// maxBehindBytes: past it a LogBehind caller waits for room
 	// instead, so that an entry lags its answer by no more than the
 	// stream takes to store this much, about 330 entries: 3 ms at this
 	// engine's fastest, 0.1 s with an fsync per message. Its uplink's
