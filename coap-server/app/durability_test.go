@@ -130,25 +130,10 @@ func TestKill9DuringOutageLosesNothing(t *testing.T) {
 	// The live log has one entry per answered uplink, the last ones too,
 	// whose entries the kill may have caught on their way (the restart
 	// logs them from UPLINKS): up to a marker sent now.
-	ws := second.ws(t, "?since=0&deviceId=KILL9")
-	if code := tryPost(second.dial(t), &nbiotv1.Uplink{DeviceId: "KILL9", UplinkCount: 1_000_000}, 5*time.Second); code != codes.Changed {
-		t.Fatalf("marker: %v", code)
-	}
-	entries := make(map[float64]int)
-	for {
-		f := readFrame(t, ws)
-		if f["type"] != "uplink" {
-			continue
-		}
-		c, _ := f["data"].(map[string]any)["uplink_count"].(float64)
-		if c == 1_000_000 {
-			break
-		}
-		entries[c]++
-	}
+	entries := entriesUntilMarker(t, second, "?since=0&deviceId=KILL9", &nbiotv1.Uplink{DeviceId: "KILL9", UplinkCount: 1_000_000})
 	for i := range n {
-		if entries[float64(i)] != 1 {
-			t.Errorf("uplink %d has %d live-log entries, want 1", i, entries[float64(i)])
+		if k := fmt.Sprintf("KILL9/%d", i); entries[k] != 1 {
+			t.Errorf("uplink %d has %d live-log entries, want 1", i, entries[k])
 		}
 	}
 	second.proc.Stop(t)
@@ -496,23 +481,7 @@ func TestKill9UnderLoadLosesNoEntry(t *testing.T) {
 	}
 
 	// Every entry, up to a marker sent now.
-	ws := second.ws(t, "?since=0")
-	if code := tryPost(second.dial(t), &nbiotv1.Uplink{DeviceId: "LOADMARK", UplinkCount: 1}, 5*time.Second); code != codes.Changed {
-		t.Fatalf("marker: %v", code)
-	}
-	entries := make(map[string]int)
-	for {
-		f := readFrame(t, ws)
-		if f["type"] != "uplink" {
-			continue
-		}
-		dev, _ := f["deviceId"].(string)
-		if dev == "LOADMARK" {
-			break
-		}
-		c, _ := f["data"].(map[string]any)["uplink_count"].(float64)
-		entries[fmt.Sprintf("%s/%d", dev, int(c))]++
-	}
+	entries := entriesUntilMarker(t, second, "?since=0", &nbiotv1.Uplink{DeviceId: "LOADMARK", UplinkCount: 1})
 	lost := 0
 	for k := range answered {
 		if entries[k] == 0 {
@@ -528,4 +497,28 @@ func TestKill9UnderLoadLosesNoEntry(t *testing.T) {
 		t.Errorf("%d of %d uplinks answered 2.04 have no live-log entry after the kill", lost, len(answered))
 	}
 	t.Logf("%d uplinks answered before the kill, %d entries after the restart", len(answered), len(entries))
+}
+
+// entriesUntilMarker reads in's /ws with query from its start and counts
+// the uplink entries by "device/uplink_count", up to the entry of marker,
+// which it sends once subscribed.
+func entriesUntilMarker(t *testing.T, in *instance, query string, marker *nbiotv1.Uplink) map[string]int {
+	t.Helper()
+	ws := in.ws(t, query)
+	if code := tryPost(in.dial(t), marker, 5*time.Second); code != codes.Changed {
+		t.Fatalf("marker: %v", code)
+	}
+	entries := make(map[string]int)
+	for {
+		f := readFrame(t, ws)
+		if f["type"] != "uplink" {
+			continue
+		}
+		dev, _ := f["deviceId"].(string)
+		c, _ := f["data"].(map[string]any)["uplink_count"].(float64)
+		if dev == marker.GetDeviceId() && uint32(c) == marker.GetUplinkCount() {
+			return entries
+		}
+		entries[fmt.Sprintf("%s/%d", dev, int(c))]++
+	}
 }
