@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"sync"
 	"time"
 
@@ -124,6 +123,24 @@ type liveGroup struct {
 	// searched: every message found could hold was read, so an entry not
 	// found is not in the stream.
 	searched bool
+	// carry, when the group failed: its behind entries and those carried
+	// to it, not found yet, for the next group to look for (resolve).
+	carry []carried
+}
+
+// carried is a behind entry of a group whose acknowledgement never came.
+type carried struct {
+	part livePart
+	data []byte
+}
+
+// entry is entry i's JSON.
+func (g *liveGroup) entry(i int) []byte {
+	start := 0
+	if i > 0 {
+		start = g.parts[i-1].end
+	}
+	return g.data[start:g.parts[i].end]
 }
 
 type livePart struct {
@@ -305,13 +322,25 @@ func (l *liveGroups) await(g *liveGroup, t ticket) {
 
 // resolve sets g's outcome once its predecessor's is known, then lets the
 // next group go out.
+//
+// The behind entries of a group whose acknowledgement never came may be
+// stored all the same, and their uplinks were answered 2.04: they are
+// carried to the next group, whose acknowledgement shows where the stream
+// stands, and looked for with its own entries (locate). Found, they are
+// settled; certainly missing, sent once more; otherwise counted failed.
+// Until then the ledger owes them, so that storage keeps their uplinks
+// (for RecoverEntries, should the process die first) for at most its wait.
 func (l *liveGroups) resolve(g *liveGroup, ack pubAck, err error) {
 	var prevSeq, known uint64
+	var carry []carried // from a failed predecessor: to look for
 	if p := g.prev; p != nil {
 		<-p.done
 		prevSeq, known = p.lastSeq, p.known
+		carry, p.carry = p.carry, nil
 	}
 	n := len(g.parts)
+	var carryFound []uint64 // the positions of carry's entries (0: not found)
+	looked, searched := false, false
 	if err != nil {
 		g.err = err
 		g.known = known
@@ -322,61 +351,99 @@ func (l *liveGroups) resolve(g *liveGroup, ack pubAck, err error) {
 		// it may be stored all the same), the entries are looked for from
 		// the last position known, so that one lost acknowledgement does
 		// not cost the next group's entries too.
-		if !g.confirmed && known != 0 && ack.Sequence > known {
-			g.found, g.searched = l.locate(g, known)
+		if (!g.confirmed || len(carry) > 0) && known != 0 && ack.Sequence > known {
+			var found []uint64
+			found, searched = l.locate(g, known, carry)
+			looked = true
+			if found != nil {
+				carryFound = found[:len(carry)]
+			}
+			if !g.confirmed && found != nil {
+				g.found, g.searched = found[len(carry):], searched
+			}
 		}
 	}
-	g.prev = nil // resolved groups hold no chain of predecessors
+	g.prev = nil          // resolved groups hold no chain of predecessors
+	var dropped []carried // given up on: settled and counted failed
+	if g.err != nil {
+		for i, p := range g.parts {
+			if p.behind {
+				carry = append(carry, carried{p, g.entry(i)})
+			}
+		}
+		if over := len(carry) - maxCarry; over > 0 {
+			dropped, carry = carry[:over], carry[over:]
+		}
+		g.carry, carry = carry, nil
+	}
 	close(g.done)
 	// A behind entry that is certainly not in the stream (it dropped the
 	// message: its ingest queue was full) is sent once more: its uplink was
-	// answered 2.04, and no caller will send it again. Not after a failed
-	// acknowledgement, when it may be stored all the same.
-	var again []int
+	// answered 2.04, and no caller will send it again.
+	var again []carried
+	for j, c := range carry {
+		switch {
+		case carryFound != nil && carryFound[j] != 0:
+			if c.part.done != nil {
+				c.part.done(carryFound[j])
+			}
+			l.e.ledger.settle(c.part.key)
+		case searched && !c.part.again:
+			again = append(again, c)
+		default:
+			dropped = append(dropped, c)
+		}
+	}
+	missing := func(i int, p livePart) bool { // g's entry i, certainly not in the stream
+		return p.behind && !p.again && g.searched && i < n-1 && g.found[i] == 0
+	}
 	for i, p := range g.parts {
 		if p.done != nil {
 			if seq, err := g.result(i); err == nil {
 				p.done(seq)
 			}
 		}
-		if p.behind {
-			if g.searched && i < n-1 && g.found[i] == 0 && !p.again {
-				again = append(again, i)
-				continue // owed until its second try is resolved
-			}
+		switch {
+		case !p.behind || g.err != nil: // a failed group's are carried
+		case missing(i, p):
+			again = append(again, carried{p, g.entry(i)}) // owed until its second try is resolved
+		default:
 			l.e.ledger.settle(p.key) // stored or counted: storage may delete its uplink
 		}
 	}
+	for _, c := range dropped {
+		l.e.ledger.settle(c.part.key)
+	}
+	failed := int64(len(dropped))
 	var unconfirmed int64
 	switch {
 	case g.err != nil:
-		l.e.asyncErrors.Add(int64(g.async))
+		for _, p := range g.parts {
+			if p.async && !p.behind {
+				failed++
+			}
+		}
 	case !g.confirmed:
 		// The entries not found: the async ones count as failed, the
 		// others' callers were refused.
-		var failed int64
 		for i, p := range g.parts[:n-1] {
 			switch {
 			case g.found != nil && g.found[i] != 0:
-			case slices.Contains(again, i): // counted if its second try fails
+			case missing(i, p): // counted if its second try fails
 			case p.async:
 				failed++
 			default:
 				unconfirmed++
 			}
 		}
-		l.e.asyncErrors.Add(failed)
 	}
+	l.e.asyncErrors.Add(failed)
 	// Before this group counts as resolved, so that a flush waits for
 	// the second tries too.
-	for _, i := range again {
-		p, start := g.parts[i], 0
-		if i > 0 {
-			start = g.parts[i-1].end
-		}
-		if _, err := l.add(context.Background(), p.subject, p.key, g.data[start:p.end], addAgain, p.done); err != nil {
+	for _, c := range again {
+		if _, err := l.add(context.Background(), c.part.subject, c.part.key, c.data, addAgain, c.part.done); err != nil {
 			l.e.asyncErrors.Add(1)
-			l.e.ledger.settle(p.key)
+			l.e.ledger.settle(c.part.key)
 			continue
 		}
 		l.mu.Lock()
@@ -385,7 +452,7 @@ func (l *liveGroups) resolve(g *liveGroup, ack pubAck, err error) {
 	}
 	l.mu.Lock()
 	l.unconfirmed += unconfirmed
-	if g.found != nil {
+	if looked {
 		l.located++
 	}
 	l.async -= g.asyncBytes
@@ -425,27 +492,40 @@ func (l *liveGroups) flush(timeout time.Duration) bool {
 	return true
 }
 
-// maxLocate bounds the messages locate reads: a range longer than that
-// was not written by this engine alone.
-const maxLocate = 2 * maxGroupEntries
+// maxLocate bounds the messages locate reads: the group's, and those of
+// the failed groups before it whose behind entries it carries (maxCarry);
+// a range longer than that was not written by this engine alone, or
+// after more failed groups than are worth reading back.
+const (
+	maxLocate = 4 * maxGroupEntries
+	maxCarry  = 2 * maxGroupEntries
+)
 
 // locate finds, among the messages stored between the last position known
 // before g (prevSeq: the previous group's last entry, or an earlier one's
-// when that group failed) and g's last, the entries of g but its last, and
-// returns their positions (0 for one not found). The messages are read
-// in order and matched in order, by subject, key and JSON. It runs only
-// when a group's positions do not add up (a message the stream dropped,
-// or another writer), so that one dropped entry does not cost the
-// group's others their answer.
-func (l *liveGroups) locate(g *liveGroup, prevSeq uint64) (found []uint64, searched bool) {
+// when that group failed) and g's last, the entries carried from failed
+// groups before g, then g's but its last, and returns their positions in
+// that order (0 for one not found). The messages are read in order and
+// matched in order, by subject, key and JSON. It runs only when a group's
+// positions do not add up (a message the stream dropped, a group before
+// that failed, or another writer), so that one dropped entry does not
+// cost the group's others their answer.
+func (l *liveGroups) locate(g *liveGroup, prevSeq uint64, carry []carried) (found []uint64, searched bool) {
 	if g.lastSeq-prevSeq-1 > maxLocate {
 		return nil, false
 	}
-	found, searched = make([]uint64, len(g.parts)), true
+	want := len(carry) + len(g.parts) - 1 // g's last is at g.lastSeq
+	candidate := func(k int) (livePart, []byte) {
+		if k < len(carry) {
+			return carry[k].part, carry[k].data
+		}
+		return g.parts[k-len(carry)], g.entry(k - len(carry))
+	}
+	found, searched = make([]uint64, len(carry)+len(g.parts)), true
 	ctx, cancel := context.WithTimeout(context.Background(), l.e.cfg.AckTimeout)
 	defer cancel()
-	next := 0 // the first part not matched yet
-	for seq := prevSeq + 1; seq < g.lastSeq && next < len(g.parts)-1; seq++ {
+	next := 0 // the first candidate not matched yet
+	for seq := prevSeq + 1; seq < g.lastSeq && next < want; seq++ {
 		m, err := l.e.live.GetMsg(ctx, seq)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -457,17 +537,12 @@ func (l *liveGroups) locate(g *liveGroup, prevSeq uint64) (found []uint64, searc
 			searched = false
 			continue
 		}
-		start := 0
-		if next > 0 {
-			start = g.parts[next-1].end
-		}
-		for k := next; k < len(g.parts)-1; k++ {
-			p := g.parts[k]
-			if m.Subject == p.subject && m.Header.Get(KeyHeader) == p.key && string(m.Data) == string(g.data[start:p.end]) {
+		for k := next; k < want; k++ {
+			p, data := candidate(k)
+			if m.Subject == p.subject && m.Header.Get(KeyHeader) == p.key && string(m.Data) == string(data) {
 				found[k], next = seq, k+1
 				break
 			}
-			start = p.end
 		}
 	}
 	return found, searched

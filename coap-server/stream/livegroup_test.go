@@ -251,14 +251,7 @@ func TestDroppedEntryBehindItsAnswerIsSentAgain(t *testing.T) {
 		owed bool // the ledger still owed the entry's key when told
 	}
 	told := make(chan tell, 3)
-	owes := func(key string) bool {
-		var k [16]byte
-		copy(k[:], mustDecode(t, key))
-		e.ledger.mu.Lock()
-		defer e.ledger.mu.Unlock()
-		_, ok := e.ledger.owed[k]
-		return ok
-	}
+	owes := func(key string) bool { return ledgerOwes(t, e, key) }
 	for i := range g.parts {
 		g.parts[i].async, g.parts[i].behind = true, true
 		g.parts[i].done = func(seq uint64) { told <- tell{seq, owes(g.parts[i].key)} }
@@ -306,8 +299,15 @@ func TestDroppedEntryBehindItsAnswerIsSentAgain(t *testing.T) {
 			t.Errorf("no position told holds %s (%v)", want, held)
 		}
 	}
-	if n := l.SentAgain(); n != 1 {
-		t.Errorf("%d entries sent again, want 1", n)
+	checkOneSentAgain(t, e)
+}
+
+// checkOneSentAgain checks that one entry was sent again, none counted
+// failed, and the ledger owes nothing once it is resolved.
+func checkOneSentAgain(t *testing.T, e *Engine) {
+	t.Helper()
+	if n := e.groups.SentAgain(); n != 1 {
+		t.Errorf("%d entries sent again, want 1 (the one the stream dropped)", n)
 	}
 	if n := e.AsyncErrors(); n != 0 {
 		t.Errorf("%d entries counted failed, want 0", n)
@@ -317,6 +317,16 @@ func TestDroppedEntryBehindItsAnswerIsSentAgain(t *testing.T) {
 	}
 }
 
+// ledgerOwes reports whether e's ledger owes the entry of key (IDOf).
+func ledgerOwes(t *testing.T, e *Engine, key string) bool {
+	var k [16]byte
+	copy(k[:], mustDecode(t, key))
+	e.ledger.mu.Lock()
+	defer e.ledger.mu.Unlock()
+	_, ok := e.ledger.owed[k]
+	return ok
+}
+
 func mustDecode(t *testing.T, id string) []byte {
 	t.Helper()
 	b, err := base64.RawURLEncoding.DecodeString(id)
@@ -324,4 +334,126 @@ func mustDecode(t *testing.T, id string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// The behind entries of groups whose acknowledgements never came (they may
+// be stored all the same; their uplinks were answered 2.04) are looked for
+// with the next acknowledged group's: each found is told its position and
+// then settled, one certainly missing is sent again, and until then the
+// ledger owes them all, so that storage keeps their uplinks. Before, they
+// were settled and counted failed at once, and the one the stream had
+// dropped was lost with its uplink deleted from UPLINKS.
+func TestBehindEntriesOfAFailedGroupAreLookedFor(t *testing.T) {
+	e := openEmbedded(t, Config{LivePerDevice: 1 << 20, Storage: true, EntriesFollow: true})
+	l := e.groups
+	first := testGroup(nil, `{"z":1}`)
+	firstSeq := store(t, e, first)
+	lost1 := testGroup(first, `{"a":1}`, `{"a":2}`, `{"a":3}`)
+	lost2 := testGroup(lost1, `{"c":1}`)
+	next := testGroup(lost2, `{"b":1}`, `{"b":2}`)
+	owes := func(key string) bool { return ledgerOwes(t, e, key) }
+	type tell struct {
+		key  string
+		seq  uint64
+		owed bool // the ledger still owed the entry when told
+	}
+	told := make(chan tell, 8)
+	var keys [][16]byte
+	for _, g := range []*liveGroup{lost1, lost2} {
+		for i := range g.parts {
+			k := MsgKey("D", int32(len(keys)), nil, nil)
+			keys = append(keys, k)
+			p := &g.parts[i]
+			p.key, p.async, p.behind = IDOf(k), true, true
+			key := p.key
+			p.done = func(seq uint64) { told <- tell{key, seq, owes(key)} }
+		}
+		g.async, g.asyncBytes = len(g.parts), len(g.data)
+	}
+	tk := e.ledger.start()
+	e.ledger.published(tk, 1, keys)
+	// What the stream stored: lost1 without its middle entry, lost2, next.
+	kept := testGroup(nil, `{"a":1}`, `{"a":3}`)
+	kept.parts[0].key, kept.parts[1].key = lost1.parts[0].key, lost1.parts[2].key
+	store(t, e, kept)
+	store(t, e, lost2)
+	nextSeq := store(t, e, next)
+	l.mu.Lock()
+	l.inflight += 4
+	l.async += lost1.asyncBytes + lost2.asyncBytes
+	l.mu.Unlock()
+	l.resolve(first, pubAck{Sequence: firstSeq}, nil)
+	l.resolve(lost1, pubAck{}, ErrUnavailable)
+	l.resolve(lost2, pubAck{}, ErrUnavailable)
+	for i, k := range keys {
+		if !owes(IDOf(k)) {
+			t.Fatalf("entry %d of a group whose acknowledgement never came settled before it was looked for", i)
+		}
+	}
+	l.resolve(next, pubAck{Sequence: nextSeq}, nil)
+
+	held := make(map[string]string) // key: the JSON at the position told
+	for range keys {
+		select {
+		case tl := <-told:
+			m, err := e.live.GetMsg(context.Background(), tl.seq)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := m.Header.Get(KeyHeader); got != tl.key {
+				t.Errorf("entry %s told position %d, which holds %s", tl.key, tl.seq, got)
+			}
+			held[tl.key] = string(m.Data)
+			if !tl.owed {
+				t.Errorf("the ledger no longer owed %s when its position came", m.Data)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("positions told: %v; want one for each of the %d entries", held, len(keys))
+		}
+	}
+	for g, want := range map[*liveGroup][]string{lost1: {`{"a":1}`, `{"a":2}`, `{"a":3}`}, lost2: {`{"c":1}`}} {
+		for i, w := range want {
+			if got := held[g.parts[i].key]; got != w {
+				t.Errorf("entry %s: the position told holds %q", w, got)
+			}
+		}
+	}
+	for i := range next.parts {
+		if _, err := next.result(i); err != nil {
+			t.Errorf("entry %d of the acknowledged group: %v", i, err)
+		}
+	}
+	checkOneSentAgain(t, e)
+}
+
+// Behind entries carried from a failed group that cannot be looked for
+// (no position is known before them) are settled and counted failed, as
+// before: the ledger does not wait for them.
+func TestBehindEntriesOfAFailedGroupNotLookedForAreCounted(t *testing.T) {
+	e := openEmbedded(t, Config{LivePerDevice: 1 << 20, Storage: true, EntriesFollow: true})
+	l := e.groups
+	lost := testGroup(nil, `{"a":1}`, `{"a":2}`)
+	next := testGroup(lost, `{"b":1}`)
+	var keys [][16]byte
+	for i := range lost.parts {
+		k := MsgKey("D", int32(i), nil, nil)
+		keys = append(keys, k)
+		lost.parts[i].key, lost.parts[i].async, lost.parts[i].behind = IDOf(k), true, true
+	}
+	lost.async, lost.asyncBytes = 2, len(lost.data)
+	tk := e.ledger.start()
+	e.ledger.published(tk, 1, keys)
+	nextSeq := store(t, e, next)
+	l.mu.Lock()
+	l.inflight += 2
+	l.async += lost.asyncBytes
+	l.mu.Unlock()
+	l.resolve(lost, pubAck{}, ErrUnavailable)
+	l.resolve(next, pubAck{Sequence: nextSeq}, nil)
+	if n := e.AsyncErrors(); n != 2 {
+		t.Errorf("%d entries counted failed, want 2", n)
+	}
+	if !e.ledger.wait(1, e.ledger.mark(), time.Second) {
+		t.Error("the ledger still owes the entries given up on")
+	}
 }
