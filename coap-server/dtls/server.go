@@ -13,11 +13,13 @@
 package dtls
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	piondtls "github.com/pion/dtls/v3"
@@ -81,6 +83,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock of session activity (default time.Now; tests).
 	Now func() time.Time
+	// Drain bounds how long Stop waits for the uplinks being handled
+	// (default ingest.DefaultLeanDrain, as the plain-CoAP path).
+	Drain time.Duration
 }
 
 // EvictIdle is how long a session must have been silent for a new one to
@@ -112,6 +117,9 @@ func (c *Config) defaults() {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.Drain <= 0 {
+		c.Drain = ingest.DefaultLeanDrain
+	}
 }
 
 // Server is a bound CoAPS listener.
@@ -122,6 +130,14 @@ type Server struct {
 	addr  *net.UDPAddr
 	decoy *decoy
 	logs  *rate.Limiter // debugf's budget, shared with the listener
+
+	// Stop waits for the handler calls under way: go-coap's Stop does not.
+	mu       sync.Mutex
+	stopping bool            // Stop began: a handler call starting now is dropped
+	calls    sync.WaitGroup  // Add only under mu while !stopping, so never during Wait
+	ctx      context.Context // the handler calls' context; ends Drain after Stop began
+	cancel   context.CancelFunc
+	stopOnce sync.Once
 }
 
 const (
@@ -140,6 +156,7 @@ func Listen(addr string, h *ingest.Handler, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("dtls: %w", err)
 	}
 	s := &Server{cfg: cfg, decoy: newDecoy(), logs: rate.NewLimiter(logRate, logBurst)}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.ln = &listener{
 		limits: NewLimiter(cfg.Limits), metrics: cfg.Metrics,
 		log: cfg.Logger, maxSess: int64(cfg.MaxSessions), now: cfg.Now,
@@ -178,7 +195,7 @@ func Listen(addr string, h *ingest.Handler, cfg Config) (*Server, error) {
 	cfg.Keys.OnChange(s.closeIdentity)
 	log := cfg.Logger
 	s.coap = server.New(
-		options.WithMux(secureHandler(h)),
+		options.WithMux(s.track(secureHandler(h))),
 		options.WithErrors(func(err error) { log.Debug("coaps", "err", err) }),
 		options.WithInactivityMonitor(cfg.SessionIdle, func(cc *udpClient.Conn) { _ = cc.Close() }),
 		// Bounds go-coap's cache of the session's answers (MaxExchanges).
@@ -203,6 +220,29 @@ func secureHandler(h *ingest.Handler) mux.Handler {
 			return
 		}
 		inner.ServeCOAP(w, r)
+	})
+}
+
+// track runs next for the calls Stop waits for. A call's context keeps the
+// request's values but not its cancellation, which go-coap's Stop brings at
+// once (a session's context is the server's): it ends Drain after Stop
+// began, so an uplink being handled then still reaches the stream.
+func (s *Server) track(next mux.Handler) mux.Handler {
+	return mux.HandlerFunc(func(w mux.ResponseWriter, r *mux.Message) {
+		s.mu.Lock()
+		if s.stopping {
+			// Its session is closed: no answer, the device retransmits.
+			s.mu.Unlock()
+			return
+		}
+		s.calls.Add(1)
+		s.mu.Unlock()
+		defer s.calls.Done()
+		ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
+		defer cancel()
+		defer context.AfterFunc(s.ctx, cancel)()
+		r.SetContext(ctx)
+		next.ServeCOAP(w, r)
 	})
 }
 
@@ -256,12 +296,32 @@ func (s *Server) Serve() error {
 // Addr is the bound UDP address.
 func (s *Server) Addr() *net.UDPAddr { return s.addr }
 
-// Stop closes the listener and every session. In-flight responses are
-// dropped (docs/pitfalls.md#go-coap: Stop does not drain), which is fine: the
-// device retransmits its CON and storage is idempotent.
+// Stop closes the listener and every session, then waits for the uplinks
+// being handled, so that their live-log entries are sent before Shutdown
+// flushes the stream (go-coap's Stop waits for none, docs/pitfalls.md#go-coap).
+// Past Drain their context ends, so they stop waiting for the stream, and
+// Stop waits for them to return. Their answers are dropped with the
+// sessions, which is fine: the device retransmits its CON and storage is
+// idempotent. Stop is idempotent.
 func (s *Server) Stop() {
-	s.coap.Stop()
-	_ = s.ln.Close()
+	s.stopOnce.Do(func() {
+		// Sessions are closed first: a call starting after stopping is set
+		// finds its session closed, so go-coap sends nothing for it.
+		s.coap.Stop()
+		_ = s.ln.Close()
+		s.mu.Lock()
+		s.stopping = true
+		s.mu.Unlock()
+		drained := make(chan struct{})
+		go func() { s.calls.Wait(); close(drained) }()
+		select {
+		case <-drained:
+		case <-time.After(s.cfg.Drain):
+			s.cancel() // stop waiting for the stream
+			<-drained
+		}
+		s.cancel()
+	})
 }
 
 // MaxSessions is the session bound in effect (Config.MaxSessions).
