@@ -239,9 +239,21 @@ func parseAck(b []byte) (pubAck, error) {
 	case r.Error != nil && r.Error.ErrCode == 10077:
 		return pubAck{}, fmt.Errorf("%w: %s", ErrFull, r.Error.Description)
 	case r.Error != nil:
-		return pubAck{}, fmt.Errorf("%w: %s (%d)", ErrUnavailable, r.Error.Description, r.Error.ErrCode)
+		return pubAck{}, &apiError{code: r.Error.ErrCode, description: r.Error.Description}
 	case r.Seq == 0:
 		return pubAck{}, fmt.Errorf("%w: acknowledgement without a sequence", ErrUnavailable)
 	}
 	return pubAck{Sequence: r.Seq, Duplicate: r.Duplicate}, nil
 }
+
+// apiError is an error the stream answered a publish with.
+type apiError struct {
+	code        int // JetStream's err_code
+	description string
+}
+
+func (e *apiError) Error() string {
+	return fmt.Sprintf("%v: %s (%d)", ErrUnavailable, e.description, e.code)
+}
+
+func (e *apiError) Unwrap() error { return ErrUnavailable }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // On the embedded engine, live-log entries are made durable in groups
@@ -326,17 +327,21 @@ func (l *liveGroups) await(g *liveGroup, t ticket) {
 // The behind entries of a group whose acknowledgement never came may be
 // stored all the same, and their uplinks were answered 2.04: they are
 // carried to the next group, whose acknowledgement shows where the stream
-// stands, and looked for with its own entries (locate). Found, they are
-// settled; certainly missing, sent once more; otherwise counted failed.
-// Until then the ledger owes them, so that storage keeps their uplinks
-// (for RecoverEntries, should the process die first) for at most its wait.
+// stands, and looked for with its own entries (locate); when no group
+// follows, a barrier does that instead (probe). Found, they are settled;
+// certainly missing, sent once more; otherwise counted failed. Until then
+// the ledger owes them, so that storage keeps their uplinks (for
+// RecoverEntries, should the process die first). Their bytes no longer
+// count against maxBehind: maxCarry bounds them.
 func (l *liveGroups) resolve(g *liveGroup, ack pubAck, err error) {
 	var prevSeq, known uint64
 	var carry []carried // from a failed predecessor: to look for
 	if p := g.prev; p != nil {
 		<-p.done
 		prevSeq, known = p.lastSeq, p.known
+		l.mu.Lock() // a probe of p may take it too
 		carry, p.carry = p.carry, nil
+		l.mu.Unlock()
 	}
 	n := len(g.parts)
 	var carryFound []uint64 // the positions of carry's entries (0: not found)
@@ -353,10 +358,9 @@ func (l *liveGroups) resolve(g *liveGroup, ack pubAck, err error) {
 		// not cost the next group's entries too.
 		if (!g.confirmed || len(carry) > 0) && known != 0 && ack.Sequence > known {
 			var found []uint64
-			found, searched = l.locate(g, known, carry)
-			looked = true
+			found, searched = l.locate(known, ack.Sequence, carry, g)
 			if found != nil {
-				carryFound = found[:len(carry)]
+				looked, carryFound = true, found[:len(carry)]
 			}
 			if !g.confirmed && found != nil {
 				g.found, g.searched = found[len(carry):], searched
@@ -374,26 +378,15 @@ func (l *liveGroups) resolve(g *liveGroup, ack pubAck, err error) {
 		if over := len(carry) - maxCarry; over > 0 {
 			dropped, carry = carry[:over], carry[over:]
 		}
+		l.mu.Lock()
 		g.carry, carry = carry, nil
+		l.mu.Unlock()
 	}
 	close(g.done)
 	// A behind entry that is certainly not in the stream (it dropped the
 	// message: its ingest queue was full) is sent once more: its uplink was
 	// answered 2.04, and no caller will send it again.
-	var again []carried
-	for j, c := range carry {
-		switch {
-		case carryFound != nil && carryFound[j] != 0:
-			if c.part.done != nil {
-				c.part.done(carryFound[j])
-			}
-			l.e.ledger.settle(c.part.key)
-		case searched && !c.part.again:
-			again = append(again, c)
-		default:
-			dropped = append(dropped, c)
-		}
-	}
+	again, dropped := l.sortCarried(carry, carryFound, searched, nil, dropped)
 	missing := func(i int, p livePart) bool { // g's entry i, certainly not in the stream
 		return p.behind && !p.again && g.searched && i < n-1 && g.found[i] == 0
 	}
@@ -411,11 +404,7 @@ func (l *liveGroups) resolve(g *liveGroup, ack pubAck, err error) {
 			l.e.ledger.settle(p.key) // stored or counted: storage may delete its uplink
 		}
 	}
-	for _, c := range dropped {
-		l.e.ledger.settle(c.part.key)
-	}
-	failed := int64(len(dropped))
-	var unconfirmed int64
+	var failed, unconfirmed int64
 	switch {
 	case g.err != nil:
 		for _, p := range g.parts {
@@ -440,6 +429,55 @@ func (l *liveGroups) resolve(g *liveGroup, ack pubAck, err error) {
 	l.e.asyncErrors.Add(failed)
 	// Before this group counts as resolved, so that a flush waits for
 	// the second tries too.
+	l.retry(again, dropped)
+	l.mu.Lock()
+	l.unconfirmed += unconfirmed
+	if looked {
+		l.located++
+	}
+	l.async -= g.asyncBytes
+	// Nothing sent after a failed group with entries to look for: a
+	// barrier shows where the stream stands instead, counted in flight
+	// so that a flush waits for it.
+	if len(g.carry) > 0 && l.last == g && l.open == nil && len(l.queued) == 0 {
+		l.inflight++
+		go l.probe(g)
+	}
+	l.inflight--
+	l.sendNextLocked()
+	l.idle.Broadcast()
+	l.mu.Unlock()
+}
+
+// sortCarried sorts the carried entries once looked for (found: their
+// positions, nil when not looked for; searched: every position read):
+// each found is told its position and settled; one certainly missing goes
+// to again, to be sent once more, unless it was a second try already;
+// every other to dropped.
+func (l *liveGroups) sortCarried(carry []carried, found []uint64, searched bool, again, dropped []carried) ([]carried, []carried) {
+	for j, c := range carry {
+		switch {
+		case found != nil && found[j] != 0:
+			if c.part.done != nil {
+				c.part.done(found[j])
+			}
+			l.e.ledger.settle(c.part.key)
+		case searched && !c.part.again:
+			again = append(again, c)
+		default:
+			dropped = append(dropped, c)
+		}
+	}
+	return again, dropped
+}
+
+// retry sends the entries of again once more and gives up on those of
+// dropped: settled and counted failed.
+func (l *liveGroups) retry(again, dropped []carried) {
+	for _, c := range dropped {
+		l.e.ledger.settle(c.part.key)
+	}
+	l.e.asyncErrors.Add(int64(len(dropped)))
 	for _, c := range again {
 		if _, err := l.add(context.Background(), c.part.subject, c.part.key, c.data, addAgain, c.part.done); err != nil {
 			l.e.asyncErrors.Add(1)
@@ -450,17 +488,62 @@ func (l *liveGroups) resolve(g *liveGroup, ack pubAck, err error) {
 		l.sentAgain++
 		l.mu.Unlock()
 	}
+}
+
+// barrierStream is no stream's name (names have no spaces): a message
+// expecting it is refused by LIVELOG without being stored, in its turn.
+const barrierStream = "no stream"
+
+// probe looks for the entries g carries, a failed group after which none
+// was sent: a message that LIVELOG refuses in order (barrierStream) has
+// its answer once every message sent before it was processed, so the
+// stream's newest position then bounds where g's entries can be, as a
+// next group's acknowledgement would. It runs in flight (resolve).
+func (l *liveGroups) probe(g *liveGroup) {
+	last, ok := l.barrier()
 	l.mu.Lock()
-	l.unconfirmed += unconfirmed
-	if looked {
+	carry := g.carry // unless a group sent since took it
+	g.carry = nil
+	l.mu.Unlock()
+	var found []uint64
+	searched := false
+	if ok && g.known != 0 && last > g.known {
+		found, searched = l.locate(g.known, last+1, carry, nil)
+	}
+	again, dropped := l.sortCarried(carry, found, searched, nil, nil)
+	l.retry(again, dropped)
+	l.mu.Lock()
+	if found != nil {
 		l.located++
 	}
-	l.async -= g.asyncBytes
 	l.inflight--
 	l.sendNextLocked()
 	l.idle.Broadcast()
 	l.mu.Unlock()
 }
+
+// barrier sends a message LIVELOG refuses in its turn and, once the
+// refusal came, returns the stream's newest position (false: no answer
+// within AckTimeout, or not the refusal).
+func (l *liveGroups) barrier() (uint64, bool) {
+	msg := nats.Msg{Subject: liveSubject + "barrier", Header: nats.Header{jetstream.ExpectedStreamHeader: []string{barrierStream}}}
+	t, err := l.e.acks.send(&msg, l.e.cfg.AckTimeout)
+	if err != nil {
+		return 0, false
+	}
+	var refused *apiError
+	if _, err := l.e.acks.wait(context.Background(), t, l.e.cfg.AckTimeout); !errors.As(err, &refused) || refused.code != errStreamNotMatch {
+		return 0, false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), l.e.cfg.AckTimeout)
+	defer cancel()
+	pos, err := l.e.LivePosition(ctx)
+	return pos.Last, err == nil
+}
+
+// errStreamNotMatch is JetStream's err_code for a publish whose expected
+// stream is not the stream's name (JSStreamNotMatchErr).
+const errStreamNotMatch = 10060
 
 // flush sends the group being collected and waits until every group sent
 // is resolved, or timeout: at shutdown, so that the entries nobody waits
@@ -501,31 +584,36 @@ const (
 	maxCarry  = 2 * maxGroupEntries
 )
 
-// locate finds, among the messages stored between the last position known
+// locate finds, among the messages stored after the last position known
 // before g (prevSeq: the previous group's last entry, or an earlier one's
-// when that group failed) and g's last, the entries carried from failed
+// when that group failed) and before lastSeq (g's last, or past the
+// stream's newest for a probe, with no g), the entries carried from failed
 // groups before g, then g's but its last, and returns their positions in
 // that order (0 for one not found). The messages are read in order and
 // matched in order, by subject, key and JSON. It runs only when a group's
 // positions do not add up (a message the stream dropped, a group before
 // that failed, or another writer), so that one dropped entry does not
 // cost the group's others their answer.
-func (l *liveGroups) locate(g *liveGroup, prevSeq uint64, carry []carried) (found []uint64, searched bool) {
-	if g.lastSeq-prevSeq-1 > maxLocate {
+func (l *liveGroups) locate(prevSeq, lastSeq uint64, carry []carried, g *liveGroup) (found []uint64, searched bool) {
+	if lastSeq-prevSeq-1 > maxLocate {
 		return nil, false
 	}
-	want := len(carry) + len(g.parts) - 1 // g's last is at g.lastSeq
+	own := 0
+	if g != nil {
+		own = len(g.parts)
+	}
+	want := len(carry) + max(own-1, 0) // g's last is at lastSeq
 	candidate := func(k int) (livePart, []byte) {
 		if k < len(carry) {
 			return carry[k].part, carry[k].data
 		}
 		return g.parts[k-len(carry)], g.entry(k - len(carry))
 	}
-	found, searched = make([]uint64, len(carry)+len(g.parts)), true
+	found, searched = make([]uint64, len(carry)+own), true
 	ctx, cancel := context.WithTimeout(context.Background(), l.e.cfg.AckTimeout)
 	defer cancel()
 	next := 0 // the first candidate not matched yet
-	for seq := prevSeq + 1; seq < g.lastSeq && next < want; seq++ {
+	for seq := prevSeq + 1; seq < lastSeq && next < want; seq++ {
 		m, err := l.e.live.GetMsg(ctx, seq)
 		if err != nil {
 			if ctx.Err() != nil {

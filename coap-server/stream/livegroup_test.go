@@ -336,6 +336,63 @@ func mustDecode(t *testing.T, id string) []byte {
 	return b
 }
 
+// told is what a behind entry's done callback was told.
+type told struct {
+	key  string
+	seq  uint64
+	owed bool // the ledger still owed the entry when told
+}
+
+// behindEntries makes the entries of groups behind their answers, owed by
+// the ledger, each telling its position on the channel returned.
+func behindEntries(t *testing.T, e *Engine, groups ...*liveGroup) <-chan told {
+	c := make(chan told, 16)
+	var keys [][16]byte
+	for _, g := range groups {
+		for i := range g.parts {
+			k := MsgKey("D", int32(len(keys)), nil, nil)
+			keys = append(keys, k)
+			p := &g.parts[i]
+			p.key, p.async, p.behind = IDOf(k), true, true
+			key := p.key
+			p.done = func(seq uint64) { c <- told{key, seq, ledgerOwes(t, e, key)} }
+		}
+		g.async, g.asyncBytes = len(g.parts), len(g.data)
+	}
+	tk := e.ledger.start()
+	e.ledger.published(tk, 1, keys)
+	return c
+}
+
+// checkTold checks that every entry of groups was told a position that
+// holds it, while the ledger still owed it.
+func checkTold(t *testing.T, e *Engine, c <-chan told, groups ...*liveGroup) {
+	t.Helper()
+	want := make(map[string]string) // key: JSON
+	for _, g := range groups {
+		for i, p := range g.parts {
+			want[p.key] = string(g.entry(i))
+		}
+	}
+	for range want {
+		select {
+		case tl := <-c:
+			m, err := e.live.GetMsg(context.Background(), tl.seq)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := m.Header.Get(KeyHeader); got != tl.key || string(m.Data) != want[tl.key] {
+				t.Errorf("entry %s (%s) told position %d, which holds %s (%s)", tl.key, want[tl.key], tl.seq, got, m.Data)
+			}
+			if !tl.owed {
+				t.Errorf("the ledger no longer owed %s when its position came", m.Data)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("not every one of the %d entries was told a position", len(want))
+		}
+	}
+}
+
 // The behind entries of groups whose acknowledgements never came (they may
 // be stored all the same; their uplinks were answered 2.04) are looked for
 // with the next acknowledged group's: each found is told its position and
@@ -351,27 +408,7 @@ func TestBehindEntriesOfAFailedGroupAreLookedFor(t *testing.T) {
 	lost1 := testGroup(first, `{"a":1}`, `{"a":2}`, `{"a":3}`)
 	lost2 := testGroup(lost1, `{"c":1}`)
 	next := testGroup(lost2, `{"b":1}`, `{"b":2}`)
-	owes := func(key string) bool { return ledgerOwes(t, e, key) }
-	type tell struct {
-		key  string
-		seq  uint64
-		owed bool // the ledger still owed the entry when told
-	}
-	told := make(chan tell, 8)
-	var keys [][16]byte
-	for _, g := range []*liveGroup{lost1, lost2} {
-		for i := range g.parts {
-			k := MsgKey("D", int32(len(keys)), nil, nil)
-			keys = append(keys, k)
-			p := &g.parts[i]
-			p.key, p.async, p.behind = IDOf(k), true, true
-			key := p.key
-			p.done = func(seq uint64) { told <- tell{key, seq, owes(key)} }
-		}
-		g.async, g.asyncBytes = len(g.parts), len(g.data)
-	}
-	tk := e.ledger.start()
-	e.ledger.published(tk, 1, keys)
+	c := behindEntries(t, e, lost1, lost2)
 	// What the stream stored: lost1 without its middle entry, lost2, next.
 	kept := testGroup(nil, `{"a":1}`, `{"a":3}`)
 	kept.parts[0].key, kept.parts[1].key = lost1.parts[0].key, lost1.parts[2].key
@@ -385,45 +422,56 @@ func TestBehindEntriesOfAFailedGroupAreLookedFor(t *testing.T) {
 	l.resolve(first, pubAck{Sequence: firstSeq}, nil)
 	l.resolve(lost1, pubAck{}, ErrUnavailable)
 	l.resolve(lost2, pubAck{}, ErrUnavailable)
-	for i, k := range keys {
-		if !owes(IDOf(k)) {
-			t.Fatalf("entry %d of a group whose acknowledgement never came settled before it was looked for", i)
+	for _, g := range []*liveGroup{lost1, lost2} {
+		for _, p := range g.parts {
+			if !ledgerOwes(t, e, p.key) {
+				t.Fatalf("entry %s of a group whose acknowledgement never came settled before it was looked for", p.key)
+			}
 		}
 	}
 	l.resolve(next, pubAck{Sequence: nextSeq}, nil)
-
-	held := make(map[string]string) // key: the JSON at the position told
-	for range keys {
-		select {
-		case tl := <-told:
-			m, err := e.live.GetMsg(context.Background(), tl.seq)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := m.Header.Get(KeyHeader); got != tl.key {
-				t.Errorf("entry %s told position %d, which holds %s", tl.key, tl.seq, got)
-			}
-			held[tl.key] = string(m.Data)
-			if !tl.owed {
-				t.Errorf("the ledger no longer owed %s when its position came", m.Data)
-			}
-		case <-time.After(5 * time.Second):
-			t.Fatalf("positions told: %v; want one for each of the %d entries", held, len(keys))
-		}
-	}
-	for g, want := range map[*liveGroup][]string{lost1: {`{"a":1}`, `{"a":2}`, `{"a":3}`}, lost2: {`{"c":1}`}} {
-		for i, w := range want {
-			if got := held[g.parts[i].key]; got != w {
-				t.Errorf("entry %s: the position told holds %q", w, got)
-			}
-		}
-	}
+	checkTold(t, e, c, lost1, lost2)
 	for i := range next.parts {
 		if _, err := next.result(i); err != nil {
 			t.Errorf("entry %d of the acknowledged group: %v", i, err)
 		}
 	}
 	checkOneSentAgain(t, e)
+}
+
+// A failed group after which no group is sent (the last before an idle
+// spell, or shutdown) has its behind entries looked for all the same,
+// past a barrier message the stream refuses in its turn, and a flush
+// waits for that. The barrier is not stored.
+func TestBehindEntriesOfTheLastFailedGroupAreLookedFor(t *testing.T) {
+	e := openEmbedded(t, Config{LivePerDevice: 1 << 20, Storage: true, EntriesFollow: true})
+	l := e.groups
+	first := testGroup(nil, `{"z":1}`)
+	firstSeq := store(t, e, first)
+	lost := testGroup(first, `{"a":1}`, `{"a":2}`)
+	c := behindEntries(t, e, lost)
+	kept := testGroup(nil, `{"a":1}`) // the stream dropped the second
+	kept.parts[0].key = lost.parts[0].key
+	store(t, e, kept)
+	l.mu.Lock()
+	l.inflight += 2
+	l.async += lost.asyncBytes
+	l.last = lost // as sendLocked records it
+	l.mu.Unlock()
+	l.resolve(first, pubAck{Sequence: firstSeq}, nil)
+	l.resolve(lost, pubAck{}, ErrUnavailable)
+	if !l.flush(5 * time.Second) {
+		t.Fatal("flush timed out")
+	}
+	checkTold(t, e, c, lost)
+	checkOneSentAgain(t, e)
+	pos, err := e.LivePosition(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := firstSeq + 2; pos.Last != want {
+		t.Errorf("newest position %d, want %d: the first entry, the one kept and the one sent again", pos.Last, want)
+	}
 }
 
 // Behind entries carried from a failed group that cannot be looked for

@@ -23,10 +23,6 @@ import (
 // the live log its entry.
 
 const (
-	// recoverWindow is how far before the newest uplink in UPLINKS an
-	// uplink may be whose entry is still missing: a group is resolved
-	// within AckTimeout (2 s by default), so a margin over that.
-	recoverWindow = 5 * time.Second
 	// maxRecover bounds the uplinks RecoverEntries holds to compare:
 	// more than the entries that can wait in groups (maxAsyncBytes of
 	// them, about 10,000, of which maxBehindBytes behind their answers)
@@ -128,6 +124,13 @@ func (e *Engine) retainedSince(ctx context.Context, recent []uplink.Accepted, mi
 	return floor, nil
 }
 
+// recoverWindow is how far before the newest uplink in UPLINKS an uplink
+// may be whose entry is still missing: a group is resolved within
+// AckTimeout (2 s by default); a failed group's entries are looked for
+// with the next group's, or past another AckTimeout by a barrier, within
+// one more (livegroup.go): a margin over 3 AckTimeouts, 9 s by default.
+func (e *Engine) recoverWindow() time.Duration { return 4*e.cfg.AckTimeout + time.Second }
+
 // recentUplinks reads UPLINKS from its newest message back and returns,
 // oldest first, the uplinks with a key stored up to recoverWindow before
 // the newest (at most maxRecover, from the last maxRecover positions),
@@ -145,7 +148,7 @@ func (e *Engine) recentUplinks(ctx context.Context) ([]uplink.Accepted, time.Tim
 		msgs   [][]uplink.Accepted // newest first
 		held   int
 		oldest time.Time
-		cutoff = st.LastTime.Add(-recoverWindow)
+		cutoff = st.LastTime.Add(-e.recoverWindow())
 	)
 	// Positions already stored and acknowledged are gaps: at most
 	// maxRecover positions are looked at, whatever they hold.
