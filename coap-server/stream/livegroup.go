@@ -27,8 +27,9 @@ import (
 // messages of one connection for the stream in the order they were sent,
 // and the stream numbers what it stores in that order. Nothing else
 // publishes to LIVELOG on the embedded server: it has no listener, and
-// every publish of this engine to the live log goes through these groups,
-// sent one group after the other under one lock. So the messages stored
+// every entry of this engine goes through these groups, sent one group
+// after the other under one lock (a probe's barrier is sent outside it,
+// but is never stored). So the messages stored
 // between the previous group's last entry and this group's last are this
 // group's others, and when the last's position is the previous last's plus
 // the group's size, every one of them was stored, at the positions in
@@ -45,7 +46,7 @@ type liveGroups struct {
 	mu        sync.Mutex
 	open      *liveGroup   // collecting; nil when none
 	queued    []*liveGroup // full, waiting to be sent, oldest first
-	inflight  int          // groups sent and not yet resolved
+	inflight  int          // groups sent and not yet resolved, and probes running
 	peak      int          // the most inflight has been
 	peakAsync int          // the most async has been
 	last      *liveGroup   // the group sent most recently
@@ -500,15 +501,26 @@ const barrierStream = "no stream"
 // stream's newest position then bounds where g's entries can be, as a
 // next group's acknowledgement would. It runs in flight (resolve).
 func (l *liveGroups) probe(g *liveGroup) {
-	last, ok := l.barrier()
 	l.mu.Lock()
 	carry := g.carry // unless a group sent since took it
 	g.carry = nil
 	l.mu.Unlock()
 	var found []uint64
 	searched := false
-	if ok && g.known != 0 && last > g.known {
-		found, searched = l.locate(g.known, last+1, carry, nil)
+	if len(carry) > 0 && g.known != 0 {
+		// A stream that took longer than AckTimeout for g may take as
+		// long for the barrier: it is tried barrierTries times.
+		for try := 0; try < barrierTries && found == nil; try++ {
+			last, answered, err := l.barrier()
+			if err != nil {
+				break // not sent: the connection is closed
+			}
+			// last == g.known: nothing after it was stored (the stream
+			// dropped the whole group), every entry certainly missing.
+			if answered && last >= g.known {
+				found, searched = l.locate(g.known, last+1, carry, nil)
+			}
+		}
 	}
 	again, dropped := l.sortCarried(carry, found, searched, nil, nil)
 	l.retry(again, dropped)
@@ -522,23 +534,28 @@ func (l *liveGroups) probe(g *liveGroup) {
 	l.mu.Unlock()
 }
 
+// barrierTries is how many barriers a probe sends, one after the other,
+// before it gives up.
+const barrierTries = 3
+
 // barrier sends a message LIVELOG refuses in its turn and, once the
-// refusal came, returns the stream's newest position (false: no answer
-// within AckTimeout, or not the refusal).
-func (l *liveGroups) barrier() (uint64, bool) {
+// refusal came, returns the stream's newest position (answered false: no
+// refusal within AckTimeout, such as a timeout or a full ingest queue; err:
+// the message could not be sent).
+func (l *liveGroups) barrier() (last uint64, answered bool, err error) {
 	msg := nats.Msg{Subject: liveSubject + "barrier", Header: nats.Header{jetstream.ExpectedStreamHeader: []string{barrierStream}}}
 	t, err := l.e.acks.send(&msg, l.e.cfg.AckTimeout)
 	if err != nil {
-		return 0, false
+		return 0, false, err
 	}
 	var refused *apiError
 	if _, err := l.e.acks.wait(context.Background(), t, l.e.cfg.AckTimeout); !errors.As(err, &refused) || refused.code != errStreamNotMatch {
-		return 0, false
+		return 0, false, nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), l.e.cfg.AckTimeout)
 	defer cancel()
 	pos, err := l.e.LivePosition(ctx)
-	return pos.Last, err == nil
+	return pos.Last, err == nil, nil
 }
 
 // errStreamNotMatch is JetStream's err_code for a publish whose expected
@@ -590,7 +607,7 @@ const (
 // stream's newest for a probe, with no g), the entries carried from failed
 // groups before g, then g's but its last, and returns their positions in
 // that order (0 for one not found). The messages are read in order and
-// matched in order, by subject, key and JSON. It runs only when a group's
+// matched in order, by subject, key and JSON. It runs for a probe, or when a group's
 // positions do not add up (a message the stream dropped, a group before
 // that failed, or another writer), so that one dropped entry does not
 // cost the group's others their answer.

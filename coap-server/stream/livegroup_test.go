@@ -299,15 +299,15 @@ func TestDroppedEntryBehindItsAnswerIsSentAgain(t *testing.T) {
 			t.Errorf("no position told holds %s (%v)", want, held)
 		}
 	}
-	checkOneSentAgain(t, e)
+	checkSentAgain(t, e, 1)
 }
 
-// checkOneSentAgain checks that one entry was sent again, none counted
-// failed, and the ledger owes nothing once it is resolved.
-func checkOneSentAgain(t *testing.T, e *Engine) {
+// checkSentAgain checks that n entries were sent again, none counted
+// failed, and the ledger owes nothing once they are resolved.
+func checkSentAgain(t *testing.T, e *Engine, n int64) {
 	t.Helper()
-	if n := e.groups.SentAgain(); n != 1 {
-		t.Errorf("%d entries sent again, want 1 (the one the stream dropped)", n)
+	if got := e.groups.SentAgain(); got != n {
+		t.Errorf("%d entries sent again, want %d (those the stream dropped)", got, n)
 	}
 	if n := e.AsyncErrors(); n != 0 {
 		t.Errorf("%d entries counted failed, want 0", n)
@@ -436,41 +436,48 @@ func TestBehindEntriesOfAFailedGroupAreLookedFor(t *testing.T) {
 			t.Errorf("entry %d of the acknowledged group: %v", i, err)
 		}
 	}
-	checkOneSentAgain(t, e)
+	checkSentAgain(t, e, 1)
 }
 
 // A failed group after which no group is sent (the last before an idle
 // spell, or shutdown) has its behind entries looked for all the same,
 // past a barrier message the stream refuses in its turn, and a flush
-// waits for that. The barrier is not stored.
+// waits for that. The barrier is not stored. A group the stream dropped
+// whole (nothing after the last position known) is sent again whole.
 func TestBehindEntriesOfTheLastFailedGroupAreLookedFor(t *testing.T) {
-	e := openEmbedded(t, Config{LivePerDevice: 1 << 20, Storage: true, EntriesFollow: true})
-	l := e.groups
-	first := testGroup(nil, `{"z":1}`)
-	firstSeq := store(t, e, first)
-	lost := testGroup(first, `{"a":1}`, `{"a":2}`)
-	c := behindEntries(t, e, lost)
-	kept := testGroup(nil, `{"a":1}`) // the stream dropped the second
-	kept.parts[0].key = lost.parts[0].key
-	store(t, e, kept)
-	l.mu.Lock()
-	l.inflight += 2
-	l.async += lost.asyncBytes
-	l.last = lost // as sendLocked records it
-	l.mu.Unlock()
-	l.resolve(first, pubAck{Sequence: firstSeq}, nil)
-	l.resolve(lost, pubAck{}, ErrUnavailable)
-	if !l.flush(5 * time.Second) {
-		t.Fatal("flush timed out")
-	}
-	checkTold(t, e, c, lost)
-	checkOneSentAgain(t, e)
-	pos, err := e.LivePosition(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := firstSeq + 2; pos.Last != want {
-		t.Errorf("newest position %d, want %d: the first entry, the one kept and the one sent again", pos.Last, want)
+	for _, kept := range []int{1, 0} {
+		t.Run(fmt.Sprintf("kept=%d", kept), func(t *testing.T) {
+			e := openEmbedded(t, Config{LivePerDevice: 1 << 20, Storage: true, EntriesFollow: true})
+			l := e.groups
+			first := testGroup(nil, `{"z":1}`)
+			firstSeq := store(t, e, first)
+			lost := testGroup(first, `{"a":1}`, `{"a":2}`)
+			c := behindEntries(t, e, lost)
+			if kept == 1 { // the stream dropped the second
+				k := testGroup(nil, `{"a":1}`)
+				k.parts[0].key = lost.parts[0].key
+				store(t, e, k)
+			}
+			l.mu.Lock()
+			l.inflight += 2
+			l.async += lost.asyncBytes
+			l.last = lost // as sendLocked records it
+			l.mu.Unlock()
+			l.resolve(first, pubAck{Sequence: firstSeq}, nil)
+			l.resolve(lost, pubAck{}, ErrUnavailable)
+			if !l.flush(5 * time.Second) {
+				t.Fatal("flush timed out")
+			}
+			checkTold(t, e, c, lost)
+			checkSentAgain(t, e, int64(2-kept))
+			pos, err := e.LivePosition(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := firstSeq + 2; pos.Last != want {
+				t.Errorf("newest position %d, want %d: the first entry and the group's two", pos.Last, want)
+			}
+		})
 	}
 }
 

@@ -127,9 +127,14 @@ func (e *Engine) retainedSince(ctx context.Context, recent []uplink.Accepted, mi
 // recoverWindow is how far before the newest uplink in UPLINKS an uplink
 // may be whose entry is still missing: a group is resolved within
 // AckTimeout (2 s by default); a failed group's entries are looked for
-// with the next group's, or past another AckTimeout by a barrier, within
-// one more (livegroup.go): a margin over 3 AckTimeouts, 9 s by default.
-func (e *Engine) recoverWindow() time.Duration { return 4*e.cfg.AckTimeout + time.Second }
+// with the next group's, or by a probe (livegroup.go: up to barrierTries
+// barriers, reading the position, locate, each within one AckTimeout),
+// then sent again, acknowledged within one more: a margin over 7
+// AckTimeouts, 17 s by default. Uplinks older than that in UPLINKS had
+// their entries settled.
+func (e *Engine) recoverWindow() time.Duration {
+	return (barrierTries+5)*e.cfg.AckTimeout + time.Second
+}
 
 // recentUplinks reads UPLINKS from its newest message back and returns,
 // oldest first, the uplinks with a key stored up to recoverWindow before
