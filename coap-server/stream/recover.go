@@ -94,8 +94,14 @@ func (e *Engine) retainedSince(ctx context.Context, recent []uplink.Accepted, mi
 		return nil, fmt.Errorf("LIVELOG info: %w", err)
 	}
 	var streamFloor time.Time
-	if info.State.FirstSeq > 1 {
-		streamFloor = info.State.FirstTime
+	switch st := info.State; {
+	case st.FirstSeq > 1 && st.Msgs == 0:
+		// Every entry gone: to LIVELOG_MAX_AGE, since the byte limit keeps
+		// the newest. An entry stored within it would still be here (the
+		// stream's FirstTime is then zero).
+		streamFloor = time.Now().Add(-e.cfg.LiveMaxAge)
+	case st.FirstSeq > 1:
+		streamFloor = st.FirstTime
 	}
 	floor := make(map[string]time.Time)
 	for _, a := range recent {

@@ -157,3 +157,45 @@ func TestRecoverEntriesDespiteALaterEntryOfTheDevice(t *testing.T) {
 		t.Fatal("the uplink whose entry the crash took got none")
 	}
 }
+
+// A live log that retention emptied (every entry past LIVELOG_MAX_AGE,
+// as after a long stop; a purge leaves the stream in the same state) has
+// no oldest entry to date what it dropped: an uplink older than that age,
+// still in UPLINKS (the database was down), had its entry stored and
+// dropped, and gets no second one; a recent one whose entry a crash took
+// gets it. Before, every recent uplink of UPLINKS was logged again.
+func TestRecoverEntriesAfterTheLiveLogExpired(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	e := openEmbedded(t, Config{DataDir: dir, Storage: true})
+	old, payload := accepted(t, "EXP", 1)
+	old.Key = MsgKey("EXP", 1, nil, payload)
+	old.ReceivedAt = time.Now().Add(-DefaultLiveMaxAge - time.Hour)
+	if err := e.PublishUplink(ctx, old, payload); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := e.Log(ctx, livelog.Uplink("EXP", old.ReceivedAt, old.Uplink, nil), IDOf(old.Key)); err != nil {
+		t.Fatal(err)
+	}
+	recent, payload := accepted(t, "EXP", 2)
+	recent.Key = MsgKey("EXP", 2, nil, payload)
+	if err := e.PublishUplink(ctx, recent, payload); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.live.Purge(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.Close()
+
+	e = openEmbedded(t, Config{DataDir: dir, Storage: true})
+	got := make(map[[16]byte]bool)
+	if _, err := e.RecoverEntries(ctx, func(key [16]byte, _ uint64, _ time.Time) { got[key] = true }); err != nil {
+		t.Fatal(err)
+	}
+	if got[old.Key] {
+		t.Error("the uplink whose entry aged out got a second one")
+	}
+	if !got[recent.Key] {
+		t.Error("the uplink whose entry the crash took got none")
+	}
+}
