@@ -191,7 +191,11 @@ func (a *App) openStream(ctx context.Context) error {
 		// Its own context: Start's may have ended when a subscriber comes.
 		fctx, cancel := context.WithTimeout(context.Background(), stream.DefaultConnectTimeout)
 		defer cancel()
-		return e.Feed(fctx, a.hub.Feed)
+		stop, last, err := e.Feed(fctx, a.hub.Feed)
+		if err == nil {
+			a.hub.FeedFrom(last)
+		}
+		return stop, err
 	}, 0)
 	release, err := a.feeder.Hold()
 	if err != nil {

@@ -362,8 +362,15 @@ func TestRetransmissionAcrossKill9StoredOnce(t *testing.T) {
 	env := first.env()
 	env["DATABASE_URL"], env["DATA_DIR"] = dbURL, dataDir
 	second := startProc(t, env)
+	notices := second.ws(t, "?retransmissions=1")
 	if code := rawExchange(t, second.coap, dgram); code != codes.Changed {
 		t.Fatalf("retransmission after the restart: %v, want 2.04", code)
+	}
+	// Its notice names the entry logged before the restart, and comes at
+	// once: it waited for the next entry of any device before (the feed
+	// started after that entry and had delivered nothing).
+	if f := readFrame(t, notices); f["type"] != "status" || f["deviceId"] != "ACROSS" {
+		t.Fatalf("after the retransmission came %v, want its notice", f)
 	}
 	testwait.ForState(t, "ACROSS stored once", func() (bool, string) {
 		rows := countRows(t, dbURL, `select count(*) from activity where devid = 'ACROSS'`)

@@ -67,7 +67,7 @@ func newFixture(t testing.TB, mutate func(*dtls.Config)) *fixture {
 	reg := prometheus.NewRegistry()
 	h := hub.New(hub.NewMetrics(reg))
 	engine := streamtest.New(t, stream.Config{Storage: true})
-	stop, err := engine.Feed(ctx, h.Feed)
+	stop, _, err := engine.Feed(ctx, h.Feed)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -89,6 +89,17 @@ func (h *Hub) Feed(seq uint64, deviceID string, entry []byte) {
 	}
 }
 
+// FeedFrom tells the hub that its feed (re)started after position last:
+// the entries up to it will never come through Feed, so a notice about
+// one of them goes out at once, not after the next entry (one held
+// already is released). Without it, a copy of an uplink logged before a
+// restart, or while the feed was stopped, waited for an unrelated entry.
+func (h *Hub) FeedFrom(last uint64) {
+	for _, n := range h.order.delivered(last) {
+		h.publishEntry(0, n.device, n.entry)
+	}
+}
+
 func (h *Hub) publishEntry(seq uint64, deviceID string, entry []byte) {
 	if !h.watched(deviceID) {
 		// Most entries of a fleet have no viewer: no frame to build.

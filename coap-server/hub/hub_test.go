@@ -89,3 +89,20 @@ func TestNoticeWaitsForItsEntry(t *testing.T) {
 		t.Fatalf("delivered %v, want %v", r.seqs, want)
 	}
 }
+
+// A notice about an entry from before the feed started (logged before a
+// restart, or while the feed was stopped) goes out at once: the feed
+// will never deliver that entry. One held already is released.
+func TestNoticeAboutAnEntryBeforeTheFeedGoesAtOnce(t *testing.T) {
+	h := New(NewMetrics(prometheus.NewRegistry()))
+	r := &recording{}
+	h.Subscribe(r, []string{"D"})
+	held := []byte(`{"deviceId":"D","type":"status","data":{"retransmission":{"of_seq":5}}}`)
+	h.Feed(0, "D", held) // before the feed says where it starts
+	h.FeedFrom(9)
+	h.Feed(0, "D", []byte(`{"deviceId":"D","type":"status","data":{"retransmission":{"of_seq":9}}}`))
+	h.Feed(0, "D", []byte(`{"deviceId":"D","type":"status","data":{"retransmission":{"of_seq":10}}}`))
+	if len(r.seqs) != 2 {
+		t.Fatalf("delivered %d notices, want 2 (about 5 and 9; 10 waits for its entry)", len(r.seqs))
+	}
+}

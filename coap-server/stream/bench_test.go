@@ -169,7 +169,7 @@ func BenchmarkFeed(b *testing.B) {
 		b.Run(fmt.Sprint("feed=", feed), func(b *testing.B) {
 			e := openEmbedded(b, Config{})
 			if feed {
-				stop, err := e.Feed(context.Background(), func(uint64, string, []byte) {})
+				stop, _, err := e.Feed(context.Background(), func(uint64, string, []byte) {})
 				if err != nil {
 					b.Fatal(err)
 				}

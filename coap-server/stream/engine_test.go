@@ -130,7 +130,7 @@ func TestFeedDeliversNewEntriesInOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := make(chan uint64, 100)
-	stop, err := e.Feed(ctx, func(seq uint64, dev string, data []byte) { got <- seq })
+	stop, _, err := e.Feed(ctx, func(seq uint64, dev string, data []byte) { got <- seq })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,7 +198,7 @@ func TestFeedResetBeforeItsFirstEntryMissesNothing(t *testing.T) {
 	e := openEmbedded(t, Config{})
 	ctx := context.Background()
 	got := make(chan uint64, 100)
-	stop, err := e.Feed(ctx, func(seq uint64, _ string, _ []byte) {
+	stop, _, err := e.Feed(ctx, func(seq uint64, _ string, _ []byte) {
 		if seq != 0 {
 			got <- seq
 		}
