@@ -17,6 +17,10 @@ type head struct {
 	// seq: the link has every entry up to P (position=1).
 	position    uint64
 	hasPosition bool
+	// notice: coap-server's retransmission report, a status with
+	// data.retransmission and without seq (not retained: the browser can
+	// go without it).
+	notice bool
 }
 
 var errNoDevice = errors.New("frame has no deviceId")
@@ -45,11 +49,13 @@ func peek(b []byte) (head, error) {
 	var typ string
 	if json.Unmarshal(f.Type, &typ) == nil && typ == "status" && len(f.Data) > 0 {
 		var d struct {
-			Recovered *bool   `json:"recovered"`
-			Position  *uint64 `json:"position"`
+			Recovered      *bool           `json:"recovered"`
+			Position       *uint64         `json:"position"`
+			Retransmission json.RawMessage `json:"retransmission"`
 		}
 		if json.Unmarshal(f.Data, &d) == nil {
 			h.reset = d.Recovered != nil && !*d.Recovered
+			h.notice = len(d.Retransmission) > 0 && string(d.Retransmission) != "null"
 			if d.Position != nil {
 				h.position, h.hasPosition = *d.Position, true
 			}

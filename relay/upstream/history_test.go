@@ -252,6 +252,8 @@ func (w *logWatcher) Send(pm *websocket.PreparedMessage) bool {
 	return true
 }
 
+func (w *logWatcher) TrySend(pm *websocket.PreparedMessage) bool { return w.Send(pm) }
+
 // seqs are the seqs received so far, and the number of frames without one.
 func (w *logWatcher) seqs() ([]uint64, int) {
 	w.mu.Lock()

@@ -87,22 +87,11 @@ func newLink(m *Manager, device string, first Resume) *link {
 	return l
 }
 
-// resume is where the next dial starts: after the last entry forwarded,
-// else where the first watcher asked; a live link that reconnects before
-// it saw any entry asks for the ring's size, so that entries published
-// while it was away are not lost.
+// resume is where the next dial starts (next), counted as a dial.
 func (l *link) resume() Resume {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	var r Resume
-	switch {
-	case l.seen:
-		r = Resume{Mode: Since, N: l.last}
-	case l.first.Mode == Live && l.attempts > 0:
-		r = Resume{Mode: Tail, N: uint64(min(l.m.cfg.History, MaxTail))}
-	default:
-		r = l.first
-	}
+	r := l.nextLocked()
 	l.attempts++
 	l.burst, l.burstUntil = r.backlog(), time.Time{}
 	l.connEntries = 0
@@ -113,6 +102,24 @@ func (l *link) resume() Resume {
 	return r
 }
 
+// nextLocked is where the next dial starts: after the last entry
+// forwarded, else where the first watcher asked. A live or tail link that
+// redials before any dial told it a position (its first failed, or
+// coap-server predates position=1) asks for OutageTail more entries than
+// its tail, so that entries published while it was away are not lost:
+// its watchers may get up to that many older entries than they asked
+// for, never fewer. A since link asks again for its since.
+func (l *link) nextLocked() Resume {
+	switch {
+	case l.seen:
+		return Resume{Mode: Since, N: l.last}
+	case l.first.Mode != Since && l.attempts > 0:
+		return Resume{Mode: Tail, N: min(l.first.N+uint64(l.m.cfg.OutageTail), MaxTail)}
+	default:
+		return l.first
+	}
+}
+
 // serve answers a new watcher's start from the ring, under the link's
 // lock: it returns the frames to send first and true, or false when the
 // ring cannot answer (a dedicated link must).
@@ -120,13 +127,17 @@ func (l *link) resume() Resume {
 // A tail is not answered while the link's connection may still be sending
 // its own history (pending): the rest of it would reach the new watcher
 // after its tail, older entries than the ones the watcher joined for. A
-// since is: whatever follows is still after it, in order.
+// since is: whatever follows is still after it, in order. While the link
+// is down a tail is answered too: what its redial brings was published
+// after what the ring holds, and the watcher would not see it otherwise
+// (a dedicated link for each start during an outage would only redial the
+// same upstream many times over).
 func (l *link) serve(r Resume) ([]*websocket.PreparedMessage, bool) {
 	switch r.Mode {
 	case Since:
 		return l.ring.since(r.N, l.top())
 	case Tail:
-		if l.pending() > 0 {
+		if l.state != stateDown && l.pending() > 0 {
 			return nil, false
 		}
 		return l.ring.tail(r.N)
@@ -141,7 +152,11 @@ func (l *link) serve(r Resume) ([]*websocket.PreparedMessage, bool) {
 // socket may even write, so the watcher's queue must hold it too.
 // coap-server sends it at once, so after HistoryBurst the connection is
 // taken to be live (a start then needs room for its own answer only).
+// While the link is down it is what the redial may bring.
 func (l *link) pending() int {
+	if l.state == stateDown {
+		return max(l.burst, l.nextLocked().backlog())
+	}
 	if !l.burstUntil.IsZero() && l.m.cfg.Now().After(l.burstUntil) {
 		return 0
 	}
@@ -437,9 +452,19 @@ func (l *link) forward(typ int, b []byte) {
 		l.first = Resume{Mode: Tail, N: MaxTail}
 	}
 	cfg.Metrics.Frames.Inc()
+	// Anyone can replay a device's datagrams, so a flood of retransmission
+	// reports must not cut its browsers off: one is dropped where the
+	// queue is full.
+	notice := h.notice
 	delivered, dropped := 0, 0
 	for w := range l.watchers {
-		if w.sender.Send(pm) {
+		ok := false
+		if notice {
+			ok = w.sender.TrySend(pm)
+		} else {
+			ok = w.sender.Send(pm)
+		}
+		if ok {
 			delivered++
 		} else {
 			dropped++
@@ -447,7 +472,11 @@ func (l *link) forward(typ int, b []byte) {
 	}
 	cfg.Metrics.Deliveries.Add(float64(delivered))
 	if dropped > 0 {
-		cfg.Metrics.Dropped.WithLabelValues(DropSlowClient).Add(float64(dropped))
+		reason := DropSlowClient
+		if notice {
+			reason = DropNotice
+		}
+		cfg.Metrics.Dropped.WithLabelValues(reason).Add(float64(dropped))
 	}
 }
 

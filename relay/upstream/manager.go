@@ -27,10 +27,13 @@ import (
 	"github.com/gorilla/websocket"
 )
 
-// Sender is a watcher: a non-blocking send that reports false when the
-// frame was not queued (a *wspeer.Peer).
+// Sender is a watcher (a *wspeer.Peer): Send queues a frame without
+// blocking and reports false when it was not queued (a full queue cuts
+// the watcher off); TrySend queues one the watcher can go without, only
+// if there is room, and leaves the watcher open either way.
 type Sender interface {
 	Send(*websocket.PreparedMessage) bool
+	TrySend(*websocket.PreparedMessage) bool
 }
 
 // Sentinel errors of Watch.
@@ -70,6 +73,11 @@ type Config struct {
 	// and tail= (RELAY_HISTORY). Default DefaultHistory; negative keeps
 	// none (every such start then gets a dedicated connection).
 	History int
+	// OutageTail is how many entries more than its tail (none for a live
+	// one) a link asks for when it redials before it knew its position,
+	// for those published while it was away. Default History, or
+	// DefaultHistory when History keeps none.
+	OutageTail int
 	// HistoryBytes bounds the memory of one link's kept entries
 	// (RELAY_HISTORY_BYTES): their JSON plus 400 bytes each (the prepared
 	// frame and its bookkeeping). Default DefaultHistoryBytes.
@@ -138,6 +146,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.HistoryBytes <= 0 {
 		c.HistoryBytes = DefaultHistoryBytes
+	}
+	if c.OutageTail <= 0 {
+		c.OutageTail = c.History
+		if c.OutageTail == 0 {
+			c.OutageTail = DefaultHistory
+		}
 	}
 	if c.HistoryBurst <= 0 {
 		c.HistoryBurst = 10 * time.Second

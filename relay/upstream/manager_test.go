@@ -40,6 +40,8 @@ func (r *recorder) Send(pm *websocket.PreparedMessage) bool {
 	return true
 }
 
+func (r *recorder) TrySend(pm *websocket.PreparedMessage) bool { return r.Send(pm) }
+
 // preparedBytes recovers a prepared frame's payload by writing it to a
 // real in-memory WebSocket pair.
 func preparedBytes(pm *websocket.PreparedMessage) []byte {

@@ -9,6 +9,7 @@ const (
 	DropBinary        = "binary"         // a binary frame: the contract only has text frames
 	DropSlowClient    = "slow_client"    // a browser's queue was full (it is disconnected)
 	DropRepeat        = "repeat"         // seq not above the last forwarded: sent already
+	DropNotice        = "notice"         // a retransmission report found a browser's queue full (it stays open)
 )
 
 // How a since= or tail= start was served (label values of Metrics.Starts).
