@@ -1,6 +1,7 @@
 package web_test
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/chromedp/chromedp"
@@ -106,7 +107,54 @@ func TestEmbeddedClientTailAndGap(t *testing.T) {
 	if want := `[[10,11,"status",1],["Earlier entries are no longer retained"],1]`; got != want {
 		t.Errorf("got %s, want %s", got, want)
 	}
+	// A gap, then the connection drops before the next entry: the page
+	// resumes after the last seq it showed, not with the tail (which
+	// repeated what it showed).
+	s.send(map[string]any{"deviceId": dev, "timestamp": ts(0), "type": "status", "message": "Earlier entries are no longer retained",
+		"data": map[string]any{"recovered": false}})
+	b.waitFor("the second gap", `window.gaps.length === 2`)
+	s.drop()
+	if q := s.waitConn(3); q.Get("since") != "1" || q.Has("tail") {
+		t.Fatalf("reconnection after a gap asked %v, want since=1", q)
+	}
+	// The server resends what it holds after a recovered:false: the page
+	// shows an entry it has shown once only, and the new ones.
+	s.send(map[string]any{"deviceId": dev, "timestamp": ts(0), "type": "status", "message": "Earlier entries are no longer retained",
+		"data": map[string]any{"recovered": false}},
+		uplinkEntry(dev, 2, 4))
+	b.waitFor("the entry after the gap", `window.got.includes(2)`)
+	if got := eval[string](b, `JSON.stringify(window.got)`); got != `[10,11,"status",1,"status","status",2]` {
+		t.Errorf("got %s", got)
+	}
 	eval[bool](b, `window.conn.close(), true`)
 	b.waitFor("closed", `window.states[window.states.length - 1] === "closed"`)
+	b.checkConsole()
+}
+
+// TestEmbeddedClientTokenExpiryKeepsTheBackoffShort: every 4401 (the
+// token expired, hourly) after a connection that lasted is retry number 1
+// again. Before, each counted on from the last, so after a few hours every
+// token refresh left the page without entries for 15-30 s.
+func TestEmbeddedClientTokenExpiryKeepsTheBackoffShort(t *testing.T) {
+	b := newBrowser(t)
+	s := newScriptedRelay(t)
+	const dev = "POS-3"
+	b.do("open a blank page of the relay's origin", chromedp.Navigate(s.srv.URL+"/static/livelogs.js"))
+	eval[bool](b, `import("/static/livelogs.js").then((m) => {
+		window.retries = []; window.lives = 0;
+		window.conn = m.connectLiveLogs({ url: location.origin, deviceId: "`+dev+`",
+			backoff: { initialMs: 20, stableMs: 0 },
+			onState: (st, info) => { if (st === "live") window.lives++; if (st === "reconnecting" && info.delayMs !== undefined) window.retries.push(info.attempt); } });
+		return true; })`, chromedp.EvalAwaitPromise)
+	s.waitConn(1)
+	for i := 1; i <= 3; i++ {
+		b.waitFor("live", fmt.Sprintf(`window.lives === %d`, i))
+		s.closeWith(4401, "token expired")
+		s.waitConn(i + 1)
+	}
+	if got := eval[string](b, `JSON.stringify(window.retries)`); got != `[1,1,1]` {
+		t.Errorf("retry numbers after three token expiries %s, want [1,1,1]", got)
+	}
+	eval[bool](b, `window.conn.close(), true`)
 	b.checkConsole()
 }

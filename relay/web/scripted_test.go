@@ -113,6 +113,15 @@ func (s *scriptedRelay) drop() {
 	_ = s.conn.Close()
 }
 
+// closeWith ends the newest connection with a close frame (code, text),
+// as the relay does when a token expires (4401).
+func (s *scriptedRelay) closeWith(code int, text string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_ = s.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, text), time.Now().Add(time.Second))
+	_ = s.conn.Close()
+}
+
 func (s *scriptedRelay) page(deviceID string) string {
 	return s.srv.URL + "/?deviceId=" + deviceID
 }

@@ -132,6 +132,9 @@ export function connectLiveLogs({
   let attempt = 0;
   let closed = false;
   let last = isSeq(since) ? since : null; // newest seq seen
+  // afterGap: a recovered:false came; the next entry starts a new run of
+  // positions (after a stream reset it may be numbered lower than last).
+  let afterGap = false;
 
   const setState = (state, info = {}) => {
     if (!closed || state === State.CLOSED) onState(state, { attempt, ...info });
@@ -203,15 +206,19 @@ export function connectLiveLogs({
       if (!entry || typeof entry !== "object" || (entry.deviceId && entry.deviceId !== deviceId)) return;
       if (isGap(entry)) {
         // What follows starts a new run of positions (after a stream
-        // reset they may even be lower than the last one seen).
-        last = null;
+        // reset they may even be lower than the last one seen). The last
+        // seq is kept: a reconnection before the next entry resumes after
+        // it (the server then says recovered:false again, with what it
+        // holds), not with the tail, which would repeat what is shown.
+        afterGap = true;
         onGap(entry);
         onEntry(entry);
         return;
       }
       if (isSeq(entry.seq)) {
-        if (last !== null && entry.seq <= last) return; // seen already
+        if (!afterGap && last !== null && entry.seq <= last) return; // seen already
         last = entry.seq;
+        afterGap = false;
       }
       onEntry(entry);
     };
@@ -223,9 +230,11 @@ export function connectLiveLogs({
       // expired. Reconnect: a refreshed token (token as a function) goes on
       // seamlessly, a stale one is refused with 401 and lands in
       // "unauthorized" below. 4403 mirrors HTTP 403.
+      // A connection that lasted resets the backoff, whatever ended it (a
+      // token expiring every hour must not make each retry wait longer).
+      if (openedAt && Date.now() - openedAt >= b.stableMs) attempt = 0;
       if (ev.code === 4401) return retry(ev.reason || "token expired");
       if (ev.code === 4403) return setState(State.FORBIDDEN, { reason: ev.reason || "device not visible" });
-      if (openedAt && Date.now() - openedAt >= b.stableMs) attempt = 0;
       if (!openedAt) {
         const r = await refusal(t, wsURL);
         if (closed) return;
