@@ -166,6 +166,13 @@ func (s *Server) sendHistory(ctx context.Context, g *gate, devices []string, st 
 		}
 		cursors = append(cursors, c)
 	}
+	if st.since >= 0 && uint64(st.since) <= pos.Last {
+		// The subscriber has every entry up to since: a late live frame
+		// at or below it (a feed behind the stream) is not sent again.
+		// Beyond the newest position the stream was reset: what follows
+		// is numbered from 1 again.
+		g.last = max(g.last, uint64(st.since))
+	}
 	upto := pos.Last
 	for {
 		if err := s.History.Read(ctx, cursors, upto, g.sendEntry(ctx)); err != nil {

@@ -356,3 +356,44 @@ func ranges(frames []string) string {
 	}
 	return strings.Join(out, " ")
 }
+
+// lateHistory is a retained log of device D (1..5) while the instance's
+// feed is behind it: during the first Read, the hub delivers entry 3 only
+// now (a feed that lags the stream, e.g. just after a restart).
+type lateHistory struct {
+	floodingHistory
+	once sync.Once
+}
+
+func (l *lateHistory) Read(ctx context.Context, cursors []stream.Cursor, upto uint64, fn stream.ReadFunc) error {
+	l.once.Do(func() { l.hub.Feed(3, "D", entryJSON(3)) })
+	return l.floodingHistory.Read(ctx, cursors, upto, fn)
+}
+
+// TestSinceSkipsALateEntryItHadSeen: a client resuming with since=5 (no
+// position=1, so no position status moves the gate) is not sent entry 3,
+// which the lagging feed delivers while its history is read; the first
+// entry it gets is 6. Before, the gate started from position 0 when the
+// history sent nothing, and repeated 3.
+func TestSinceSkipsALateEntryItHadSeen(t *testing.T) {
+	var hist *lateHistory
+	h, ws := subscribe(t, func(h *hub.Hub) httpapi.History {
+		hist = &lateHistory{floodingHistory: floodingHistory{hub: h, log: []uint64{1, 2, 3, 4, 5}}}
+		return hist
+	}, "deviceId=D&since=5")
+	testwait.For(t, "entry 3 went by", func() bool {
+		hist.mu.Lock()
+		defer hist.mu.Unlock()
+		return hist.reads > 0
+	})
+	h.Feed(6, "D", entryJSON(6))
+	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, b, err := ws.ReadMessage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f struct{ Seq uint64 }
+	if err := json.Unmarshal(b, &f); err != nil || f.Seq != 6 {
+		t.Fatalf("first frame %s, want seq 6 (since=5)", b)
+	}
+}
