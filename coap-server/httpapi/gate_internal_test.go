@@ -45,3 +45,37 @@ func TestReportsNeverDisconnectASubscriber(t *testing.T) {
 		t.Fatal("an entry that found the queue full left the subscriber connected")
 	}
 }
+
+// TestReportsDuringTheCatchUpNeverOverflowTheGate: while a subscriber's
+// history is sent, a flood of retransmission reports (replayed datagrams)
+// is held up to maxHeldNotices and then dropped and counted (Send false),
+// and the entries held with them still fit: no overflow, so the catch-up
+// need not start reading the stream over. Before, reports counted toward
+// maxHeld, and 1,024 of them made the gate drop what it held.
+func TestReportsDuringTheCatchUpNeverOverflowTheGate(t *testing.T) {
+	g := &gate{peer: wspeer.New(wspeer.Config{}), notices: true}
+	report, err := hub.NewFrame(0, []byte(`{"deviceId":"D","type":"status","data":{"retransmission":{"of_seq":1,"count":2}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := 0
+	for range 4 * maxHeld {
+		if g.Send(report) {
+			held++
+		}
+	}
+	if held != maxHeldNotices {
+		t.Errorf("%d reports held, want %d (the rest dropped and counted)", held, maxHeldNotices)
+	}
+	for seq := range uint64(maxHeld) {
+		entry, err := hub.NewFrame(seq+1, []byte(`{"deviceId":"D","type":"uplink"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.Send(entry)
+	}
+	frames, overflow := g.take()
+	if overflow || len(frames) != maxHeldNotices+maxHeld {
+		t.Fatalf("overflow %v, %d frames held: want no overflow, %d", overflow, len(frames), maxHeldNotices+maxHeld)
+	}
+}

@@ -24,6 +24,12 @@ const MaxTail = 1000
 // subscriber reads the rest from the stream instead: nothing is dropped.
 const maxHeld = 1024
 
+// maxHeldNotices bounds the retransmission reports one subscriber holds
+// besides, while its history is sent. Reports are not retained, so they
+// cannot be read again: past it they are dropped (and counted), and a
+// flood of replayed datagrams never makes the catch-up start over.
+const maxHeldNotices = 64
+
 // History is the retained live log (*stream.Engine).
 type History interface {
 	LivePosition(ctx context.Context) (stream.Position, error)
@@ -88,6 +94,7 @@ type gate struct {
 	live     bool
 	last     uint64 // highest position sent
 	held     []*hub.Frame
+	notes    int // reports among held
 	overflow bool
 	// gapAt is, per device told recovered:false, last+1 when it was: a
 	// re-read after an overflow that finds the same hole with nothing
@@ -103,9 +110,16 @@ func (g *gate) Send(f *hub.Frame) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if !g.live {
-		if len(g.held) >= maxHeld {
-			g.overflow, g.held = true, nil
-		} else if !g.overflow {
+		switch {
+		case f.Seq == 0:
+			if g.overflow || g.notes >= maxHeldNotices {
+				return false // a report: dropped, not read again
+			}
+			g.notes++
+			g.held = append(g.held, f)
+		case len(g.held)-g.notes >= maxHeld:
+			g.overflow, g.held, g.notes = true, nil, 0
+		case !g.overflow:
 			g.held = append(g.held, f)
 		}
 		return true
@@ -224,14 +238,14 @@ func (g *gate) take() (held []*hub.Frame, overflow bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.overflow {
-		g.overflow, g.held = false, nil
+		g.overflow, g.held, g.notes = false, nil, 0
 		return nil, true
 	}
 	if len(g.held) == 0 {
 		g.live = true
 		return nil, false
 	}
-	held, g.held = g.held, make([]*hub.Frame, 0, len(g.held))
+	held, g.held, g.notes = g.held, make([]*hub.Frame, 0, len(g.held)), 0
 	return held, false
 }
 

@@ -26,7 +26,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "nbiot_ws_dropped_total", Help: "Frames a subscriber could not take (it is then disconnected as too slow).",
 		}),
 		NoticesDropped: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "nbiot_ws_notices_dropped_total", Help: "Retransmission reports a subscriber's full queue did not take (it stays connected).",
+			Name: "nbiot_ws_notices_dropped_total", Help: "Retransmission reports a subscriber did not take: its queue was full (it stays connected), or 64 were held while its history was sent.",
 		}),
 		EncodeErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "nbiot_livelog_encode_errors_total", Help: "Entries that could not be encoded (a bug).",
