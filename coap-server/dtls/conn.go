@@ -35,7 +35,8 @@ type listener struct {
 	evictFound bool
 	closed     atomic.Bool
 	reg        *registry
-	accepted   atomic.Uint64 // numbers sessions in the order they were accepted
+	holdClose  atomic.Pointer[func()] // tests only: runs first in every session's Close
+	accepted   atomic.Uint64          // numbers sessions in the order they were accepted
 	keys       *KeyCache
 	debugf     func(msg string, args ...any)
 }
@@ -195,7 +196,11 @@ func (s *session) handshake(ctx context.Context) error {
 	s.l.metrics.Sessions.Inc()
 	s.l.metrics.Handshakes.WithLabelValues("ok").Inc()
 	s.l.log.Debug("dtls session established", "device", id, "remote", s.remote.String())
-	if older := s.l.reg.add(s); older != nil {
+	older, closed := s.l.reg.add(s)
+	if closed {
+		return net.ErrClosed // finished after Stop
+	}
+	if older != nil {
 		// One session per identity: the device reconnected (new NAT
 		// binding without a CID, reboot) or someone has its key. older
 		// is s itself when a later-accepted session registered first.
@@ -294,6 +299,9 @@ func (s *session) Read(b []byte) (int, error) {
 
 // Close closes the connection once and frees its session slot.
 func (s *session) Close() error {
+	if hold := s.l.holdClose.Load(); hold != nil {
+		(*hold)()
+	}
 	err := s.Conn.Close()
 	s.closeOnce.Do(func() {
 		if s.established {

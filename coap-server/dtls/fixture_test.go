@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime/pprof"
 	"strings"
 	"testing"
 	"time"
@@ -98,7 +99,9 @@ func newFixture(t testing.TB, mutate func(*dtls.Config)) *fixture {
 		select {
 		case <-done:
 		case <-time.After(10 * time.Second):
-			t.Error("Serve did not return after Stop")
+			var stacks strings.Builder
+			_ = pprof.Lookup("goroutine").WriteTo(&stacks, 1)
+			t.Errorf("Serve did not return after Stop; goroutines:\n%s", stacks.String())
 		}
 	})
 	return f

@@ -309,6 +309,9 @@ func (s *Server) Stop() {
 		// finds its session closed, so go-coap sends nothing for it.
 		s.coap.Stop()
 		_ = s.ln.Close()
+		for _, sess := range s.ln.reg.close() {
+			_ = sess.Close()
+		}
 		s.mu.Lock()
 		s.stopping = true
 		s.mu.Unlock()

@@ -10,8 +10,9 @@ import (
 // A new handshake by the same identity replaces (and closes) the older one,
 // so one device ID cannot pile up sessions; a revoked key closes it.
 type registry struct {
-	mu   sync.Mutex
-	byID map[string]*session
+	mu     sync.Mutex
+	byID   map[string]*session
+	closed bool // the server stopped: no session is added any more
 }
 
 func newRegistry() *registry { return &registry{byID: make(map[string]*session)} }
@@ -19,16 +20,37 @@ func newRegistry() *registry { return &registry{byID: make(map[string]*session)}
 // add makes s the session of its identity and returns the one to close:
 // the one it replaces or, when the registered session was accepted after
 // s, s itself. Each handshake ends on its own goroutine, so two of one
-// identity can finish in either order; the later ClientHello wins.
-func (r *registry) add(s *session) (older *session) {
+// identity can finish in either order; the later ClientHello wins. After
+// close it adds nothing and returns s, with closed true.
+func (r *registry) add(s *session) (older *session, closed bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.closed {
+		return s, true
+	}
 	older = r.byID[s.identity]
 	if older != nil && older.order > s.order {
-		return s
+		return s, false
 	}
 	r.byID[s.identity] = s
-	return older
+	return older, false
+}
+
+// close ends the registry at Stop and returns every session in it, for
+// the server to close: go-coap's DTLS server keeps its sessions in a map
+// keyed by remote address, so a device that rebooted on the same address
+// can have its old session's end delete the new one's entry; Serve then
+// waits forever for a session it no longer closes
+// (docs/pitfalls.md#go-coap).
+func (r *registry) close() []*session {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.closed = true
+	out := make([]*session, 0, len(r.byID))
+	for _, s := range r.byID {
+		out = append(out, s)
+	}
+	return out
 }
 
 // remove forgets s if it is still its identity's session.

@@ -18,10 +18,10 @@ func TestRegistryKeepsTheLaterAcceptedSession(t *testing.T) {
 			if tc.finishFirst == 2 {
 				first, second = newer, older
 			}
-			if got := r.add(first); got != nil {
+			if got, _ := r.add(first); got != nil {
 				t.Fatalf("first add closes %v", got.order)
 			}
-			if got := r.add(second); got != older {
+			if got, _ := r.add(second); got != older {
 				t.Fatalf("second add closes session %v, want the older (1)", got.order)
 			}
 			if got := r.byID["dev"]; got != newer {
