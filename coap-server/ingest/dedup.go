@@ -198,17 +198,28 @@ func (d *Dedup) end(k dedupKey) {
 	d.mu.Unlock()
 }
 
-// Full reports whether a strict Dedup holds its maxBytes of answers that
-// have not expired (it drops a few expired ones first); a Dedup that is
-// not strict is never full, it forgets its oldest answers instead.
-func (d *Dedup) Full(now time.Time) bool {
+// authReserveShare: an eighth of a strict Dedup is for authenticated
+// uplinks (CoAPS) only. Plain CoAP carries no identity, so anyone can
+// send valid uplinks at a high rate; such a flood fills the rest and gets
+// 5.03 (dedup_full), and devices with keys are still answered.
+const authReserveShare = 8
+
+// Full reports whether a strict Dedup holds, in answers that have not
+// expired (it drops a few expired ones first), its maxBytes, or for an
+// uplink that is not authenticated all but the reserved eighth. A Dedup
+// that is not strict is never full: it forgets its oldest answers instead.
+func (d *Dedup) Full(now time.Time, authenticated bool) bool {
 	if !d.strict {
 		return false
+	}
+	limit := d.maxBytes
+	if !authenticated {
+		limit -= d.maxBytes / authReserveShare
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.sweepLocked(now.UnixNano())
-	return d.bytes+dedupEntryBytes > d.maxBytes
+	return d.bytes+dedupEntryBytes > limit
 }
 
 // sweepLocked drops up to dedupSweep expired entries from the front.

@@ -191,13 +191,13 @@ func TestStrictDedupNeverForgetsEarly(t *testing.T) {
 	strict, loose := NewStrictDedup(2*dedupEntryBytes, time.Minute), NewDedup(2*dedupEntryBytes, time.Minute)
 	for i := range 3 {
 		for _, d := range []*Dedup{strict, loose} {
-			if i == 2 && d == strict && !d.Full(t0) {
+			if i == 2 && d == strict && !d.Full(t0, true) {
 				t.Fatal("strict Dedup with two answers of two is not Full")
 			}
 			d.remember(d.key("DEV", int32(i), nil, nil), codes.Changed, nil, uint64(i+1), t0)
 		}
 	}
-	if loose.Full(t0) {
+	if loose.Full(t0, true) {
 		t.Error("a Dedup that is not strict reports Full")
 	}
 	if _, ok := strict.lookup(strict.key("DEV", 0, nil, nil), t0); !ok {
@@ -206,7 +206,7 @@ func TestStrictDedupNeverForgetsEarly(t *testing.T) {
 	if _, ok := loose.lookup(loose.key("DEV", 0, nil, nil), t0); ok {
 		t.Error("Dedup that is not strict kept its oldest answer past its bound")
 	}
-	if strict.Full(t0.Add(2 * time.Minute)) {
+	if strict.Full(t0.Add(2*time.Minute), true) {
 		t.Error("strict Dedup still Full once its answers expired")
 	}
 }

@@ -230,7 +230,7 @@ func (h *Handler) handle(r *request, identity string, now time.Time) response {
 			return response{}
 		}
 		defer h.Dedup.end(key)
-		if h.Dedup.Full(now) {
+		if h.Dedup.Full(now, identity != "") {
 			return h.unavailable(deviceID, now, errDedupFull)
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 	"github.com/plgd-dev/go-coap/v3/message/pool"
+	"github.com/plgd-dev/go-coap/v3/mux"
 	coapNet "github.com/plgd-dev/go-coap/v3/net"
 	"github.com/plgd-dev/go-coap/v3/udp"
 	"github.com/prometheus/client_golang/prometheus"
@@ -58,12 +59,13 @@ func TestStreamFullRefusesWithServiceUnavailable(t *testing.T) {
 // uplinks, and it never forgets one early: at its bound a new uplink is
 // refused with 5.03 and Max-Age (it is not accepted, the device retries)
 // and counted as dedup_full, while a copy of one it holds is still
-// answered 2.04.
+// answered 2.04. Plain-CoAP uplinks may fill seven eighths of it: two
+// 96-byte answers of 220 bytes.
 func TestStrictDedupBoundRefusesWithServiceUnavailable(t *testing.T) {
 	live := streamtest.New(t, stream.Config{})
 	m := ingest.NewMetrics(prometheus.NewRegistry())
 	h := &ingest.Handler{Stream: live, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: m,
-		Dedup: ingest.NewStrictDedup(2*96, ingest.ExchangeLifetime)}
+		Dedup: ingest.NewStrictDedup(220, ingest.ExchangeLifetime)}
 	post := servePost(t, h)
 	var got []codes.Code
 	for i := range 3 {
@@ -83,6 +85,32 @@ func TestStrictDedupBoundRefusesWithServiceUnavailable(t *testing.T) {
 	}
 	if n := len(live.All()); n != 2 {
 		t.Errorf("live log has %d entries, want 2", n)
+	}
+}
+
+// TestPlainFloodLeavesRoomForDevicesWithKeys: plain-CoAP uplinks (anyone
+// can send them, naming any device) that fill a strict Dedup's share get
+// 5.03, and an uplink over DTLS (an identity) is still answered 2.04 from
+// the eighth kept for them. Before, one bound for all refused it too.
+func TestPlainFloodLeavesRoomForDevicesWithKeys(t *testing.T) {
+	live := streamtest.New(t, stream.Config{})
+	m := ingest.NewMetrics(prometheus.NewRegistry())
+	h := &ingest.Handler{Stream: live, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: m,
+		Dedup: ingest.NewStrictDedup(8*96, ingest.ExchangeLifetime)}
+	plain := servePost(t, h)
+	secure := servePost(t, h.Secure(func(mux.Conn) string { return "KEYED" }))
+	var got []codes.Code
+	for i := range 8 {
+		got = append(got, plain(&nbiotv1.Uplink{DeviceId: "FLOOD", UplinkCount: uint32(i)}).Code())
+	}
+	if want := slices.Repeat([]codes.Code{codes.Changed}, 7); !slices.Equal(got[:7], want) || got[7] != codes.ServiceUnavailable {
+		t.Fatalf("plain uplinks %v: want seven 2.04 (7/8 of the table), then 5.03", got)
+	}
+	if code := secure(&nbiotv1.Uplink{DeviceId: "KEYED", UplinkCount: 1}).Code(); code != codes.Changed {
+		t.Errorf("uplink over DTLS after the flood: %v, want 2.04", code)
+	}
+	if code := plain(&nbiotv1.Uplink{DeviceId: "FLOOD", UplinkCount: 9}).Code(); code != codes.ServiceUnavailable {
+		t.Errorf("plain uplink after that: %v, want 5.03", code)
 	}
 }
 
@@ -107,7 +135,7 @@ func TestDeviceBoundRefusesANewDevice(t *testing.T) {
 
 // servePost serves h on go-coap's UDP server and returns a post of one
 // uplink to it, from one client, returning the answer.
-func servePost(t *testing.T, h *ingest.Handler) func(*nbiotv1.Uplink) *pool.Message {
+func servePost(t *testing.T, h mux.Handler) func(*nbiotv1.Uplink) *pool.Message {
 	t.Helper()
 	ln, err := coapNet.NewListenUDP("udp", "127.0.0.1:0")
 	if err != nil {

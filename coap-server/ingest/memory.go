@@ -13,7 +13,8 @@ const (
 	// EXCHANGE_LIFETIME.
 	dedupShare = 16
 	// embeddedDedupShare: 5/16, 125 MiB at 400 MiB, about 1,365,000
-	// answers: 5,500 uplinks/s for a whole EXCHANGE_LIFETIME, strict.
+	// answers: 5,500 uplinks/s for a whole EXCHANGE_LIFETIME, strict
+	// (4,800/s of plain CoAP: an eighth is for CoAPS, authReserveShare).
 	embeddedDedupShare = 5
 	// queueShare: 1/64, 6.25 MiB at 400 MiB, ~7,700 uplink datagrams
 	// (848 B each as queued: lean.go; DefaultLeanQueueLen caps the count
