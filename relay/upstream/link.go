@@ -455,11 +455,10 @@ func (l *link) forward(typ int, b []byte) {
 	// Anyone can replay a device's datagrams, so a flood of retransmission
 	// reports must not cut its browsers off: one is dropped where the
 	// queue is full.
-	notice := h.notice
 	delivered, dropped := 0, 0
 	for w := range l.watchers {
-		ok := false
-		if notice {
+		var ok bool
+		if h.notice {
 			ok = w.sender.TrySend(pm)
 		} else {
 			ok = w.sender.Send(pm)
@@ -473,7 +472,7 @@ func (l *link) forward(typ int, b []byte) {
 	cfg.Metrics.Deliveries.Add(float64(delivered))
 	if dropped > 0 {
 		reason := DropSlowClient
-		if notice {
+		if h.notice {
 			reason = DropNotice
 		}
 		cfg.Metrics.Dropped.WithLabelValues(reason).Add(float64(dropped))

@@ -81,14 +81,11 @@ func TestEmbeddedClientTailAndGap(t *testing.T) {
 	b := newBrowser(t)
 	s := newScriptedRelay(t)
 	const dev = "POS-2"
-	b.do("open a blank page of the relay's origin", chromedp.Navigate(s.srv.URL+"/static/livelogs.js"))
-	eval[bool](b, `import("/static/livelogs.js").then((m) => {
-		window.got = []; window.gaps = []; window.states = [];
-		window.conn = m.connectLiveLogs({ url: location.origin, deviceId: "`+dev+`", tail: 7,
+	connectEmbedded(b, s, `window.got = []; window.gaps = []; window.states = [];`,
+		`deviceId: "`+dev+`", tail: 7,
 			onEntry: (e) => window.got.push(e.seq === undefined ? e.type : e.seq),
 			onGap: (e) => window.gaps.push(e.message),
-			onState: (st) => window.states.push(st) });
-		return true; })`, chromedp.EvalAwaitPromise)
+			onState: (st) => window.states.push(st)`)
 	if q := s.waitConn(1); q.Get("tail") != "7" {
 		t.Fatalf("tail option: connection asked %v", q)
 	}
@@ -139,13 +136,9 @@ func TestEmbeddedClientTokenExpiryKeepsTheBackoffShort(t *testing.T) {
 	b := newBrowser(t)
 	s := newScriptedRelay(t)
 	const dev = "POS-3"
-	b.do("open a blank page of the relay's origin", chromedp.Navigate(s.srv.URL+"/static/livelogs.js"))
-	eval[bool](b, `import("/static/livelogs.js").then((m) => {
-		window.retries = []; window.lives = 0;
-		window.conn = m.connectLiveLogs({ url: location.origin, deviceId: "`+dev+`",
-			backoff: { initialMs: 20, stableMs: 0 },
-			onState: (st, info) => { if (st === "live") window.lives++; if (st === "reconnecting" && info.delayMs !== undefined) window.retries.push(info.attempt); } });
-		return true; })`, chromedp.EvalAwaitPromise)
+	connectEmbedded(b, s, `window.retries = []; window.lives = 0;`,
+		`deviceId: "`+dev+`", backoff: { initialMs: 20, stableMs: 0 },
+			onState: (st, info) => { if (st === "live") window.lives++; if (st === "reconnecting" && info.delayMs !== undefined) window.retries.push(info.attempt); }`)
 	s.waitConn(1)
 	for i := 1; i <= 3; i++ {
 		b.waitFor("live", fmt.Sprintf(`window.lives === %d`, i))
@@ -157,4 +150,15 @@ func TestEmbeddedClientTokenExpiryKeepsTheBackoffShort(t *testing.T) {
 	}
 	eval[bool](b, `window.conn.close(), true`)
 	b.checkConsole()
+}
+
+// connectEmbedded opens a blank page of the scripted relay's origin, runs
+// setup, and connects livelogs.js as an embedder would, with options
+// (JavaScript object members) besides url; the client is window.conn.
+func connectEmbedded(b *browser, s *scriptedRelay, setup, options string) {
+	b.do("open a blank page of the relay's origin", chromedp.Navigate(s.srv.URL+"/static/livelogs.js"))
+	eval[bool](b, `import("/static/livelogs.js").then((m) => {
+		`+setup+`
+		window.conn = m.connectLiveLogs({ url: location.origin, `+options+` });
+		return true; })`, chromedp.EvalAwaitPromise)
 }
