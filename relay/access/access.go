@@ -14,10 +14,15 @@ import (
 )
 
 // Sentinel errors. The HTTP edge maps ErrDenied to 403, ErrUnavailable
-// to 503 and ErrLimited to 429.
+// to 503, ErrTokenRefused to 401 and ErrLimited to 429.
 var (
 	ErrDenied      = errors.New("access: device not visible to this user")
 	ErrUnavailable = errors.New("access: check unavailable")
+	// ErrTokenRefused: the backend refused the user's token although the
+	// relay accepted it (Supabase REST's 401: expired inside the relay's
+	// leeway, or a clock apart). It says nothing about the device, so it
+	// is never cached: the user's next token is asked about afresh.
+	ErrTokenRefused = errors.New("access: the database refused the token")
 	// ErrLimited: the answer was not cached and the caller's budget of
 	// backend checks is spent (Cached.CheckGated).
 	ErrLimited = errors.New("access: too many uncached checks")

@@ -97,8 +97,8 @@ func TestRESTCheckUsesUserToken(t *testing.T) {
 	}
 	t.Run("token PostgREST refuses", func(t *testing.T) {
 		tok := fakepostgrest.SignJWT(t, []byte("other-secret-0123456789abcdef-0123"), userClaims(owner).Raw)
-		if err := r.Check(context.Background(), userClaims(owner), tok, "DEV-1"); !errors.Is(err, access.ErrDenied) {
-			t.Fatalf("got %v, want ErrDenied", err)
+		if err := r.Check(context.Background(), userClaims(owner), tok, "DEV-1"); !errors.Is(err, access.ErrTokenRefused) {
+			t.Fatalf("got %v, want ErrTokenRefused", err)
 		}
 	})
 }

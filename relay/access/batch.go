@@ -23,7 +23,7 @@ const MaxBatch = 100
 // relay re-checks a user's open sessions this way.
 type BatchChecker interface {
 	// Visible returns which of devices (at most MaxBatch) the user may
-	// read; an error wraps ErrUnavailable.
+	// read; an error wraps ErrUnavailable or ErrTokenRefused.
 	Visible(ctx context.Context, c *auth.Claims, token string, devices []string) (map[string]bool, error)
 }
 
@@ -70,19 +70,12 @@ func (r *REST) Visible(ctx context.Context, _ *auth.Claims, token string, device
 	}
 	defer resp.Body.Close()
 	body := io.LimitReader(resp.Body, maxRESTBody)
-	switch resp.StatusCode {
-	case http.StatusOK:
-	case http.StatusForbidden:
+	if resp.StatusCode != http.StatusOK {
+		// Never a revocation: a 401 is the token (expired at exp, where the
+		// relay's own 4401, at exp plus leeway, ends the sessions anyway),
+		// a 403 a grant missing (restError).
 		_, _ = io.Copy(io.Discard, body)
-		return visibleSet(devices, nil), nil // the table refused: none visible
-	case http.StatusUnauthorized:
-		// The token: expired at exp, where the relay's own 4401 (exp plus
-		// leeway) ends the sessions anyway. Not a revocation.
-		_, _ = io.Copy(io.Discard, body)
-		return nil, fmt.Errorf("%w: rest status %d", ErrUnavailable, resp.StatusCode)
-	default:
-		_, _ = io.Copy(io.Discard, body)
-		return nil, fmt.Errorf("%w: rest status %d", ErrUnavailable, resp.StatusCode)
+		return nil, restError(resp.StatusCode)
 	}
 	var rows []struct {
 		DevID string `json:"devid"`

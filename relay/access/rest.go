@@ -46,13 +46,9 @@ func (r *REST) Check(ctx context.Context, _ *auth.Claims, token, deviceID string
 	body := io.LimitReader(resp.Body, maxRESTBody)
 	switch {
 	case resp.StatusCode == http.StatusOK:
-	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
-		// PostgREST refused the user's token or the table: not visible.
-		_, _ = io.Copy(io.Discard, body)
-		return fmt.Errorf("%w: rest status %d", ErrDenied, resp.StatusCode)
 	default:
 		_, _ = io.Copy(io.Discard, body)
-		return fmt.Errorf("%w: rest status %d", ErrUnavailable, resp.StatusCode)
+		return restError(resp.StatusCode)
 	}
 	var rows []struct {
 		DevID string `json:"devid"`
@@ -66,4 +62,21 @@ func (r *REST) Check(ctx context.Context, _ *auth.Claims, token, deviceID string
 		}
 	}
 	return ErrDenied
+}
+
+// restError is what a PostgREST answer other than 200 means. Row level
+// security hides rows (200 with []) and never refuses: a 403 is PostgREST's
+// "permission denied" (42501), a grant on public.devices missing for role
+// authenticated, which is the deployment's fault and not the user's, so it
+// is unavailable, never a denial (cached, and a re-check's denial ends
+// every session). A 401 refuses the token itself.
+func restError(status int) error {
+	switch status {
+	case http.StatusUnauthorized:
+		return fmt.Errorf("%w: rest status %d", ErrTokenRefused, status)
+	case http.StatusForbidden:
+		return fmt.Errorf("%w: rest status %d (permission denied: is select on public.devices granted to authenticated?)", ErrUnavailable, status)
+	default:
+		return fmt.Errorf("%w: rest status %d", ErrUnavailable, status)
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/jackc/pgx/v5"
 
+	coapapp "github.com/nbiot-live/nbiot-live/coap-server/app"
 	"github.com/nbiot-live/nbiot-live/internal/fakepostgrest"
 	"github.com/nbiot-live/nbiot-live/internal/pgtest"
 	"github.com/nbiot-live/nbiot-live/relay/app"
@@ -25,10 +26,12 @@ const restKey = "sb_publishable_flood_test_0123"
 // user(0..n-1) each owning device dev(i), plus bob, who owns nothing.
 type floodEnv struct {
 	relay    *app.App
+	coap     *coapapp.App
 	iss      string
 	db       string
 	backend  atomic.Int64 // REST requests received
 	inFlight atomic.Int64
+	peak     atomic.Int64 // the most inFlight has been
 }
 
 func floodUser(i int) string { return fmt.Sprintf("00000000-0000-4000-8000-%012d", i) }
@@ -61,7 +64,12 @@ func newFloodEnv(t testing.TB, latency time.Duration, users int, env map[string]
 	f := &floodEnv{db: db}
 	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f.backend.Add(1)
-		f.inFlight.Add(1)
+		for n := f.inFlight.Add(1); ; {
+			p := f.peak.Load()
+			if n <= p || f.peak.CompareAndSwap(p, n) {
+				break
+			}
+		}
 		defer f.inFlight.Add(-1)
 		select { // the backend's latency (a Supabase REST round trip)
 		case <-time.After(latency):
@@ -76,8 +84,8 @@ func newFloodEnv(t testing.TB, latency time.Duration, users int, env map[string]
 	for k, v := range env {
 		e[k] = v
 	}
-	c := startCoAP(t, "", "")
-	f.relay = startRelay(t, c, e, mutate)
+	f.coap = startCoAP(t, "", "")
+	f.relay = startRelay(t, f.coap, e, mutate)
 	return f
 }
 
@@ -88,16 +96,24 @@ func (f *floodEnv) token(t testing.TB, sub string) string {
 // dial opens device as the holder of tok from client address ip and
 // returns the HTTP status (101 when upgraded; the socket is closed).
 func (f *floodEnv) dial(tok, ip, device string) (int, error) {
-	d := websocket.Dialer{HandshakeTimeout: 15 * time.Second, Subprotocols: []string{"nbiot-live", "access_token." + tok}}
-	ws, resp, err := d.Dial("ws://"+f.relay.HTTPAddr().String()+"/device-logs?deviceId="+device, http.Header{"Fly-Client-Ip": {ip}})
+	ws, code, err := f.open(tok, ip, device)
 	if ws != nil {
 		_ = ws.Close()
-		return resp.StatusCode, nil
 	}
-	if resp != nil {
-		return resp.StatusCode, nil
+	return code, err
+}
+
+// open is dial keeping the socket open (nil when refused).
+func (f *floodEnv) open(tok, ip, device string) (*websocket.Conn, int, error) {
+	d := websocket.Dialer{HandshakeTimeout: 15 * time.Second, Subprotocols: []string{"nbiot-live", "access_token." + tok}}
+	ws, resp, err := d.Dial("ws://"+f.relay.HTTPAddr().String()+"/device-logs?deviceId="+device, http.Header{"Fly-Client-Ip": {ip}})
+	switch {
+	case ws != nil:
+		return ws, resp.StatusCode, nil
+	case resp != nil:
+		return nil, resp.StatusCode, nil
 	}
-	return 0, err
+	return nil, 0, err
 }
 
 // flood runs workers asking for random device IDs as bob from one address

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net/http"
 	"testing"
 	"time"
 
@@ -72,25 +73,108 @@ func TestRecheckErrorKeepsSession(t *testing.T) {
 	r = startRelay(t, f.coap, map[string]string{"DATABASE_URL": f.db, "SUPABASE_JWT_SECRET": jwtSecret},
 		func(cfg *app.Config) { cfg.RecheckEvery = 100 * time.Millisecond })
 	ws := mustDial(t, r, "DEV-A", dialOpts{token: f.token(t, alice)})
+	regrant := withoutDevicesGrant(t, f.db, r)
+	regrant()
+	sendUplink(t, dialCoAP(t, f.coap), "DEV-A", 4)
+	if fr := readFrame(t, ws); fr.Data["uplink_count"] != 4.0 {
+		t.Fatalf("got %s", fr.raw)
+	}
+}
+
+// withoutDevicesGrant revokes role authenticated's right to read devices,
+// so that access checks fail (they do not deny), and returns once r's
+// re-checks failed twice; regrant gives the right back.
+func withoutDevicesGrant(t *testing.T, db string, r *app.App) (regrant func()) {
+	t.Helper()
 	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, f.db)
+	conn, err := pgx.Connect(ctx, db)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close(ctx)
-	// Revoke the role's right to read devices: the check errors, it does not deny.
+	t.Cleanup(func() { conn.Close(ctx) })
 	if _, err := conn.Exec(ctx, "revoke select on public.devices from authenticated"); err != nil {
 		t.Fatal(err)
 	}
 	testwait.For(t, "failed re-checks", func() bool {
 		return counter(t, r.Metrics, "nbiot_relay_access_rechecks_total", "result", "error") >= 2
 	})
-	if _, err := conn.Exec(ctx, "grant select on public.devices to authenticated"); err != nil {
-		t.Fatal(err)
+	return func() {
+		if _, err := conn.Exec(ctx, "grant select on public.devices to authenticated"); err != nil {
+			t.Fatal(err)
+		}
 	}
-	sendUplink(t, dialCoAP(t, f.coap), "DEV-A", 4)
+}
+
+// The same through Supabase REST, whose answer to a missing grant is 403
+// (42501, permission denied): a fault of the deployment, not a denial, so
+// the open session stays and a new connection gets 503, not 403 (it was
+// read as "nothing visible", and every session of every user ended 4403).
+func TestRecheckErrorKeepsSessionREST(t *testing.T) {
+	f := newFloodEnv(t, 0, 2, nil, func(cfg *app.Config) { cfg.RecheckEvery = 100 * time.Millisecond })
+	tok := f.token(t, floodUser(0))
+	ws, code, err := f.open(tok, "192.0.2.1", floodDev(0))
+	if err != nil {
+		t.Fatalf("dial: HTTP %d: %v", code, err)
+	}
+	defer ws.Close()
+	regrant := withoutDevicesGrant(t, f.db, f.relay)
+	// Another user's first connection: the check fails, it does not deny
+	// (nor cache a denial).
+	other := f.token(t, floodUser(1))
+	if code, err := f.dial(other, "192.0.2.2", floodDev(1)); code != http.StatusServiceUnavailable {
+		t.Errorf("new connection during the fault: HTTP %d (%v), want 503", code, err)
+	}
+	regrant()
+	sendUplink(t, dialCoAP(t, f.coap), floodDev(0), 4)
 	if fr := readFrame(t, ws); fr.Data["uplink_count"] != 4.0 {
 		t.Fatalf("got %s", fr.raw)
+	}
+	if code, err := f.dial(other, "192.0.2.2", floodDev(1)); code != http.StatusSwitchingProtocols {
+		t.Errorf("new connection after the fault: HTTP %d (%v), want 101", code, err)
+	}
+}
+
+// A token the relay still accepts (exp passed, inside its 30 s leeway) is
+// refused by Supabase REST with 401: that is about the token, so the
+// browser gets 401 (it refreshes its token), and the user's next token is
+// asked about afresh. It was cached as a denial of the device for the
+// user: 403, and the fresh token refused too for 5 s.
+func TestTokenRefusedByTheDatabaseIsNotADenial(t *testing.T) {
+	f := newFloodEnv(t, 0, 1, nil, nil)
+	late := userToken(t, jwtSecret, floodUser(0), f.iss, time.Now().Add(-5*time.Second))
+	if code, err := f.dial(late, "192.0.2.1", floodDev(0)); code != http.StatusUnauthorized {
+		t.Fatalf("token past exp, inside the leeway: HTTP %d (%v), want 401", code, err)
+	}
+	if got := counter(t, f.relay.Metrics, "nbiot_relay_auth_failures_total", "reason", "database"); got != 1 {
+		t.Errorf("auth failures (database) = %v, want 1", got)
+	}
+	if code, err := f.dial(f.token(t, floodUser(0)), "192.0.2.1", floodDev(0)); code != http.StatusSwitchingProtocols {
+		t.Fatalf("fresh token: HTTP %d (%v), want 101", code, err)
+	}
+}
+
+// A sweep asks about several users at once, at most 4 (half of the access
+// cache's concurrent checks, the rest left to new connections): one at a
+// time, 250 users 30 ms away took 8.3 s, and a revocation waited for it.
+func TestRechecksAskSeveralUsersAtOnce(t *testing.T) {
+	const users = 8
+	f := newFloodEnv(t, 100*time.Millisecond, users, nil, func(cfg *app.Config) { cfg.RecheckEvery = 50 * time.Millisecond })
+	for i := range users {
+		ws, code, err := f.open(f.token(t, floodUser(i)), "192.0.2.1", floodDev(i))
+		if err != nil || ws == nil {
+			t.Fatalf("dial %d: HTTP %d: %v", i, code, err)
+		}
+		defer ws.Close()
+	}
+	// From here only sweeps ask the backend (the dials' checks overlapped
+	// the first ones).
+	f.peak.Store(f.inFlight.Load())
+	base := counter(t, f.relay.Metrics, "nbiot_relay_access_rechecks_total", "result", "allowed")
+	testwait.For(t, "two sweeps", func() bool {
+		return counter(t, f.relay.Metrics, "nbiot_relay_access_rechecks_total", "result", "allowed") >= base+2*users
+	})
+	if p := f.peak.Load(); p < 2 || p > 4 {
+		t.Errorf("at most %d checks at the backend at once, want 2 to 4", p)
 	}
 }
 

@@ -242,6 +242,9 @@ func (h *Handler) authorize(r *http.Request, claims *auth.Claims, token, user, i
 		return nil
 	case errors.Is(err, access.ErrDenied):
 		return &refusal{http.StatusForbidden, RejectDenied, "device not visible to this user"}
+	case errors.Is(err, access.ErrTokenRefused):
+		h.Metrics.AuthFailures.WithLabelValues("database").Inc()
+		return invalidToken
 	case errors.Is(err, access.ErrLimited):
 		h.Logger.Debug("access check budget spent", "remote", r.RemoteAddr, "device", device)
 		return &refusal{http.StatusTooManyRequests, RejectCheckRate, "too many access checks for new devices, retry later"}

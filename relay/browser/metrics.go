@@ -48,7 +48,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "nbiot_relay_rejected_total", Help: "/device-logs requests refused, by reason.",
 		}, []string{"reason"}),
 		AuthFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "nbiot_relay_auth_failures_total", Help: "Token failures, by reason (missing, malformed, expired, signature, claims).",
+			Name: "nbiot_relay_auth_failures_total", Help: "Token failures, by reason (missing, malformed, expired, signature, claims; database: accepted here, refused by Supabase REST).",
 		}, []string{"reason"}),
 		TokenSources: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nbiot_relay_token_source_total", Help: "Verified tokens by where they came from (header, subprotocol, query).",

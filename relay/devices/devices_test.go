@@ -154,6 +154,41 @@ func TestOwnerListsOnlyTheirDevices(t *testing.T) {
 	}
 }
 
+// A grant missing on public.devices is the deployment's fault: 503 from
+// both backends, never an empty list (PostgREST's 403 read as "nothing to
+// show"). A token PostgREST refuses (exp passed, inside the relay's
+// leeway) is 401, so the page refreshes it.
+func TestDatabaseFaultsAreNotAnEmptyList(t *testing.T) {
+	dbURL, alice, _ := seed(t)
+	ctx := context.Background()
+	pg, err := access.NewPostgres(ctx, dbURL, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pg.Close)
+	rest := fakepostgrest.Start(t, dbURL, fakepostgrest.Options{JWTSecret: []byte(secret), PublishableKey: publishable})
+	pgSrv := httptest.NewServer(devices.New(devices.Options{Verifier: verifier(t), Postgres: pg}))
+	t.Cleanup(pgSrv.Close)
+	restSrv := httptest.NewServer(devices.New(devices.Options{Verifier: verifier(t), RESTURL: rest.URL, APIKey: publishable}))
+	t.Cleanup(restSrv.Close)
+	if code, list := get(t, restSrv, "/devices", token(t, alice, -5*time.Second)); code != http.StatusUnauthorized {
+		t.Errorf("rest, token refused by PostgREST: %d %v, want 401", code, list)
+	}
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "revoke select on public.devices from authenticated"); err != nil {
+		t.Fatal(err)
+	}
+	for name, srv := range map[string]*httptest.Server{"postgres": pgSrv, "rest": restSrv} {
+		if code, list := get(t, srv, "/devices", token(t, alice, time.Hour)); code != http.StatusServiceUnavailable {
+			t.Errorf("%s, grant missing: %d %v, want 503", name, code, list)
+		}
+	}
+}
+
 // More than Limit devices: the answer is cut and says so.
 func TestListIsBounded(t *testing.T) {
 	dbURL, alice, _ := seed(t)

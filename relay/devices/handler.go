@@ -120,8 +120,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	list, err := h.lister.List(ctx, claims, token, Limit)
 	switch {
-	case errors.Is(err, access.ErrDenied):
-		list = nil // PostgREST refused the user: they see nothing
+	case errors.Is(err, access.ErrTokenRefused):
+		w.Header().Set("WWW-Authenticate", `Bearer realm="nbiot-live", error="invalid_token"`)
+		http.Error(w, "sign in required: the database refused the token", http.StatusUnauthorized)
+		return
 	case err != nil:
 		h.log.Warn("devices not listed", "user", claims.Subject, "err", err)
 		http.Error(w, "devices unavailable, try again", http.StatusServiceUnavailable)

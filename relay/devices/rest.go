@@ -30,8 +30,8 @@ type REST struct {
 	Client *http.Client
 }
 
-// List implements Lister. PostgREST refusing the token or the table gives
-// an error wrapping access.ErrDenied.
+// List implements Lister. PostgREST refusing the token gives an error
+// wrapping access.ErrTokenRefused; a 403 (a grant missing) is an error.
 func (r *REST) List(ctx context.Context, _ *auth.Claims, token string, limit int) ([]Device, error) {
 	q := url.Values{}
 	q.Set("select", "devid,name,last_seen_at")
@@ -50,9 +50,9 @@ func (r *REST) List(ctx context.Context, _ *auth.Claims, token string, limit int
 	body := io.LimitReader(resp.Body, maxRESTBody)
 	switch {
 	case resp.StatusCode == http.StatusOK:
-	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
+	case resp.StatusCode == http.StatusUnauthorized:
 		_, _ = io.Copy(io.Discard, body)
-		return nil, fmt.Errorf("%w: rest status %d", access.ErrDenied, resp.StatusCode)
+		return nil, fmt.Errorf("%w: rest status %d", access.ErrTokenRefused, resp.StatusCode)
 	default:
 		_, _ = io.Copy(io.Discard, body)
 		return nil, fmt.Errorf("devices: rest status %d", resp.StatusCode)
