@@ -208,7 +208,7 @@ func (a *App) setupAuth(ctx context.Context) error {
 func (a *App) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /device-logs", a.browsers)
-	mux.Handle("GET /devices", devices.New(devices.Options{Verifier: a.browsers.Verifier, Postgres: a.pg, RESTURL: a.cfg.SupabaseURL, APIKey: a.cfg.SupabaseAnonKey, Logger: a.log, Registerer: a.Metrics}))
+	mux.Handle("GET /devices", devices.New(devices.Options{Verifier: a.browsers.Verifier, Postgres: a.pg, RESTURL: a.cfg.SupabaseURL, APIKey: a.cfg.SupabaseAnonKey, Allow: a.browsers.AllowQuery, Logger: a.log, Registerer: a.Metrics}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})

@@ -1,6 +1,7 @@
 package app_test
 
 import (
+	"io"
 	"net/http"
 	"testing"
 
@@ -75,4 +76,66 @@ func TestIPConnectionCap(t *testing.T) {
 	if _, code := dialBrowser(t, proxied, "D1", dialOpts{header: fly("2001:db8:1:2::99")}); code != http.StatusTooManyRequests {
 		t.Errorf("same /64: HTTP %d, want 429", code)
 	}
+}
+
+// GET /devices is a database query like an access check that misses the
+// cache, and shares the relay's few database connections with them: it
+// spends the same budget, so one user flooding it gets 429 (counted) while
+// another user is still served. It had no bound at all.
+func TestDevicesListSpendsTheCheckBudget(t *testing.T) {
+	f := newFixture(t, map[string]string{"ACCESS_CHECKS_PER_MINUTE_PER_USER": "1"}) // a burst of 1, then one a minute
+	list := func(sub string) (int, string) {
+		resp := getBearer(t, "http://"+f.relay.HTTPAddr().String()+"/devices", f.token(t, sub))
+		return resp.StatusCode, resp.Header.Get("Retry-After")
+	}
+	if code, _ := list(alice); code != http.StatusOK {
+		t.Fatalf("alice's first list: HTTP %d", code)
+	}
+	if code, retry := list(alice); code != http.StatusTooManyRequests || retry == "" {
+		t.Fatalf("alice's second list within the minute: HTTP %d, Retry-After %q; want 429 with Retry-After", code, retry)
+	}
+	if got := counter(t, f.relay.Metrics, "nbiot_relay_devices_limited_total", "", ""); got != 1 {
+		t.Errorf("devices limited %v, want 1", got)
+	}
+	if code, _ := list(bob); code != http.StatusOK {
+		t.Errorf("bob's list: HTTP %d, want 200", code)
+	}
+}
+
+// A plain GET of /device-logs (no WebSocket upgrade) with a valid token
+// gets what the checks say (the page reads a refused WebSocket's 401 or
+// 403 that way) and then 400, before the device's upstream is started; it
+// used to start one (with since=0 a dedicated one, replaying the device's
+// whole history) only to fail at the upgrade, as often as a client liked.
+func TestPlainGetStartsNoUpstream(t *testing.T) {
+	f := newFixture(t, nil)
+	resp := getBearer(t, "http://"+f.relay.HTTPAddr().String()+"/device-logs?deviceId=DEV-A&since=0", f.token(t, alice))
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("plain GET: HTTP %d, want 400", resp.StatusCode)
+	}
+	if got := counter(t, f.relay.Metrics, "nbiot_relay_rejected_total", "reason", "not_websocket"); got != 1 {
+		t.Errorf("rejected{not_websocket} %v, want 1", got)
+	}
+	if got := counter(t, f.relay.Metrics, "nbiot_relay_history_starts_total", "", ""); got != 0 {
+		t.Errorf("history starts %v, want 0: an upstream was started for a request that cannot be served", got)
+	}
+	mustDial(t, f.relay, "DEV-A", dialOpts{token: f.token(t, alice)})
+}
+
+// getBearer is a plain GET of url with token as its bearer; the body is
+// read and closed.
+func getBearer(t *testing.T, url, token string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp
 }

@@ -169,6 +169,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	// A plain GET (no upgrade) learns only what the checks above say: the
+	// page reads a refused WebSocket's 401 or 403 that way, which the
+	// browser hides. It must not start the device's upstream (a since=0
+	// one replaying the whole history) only to fail at the upgrade, as
+	// often as a client likes.
+	if !websocket.IsWebSocketUpgrade(r) {
+		h.quota.release(user, ip, device)
+		h.reject(w, RejectUpgrade, http.StatusBadRequest, "not a WebSocket upgrade: nothing refused this request")
+		return
+	}
 	if !h.conns.Reserve(h.MaxConnections) {
 		h.quota.release(user, ip, device)
 		h.reject(w, RejectLimit, http.StatusServiceUnavailable, "too many connections")
@@ -180,6 +190,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// serve releases the reservation and the quota when the connection ends.
 	h.serve(w, r, device, from, sess, func() { h.quota.release(user, ip, device) })
+}
+
+// AllowQuery spends one of the access-check budgets (Quotas: the user's
+// and the client address's, ACCESS_CHECKS_PER_MINUTE_PER_USER and _PER_IP)
+// on a database query made for user outside /device-logs (GET /devices);
+// false when either is spent. Both kinds of query share the relay's few
+// database connections, so one user's flood of either delays everyone's
+// access checks.
+func (h *Handler) AllowQuery(r *http.Request, user string) bool {
+	h.init()
+	return h.quota.allowQuery(user, ClientIP(r, h.TrustedProxyHeader))
 }
 
 // refusal is why a request is answered with an HTTP error instead of an

@@ -11,7 +11,8 @@ const (
 	RejectUnavailable = "unavailable"
 	RejectLimit       = "limit"
 	RejectProtocol    = "subprotocol"
-	RejectResume      = "since_tail" // since/tail not a number, negative, tail too large, or both
+	RejectUpgrade     = "not_websocket" // no WebSocket upgrade asked for
+	RejectResume      = "since_tail"    // since/tail not a number, negative, tail too large, or both
 	// 429s (Quotas): one user's or one address's connections or devices,
 	// or its budget of uncached access checks.
 	RejectUserLimit = "user_limit"

@@ -185,6 +185,24 @@ func (q *quota) release(user, ip, device string) {
 	q.ips.remove(ip, device, now)
 }
 
+// allowQuery spends one of user's and ip's access-check budgets on a query
+// made for them outside a connection (GET /devices); false when either is
+// spent, or when a table has no room for a new key.
+func (q *quota) allowQuery(user, ip string) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	now := q.now()
+	a := q.ips.get(ip, q.maxKeys, now)
+	if a == nil || !a.checks.AllowN(now, 1) {
+		return false
+	}
+	if user == "" {
+		return true
+	}
+	u := q.users.get(user, q.maxKeys, now)
+	return u != nil && u.checks.AllowN(now, 1)
+}
+
 // allowCheck spends one uncached access check of user's and ip's budgets;
 // false when either is spent. Only called after acquire, so both exist.
 func (q *quota) allowCheck(user, ip string) bool {

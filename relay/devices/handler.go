@@ -54,7 +54,12 @@ type Options struct {
 	RESTURL  string
 	APIKey   string
 	Logger   *slog.Logger
-	// Registerer gets nbiot_relay_devices_truncated_total (may be nil).
+	// Allow, when set, is asked before each read with the verified user
+	// (the token's sub): false answers 429 without reading (a read is a
+	// database query, which the relay's access checks need too).
+	Allow func(r *http.Request, user string) bool
+	// Registerer gets nbiot_relay_devices_truncated_total and
+	// nbiot_relay_devices_limited_total (may be nil).
 	Registerer prometheus.Registerer
 }
 
@@ -62,13 +67,15 @@ type Options struct {
 type Handler struct {
 	verifier  Verifier
 	lister    Lister
+	allow     func(*http.Request, string) bool
 	log       *slog.Logger
 	truncated prometheus.Counter
+	limited   prometheus.Counter
 }
 
 // New builds the handler from o.
 func New(o Options) *Handler {
-	h := &Handler{verifier: o.Verifier, log: o.Logger}
+	h := &Handler{verifier: o.Verifier, allow: o.Allow, log: o.Logger}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
 	}
@@ -82,8 +89,12 @@ func New(o Options) *Handler {
 		Name: "nbiot_relay_devices_truncated_total",
 		Help: "GET /devices answers cut at the limit (500 devices).",
 	})
+	h.limited = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "nbiot_relay_devices_limited_total",
+		Help: "GET /devices refused with 429: the user's or the address's budget of queries was spent.",
+	})
 	if o.Registerer != nil {
-		o.Registerer.MustRegister(h.truncated)
+		o.Registerer.MustRegister(h.truncated, h.limited)
 	}
 	return h
 }
@@ -97,7 +108,8 @@ func NewWith(v Verifier, l Lister) *Handler {
 
 // ServeHTTP answers 200 with a JSON array, 401 without a valid token
 // (Authorization: Bearer, or access_token in the query), 404 when the relay
-// has no sign-in, 503 when the devices cannot be read.
+// has no sign-in, 429 past the caller's budget (Options.Allow), 503 when
+// the devices cannot be read.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	if h.verifier == nil || h.lister == nil {
@@ -116,6 +128,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="nbiot-live", error="invalid_token"`)
 		http.Error(w, "sign in required: "+auth.Reason(err), http.StatusUnauthorized)
+		return
+	}
+	if h.allow != nil && !h.allow(r, claims.Subject) {
+		h.limited.Inc()
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "too many requests for this user or address, retry later", http.StatusTooManyRequests)
 		return
 	}
 	list, err := h.lister.List(ctx, claims, token, Limit)
