@@ -44,9 +44,7 @@ func (r *REST) Check(ctx context.Context, _ *auth.Claims, token, deviceID string
 	}
 	defer resp.Body.Close()
 	body := io.LimitReader(resp.Body, maxRESTBody)
-	switch {
-	case resp.StatusCode == http.StatusOK:
-	default:
+	if resp.StatusCode != http.StatusOK {
 		_, _ = io.Copy(io.Discard, body)
 		return restError(resp.StatusCode)
 	}
