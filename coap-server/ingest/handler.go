@@ -192,10 +192,6 @@ func (h *Handler) handle(r *request, identity string, now time.Time) response {
 		return h.refuse(r, deviceID, identity, err, now)
 	}
 
-	if resp, refused := h.admit(r, deviceID, identity, now); refused {
-		return resp
-	}
-
 	// Copies of one uplink share this key: Dedup's (restored from the live
 	// log after a restart), the database's (the uplink's Key) and, encoded
 	// (stream.IDOf), the live-log entry's, by which the stream on NATS_URL
@@ -213,9 +209,15 @@ func (h *Handler) handle(r *request, identity string, now time.Time) response {
 			// A retransmission from another address (RFC 7252 §4.5), or
 			// one of an uplink accepted before a restart: the same
 			// answer, and nothing stored or logged twice.
+			// Admission is not asked (below): the answer is the one
+			// already given, whatever today's lists say. What is new
+			// goes only to a sender they admit.
 			h.Metrics.Duplicates.Inc()
-			h.notifyRetransmission(deviceID, now, u.GetUplinkCount(), hit.seq, hit.copies)
-			if hit.restored && h.Downlinks != nil {
+			admitted := h.mayLog(deviceID, identity)
+			if admitted {
+				h.notifyRetransmission(deviceID, now, u.GetUplinkCount(), hit.seq, hit.copies)
+			}
+			if hit.restored && h.Downlinks != nil && admitted {
 				// What it was answered before the restart is not known:
 				// a pending configuration is what it would have carried.
 				hit.answer, _, _ = h.Downlinks.ForUplink(accept())
@@ -230,9 +232,17 @@ func (h *Handler) handle(r *request, identity string, now time.Time) response {
 			return response{}
 		}
 		defer h.Dedup.end(key)
-		if h.Dedup.Full(now, identity != "") {
-			return h.unavailable(deviceID, now, errDedupFull)
-		}
+	}
+	// Admission is asked after Dedup: a retransmission of an accepted
+	// uplink got its answer above, whatever the lists say now (credentials
+	// added, the device deleted, the lists not loaded after a restart). A
+	// refusal would end the exchange, and the device's next try, a new
+	// request, would be stored a second time.
+	if resp, refused := h.admit(r, deviceID, identity, now); refused {
+		return resp
+	}
+	if h.Dedup != nil && h.Dedup.Full(now, identity != "") {
+		return h.unavailable(deviceID, now, errDedupFull)
 	}
 
 	id := stream.IDOf(msgKey)
@@ -357,8 +367,6 @@ func answerWith(code codes.Code, answer []byte) response {
 	return response{code: code, format: message.AppOctets, payload: answer}
 }
 
-// refuse answers a rejected uplink and, when the device is known, puts the
-// rejection on that device's live log so its owner sees why.
 // admit decides whether deviceID may send over this transport (identity
 // "" = plain CoAP): with AUTO_REGISTER off only registered devices may,
 // and a device with DTLS credentials only over DTLS. A refusal stores,
@@ -423,6 +431,8 @@ func (h *Handler) firstRefusal(deviceID string, r *request, now time.Time) bool 
 	return true
 }
 
+// refuse answers a rejected uplink and, when the device is known, puts the
+// rejection on that device's live log so its owner sees why.
 func (h *Handler) refuse(r *request, deviceID, identity string, err error, now time.Time) response {
 	code := codes.BadRequest
 	reason := "undecodable"
