@@ -11,7 +11,6 @@ import (
 
 	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
-	"github.com/plgd-dev/go-coap/v3/udp/coder"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/protobuf/proto"
 
@@ -63,14 +62,7 @@ func (r *recStream) Notify(*livelog.Entry) {}
 
 func answerCode(t *testing.T, answers [][]byte) codes.Code {
 	t.Helper()
-	if len(answers) != 1 {
-		t.Fatalf("%d answers, want 1", len(answers))
-	}
-	m := message.Message{Options: make(message.Options, 0, 8)}
-	if _, err := coder.DefaultCoder.Decode(answers[0], &m); err != nil {
-		t.Fatal(err)
-	}
-	return m.Code
+	return decodeAnswer(t, answers).Code
 }
 
 // An uplink the storage stream made durable is accepted even when its
@@ -221,18 +213,7 @@ func TestRestoredCopyGetsNoDownlinkWhenNotAdmitted(t *testing.T) {
 	if !h.Dedup.Restore(stream.MsgKey("RESTORED-1", 400, []byte{byte(400 % 256), 0xa5}, payload), 9, now.Add(-time.Minute), now) {
 		t.Fatal("not restored")
 	}
-	answer := func() *message.Message {
-		t.Helper()
-		answers := sl.exchange(b, from)
-		if len(answers) != 1 {
-			t.Fatalf("%d answers, want 1", len(answers))
-		}
-		m := &message.Message{Options: make(message.Options, 0, 8)}
-		if _, err := coder.DefaultCoder.Decode(answers[0], m); err != nil {
-			t.Fatal(err)
-		}
-		return m
-	}
+	answer := func() message.Message { t.Helper(); return decodeAnswer(t, sl.exchange(b, from)) }
 	creds.set("RESTORED-1", true, true)
 	if m := answer(); m.Code != codes.Changed || len(m.Payload) != 0 {
 		t.Fatalf("plain copy of a device with credentials: %v with %q, want 2.04 with nothing", m.Code, m.Payload)

@@ -160,6 +160,12 @@ func (h *Handler) serve(req *request, identity string) response {
 }
 
 func (h *Handler) handle(r *request, identity string, now time.Time) response {
+	if r.options.HasOption(message.ProxyURI) || r.options.HasOption(message.ProxyScheme) {
+		// RFC 7252 §5.7.2: a forward-proxy request to an endpoint that
+		// is no proxy.
+		h.Metrics.reject("proxy")
+		return reply(codes.ProxyingNotSupported, "not a proxy")
+	}
 	if path, _ := r.options.Path(); path != "/uplink" {
 		return reply(codes.NotFound, "use POST /uplink")
 	}
@@ -170,6 +176,20 @@ func (h *Handler) handle(r *request, identity string, now time.Time) response {
 		if cf, err := r.options.ContentFormat(); err != nil || cf != message.AppOctets {
 			h.Metrics.reject("content_format")
 			return reply(codes.UnsupportedMediaType, "payload must be application/octet-stream (42) or have no Content-Format")
+		}
+	}
+	if r.options.HasOption(message.IfMatch) || r.options.HasOption(message.IfNoneMatch) {
+		// §5.10.8: /uplink has no representation, so If-Match (some
+		// current one) and If-None-Match (none exists: the resource
+		// does) cannot hold.
+		h.Metrics.reject("precondition")
+		return reply(codes.PreconditionFailed, "/uplink takes no conditional requests")
+	}
+	if r.options.HasOption(message.Accept) {
+		// §5.10.4: an answer carries a Downlink (42) or nothing.
+		if cf, err := r.options.Accept(); err != nil || cf != message.AppOctets {
+			h.Metrics.reject("accept")
+			return reply(codes.NotAcceptable, "answers are application/octet-stream (42)")
 		}
 	}
 	limit := h.maxPayload()

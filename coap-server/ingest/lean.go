@@ -161,6 +161,7 @@ func NewLeanServer(h *Handler, conn *net.UDPConn, cfg LeanConfig) (*LeanServer, 
 	s := &LeanServer{h: h, conn: conn, cfg: cfg, m: cfg.Metrics,
 		queue: make(chan *datagram, cfg.QueueLen), overflow: make(chan *datagram, cfg.QueueLen), done: make(chan struct{}),
 		inflight: inflightSet{m: make(map[inflightKey]struct{}), bySource: make(map[netip.AddrPort]int64)}}
+	s.m.queued.Store(&s.queued)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.mid.Store(uint32(time.Now().UnixNano())) // §4.4: not predictable across restarts
 	s.pool.New = func() any { return new(datagram) }
@@ -272,7 +273,6 @@ func (s *LeanServer) receive(b []byte, from netip.AddrPort) {
 	}
 	select {
 	case lane <- d:
-		s.m.queuedBytes.Set(float64(s.queued.Load()))
 	default:
 		s.drop(d)
 	}

@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"errors"
 	"strconv"
 
 	"github.com/plgd-dev/go-coap/v3/message"
@@ -9,9 +10,17 @@ import (
 	"github.com/plgd-dev/go-coap/v3/udp/coder"
 )
 
-// maxOptions is how many options a request may carry; an uplink carries
-// two or three (Uri-Path, Content-Format). More is a format error.
-const maxOptions = 32
+const (
+	// maxOptions is how many options a request may carry; an uplink
+	// carries two or three (Uri-Path, Content-Format). A request with more
+	// is well formed but not processed: 4.02 Bad Option.
+	maxOptions = 32
+	// amplification bounds an error answer on plain CoAP to this many
+	// times the request's size, whose source anyone can spoof (RFC 7252
+	// §11.3; 3 is the factor RFC 9000 §8 and RFC 9175 §2.4 use): past it,
+	// the diagnostic text is left out.
+	amplification = 3
+)
 
 // exchange is one worker's scratch space: decoding and encoding reuse it,
 // so answering a datagram allocates only what the uplink logic does.
@@ -33,13 +42,7 @@ func (ex *exchange) serve(d *datagram) {
 	m := &ex.msg
 	m.Options = ex.opts[:0]
 	if _, err := coder.DefaultCoder.Decode(d.data, m); err != nil {
-		// §4.2: a CON with a message format error is rejected with a
-		// matching RST; a NON is silently ignored (§4.3). The header was
-		// checked by receive, so the type and message ID are read.
-		ex.s.m.malformed.Inc()
-		if message.Type(d.data[0]>>4&3) == message.Confirmable {
-			ex.reset(d, int32(d.key.mid))
-		}
+		ex.undecodable(d, err)
 		return
 	}
 	con := m.Type == message.Confirmable
@@ -93,9 +96,39 @@ func (ex *exchange) serve(d *datagram) {
 	ex.answer(d, con, resp)
 }
 
+// undecodable answers a datagram Decode refused (err). A request with
+// more options than maxOptions is well formed: a CON gets 4.02 Bad Option
+// (§5.4.1: options it cannot process), a NON nothing. Anything else is a
+// message format error (§4.2): a CON is rejected with a matching RST, a
+// NON silently ignored (§4.3). receive checked the header, so the type,
+// code, message ID and token length are read.
+func (ex *exchange) undecodable(d *datagram, err error) {
+	con := message.Type(d.data[0]>>4&3) == message.Confirmable
+	code := codes.Code(d.data[1])
+	if errors.Is(err, message.ErrOptionsTooSmall) && code != codes.Empty && code>>5 == 0 {
+		ex.s.m.badOption.Inc()
+		if con {
+			// Decode sets no token when the options fail: it is read here.
+			ex.msg.Token = d.data[4 : 4+d.key.tkl]
+			ex.msg.MessageID = int32(d.key.mid)
+			ex.answer(d, con, response{code: codes.BadOption})
+		}
+		return
+	}
+	ex.s.m.malformed.Inc()
+	if con {
+		ex.reset(d, int32(d.key.mid))
+	}
+}
+
 // answer sends resp: piggybacked on the ACK of a CON (§5.2.1), in a NON
 // with a new message ID for a NON (§5.2.3); the token is echoed (§5.3.2).
 func (ex *exchange) answer(d *datagram, con bool, resp response) {
+	if resp.code >= codes.BadRequest && len(resp.payload) > 0 &&
+		answerSize(len(ex.msg.Token), resp) > amplification*len(d.data) {
+		resp.payload = nil
+		ex.s.m.shortened.Inc()
+	}
 	out := message.Message{Code: resp.code, Token: ex.msg.Token, Payload: resp.payload,
 		Type: message.Acknowledgement, MessageID: ex.msg.MessageID}
 	if !con {
@@ -113,6 +146,20 @@ func (ex *exchange) answer(d *datagram, con bool, resp response) {
 	}
 	out.Options = opts
 	ex.write(d, out)
+}
+
+// answerSize is the size of resp's encoding with a token of tkl bytes, at
+// most: the header, the token, Content-Format (3) and resp.option (each
+// option's header at most 3 bytes below 269), the payload marker.
+func answerSize(tkl int, resp response) int {
+	n := 4 + tkl + len(resp.payload)
+	if len(resp.payload) > 0 {
+		n += 3 + 1
+	}
+	if resp.option.ID != 0 {
+		n += 3 + len(resp.option.Value)
+	}
+	return n
 }
 
 // reset sends an RST matching mid (§4.2): Empty, no token.
@@ -142,21 +189,38 @@ func (ex *exchange) write(d *datagram, m message.Message) {
 }
 
 // unknownCritical returns the first critical option (odd number, §5.4.6)
-// that go-coap does not know or that has an illegal length (§5.4.3).
-// Q-Block (RFC 9177) is not supported here, so it counts as unknown.
+// that is not processed here: one go-coap does not know, one with an
+// illegal length (§5.4.3), one of those below, or a second occurrence of
+// one that is not repeatable (§5.4.5: it is treated as unrecognised).
+// Those the handler answers itself (Proxy-Uri, Proxy-Scheme: 5.05;
+// If-Match, If-None-Match: 4.12; Accept: 4.06; Block1: 4.13) pass.
 func unknownCritical(opts message.Options) (message.OptionID, bool) {
+	var prev message.OptionID
 	for _, o := range opts {
 		if o.ID%2 == 0 {
 			continue
 		}
-		if o.ID == message.QBlock1 || o.ID == message.QBlock2 {
+		switch o.ID {
+		case message.QBlock1, message.QBlock2, message.Block2:
+			// Block-wise answers (RFC 7959, RFC 9177) are not offered:
+			// an answer is one datagram.
 			return o.ID, true
 		}
 		if _, known := message.CoapOptionDefs[o.ID]; !known || !message.VerifyOptLen(o.ID, len(o.Value)) {
 			return o.ID, true
 		}
+		if o.ID == prev && !repeatable(o.ID) {
+			return o.ID, true
+		}
+		prev = o.ID
 	}
 	return 0, false
+}
+
+// repeatable reports whether a critical option may occur more than once
+// (RFC 7252 §5.10 table 4).
+func repeatable(id message.OptionID) bool {
+	return id == message.IfMatch || id == message.URIPath || id == message.URIQuery
 }
 
 // suppressed reports whether the request's No-Response option (RFC 7967)

@@ -150,7 +150,8 @@ func TestPeerHistoryCostsNothingPerDatagram(t *testing.T) {
 // FuzzLeanDatagram feeds arbitrary datagrams through the lean path (header
 // classification, decoding, the uplink logic, encoding) with an in-memory
 // stream: it must not panic, and answers at most once, with a message
-// go-coap decodes, matching the request as RFC 7252 §4 and §5 ask.
+// go-coap decodes, matching the request as RFC 7252 §4 and §5 ask, at
+// most 3 times the request's size.
 func FuzzLeanDatagram(f *testing.F) {
 	valid := conUplink(f, 7, &nbiotv1.Uplink{DeviceId: "FUZZ-1", UplinkCount: 1})
 	f.Add(valid)
@@ -197,6 +198,11 @@ func FuzzLeanDatagram(f *testing.F) {
 			}
 		default:
 			t.Fatalf("answered an ACK or RST with %v", &out)
+		}
+		if len(answers[0]) > amplification*len(b) {
+			// No Downlinks here: every answer is the code and at most
+			// an option (§11.3).
+			t.Fatalf("answer of %d bytes to %d: more than %d times", len(answers[0]), len(b), amplification)
 		}
 		if out.Type == message.Reset && (out.Code != codes.Empty || len(out.Token) != 0) {
 			t.Fatalf("RST not empty: %v", &out)

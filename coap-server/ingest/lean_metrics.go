@@ -1,6 +1,10 @@
 package ingest
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // LeanMetrics counts what the lean datagram path does with datagrams
 // before (and besides) the uplink logic, which Metrics counts.
@@ -15,7 +19,11 @@ type LeanMetrics struct {
 	full              prometheus.Counter
 	sourceShare       prometheus.Counter
 	writeErrors       prometheus.Counter
-	queuedBytes       prometheus.Gauge
+	shortened         prometheus.Counter
+	queuedBytes       prometheus.GaugeFunc
+	// queued is the server's count of queued bytes, read when scraped
+	// (nbiot_coap_queue_bytes): nothing per datagram, never stale.
+	queued atomic.Pointer[atomic.Int64]
 }
 
 // NewLeanMetrics registers the lean path's metrics on reg.
@@ -42,11 +50,20 @@ func NewLeanMetrics(reg prometheus.Registerer) *LeanMetrics {
 		writeErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "nbiot_coap_write_errors_total", Help: "Plain-CoAP answers that could not be encoded or sent.",
 		}),
-		queuedBytes: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "nbiot_coap_queue_bytes", Help: "Bytes of datagrams waiting for a worker (bounded by the queue's byte limit).",
+		shortened: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nbiot_coap_answers_shortened_total",
+			Help: "Plain-CoAP error answers sent without their diagnostic text, which would have made them more than 3 times the size of the request (a spoofed source's amplification).",
 		}),
 	}
-	reg.MustRegister(datagrams, m.resets, m.writeErrors, m.queuedBytes)
+	m.queuedBytes = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "nbiot_coap_queue_bytes", Help: "Bytes of datagrams waiting for a worker (bounded by the queue's byte limit).",
+	}, func() float64 {
+		if n := m.queued.Load(); n != nil {
+			return float64(n.Load())
+		}
+		return 0
+	})
+	reg.MustRegister(datagrams, m.resets, m.writeErrors, m.shortened, m.queuedBytes)
 	return m
 }
 
