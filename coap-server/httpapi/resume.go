@@ -2,9 +2,7 @@ package httpapi
 
 import (
 	"context"
-	"errors"
 	"net/url"
-	"strconv"
 	"sync"
 	"time"
 
@@ -17,7 +15,7 @@ import (
 )
 
 // MaxTail bounds tail=N (the contract's limit).
-const MaxTail = 1000
+const MaxTail = livelog.MaxTail
 
 // maxHeld bounds the live frames one subscriber holds while its history is
 // sent (pointers to frames shared with every subscriber). Past it the
@@ -50,34 +48,13 @@ type start struct {
 	at       uint64 // the newest position before the subscription (history starts)
 }
 
-var (
-	errSinceTail = errors.New("use since or tail, not both")
-	errSince     = errors.New("since must be a live-log position: a non-negative integer (the seq of the last entry seen)")
-	errTail      = errors.New("tail must be an integer from 0 to 1000")
-)
-
-// parseStart reads since, tail and retransmissions from a query.
+// parseStart reads since, tail (livelog.ParseStart), retransmissions and
+// position from a query.
 func parseStart(q url.Values) (start, error) {
-	st := start{since: -1, tail: -1, notices: q.Get("retransmissions") == "1", position: q.Get("position") == "1"}
-	sv, tv := q.Get("since"), q.Get("tail")
-	if q.Has("since") && q.Has("tail") {
-		return st, errSinceTail
-	}
-	if q.Has("since") {
-		v, err := strconv.ParseUint(sv, 10, 63)
-		if err != nil {
-			return st, errSince
-		}
-		st.since = int64(v)
-	}
-	if q.Has("tail") {
-		v, err := strconv.ParseUint(tv, 10, 64) // digits only, as since: no sign
-		if err != nil || v > MaxTail {
-			return st, errTail
-		}
-		st.tail = int64(v)
-	}
-	return st, nil
+	st := start{notices: q.Get("retransmissions") == "1", position: q.Get("position") == "1"}
+	var err error
+	st.since, st.tail, err = livelog.ParseStart(q)
+	return st, err
 }
 
 func (st start) history() bool { return st.since >= 0 || st.tail >= 0 }

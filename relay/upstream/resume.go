@@ -3,10 +3,12 @@ package upstream
 import (
 	"net/url"
 	"strconv"
+
+	"github.com/nbiot-live/nbiot-live/internal/livelog"
 )
 
 // MaxTail is the largest tail a watcher (and coap-server's /ws) accepts.
-const MaxTail = 1000
+const MaxTail = livelog.MaxTail
 
 // Mode says where a watcher's stream starts.
 type Mode int
