@@ -1,14 +1,18 @@
 package dtls_test
 
 import (
+	"bytes"
+	"context"
 	"log/slog"
 	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/plgd-dev/go-coap/v3/message"
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/nbiot-live/nbiot-live/coap-server/dtls"
 	"github.com/nbiot-live/nbiot-live/internal/logtest"
@@ -97,5 +101,41 @@ func TestHandshakeRateLimitPerIP(t *testing.T) {
 	}
 	if n := f.srv.InFlight(); n != 0 {
 		t.Errorf("%d handshakes still in flight", n)
+	}
+}
+
+// Over CoAPS as over plain CoAP, a CON with a critical option coap-server
+// does not process gets 4.02 and is not taken as an uplink (RFC 7252
+// §5.4.1); a proxy request gets 5.05. Both were stored as uplinks over
+// CoAPS.
+func TestCriticalOptionsOverCoAPS(t *testing.T) {
+	f := newFixture(t, nil)
+	key := []byte("options-key-01234567")
+	f.provision(t, "dev-opt", key)
+	cc, _, err := dialGo(t, udpSocket(t), f.srv.Addr(), "dev-opt", key, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := proto.Marshal(&nbiotv1.Uplink{DeviceId: "dev-opt", UplinkCount: 1})
+	for _, tc := range []struct {
+		opt  message.Option
+		want codes.Code
+	}{
+		{message.Option{ID: 9, Value: []byte{1}}, codes.BadOption}, // unknown to go-coap (OSCORE's number)
+		{message.Option{ID: message.Block2, Value: []byte{0x02}}, codes.BadOption},
+		{message.Option{ID: message.ProxyScheme, Value: []byte("coap")}, codes.ProxyingNotSupported},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		resp, err := cc.Post(ctx, "/uplink", message.AppOctets, bytes.NewReader(b), tc.opt)
+		cancel()
+		if err != nil {
+			t.Fatalf("option %v: %v", tc.opt.ID, err)
+		}
+		if resp.Code() != tc.want {
+			t.Errorf("option %v: %v, want %v", tc.opt.ID, resp.Code(), tc.want)
+		}
+	}
+	if n := f.store.Len(); n != 0 {
+		t.Errorf("%d uplinks taken, want none", n)
 	}
 }

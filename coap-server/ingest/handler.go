@@ -6,6 +6,8 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -121,6 +123,16 @@ func (h *Handler) Secure(identity func(mux.Conn) string) mux.Handler {
 
 // serveMux adapts go-coap's mux (CoAPS, and NewUDPServer) to serve.
 func (h *Handler) serveMux(w mux.ResponseWriter, r *mux.Message, identity string) {
+	if bad, ok := unknownCritical(r.Options()); ok {
+		// As on the lean path (§5.4.1): go-coap refuses the options it
+		// does not know, not those it knows and we do not process. A NON
+		// is rejected without an answer.
+		h.Metrics.reject("bad_option")
+		if r.Type() == message.Confirmable {
+			_ = w.SetResponse(codes.BadOption, message.TextPlain, strings.NewReader("critical option "+strconv.Itoa(int(bad))+" not processed"))
+		}
+		return
+	}
 	req := request{ctx: r.Context(), code: r.Code(), options: r.Options(), mid: r.MessageID(),
 		token: r.Token(), remote: w.Conn().RemoteAddr()}
 	var resp response

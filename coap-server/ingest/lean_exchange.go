@@ -75,7 +75,7 @@ func (ex *exchange) serve(d *datagram) {
 		ex.s.m.badOption.Inc()
 		if con {
 			ex.answer(d, con, response{code: codes.BadOption, format: message.TextPlain,
-				payload: []byte("unknown critical option " + strconv.Itoa(int(bad)))})
+				payload: []byte("critical option " + strconv.Itoa(int(bad)) + " not processed")})
 		}
 		return
 	}

@@ -44,7 +44,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"code"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nbiot_uplinks_rejected_total",
-			Help: "Uplinks refused, by reason: undecodable, device_id, invalid, identity, unauthorized, unregistered, too_large, content_format, proxy, precondition, accept, stream_full, dedup_full, stream_devices, stream_unavailable, credentials_unknown, registered_unknown.",
+			Help: "Uplinks refused, by reason: undecodable, device_id, invalid, identity, unauthorized, unregistered, too_large, content_format, proxy, precondition, accept, bad_option (CoAPS; plain CoAP counts it in nbiot_coap_datagrams_total), stream_full, dedup_full, stream_devices, stream_unavailable, credentials_unknown, registered_unknown.",
 		}, []string{"reason"}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "nbiot_coap_handle_seconds",
