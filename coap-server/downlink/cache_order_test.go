@@ -15,7 +15,7 @@ import (
 // yet, so the queued entry always precedes the entries of the uplink that
 // carries it (whose answer is built from the held row).
 func TestQueuedEntryPrecedesTheRowBeingHeld(t *testing.T) {
-	c := NewCache(10, nil, NewMetrics(prometheus.NewRegistry()), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	c := NewCache(1<<20, nil, NewMetrics(prometheus.NewRegistry()), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	announced := 0
 	c.live = func(e *livelog.Entry) {
 		announced++

@@ -64,23 +64,32 @@ type env struct {
 	owner  string
 }
 
+// newDB is a fresh migrated database and a pool on it (closed at the
+// test's end).
+func newDB(t *testing.T) (string, *pgxpool.Pool) {
+	t.Helper()
+	dsn := pgtest.NewDB(t)
+	pool, err := pgxpool.New(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return dsn, pool
+}
+
 // start runs the downlink service against a fresh migrated database (with
 // LISTEN/NOTIFY) behind a real plain-CoAP ingest server on loopback.
 func start(t *testing.T) *env {
 	t.Helper()
 	ctx := context.Background()
-	dsn := pgtest.NewDB(t)
-	pool, err := pgxpool.New(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	dsn, pool := newDB(t)
 	e := &env{pool: pool, live: streamtest.New(t, stream.Config{}), queued: &liveRecorder{}}
 	if err := pool.QueryRow(ctx, `insert into auth.users (email) values ('owner@example.com') returning id::text`).Scan(&e.owner); err != nil {
 		t.Fatal(err)
 	}
 	loaded := make(chan struct{}, 16)
 	reg := prometheus.NewRegistry()
+	var err error
 	e.svc, err = downlink.Open(ctx, supa.Source{DatabaseURL: dsn}, downlink.Config{Metrics: downlink.NewMetrics(reg), Logger: discard, Live: e.queued.Broadcast},
 		func() { loaded <- struct{}{} })
 	if err != nil {

@@ -7,11 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/nbiot-live/nbiot-live/coap-server/downlink"
 	"github.com/nbiot-live/nbiot-live/internal/fakepostgrest"
-	"github.com/nbiot-live/nbiot-live/internal/pgtest"
 )
 
 // Both storage modes read "pending" by one rule (the view
@@ -22,12 +19,7 @@ import (
 func TestPendingIsTheNewestRowInBothModes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	db := pgtest.NewDB(t)
-	pool, err := pgxpool.New(ctx, db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	db, pool := newDB(t)
 	// Explicit ids stand for the commit order: on LATE, row 2 was sent and
 	// applied before row 1 (taken earlier, committed later) became visible.
 	for _, q := range []string{
@@ -46,16 +38,14 @@ func TestPendingIsTheNewestRowInBothModes(t *testing.T) {
 	}
 	const key = "sb_secret_pendingviewtest0123"
 	srv := fakepostgrest.Start(t, db, fakepostgrest.Options{SecretKey: key})
-	stores := map[string]interface {
-		Pending(context.Context) ([]downlink.Row, error)
-	}{
+	stores := map[string]downlink.Store{
 		"postgres": downlink.PG{Pool: pool},
 		"rest":     &downlink.REST{BaseURL: srv.URL, ServiceKey: key, Client: &http.Client{Timeout: 10 * time.Second}},
 	}
 	for name, store := range stores {
 		t.Run(name, func(t *testing.T) {
-			rows, err := store.Pending(ctx)
-			if err != nil {
+			var rows []downlink.Row
+			if err := store.Pending(ctx, func(r downlink.Row) { rows = append(rows, r) }); err != nil {
 				t.Fatal(err)
 			}
 			var got []string

@@ -322,7 +322,7 @@ func TestRESTLoadRetriesRefusedKey(t *testing.T) {
 	}
 
 	r := &downlink.REST{BaseURL: e.url, ServiceKey: wrong, Client: supa.RESTClient()}
-	_, err := r.Pending(context.Background())
+	err := r.Pending(context.Background(), func(downlink.Row) {})
 	if err == nil || !strings.Contains(err.Error(), "HTTP 401") || strings.Contains(err.Error(), wrong) {
 		t.Fatalf("error %v: want HTTP 401 without the key", err)
 	}

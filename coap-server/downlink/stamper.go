@@ -9,9 +9,11 @@ import (
 
 // Store is the database side of downlinks: Postgres (PG) or Supabase REST.
 type Store interface {
-	// Pending returns, per device, the newest row when it is neither applied
-	// nor superseded.
-	Pending(ctx context.Context) ([]Row, error)
+	// Pending hands each, one row at a time, per device the newest row
+	// when it is neither applied nor superseded (at most MaxPending rows).
+	// Rows are streamed, not collected: a load holds what the cache keeps,
+	// not every row read.
+	Pending(ctx context.Context, each func(Row)) error
 	// MarkSent stamps sent_at on row id (if unset) and superseded_at on the
 	// device's older rows that were not applied.
 	MarkSent(ctx context.Context, id int64, deviceID string, at time.Time) error
@@ -64,13 +66,16 @@ func (c *StamperConfig) defaults() {
 
 // Stamper writes sent_at/applied_at in the background, in order, so the
 // CoAP answer never waits for the database. Enqueueing never blocks: when
-// the queue is full the stamp is dropped and counted (the row then stays
-// unstamped; a resend or a later apply stamps it again).
+// the queue is full the stamp is dropped and counted, and Sent or Applied
+// returns false; a stamp that fails Attempts times is counted and handed
+// to lost. Either way the cache queues it again at the next uplink that
+// would have stamped it (a resend, or a report of the version).
 type Stamper struct {
 	cfg     StamperConfig
 	store   Store
 	metrics *Metrics
 	log     *slog.Logger
+	lost    func(id int64, deviceID string, applied bool)
 	queue   chan stamp
 	done    chan struct{}
 	closing chan struct{}
@@ -78,32 +83,38 @@ type Stamper struct {
 	once    sync.Once
 }
 
-// NewStamper starts the writer goroutine; Close stops it.
-func NewStamper(store Store, cfg StamperConfig, m *Metrics, logger *slog.Logger) *Stamper {
+// NewStamper starts the writer goroutine; Close stops it. lost is told,
+// from the writer goroutine, of each stamp given up after its attempts.
+func NewStamper(store Store, cfg StamperConfig, m *Metrics, logger *slog.Logger, lost func(id int64, deviceID string, applied bool)) *Stamper {
 	cfg.defaults()
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Stamper{cfg: cfg, store: store, metrics: m, log: logger,
+	s := &Stamper{cfg: cfg, store: store, metrics: m, log: logger, lost: lost,
 		queue: make(chan stamp, cfg.QueueSize), done: make(chan struct{}), closing: make(chan struct{}), stop: cancel}
 	go s.run(ctx)
 	return s
 }
 
-// Sent queues the sent_at stamp of row id.
-func (s *Stamper) Sent(id int64, deviceID string, at time.Time) {
-	s.enqueue(stamp{id: id, deviceID: deviceID, at: at})
+// Sent queues the sent_at stamp of row id; false: dropped, queue full.
+func (s *Stamper) Sent(id int64, deviceID string, at time.Time) bool {
+	return s.enqueue(stamp{id: id, deviceID: deviceID, at: at})
 }
 
-// Applied queues the applied_at stamp of row id.
-func (s *Stamper) Applied(id int64, deviceID string, at time.Time) {
-	s.enqueue(stamp{id: id, deviceID: deviceID, at: at, applied: true})
+// Applied queues the applied_at stamp of row id; false: dropped, queue
+// full.
+func (s *Stamper) Applied(id int64, deviceID string, at time.Time) bool {
+	return s.enqueue(stamp{id: id, deviceID: deviceID, at: at, applied: true})
 }
 
-func (s *Stamper) enqueue(st stamp) {
+// enqueue never calls back into the cache: the cache holds its lock while
+// it enqueues, and learns of a drop from the result instead.
+func (s *Stamper) enqueue(st stamp) bool {
 	select {
 	case s.queue <- st:
+		return true
 	default:
 		s.metrics.Dropped.WithLabelValues("stamp_queue_full").Inc()
 		s.log.Warn("downlink stamp dropped: queue full", "device", st.deviceID, "downlink_id", st.id)
+		return false
 	}
 }
 
@@ -144,6 +155,8 @@ func (s *Stamper) write(ctx context.Context, st stamp) {
 			return
 		}
 		if attempt >= s.cfg.Attempts || ctx.Err() != nil {
+			// lost first: whoever sees the count sees the cache told.
+			s.lost(st.id, st.deviceID, st.applied)
 			s.metrics.Dropped.WithLabelValues("stamp_failed").Inc()
 			s.log.Error("downlink stamp failed", "device", st.deviceID, "downlink_id", st.id, "err", err)
 			return

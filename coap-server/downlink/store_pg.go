@@ -27,27 +27,47 @@ type PG struct {
 
 // Pending implements Store: the view device_downlinks_pending, per device
 // the newest row, kept only when it is neither applied nor superseded (an
-// older unapplied row behind a newer applied one is not pending).
-func (p PG) Pending(ctx context.Context) ([]Row, error) {
+// older unapplied row behind a newer applied one is not pending), handed
+// to each as it is read.
+func (p PG) Pending(ctx context.Context, each func(Row)) error {
 	rows, err := p.Pool.Query(ctx, `
-		select id, devid, config::text, sent_at is not null
+		select id, devid, config::text, sent_at is not null, false
 		from public.device_downlinks_pending
 		limit $1`, MaxPending)
 	if err != nil {
-		return nil, fmt.Errorf("device_downlinks: %w", err)
+		return fmt.Errorf("device_downlinks: %w", err)
 	}
-	out, err := pgx.CollectRows(rows, scanRow)
-	if err != nil {
-		return nil, fmt.Errorf("device_downlinks: %w", err)
+	defer rows.Close()
+	for rows.Next() {
+		r, err := scanRow(rows)
+		if err != nil {
+			return fmt.Errorf("device_downlinks: %w", err)
+		}
+		each(r)
 	}
-	return out, nil
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("device_downlinks: %w", err)
+	}
+	return nil
 }
 
-// Row reads one row by id (after a notification).
+// Row reads row id after its notification, if it is still the newest row
+// of its device (the rule of device_downlinks_pending), with Done set when
+// it was applied or superseded meanwhile: the cache then stops sending the
+// device's older row. pgx.ErrNoRows: a newer row of the device exists
+// (its own notification puts it), or the row was deleted.
+//
+// The pkey finds the row; the newer-row check walks the pkey above it
+// (id > $1, filtered by devid, stopping at the first match), so it costs
+// the rows inserted since, which for a notification just received is a
+// handful: no index on (devid, id) is needed.
 func (p PG) Row(ctx context.Context, id int64) (Row, error) {
 	rows, err := p.Pool.Query(ctx, `
-		select id, devid, config::text, sent_at is not null from public.device_downlinks
-		where id = $1 and applied_at is null and superseded_at is null`, id)
+		select r.id, r.devid, r.config::text, r.sent_at is not null,
+		       r.applied_at is not null or r.superseded_at is not null
+		from public.device_downlinks r
+		where r.id = $1
+		  and not exists (select 1 from public.device_downlinks n where n.devid = r.devid and n.id > r.id)`, id)
 	if err != nil {
 		return Row{}, fmt.Errorf("device_downlinks: %w", err)
 	}
@@ -61,7 +81,7 @@ func (p PG) Row(ctx context.Context, id int64) (Row, error) {
 func scanRow(row pgx.CollectableRow) (Row, error) {
 	var r Row
 	var cfg string
-	err := row.Scan(&r.ID, &r.DeviceID, &cfg, &r.Sent)
+	err := row.Scan(&r.ID, &r.DeviceID, &cfg, &r.Sent, &r.Done)
 	r.Config = []byte(cfg)
 	return r, err
 }
@@ -117,7 +137,7 @@ func (s *Service) listenPG(ctx context.Context, dsn string, pg PG, connected fun
 			cancel()
 			switch {
 			case errors.Is(err, pgx.ErrNoRows):
-				// Applied or superseded meanwhile, or deleted.
+				// A newer row of the device exists, or it was deleted.
 			case err != nil:
 				s.metrics.RefreshErrors.Inc()
 				s.log.Warn("downlink row not read", "downlink_id", id, "err", err)

@@ -23,10 +23,12 @@ type REST struct {
 }
 
 type restRow struct {
-	ID     int64           `json:"id"`
-	DevID  string          `json:"devid"`
-	Config json.RawMessage `json:"config"`
-	SentAt *string         `json:"sent_at"`
+	ID           int64           `json:"id"`
+	DevID        string          `json:"devid"`
+	Config       json.RawMessage `json:"config"`
+	SentAt       *string         `json:"sent_at"`
+	AppliedAt    *string         `json:"applied_at"`    // table only
+	SupersededAt *string         `json:"superseded_at"` // table only
 }
 
 // restPage is the rows asked for per request. Supabase caps every response
@@ -35,51 +37,66 @@ type restRow struct {
 // rather than trust that one request returned everything.
 const restPage = 1000
 
-// Pending implements Store: the view device_downlinks_pending (newest row
-// per device, unless applied or superseded: the same rule as the Postgres
-// mode), in pages.
-func (r *REST) Pending(ctx context.Context) ([]Row, error) {
-	var out []Row
-	err := r.pages(ctx, pendingView, "id.desc", "", func(x restRow) { out = append(out, x.row()) })
-	return out, err
-}
-
-// Since reads the unapplied, unsuperseded rows with an id above after, oldest
-// first (at most MaxPending, in pages), so a poll can remember the largest
-// id it saw.
-func (r *REST) Since(ctx context.Context, after int64) ([]Row, error) {
-	var out []Row
-	err := r.pages(ctx, table, "id.asc", "gt."+strconv.FormatInt(after, 10), func(x restRow) { out = append(out, x.row()) })
-	return out, err
-}
-
-// Relations read and written.
+// Relations read and written, and the columns read from each.
 const (
-	table       = "device_downlinks"
-	pendingView = "device_downlinks_pending"
+	table        = "device_downlinks"
+	pendingView  = "device_downlinks_pending"
+	tableColumns = "id,devid,config,sent_at,applied_at,superseded_at"
+	viewColumns  = "id,devid,config,sent_at"
 )
 
-// pages reads pending rows of relation in order (id.asc or id.desc),
-// starting from the id filter idFrom ("" = all), restPage rows at a time,
-// each page starting after the last id of the one before, until a page is
-// empty or MaxPending rows were read.
-func (r *REST) pages(ctx context.Context, relation, order, idFrom string, each func(restRow)) error {
-	next := "gt."
-	if order == "id.desc" {
-		next = "lt."
+// Pending implements Store: the view device_downlinks_pending (newest row
+// per device, unless applied or superseded: the same rule as the Postgres
+// mode), in pages, each row handed to each as its page arrives.
+func (r *REST) Pending(ctx context.Context, each func(Row)) error {
+	return r.pages(ctx, pendingView, viewColumns, 0, MaxPending, each)
+}
+
+// Since hands each every row with an id above after, applied and
+// superseded ones included (Done), newest first, in pages. A row newer
+// than every row the cache knows of is in this window with the device's
+// older rows above after, and comes before them: the cache, which ignores
+// rows older than the one it holds, then applies the newest-row rule of
+// device_downlinks_pending without ever holding the older row meanwhile
+// (unless a full cache evicts the newer row's tombstone before the older
+// row arrives). It reads the whole window (what was inserted since the last poll):
+// stopping early would leave rows below the next poll's mark.
+func (r *REST) Since(ctx context.Context, after int64, each func(Row)) error {
+	return r.pages(ctx, table, tableColumns, after, 0, each)
+}
+
+// Newest is the largest id in device_downlinks (0 when empty): the first
+// load's poll mark, so that the first poll reads what was inserted since
+// the load, not every applied row of the table's history.
+func (r *REST) Newest(ctx context.Context) (int64, error) {
+	var rows []restRow
+	q := url.Values{"select": {"id"}, "order": {"id.desc"}, "limit": {"1"}}
+	if err := r.do(ctx, http.MethodGet, table, q, nil, &rows); err != nil {
+		return 0, err
 	}
-	for total := 0; total < MaxPending; {
-		q := url.Values{
-			"select": {"id,devid,config,sent_at"},
-			"order":  {order},
-			"limit":  {strconv.Itoa(min(restPage, MaxPending-total))},
+	if len(rows) == 0 {
+		return 0, nil
+	}
+	return rows[0].ID, nil
+}
+
+// pages reads the columns of relation with an id above after (0: all)
+// newest first, restPage rows at a time, each page below the last id of
+// the one before, until a page is empty or limit rows were read (0: no
+// limit). Only one page is held at a time.
+func (r *REST) pages(ctx context.Context, relation, columns string, after int64, limit int, each func(Row)) error {
+	var below int64 // 0: the first page
+	for total := 0; limit == 0 || total < limit; {
+		n := restPage
+		if limit > 0 {
+			n = min(n, limit-total)
 		}
-		if relation == table {
-			q.Set("applied_at", "is.null")
-			q.Set("superseded_at", "is.null")
+		q := url.Values{"select": {columns}, "order": {"id.desc"}, "limit": {strconv.Itoa(n)}}
+		if after > 0 {
+			q.Add("id", "gt."+strconv.FormatInt(after, 10))
 		}
-		if idFrom != "" {
-			q.Set("id", idFrom)
+		if below > 0 {
+			q.Add("id", "lt."+strconv.FormatInt(below, 10))
 		}
 		var rows []restRow
 		if err := r.do(ctx, http.MethodGet, relation, q, nil, &rows); err != nil {
@@ -89,16 +106,17 @@ func (r *REST) pages(ctx context.Context, relation, order, idFrom string, each f
 			return nil
 		}
 		for _, x := range rows {
-			each(x)
+			each(x.row())
 		}
 		total += len(rows)
-		idFrom = next + strconv.FormatInt(rows[len(rows)-1].ID, 10)
+		below = rows[len(rows)-1].ID
 	}
 	return nil
 }
 
 func (x restRow) row() Row {
-	return Row{ID: x.ID, DeviceID: x.DevID, Config: x.Config, Sent: x.SentAt != nil}
+	return Row{ID: x.ID, DeviceID: x.DevID, Config: x.Config, Sent: x.SentAt != nil,
+		Done: x.AppliedAt != nil || x.SupersededAt != nil}
 }
 
 // MarkSent implements Store with two PATCHes (PostgREST has no multi-row
@@ -163,25 +181,15 @@ func (r *REST) do(ctx context.Context, method, relation string, q url.Values, bo
 // pollREST loads everything once (retrying), then polls for newer rows,
 // with a full reload every ReloadInterval (see Config.ReloadInterval): ids
 // are not visible in commit order, so "id > last" alone can skip a row for
-// good.
+// good. Only a poll moves the mark, and only when it read its whole
+// window: a reload's rows say nothing of the done rows between them, which
+// the next poll must still see.
 func (s *Service) pollREST(ctx context.Context, r *REST, ready func()) {
-	var last int64
-	backoff := time.Second
-	for ctx.Err() == nil {
-		rows, err := r.Pending(ctx)
-		if err == nil {
-			for _, x := range rows {
-				s.Put(x)
-				last = max(last, x.ID)
-			}
-			break
-		}
-		s.metrics.RefreshErrors.Inc()
-		s.log.Warn("downlink load failed, retrying", "err", err)
-		s.sleep(ctx, backoff)
-		backoff = min(2*backoff, 30*time.Second)
+	last := s.loadREST(ctx, r)
+	if ctx.Err() != nil {
+		return
 	}
-	if ready != nil && ctx.Err() == nil {
+	if ready != nil {
 		ready()
 	}
 	reloadEvery := max(1, int(s.reload/s.poll))
@@ -192,14 +200,18 @@ func (s *Service) pollREST(ctx context.Context, r *REST, ready func()) {
 			return
 		}
 		full = full || n%reloadEvery == 0
-		var (
-			rows []Row
-			err  error
-		)
+		var err error
 		if full {
-			rows, err = r.Pending(ctx)
+			err = s.Reload(ctx)
 		} else {
-			rows, err = r.Since(ctx, last)
+			seen := last
+			err = r.Since(ctx, last, func(x Row) {
+				s.Put(x)
+				seen = max(seen, x.ID)
+			})
+			if err == nil {
+				last = seen
+			}
 		}
 		if err != nil {
 			if ctx.Err() == nil {
@@ -209,12 +221,30 @@ func (s *Service) pollREST(ctx context.Context, r *REST, ready func()) {
 			continue
 		}
 		full = false
-		for _, x := range rows {
-			s.Put(x)
-			last = max(last, x.ID)
-		}
 		if ready != nil {
 			ready()
 		}
 	}
+}
+
+// loadREST reads the poll's first mark (Newest), then every pending row,
+// retrying both until they work or ctx ends, and returns the mark. A row
+// at or below it was in the view's answer when pending, or commits late
+// and waits for a reload like any row behind the mark.
+func (s *Service) loadREST(ctx context.Context, r *REST) int64 {
+	backoff := time.Second
+	for ctx.Err() == nil {
+		last, err := r.Newest(ctx)
+		if err == nil {
+			err = s.Reload(ctx)
+		}
+		if err == nil {
+			return last
+		}
+		s.metrics.RefreshErrors.Inc()
+		s.log.Warn("downlink load failed, retrying", "err", err)
+		s.sleep(ctx, backoff)
+		backoff = min(2*backoff, 30*time.Second)
+	}
+	return 0
 }
