@@ -239,3 +239,52 @@ func TestFeedResetBeforeItsFirstEntryMissesNothing(t *testing.T) {
 		t.Fatalf("feed delivered %v, want %v", seen, want)
 	}
 }
+
+// tail=N of the whole log reads the last N entries and the holes among
+// them, not the log: TailStart("", 1) of 3,000 entries fetches one page
+// or two. It read every retained entry from position 1 (41 pages here;
+// about 25 s of CPU for a full default LIVELOG_MAX_BYTES, per connect).
+// The start is the one a scan of everything gives, holes included.
+func TestWholeLogTailReadsOnlyTheTail(t *testing.T) {
+	e := openEmbedded(t, Config{})
+	ctx := context.Background()
+	for i := range 3000 {
+		if _, _, err := e.LogJSON(ctx, []string{"A", "B", "C"}[i%3], []byte(`{}`), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Holes, as retention makes them: a run near the end and scattered ones.
+	for _, seq := range slices.Concat(span(2980, 2995, 1), span(100, 2900, 7)) {
+		if err := e.feedLive.DeleteMsg(ctx, uint64(seq)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pos, err := e.LivePosition(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var all []uint64 // every retained position, by a full scan
+	if err := e.Read(ctx, []Cursor{{From: 1}}, pos.Last, func(seq uint64, _ string, _ []byte) error {
+		all = append(all, seq)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	pages := 0
+	afterFetch = func() { pages++ }
+	t.Cleanup(func() { afterFetch = nil })
+	for _, n := range []int{1, 5, 20, 700, len(all), len(all) + 10} {
+		pages = 0
+		got, err := e.TailStart(ctx, "", n, pos.Last)
+		want := all[max(0, len(all)-n)]
+		if err != nil || got != want {
+			t.Fatalf("tail=%d: %d %v, want %d", n, got, err, want)
+		}
+		if n == 1 && pages > 2 {
+			t.Errorf("tail=1 fetched %d pages of %d, want 1 or 2", pages, historyBatch)
+		}
+	}
+	if got, _ := e.TailStart(ctx, "", 3, 10); got != 8 {
+		t.Errorf("tail=3 up to 10: %d, want 8", got)
+	}
+}

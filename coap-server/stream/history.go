@@ -277,22 +277,56 @@ func (e *Engine) resumeCheck(ctx context.Context, c *Cursor, upto uint64) (h hol
 }
 
 // TailStart returns the position from which device's last n retained
-// entries up to upto begin (upto+1 when it has none). It scans the
-// device's retained entries once, keeping only positions.
+// entries up to upto begin (upto+1 when it has none); device "" is the
+// whole log. A device's entries are scanned once (LIVELOG_PER_DEVICE
+// bounds them). The whole log's positions are contiguous but for the
+// entries retention deleted, so its last n lie in the last n positions
+// and the holes among them: it is read backwards in windows, each twice
+// as wide as the one before, until one holds the rest. tail=1 of a log of
+// 500,000 entries reads one entry, not the log.
 func (e *Engine) TailStart(ctx context.Context, device string, n int, upto uint64) (uint64, error) {
 	if n <= 0 {
 		return upto + 1, nil
 	}
-	r, err := e.newReader(ctx, Cursor{Device: device, From: 1}, upto)
+	if device != "" {
+		start, _, err := e.tailIn(ctx, device, 1, upto, n)
+		return start, err
+	}
+	pos, err := e.LivePosition(ctx)
 	if err != nil {
 		return 0, err
+	}
+	first := max(pos.First, 1)
+	start, found := upto+1, 0
+	for hi, width := min(upto, pos.Last), uint64(n); hi >= first; hi, width = hi-width, 2*width {
+		width = min(width, hi-first+1)
+		s, count, err := e.tailIn(ctx, "", hi-width+1, hi, n-found)
+		if err != nil {
+			return 0, err
+		}
+		if count > 0 {
+			start = s
+		}
+		if found += count; found >= n {
+			break
+		}
+	}
+	return start, nil
+}
+
+// tailIn counts the entries of device ("" = all) from from to upto and
+// returns where the last n of them begin (upto+1 when there are none).
+func (e *Engine) tailIn(ctx context.Context, device string, from, upto uint64, n int) (uint64, int, error) {
+	r, err := e.newReader(ctx, Cursor{Device: device, From: from}, upto)
+	if err != nil {
+		return 0, 0, err
 	}
 	defer r.close()
 	ring := make([]uint64, n)
 	count := 0
 	for {
 		if err := r.fill(); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 		if len(r.buf) == 0 {
 			break
@@ -305,11 +339,11 @@ func (e *Engine) TailStart(ctx context.Context, device string, n int, upto uint6
 	}
 	switch {
 	case count == 0:
-		return upto + 1, nil
+		return upto + 1, 0, nil
 	case count < n:
-		return ring[0], nil
+		return ring[0], count, nil
 	default:
-		return ring[count%n], nil
+		return ring[count%n], count, nil
 	}
 }
 
