@@ -197,7 +197,7 @@ func (a *App) openStream(ctx context.Context) error {
 		}
 		return stop, err
 	}, 0)
-	release, err := a.feeder.Hold()
+	release, err := a.feeder.Hold(ctx)
 	if err != nil {
 		return fmt.Errorf("NATS: %w", err)
 	}

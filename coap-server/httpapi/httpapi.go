@@ -113,7 +113,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	// The feed first: it carries every entry stored from here on, so the
 	// position the history reads next leaves no gap.
 	if s.Feed != nil {
-		release, err := s.Feed.Hold()
+		release, err := s.Feed.Hold(r.Context())
 		if err != nil {
 			s.Logger.Warn("ws subscriber refused: the live-log feed cannot start", "err", err)
 			http.Error(w, "live log unavailable, retry later", http.StatusServiceUnavailable)

@@ -1,6 +1,8 @@
 package hub
 
 import (
+	"context"
+	"errors"
 	"sync"
 	"time"
 )
@@ -23,11 +25,25 @@ type Feeder struct {
 	start  func() (stop func(), err error)
 	linger time.Duration
 
-	mu    sync.Mutex
-	users int
-	stop  func() // nil when not running
-	gen   uint64 // of the last release that scheduled a stop
+	mu      sync.Mutex
+	users   int
+	stop    func()   // nil when not running
+	gen     uint64   // of the last release that scheduled a stop
+	attempt *attempt // the start under way; nil when none
+	closes  uint64   // Close calls: a start that outlives one is undone
+	waiting int      // holders waiting on attempt (for tests)
 }
+
+// attempt is one start of the feed, which every holder arriving while it
+// runs waits for and shares: a burst of connects to a stream that cannot
+// start gets one error after one attempt, not one attempt each in turn.
+type attempt struct {
+	done chan struct{}
+	err  error
+}
+
+// ErrFeedClosed is Hold's error when Close ended the start it waited for.
+var ErrFeedClosed = errors.New("hub: live-log feed closed while starting")
 
 // NewFeeder returns a Feeder that starts the feed with start; linger 0 is
 // DefaultLinger.
@@ -39,21 +55,59 @@ func NewFeeder(start func() (stop func(), err error), linger time.Duration) *Fee
 }
 
 // Hold starts the feed unless it is running and keeps it running until
-// release is called (once). The error is start's.
-func (f *Feeder) Hold() (release func(), err error) {
+// release is called (once). The start runs without the lock: holders
+// arriving meanwhile wait for it (or for ctx) and share its error, and
+// Close never waits for it. The error is start's, ctx's or ErrFeedClosed.
+func (f *Feeder) Hold(ctx context.Context) (release func(), err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.stop == nil {
-		stop, err := f.start()
-		if err != nil {
+	for f.stop == nil {
+		if a := f.attempt; a != nil {
+			f.waiting++
+			f.mu.Unlock()
+			select {
+			case <-a.done:
+			case <-ctx.Done():
+			}
+			f.mu.Lock()
+			f.waiting--
+			switch {
+			case ctx.Err() != nil:
+				return nil, ctx.Err()
+			case a.err != nil:
+				return nil, a.err
+			}
+			continue // started (or stopped since: start again)
+		}
+		if err := f.startLocked(); err != nil {
 			return nil, err
 		}
-		f.stop = stop
 	}
 	f.users++
 	f.gen++ // a stop scheduled before now is void
 	var once sync.Once
 	return func() { once.Do(f.release) }, nil
+}
+
+// startLocked runs one attempt with f.mu released, and records it.
+func (f *Feeder) startLocked() error {
+	a := &attempt{done: make(chan struct{})}
+	f.attempt = a
+	closes := f.closes
+	f.mu.Unlock()
+	stop, err := f.start()
+	f.mu.Lock()
+	if err == nil && f.closes != closes {
+		stop()
+		err = ErrFeedClosed
+	}
+	if err == nil {
+		f.stop = stop
+	}
+	a.err = err
+	f.attempt = nil
+	close(a.done)
+	return err
 }
 
 func (f *Feeder) release() {
@@ -82,11 +136,14 @@ func (f *Feeder) Running() bool {
 	return f.stop != nil
 }
 
-// Close stops the feed now, whoever holds it.
+// Close stops the feed now, whoever holds it; a start under way is
+// undone when it ends (its holders get ErrFeedClosed). It never waits for
+// a start.
 func (f *Feeder) Close() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.gen++
+	f.closes++
 	if f.stop != nil {
 		f.stop()
 		f.stop = nil

@@ -1,10 +1,13 @@
 package hub
 
 import (
+	"context"
 	"errors"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 )
 
 // countingFeed counts starts and signals each stop.
@@ -30,11 +33,11 @@ func TestFeederRunsOnlyWhileHeld(t *testing.T) {
 	if f.Running() {
 		t.Fatal("running before anyone held it")
 	}
-	r1, err := f.Hold()
+	r1, err := f.Hold(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	r2, err := f.Hold()
+	r2, err := f.Hold(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +58,7 @@ func TestFeederRunsOnlyWhileHeld(t *testing.T) {
 	if f.Running() {
 		t.Fatal("reported running after the stop")
 	}
-	r3, err := f.Hold()
+	r3, err := f.Hold(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,12 +73,12 @@ func TestFeederRunsOnlyWhileHeld(t *testing.T) {
 func TestFeederLingerSpansAReconnect(t *testing.T) {
 	c := newCountingFeed()
 	f := NewFeeder(c.start, time.Hour)
-	r, err := f.Hold()
+	r, err := f.Hold(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
 	r()
-	r, err = f.Hold()
+	r, err = f.Hold(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,14 +98,83 @@ func TestFeederStartErrorIsRetried(t *testing.T) {
 	c := newCountingFeed()
 	c.fail.Store(true)
 	f := NewFeeder(c.start, time.Hour)
-	if _, err := f.Hold(); err == nil {
+	if _, err := f.Hold(context.Background()); err == nil {
 		t.Fatal("Hold succeeded while the feed cannot start")
 	}
 	c.fail.Store(false)
-	r, err := f.Hold()
+	r, err := f.Hold(context.Background())
 	if err != nil {
 		t.Fatalf("Hold after the stream came back: %v", err)
 	}
 	r()
 	f.Close()
+}
+
+// Holders arriving while the feed is starting wait for that one start and
+// share its error: five connects to a stream that cannot start get their
+// 503 after one attempt, not one attempt each in turn (five times the
+// connect timeout for the last). Close does not wait for a start under
+// way; the start that ends after it is undone. Both waited on the lock
+// Hold kept through the start.
+func TestFeederStartsOnceForHoldersArrivingMeanwhile(t *testing.T) {
+	var starts atomic.Int32
+	entered, proceed, stopped := make(chan struct{}, 8), make(chan error), make(chan struct{}, 8)
+	f := NewFeeder(func() (func(), error) {
+		starts.Add(1)
+		entered <- struct{}{}
+		if err := <-proceed; err != nil {
+			return nil, err
+		}
+		return func() { stopped <- struct{}{} }, nil
+	}, time.Hour)
+	waiting := func() int { f.mu.Lock(); defer f.mu.Unlock(); return f.waiting }
+	hold := func(n int) chan error {
+		errs := make(chan error, n)
+		for range n {
+			go func() {
+				r, err := f.Hold(context.Background())
+				if err == nil {
+					r()
+				}
+				errs <- err
+			}()
+		}
+		return errs
+	}
+	collect := func(errs chan error, n int) (failed int) {
+		for range n {
+			if <-errs != nil {
+				failed++
+			}
+		}
+		return failed
+	}
+
+	errs := hold(5)
+	<-entered
+	testwait.For(t, "four holders waiting on the start", func() bool { return waiting() == 4 })
+	proceed <- errors.New("nats: no responders")
+	if failed := collect(errs, 5); failed != 5 || starts.Load() != 1 {
+		t.Fatalf("%d of 5 holders failed after %d starts, want 5 after 1", failed, starts.Load())
+	}
+
+	// Close while a start is under way: it returns at once, and the
+	// start that succeeds after it is stopped.
+	errs = hold(1)
+	<-entered
+	closed := make(chan struct{})
+	go func() { f.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close waited for the start under way")
+	}
+	proceed <- nil
+	if err := <-errs; !errors.Is(err, ErrFeedClosed) {
+		t.Fatalf("Hold across a Close: %v, want ErrFeedClosed", err)
+	}
+	<-stopped
+	if f.Running() {
+		t.Fatal("running after a Close")
+	}
 }
