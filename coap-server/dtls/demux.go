@@ -64,6 +64,9 @@ type demuxConfig struct {
 	// dropped counts a datagram dropped because its peer's queue was full
 	// (PeerQueueBytes).
 	dropped func()
+	// overBudget counts a peer closed for sending more than
+	// HandshakeBytes before its handshake completed (nil: not counted).
+	overBudget func()
 }
 
 const (
@@ -77,6 +80,17 @@ const (
 // stream); past it they are dropped and counted. 8 KiB: dozens of uplinks
 // or handshake records.
 const PeerQueueBytes = 8 << 10
+
+// HandshakeBytes bounds what a peer may send before its handshake
+// completes, the cookie-echoing ClientHello included. A PSK handshake's
+// flights from the client (the ClientHello again with the cookie, then
+// ClientKeyExchange, ChangeCipherSpec and Finished) take well under 1 KiB,
+// a few retransmissions of each too. Past it the peer is closed and its
+// handshake ends, with everything pion held for it: pion keeps a copy of
+// every record that carries part of an unfinished handshake message, and
+// its own caps (2 MB of fragments, 8 MB of handshake cache) let a peer
+// that holds no key make it keep megabytes for the handshake timeout.
+const HandshakeBytes = 16 << 10
 
 var errDemuxClosed = errors.New("dtls: listener closed")
 
@@ -271,10 +285,13 @@ type datagram struct {
 
 // peerConn is one peer's net.PacketConn for pion.
 type peerConn struct {
-	d         *demux
-	raddr     *net.UDPAddr
-	in        chan datagram
-	queued    atomic.Int64 // bytes in in (PeerQueueBytes)
+	d      *demux
+	raddr  *net.UDPAddr
+	in     chan datagram
+	queued atomic.Int64 // bytes in in (PeerQueueBytes)
+	// sent is what the peer sent before its handshake completed
+	// (HandshakeBytes).
+	sent      atomic.Int64
 	closed    chan struct{}
 	closeOnce sync.Once
 
@@ -291,8 +308,16 @@ type peerConn struct {
 }
 
 // deliver queues a datagram for pion's reads; a full queue drops it, as a
-// socket buffer would.
+// socket buffer would. A peer past HandshakeBytes before its handshake
+// completed is closed instead.
 func (c *peerConn) deliver(b []byte, from net.Addr) {
+	if !c.established.Load() && c.sent.Add(int64(len(b))) > HandshakeBytes {
+		if c.d.cfg.overBudget != nil {
+			c.d.cfg.overBudget()
+		}
+		_ = c.Close()
+		return
+	}
 	if c.queued.Add(int64(len(b))) > PeerQueueBytes {
 		c.queued.Add(-int64(len(b)))
 		c.d.cfg.dropped()

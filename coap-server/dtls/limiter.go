@@ -20,6 +20,9 @@ var (
 	ErrSessions      = errors.New("sessions")
 	// ErrBacklog: admitted, but pion's accept queue was full.
 	ErrBacklog = errors.New("backlog")
+	// ErrHandshakeBytes: the peer sent more than HandshakeBytes before
+	// its handshake completed, and was closed.
+	ErrHandshakeBytes = errors.New("handshake_bytes")
 )
 
 // LimitConfig bounds handshakes so that junk ClientHellos cannot exhaust

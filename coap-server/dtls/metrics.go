@@ -9,7 +9,8 @@ type Metrics struct {
 	Handshakes *prometheus.CounterVec
 	// Refused counts connection attempts refused before any handshake work,
 	// by reason: per_ip_inflight, per_ip_rate, inflight, table_full, sessions,
-	// backlog.
+	// backlog; and handshake_bytes, a handshake ended because the peer sent
+	// more than HandshakeBytes.
 	Refused *prometheus.CounterVec
 	// KeyLookups counts PSK lookups by outcome: hit, miss_cached, loaded,
 	// unknown, error, busy, stale, invalid_identity.
@@ -49,7 +50,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"result"}),
 		Refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nbiot_dtls_refused_total",
-			Help: "DTLS connection attempts refused before the handshake, by reason (per_ip_inflight, per_ip_rate, inflight, table_full, sessions, backlog).",
+			Help: "DTLS connection attempts refused before the handshake, by reason (per_ip_inflight, per_ip_rate, inflight, table_full, sessions, backlog), and handshakes ended because the peer sent more than 16 KiB before completing one (handshake_bytes).",
 		}, []string{"reason"}),
 		KeyLookups: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nbiot_dtls_key_lookups_total",

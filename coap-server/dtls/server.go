@@ -171,6 +171,7 @@ func Listen(addr string, h *ingest.Handler, cfg Config) (*Server, error) {
 		backlog:     func() { m.Refused.WithLabelValues(ErrBacklog.Error()).Inc() },
 		replaced:    func() { m.SessionsClosed.WithLabelValues("rehello").Inc() },
 		dropped:     func() { m.RequestsDropped.WithLabelValues("peer_queue").Inc() },
+		overBudget:  func() { m.Refused.WithLabelValues(ErrHandshakeBytes.Error()).Inc() },
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dtls: listen: %w", err)
