@@ -39,6 +39,9 @@ type listener struct {
 	accepted   atomic.Uint64          // numbers sessions in the order they were accepted
 	keys       *KeyCache
 	debugf     func(msg string, args ...any)
+	// registering (tests only) runs in every handshake just before its
+	// session is registered: a key change then reaches no session.
+	registering atomic.Pointer[func()]
 }
 
 // AcceptWithContext implements go-coap's dtls/server.Listener. Refused
@@ -71,7 +74,10 @@ func (l *listener) AcceptWithContext(ctx context.Context) (net.Conn, error) {
 			l.refuse(pc, ErrSessions)
 			continue
 		}
-		return &session{Conn: pc, l: l, remote: pc.RemoteAddr(), peer: peer, order: l.accepted.Add(1)}, nil
+		return &session{
+			Conn: pc, l: l, remote: pc.RemoteAddr(), peer: peer, order: l.accepted.Add(1),
+			keyMark: l.keys.changeMark(),
+		}, nil
 	}
 }
 
@@ -143,6 +149,11 @@ type session struct {
 	order     uint64       // accept order: the later of two sessions of one identity wins
 	active    atomic.Int64 // l.now() in Unix nanoseconds: established, or the last datagram read
 	exchanges exchanges    // the message IDs go-coap may hold answers to
+	// keyMark is the key cache's change mark when accepted, before its PSK
+	// is looked up: after a change of its identity's key since then, the
+	// handshake may have used the old key, and the session is closed.
+	keyMark uint64
+	revoked atomic.Bool // closed for a key change, once (revoke)
 
 	established bool
 	hsOnce      sync.Once
@@ -196,6 +207,9 @@ func (s *session) handshake(ctx context.Context) error {
 	s.l.metrics.Sessions.Inc()
 	s.l.metrics.Handshakes.WithLabelValues("ok").Inc()
 	s.l.log.Debug("dtls session established", "device", id, "remote", s.remote.String())
+	if hook := s.l.registering.Load(); hook != nil {
+		(*hook)()
+	}
 	older, closed := s.l.reg.add(s)
 	if closed {
 		return net.ErrClosed // finished after Stop
@@ -210,6 +224,15 @@ func (s *session) handshake(ctx context.Context) error {
 		if older == s {
 			return ErrReplaced
 		}
+	}
+	if s.l.keys.changedSince(id, s.keyMark) {
+		// Its key was deleted or replaced during the handshake, perhaps
+		// after pion had looked it up (a client may hold back its Finished
+		// until HandshakeTimeout): it may have the old key. The change's
+		// closeIdentity found nothing registered if it ran before reg.add;
+		// if it runs after, it closes s too (revoke counts one).
+		s.revoke()
+		return ErrRevoked
 	}
 	if s.l.sessions.Load() > s.l.maxSess {
 		// At the cap: the session idle the longest gives way, if one has
@@ -295,6 +318,22 @@ func (s *session) Read(b []byte) (int, error) {
 		s.active.Store(s.l.now().UnixNano())
 	}
 	return n, err
+}
+
+// ErrRevoked ends a handshake whose identity's key was deleted or replaced
+// while it ran: it may have been made with the old key.
+var ErrRevoked = errors.New("dtls: the key changed during the handshake")
+
+// revoke closes s because its identity's key was deleted or replaced,
+// counted and logged once: closeIdentity and s's own check after it was
+// registered may both find it.
+func (s *session) revoke() {
+	if !s.revoked.CompareAndSwap(false, true) {
+		return
+	}
+	s.l.metrics.SessionsClosed.WithLabelValues("revoked").Inc()
+	s.l.log.Info("dtls session closed: its key changed or was deleted", "device", s.identity)
+	_ = s.Close()
 }
 
 // Close closes the connection once and frees its session slot.

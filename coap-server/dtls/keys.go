@@ -54,7 +54,9 @@ type KeyCacheConfig struct {
 	NegativeTTL time.Duration
 	// RefreshInterval (default 2 s) is how often Run re-reads the cached
 	// identities' keys: a changed or deleted device_credentials row takes
-	// effect, and closes that identity's sessions, within it.
+	// effect, and closes that identity's sessions, within it plus the
+	// length of one pass (Refresh: a query round trip per
+	// refreshChunk*refreshParallel keys).
 	RefreshInterval time.Duration
 	// LookupTimeout (default 3 s) bounds one database read; the handshake
 	// fails (or uses the stale key) rather than waits longer.
@@ -119,6 +121,7 @@ type KeyCache struct {
 	mu       sync.Mutex
 	known    map[string]keyEntry
 	unknown  map[string]time.Time // identity -> until when it is known to be unknown
+	changes  changeLog            // the deletions and replacements, numbered
 	onChange []func(deviceID string)
 	dirty    atomic.Bool // known keys changed since the last save
 }
@@ -134,6 +137,7 @@ func NewKeyCache(loader KeyLoader, cfg KeyCacheConfig, m *Metrics, logger *slog.
 		sem:     make(chan struct{}, cfg.MaxConcurrentLookups),
 		known:   make(map[string]keyEntry),
 		unknown: make(map[string]time.Time),
+		changes: changeLog{last: make(map[string]uint64)},
 	}
 	k.loadFile()
 	return k
@@ -181,7 +185,10 @@ func (k *KeyCache) save() {
 }
 
 // OnChange registers fn, called (outside the cache's lock) with a device
-// whose key was deleted or replaced, so its sessions can be closed.
+// whose key was deleted or replaced, so its sessions can be closed; Refresh
+// may call it from several goroutines at once. A session still in its
+// handshake then is not registered yet: it checks for the change itself
+// (changedSince).
 func (k *KeyCache) OnChange(fn func(deviceID string)) {
 	k.mu.Lock()
 	k.onChange = append(k.onChange, fn)
@@ -196,6 +203,7 @@ func (k *KeyCache) PSK(ctx context.Context, deviceID string) ([]byte, error) {
 	k.mu.Lock()
 	e, known := k.known[deviceID]
 	negUntil, negative := k.unknown[deviceID]
+	mark := k.changes.seq
 	k.mu.Unlock()
 	if known && now.Before(e.expires) {
 		k.metrics.KeyLookups.WithLabelValues("hit").Inc()
@@ -235,8 +243,7 @@ func (k *KeyCache) PSK(ctx context.Context, deviceID string) ([]byte, error) {
 		return nil, fmt.Errorf("dtls: load PSK: %w", err)
 	}
 	k.metrics.KeyLookups.WithLabelValues("loaded").Inc()
-	k.putKnown(deviceID, psk, now)
-	return psk, nil
+	return k.putKnown(deviceID, psk, now, mark)
 }
 
 // Forget drops deviceID from the cache, e.g. after its key was rotated.
@@ -278,11 +285,38 @@ func (k *KeyCache) isUnknown(id string) bool {
 	return ok
 }
 
-// putKnown stores a key, making room when full: an expired key first
-// (a short scan), else an arbitrary one (Go's map order is random).
-func (k *KeyCache) putKnown(id string, psk []byte, now time.Time) {
+// changeMark is the number of the latest key change: a handshake notes it
+// before its PSK is looked up, to ask changedSince once it is registered.
+func (k *KeyCache) changeMark() uint64 {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	return k.changes.seq
+}
+
+// changedSince reports whether id's key was deleted or replaced after
+// changeMark returned mark (or may have been: see changeLog.since).
+func (k *KeyCache) changedSince(id string, mark uint64) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.changes.since(id, mark)
+}
+
+// putKnown stores psk, read by a lookup that began at change number mark,
+// and returns the key to serve. When id's key was deleted or replaced
+// since (apply, markUnknown), the read may be older than that change:
+// what the change left stays, and is served (ErrUnknownDevice when the
+// key was deleted); otherwise the old key would come back for TTL. Room is
+// made when full: an expired key first (a short scan), else an arbitrary
+// one (Go's map order is random).
+func (k *KeyCache) putKnown(id string, psk []byte, now time.Time, mark uint64) ([]byte, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.changes.since(id, mark) {
+		if e, ok := k.known[id]; ok {
+			return e.psk, nil
+		}
+		return nil, ErrUnknownDevice
+	}
 	delete(k.unknown, id)
 	if _, ok := k.known[id]; !ok && len(k.known) >= k.cfg.MaxEntries {
 		evictOne(k.known, func(e keyEntry) bool { return !now.Before(e.expires) })
@@ -292,14 +326,18 @@ func (k *KeyCache) putKnown(id string, psk []byte, now time.Time) {
 		k.dirty.Store(true)
 	}
 	k.known[id] = keyEntry{psk: psk, expires: now.Add(k.cfg.TTL)}
+	return psk, nil
 }
 
 // markUnknown records that id has no credential. A key it had is dropped,
-// and its sessions are closed.
+// the change numbered, and its sessions are closed.
 func (k *KeyCache) markUnknown(id string, now time.Time) {
 	k.mu.Lock()
 	_, had := k.known[id]
 	delete(k.known, id)
+	if had {
+		k.changes.record(id)
+	}
 	if _, ok := k.unknown[id]; !ok && len(k.unknown) >= k.cfg.MaxNegative {
 		evictOne(k.unknown, func(until time.Time) bool { return !now.Before(until) })
 		k.metrics.NegativeEvictions.Inc()
@@ -332,4 +370,53 @@ func evictOne[V any](m map[string]V, expired func(V) bool) {
 		}
 	}
 	delete(m, first)
+}
+
+// maxChanges bounds the key changes a changeLog remembers (about 100 bytes
+// each). Past it, since errs on the side of "changed": only thousands of
+// changes during one handshake (a mass rotation) close a session needlessly.
+const maxChanges = 4096
+
+// changeLog numbers the key changes (deleted or replaced credentials) and
+// remembers which identity the latest maxChanges were of, so that a
+// handshake or a lookup that began before a change of its identity can
+// tell, however the change and its end interleave. Guarded by KeyCache.mu.
+type changeLog struct {
+	seq   uint64            // the number of the latest change
+	last  map[string]uint64 // identity -> the number of its latest remembered change
+	ring  []change          // the remembered changes, the oldest at next once full
+	next  int
+	floor uint64 // the number of the latest change forgotten
+}
+
+type change struct {
+	id  string
+	seq uint64
+}
+
+// record numbers a change of id, forgetting the oldest one when full.
+func (c *changeLog) record(id string) {
+	c.seq++
+	if len(c.ring) < maxChanges {
+		c.ring = append(c.ring, change{id, c.seq})
+	} else {
+		old := c.ring[c.next]
+		if c.last[old.id] == old.seq {
+			delete(c.last, old.id)
+		}
+		c.floor = old.seq
+		c.ring[c.next] = change{id, c.seq}
+		c.next = (c.next + 1) % maxChanges
+	}
+	c.last[id] = c.seq
+}
+
+// since reports whether id changed after change number mark. For an
+// identity with no remembered change it answers yes when changes after
+// mark were forgotten: it cannot tell, and a wrong no would keep an old key.
+func (c *changeLog) since(id string, mark uint64) bool {
+	if n, ok := c.last[id]; ok {
+		return n > mark
+	}
+	return c.floor > mark
 }

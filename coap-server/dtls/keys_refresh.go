@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"sync"
 	"time"
 )
 
@@ -11,42 +12,93 @@ import (
 // URL: 100 IDs of at most 64 bytes stay well under common URL limits).
 const refreshChunk = 100
 
-// Refresh re-reads the keys of every cached known identity. A deleted
-// credential becomes unknown and a replaced one takes the new key; both
-// call the OnChange functions, which close the identity's sessions. On an
-// error the keys not yet re-read are kept as they were (served stale).
+// refreshParallel bounds the queries of one Refresh in flight. Over REST
+// each costs a round trip: a pass over n keys takes about
+// n/refreshChunk/refreshParallel of them, not n/refreshChunk.
+const refreshParallel = 8
+
+// Refresh re-reads the keys of every cached known identity, refreshChunk
+// a query, refreshParallel queries at a time. A deleted credential becomes
+// unknown and a replaced one takes the new key; both call the OnChange
+// functions, which close the identity's sessions. A failed query keeps its
+// identities' keys as they were (served stale) and the others go on; the
+// error counts the failed queries.
 func (k *KeyCache) Refresh(ctx context.Context) error {
 	bl, ok := k.loader.(BatchLoader)
 	if !ok {
 		return nil
 	}
+	chunks := chunk(k.knownIDs(), refreshChunk)
+	var (
+		wg     sync.WaitGroup
+		sem    = make(chan struct{}, refreshParallel)
+		mu     sync.Mutex
+		failed int
+		first  error
+	)
+	for _, ids := range chunks {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := k.refreshChunk(ctx, bl, ids); err != nil {
+				mu.Lock()
+				failed++
+				if first == nil {
+					first = err
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if failed > 0 {
+		return fmt.Errorf("dtls: refresh keys: %d of %d queries failed: %w", failed, len(chunks), first)
+	}
+	return nil
+}
+
+// knownIDs lists the identities with a cached key.
+func (k *KeyCache) knownIDs() []string {
 	k.mu.Lock()
+	defer k.mu.Unlock()
 	ids := make([]string, 0, len(k.known))
 	for id := range k.known {
 		ids = append(ids, id)
 	}
-	k.mu.Unlock()
+	return ids
+}
+
+// chunk splits ids into slices of at most n.
+func chunk(ids []string, n int) [][]string {
+	out := make([][]string, 0, (len(ids)+n-1)/n)
 	for len(ids) > 0 {
-		n := min(len(ids), refreshChunk)
-		chunk := ids[:n]
-		ids = ids[n:]
-		cctx, cancel := context.WithTimeout(ctx, k.cfg.LookupTimeout)
-		got, err := bl.LoadPSKs(cctx, chunk)
-		cancel()
-		if err != nil {
-			return fmt.Errorf("dtls: refresh keys: %w", err)
-		}
-		now := k.cfg.Now()
-		for _, id := range chunk {
-			psk, still := got[id]
-			k.apply(id, psk, still, now)
-		}
+		m := min(len(ids), n)
+		out = append(out, ids[:m])
+		ids = ids[m:]
+	}
+	return out
+}
+
+// refreshChunk re-reads the keys of ids in one query and applies them.
+func (k *KeyCache) refreshChunk(ctx context.Context, bl BatchLoader, ids []string) error {
+	ctx, cancel := context.WithTimeout(ctx, k.cfg.LookupTimeout)
+	got, err := bl.LoadPSKs(ctx, ids)
+	cancel()
+	if err != nil {
+		return err
+	}
+	now := k.cfg.Now()
+	for _, id := range ids {
+		psk, still := got[id]
+		k.apply(id, psk, still, now)
 	}
 	return nil
 }
 
 // apply takes what the database says of a cached identity's key: deleted
-// (still false) or psk. A deleted or replaced key closes its sessions.
+// (still false) or psk. A deleted or replaced key is numbered as a change
+// before its sessions are closed, so that one registered after the close
+// still sees it (session.handshake).
 func (k *KeyCache) apply(id string, psk []byte, still bool, now time.Time) {
 	if !still {
 		k.metrics.KeyChanges.WithLabelValues("deleted").Inc()
@@ -58,6 +110,9 @@ func (k *KeyCache) apply(id string, psk []byte, still bool, now time.Time) {
 	changed := cached && !bytes.Equal(old.psk, psk)
 	if cached {
 		k.known[id] = keyEntry{psk: psk, expires: now.Add(k.cfg.TTL)}
+	}
+	if changed {
+		k.changes.record(id)
 	}
 	fns := k.onChange
 	k.mu.Unlock()

@@ -280,12 +280,11 @@ func (s *Server) debugf(msg string, args ...any) {
 }
 
 // closeIdentity ends the session of a device whose key was deleted or
-// replaced (KeyCache.OnChange).
+// replaced (KeyCache.OnChange). A handshake of it not yet registered
+// closes itself once it is (session.handshake).
 func (s *Server) closeIdentity(id string) {
 	if old := s.ln.reg.take(id); old != nil {
-		s.cfg.Metrics.SessionsClosed.WithLabelValues("revoked").Inc()
-		s.cfg.Logger.Info("dtls session closed: its key changed or was deleted", "device", id)
-		_ = old.Close()
+		old.revoke()
 	}
 }
 
