@@ -243,7 +243,11 @@ func (k *KeyCache) PSK(ctx context.Context, deviceID string) ([]byte, error) {
 		return nil, fmt.Errorf("dtls: load PSK: %w", err)
 	}
 	k.metrics.KeyLookups.WithLabelValues("loaded").Inc()
-	return k.putKnown(deviceID, psk, now, mark)
+	key, replaced, err := k.putKnown(deviceID, psk, now, mark)
+	if replaced {
+		k.replaced(deviceID)
+	}
+	return key, err
 }
 
 // Forget drops deviceID from the cache, e.g. after its key was rotated.
@@ -305,28 +309,48 @@ func (k *KeyCache) changedSince(id string, mark uint64) bool {
 // and returns the key to serve. When id's key was deleted or replaced
 // since (apply, markUnknown), the read may be older than that change:
 // what the change left stays, and is served (ErrUnknownDevice when the
-// key was deleted); otherwise the old key would come back for TTL. Room is
-// made when full: an expired key first (a short scan), else an arbitrary
-// one (Go's map order is random).
-func (k *KeyCache) putKnown(id string, psk []byte, now time.Time, mark uint64) ([]byte, error) {
+// key was deleted); otherwise the old key would come back for TTL. A read
+// that finds another key than the (expired) one held is a replacement,
+// numbered here (replaced: the caller closes the identity's sessions, as
+// Refresh would have). Room is made when full: an expired key first (a
+// short scan), else an arbitrary one (Go's map order is random).
+func (k *KeyCache) putKnown(id string, psk []byte, now time.Time, mark uint64) (key []byte, replaced bool, err error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.changes.since(id, mark) {
 		if e, ok := k.known[id]; ok {
-			return e.psk, nil
+			return e.psk, false, nil
 		}
-		return nil, ErrUnknownDevice
+		return nil, false, ErrUnknownDevice
 	}
 	delete(k.unknown, id)
-	if _, ok := k.known[id]; !ok && len(k.known) >= k.cfg.MaxEntries {
+	old, had := k.known[id]
+	if !had && len(k.known) >= k.cfg.MaxEntries {
 		evictOne(k.known, func(e keyEntry) bool { return !now.Before(e.expires) })
 		k.metrics.KeyCacheEvictions.Inc()
 	}
-	if old, ok := k.known[id]; !ok || !bytes.Equal(old.psk, psk) {
+	replaced = had && !bytes.Equal(old.psk, psk)
+	if !had || replaced {
 		k.dirty.Store(true)
 	}
+	if replaced {
+		k.changes.record(id)
+	}
 	k.known[id] = keyEntry{psk: psk, expires: now.Add(k.cfg.TTL)}
-	return psk, nil
+	return psk, replaced, nil
+}
+
+// replaced counts a replaced key of id and calls the OnChange functions
+// (outside the lock), which close its sessions.
+func (k *KeyCache) replaced(id string) {
+	k.dirty.Store(true)
+	k.metrics.KeyChanges.WithLabelValues("replaced").Inc()
+	k.mu.Lock()
+	fns := k.onChange
+	k.mu.Unlock()
+	for _, fn := range fns {
+		fn(id)
+	}
 }
 
 // markUnknown records that id has no credential. A key it had is dropped,

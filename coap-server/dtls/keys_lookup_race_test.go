@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // gatedLoader is a flakyLoader whose LoadPSK reads the row, says so on
@@ -87,5 +88,38 @@ func TestLookupRacingAKeyChangeKeepsTheChange(t *testing.T) {
 			psk, err := k.PSK(ctx, "dev") // a hit, or the negative entry: no query
 			check("the next lookup", psk, err)
 		})
+	}
+}
+
+// A lookup that reloads an expired key and finds another one is a
+// replacement: counted, numbered and told to OnChange, which closes the
+// sessions made with the old key. It was stored silently, and the next
+// Refresh, seeing the new key already cached, saw no change: an old-key
+// session stayed open for good.
+func TestReloadFindingAnotherKeyIsAReplacement(t *testing.T) {
+	c := &clock{t: time.Unix(1e9, 0)}
+	m := NewMetrics(prometheus.NewRegistry())
+	l := &mapLoader{keys: map[string][]byte{"dev": []byte("old-key-0123456789ab")}}
+	k := NewKeyCache(l, KeyCacheConfig{TTL: time.Minute, Now: c.Now}, m, nil)
+	var told []string
+	k.OnChange(func(id string) { told = append(told, id) })
+	ctx := context.Background()
+	if _, err := k.PSK(ctx, "dev"); err != nil {
+		t.Fatal(err)
+	}
+	mark := k.changeMark()
+	l.keys["dev"] = []byte("new-key-0123456789ab")
+	c.t = c.t.Add(2 * time.Minute) // expired: the next handshake reloads it
+	if key, err := k.PSK(ctx, "dev"); err != nil || string(key) != "new-key-0123456789ab" {
+		t.Fatalf("PSK after the reload: %q %v", key, err)
+	}
+	if len(told) != 1 || told[0] != "dev" {
+		t.Errorf("OnChange told %v, want [dev]", told)
+	}
+	if !k.changedSince("dev", mark) {
+		t.Error("a handshake begun before the reload does not see the change")
+	}
+	if got := testutil.ToFloat64(m.KeyChanges.WithLabelValues("replaced")); got != 1 {
+		t.Errorf("key_changes{replaced} = %v, want 1", got)
 	}
 }

@@ -114,14 +114,9 @@ func (k *KeyCache) apply(id string, psk []byte, still bool, now time.Time) {
 	if changed {
 		k.changes.record(id)
 	}
-	fns := k.onChange
 	k.mu.Unlock()
 	if changed {
-		k.dirty.Store(true)
-		k.metrics.KeyChanges.WithLabelValues("replaced").Inc()
-		for _, fn := range fns {
-			fn(id)
-		}
+		k.replaced(id)
 	}
 }
 
