@@ -14,6 +14,7 @@ import (
 	"github.com/plgd-dev/go-coap/v3/message/pool"
 	coapNet "github.com/plgd-dev/go-coap/v3/net"
 	udpClient "github.com/plgd-dev/go-coap/v3/udp/client"
+	"golang.org/x/time/rate"
 )
 
 // listener hands go-coap's DTLS server the connections pion accepts,
@@ -39,6 +40,10 @@ type listener struct {
 	accepted   atomic.Uint64          // numbers sessions in the order they were accepted
 	keys       *KeyCache
 	debugf     func(msg string, args ...any)
+	// makeRoom bounds the scans for a handshake to give way when every
+	// slot is taken (makeRoomRate): a peer resending its cookie cannot
+	// make each datagram a scan of the table.
+	makeRoom *rate.Limiter
 	// registering (tests only) runs in every handshake just before its
 	// session is registered: a key change then reaches no session.
 	registering atomic.Pointer[func()]
@@ -89,7 +94,16 @@ func (l *listener) verified(p *peerConn) bool {
 		l.metrics.Refused.WithLabelValues(ErrSessions.Error()).Inc()
 		return false
 	}
-	if err := l.limits.Acquire(p.raddr); err != nil {
+	err := l.limits.Acquire(p.raddr)
+	if errors.Is(err, ErrInFlight) && l.makeRoom.Allow() {
+		// Every slot is taken: one from the address holding the most
+		// gives way, if it holds two more than this one's.
+		if ip, ok := l.limits.Heaviest(p.raddr); ok && l.demux.closeOldestHandshake(ip) {
+			l.metrics.Refused.WithLabelValues(ErrInFlightEvicted.Error()).Inc()
+			err = l.limits.Acquire(p.raddr)
+		}
+	}
+	if err != nil {
 		l.metrics.Refused.WithLabelValues(err.Error()).Inc()
 		l.debugf("dtls attempt refused", "remote", p.raddr.String(), "err", err)
 		return false
@@ -98,6 +112,12 @@ func (l *listener) verified(p *peerConn) bool {
 	l.metrics.HandshakesInFlight.Inc()
 	return true
 }
+
+// makeRoomRate bounds, per second, the times a handshake is looked for to
+// give way to a newcomer when every slot is taken (Limiter.Heaviest,
+// demux.closeOldestHandshake: each a scan of up to the limiter's table and
+// the peers, some 100 µs at their bounds; 1% of a core at this rate).
+const makeRoomRate = 100
 
 // room reports whether a handshake may start: the sessions are under
 // maxSess, or one of them has been idle for EvictIdle and gives way when

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,10 +41,11 @@ type demux struct {
 	cfg      demuxConfig
 	cookies  *cookieJar
 
-	mu    sync.Mutex
-	conns map[string]*peerConn // by address string and by CID
-	peers int                  // distinct peers in conns
-	queue []*peerConn          // admitted peers for pion's Accept, oldest first
+	mu       sync.Mutex
+	conns    map[string]*peerConn // by address string and by CID
+	peers    int                  // distinct peers in conns
+	queue    []*peerConn          // admitted peers for pion's Accept, oldest first
+	admitted uint64               // numbers peers in the order they were admitted
 }
 
 type demuxConfig struct {
@@ -257,6 +259,8 @@ func (d *demux) admit(raddr *net.UDPAddr, h clientHello) *peerConn {
 		d.cfg.backlog()
 		return nil
 	}
+	d.admitted++
+	c.order = d.admitted
 	d.conns[raddr.String()] = c
 	d.peers++
 	d.queue = append(d.queue, c)
@@ -265,6 +269,26 @@ func (d *demux) admit(raddr *net.UDPAddr, h clientHello) *peerConn {
 	default:
 	}
 	return c
+}
+
+// closeOldestHandshake closes the oldest peer from ip (limiter key, see
+// ipOf) whose handshake is under way, and reports whether there was one.
+// Its Close gives its limiter slot back. It scans every peer: it runs only
+// when the handshake slots are all taken (Limiter.Heaviest).
+func (d *demux) closeOldestHandshake(ip netip.Addr) bool {
+	d.mu.Lock()
+	var oldest *peerConn
+	for _, c := range d.conns {
+		if !c.established.Load() && c.acquired.Load() && ipOf(c.raddr) == ip && (oldest == nil || c.order < oldest.order) {
+			oldest = c
+		}
+	}
+	d.mu.Unlock()
+	if oldest == nil {
+		return false
+	}
+	_ = oldest.Close()
+	return true
 }
 
 // removeLocked forgets c's routes; d.mu is held.
@@ -295,6 +319,7 @@ type peerConn struct {
 	closed    chan struct{}
 	closeOnce sync.Once
 
+	order    uint64       // admission order (closeOldestHandshake)
 	cid      atomic.Value // string: the Connection ID pion gave it
 	movedOff atomic.Bool  // its first address route was dropped
 	acquired atomic.Bool  // counted against the limiter (listener)

@@ -3,7 +3,6 @@ package dtls
 import (
 	"context"
 	"encoding/binary"
-	"net"
 	"testing"
 	"time"
 
@@ -21,6 +20,21 @@ import (
 type noKeys struct{}
 
 func (noKeys) LoadPSK(context.Context, string) ([]byte, error) { return nil, ErrUnknownDevice }
+
+// keylessServer serves CoAPS with no device keys and a handshake timeout
+// no test reaches: every handshake stalls until its peer's datagrams end it.
+func keylessServer(t *testing.T, limits LimitConfig) (*Server, *Metrics) {
+	t.Helper()
+	m := NewMetrics(prometheus.NewRegistry())
+	srv, err := Listen("127.0.0.1:0", &ingest.Handler{}, Config{Keys: NewKeyCache(noKeys{}, KeyCacheConfig{}, m, nil),
+		Metrics: m, HandshakeTimeout: 10 * time.Minute, Limits: limits})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve() }()
+	t.Cleanup(srv.Stop)
+	return srv, m
+}
 
 // clientHelloRecord is a PSK ClientHello record (with cookie, if any).
 func clientHelloRecord(t testing.TB, seq uint64, msgSeq uint16, cookie []byte) []byte {
@@ -79,35 +93,9 @@ func heldRecord(seq uint64, i, size int) []byte {
 // before its handshake completes the peer is now closed: its slot is
 // free at once, not at the timeout, and the closure is counted.
 func TestPeerOverHandshakeBytesIsClosed(t *testing.T) {
-	m := NewMetrics(prometheus.NewRegistry())
-	srv, err := Listen("127.0.0.1:0", &ingest.Handler{}, Config{Keys: NewKeyCache(noKeys{}, KeyCacheConfig{}, m, nil),
-		Metrics: m, HandshakeTimeout: 10 * time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve() }()
-	t.Cleanup(srv.Stop)
-	c, err := net.DialUDP("udp", nil, srv.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := c.SetReadDeadline(time.Now().Add(testwait.Default)); err != nil {
-		t.Fatal(err)
-	}
+	srv, m := keylessServer(t, LimitConfig{})
+	c := echoCookie(t, srv, "127.0.0.1:0")
 	buf := make([]byte, 2048)
-	if _, err := c.Write(clientHelloRecord(t, 0, 0, nil)); err != nil {
-		t.Fatal(err)
-	}
-	n, err := c.Read(buf) // HelloVerifyRequest: record header, handshake header, version, cookie
-	if err != nil {
-		t.Fatal(err)
-	}
-	hv := buf[recordlayer.FixedHeaderSize+handshake.HeaderLength : n]
-	cookie := append([]byte(nil), hv[3:3+int(hv[2])]...)
-	if _, err := c.Write(clientHelloRecord(t, 1, 1, cookie)); err != nil {
-		t.Fatal(err)
-	}
 	if _, err := c.Read(buf); err != nil { // the ServerHello flight: admitted
 		t.Fatal("no ServerHello:", err)
 	}

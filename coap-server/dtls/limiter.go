@@ -20,6 +20,9 @@ var (
 	ErrSessions      = errors.New("sessions")
 	// ErrBacklog: admitted, but pion's accept queue was full.
 	ErrBacklog = errors.New("backlog")
+	// ErrInFlightEvicted: not a refusal of the newcomer; a handshake of
+	// the address holding the most slots was ended to make room for it.
+	ErrInFlightEvicted = errors.New("inflight_evicted")
 	// ErrHandshakeBytes: the peer sent more than HandshakeBytes before
 	// its handshake completed, and was closed.
 	ErrHandshakeBytes = errors.New("handshake_bytes")
@@ -113,6 +116,33 @@ func (l *Limiter) Acquire(addr net.Addr) error {
 	st.inflight++
 	l.inflight++
 	return nil
+}
+
+// Heaviest names the address to take a handshake from when the total is
+// at InFlight and addr asks for one: the one with the most under way, if
+// it has at least two more than addr (one more would only swap them).
+// Evicting its oldest gives every address a share of the slots: a few
+// addresses stalling handshakes until the timeout (32 each fill 1,024)
+// can no longer keep every other device from starting one. O(addresses
+// in the table); it runs only when the slots are all taken.
+func (l *Limiter) Heaviest(addr net.Addr) (netip.Addr, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.inflight < l.cfg.InFlight {
+		return netip.Addr{}, false
+	}
+	mine := 0
+	if st, ok := l.ips[ipOf(addr)]; ok {
+		mine = st.inflight
+	}
+	var top netip.Addr
+	most := 0
+	for ip, st := range l.ips {
+		if st.inflight > most {
+			top, most = ip, st.inflight
+		}
+	}
+	return top, most >= mine+2
 }
 
 // Release ends a handshake admitted by Acquire.

@@ -10,7 +10,8 @@ type Metrics struct {
 	// Refused counts connection attempts refused before any handshake work,
 	// by reason: per_ip_inflight, per_ip_rate, inflight, table_full, sessions,
 	// backlog; and handshake_bytes, a handshake ended because the peer sent
-	// more than HandshakeBytes.
+	// more than HandshakeBytes; inflight_evicted, a handshake ended to make
+	// room for one from an address holding fewer (Limiter.Heaviest).
 	Refused *prometheus.CounterVec
 	// KeyLookups counts PSK lookups by outcome: hit, miss_cached, loaded,
 	// unknown, error, busy, stale, invalid_identity.
@@ -50,7 +51,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"result"}),
 		Refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nbiot_dtls_refused_total",
-			Help: "DTLS connection attempts refused before the handshake, by reason (per_ip_inflight, per_ip_rate, inflight, table_full, sessions, backlog), and handshakes ended because the peer sent more than 16 KiB before completing one (handshake_bytes).",
+			Help: "DTLS connection attempts refused before the handshake, by reason (per_ip_inflight, per_ip_rate, inflight, table_full, sessions, backlog), and handshakes ended because the peer sent more than 16 KiB before completing one (handshake_bytes) or to make room for an address holding fewer (inflight_evicted).",
 		}, []string{"reason"}),
 		KeyLookups: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nbiot_dtls_key_lookups_total",

@@ -161,6 +161,7 @@ func Listen(addr string, h *ingest.Handler, cfg Config) (*Server, error) {
 		limits: NewLimiter(cfg.Limits), metrics: cfg.Metrics,
 		log: cfg.Logger, maxSess: int64(cfg.MaxSessions), now: cfg.Now,
 		reg: newRegistry(), keys: cfg.Keys, debugf: s.debugf,
+		makeRoom: rate.NewLimiter(makeRoomRate, makeRoomRate/10),
 	}
 	m := cfg.Metrics
 	d, err := newDemux(ua, demuxConfig{
