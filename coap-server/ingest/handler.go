@@ -240,10 +240,9 @@ func (h *Handler) handle(r *request, identity string, now time.Time) response {
 		case found:
 			// A retransmission from another address (RFC 7252 §4.5), or
 			// one of an uplink accepted before a restart: the same
-			// answer, and nothing stored or logged twice.
-			// Admission is not asked (below): the answer is the one
-			// already given, whatever today's lists say. What is new
-			// goes only to a sender they admit.
+			// answer, and nothing stored or logged twice (admission,
+			// below, is not asked again); what is new goes only to a
+			// sender today's lists admit.
 			h.Metrics.Duplicates.Inc()
 			admitted := h.mayLog(deviceID, identity)
 			if admitted {

@@ -124,19 +124,25 @@ func (ex *exchange) undecodable(d *datagram, err error) {
 // answer sends resp: piggybacked on the ACK of a CON (§5.2.1), in a NON
 // with a new message ID for a NON (§5.2.3); the token is echoed (§5.3.2).
 func (ex *exchange) answer(d *datagram, con bool, resp response) {
-	if resp.code >= codes.BadRequest && len(resp.payload) > 0 &&
-		answerSize(len(ex.msg.Token), resp) > amplification*len(d.data) {
-		resp.payload = nil
-		ex.s.m.shortened.Inc()
-	}
 	out := message.Message{Code: resp.code, Token: ex.msg.Token, Payload: resp.payload,
-		Type: message.Acknowledgement, MessageID: ex.msg.MessageID}
+		Type: message.Acknowledgement, MessageID: ex.msg.MessageID, Options: ex.options(resp)}
 	if !con {
 		out.Type, out.MessageID = message.NonConfirmable, int32(uint16(ex.s.mid.Add(1)))
 	}
+	if resp.code >= codes.BadRequest && len(resp.payload) > 0 {
+		if size, err := coder.DefaultCoder.Size(out); err == nil && size > amplification*len(d.data) {
+			resp.payload = nil
+			out.Payload, out.Options = nil, ex.options(resp)
+			ex.s.m.shortened.Inc()
+		}
+	}
+	ex.write(d, out)
+}
+
+// options are resp's, in ascending number (§3.1): Content-Format (12)
+// when it has a payload, then Max-Age (14) or Size1 (60).
+func (ex *exchange) options(resp response) message.Options {
 	opts := ex.out[:0]
-	// Options in ascending number (§3.1): Content-Format (12) first, then
-	// Max-Age (14) or Size1 (60).
 	if resp.payload != nil {
 		n, _ := message.EncodeUint32(ex.cf[:], uint32(resp.format))
 		opts = append(opts, message.Option{ID: message.ContentFormat, Value: ex.cf[:n]})
@@ -144,22 +150,7 @@ func (ex *exchange) answer(d *datagram, con bool, resp response) {
 	if resp.option.ID != 0 {
 		opts = append(opts, resp.option)
 	}
-	out.Options = opts
-	ex.write(d, out)
-}
-
-// answerSize is the size of resp's encoding with a token of tkl bytes, at
-// most: the header, the token, Content-Format (3) and resp.option (each
-// option's header at most 3 bytes below 269), the payload marker.
-func answerSize(tkl int, resp response) int {
-	n := 4 + tkl + len(resp.payload)
-	if len(resp.payload) > 0 {
-		n += 3 + 1
-	}
-	if resp.option.ID != 0 {
-		n += 3 + len(resp.option.Value)
-	}
-	return n
+	return opts
 }
 
 // reset sends an RST matching mid (§4.2): Empty, no token.
