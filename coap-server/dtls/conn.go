@@ -258,7 +258,7 @@ func (s *session) handshake(ctx context.Context) error {
 		// At the cap: the session idle the longest gives way, if one has
 		// been for EvictIdle; else this one does (they became busy since
 		// room said yes).
-		victim := s.l.reg.idlest(s.l.now(), EvictIdle, s)
+		victim := s.l.reg.takeIdlest(s.l.now(), EvictIdle, s)
 		if victim == nil {
 			s.l.metrics.Refused.WithLabelValues(ErrSessions.Error()).Inc()
 			return ErrSessions

@@ -78,6 +78,10 @@ func (r *registry) take(id string) *session {
 func (r *registry) idlest(now time.Time, idle time.Duration, except *session) *session {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.idlestLocked(now, idle, except)
+}
+
+func (r *registry) idlestLocked(now time.Time, idle time.Duration, except *session) *session {
 	var best *session
 	for _, s := range r.byID {
 		if s != except && (best == nil || s.active.Load() < best.active.Load()) {
@@ -88,6 +92,20 @@ func (r *registry) idlest(now time.Time, idle time.Duration, except *session) *s
 		return nil
 	}
 	return best
+}
+
+// takeIdlest is idlest, the session removed from the registry as it is
+// returned: two handshakes established at the cap at once each get a
+// session of their own to push out (with idlest both closed the same one,
+// and the sessions stayed one over the cap).
+func (r *registry) takeIdlest(now time.Time, idle time.Duration, except *session) *session {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.idlestLocked(now, idle, except)
+	if s != nil {
+		delete(r.byID, s.identity)
+	}
+	return s
 }
 
 func (r *registry) len() int {

@@ -255,6 +255,88 @@ func TestSessionLimitEvictsTheIdlest(t *testing.T) {
 	}
 }
 
+// Two devices established at the session limit at the same moment push
+// out two different idle sessions. Both used to pick the one silent the
+// longest: it was closed twice, the other stayed, and the server held one
+// session over its limit for as long as that one lived.
+func TestTwoSessionsAtTheLimitEvictTwo(t *testing.T) {
+	clock := &testClock{t: time.Now()}
+	f := newFixture(t, func(c *dtls.Config) { c.MaxSessions = 2; c.Now = clock.Now })
+	key := func(d string) []byte { return []byte(d + "-key-0123456789") }
+	devices := []string{"dev-a", "dev-b", "dev-c", "dev-d"}
+	for _, d := range devices {
+		f.provision(t, d, key(d))
+	}
+	conns := make([]*udpClient.Conn, len(devices))
+	open := func(i int) error {
+		cc, _, err := dialGo(t, udpSocket(t), f.srv.Addr(), devices[i], key(devices[i]), true)
+		if err != nil {
+			return err
+		}
+		conns[i] = cc
+		return nil
+	}
+	for i := range 2 {
+		if err := open(i); err != nil {
+			t.Fatalf("handshake of %s: %v", devices[i], err)
+		}
+		// Answered once the server has registered the session.
+		if code := postGo(t, conns[i], &nbiotv1.Uplink{UplinkCount: 1}); code != codes.Changed {
+			t.Fatalf("uplink of %s: %v", devices[i], code)
+		}
+	}
+	clock.Add(dtls.EvictIdle + time.Second) // dev-a and dev-b silent that long
+	// dev-c and dev-d meet before registering, so both find the server at
+	// its limit with the same two idle sessions.
+	var (
+		mu      sync.Mutex
+		arrived int
+		both    = make(chan struct{})
+	)
+	dtls.BeforeRegistration(f.srv, func() {
+		mu.Lock()
+		if arrived++; arrived == 2 {
+			close(both)
+		}
+		mu.Unlock()
+		select {
+		case <-both:
+		case <-time.After(10 * time.Second):
+			t.Error("the other handshake never reached its registration")
+		}
+	})
+	var wg sync.WaitGroup
+	errs := make([]error, len(devices))
+	for i := 2; i < 4; i++ {
+		wg.Go(func() { errs[i] = open(i) })
+	}
+	wg.Wait()
+	for i := 2; i < 4; i++ {
+		if errs[i] != nil {
+			t.Fatalf("handshake of %s: %v", devices[i], errs[i])
+		}
+	}
+	for i := range 2 {
+		select {
+		case <-conns[i].Done():
+		case <-time.After(15 * time.Second):
+			t.Fatalf("%s still has its session: the server holds %v sessions at a limit of 2",
+				devices[i], testutil.ToFloat64(f.metrics.Sessions))
+		}
+	}
+	if got := testutil.ToFloat64(f.metrics.SessionsClosed.WithLabelValues("evicted")); got != 2 {
+		t.Errorf("sessions evicted = %v, want 2", got)
+	}
+	if got := testutil.ToFloat64(f.metrics.Sessions); got != 2 {
+		t.Errorf("sessions = %v, want 2", got)
+	}
+	for i := 2; i < 4; i++ {
+		if code := postGo(t, conns[i], &nbiotv1.Uplink{UplinkCount: 1}); code != codes.Changed {
+			t.Errorf("uplink of %s after the evictions: %v", devices[i], code)
+		}
+	}
+}
+
 // A session's answers, which go-coap keeps 247 s for retransmissions, are
 // bounded: past MaxExchanges new message IDs within that window a request
 // is dropped and counted (the device retransmits it), and once the window
