@@ -160,9 +160,12 @@ func TestPostgresOutage(t *testing.T) {
 		}()
 	}
 
-	// The experiment's schedule: 3 s of traffic, 10 s without the
-	// database, 4 s after it is back.
-	<-time.After(3 * time.Second)
+	// The experiment's schedule: traffic until the writes work (the
+	// outage interrupts a working path), 10 s without the database, 4 s
+	// after it is back.
+	testwait.For(t, "the first uplinks stored", func() bool {
+		return countRows(t, cl.URL, `select count(*) from activity`) > 0
+	}, testwait.Within(30*time.Second))
 	cl.Stop(t)
 	phase.Store(1)
 	stoppedAt := time.Now()
