@@ -104,13 +104,13 @@ func (g *gate) Send(f *hub.Frame) bool {
 	if f.Seq == 0 {
 		// A retransmission report: dropped when the queue is full rather
 		// than cutting the subscriber off (anyone can replay a datagram).
-		return g.peer.TrySend(f.Msg)
+		return g.peer.TrySend(f.Msg, f.Cost)
 	}
 	if f.Seq <= g.last {
 		return true
 	}
 	g.last = f.Seq
-	return g.peer.Send(f.Msg)
+	return g.peer.Send(f.Msg, f.Cost)
 }
 
 // catchUp sends the subscriber's history, then opens the gate. On error
@@ -245,7 +245,7 @@ func (g *gate) sendFrame(ctx context.Context, f *hub.Frame) error {
 		}
 		g.last = f.Seq // only catchUp writes last until the gate opens
 	}
-	return g.peer.SendWait(ctx, f.Msg)
+	return g.peer.SendWait(ctx, f.Msg, f.Cost)
 }
 
 func (g *gate) sendNow(ctx context.Context, e *livelog.Entry) error {
@@ -257,7 +257,7 @@ func (g *gate) sendNow(ctx context.Context, e *livelog.Entry) error {
 	if err != nil {
 		return err
 	}
-	return g.peer.SendWait(ctx, f.Msg)
+	return g.peer.SendWait(ctx, f.Msg, f.Cost)
 }
 
 // gap sends recovered:false for device where its history is incomplete,

@@ -64,7 +64,7 @@ func frame(tb testing.TB) *hub.Frame {
 // peerSender subscribes a wspeer.Peer as /ws does (without history).
 type peerSender struct{ p *wspeer.Peer }
 
-func (s peerSender) Send(f *hub.Frame) bool { return s.p.Send(f.Msg) }
+func (s peerSender) Send(f *hub.Frame) bool { return s.p.Send(f.Msg, f.Cost) }
 
 // BenchmarkFanout publishes one encoded frame to 1,000 subscribers. The
 // hub queues the same *PreparedMessage for each: allocs/op must be 0, i.e.

@@ -13,6 +13,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/nbiot-live/nbiot-live/internal/livelog"
+	"github.com/nbiot-live/nbiot-live/internal/wspeer"
 )
 
 // Frame is one encoded live-log frame.
@@ -21,6 +22,9 @@ type Frame struct {
 	// retained (a retransmission report).
 	Seq uint64
 	Msg *websocket.PreparedMessage
+	// Cost is what the frame costs held (wspeer.FrameCost): the unit of a
+	// subscriber's queue bound.
+	Cost int
 }
 
 // NewFrame encodes the frame of an entry at seq (0: a notice).
@@ -33,7 +37,7 @@ func NewFrame(seq uint64, entry []byte) (*Frame, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Frame{Seq: seq, Msg: pm}, nil
+	return &Frame{Seq: seq, Msg: pm, Cost: wspeer.FrameCost(len(b))}, nil
 }
 
 // Sender is what the hub needs of a subscriber: a non-blocking send that

@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -33,6 +34,55 @@ type Config struct {
 	// ReadLimit bounds an incoming frame. Default 4 KiB: clients have nothing
 	// to say but control frames.
 	ReadLimit int64
+	// QueueBytes bounds what the frames waiting to be written cost, as
+	// their senders count it (the cost argument of Send, FrameCost for
+	// the servers here); 0: no bound but QueueSize. A frame that does not
+	// fit is refused as one that finds the queue full, unless the queue is
+	// empty.
+	QueueBytes int
+	// Budget, when set, is a bound in bytes shared with other peers: the
+	// frames waiting for any of them count against it until written.
+	Budget *Budget
+}
+
+// FrameOverhead is what a queued or kept frame costs besides its payload:
+// the prepared message (the encoded server frame, the payload it was made
+// from, a map of frames) and a slot. Measured by the relay's
+// BenchmarkRingMemory: 795 B per 387-byte entry.
+const FrameOverhead = 400
+
+// FrameCost is what a frame of n payload bytes costs held: the unit of
+// QueueBytes and Budget for the servers here.
+func FrameCost(n int) int { return n + FrameOverhead }
+
+// Budget bounds in bytes the frames waiting in many peers' queues, so that
+// their sum is a share of the process's memory whatever the number of
+// peers. A frame shared by several peers counts once per peer: the bound
+// is on the worst case, when each holds the last reference. Past it, a
+// frame for a peer that has others waiting is refused (Send closes that
+// peer with ErrBudget); one for an empty queue is taken, so peers that
+// keep up are not cut for the slow ones. It is safe for concurrent use.
+type Budget struct {
+	limit int64
+	used  atomic.Int64
+}
+
+// NewBudget returns a budget of limit bytes.
+func NewBudget(limit int64) *Budget { return &Budget{limit: limit} }
+
+// Used is the bytes charged now.
+func (b *Budget) Used() int64 { return b.used.Load() }
+
+// Limit is the budget's bound in bytes.
+func (b *Budget) Limit() int64 { return b.limit }
+
+// take charges n, refused past the limit unless always.
+func (b *Budget) take(n int64, always bool) bool {
+	if b.used.Add(n) > b.limit && !always {
+		b.used.Add(-n)
+		return false
+	}
+	return true
 }
 
 func (c Config) withDefaults() Config {
@@ -56,7 +106,9 @@ func (c Config) withDefaults() Config {
 
 // Close reasons, reported by Wait.
 var (
-	ErrSlow     = errors.New("wspeer: send queue full, peer too slow")
+	ErrSlow = errors.New("wspeer: send queue full, peer too slow")
+	// ErrBudget: the frames waiting for every peer of a Budget reached it.
+	ErrBudget   = errors.New("wspeer: queued frames over the shared memory budget")
 	ErrClosed   = errors.New("wspeer: closed by server")
 	ErrPeerGone = errors.New("wspeer: peer closed or stopped answering")
 )
@@ -76,7 +128,14 @@ type Peer struct {
 	mu   sync.Mutex // guards conn, set once by Run
 	conn *websocket.Conn
 	cfg  Config
-	send chan *websocket.PreparedMessage
+	send chan queued
+	// bytes is what the queued frames cost; room gets a token each time
+	// the writer releases some (SendWait waits on it).
+	bytes atomic.Int64
+	room  chan struct{}
+	// drained is set once the peer is closed: its queue is never written
+	// then, and a sender that queues after it releases what it queued.
+	drained atomic.Bool
 
 	once   sync.Once
 	done   chan struct{}
@@ -90,64 +149,152 @@ func New(cfg Config) *Peer {
 	cfg = cfg.withDefaults()
 	return &Peer{
 		cfg:  cfg,
-		send: make(chan *websocket.PreparedMessage, cfg.QueueSize),
+		send: make(chan queued, cfg.QueueSize),
+		room: make(chan struct{}, 1),
 		done: make(chan struct{}),
 	}
 }
 
-// Send queues a frame without blocking. It returns false when the peer is
-// closed or its queue is full; in the latter case the peer is closed with
-// ErrSlow, so one slow client costs the sender nothing more.
-func (p *Peer) Send(m *websocket.PreparedMessage) bool {
+// queued is a frame waiting to be written and what its sender said it
+// costs.
+type queued struct {
+	m    *websocket.PreparedMessage
+	cost int64
+}
+
+// charge counts cost against the peer's QueueBytes and the Budget; nil
+// when it fits, else why not. A frame for an empty queue always fits: a
+// peer that keeps up is never cut, by its own bound or by what other
+// peers hold (the Budget is then exceeded by at most that frame, until it
+// is written).
+func (p *Peer) charge(cost int64) error {
+	n := p.bytes.Add(cost)
+	empty := n == cost
+	if !empty && p.cfg.QueueBytes > 0 && n > int64(p.cfg.QueueBytes) {
+		p.bytes.Add(-cost)
+		return ErrSlow
+	}
+	if b := p.cfg.Budget; b != nil && !b.take(cost, empty) {
+		p.bytes.Add(-cost)
+		return ErrBudget
+	}
+	return nil
+}
+
+func (p *Peer) uncharge(cost int64) {
+	p.bytes.Add(-cost)
+	if b := p.cfg.Budget; b != nil {
+		b.used.Add(-cost)
+	}
+}
+
+// enqueue charges and queues a frame without blocking.
+func (p *Peer) enqueue(m *websocket.PreparedMessage, cost int) error {
 	select {
 	case <-p.done:
-		return false
+		return ErrClosed
 	default:
 	}
+	if err := p.charge(int64(cost)); err != nil {
+		return err
+	}
 	select {
-	case p.send <- m:
-		return true
+	case p.send <- queued{m, int64(cost)}:
+		p.afterQueue()
+		return nil
 	default:
-		p.Close(ErrSlow)
+		p.uncharge(int64(cost))
+		return ErrSlow
+	}
+}
+
+// afterQueue releases a frame queued as the peer closed.
+func (p *Peer) afterQueue() {
+	if p.drained.Load() {
+		p.drain()
+	}
+}
+
+// drain empties the queue, releasing each frame's cost.
+func (p *Peer) drain() {
+	for {
+		select {
+		case q := <-p.send:
+			p.uncharge(q.cost)
+		default:
+			return
+		}
+	}
+}
+
+// Send queues a frame costing cost bytes (as the caller counts them: the
+// queue's and the Budget's unit) without blocking. It returns false when
+// the peer is closed or the frame does not fit; in the latter case the
+// peer is closed with ErrSlow (or ErrBudget), so one slow client costs the
+// sender nothing more.
+func (p *Peer) Send(m *websocket.PreparedMessage, cost int) bool {
+	switch err := p.enqueue(m, cost); err {
+	case nil:
+		return true
+	case ErrClosed:
+		return false
+	default:
+		p.Close(err)
 		return false
 	}
 }
 
 // TrySend queues a frame the peer can go without (a report, not an
-// entry) if there is room, and reports whether it did; a full queue drops
-// it and leaves the peer open, so a flood of reports cannot disconnect it.
-func (p *Peer) TrySend(m *websocket.PreparedMessage) bool {
-	select {
-	case <-p.done:
-		return false
-	case p.send <- m:
-		return true
-	default:
-		return false
-	}
+// entry) if it fits, and reports whether it did; otherwise it is dropped
+// and the peer left open, so a flood of reports cannot disconnect it.
+func (p *Peer) TrySend(m *websocket.PreparedMessage, cost int) bool {
+	return p.enqueue(m, cost) == nil
 }
 
-// SendWait queues a frame, waiting for room in the queue: history sent on
-// connect is paced by the client instead of overflowing its queue. It
+// SendWait queues a frame, waiting for room in the queue (QueueSize and
+// QueueBytes): history sent on connect is paced by the client instead of
+// overflowing its queue. A Budget is charged but not waited for. It
 // returns ErrClosed when the peer closes or ctx ends first.
-func (p *Peer) SendWait(ctx context.Context, m *websocket.PreparedMessage) error {
+func (p *Peer) SendWait(ctx context.Context, m *websocket.PreparedMessage, cost int) error {
+	c := int64(cost)
+	for {
+		n := p.bytes.Add(c)
+		if p.cfg.QueueBytes <= 0 || n <= int64(p.cfg.QueueBytes) || n == c {
+			break
+		}
+		p.bytes.Add(-c)
+		select {
+		case <-p.room:
+		case <-p.done:
+			return ErrClosed
+		case <-ctx.Done():
+			return ErrClosed
+		}
+	}
+	if b := p.cfg.Budget; b != nil {
+		b.used.Add(c)
+	}
 	select {
-	case p.send <- m:
+	case p.send <- queued{m, c}:
+		p.afterQueue()
 		return nil
 	case <-p.done:
-		return ErrClosed
 	case <-ctx.Done():
-		return ErrClosed
 	}
+	p.uncharge(c)
+	return ErrClosed
 }
 
 // Close ends the connection with reason; only the first reason is kept. It
 // never blocks: a write stuck on a peer that stopped reading is cut short by
-// moving its deadline to now.
+// moving its deadline to now. The frames still queued are dropped, and
+// their cost released, at once (also for a peer that never ran).
 func (p *Peer) Close(reason error) {
 	p.once.Do(func() {
 		p.reason = reason
 		close(p.done)
+		p.drained.Store(true)
+		p.drain()
 		p.mu.Lock()
 		if p.conn != nil {
 			_ = p.conn.UnderlyingConn().SetWriteDeadline(time.Now())
@@ -206,9 +353,15 @@ func (p *Peer) writeLoop() {
 		case <-p.done:
 			p.writeClose()
 			return
-		case m := <-p.send:
+		case q := <-p.send:
 			_ = p.conn.SetWriteDeadline(time.Now().Add(p.cfg.WriteTimeout))
-			if err := p.conn.WritePreparedMessage(m); err != nil {
+			err := p.conn.WritePreparedMessage(q.m)
+			p.uncharge(q.cost)
+			select {
+			case p.room <- struct{}{}:
+			default:
+			}
+			if err != nil {
 				p.Close(ErrPeerGone)
 				return
 			}
@@ -229,7 +382,7 @@ func (p *Peer) writeClose() {
 	if errors.As(p.reason, &ce) {
 		code, text = ce.Code, ce.Text
 	}
-	if p.reason == ErrPeerGone || p.reason == ErrSlow {
+	if p.reason == ErrPeerGone || p.reason == ErrSlow || p.reason == ErrBudget {
 		// Gone: nobody to tell. Slow: its socket is full, a close frame
 		// would only wait behind the frames it did not read.
 		return

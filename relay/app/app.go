@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/nbiot-live/nbiot-live/internal/lifecycle"
+	"github.com/nbiot-live/nbiot-live/internal/wspeer"
 	"github.com/nbiot-live/nbiot-live/relay/access"
 	"github.com/nbiot-live/nbiot-live/relay/auth"
 	"github.com/nbiot-live/nbiot-live/relay/browser"
@@ -38,6 +39,8 @@ type App struct {
 	upstreamMetrics *upstream.Metrics
 	browserMetrics  *browser.Metrics
 	accessMetrics   *access.Metrics
+	// queued bounds the frames waiting for every browser (QueueBytes).
+	queued *wspeer.Budget
 
 	bg        context.Context // ends background work (JWKS refresh) at Shutdown
 	bgCancel  context.CancelFunc
@@ -59,11 +62,20 @@ func New(cfg Config, logger *slog.Logger) *App {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	bg, cancel := context.WithCancel(context.Background())
+	if cfg.QueueBytes <= 0 {
+		cfg.QueueBytes = DefaultQueueBytes()
+	}
+	queued := wspeer.NewBudget(int64(cfg.QueueBytes))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "nbiot_relay_queued_bytes",
+		Help: "Bytes of frames waiting to be written to browsers (JSON plus 400 B a frame, once per browser), bounded by RELAY_QUEUE_BYTES.",
+	}, func() float64 { return float64(queued.Used()) }))
 	return &App{
 		cfg: cfg, log: logger, Metrics: reg,
 		upstreamMetrics: upstream.NewMetrics(reg),
 		browserMetrics:  browser.NewMetrics(reg),
 		accessMetrics:   access.NewMetrics(reg),
+		queued:          queued,
 		bg:              bg, bgCancel: cancel,
 	}
 }
@@ -87,11 +99,13 @@ func (a *App) Start(ctx context.Context) (err error) {
 		Logger:       a.log,
 		Metrics:      a.upstreamMetrics,
 	})
+	peer := a.cfg.Peer
+	peer.Budget = a.queued
 	a.browsers = &browser.Handler{
 		AuthDisabled:       a.cfg.AuthDisabled,
 		Upstreams:          a.upstreams,
 		Origins:            a.cfg.AllowedOrigins,
-		Peer:               a.cfg.Peer,
+		Peer:               peer,
 		MaxConnections:     a.cfg.MaxConnections,
 		Quotas:             a.cfg.Quotas,
 		RecheckEvery:       a.cfg.RecheckEvery,

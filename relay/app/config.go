@@ -12,6 +12,7 @@ import (
 	"github.com/cenkalti/backoff/v4"
 
 	"github.com/nbiot-live/nbiot-live/internal/envconf"
+	"github.com/nbiot-live/nbiot-live/internal/memlimit"
 	"github.com/nbiot-live/nbiot-live/internal/wspeer"
 	"github.com/nbiot-live/nbiot-live/relay/access"
 	"github.com/nbiot-live/nbiot-live/relay/browser"
@@ -81,6 +82,11 @@ type Config struct {
 	// HistoryBytes (RELAY_HISTORY_BYTES, default 131072) bounds the memory
 	// of those entries per device (JSON plus 400 bytes each).
 	HistoryBytes int
+	// QueueBytes (RELAY_QUEUE_BYTES, default a quarter of the process's
+	// memory: DefaultQueueBytes) bounds the frames waiting for every
+	// browser together, in bytes (JSON plus 400 bytes a frame, counted once
+	// per browser); 0 in a Config built by hand takes the default.
+	QueueBytes int
 	// LogLevel (LOG_LEVEL, default "info"): debug, info, warn, error.
 	LogLevel slog.Level
 
@@ -98,6 +104,11 @@ type Config struct {
 	// (default browser.DefaultRecheckEvery).
 	RecheckEvery time.Duration
 }
+
+// DefaultQueueBytes is RELAY_QUEUE_BYTES's default: a quarter of the
+// memory the process may use (memlimit: GOMEMLIMIT, else four fifths of
+// the container's limit, else 512 MiB), 100 MiB at GOMEMLIMIT=400MiB.
+func DefaultQueueBytes() int { return int(memlimit.Bytes() / 4) }
 
 // DefaultMetricsAddr is METRICS_ADDR's default: loopback only.
 const DefaultMetricsAddr = "127.0.0.1:9091"
@@ -155,6 +166,7 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		MaxDevices:         1000,
 		History:            upstream.DefaultHistory,
 		HistoryBytes:       upstream.DefaultHistoryBytes,
+		QueueBytes:         DefaultQueueBytes(),
 	}
 	var err error
 	if c.AllowedOrigins, err = browser.ParseOrigins(getenv("ALLOWED_ORIGINS")); err != nil {
@@ -190,6 +202,9 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		return c, err
 	}
 	if c.HistoryBytes, err = envconf.Int(getenv, "RELAY_HISTORY_BYTES", c.HistoryBytes, 4096, 64<<20); err != nil {
+		return c, err
+	}
+	if c.QueueBytes, err = envconf.Int(getenv, "RELAY_QUEUE_BYTES", c.QueueBytes, 1<<20, 1<<40); err != nil {
 		return c, err
 	}
 	if v := getenv("LOG_LEVEL"); v != "" {

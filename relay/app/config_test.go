@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nbiot-live/nbiot-live/internal/memlimit"
 	"github.com/nbiot-live/nbiot-live/relay/app"
 )
 
@@ -15,6 +16,14 @@ func TestFromEnvDefaults(t *testing.T) {
 	if cfg.HTTPAddr != ":8090" || cfg.UpstreamURL != "ws://localhost:8080/ws" || !cfg.AuthDisabled || cfg.AccessMode() != app.AccessNone ||
 		cfg.History != 100 || cfg.HistoryBytes != 128<<10 {
 		t.Errorf("defaults: %+v", cfg)
+	}
+	// A quarter of the process's memory (memlimit), whatever it is here.
+	if want := int(memlimit.Bytes() / 4); cfg.QueueBytes != want {
+		t.Errorf("RELAY_QUEUE_BYTES default %d, want a quarter of %d", cfg.QueueBytes, memlimit.Bytes())
+	}
+	cfg, err = app.FromEnv(env(map[string]string{"UPSTREAM_TOKEN": "t", "AUTH_DISABLED": "true", "RELAY_QUEUE_BYTES": "8388608"}))
+	if err != nil || cfg.QueueBytes != 8<<20 {
+		t.Errorf("RELAY_QUEUE_BYTES=8388608: %d, %v", cfg.QueueBytes, err)
 	}
 	cfg, err = app.FromEnv(env(map[string]string{"UPSTREAM_TOKEN": "t", "SUPABASE_URL": "https://x.supabase.co/", "SUPABASE_ANON_KEY": "sb_publishable_x"}))
 	if err != nil {
@@ -52,6 +61,7 @@ func TestFromEnvErrorsNameTheVariable(t *testing.T) {
 		{"history too deep", "RELAY_HISTORY", map[string]string{"RELAY_HISTORY": "1001"}},
 		{"negative history", "RELAY_HISTORY", map[string]string{"RELAY_HISTORY": "-1"}},
 		{"history bytes too small", "RELAY_HISTORY_BYTES", map[string]string{"RELAY_HISTORY_BYTES": "100"}},
+		{"queue bytes too small", "RELAY_QUEUE_BYTES", map[string]string{"RELAY_QUEUE_BYTES": "4096"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

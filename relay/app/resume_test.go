@@ -471,4 +471,10 @@ func TestLongCatchUpIsNotCutAsSlow(t *testing.T) {
 	if got := counter(t, r.Metrics, "nbiot_relay_disconnects_total", "reason", "slow"); got != 0 {
 		t.Errorf("%v browsers cut as slow", got)
 	}
+	if got := counter(t, r.Metrics, "nbiot_relay_disconnects_total", "reason", "memory"); got != 0 {
+		t.Errorf("%v browsers cut for the queue budget", got)
+	}
+	// Every frame read: nothing is charged to the browsers' queues (each
+	// frame's bytes are given back once written).
+	testwait.For(t, "the queued bytes given back", func() bool { return gauge(t, r.Metrics, "nbiot_relay_queued_bytes") == 0 })
 }

@@ -35,6 +35,12 @@ const DefaultMaxConnections = 20000
 // long burst, and each of thousands of idle browsers holds 1.5 KiB less.
 const DefaultQueueSize = 64
 
+// DefaultQueueBytes bounds in bytes (wspeer.FrameCost) the live frames
+// waiting for one browser: 64 KiB, some 80 entries of a few hundred
+// bytes. A start's history adds its own bound (upstream.Backlog); every
+// browser's queue together is bounded by the Peer config's Budget.
+const DefaultQueueBytes = 64 << 10
+
 // Handler serves /device-logs. Set the fields, then call ServeHTTP.
 type Handler struct {
 	// Verifier and Access authenticate and authorize; both nil only with
@@ -96,6 +102,9 @@ func (h *Handler) init() {
 		}
 		if h.Peer.QueueSize <= 0 {
 			h.Peer.QueueSize = DefaultQueueSize
+		}
+		if h.Peer.QueueBytes <= 0 {
+			h.Peer.QueueBytes = DefaultQueueBytes
 		}
 		if h.FirstConnectWait <= 0 {
 			h.FirstConnectWait = 5 * time.Second
@@ -286,9 +295,10 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, device string, f
 	// entries of its since/tail start, which are queued before it can
 	// write anything (at most upstream.MaxTail of them).
 	var peer *wspeer.Peer
-	watch, err := h.Upstreams.WatchFrom(device, from, func(backlog int) upstream.Sender {
+	watch, err := h.Upstreams.WatchFrom(device, from, func(b upstream.Backlog) upstream.Sender {
 		cfg := h.Peer
-		cfg.QueueSize += backlog
+		cfg.QueueSize += b.Frames
+		cfg.QueueBytes += b.Bytes
 		peer = wspeer.New(cfg)
 		return peer
 	})
@@ -311,6 +321,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, device string, f
 	conn, err := h.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		watch.Close()
+		peer.Close(wspeer.ErrClosed) // gives back what its queue held
 		h.conns.Release()
 		releaseQuota()
 		h.Metrics.Connections.Dec()
@@ -367,6 +378,8 @@ func disconnectReason(err error) string {
 	switch {
 	case errors.Is(err, wspeer.ErrSlow):
 		return "slow"
+	case errors.Is(err, wspeer.ErrBudget):
+		return "memory"
 	case errors.Is(err, wspeer.ErrClosed):
 		return "server"
 	case errors.Is(err, TokenExpired):

@@ -55,7 +55,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "nbiot_relay_token_source_total", Help: "Verified tokens by where they came from (header, subprotocol, query).",
 		}, []string{"source"}),
 		Disconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "nbiot_relay_disconnects_total", Help: "Browser connections ended, by reason (slow, gone, server, token_expired, revoked).",
+			Name: "nbiot_relay_disconnects_total", Help: "Browser connections ended, by reason (slow, memory: RELAY_QUEUE_BYTES reached, gone, server, token_expired, revoked).",
 		}, []string{"reason"}),
 		Revoked: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "nbiot_relay_sessions_revoked_total", Help: "Open browser sessions ended because the user lost access to the device (close 4403).",

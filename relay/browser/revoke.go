@@ -217,28 +217,30 @@ func (h *Handler) revoke(c *auth.Claims, device string) {
 		return
 	}
 	h.Logger.Info("access revoked: closing sessions", "device", device, "sessions", len(peers))
-	pm := h.revokedEntry(device)
+	pm, cost := h.revokedEntry(device)
 	for _, p := range peers {
 		h.Metrics.Revoked.Inc()
 		if pm != nil {
-			p.Send(pm)
+			p.Send(pm, cost)
 		}
 		time.AfterFunc(revokeGrace, func() { p.Close(AccessRevoked) })
 	}
 }
 
-func (h *Handler) revokedEntry(device string) *websocket.PreparedMessage {
+// revokedEntry is the status entry sent before 4403, and its cost
+// (wspeer.FrameCost); nil when it cannot be encoded.
+func (h *Handler) revokedEntry(device string) (*websocket.PreparedMessage, int) {
 	now := time.Now
 	if h.Now != nil {
 		now = h.Now
 	}
 	b, err := livelog.Status(device, now(), "Access revoked: this device is no longer visible to you", map[string]string{"access": "revoked"}).Marshal()
 	if err != nil {
-		return nil
+		return nil, 0
 	}
 	pm, err := websocket.NewPreparedMessage(websocket.TextMessage, b)
 	if err != nil {
-		return nil
+		return nil, 0
 	}
-	return pm
+	return pm, wspeer.FrameCost(len(b))
 }

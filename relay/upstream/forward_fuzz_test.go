@@ -13,8 +13,8 @@ import (
 
 type countSender struct{ n int }
 
-func (c *countSender) Send(*websocket.PreparedMessage) bool       { c.n++; return true }
-func (c *countSender) TrySend(pm *websocket.PreparedMessage) bool { return c.Send(pm) }
+func (c *countSender) Send(*websocket.PreparedMessage, int) bool            { c.n++; return true }
+func (c *countSender) TrySend(pm *websocket.PreparedMessage, cost int) bool { return c.Send(pm, cost) }
 
 // FuzzForward feeds arbitrary upstream frames to a link: it must never
 // panic, and a frame reaches the watcher only when it is a JSON entry of

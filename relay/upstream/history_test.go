@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/nbiot-live/nbiot-live/internal/testwait"
+	"github.com/nbiot-live/nbiot-live/internal/wspeer"
 )
 
 // fakeLog stands for coap-server's /ws with a retained log of one device
@@ -243,7 +244,7 @@ type logWatcher struct {
 	backlog int
 }
 
-func (w *logWatcher) Send(pm *websocket.PreparedMessage) bool {
+func (w *logWatcher) Send(pm *websocket.PreparedMessage, _ int) bool {
 	var m map[string]any
 	_ = json.Unmarshal(w.d.bytes(pm), &m)
 	w.mu.Lock()
@@ -252,7 +253,7 @@ func (w *logWatcher) Send(pm *websocket.PreparedMessage) bool {
 	return true
 }
 
-func (w *logWatcher) TrySend(pm *websocket.PreparedMessage) bool { return w.Send(pm) }
+func (w *logWatcher) TrySend(pm *websocket.PreparedMessage, cost int) bool { return w.Send(pm, cost) }
 
 // seqs are the seqs received so far, and the number of frames without one.
 func (w *logWatcher) seqs() ([]uint64, int) {
@@ -312,7 +313,7 @@ func (w *logWatcher) texts() []string {
 func watchFrom(t *testing.T, mgr *Manager, d *decoder, r Resume) *logWatcher {
 	t.Helper()
 	lw := &logWatcher{d: d}
-	w, err := mgr.WatchFrom("DEV", r, func(backlog int) Sender { lw.backlog = backlog; return lw })
+	w, err := mgr.WatchFrom("DEV", r, func(b Backlog) Sender { lw.backlog = b.Frames; return lw })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -391,7 +392,7 @@ func TestStartsServedFromTheRingOrADedicatedLink(t *testing.T) {
 	}
 	// The merged links' rings are released as they close.
 	testwait.For(t, "history bytes of the shared ring only", func() bool {
-		return testutil.ToFloat64(m.HistoryBytes) == float64(6*(len(entryFrame(40))+entryOverhead))
+		return testutil.ToFloat64(m.HistoryBytes) == float64(6*(wspeer.FrameCost(len(entryFrame(40)))))
 	})
 }
 
@@ -432,7 +433,7 @@ func TestDedicatedLinkBecomesTheSharedOne(t *testing.T) {
 	mgr, m := newManager(t, f.srv.URL, func(c *Config) { c.History = 3; c.MergeEvery = time.Millisecond })
 	d := newDecoder(t)
 	lw := &logWatcher{d: d}
-	first, err := mgr.WatchFrom("DEV", Resume{Mode: Tail, N: 1}, func(int) Sender { return lw })
+	first, err := mgr.WatchFrom("DEV", Resume{Mode: Tail, N: 1}, func(Backlog) Sender { return lw })
 	if err != nil {
 		t.Fatal(err)
 	}

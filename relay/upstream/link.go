@@ -132,7 +132,7 @@ func (l *link) nextLocked() Resume {
 // after what the ring holds, and the watcher would not see it otherwise
 // (a dedicated link for each start during an outage would only redial the
 // same upstream many times over).
-func (l *link) serve(r Resume) ([]*websocket.PreparedMessage, bool) {
+func (l *link) serve(r Resume) ([]frame, bool) {
 	switch r.Mode {
 	case Since:
 		return l.ring.since(r.N, l.top())
@@ -174,9 +174,9 @@ func (l *link) top() uint64 {
 // attach registers w after sending it backlog, atomically with respect to
 // forward: w gets backlog, then exactly the frames forwarded after it.
 // The caller holds l.mu.
-func (l *link) attachLocked(w *Watch, backlog []*websocket.PreparedMessage) {
-	for _, pm := range backlog {
-		if !w.sender.Send(pm) {
+func (l *link) attachLocked(w *Watch, backlog []frame) {
+	for _, f := range backlog {
+		if !w.sender.Send(f.pm, f.cost) {
 			l.m.cfg.Metrics.Dropped.WithLabelValues(DropSlowClient).Inc()
 			break
 		}
@@ -195,9 +195,9 @@ func (l *link) add(w *Watch) {
 func (l *link) addLocked(w *Watch) {
 	l.watchers[w] = struct{}{}
 	if l.state == stateDown {
-		if pm := l.status(StatusLost); pm != nil {
+		if f, ok := l.status(StatusLost); ok {
 			l.m.cfg.Metrics.Statuses.WithLabelValues(StatusLost).Inc()
-			w.sender.Send(pm)
+			w.sender.Send(f.pm, f.cost)
 		}
 	}
 }
@@ -226,33 +226,33 @@ func (l *link) setState(s state) {
 	default:
 		return
 	}
-	pm := l.status(what)
-	if pm == nil {
+	f, ok := l.status(what)
+	if !ok {
 		return
 	}
 	for w := range l.watchers {
 		l.m.cfg.Metrics.Statuses.WithLabelValues(what).Inc()
-		if !w.sender.Send(pm) {
+		if !w.sender.Send(f.pm, f.cost) {
 			l.m.cfg.Metrics.Dropped.WithLabelValues(DropSlowClient).Inc()
 		}
 	}
 }
 
 // status encodes a status entry once for every watcher.
-func (l *link) status(what string) *websocket.PreparedMessage {
+func (l *link) status(what string) (frame, bool) {
 	msg := "Live stream restored"
 	if what == StatusLost {
 		msg = "Live stream interrupted: reconnecting to coap-server"
 	}
 	b, err := livelog.Status(l.device, l.m.cfg.Now(), msg, map[string]string{"upstream": what}).Marshal()
 	if err != nil {
-		return nil
+		return frame{}, false
 	}
 	pm, err := websocket.NewPreparedMessage(websocket.TextMessage, b)
 	if err != nil {
-		return nil
+		return frame{}, false
 	}
-	return pm
+	return newFrame(pm, len(b)), true
 }
 
 // run connects, reads and reconnects until the link is cancelled.
@@ -409,6 +409,7 @@ func (l *link) forward(typ int, b []byte) {
 		cfg.Metrics.Dropped.WithLabelValues(DropUndecodable).Inc()
 		return
 	}
+	f := newFrame(pm, len(b))
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.burst = max(l.burst-1, 0)
@@ -434,7 +435,7 @@ func (l *link) forward(typ int, b []byte) {
 		l.last, l.seen = h.seq, true
 		l.connEntries++
 		before := l.ring.bytes
-		ev := l.ring.push(h.seq, pm, len(b)+entryOverhead)
+		ev := l.ring.push(h.seq, f)
 		cfg.Metrics.HistoryBytes.Add(float64(l.ring.bytes - before))
 		cfg.Metrics.HistoryEvicted.Add(float64(ev.entries))
 	case h.reset && l.connEntries > 0:
@@ -459,9 +460,9 @@ func (l *link) forward(typ int, b []byte) {
 	for w := range l.watchers {
 		var ok bool
 		if h.notice {
-			ok = w.sender.TrySend(pm)
+			ok = w.sender.TrySend(f.pm, f.cost)
 		} else {
-			ok = w.sender.Send(pm)
+			ok = w.sender.Send(f.pm, f.cost)
 		}
 		if ok {
 			delivered++

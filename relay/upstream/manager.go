@@ -25,15 +25,26 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/gorilla/websocket"
+
+	"github.com/nbiot-live/nbiot-live/internal/wspeer"
 )
 
-// Sender is a watcher (a *wspeer.Peer): Send queues a frame without
-// blocking and reports false when it was not queued (a full queue cuts
-// the watcher off); TrySend queues one the watcher can go without, only
-// if there is room, and leaves the watcher open either way.
+// Sender is a watcher (a *wspeer.Peer): Send queues a frame costing cost
+// bytes (wspeer.FrameCost) without blocking and reports false when it was
+// not queued (a full queue cuts the watcher off); TrySend queues one the
+// watcher can go without, only if there is room, and leaves the watcher
+// open either way.
 type Sender interface {
-	Send(*websocket.PreparedMessage) bool
-	TrySend(*websocket.PreparedMessage) bool
+	Send(pm *websocket.PreparedMessage, cost int) bool
+	TrySend(pm *websocket.PreparedMessage, cost int) bool
+}
+
+// Backlog is what a new watcher may be sent in one burst before it can
+// start writing: Frames frames costing at most Bytes (what a history still
+// on its way may bring is counted at ReadLimit a frame).
+type Backlog struct {
+	Frames int
+	Bytes  int
 }
 
 // Sentinel errors of Watch.
@@ -190,23 +201,22 @@ func New(cfg Config) *Manager {
 
 // Watch adds s to deviceID's live stream (WatchFrom with LiveOnly).
 func (m *Manager) Watch(deviceID string, s Sender) (*Watch, error) {
-	return m.WatchFrom(deviceID, LiveOnly, func(int) Sender { return s })
+	return m.WatchFrom(deviceID, LiveOnly, func(Backlog) Sender { return s })
 }
 
 // WatchFrom adds a watcher to deviceID's stream starting at r. newSender
-// is called once, under the manager's lock, with the number of frames the
-// watcher may be sent in one burst before it can start writing (the
-// ring's answer plus what the link's current connection may still send
-// of its own history, or r's bound when the start is served upstream), so
-// that its queue can hold them: it must not block or call back into the
-// manager.
+// is called once, under the manager's lock, with what the watcher may be
+// sent in one burst before it can start writing (the ring's answer plus
+// what the link's current connection may still send of its own history,
+// or r's bound when the start is served upstream), so that its queue can
+// hold it: it must not block or call back into the manager.
 //
 // The device's shared link answers r from its ring when it can; the
 // first watcher opens the link with r itself; any other start gets a
 // dedicated upstream connection with r, which hands its watcher over to
 // the shared link once that one's ring covers where it is (see merge).
 // Dedicated links count against MaxDevices too.
-func (m *Manager) WatchFrom(deviceID string, r Resume, newSender func(backlog int) Sender) (*Watch, error) {
+func (m *Manager) WatchFrom(deviceID string, r Resume, newSender func(Backlog) Sender) (*Watch, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
@@ -216,7 +226,12 @@ func (m *Manager) WatchFrom(deviceID string, r Resume, newSender func(backlog in
 		l.mu.Lock()
 		backlog, ok := l.serve(r)
 		if ok {
-			w := &Watch{m: m, link: l, first: l.firstAttempt, sender: newSender(len(backlog) + l.pending())}
+			pending := l.pending()
+			b := Backlog{Frames: len(backlog) + pending, Bytes: pending * m.frameCostMax()}
+			for _, f := range backlog {
+				b.Bytes += f.cost
+			}
+			w := &Watch{m: m, link: l, first: l.firstAttempt, sender: newSender(b)}
 			l.attachLocked(w, backlog)
 			l.mu.Unlock()
 			if r.Mode != Live {
@@ -234,7 +249,7 @@ func (m *Manager) WatchFrom(deviceID string, r Resume, newSender func(backlog in
 		m.cfg.Metrics.Dedicated.Inc()
 		m.cfg.Metrics.Starts.WithLabelValues(StartDedicated).Inc()
 		m.cfg.Logger.Debug("dedicated upstream", "device", deviceID, "from", r.String())
-		return m.startLocked(l, newSender(r.backlog())), nil
+		return m.startLocked(l, newSender(m.upstreamBacklog(r))), nil
 	}
 	if m.upstreamsLocked() >= m.cfg.MaxDevices {
 		return nil, ErrTooManyDevices
@@ -245,7 +260,17 @@ func (m *Manager) WatchFrom(deviceID string, r Resume, newSender func(backlog in
 	if r.Mode != Live {
 		m.cfg.Metrics.Starts.WithLabelValues(StartUpstream).Inc()
 	}
-	return m.startLocked(l, newSender(r.backlog())), nil
+	return m.startLocked(l, newSender(m.upstreamBacklog(r))), nil
+}
+
+// frameCostMax is what the largest frame an upstream may send costs.
+func (m *Manager) frameCostMax() int { return wspeer.FrameCost(int(m.cfg.ReadLimit)) }
+
+// upstreamBacklog bounds what a start served by a new upstream connection
+// may bring in one burst: r's bound, each frame at its largest.
+func (m *Manager) upstreamBacklog(r Resume) Backlog {
+	n := r.backlog()
+	return Backlog{Frames: n, Bytes: n * m.frameCostMax()}
 }
 
 // startLocked adds the link's first watcher and runs it; the watcher is

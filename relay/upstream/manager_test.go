@@ -32,7 +32,7 @@ type recorder struct {
 
 func newRecorder() *recorder { return &recorder{ch: make(chan []byte, 64)} }
 
-func (r *recorder) Send(pm *websocket.PreparedMessage) bool {
+func (r *recorder) Send(pm *websocket.PreparedMessage, _ int) bool {
 	if r.full.Load() {
 		return false
 	}
@@ -40,7 +40,7 @@ func (r *recorder) Send(pm *websocket.PreparedMessage) bool {
 	return true
 }
 
-func (r *recorder) TrySend(pm *websocket.PreparedMessage) bool { return r.Send(pm) }
+func (r *recorder) TrySend(pm *websocket.PreparedMessage, cost int) bool { return r.Send(pm, cost) }
 
 // preparedBytes recovers a prepared frame's payload by writing it to a
 // real in-memory WebSocket pair.

@@ -2,8 +2,6 @@ package upstream
 
 import (
 	"time"
-
-	"github.com/gorilla/websocket"
 )
 
 // merge ends a dedicated link once it is no longer needed: when the
@@ -45,14 +43,17 @@ func (m *Manager) merge(d *link) bool {
 	}
 	// A dedicated link that is down told its watchers "lost": the shared
 	// link they join is up, so they hear "restored" before what it has.
-	var restored *websocket.PreparedMessage
+	var (
+		restored frame
+		tell     bool
+	)
 	if d.state == stateDown {
-		restored = shared.status(StatusRestored)
+		restored, tell = shared.status(StatusRestored)
 	}
 	for w := range d.watchers {
-		if restored != nil {
+		if tell {
 			m.cfg.Metrics.Statuses.WithLabelValues(StatusRestored).Inc()
-			if !w.sender.Send(restored) {
+			if !w.sender.Send(restored.pm, restored.cost) {
 				m.cfg.Metrics.Dropped.WithLabelValues(DropSlowClient).Inc()
 			}
 		}

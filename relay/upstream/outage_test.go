@@ -88,8 +88,8 @@ type queueSender struct {
 	closed bool
 }
 
-func (q *queueSender) Send(pm *websocket.PreparedMessage) bool {
-	if q.TrySend(pm) {
+func (q *queueSender) Send(pm *websocket.PreparedMessage, _ int) bool {
+	if q.TrySend(pm, 0) {
 		return true
 	}
 	q.mu.Lock()
@@ -98,7 +98,7 @@ func (q *queueSender) Send(pm *websocket.PreparedMessage) bool {
 	return false
 }
 
-func (q *queueSender) TrySend(pm *websocket.PreparedMessage) bool {
+func (q *queueSender) TrySend(pm *websocket.PreparedMessage, _ int) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.closed || len(q.queue) >= q.size {

@@ -1,6 +1,10 @@
 package upstream
 
-import "github.com/gorilla/websocket"
+import (
+	"github.com/gorilla/websocket"
+
+	"github.com/nbiot-live/nbiot-live/internal/wspeer"
+)
 
 // ring is a link's history: its most recent frames with a seq, in seq
 // order, bounded in entries and in bytes, plus what it knows about how
@@ -27,17 +31,24 @@ type ring struct {
 	depth uint64
 }
 
-// entryOverhead is what a kept entry costs besides its JSON: the prepared
-// message (which keeps the encoded server frame, a copy of the JSON, and
-// a map of frames) and its ring slot. Measured by BenchmarkRingMemory:
-// 795 B per 387-byte entry. Sizes in the ring are JSON + entryOverhead, so
+// Sizes in the ring are what a frame costs held (wspeer.FrameCost: its
+// JSON and the prepared message around it, the ring slot included), so
 // its byte bound is a bound on memory.
-const entryOverhead = 400
+
+// frame is an encoded frame and its cost in bytes (wspeer.FrameCost), the
+// unit of the ring's bound and of a browser's queue.
+type frame struct {
+	pm   *websocket.PreparedMessage
+	cost int
+}
+
+func newFrame(pm *websocket.PreparedMessage, jsonLen int) frame {
+	return frame{pm, wspeer.FrameCost(jsonLen)}
+}
 
 type ringEntry struct {
-	seq  uint64
-	pm   *websocket.PreparedMessage
-	size int
+	seq uint64
+	frame
 }
 
 // evicted is how much a push pushed out.
@@ -49,7 +60,8 @@ func newRing(maxEntries, maxBytes int) ring {
 
 // push appends the newest entry (seq larger than every held one) and
 // evicts the oldest ones beyond the bounds.
-func (r *ring) push(seq uint64, pm *websocket.PreparedMessage, size int) evicted {
+func (r *ring) push(seq uint64, f frame) evicted {
+	size := f.cost
 	if !r.floorOK {
 		// The first entry seen: every later one will be seen too.
 		r.floor, r.floorOK = seq-1, true
@@ -67,7 +79,7 @@ func (r *ring) push(seq uint64, pm *websocket.PreparedMessage, size int) evicted
 		r.buf[r.start] = ringEntry{}
 		r.start = (r.start + 1) % len(r.buf)
 		r.n--
-		r.bytes -= old.size
+		r.bytes -= old.cost
 		r.floor, r.whole = old.seq, false
 		ev.entries++
 	}
@@ -79,7 +91,7 @@ func (r *ring) push(seq uint64, pm *websocket.PreparedMessage, size int) evicted
 		}
 		r.buf, r.start = grown, 0
 	}
-	r.buf[(r.start+r.n)%len(r.buf)] = ringEntry{seq: seq, pm: pm, size: size}
+	r.buf[(r.start+r.n)%len(r.buf)] = ringEntry{seq: seq, frame: f}
 	r.n++
 	r.bytes += size
 	return ev
@@ -105,14 +117,14 @@ func (r *ring) at(i int) ringEntry { return r.buf[(r.start+i)%len(r.buf)] }
 // since returns the held entries with a seq above s, oldest first, and
 // whether that is every such entry up to top (the newest seq forwarded,
 // 0 when none was).
-func (r *ring) since(s, top uint64) ([]*websocket.PreparedMessage, bool) {
+func (r *ring) since(s, top uint64) ([]frame, bool) {
 	if !r.floorOK || s < r.floor || s > max(top, r.floor) {
 		return nil, false
 	}
-	var out []*websocket.PreparedMessage
+	var out []frame
 	for i := range r.n {
 		if e := r.at(i); e.seq > s {
-			out = append(out, e.pm)
+			out = append(out, e.frame)
 		}
 	}
 	return out, true
@@ -121,14 +133,14 @@ func (r *ring) since(s, top uint64) ([]*websocket.PreparedMessage, bool) {
 // tail returns the newest n held entries, oldest first, and whether that
 // answers tail=n: the ring holds n entries, or everything since a tail of
 // at least n.
-func (r *ring) tail(n uint64) ([]*websocket.PreparedMessage, bool) {
+func (r *ring) tail(n uint64) ([]frame, bool) {
 	if uint64(r.n) < n && !(r.whole && n <= r.depth) {
 		return nil, false
 	}
 	k := int(min(n, uint64(r.n)))
-	out := make([]*websocket.PreparedMessage, 0, k)
+	out := make([]frame, 0, k)
 	for i := r.n - k; i < r.n; i++ {
-		out = append(out, r.at(i).pm)
+		out = append(out, r.at(i).frame)
 	}
 	return out, true
 }

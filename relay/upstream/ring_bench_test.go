@@ -33,7 +33,7 @@ func BenchmarkRingMemory(b *testing.B) {
 				j := uplinkJSON(s)
 				entryBytes = len(j)
 				pm, _ := websocket.NewPreparedMessage(websocket.TextMessage, j)
-				kept[i].push(s, pm, len(j))
+				kept[i].push(s, newFrame(pm, len(j)))
 			}
 		}
 		runtime.GC()

@@ -8,11 +8,11 @@ import (
 )
 
 // seqsOf maps prepared frames back to the seqs they were pushed with.
-func seqsOf(t *testing.T, byPM map[*websocket.PreparedMessage]uint64, pms []*websocket.PreparedMessage) []uint64 {
+func seqsOf(t *testing.T, byPM map[*websocket.PreparedMessage]uint64, frames []frame) []uint64 {
 	t.Helper()
 	out := []uint64{}
-	for _, pm := range pms {
-		s, ok := byPM[pm]
+	for _, f := range frames {
+		s, ok := byPM[f.pm]
 		if !ok {
 			t.Fatal("frame not pushed")
 		}
@@ -26,7 +26,7 @@ func TestRingBoundsAndCoverage(t *testing.T) {
 	push := func(r *ring, seq uint64, size int) evicted {
 		pm, _ := websocket.NewPreparedMessage(websocket.TextMessage, []byte("x"))
 		byPM[pm] = seq
-		return r.push(seq, pm, size)
+		return r.push(seq, frame{pm, size})
 	}
 	r := newRing(3, 1000)
 	if _, ok := r.since(0, 0); ok {
@@ -93,7 +93,7 @@ func TestRingWholeAnswersAnyTailUpToItsDepth(t *testing.T) {
 	r.whole, r.depth = true, 50 // opened with tail=50, coap-server had 2 entries
 	for _, s := range []uint64{3, 9} {
 		pm, _ := websocket.NewPreparedMessage(websocket.TextMessage, []byte("x"))
-		r.push(s, pm, 10)
+		r.push(s, frame{pm, 10})
 	}
 	if got, ok := r.tail(50); !ok || len(got) != 2 {
 		t.Errorf("tail(50) = %d %v, want all 2", len(got), ok)
@@ -109,12 +109,12 @@ func TestRingWholeAnswersAnyTailUpToItsDepth(t *testing.T) {
 func TestRingGrowsLazily(t *testing.T) {
 	r := newRing(1000, 1<<30)
 	pm, _ := websocket.NewPreparedMessage(websocket.TextMessage, []byte("x"))
-	r.push(1, pm, 1)
+	r.push(1, frame{pm, 1})
 	if cap(r.buf) > 8 {
 		t.Errorf("one entry allocated %d slots", cap(r.buf))
 	}
 	for s := uint64(2); s <= 1500; s++ {
-		r.push(s, pm, 1)
+		r.push(s, frame{pm, 1})
 	}
 	if r.n != 1000 || r.at(0).seq != 501 || r.at(999).seq != 1500 || len(r.buf) != 1000 {
 		t.Errorf("n %d, oldest %d, newest %d, slots %d", r.n, r.at(0).seq, r.at(999).seq, len(r.buf))
