@@ -58,7 +58,8 @@ func (r *recStream) LogAsync(e *livelog.Entry) {
 	r.async++
 	r.entries = append(r.entries, e)
 }
-func (r *recStream) Notify(*livelog.Entry) {}
+func (r *recStream) LogAsyncID(e *livelog.Entry, _ string) { r.LogAsync(e) }
+func (r *recStream) Notify(*livelog.Entry)                 {}
 
 func answerCode(t *testing.T, answers [][]byte) codes.Code {
 	t.Helper()

@@ -49,6 +49,10 @@ type Stream interface {
 	Log(ctx context.Context, entry *livelog.Entry, id string) (seq uint64, dup bool, err error)
 	// LogAsync puts an entry on the live log without waiting.
 	LogAsync(entry *livelog.Entry)
+	// LogAsyncID is LogAsync of an accepted uplink's entry with the id
+	// Log was given, so that a stream that stored the first try keeps
+	// one entry.
+	LogAsyncID(entry *livelog.Entry, id string)
 	// Behind reports whether an accepted uplink's entry may follow its
 	// answer: uplinks are stored (Stores), and the engine learns its
 	// entries' positions without waiting for them (the embedded one).
@@ -323,7 +327,7 @@ func (h *Handler) handle(r *request, identity string, now time.Time) response {
 		// without waiting; if that fails too the live log goes without it.
 		h.Metrics.Accepted.Inc()
 		h.entryFailed(deviceID, now, err)
-		h.Stream.LogAsync(entry)
+		h.Stream.LogAsyncID(entry, id)
 		if downlink != nil {
 			h.Stream.LogAsync(downlink)
 		}

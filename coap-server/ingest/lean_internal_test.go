@@ -32,8 +32,9 @@ func (m *memStream) Stores() bool                                               
 func (m *memStream) Log(context.Context, *livelog.Entry, string) (uint64, bool, error) {
 	return m.seq.Add(1), false, nil
 }
-func (m *memStream) LogAsync(*livelog.Entry) {}
-func (m *memStream) Behind() bool            { return false }
+func (m *memStream) LogAsync(*livelog.Entry)           {}
+func (m *memStream) LogAsyncID(*livelog.Entry, string) {}
+func (m *memStream) Behind() bool                      { return false }
 func (m *memStream) LogBehind(*livelog.Entry, string, func(uint64)) error {
 	panic("memStream: not Behind")
 }

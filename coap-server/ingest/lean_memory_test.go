@@ -37,8 +37,9 @@ func (*keepNothing) PublishUplink(context.Context, uplink.Accepted, []byte) erro
 func (k *keepNothing) Log(context.Context, *livelog.Entry, string) (uint64, bool, error) {
 	return k.seq.Add(1), false, nil
 }
-func (*keepNothing) LogAsync(*livelog.Entry) {}
-func (*keepNothing) Behind() bool            { return false }
+func (*keepNothing) LogAsync(*livelog.Entry)           {}
+func (*keepNothing) LogAsyncID(*livelog.Entry, string) {}
+func (*keepNothing) Behind() bool                      { return false }
 func (*keepNothing) LogBehind(*livelog.Entry, string, func(uint64)) error {
 	panic("keepNothing: not Behind")
 }

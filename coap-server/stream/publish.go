@@ -235,16 +235,30 @@ func (e *Engine) FlushLive(timeout time.Duration) bool {
 // LogAsync puts an entry on the live log without waiting for the
 // acknowledgement: error entries and downlink events, which must not delay
 // an answer. A failure is counted by the engine's async error handler.
-func (e *Engine) LogAsync(entry *livelog.Entry) {
-	if !e.devices.admit(time.Now(), entry.DeviceID) {
+func (e *Engine) LogAsync(entry *livelog.Entry) { e.logAsync(entry, "") }
+
+// LogAsyncID is LogAsync of an accepted uplink's entry with its key id
+// (IDOf), as Log was given: a Log that gave up on an entry the stream had
+// stored (its acknowledgement late or lost) is sent again this way, and
+// with NATS_URL the stream recognises it by its message ID ("l"+id) and
+// keeps one entry.
+func (e *Engine) LogAsyncID(entry *livelog.Entry, id string) { e.logAsync(entry, id) }
+
+func (e *Engine) logAsync(entry *livelog.Entry, id string) {
+	// With storage, PublishUplink already counted an uplink's device.
+	if (id == "" || e.uplinks == nil) && !e.devices.admit(time.Now(), entry.DeviceID) {
 		e.asyncErrors.Add(1)
 		return
 	}
 	b, err := entry.Marshal()
 	if err == nil && e.groups != nil {
-		_, err = e.groups.add(context.Background(), liveSubject+entry.DeviceID, "", b, addFire, nil)
+		_, err = e.groups.add(context.Background(), liveSubject+entry.DeviceID, id, b, addFire, nil)
 	} else if err == nil {
-		_, err = e.js.PublishMsgAsync(&nats.Msg{Subject: liveSubject + entry.DeviceID, Data: b}, jetstream.WithStallWait(time.Millisecond))
+		msg := &nats.Msg{Subject: liveSubject + entry.DeviceID, Data: b}
+		if id != "" {
+			msg.Header = nats.Header{jetstream.MsgIDHeader: []string{"l" + id}}
+		}
+		_, err = e.js.PublishMsgAsync(msg, jetstream.WithStallWait(time.Millisecond))
 	}
 	if err != nil {
 		e.asyncErrors.Add(1)

@@ -51,6 +51,12 @@ func (r *Recorder) LogAsync(e *livelog.Entry) {
 	r.Engine.LogAsync(e)
 }
 
+// LogAsyncID records e and logs it.
+func (r *Recorder) LogAsyncID(e *livelog.Entry, id string) {
+	r.record(&r.entries, e)
+	r.Engine.LogAsyncID(e, id)
+}
+
 // LogBehind records e when the engine took it and logs it.
 func (r *Recorder) LogBehind(e *livelog.Entry, id string, done func(uint64)) error {
 	err := r.Engine.LogBehind(e, id, done)
