@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
@@ -148,17 +149,23 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	s.conns.Track(peer)
 	s.Logger.Debug("ws subscriber connected", "remote", r.RemoteAddr, "devices", len(devices))
+	// The history is sent on a goroutine of its own, ended with the peer
+	// and waited for: the handler, and so CloseSubscribers, returns only
+	// once nothing reads the live log for this subscriber any more (the
+	// stream is closed after it).
+	var history sync.WaitGroup
+	defer history.Wait()
 	if st.history() {
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		go func() {
+		history.Go(func() {
 			select {
 			case <-peer.Done():
 				cancel()
 			case <-ctx.Done():
 			}
-		}()
-		go s.catchUp(ctx, g, devices, st)
+		})
+		history.Go(func() { s.catchUp(ctx, g, devices, st) })
 	}
 	reason := peer.Run(conn)
 	sub.Close()
