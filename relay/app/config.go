@@ -69,10 +69,12 @@ type Config struct {
 	// AuthDisabled (AUTH_DISABLED=true) skips authentication and access
 	// checks: local development only, logged as a warning at start.
 	AuthDisabled bool
-	// MaxConnections (MAX_CONNECTIONS, default 20000) bounds browser connections.
+	// MaxConnections (MAX_CONNECTIONS, default DefaultMaxConnections:
+	// 20000, fewer when the memory holds fewer) bounds browser connections.
 	MaxConnections int
-	// MaxDevices (MAX_WATCHED_DEVICES, default 1000) bounds devices watched
-	// at once, i.e. upstream links to coap-server.
+	// MaxDevices (MAX_WATCHED_DEVICES, default DefaultMaxDevices: 1000,
+	// fewer when the memory holds fewer rings) bounds devices watched at
+	// once, i.e. upstream links to coap-server.
 	MaxDevices int
 	// History (RELAY_HISTORY, default 100, 0–1000) is how many recent
 	// entries each watched device's shared link keeps, to answer a
@@ -103,6 +105,31 @@ type Config struct {
 	// RecheckEvery is how often open sessions' access is asked again
 	// (default browser.DefaultRecheckEvery).
 	RecheckEvery time.Duration
+}
+
+// The relay's memory (memlimit: GOMEMLIMIT, else four fifths of the
+// container's limit, else 512 MiB) is shared out by the defaults: browser
+// connections three eighths, the watched devices' rings a quarter, the
+// frames waiting for browsers a quarter (DefaultQueueBytes); the last
+// eighth is for the rest (access cache, TLS, the runtime).
+
+// connectionBytes is what an idle browser connection holds: 12.2–12.5
+// KiB measured by BenchmarkIdleBrowsers (goroutines, socket, buffers,
+// quota and session entries), rounded up.
+const connectionBytes = 13 << 10
+
+// DefaultMaxConnections is MAX_CONNECTIONS's default: as many idle
+// connections as three eighths of the memory hold, at most
+// browser.DefaultMaxConnections (20,000): 11,815 at GOMEMLIMIT=400MiB.
+func DefaultMaxConnections() int {
+	return int(min(memlimit.Bytes()*3/8/connectionBytes, browser.DefaultMaxConnections))
+}
+
+// DefaultMaxDevices is MAX_WATCHED_DEVICES's default for rings of
+// historyBytes: as many full rings as a quarter of the memory holds, at
+// most 1,000: 800 at GOMEMLIMIT=400MiB and the default 128 KiB.
+func DefaultMaxDevices(historyBytes int) int {
+	return int(max(1, min(memlimit.Bytes()/4/int64(historyBytes), 1000)))
 }
 
 // DefaultQueueBytes is RELAY_QUEUE_BYTES's default: a quarter of the
@@ -162,8 +189,7 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		SupabaseAnonKey:    getenv("SUPABASE_ANON_KEY"),
 		SupabaseJWTSecret:  getenv("SUPABASE_JWT_SECRET"),
 		DatabaseURL:        getenv("DATABASE_URL"),
-		MaxConnections:     browser.DefaultMaxConnections,
-		MaxDevices:         1000,
+		MaxConnections:     DefaultMaxConnections(),
 		History:            upstream.DefaultHistory,
 		HistoryBytes:       upstream.DefaultHistoryBytes,
 		QueueBytes:         DefaultQueueBytes(),
@@ -178,7 +204,12 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	if c.MaxConnections, err = envconf.Int(getenv, "MAX_CONNECTIONS", c.MaxConnections, 1, 1_000_000); err != nil {
 		return c, err
 	}
-	if c.MaxDevices, err = envconf.Int(getenv, "MAX_WATCHED_DEVICES", c.MaxDevices, 1, 100_000); err != nil {
+	if c.HistoryBytes, err = envconf.Int(getenv, "RELAY_HISTORY_BYTES", c.HistoryBytes, 4096, 64<<20); err != nil {
+		return c, err
+	}
+	// The default follows RELAY_HISTORY_BYTES: each watched device may
+	// keep that much.
+	if c.MaxDevices, err = envconf.Int(getenv, "MAX_WATCHED_DEVICES", DefaultMaxDevices(c.HistoryBytes), 1, 100_000); err != nil {
 		return c, err
 	}
 	q := &c.Quotas
@@ -199,9 +230,6 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		}
 	}
 	if c.History, err = envconf.Int(getenv, "RELAY_HISTORY", c.History, 0, upstream.MaxTail); err != nil {
-		return c, err
-	}
-	if c.HistoryBytes, err = envconf.Int(getenv, "RELAY_HISTORY_BYTES", c.HistoryBytes, 4096, 64<<20); err != nil {
 		return c, err
 	}
 	if c.QueueBytes, err = envconf.Int(getenv, "RELAY_QUEUE_BYTES", c.QueueBytes, 1<<20, 1<<40); err != nil {

@@ -1,6 +1,7 @@
 package app_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -31,6 +32,37 @@ func TestFromEnvDefaults(t *testing.T) {
 	}
 	if cfg.AccessMode() != app.AccessREST || cfg.JWKSURL() != "https://x.supabase.co/auth/v1/.well-known/jwks.json" || cfg.Issuer() != "https://x.supabase.co/auth/v1" {
 		t.Errorf("REST mode: %+v", cfg)
+	}
+}
+
+// The defaults of what browsers make the relay hold fit its memory
+// together: connections (at the 13 KiB an idle one holds, measured by
+// BenchmarkIdleBrowsers), the watched devices' rings and the queued
+// frames take at most seven eighths of it, each its share; a larger
+// RELAY_HISTORY_BYTES means fewer devices by default. (They were 20,000
+// connections and 1,000 devices whatever the memory: 244 MiB and 125 MiB
+// against the 400 MiB of a 512 MB machine.)
+func TestDefaultBoundsFitTheMemory(t *testing.T) {
+	mem := memlimit.Bytes()
+	for _, historyBytes := range []int{128 << 10, 4 << 20, 64 << 20} {
+		cfg, err := app.FromEnv(env(map[string]string{"UPSTREAM_TOKEN": "t", "AUTH_DISABLED": "true", "RELAY_HISTORY_BYTES": fmt.Sprint(historyBytes)}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns := int64(cfg.MaxConnections) * 13 << 10
+		rings := int64(cfg.MaxDevices) * int64(cfg.HistoryBytes)
+		if conns > mem*3/8 || rings > max(mem/4, int64(historyBytes)) || conns+rings+int64(cfg.QueueBytes) > mem*7/8+int64(historyBytes) {
+			t.Errorf("RELAY_HISTORY_BYTES=%d: %d connections (%d B), %d devices (%d B), queue %d B: over the shares of %d B",
+				historyBytes, cfg.MaxConnections, conns, cfg.MaxDevices, rings, cfg.QueueBytes, mem)
+		}
+		if cfg.MaxConnections < 1 || cfg.MaxConnections > 20000 || cfg.MaxDevices < 1 || cfg.MaxDevices > 1000 {
+			t.Errorf("RELAY_HISTORY_BYTES=%d: %d connections, %d devices: outside 1–20,000 and 1–1,000", historyBytes, cfg.MaxConnections, cfg.MaxDevices)
+		}
+	}
+	// Set, they are taken as they are.
+	cfg, err := app.FromEnv(env(map[string]string{"UPSTREAM_TOKEN": "t", "AUTH_DISABLED": "true", "MAX_CONNECTIONS": "50000", "MAX_WATCHED_DEVICES": "5000"}))
+	if err != nil || cfg.MaxConnections != 50000 || cfg.MaxDevices != 5000 {
+		t.Errorf("set bounds: %d, %d, %v", cfg.MaxConnections, cfg.MaxDevices, err)
 	}
 }
 
