@@ -38,6 +38,7 @@ func (s *stallStream) Log(ctx context.Context, _ *livelog.Entry, _ string) (uint
 
 func (s *stallStream) Stores() bool                                         { return true }
 func (s *stallStream) LogAsync(*livelog.Entry)                              {}
+func (s *stallStream) LogAsyncID(*livelog.Entry, string)                    {}
 func (s *stallStream) Behind() bool                                         { return false }
 func (s *stallStream) LogBehind(*livelog.Entry, string, func(uint64)) error { return nil }
 func (s *stallStream) Notify(*livelog.Entry)                                {}

@@ -529,8 +529,9 @@ func (*noStream) PublishUplink(context.Context, uplink.Accepted, []byte) error {
 func (s *noStream) Log(context.Context, *livelog.Entry, string) (uint64, bool, error) {
 	return s.seq.Add(1), false, nil
 }
-func (*noStream) LogAsync(*livelog.Entry) {}
-func (*noStream) Notify(*livelog.Entry)   {}
+func (*noStream) LogAsync(*livelog.Entry)           {}
+func (*noStream) LogAsyncID(*livelog.Entry, string) {}
+func (*noStream) Notify(*livelog.Entry)             {}
 
 // profile writes the process's CPU profile to dir/<name>.pprof until the
 // returned stop, or, with every (a duration), to dir/<name>-N.pprof, a new
