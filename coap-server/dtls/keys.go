@@ -117,6 +117,9 @@ type KeyCache struct {
 	metrics *Metrics
 	log     *slog.Logger
 	sem     chan struct{}
+	// unlistedSem is the one database slot of identities the list does
+	// not have (SeparateUnlisted).
+	unlistedSem chan struct{}
 
 	mu       sync.Mutex
 	known    map[string]keyEntry
@@ -124,7 +127,20 @@ type KeyCache struct {
 	changes  changeLog            // the deletions and replacements, numbered
 	onChange []func(deviceID string)
 	dirty    atomic.Bool // known keys changed since the last save
+	// listed, when set, says whether an identity has a credential row by
+	// the list kept in memory (OnlyListed).
+	listed atomic.Pointer[func(string) (has, known bool)]
 }
+
+// SeparateUnlisted makes a lookup of an identity that has no key here ask
+// has first, the device IDs with credentials kept in memory (coap-server's
+// devset, re-read every few seconds): while it has a list (known), an
+// identity it does not list is looked up through one database slot of its
+// own instead of the MaxConcurrentLookups ones. Junk identities (random
+// ones from hosts that answered their cookie) then wait for each other,
+// not for a listed device's first handshake; a device provisioned since
+// the list's last re-read is still looked up, through that slot.
+func (k *KeyCache) SeparateUnlisted(has func(id string) (has, known bool)) { k.listed.Store(&has) }
 
 // NewKeyCache returns a cache reading misses through loader.
 func NewKeyCache(loader KeyLoader, cfg KeyCacheConfig, m *Metrics, logger *slog.Logger) *KeyCache {
@@ -134,10 +150,11 @@ func NewKeyCache(loader KeyLoader, cfg KeyCacheConfig, m *Metrics, logger *slog.
 	}
 	k := &KeyCache{
 		cfg: cfg, loader: loader, metrics: m, log: logger,
-		sem:     make(chan struct{}, cfg.MaxConcurrentLookups),
-		known:   make(map[string]keyEntry),
-		unknown: make(map[string]time.Time),
-		changes: changeLog{last: make(map[string]uint64)},
+		sem:         make(chan struct{}, cfg.MaxConcurrentLookups),
+		unlistedSem: make(chan struct{}, 1),
+		known:       make(map[string]keyEntry),
+		unknown:     make(map[string]time.Time),
+		changes:     changeLog{last: make(map[string]uint64)},
 	}
 	k.loadFile()
 	return k
@@ -213,15 +230,21 @@ func (k *KeyCache) PSK(ctx context.Context, deviceID string) ([]byte, error) {
 		k.metrics.KeyLookups.WithLabelValues("miss_cached").Inc()
 		return nil, ErrUnknownDevice
 	}
+	sem, busy := k.sem, "busy"
+	if has := k.listed.Load(); has != nil && !known {
+		if in, loaded := (*has)(deviceID); loaded && !in {
+			sem, busy = k.unlistedSem, "busy_unlisted"
+		}
+	}
 	select {
-	case k.sem <- struct{}{}:
-		defer func() { <-k.sem }()
+	case sem <- struct{}{}:
+		defer func() { <-sem }()
 	default:
 		if known {
 			k.metrics.KeyLookups.WithLabelValues("stale").Inc()
 			return e.psk, nil
 		}
-		k.metrics.KeyLookups.WithLabelValues("busy").Inc()
+		k.metrics.KeyLookups.WithLabelValues(busy).Inc()
 		return nil, ErrKeyStoreBusy
 	}
 	ctx, cancel := context.WithTimeout(ctx, k.cfg.LookupTimeout)

@@ -14,7 +14,7 @@ type Metrics struct {
 	// room for one from an address holding fewer (Limiter.Heaviest).
 	Refused *prometheus.CounterVec
 	// KeyLookups counts PSK lookups by outcome: hit, miss_cached, loaded,
-	// unknown, error, busy, stale, invalid_identity.
+	// unknown, error, busy, busy_unlisted, stale, invalid_identity.
 	KeyLookups *prometheus.CounterVec
 	// KeyCacheEvictions counts keys dropped because the cache was full.
 	KeyCacheEvictions prometheus.Counter
@@ -55,7 +55,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"reason"}),
 		KeyLookups: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nbiot_dtls_key_lookups_total",
-			Help: "PSK lookups by outcome (hit, miss_cached, loaded, unknown, error, busy, stale, invalid_identity).",
+			Help: "PSK lookups by outcome (hit, miss_cached, loaded, unknown, error, busy, busy_unlisted, stale, invalid_identity).",
 		}, []string{"outcome"}),
 		KeyCacheEvictions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "nbiot_dtls_key_cache_evictions_total", Help: "PSK cache entries evicted because the cache was full.",
