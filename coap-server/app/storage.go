@@ -71,7 +71,7 @@ func (a *App) openStorage(ctx context.Context) error {
 		return fmt.Errorf("storage %q: unknown mode", a.cfg.Storage())
 	}
 	malformed := prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "nbiot_stream_malformed_total", Help: "Messages on the uplink stream that were not accepted uplinks (terminated).",
+		Name: "nbiot_stream_malformed_total", Help: "Deliveries of uplink-stream messages this version cannot read (handed back for a newer instance, never deleted).",
 	})
 	a.Metrics.MustRegister(malformed)
 	src, err := a.engine.UplinkSource(ctx, malformed)
