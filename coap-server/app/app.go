@@ -246,8 +246,9 @@ func (a *App) openStream(ctx context.Context) error {
 }
 
 // Ready reports whether the listeners are bound and the stream takes
-// publishes (/readyz): without the stream, uplinks get 5.03.
-func (a *App) Ready() bool { return a.ready.Load() && a.engine.Connected() }
+// publishes (/readyz): connected to NATS, and JetStream serving the
+// streams (stream.Engine.Ready); without them, uplinks get 5.03.
+func (a *App) Ready() bool { return a.ready.Load() && a.engine.Ready() }
 
 // Credentialed is the set of devices that must use DTLS (nil without
 // COAPS_ADDR), for tests.

@@ -5,7 +5,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,6 +48,14 @@ type Engine struct {
 	// asyncErrors counts LogAsync and LogBehind publishes that failed.
 	asyncErrors atomic.Int64
 	behindWaits atomic.Int64 // LogBehind callers that waited (BehindWaits)
+
+	// What the watcher (watch) last found.
+	jsReady   atomic.Bool   // the streams and the consumer answer (Ready)
+	clamped   atomic.Bool   // UPLINKS kept a larger limit than UPLINKS_MAX_BYTES (ensureStream)
+	kick      chan struct{} // a connection is back: check now
+	watchCtx  context.Context
+	stopWatch context.CancelFunc // ends watch (Close)
+	watched   chan struct{}      // closed when watch returned; nil before it started
 }
 
 // AsyncErrors is the number of LogAsync and LogBehind entries the stream
@@ -98,7 +108,11 @@ func (e *Engine) DevicesHeld() (held, maxDevices int) { return e.devices.state()
 // Errors name the variable at fault and never a credential.
 func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	cfg = cfg.withDefaults()
-	e := &Engine{cfg: cfg, closed: make(chan struct{})}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	e := &Engine{cfg: cfg, closed: make(chan struct{}), kick: make(chan struct{}, 1)}
+	e.watchCtx, e.stopWatch = context.WithCancel(context.Background())
 	e.batches.e = e
 	if cfg.URL == "" {
 		e.devices = newDeviceBudget(int(cfg.DeviceMemory/DeviceBytes), cfg.LiveMaxAge)
@@ -115,9 +129,15 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		nats.ReconnectBufSize(-1),
 		nats.Timeout(cfg.ConnectTimeout),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			// Not ready until the watcher found the streams again: the
+			// server that comes back may not have them.
+			e.jsReady.Store(false)
 			cfg.Logger.Warn("nats: disconnected; uplinks get 5.03 until it is back", "err", err)
 		}),
-		nats.ReconnectHandler(func(*nats.Conn) { cfg.Logger.Info("nats: reconnected") }),
+		nats.ReconnectHandler(func(*nats.Conn) {
+			cfg.Logger.Info("nats: reconnected")
+			e.checkSoon()
+		}),
 	}
 	var err error
 	url := cfg.URL
@@ -141,7 +161,12 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	}
 	if e.js, err = jetstream.New(e.nc, jetstream.WithPublishAsyncErrHandler(func(jetstream.JetStream, *nats.Msg, error) {
 		e.asyncErrors.Add(1)
-	})); err != nil {
+	}),
+		// LogAsync's publishes (NATS_URL) whose acknowledgement never
+		// comes (a reply lost in a leader change, a subject nobody stores)
+		// are given up and counted after this, instead of filling the
+		// publisher's 4,000 pending for good.
+		jetstream.WithPublishAsyncTimeout(cfg.AckTimeout)); err != nil {
 		e.Close()
 		return nil, fmt.Errorf("%s: %w", e.varName(), err)
 	}
@@ -153,7 +178,7 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	}
 	sctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
 	defer cancel()
-	if err := e.ensure(sctx); err != nil {
+	if e.live, e.uplinks, err = e.ensure(sctx); err != nil {
 		e.Close()
 		return nil, fmt.Errorf("%s: %w", e.varName(), err)
 	}
@@ -164,6 +189,9 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	if e.Behind() && cfg.EntriesFollow {
 		e.ledger = newLedger()
 	}
+	e.jsReady.Store(true)
+	e.watched = make(chan struct{})
+	go e.watch()
 	return e, nil
 }
 
@@ -200,11 +228,9 @@ func startEmbedded(cfg Config) (*server.Server, error) {
 	return ns, nil
 }
 
-// ensure creates or updates the streams and the storage consumer.
-func (e *Engine) ensure(ctx context.Context) error {
-	c := e.cfg
-	var err error
-	e.live, err = e.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+// liveConfig is LIVELOG's configuration.
+func (c Config) liveConfig() jetstream.StreamConfig {
+	return jetstream.StreamConfig{
 		Name:              LiveLogStream,
 		Description:       "nbiot-live: live-log entries; the stream sequence is their seq",
 		Subjects:          []string{liveSubject + ">"},
@@ -218,14 +244,12 @@ func (e *Engine) ensure(ctx context.Context) error {
 		Replicas:          c.Replicas,
 		Storage:           jetstream.FileStorage,
 		AllowDirect:       true,
-	})
-	if err != nil {
-		return fmt.Errorf("stream %s: %w", LiveLogStream, err)
 	}
-	if !c.Storage {
-		return nil
-	}
-	e.uplinks, err = e.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+}
+
+// uplinksConfig is UPLINKS' configuration.
+func (c Config) uplinksConfig() jetstream.StreamConfig {
+	return jetstream.StreamConfig{
 		Name:        UplinksStream,
 		Description: "nbiot-live: accepted uplinks until the database committed them",
 		Subjects:    []string{uplinkSubject + ">"},
@@ -242,11 +266,26 @@ func (e *Engine) ensure(ctx context.Context) error {
 		Duplicates: c.Duplicates,
 		Replicas:   c.Replicas,
 		Storage:    jetstream.FileStorage,
-	})
-	if err != nil {
-		return fmt.Errorf("stream %s: %w", UplinksStream, err)
 	}
-	_, err = e.uplinks.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+}
+
+// ensure creates the streams and the storage consumer, or brings them to
+// the configuration without deleting what UPLINKS holds (ensureStream),
+// and returns the streams' handles (uplinks nil without storage). Open
+// runs it, and the watcher again when NATS lost a stream or the consumer.
+// Doing so again with the same configuration changes nothing.
+func (e *Engine) ensure(ctx context.Context) (live, uplinks jetstream.Stream, err error) {
+	c := e.cfg
+	if live, err = e.ensureStream(ctx, c.liveConfig(), false); err != nil {
+		return nil, nil, fmt.Errorf("stream %s: %w", LiveLogStream, err)
+	}
+	if !c.Storage {
+		return live, nil, nil
+	}
+	if uplinks, err = e.ensureStream(ctx, c.uplinksConfig(), true); err != nil {
+		return nil, nil, fmt.Errorf("stream %s: %w", UplinksStream, err)
+	}
+	_, err = uplinks.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 		Durable:     StorageConsumer,
 		Description: "nbiot-live: the database writers of every instance",
 		AckPolicy:   jetstream.AckExplicitPolicy,
@@ -257,12 +296,146 @@ func (e *Engine) ensure(ctx context.Context) error {
 		MaxDeliver:    -1,
 		MaxAckPending: 20000,
 		MaxWaiting:    512,
-		Replicas:      c.Replicas,
+		// The stream's own, which may be more than NATS_REPLICAS (never
+		// lowered: ensureStream).
+		Replicas: uplinks.CachedInfo().Config.Replicas,
 	})
 	if err != nil {
-		return fmt.Errorf("consumer %s: %w", StorageConsumer, err)
+		return nil, nil, fmt.Errorf("consumer %s: %w", StorageConsumer, err)
 	}
-	return nil
+	return live, uplinks, nil
+}
+
+// uplinksMargin is what UPLINKS may take between ensureStream reading its
+// state and its update (see keepUplinks), beyond a sixteenth of what it holds.
+const uplinksMargin = 256 << 10
+
+// ensureStream creates the stream want names, or updates it to want when
+// that differs from what it has, never lowering its replicas. An update
+// of UPLINKS (keep) also never tightens a limit in a way that would
+// delete accepted uplinks: nats-server enforces a lowered MaxBytes,
+// MaxAge, MaxMsgs or MaxMsgsPerSubject on update by deleting the oldest
+// messages, even with DiscardNew (keepUplinks). LIVELOG's limits are its
+// retention: lowering LIVELOG_MAX_BYTES, LIVELOG_MAX_AGE or
+// LIVELOG_PER_DEVICE deletes its oldest entries, as asked; that is logged.
+func (e *Engine) ensureStream(ctx context.Context, want jetstream.StreamConfig, keep bool) (jetstream.Stream, error) {
+	log := e.cfg.Logger
+	for range 3 {
+		s, err := e.js.Stream(ctx, want.Name)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			s, err = e.js.CreateStream(ctx, want)
+			if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+				continue // another instance created it meanwhile: update that one
+			}
+			if err == nil {
+				if e.watched != nil {
+					log.Warn("nats: stream was missing and was created again, empty; what NATS held in it before is gone", "stream", want.Name)
+				} else {
+					log.Info("nats: stream created", "stream", want.Name)
+				}
+			}
+			return s, err
+		}
+		if err != nil {
+			return nil, err
+		}
+		info := s.CachedInfo()
+		if want = e.safeConfig(info, want, keep); sameConfig(info.Config, want) {
+			return s, nil
+		}
+		return e.js.UpdateStream(ctx, want)
+	}
+	return nil, errors.New("created and deleted again by someone else, three times")
+}
+
+// safeConfig is want, the configuration for the stream that info
+// describes, changed so that the update deletes nothing it must not: the
+// replicas are never lowered, and for UPLINKS (keep) no accepted uplink is
+// deleted (keepUplinks). LIVELOG's lowered limits are applied and logged.
+func (e *Engine) safeConfig(info *jetstream.StreamInfo, want jetstream.StreamConfig, keep bool) jetstream.StreamConfig {
+	log := e.cfg.Logger
+	cur := info.Config
+	if cur.Replicas > want.Replicas {
+		log.Warn("NATS_REPLICAS is below the stream's replicas: keeping them (lower them on the cluster, e.g. nats stream edit, not with a deploy)",
+			"stream", want.Name, "NATS_REPLICAS", want.Replicas, "replicas", cur.Replicas)
+		want.Replicas = cur.Replicas
+	}
+	if keep {
+		e.keepUplinks(info, &want)
+		return want
+	}
+	for _, l := range []struct {
+		name      string
+		cur, want int64
+	}{
+		{"LIVELOG_MAX_BYTES", cur.MaxBytes, want.MaxBytes},
+		{"LIVELOG_MAX_AGE", int64(cur.MaxAge), int64(want.MaxAge)},
+		{"LIVELOG_PER_DEVICE", cur.MaxMsgsPerSubject, want.MaxMsgsPerSubject},
+	} {
+		if tighter(l.cur, l.want) && info.State.Msgs > 0 {
+			log.Info("live log: "+l.name+" lowered; its oldest entries beyond the new bound are deleted (their uplinks stay stored)",
+				"stream", want.Name, "was", l.cur, "now", l.want)
+		}
+	}
+	return want
+}
+
+// keepUplinks changes want, UPLINKS' configuration, so that updating the
+// stream that info describes deletes none of the accepted uplinks it holds:
+// no limit is tightened but MaxBytes, and that one not below what it
+// holds (plus a margin for what arrives meanwhile). So an operator who
+// lowers UPLINKS_MAX_BYTES while the database is down loses nothing and
+// keeps the service up: the stream stops growing, new uplinks get 5.03
+// once it is full, and the watcher lowers the limit further as the stream
+// drains, down to UPLINKS_MAX_BYTES (e.clamped). Refusing to start
+// instead would turn away every uplink for the length of the outage.
+func (e *Engine) keepUplinks(info *jetstream.StreamInfo, want *jetstream.StreamConfig) {
+	cur := info.Config
+	if tighter(int64(cur.MaxAge), int64(want.MaxAge)) {
+		want.MaxAge = cur.MaxAge
+	}
+	if tighter(cur.MaxMsgs, want.MaxMsgs) {
+		want.MaxMsgs = cur.MaxMsgs
+	}
+	if tighter(cur.MaxMsgsPerSubject, want.MaxMsgsPerSubject) {
+		want.MaxMsgsPerSubject = cur.MaxMsgsPerSubject
+	}
+	clamped := false
+	if tighter(cur.MaxBytes, want.MaxBytes) {
+		held := int64(min(info.State.Bytes, math.MaxInt64/2))
+		if floor := held + held/16 + uplinksMargin; floor > want.MaxBytes {
+			limit := floor
+			if cur.MaxBytes > 0 {
+				limit = min(limit, cur.MaxBytes)
+			}
+			if !e.clamped.Load() {
+				e.cfg.Logger.Warn("UPLINKS_MAX_BYTES is below what the UPLINKS stream holds (accepted uplinks the database has not stored yet): "+
+					"keeping a larger limit, since NATS would delete the oldest of them to enforce it; it is lowered as the stream drains",
+					"UPLINKS_MAX_BYTES", want.MaxBytes, "held_bytes", held, "limit_bytes", limit)
+			}
+			want.MaxBytes = limit
+			clamped = true
+		}
+	}
+	if e.clamped.Swap(clamped) && !clamped {
+		e.cfg.Logger.Info("UPLINKS_MAX_BYTES applies again: the UPLINKS stream drained below it", "UPLINKS_MAX_BYTES", want.MaxBytes)
+	}
+}
+
+// tighter reports whether limit want is below cur (0 or less: none).
+func tighter(cur, want int64) bool {
+	return want > 0 && (cur <= 0 || want < cur)
+}
+
+// sameConfig reports whether the stream configured cur already has what
+// want sets (the server writes "no limit" as -1 where want has 0).
+func sameConfig(cur, want jetstream.StreamConfig) bool {
+	lim := func(v int64) int64 { return max(v, 0) }
+	return cur.Description == want.Description && slices.Equal(cur.Subjects, want.Subjects) &&
+		cur.Retention == want.Retention && cur.Discard == want.Discard && cur.Storage == want.Storage &&
+		cur.MaxAge == want.MaxAge && lim(cur.MaxBytes) == lim(want.MaxBytes) && lim(cur.MaxMsgs) == lim(want.MaxMsgs) &&
+		lim(cur.MaxMsgsPerSubject) == lim(want.MaxMsgsPerSubject) && max(cur.MaxMsgSize, 0) == max(want.MaxMsgSize, 0) &&
+		cur.Duplicates == want.Duplicates && cur.Replicas == want.Replicas && cur.AllowDirect == want.AllowDirect
 }
 
 // bind gives the feed and storage connections their own stream handles.
@@ -287,8 +460,8 @@ func (e *Engine) bind(ctx context.Context) error {
 	return nil
 }
 
-// Connected reports whether all three connections are up (for /readyz):
-// publishes, the live-log feed and history, and storage.
+// Connected reports whether all three connections are up: publishes,
+// the live-log feed and history, and storage.
 func (e *Engine) Connected() bool {
 	if e == nil {
 		return false
@@ -301,12 +474,141 @@ func (e *Engine) Connected() bool {
 	return true
 }
 
+// Ready reports whether uplinks can be accepted (for /readyz): the three
+// connections are up, and JetStream answered the watcher's last look at
+// the streams and the storage consumer (every checkEvery, and at once
+// after a reconnection). When NATS came back without them (restarted
+// without its store, a stream deleted) it is false until the watcher has
+// created them again; while JetStream does not answer (quorum lost) it
+// stays false.
+func (e *Engine) Ready() bool {
+	return e != nil && e.jsReady.Load() && e.Connected()
+}
+
+// How often the watcher looks at JetStream, and the least time between
+// two of its attempts to create what is missing; while UPLINKS keeps a
+// larger limit than UPLINKS_MAX_BYTES, how often it tries to lower it.
+const (
+	checkEvery  = 2 * time.Second
+	ensureEvery = 5 * time.Second
+	lowerEvery  = 30 * time.Second
+)
+
+// checkSoon makes the watcher look now (a connection is back).
+func (e *Engine) checkSoon() {
+	select {
+	case e.kick <- struct{}{}:
+	default:
+	}
+}
+
+// watch keeps Ready true to JetStream and recreates the streams and the
+// storage consumer when NATS lost them (ensure, at most every
+// ensureEvery). The handles the engine and its UplinkSource hold name
+// the stream and the consumer, so they work again on the new ones.
+func (e *Engine) watch() {
+	defer close(e.watched)
+	log := e.cfg.Logger
+	t := time.NewTicker(checkEvery)
+	defer t.Stop()
+	var lastEnsure, lastLower time.Time
+	failedEnsures := 0
+	warned := false
+	for {
+		select {
+		case <-e.watchCtx.Done():
+			return
+		case <-t.C:
+		case <-e.kick:
+		}
+		err := e.check()
+		if err != nil && missing(err) && time.Since(lastEnsure) >= ensureEvery {
+			lastEnsure = time.Now()
+			ctx, cancel := context.WithTimeout(e.watchCtx, e.cfg.ConnectTimeout)
+			_, _, eerr := e.ensure(ctx)
+			cancel()
+			if eerr == nil {
+				failedEnsures = 0
+				err = e.check()
+			} else if failedEnsures++; failedEnsures == 1 || failedEnsures%12 == 0 {
+				log.Warn("nats: cannot create the missing streams again; retrying", "attempt", failedEnsures, "err", eerr)
+			}
+		}
+		if err == nil && e.clamped.Load() && time.Since(lastLower) >= lowerEvery {
+			lastLower = time.Now()
+			ctx, cancel := context.WithTimeout(e.watchCtx, e.cfg.ConnectTimeout)
+			if _, lerr := e.ensureStream(ctx, e.cfg.uplinksConfig(), true); lerr != nil {
+				log.Warn("nats: cannot lower UPLINKS' limit towards UPLINKS_MAX_BYTES", "err", lerr)
+			}
+			cancel()
+		}
+		was := e.jsReady.Swap(err == nil)
+		switch {
+		case err != nil && !warned && !errors.Is(err, errDisconnected) && e.watchCtx.Err() == nil:
+			warned = true
+			log.Warn("nats: JetStream does not serve the streams; not ready, uplinks get 5.03", "err", err)
+		case err == nil && (!was || warned):
+			warned = false
+			log.Info("nats: JetStream serves the streams; ready")
+		}
+	}
+}
+
+var (
+	errDisconnected     = errors.New("nats: not connected")
+	errJetStreamStopped = errors.New("embedded NATS: JetStream stopped (a storage failure? see DATA_DIR)")
+)
+
+// check asks JetStream for the streams and the storage consumer. The
+// embedded server holds them for this process alone (it does not listen),
+// so there it is only asked whether JetStream runs (it stops on a storage
+// failure): a stream info of LIVELOG every few seconds slowed its writes
+// at the limit of an fsync per message (TestLogBehindWithSyncAlwaysLosesNoEntry).
+func (e *Engine) check() error {
+	if !e.Connected() {
+		return errDisconnected
+	}
+	if e.ns != nil {
+		if !e.ns.JetStreamEnabled() {
+			return errJetStreamStopped
+		}
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(e.watchCtx, e.cfg.AckTimeout)
+	defer cancel()
+	if _, err := e.js.Stream(ctx, LiveLogStream); err != nil {
+		return fmt.Errorf("stream %s: %w", LiveLogStream, err)
+	}
+	if e.uplinks == nil {
+		return nil
+	}
+	if _, err := e.js.Stream(ctx, UplinksStream); err != nil {
+		return fmt.Errorf("stream %s: %w", UplinksStream, err)
+	}
+	if _, err := e.js.Consumer(ctx, UplinksStream, StorageConsumer); err != nil {
+		return fmt.Errorf("consumer %s: %w", StorageConsumer, err)
+	}
+	return nil
+}
+
+// missing reports whether err says that what ensure makes is not there
+// (rather than that JetStream did not answer in time).
+func missing(err error) bool {
+	return errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrJetStreamNotEnabled) ||
+		errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount)
+}
+
 // Embedded reports whether the engine runs in-process.
 func (e *Engine) Embedded() bool { return e.ns != nil }
 
 // Close drains the connection (pending acks are delivered) and stops the
 // embedded server. It is idempotent.
 func (e *Engine) Close() {
+	e.stopWatch()
+	if e.watched != nil {
+		<-e.watched
+	}
 	e.FlushLive(5 * time.Second)
 	for _, c := range []*nats.Conn{e.store, e.feed} {
 		if c != nil && !c.IsClosed() {

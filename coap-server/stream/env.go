@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -11,7 +12,8 @@ import (
 // FromEnv fills the retention, replica and sync settings from the
 // environment (NATS_REPLICAS, UPLINKS_MAX_BYTES, LIVELOG_MAX_AGE,
 // LIVELOG_MAX_BYTES, LIVELOG_PER_DEVICE, NATS_SYNC_ALWAYS); empty variables
-// keep the defaults. An error names the variable.
+// keep the defaults. URL (NATS_URL) must be set already: NATS_REPLICAS
+// above 1 needs it. An error names the variable.
 func (c *Config) FromEnv(getenv func(string) string) error {
 	ints := []struct {
 		name   string
@@ -59,5 +61,14 @@ func (c *Config) FromEnv(getenv func(string) string) error {
 		return err
 	}
 	c.SyncAlways = c.SyncAlways || always
+	return c.validate()
+}
+
+// validate checks what no single variable tells: the embedded server
+// (no NATS_URL) is one node and keeps one copy of each stream.
+func (c Config) validate() error {
+	if c.URL == "" && c.Replicas > 1 {
+		return errors.New("NATS_REPLICAS: more than 1 needs an external cluster (NATS_URL); the embedded server keeps one copy")
+	}
 	return nil
 }
