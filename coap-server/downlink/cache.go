@@ -232,7 +232,7 @@ func (c *Cache) ForUplink(a uplink.Accepted) (payload []byte, configApplied *boo
 		return nil, nil, nil
 	}
 	reported := a.Uplink.GetConfig()
-	matches := reported != nil && reported.ConfigVersion != nil && int64(reported.GetConfigVersion()) == d.id
+	matches := reported != nil && reported.ConfigVersion != nil && reported.GetConfigVersion() == livelog.ConfigVersion(d.id)
 	if d.sent || d.applied {
 		configApplied = &matches
 	}

@@ -27,6 +27,7 @@ import (
 	"math"
 	"strings"
 
+	"github.com/nbiot-live/nbiot-live/internal/livelog"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 )
 
@@ -38,16 +39,17 @@ var ErrConfig = errors.New("downlink: invalid config")
 const maxConfigJSON = 4096
 
 // ConfigFromJSON converts a device_downlinks.config object into the
-// DeviceConfig sent to the device, with config_version = version (the row
-// id, which the device echoes once applied). Unknown keys are refused, so a
+// DeviceConfig sent to the device, with config_version =
+// livelog.ConfigVersion(version) (the row id below 2^32, which the device
+// echoes once applied). Unknown keys are refused, so a
 // typo in the frontend fails loudly instead of silently doing nothing.
 // A config_version in the object is ignored: the server owns it.
 func ConfigFromJSON(raw []byte, version int64) (*nbiotv1.DeviceConfig, error) {
 	if len(raw) > maxConfigJSON {
 		return nil, fmt.Errorf("%w: over %d bytes", ErrConfig, maxConfigJSON)
 	}
-	if version < 1 || version > math.MaxUint32 {
-		return nil, fmt.Errorf("%w: id %d does not fit config_version (uint32)", ErrConfig, version)
+	if version < 1 {
+		return nil, fmt.Errorf("%w: id %d is not a row id", ErrConfig, version)
 	}
 	var fields map[string]json.RawMessage
 	dec := json.NewDecoder(bytes.NewReader(raw))
@@ -61,7 +63,7 @@ func ConfigFromJSON(raw []byte, version int64) (*nbiotv1.DeviceConfig, error) {
 		return nil, fmt.Errorf("%w: trailing data", ErrConfig)
 	}
 	c := &nbiotv1.DeviceConfig{}
-	v := uint32(version)
+	v := livelog.ConfigVersion(version)
 	c.ConfigVersion = &v
 	set := 0
 	for key, val := range fields {

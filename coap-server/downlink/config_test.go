@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"google.golang.org/protobuf/proto"
+
+	"github.com/nbiot-live/nbiot-live/internal/livelog"
 )
 
 func TestConfigFromJSON(t *testing.T) {
@@ -44,8 +46,11 @@ func TestConfigFromJSON(t *testing.T) {
 			}
 		})
 	}
-	if _, err := ConfigFromJSON([]byte(`{"gnss_interval":1}`), 1<<32); err == nil {
-		t.Error("an id over uint32 was accepted as config_version")
+	if c, err := ConfigFromJSON([]byte(`{"gnss_interval":1}`), 1<<32); err != nil || c.GetConfigVersion() != 1 {
+		t.Errorf("id 2^32: %v, %v; want config_version 1 (counted from 1 again)", c, err)
+	}
+	if _, err := ConfigFromJSON([]byte(`{"gnss_interval":1}`), 0); err == nil {
+		t.Error("id 0 accepted")
 	}
 }
 
@@ -63,7 +68,7 @@ func FuzzConfigFromJSON(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if !json.Valid(raw) || int64(c.GetConfigVersion()) != id {
+		if !json.Valid(raw) || c.GetConfigVersion() != livelog.ConfigVersion(id) || id < 1 {
 			t.Fatalf("accepted %q (id %d) as %v", raw, id, c)
 		}
 		if _, err := proto.Marshal(c); err != nil {

@@ -97,3 +97,21 @@ func FuzzPeekDeviceID(f *testing.F) {
 		}
 	})
 }
+
+// The config_version of a downlink is its id below 2^32, then the ids
+// counted from 1 again, never 0 (a device never configured may report 0).
+func TestConfigVersion(t *testing.T) {
+	for _, tc := range []struct {
+		id   int64
+		want uint32
+	}{{1, 1}, {42, 42}, {1<<32 - 1, 1<<32 - 1}, {1 << 32, 1}, {1<<32 + 5, 6}, {2 * (1<<32 - 1), 1<<32 - 1}, {2*(1<<32-1) + 1, 1}, {0, 0}, {-3, 0}} {
+		if got := ConfigVersion(tc.id); got != tc.want {
+			t.Errorf("ConfigVersion(%d) = %d, want %d", tc.id, got, tc.want)
+		}
+	}
+	for id := int64(1<<32 - 1000); id < 1<<32+1000; id++ {
+		if ConfigVersion(id) == 0 {
+			t.Fatalf("ConfigVersion(%d) = 0", id)
+		}
+	}
+}
