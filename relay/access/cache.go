@@ -14,10 +14,13 @@ import (
 
 // CacheConfig tunes Cached. The zero value of a field takes the default.
 type CacheConfig struct {
-	// Allow is how long a positive answer is reused. Default 30 s: a
+	// Allow is how long a positive answer is reused. Default 5 s, the
+	// re-check interval of open sessions (browser.DefaultRecheckEvery): a
 	// browser reconnecting after a blip does not query the database again,
-	// and a device given away stops being watchable by new connections
-	// within half a minute (open ones are not cut).
+	// and a device given away stops being watchable by new connections as
+	// soon as open ones are cut (with 30 s a former owner could reconnect
+	// and be sent the relay's history of the device, the new owner's
+	// entries among it).
 	Allow time.Duration
 	// Deny is how long a negative answer is reused. Default 5 s: short, so
 	// a device just claimed becomes watchable at once, long enough that a
@@ -37,7 +40,7 @@ type CacheConfig struct {
 
 func (c CacheConfig) withDefaults() CacheConfig {
 	if c.Allow <= 0 {
-		c.Allow = 30 * time.Second
+		c.Allow = 5 * time.Second
 	}
 	if c.Deny <= 0 {
 		c.Deny = 5 * time.Second

@@ -58,16 +58,46 @@ func TestCacheTTLs(t *testing.T) {
 	check("u1-dev", nil, 1)
 	check("other", access.ErrDenied, 2)
 	clk.Add(4 * time.Second)
-	check("u1-dev", nil, 2)             // positive: cached 30 s
+	check("u1-dev", nil, 2)             // positive: cached 5 s
 	check("other", access.ErrDenied, 2) // negative: cached 5 s
 	clk.Add(2 * time.Second)
 	check("other", access.ErrDenied, 3) // negative expired
-	clk.Add(25 * time.Second)
-	check("u1-dev", nil, 4) // positive expired after 31 s
+	check("u1-dev", nil, 4)             // positive expired after 6 s
 	if got := testutil.ToFloat64(m.Checks.WithLabelValues("allowed_cached")); got != 1 {
 		t.Errorf("allowed_cached %v", got)
 	}
 }
+
+// A device given away stops being watchable by its former owner's new
+// connections within the re-check interval of open ones (5 s): with 30 s,
+// a former owner who had closed their tabs could reconnect for the rest of
+// the half minute and be sent the relay's history of the device, the new
+// owner's entries among it, before the re-check cut them off. (Found in
+// an audit.)
+func TestGivenAwayDeviceIsDeniedWithinTheRecheckInterval(t *testing.T) {
+	clk := &clock{t: time.Unix(1e9, 0)}
+	var owner atomic.Value
+	owner.Store("a")
+	c := access.NewCached(access.CheckerFunc(func(_ context.Context, cl *auth.Claims, _, _ string) error {
+		if cl.Subject != owner.Load().(string) {
+			return access.ErrDenied
+		}
+		return nil
+	}), access.CacheConfig{Now: clk.Now}, access.NewMetrics(prometheus.NewRegistry()))
+	a := &auth.Claims{Subject: "a", Role: "authenticated"}
+	if err := c.Check(context.Background(), a, "tok", "dev"); err != nil {
+		t.Fatal(err)
+	}
+	owner.Store("b") // given away
+	clk.Add(browserRecheckEvery + time.Second)
+	if err := c.Check(context.Background(), a, "tok", "dev"); !errors.Is(err, access.ErrDenied) {
+		t.Fatalf("former owner %v after %v, want ErrDenied", err, browserRecheckEvery+time.Second)
+	}
+}
+
+// browserRecheckEvery is relay/browser's DefaultRecheckEvery (not
+// imported: browser imports access).
+const browserRecheckEvery = 5 * time.Second
 
 func TestCacheNeverKeepsErrors(t *testing.T) {
 	var calls atomic.Int64

@@ -96,7 +96,7 @@ type Config struct {
 	UpstreamBackOff func() backoff.BackOff
 	// JWKSUnknownKIDEvery rate-limits JWKS refetches on an unknown kid (default 30 s).
 	JWKSUnknownKIDEvery time.Duration
-	// AccessCache tunes the access answer cache (defaults: 30 s / 5 s, 10000 entries).
+	// AccessCache tunes the access answer cache (defaults: 5 s / 5 s, 10000 entries).
 	AccessCache access.CacheConfig
 	// Peer tunes browser connections (internal/wspeer defaults).
 	Peer wspeer.Config

@@ -34,23 +34,25 @@ create table if not exists auth.users (
   created_at timestamptz not null default now()
 );
 
--- Supabase's auth.uid(): the "sub" claim of the request's JWT, which
--- PostgREST (and the relay's Postgres access check) put in request.jwt.claims.
+-- Supabase's auth.uid() and auth.role(), as Supabase defines them: the
+-- "sub" and "role" claims of the request's JWT, which PostgREST (and the
+-- relay's Postgres access check) put in request.jwt.claims; the legacy
+-- per-claim setting first, when it is not empty (a connection where it
+-- was once set locally holds '' afterwards, not null).
 create or replace function auth.uid() returns uuid
   language sql stable
   as $$
-    select nullif(
-      coalesce(
-        current_setting('request.jwt.claim.sub', true),
-        (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')
-      ), '')::uuid
+    select coalesce(
+      nullif(current_setting('request.jwt.claim.sub', true), ''),
+      (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub')
+    )::uuid
   $$;
 
 create or replace function auth.role() returns text
   language sql stable
   as $$
     select coalesce(
-      current_setting('request.jwt.claim.role', true),
+      nullif(current_setting('request.jwt.claim.role', true), ''),
       (nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'role')
     )::text
   $$;
