@@ -12,7 +12,7 @@ import (
 
 // The local auth.uid() and auth.role() (scripts/local/bootstrap.sql) are
 // Supabase's: on a connection where the legacy per-claim setting was once
-// set locally (it holds ” afterwards, not null), the claims of
+// set locally (it holds an empty string afterwards, not null), the claims of
 // request.jwt.claims still count. The stand-in returned null there, and
 // the RLS tests could pass or fail unlike the real thing. (Found in an
 // audit.)
