@@ -76,6 +76,11 @@ type Config struct {
 	// while the database is down still lets known devices in; false keeps
 	// them in memory only.
 	CoAPSKeyFile bool
+	// AllowPlaintext (ALLOW_PLAINTEXT=true) lets SUPABASE_URL be http:// to
+	// another machine than this one or Fly's private network
+	// (envconf.Plaintext): only on a network that encrypts. (A DATABASE_URL
+	// says so itself, with sslmode: supa.NewPool.)
+	AllowPlaintext bool
 	// AutoRegister (AUTO_REGISTER, default true) lets an uplink naming an
 	// ID that has no devices row create it (unowned until claimed): what a
 	// plain-CoAP fleet needs, and it means anyone can create device rows.
@@ -161,6 +166,9 @@ func FromEnv(getenv func(string) string) (Config, error) {
 			return c, err
 		}
 	}
+	if c.AllowPlaintext, err = envconf.Bool(getenv, envconf.AllowPlaintext, false); err != nil {
+		return c, err
+	}
 	if v := getenv("LOG_LEVEL"); v != "" {
 		if err := c.LogLevel.UnmarshalText([]byte(v)); err != nil {
 			return c, errors.New("LOG_LEVEL: want debug, info, warn or error")
@@ -206,6 +214,10 @@ func (c Config) Validate() error {
 		u, err := url.Parse(c.SupabaseURL)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			return errors.New("SUPABASE_URL: want https://<project>.supabase.co")
+		}
+		// SUPABASE_SERVICE_KEY goes with every request.
+		if err := envconf.Plaintext("SUPABASE_URL", u, "http", "https", c.AllowPlaintext); err != nil {
+			return err
 		}
 		if c.SupabaseServiceKey == "" && c.DatabaseURL == "" {
 			return errors.New("SUPABASE_SERVICE_KEY is required with SUPABASE_URL (a service_role JWT or an sb_secret_ key)")

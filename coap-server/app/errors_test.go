@@ -165,6 +165,25 @@ func TestWebSocketAuth(t *testing.T) {
 	}
 }
 
+// SUPABASE_SERVICE_KEY goes with every REST request: http:// to another
+// machine is refused unless ALLOW_PLAINTEXT says the network encrypts it.
+// (Found in an audit: it was taken without a word.)
+func TestConfigRefusesPlaintextToAnotherMachine(t *testing.T) {
+	env := map[string]string{"WS_TOKEN": "0123456789abcdef0123", "SUPABASE_URL": "http://proj.supabase.co", "SUPABASE_SERVICE_KEY": "sb_secret_0123456789"}
+	getenv := func(k string) string { return env[k] }
+	if _, err := app.FromEnv(getenv); err == nil || !strings.HasPrefix(err.Error(), "SUPABASE_URL:") || strings.Contains(err.Error(), "sb_secret") {
+		t.Fatalf("http:// SUPABASE_URL: err = %v, want one naming SUPABASE_URL", err)
+	}
+	env["ALLOW_PLAINTEXT"] = "true"
+	if _, err := app.FromEnv(getenv); err != nil {
+		t.Fatalf("with ALLOW_PLAINTEXT=true: %v", err)
+	}
+	env["ALLOW_PLAINTEXT"], env["SUPABASE_URL"] = "", "http://127.0.0.1:54321"
+	if _, err := app.FromEnv(getenv); err != nil {
+		t.Fatalf("http:// to loopback: %v", err)
+	}
+}
+
 func TestConfigRefusesToStartWithoutToken(t *testing.T) {
 	_, err := app.FromEnv(func(string) string { return "" })
 	if err == nil || !strings.HasPrefix(err.Error(), "WS_TOKEN") {
@@ -194,7 +213,7 @@ func TestConfigSwitches(t *testing.T) {
 			t.Errorf("%s=%q: %v, err %v; want %v", tc.name, tc.value, tc.got(c), err, tc.want)
 		}
 	}
-	for _, name := range []string{"NATS_SYNC_ALWAYS", "COAPS_KEY_FILE", "AUTO_REGISTER"} {
+	for _, name := range []string{"NATS_SYNC_ALWAYS", "COAPS_KEY_FILE", "AUTO_REGISTER", "ALLOW_PLAINTEXT"} {
 		env := map[string]string{"WS_TOKEN": "0123456789abcdef0123", name: "yes"}
 		if _, err := app.FromEnv(func(k string) string { return env[k] }); err == nil || !strings.HasPrefix(err.Error(), name+":") {
 			t.Errorf("%s=yes: err = %v, want one naming %s", name, err, name)

@@ -5,6 +5,8 @@ package envconf
 
 import (
 	"fmt"
+	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 )
@@ -44,4 +46,32 @@ func Bool(getenv func(string) string, name string, def bool) (bool, error) {
 		return false, nil
 	}
 	return false, fmt.Errorf("%s: want true or false", name)
+}
+
+// AllowPlaintext is the variable that lets a secret or a device's data go
+// in clear to another machine (ws://, http://): only for a network the
+// operator trusts to encrypt it.
+const AllowPlaintext = "ALLOW_PLAINTEXT"
+
+// Plaintext returns an error naming name when u, with scheme plain (ws or
+// http), would carry a token, key or live data in clear to another
+// machine: its host is not loopback (localhost, 127.0.0.0/8, ::1) nor on
+// Fly.io's private network (*.internal, which WireGuard encrypts), and
+// allow (ALLOW_PLAINTEXT) is false. secure names the scheme to use.
+func Plaintext(name string, u *url.URL, plain, secure string, allow bool) error {
+	if allow || u.Scheme != plain || Local(u.Hostname()) {
+		return nil
+	}
+	return fmt.Errorf("%s: %s:// to another machine sends its secrets in clear; use %s://, or set %s=true for a network that encrypts it", name, plain, secure, AllowPlaintext)
+}
+
+// Local reports whether host is this machine (localhost, a loopback
+// address) or on Fly.io's private network (*.internal).
+func Local(host string) bool {
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") || strings.HasSuffix(host, ".internal") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
 }

@@ -4,9 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
+	"os"
+	"slices"
+	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/nbiot-live/nbiot-live/internal/envconf"
 )
 
 // PoolOptions shape a pool. Zero fields take the defaults.
@@ -21,6 +29,34 @@ type PoolOptions struct {
 	ConnectTimeout time.Duration
 	// AppName, if set, is the connection's application_name.
 	AppName string
+}
+
+// requireTLS makes a connection to another machine use TLS when dsn does
+// not say which sslmode (nor PGSSLMODE does): pgx's default, "prefer",
+// falls back to plaintext, which anyone in the path can force, and the
+// password and every row would cross in clear. It drops those plaintext
+// fallbacks, as sslmode=require would (libpq's require does not check the
+// certificate either; say sslmode=verify-full for that, or sslmode=disable
+// for a network that encrypts). Local hosts (a socket, loopback, Fly's
+// .internal) are left alone.
+func requireTLS(dsn string, c *pgx.ConnConfig) {
+	if sslmodeGiven(dsn) || os.Getenv("PGSSLMODE") != "" {
+		return
+	}
+	local := func(host string) bool { return strings.HasPrefix(host, "/") || envconf.Local(host) }
+	if local(c.Host) && !slices.ContainsFunc(c.Fallbacks, func(f *pgconn.FallbackConfig) bool { return !local(f.Host) }) {
+		return
+	}
+	c.Fallbacks = slices.DeleteFunc(c.Fallbacks, func(f *pgconn.FallbackConfig) bool { return f.TLSConfig == nil })
+}
+
+// sslmodeGiven reports whether dsn (a URL or keyword/value string) sets
+// sslmode.
+func sslmodeGiven(dsn string) bool {
+	if u, err := url.Parse(dsn); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
+		return u.Query().Has("sslmode")
+	}
+	return strings.Contains(dsn, "sslmode=")
 }
 
 // ErrDatabaseURL is returned for a DATABASE_URL that does not parse. pgx's
@@ -49,6 +85,7 @@ func NewPool(ctx context.Context, dsn string, o PoolOptions) (*pgxpool.Pool, err
 	if o.AppName != "" {
 		cfg.ConnConfig.RuntimeParams["application_name"] = o.AppName
 	}
+	requireTLS(dsn, cfg.ConnConfig)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("DATABASE_URL: %w", err)

@@ -69,6 +69,10 @@ type Config struct {
 	// AuthDisabled (AUTH_DISABLED=true) skips authentication and access
 	// checks: local development only, logged as a warning at start.
 	AuthDisabled bool
+	// AllowPlaintext (ALLOW_PLAINTEXT=true) lets UPSTREAM_URL be ws:// and
+	// SUPABASE_URL http:// to another machine than this one or Fly's
+	// private network (envconf.Plaintext): only on a network that encrypts.
+	AllowPlaintext bool
 	// MaxConnections (MAX_CONNECTIONS, default DefaultMaxConnections:
 	// 20000, fewer when the memory holds fewer) bounds browser connections.
 	MaxConnections int
@@ -201,6 +205,9 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	if c.AuthDisabled, err = envconf.Bool(getenv, "AUTH_DISABLED", false); err != nil {
 		return c, err
 	}
+	if c.AllowPlaintext, err = envconf.Bool(getenv, envconf.AllowPlaintext, false); err != nil {
+		return c, err
+	}
 	if c.MaxConnections, err = envconf.Int(getenv, "MAX_CONNECTIONS", c.MaxConnections, 1, 1_000_000); err != nil {
 		return c, err
 	}
@@ -264,8 +271,13 @@ func (c Config) Validate() error {
 			return errors.New("TRUSTED_PROXY_HEADER: want a header name, e.g. Fly-Client-IP")
 		}
 	}
-	if u, err := url.Parse(c.UpstreamURL); err != nil || (u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" || u.User != nil {
+	u, err := url.Parse(c.UpstreamURL)
+	if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" || u.User != nil {
 		return errors.New("UPSTREAM_URL: want ws://host:port/ws or wss://host/ws (token in UPSTREAM_TOKEN, not in the URL)")
+	}
+	// UPSTREAM_TOKEN reads every device's live log.
+	if err := envconf.Plaintext("UPSTREAM_URL", u, "ws", "wss", c.AllowPlaintext); err != nil {
+		return err
 	}
 	if c.UpstreamToken == "" {
 		return errors.New("UPSTREAM_TOKEN is required: coap-server's WS_TOKEN")
@@ -274,6 +286,10 @@ func (c Config) Validate() error {
 		u, err := url.Parse(c.SupabaseURL)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil || u.RawQuery != "" {
 			return errors.New("SUPABASE_URL: want https://<project>.supabase.co")
+		}
+		// The keys that verify users' tokens come from there (JWKS).
+		if err := envconf.Plaintext("SUPABASE_URL", u, "http", "https", c.AllowPlaintext); err != nil {
+			return err
 		}
 	}
 	if c.DatabaseURL != "" {

@@ -94,6 +94,10 @@ func TestFromEnvErrorsNameTheVariable(t *testing.T) {
 		{"negative history", "RELAY_HISTORY", map[string]string{"RELAY_HISTORY": "-1"}},
 		{"history bytes too small", "RELAY_HISTORY_BYTES", map[string]string{"RELAY_HISTORY_BYTES": "100"}},
 		{"queue bytes too small", "RELAY_QUEUE_BYTES", map[string]string{"RELAY_QUEUE_BYTES": "4096"}},
+		// The token and the key set would cross in clear (ALLOW_PLAINTEXT).
+		{"plaintext upstream", "UPSTREAM_URL", map[string]string{"UPSTREAM_URL": "ws://coap.example.com/ws"}},
+		{"plaintext supabase", "SUPABASE_URL", map[string]string{"SUPABASE_URL": "http://x.supabase.co"}},
+		{"bad plaintext flag", "ALLOW_PLAINTEXT", map[string]string{"ALLOW_PLAINTEXT": "maybe"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
