@@ -49,6 +49,12 @@ type Engine struct {
 	asyncErrors atomic.Int64
 	behindWaits atomic.Int64 // LogBehind callers that waited (BehindWaits)
 
+	// liveTop is the newest LIVELOG position the watcher saw (noteLiveTop):
+	// a LIVELOG made again continues above it (startAt).
+	liveTop atomic.Uint64
+	// disconnects counts the connection's losses: a look at JetStream
+	// that one interrupted does not make the engine ready.
+	disconnects atomic.Uint64
 	// What the watcher (watch) last found.
 	jsReady   atomic.Bool   // the streams and the consumer answer (Ready)
 	clamped   atomic.Bool   // UPLINKS kept a larger limit than UPLINKS_MAX_BYTES (ensureStream)
@@ -130,7 +136,9 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		nats.Timeout(cfg.ConnectTimeout),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			// Not ready until the watcher found the streams again: the
-			// server that comes back may not have them.
+			// server that comes back may not have them. A look that was
+			// under way meanwhile does not count (disconnects).
+			e.disconnects.Add(1)
 			e.jsReady.Store(false)
 			cfg.Logger.Warn("nats: disconnected; uplinks get 5.03 until it is back", "err", err)
 		}),
@@ -181,6 +189,9 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	if e.live, e.uplinks, err = e.ensure(sctx); err != nil {
 		e.Close()
 		return nil, fmt.Errorf("%s: %w", e.varName(), err)
+	}
+	if info := e.live.CachedInfo(); info != nil {
+		e.noteLiveTop(info.State.LastSeq)
 	}
 	if err := e.bind(sctx); err != nil {
 		e.Close()
@@ -323,13 +334,22 @@ func (e *Engine) ensureStream(ctx context.Context, want jetstream.StreamConfig, 
 	for range 3 {
 		s, err := e.js.Stream(ctx, want.Name)
 		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			again := e.watched != nil // the watcher: NATS lost it
+			first := uint64(0)
+			if top := e.liveTop.Load(); again && want.Name == LiveLogStream && top > 0 {
+				first = top + liveSeqGap
+				want.FirstSeq = first
+			}
 			s, err = e.js.CreateStream(ctx, want)
 			if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 				continue // another instance created it meanwhile: update that one
 			}
+			if err == nil && first > 0 {
+				err = e.startAt(ctx, s, first)
+			}
 			if err == nil {
-				if e.watched != nil {
-					log.Warn("nats: stream was missing and was created again, empty; what NATS held in it before is gone", "stream", want.Name)
+				if again {
+					log.Warn("nats: stream was missing and was created again, empty; what NATS held in it before is gone", "stream", want.Name, "first_seq", first)
 				} else {
 					log.Info("nats: stream created", "stream", want.Name)
 				}
@@ -346,6 +366,29 @@ func (e *Engine) ensureStream(ctx context.Context, want jetstream.StreamConfig, 
 		return e.js.UpdateStream(ctx, want)
 	}
 	return nil, errors.New("created and deleted again by someone else, three times")
+}
+
+// liveSeqGap is how far above the newest position the engine saw a
+// LIVELOG that NATS lost starts again: past any entry published since its
+// last look (every checkEvery, at up to half a million entries a second).
+const liveSeqGap = 1 << 20
+
+// startAt makes the empty stream s number its first message first: a
+// LIVELOG that NATS lost (restarted without its store) and that is made
+// again continues the positions clients hold, instead of starting at 1,
+// where every client resuming with since, every /ws subscriber's gate and
+// every relay would take the new entries for ones already sent, and drop
+// them until the positions passed the old ones. nats-server 2.10 and
+// later take StreamConfig.FirstSeq; 2.9 ignores it, and a purge up to
+// first of the empty stream does the same.
+func (e *Engine) startAt(ctx context.Context, s jetstream.Stream, first uint64) error {
+	if info := s.CachedInfo(); info != nil && info.State.FirstSeq >= first {
+		return nil
+	}
+	if err := s.Purge(ctx, jetstream.WithPurgeSequence(first)); err != nil {
+		return fmt.Errorf("continue the positions at %d: %w", first, err)
+	}
+	return nil
 }
 
 // safeConfig is want, the configuration for the stream that info
@@ -521,6 +564,7 @@ func (e *Engine) watch() {
 		case <-t.C:
 		case <-e.kick:
 		}
+		gen := e.disconnects.Load()
 		err := e.check()
 		if err != nil && missing(err) && time.Since(lastEnsure) >= ensureEvery {
 			lastEnsure = time.Now()
@@ -541,6 +585,10 @@ func (e *Engine) watch() {
 				log.Warn("nats: cannot lower UPLINKS' limit towards UPLINKS_MAX_BYTES", "err", lerr)
 			}
 			cancel()
+		}
+		if err == nil && e.disconnects.Load() != gen {
+			err = errDisconnected // disconnected during the look: look again
+			e.checkSoon()
 		}
 		was := e.jsReady.Swap(err == nil)
 		switch {
@@ -576,8 +624,12 @@ func (e *Engine) check() error {
 	}
 	ctx, cancel := context.WithTimeout(e.watchCtx, e.cfg.AckTimeout)
 	defer cancel()
-	if _, err := e.js.Stream(ctx, LiveLogStream); err != nil {
+	live, err := e.js.Stream(ctx, LiveLogStream)
+	if err != nil {
 		return fmt.Errorf("stream %s: %w", LiveLogStream, err)
+	}
+	if info := live.CachedInfo(); info != nil {
+		e.noteLiveTop(info.State.LastSeq)
 	}
 	if e.uplinks == nil {
 		return nil
@@ -589,6 +641,16 @@ func (e *Engine) check() error {
 		return fmt.Errorf("consumer %s: %w", StorageConsumer, err)
 	}
 	return nil
+}
+
+// noteLiveTop records seq as a LIVELOG position seen.
+func (e *Engine) noteLiveTop(seq uint64) {
+	for {
+		top := e.liveTop.Load()
+		if seq <= top || e.liveTop.CompareAndSwap(top, seq) {
+			return
+		}
+	}
 }
 
 // missing reports whether err says that what ensure makes is not there

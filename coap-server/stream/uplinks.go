@@ -109,6 +109,12 @@ func (e *Engine) UplinkSource(ctx context.Context, malformed prometheus.Counter)
 	if p := e.store.MaxPayload(); p > 0 {
 		maxMsg = int(p)
 	}
+	// No UPLINKS message is larger than the stream's own bound, which is
+	// far below a max_payload an external server may raise (8 MiB made
+	// the floor, and a fetch, eight times as large).
+	if info := e.uplinks.CachedInfo(); info != nil && info.Config.MaxMsgSize > 0 {
+		maxMsg = min(maxMsg, int(info.Config.MaxMsgSize))
+	}
 	beat := e.cfg.RedeliverAfter
 	if info := cons.CachedInfo(); info != nil && info.Config.AckWait > 0 {
 		beat = min(beat, info.Config.AckWait) // set by another instance

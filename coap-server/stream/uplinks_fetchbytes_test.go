@@ -155,3 +155,22 @@ func TestParkedUplinksKeptAlive(t *testing.T) {
 	}
 	waitEmpty(t, e)
 }
+
+// The least a fetch may take is the largest UPLINKS message, the stream's
+// MaxMsgSize, not the server's max_payload: an external server with a
+// larger max_payload (8 MiB) made every fetch take up to that much.
+// (Found in a review.)
+func TestFetchFloorIsTheStreamsLargestMessage(t *testing.T) {
+	e := openEmbedded(t, Config{Storage: true})
+	src, err := e.UplinkSource(context.Background(), prometheus.NewCounter(prometheus.CounterOpts{Name: "m"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	largest := int(e.uplinks.CachedInfo().Config.MaxMsgSize)
+	if int64(largest) >= e.store.MaxPayload() {
+		t.Fatalf("MaxMsgSize %d not below max_payload %d: the test shows nothing", largest, e.store.MaxPayload())
+	}
+	if src.maxMsg > largest+fetchWireOverhead {
+		t.Fatalf("fetch floor %d B, want at most the largest UPLINKS message (%d B) and its wire overhead", src.maxMsg, largest)
+	}
+}

@@ -1,0 +1,70 @@
+package stream
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/nbiot-live/nbiot-live/internal/natstest"
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
+)
+
+// A LIVELOG that NATS lost and the watcher makes again continues the
+// positions clients hold. It started at 1 again, and every client that had
+// seen position N (a /ws subscriber's gate, a relay's link, a page
+// resuming with since) took the new entries for ones already sent and
+// dropped them until the positions passed N. On Debian's nats-server 2.9,
+// which ignores StreamConfig.FirstSeq.
+func TestLiveLogMadeAgainContinuesItsPositions(t *testing.T) {
+	ns := natstest.Start(t)
+	ctx := context.Background()
+	e := openEmbedded(t, Config{URL: ns.URL})
+	fed := make(chan uint64, 100)
+	stop, _, err := e.Feed(ctx, func(seq uint64, _ string, _ []byte) {
+		if seq != 0 {
+			fed <- seq
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	var last uint64
+	for range 5 {
+		seq, _, err := e.LogJSON(ctx, "RENUM", []byte(`{"deviceId":"RENUM"}`), "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = seq
+	}
+	if err := e.check(); err != nil { // the watcher's look, every checkEvery
+		t.Fatal(err)
+	}
+	if err := e.js.DeleteStream(ctx, LiveLogStream); err != nil {
+		t.Fatal(err)
+	}
+	testwait.ForState(t, "LIVELOG made again", func() (bool, string) {
+		err := e.check()
+		return err == nil, errString(err)
+	}, testwait.Within(10*time.Second))
+	seq, _, err := e.LogJSON(ctx, "RENUM", []byte(`{"deviceId":"RENUM"}`), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seq <= last {
+		t.Fatalf("first position of the LIVELOG made again %d, want above the %d clients saw", seq, last)
+	}
+	// The feed (/ws's source) goes on with it: its ordered consumer asks
+	// for the positions after the last it delivered.
+	deadline := time.After(15 * time.Second)
+	for {
+		select {
+		case got := <-fed:
+			if got == seq {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("the feed never delivered position %d of the LIVELOG made again", seq)
+		}
+	}
+}
