@@ -77,9 +77,9 @@ type Config struct {
 	// them in memory only.
 	CoAPSKeyFile bool
 	// AllowPlaintext (ALLOW_PLAINTEXT=true) lets SUPABASE_URL be http:// to
-	// another machine than this one or Fly's private network
-	// (envconf.Plaintext): only on a network that encrypts. (A DATABASE_URL
-	// says so itself, with sslmode: supa.NewPool.)
+	// another machine than this one (envconf.Plaintext): only on a network
+	// that encrypts. (A DATABASE_URL says so itself, with sslmode:
+	// supa.NewPool.)
 	AllowPlaintext bool
 	// AutoRegister (AUTO_REGISTER, default true) lets an uplink naming an
 	// ID that has no devices row create it (unowned until claimed): what a

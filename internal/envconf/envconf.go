@@ -55,9 +55,10 @@ const AllowPlaintext = "ALLOW_PLAINTEXT"
 
 // Plaintext returns an error naming name when u, with scheme plain (ws or
 // http), would carry a token, key or live data in clear to another
-// machine: its host is not loopback (localhost, 127.0.0.0/8, ::1) nor on
-// Fly.io's private network (*.internal, which WireGuard encrypts), and
-// allow (ALLOW_PLAINTEXT) is false. secure names the scheme to use.
+// machine: its host is not loopback (localhost, 127.0.0.0/8, ::1), and
+// allow (ALLOW_PLAINTEXT) is false. secure names the scheme to use. (A
+// private network is not told apart by its names: Fly's *.internal is
+// WireGuard, AWS's ec2.internal is not; the operator says so.)
 func Plaintext(name string, u *url.URL, plain, secure string, allow bool) error {
 	if allow || u.Scheme != plain || Local(u.Hostname()) {
 		return nil
@@ -66,10 +67,10 @@ func Plaintext(name string, u *url.URL, plain, secure string, allow bool) error 
 }
 
 // Local reports whether host is this machine (localhost, a loopback
-// address) or on Fly.io's private network (*.internal).
+// address).
 func Local(host string) bool {
 	host = strings.TrimSuffix(strings.ToLower(host), ".")
-	if host == "localhost" || strings.HasSuffix(host, ".localhost") || strings.HasSuffix(host, ".internal") {
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
 		return true
 	}
 	ip, err := netip.ParseAddr(host)

@@ -7,8 +7,9 @@ import (
 )
 
 // A secret or a device's data never goes in clear to another machine
-// unless ALLOW_PLAINTEXT says the network encrypts it; loopback and Fly's
-// private network (.internal, WireGuard) are this side of it.
+// unless ALLOW_PLAINTEXT says the network encrypts it; loopback is this
+// side of it, and no name tells an encrypting private network (Fly's
+// *.internal) from another (AWS's ec2.internal).
 func TestPlaintext(t *testing.T) {
 	for _, tc := range []struct {
 		raw   string
@@ -25,7 +26,8 @@ func TestPlaintext(t *testing.T) {
 		{"ws://127.0.0.2:8080/ws", false, true},
 		{"ws://[::1]:8080/ws", false, true},
 		{"ws://[::ffff:127.0.0.1]:8080/ws", false, true},
-		{"ws://nbiot-coap.internal:8080/ws", false, true},
+		{"ws://nbiot-coap.internal:8080/ws", false, false},
+		{"ws://nbiot-coap.internal:8080/ws", true, true},
 		{"ws://internal.example.com/ws", false, false},
 	} {
 		u, err := url.Parse(tc.raw)

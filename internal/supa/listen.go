@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // Listener is what Listen does around one LISTEN channel.
@@ -42,7 +40,7 @@ func Listen(ctx context.Context, dsn, channel string, l Listener) {
 }
 
 func listenOnce(ctx context.Context, dsn, channel string, l Listener, connected func()) error {
-	conn, err := pgx.Connect(ctx, dsn)
+	conn, err := Connect(ctx, dsn)
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}

@@ -31,14 +31,33 @@ type PoolOptions struct {
 	AppName string
 }
 
+// Connect opens one connection on dsn (a LISTEN, a tool's transaction)
+// with the pools' rule on TLS (requireTLS). Errors never contain the URL.
+func Connect(ctx context.Context, dsn string) (*pgx.Conn, error) {
+	cfg, err := connConfig(dsn)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.ConnectConfig(ctx, cfg)
+}
+
+func connConfig(dsn string) (*pgx.ConnConfig, error) {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, ErrDatabaseURL
+	}
+	requireTLS(dsn, cfg)
+	return cfg, nil
+}
+
 // requireTLS makes a connection to another machine use TLS when dsn does
 // not say which sslmode (nor PGSSLMODE does): pgx's default, "prefer",
 // falls back to plaintext, which anyone in the path can force, and the
 // password and every row would cross in clear. It drops those plaintext
 // fallbacks, as sslmode=require would (libpq's require does not check the
 // certificate either; say sslmode=verify-full for that, or sslmode=disable
-// for a network that encrypts). Local hosts (a socket, loopback, Fly's
-// .internal) are left alone.
+// for a network that encrypts). Local hosts (a socket, loopback) are left
+// alone.
 func requireTLS(dsn string, c *pgx.ConnConfig) {
 	if sslmodeGiven(dsn) || os.Getenv("PGSSLMODE") != "" {
 		return

@@ -3,6 +3,8 @@ package supa
 import (
 	"context"
 	"testing"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // A database on another machine is reached over TLS unless the URL says
@@ -21,19 +23,28 @@ func TestRemoteDatabaseRequiresTLS(t *testing.T) {
 		{"postgresql://u:p@db.example.com:5432/x?sslmode=disable", false, false},
 		{"postgresql://u:p@db.example.com:5432/x?sslmode=prefer", true, true},
 		{"postgresql://u:p@127.0.0.1:5432/x", true, true},
-		{"postgresql://u:p@nbiot-db.internal:5432/x", true, true},
+		{"postgresql://u:p@nbiot-db.internal:5432/x", false, true},
+		{"host=/var/run/postgresql dbname=x", false, false},
 	} {
 		pool, err := NewPool(context.Background(), tc.dsn, PoolOptions{})
 		if err != nil {
 			t.Fatalf("%s: %v", tc.dsn, err)
 		}
-		c := pool.Config().ConnConfig
-		plain := false
-		for _, f := range c.Fallbacks {
-			plain = plain || f.TLSConfig == nil
+		// The pools, and the single connections of LISTEN and the
+		// provisioning tool (Connect; found in a review: they kept pgx's
+		// default).
+		one, err := connConfig(tc.dsn)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.dsn, err)
 		}
-		if plain != tc.plainFallback || (c.TLSConfig != nil) != tc.tls {
-			t.Errorf("%s: TLS first %v, plaintext fallback %v; want %v, %v", tc.dsn, c.TLSConfig != nil, plain, tc.tls, tc.plainFallback)
+		for name, c := range map[string]*pgx.ConnConfig{"pool": pool.Config().ConnConfig, "Connect": one} {
+			plain := false
+			for _, f := range c.Fallbacks {
+				plain = plain || f.TLSConfig == nil
+			}
+			if plain != tc.plainFallback || (c.TLSConfig != nil) != tc.tls {
+				t.Errorf("%s, %s: TLS first %v, plaintext fallback %v; want %v, %v", name, tc.dsn, c.TLSConfig != nil, plain, tc.tls, tc.plainFallback)
+			}
 		}
 		pool.Close()
 	}

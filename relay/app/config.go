@@ -70,8 +70,8 @@ type Config struct {
 	// checks: local development only, logged as a warning at start.
 	AuthDisabled bool
 	// AllowPlaintext (ALLOW_PLAINTEXT=true) lets UPSTREAM_URL be ws:// and
-	// SUPABASE_URL http:// to another machine than this one or Fly's
-	// private network (envconf.Plaintext): only on a network that encrypts.
+	// SUPABASE_URL http:// to another machine than this one
+	// (envconf.Plaintext): only on a network that encrypts.
 	AllowPlaintext bool
 	// MaxConnections (MAX_CONNECTIONS, default DefaultMaxConnections:
 	// 20000, fewer when the memory holds fewer) bounds browser connections.

@@ -8,13 +8,16 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/nbiot-live/nbiot-live/internal/supa"
 )
 
 // pgStore provisions in one transaction over a direct connection.
 type pgStore struct{ conn *pgx.Conn }
 
 func openPostgres(ctx context.Context, dsn string) (*pgStore, error) {
-	conn, err := pgx.Connect(ctx, dsn)
+	// The PSKs cross this connection: TLS to another machine (supa.Connect).
+	conn, err := supa.Connect(ctx, dsn)
 	if err != nil {
 		return nil, fmt.Errorf("connect: %w", err)
 	}
