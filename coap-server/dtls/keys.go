@@ -93,12 +93,15 @@ func (c *KeyCacheConfig) defaults() {
 		c.LookupTimeout = 3 * time.Second
 	}
 	if c.MaxConcurrentLookups <= 0 {
-		c.MaxConcurrentLookups = 4
+		c.MaxConcurrentLookups = defaultConcurrentLookups
 	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}
 }
+
+// defaultConcurrentLookups is MaxConcurrentLookups' default.
+const defaultConcurrentLookups = 4
 
 type keyEntry struct {
 	psk     []byte

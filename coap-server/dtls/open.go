@@ -20,8 +20,15 @@ const PGRefreshInterval = 30 * time.Second
 func OpenKeys(ctx context.Context, src supa.Source, cfg KeyCacheConfig, m *Metrics, logger *slog.Logger) (*KeyCache, func(), error) {
 	if src.DatabaseURL != "" {
 		// A pool of its own, apart from storage's writer pool, so a backlog
-		// of uplink writes never delays a handshake.
-		pool, err := supa.NewPool(ctx, src.DatabaseURL, supa.PoolOptions{MaxConns: 4})
+		// of uplink writes never delays a handshake: a connection for each
+		// lookup at once, the unlisted identities' one (SeparateUnlisted)
+		// and one for Refresh, so that junk identities never hold a
+		// connection a device's lookup waits for.
+		lookups := cfg.MaxConcurrentLookups
+		if lookups <= 0 {
+			lookups = defaultConcurrentLookups
+		}
+		pool, err := supa.NewPool(ctx, src.DatabaseURL, supa.PoolOptions{MaxConns: int32(lookups + 2)})
 		if err != nil {
 			return nil, nil, err
 		}

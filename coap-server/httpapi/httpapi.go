@@ -145,7 +145,8 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	defer sub.Close()
 	conn, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
-		return // Upgrade has answered the client.
+		peer.Close(wspeer.ErrClosed) // what it queued meanwhile is given back
+		return                       // Upgrade has answered the client.
 	}
 	s.conns.Track(peer)
 	s.Logger.Debug("ws subscriber connected", "remote", r.RemoteAddr, "devices", len(devices))

@@ -171,14 +171,28 @@ func (p *Peer) charge(cost int64) error {
 	n := p.bytes.Add(cost)
 	empty := n == cost
 	if !empty && p.cfg.QueueBytes > 0 && n > int64(p.cfg.QueueBytes) {
-		p.bytes.Add(-cost)
+		p.refund(cost)
 		return ErrSlow
 	}
 	if b := p.cfg.Budget; b != nil && !b.take(cost, empty) {
-		p.bytes.Add(-cost)
+		p.refund(cost)
 		return ErrBudget
 	}
 	return nil
+}
+
+// refund takes back a charge that was refused. While it stood, a SendWait
+// may have found no room and begun to wait: it is told there is some.
+func (p *Peer) refund(cost int64) {
+	p.bytes.Add(-cost)
+	p.signalRoom()
+}
+
+func (p *Peer) signalRoom() {
+	select {
+	case p.room <- struct{}{}:
+	default:
+	}
 }
 
 func (p *Peer) uncharge(cost int64) {
@@ -204,6 +218,7 @@ func (p *Peer) enqueue(m *websocket.PreparedMessage, cost int) error {
 		return nil
 	default:
 		p.uncharge(int64(cost))
+		p.signalRoom()
 		return ErrSlow
 	}
 }
@@ -357,10 +372,7 @@ func (p *Peer) writeLoop() {
 			_ = p.conn.SetWriteDeadline(time.Now().Add(p.cfg.WriteTimeout))
 			err := p.conn.WritePreparedMessage(q.m)
 			p.uncharge(q.cost)
-			select {
-			case p.room <- struct{}{}:
-			default:
-			}
+			p.signalRoom()
 			if err != nil {
 				p.Close(ErrPeerGone)
 				return
