@@ -446,6 +446,7 @@ func (a *App) openCoAPS(ctx context.Context) error {
 	a.closeSets = append(a.closeSets, closeCred)
 	a.handler.Credentialed = cred
 	keys.SeparateUnlisted(cred.Has)
+	keys.OnKeyNotice(cred.RefreshSoon) // Postgres: a key added takes effect at once
 	a.coaps, err = dtls.Listen(a.cfg.CoAPSAddr, a.handler, dtls.Config{
 		Keys:        keys,
 		Metrics:     m,

@@ -47,6 +47,17 @@ type Set struct {
 
 	cancel context.CancelFunc
 	done   chan struct{}
+	kick   chan struct{} // RefreshSoon
+}
+
+// RefreshSoon makes the set read its list now rather than at the next
+// interval: the table changed (coap-server hears of device_credentials
+// changes by LISTEN in Postgres mode). Calls while one is due are one.
+func (s *Set) RefreshSoon() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
 }
 
 // New returns the set of table's IDs read by list every interval
@@ -56,7 +67,7 @@ func New(table string, list Lister, interval time.Duration, dir string, logger *
 	if interval <= 0 {
 		interval = DefaultInterval
 	}
-	s := &Set{name: table, list: list, interval: interval, log: logger, done: make(chan struct{})}
+	s := &Set{name: table, list: list, interval: interval, log: logger, done: make(chan struct{}), kick: make(chan struct{}, 1)}
 	if dir != "" {
 		s.file = filepath.Join(dir, fileName(table))
 	}
@@ -100,6 +111,7 @@ func (s *Set) loop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-s.kick:
 		}
 		rctx, cancel := context.WithTimeout(ctx, s.interval)
 		err := s.refresh(rctx)

@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 )
 
 // The set's own logic (memory, file fallback) under a Lister from a
@@ -53,4 +57,29 @@ func TestSetFallsBackToTheSavedList(t *testing.T) {
 	if _, known := blind.Has("K2"); known {
 		t.Fatal("known without a database or a saved list")
 	}
+}
+
+// RefreshSoon re-reads the list at once instead of at the next interval
+// (an hour here): in Postgres mode a key's notification calls it, so plain
+// CoAP stops speaking for a device as soon as it has a key, not up to 5 s
+// later. (Found in an audit.)
+func TestRefreshSoonReadsTheListAtOnce(t *testing.T) {
+	var mu sync.Mutex
+	ids := []string{"dev-a"}
+	l := func(context.Context) ([]string, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(ids), nil
+	}
+	s := New(Credentialed, l, time.Hour, "", slog.New(slog.DiscardHandler))
+	s.Start(context.Background())
+	defer s.Close()
+	if has, known := s.Has("dev-b"); has || !known {
+		t.Fatalf("dev-b before its key: has %v, known %v", has, known)
+	}
+	mu.Lock()
+	ids = append(ids, "dev-b")
+	mu.Unlock()
+	s.RefreshSoon()
+	testwait.For(t, "dev-b listed", func() bool { has, _ := s.Has("dev-b"); return has })
 }

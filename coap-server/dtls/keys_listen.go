@@ -12,6 +12,27 @@ import (
 // update and delete.
 const KeyChannel = "nbiot_device_key"
 
+// OnKeyNotice registers fn, called (on ListenPG's goroutine: it must not
+// block) on every notification of a device_credentials change and every
+// (re)connection of the LISTEN, when anything may have changed: the list
+// of credentialed devices (devset) re-reads itself then instead of within
+// its interval, so plain CoAP stops speaking for a device as soon as it
+// has a key.
+func (k *KeyCache) OnKeyNotice(fn func()) {
+	k.mu.Lock()
+	k.onNotice = append(k.onNotice, fn)
+	k.mu.Unlock()
+}
+
+func (k *KeyCache) heard() {
+	k.mu.Lock()
+	fns := k.onNotice
+	k.mu.Unlock()
+	for _, fn := range fns {
+		fn()
+	}
+}
+
 // ListenPG keeps a dedicated connection to dsn on LISTEN nbiot_device_key
 // until ctx ends (supa.Listen: reconnects with backoff, never gives up),
 // so a changed or deleted credential takes effect, and closes the
@@ -27,8 +48,12 @@ func (k *KeyCache) ListenPG(ctx context.Context, dsn string) {
 		return
 	}
 	supa.Listen(ctx, dsn, KeyChannel, supa.Listener{
-		Connected: k.Refresh,
+		Connected: func(ctx context.Context) error {
+			k.heard()
+			return k.Refresh(ctx)
+		},
 		Notify: func(ctx context.Context, payload string) {
+			k.heard()
 			id, err := ParseIdentity([]byte(payload))
 			if err != nil {
 				return // not a device ID: nothing of ours

@@ -34,3 +34,32 @@ func TestKeyChangesArriveByNotify(t *testing.T) {
 	// The periodic re-read is an hour away: only NOTIFY can end it in 5 s.
 	deleteEndsTheSession(t, f, pool, "dev-notify", []byte("notify-key-0123456789"))
 }
+
+// A key added reaches OnKeyNotice by LISTEN/NOTIFY, so that the list of
+// credentialed devices (which refuses them plain CoAP) re-reads itself at
+// once rather than within its 5 s.
+func TestKeyNoticeArrivesByNotify(t *testing.T) {
+	_, cluster, pool, keys := clusterFixtureWith(t, dtls.KeyCacheConfig{RefreshInterval: time.Hour})
+	notices := make(chan struct{}, 16)
+	keys.OnKeyNotice(func() {
+		select {
+		case notices <- struct{}{}:
+		default:
+		}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	listening := make(chan struct{})
+	go func() { defer close(listening); keys.ListenPG(ctx, cluster.URL) }()
+	t.Cleanup(func() { cancel(); <-listening })
+	select {
+	case <-notices: // the (re)connection: anything may have changed meanwhile
+	case <-time.After(15 * time.Second):
+		t.Fatal("no notice when the LISTEN connected")
+	}
+	provisionOn(t, pool, "dev-noticed", []byte("noticed-key-0123456789"))
+	select {
+	case <-notices:
+	case <-time.After(15 * time.Second):
+		t.Fatal("no notice for a key added")
+	}
+}
