@@ -26,6 +26,7 @@ import (
 	"github.com/nbiot-live/nbiot-live/coap-server/stream"
 	"github.com/nbiot-live/nbiot-live/internal/lifecycle"
 	"github.com/nbiot-live/nbiot-live/internal/supa"
+	"github.com/nbiot-live/nbiot-live/internal/wspeer"
 )
 
 // App is one coap-server process.
@@ -77,12 +78,20 @@ func New(cfg Config, logger *slog.Logger) *App {
 		Dedup:      dedup,
 		Refusals:   ingest.NewDedup(ingest.DefaultRefusalBytes(), ingest.ExchangeLifetime),
 	}
+	// What waits for /ws subscribers (the relay's links), together: a
+	// thirty-second of the memory (12.5 MiB at GOMEMLIMIT=400MiB).
+	queued := wspeer.NewBudget(ingest.ProcessMemory() / 32)
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "nbiot_ws_queued_bytes",
+		Help: "Bytes of frames waiting to be written to /ws subscribers (JSON plus 400 B a frame, once per subscriber), at most a thirty-second of the memory.",
+	}, func() float64 { return float64(queued.Used()) }))
 	a.httpAPI = &httpapi.Server{
 		Hub:      a.hub,
 		Token:    cfg.WSToken,
 		Ready:    a.Ready,
 		Gatherer: reg,
 		Logger:   logger,
+		Peer:     wspeer.Config{Budget: queued},
 	}
 	return a
 }

@@ -49,10 +49,20 @@ type Server struct {
 }
 
 // Handler returns the HTTP routes.
+// DefaultQueueBytes bounds in bytes (wspeer.FrameCost) the frames waiting
+// for one subscriber: 1 MiB, wspeer's 256 frames of 4 KiB (the largest
+// entry, stream.MaxEntryBytes) as a byte bound. A subscriber's history is
+// paced by it (SendWait); the Peer config's Budget bounds every
+// subscriber's together.
+const DefaultQueueBytes = 1 << 20
+
 func (s *Server) Handler() http.Handler {
 	// CheckOrigin stays nil (same origin, or no Origin header): /ws is for
 	// servers holding the token, not for browsers, which use the relay.
 	s.upgrader = websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: 4096}
+	if s.Peer.QueueBytes <= 0 {
+		s.Peer.QueueBytes = DefaultQueueBytes
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ws", s.serveWS)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {

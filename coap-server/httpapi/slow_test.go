@@ -52,7 +52,30 @@ func dial(t *testing.T, srv *httptest.Server, d *websocket.Dialer) *websocket.Co
 // A subscriber that stops reading is disconnected once its queue is full;
 // a fast subscriber on the same device receives every frame meanwhile.
 func TestSlowSubscriberIsDisconnected(t *testing.T) {
-	srv, h, m := newServer(t, wspeer.Config{QueueSize: 8, WriteTimeout: 2 * time.Second})
+	sent := slowDroppedAfter(t, wspeer.Config{QueueSize: 8, WriteTimeout: 2 * time.Second})
+	t.Logf("slow subscriber dropped after %d frames of 32 KiB", sent)
+}
+
+// A subscriber's queue is bounded in bytes too: with room for 1,000 frames
+// but 128 KiB, a subscriber that stops reading is cut once 128 KiB of
+// frames wait (plus what the sockets hold: some 120 frames of 32 KiB
+// here), long before 1,000 frames. /ws counted frames only: 256 frames of
+// up to 64 KiB by default.
+func TestSlowSubscriberIsCutByBytes(t *testing.T) {
+	sent := slowDroppedAfter(t, wspeer.Config{QueueSize: 1000, QueueBytes: 128 << 10, WriteTimeout: 2 * time.Second})
+	if sent >= 600 {
+		t.Fatalf("slow subscriber dropped after %d frames of 32 KiB, want well before its 1,000 frames of room", sent)
+	}
+	t.Logf("slow subscriber dropped after %d frames of 32 KiB", sent)
+}
+
+// slowDroppedAfter runs a subscriber that never reads, with tiny socket
+// buffers, and a fast one on the same device, and returns the frames of
+// 32 KiB published until the slow one was dropped; the fast one must get
+// every frame, before and after.
+func slowDroppedAfter(t *testing.T, cfg wspeer.Config) int {
+	t.Helper()
+	srv, h, m := newServer(t, cfg)
 	// The slow client has tiny socket buffers and never reads.
 	slowDialer := &websocket.Dialer{NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
@@ -98,7 +121,7 @@ func TestSlowSubscriberIsDisconnected(t *testing.T) {
 	if _, ok := <-got; !ok {
 		t.Fatal("fast subscriber lost after the slow one was dropped")
 	}
-	t.Logf("slow subscriber dropped after %d frames of 32 KiB", sent)
+	return sent
 }
 
 // The subscriber limit is enforced with 503, and a slot frees when a
