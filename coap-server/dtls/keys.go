@@ -129,8 +129,10 @@ type KeyCache struct {
 	unknown  map[string]time.Time // identity -> until when it is known to be unknown
 	changes  changeLog            // the deletions and replacements, numbered
 	onChange []func(deviceID string)
-	onNotice []func()    // OnKeyNotice
-	dirty    atomic.Bool // known keys changed since the last save
+	onNotice []func() // OnKeyNotice
+	// refreshing lets one Refresh run at a time.
+	refreshing sync.Mutex
+	dirty      atomic.Bool // known keys changed since the last save
 	// listed, when set, says whether an identity has a credential row by
 	// the list kept in memory (OnlyListed).
 	listed atomic.Pointer[func(string) (has, known bool)]

@@ -23,15 +23,26 @@ const refreshParallel = 8
 // functions, which close the identity's sessions. A failed query keeps its
 // identities' keys as they were (served stale) and the others go on; the
 // error counts the failed queries.
+//
+// One Refresh runs at a time (the periodic one and a LISTEN's reconnection
+// may ask together), and a loader that says so (RefreshParallel: PGKeys,
+// whose pool's other connections are the handshakes') gets fewer queries
+// at once.
 func (k *KeyCache) Refresh(ctx context.Context) error {
 	bl, ok := k.loader.(BatchLoader)
 	if !ok {
 		return nil
 	}
+	k.refreshing.Lock()
+	defer k.refreshing.Unlock()
+	parallel := refreshParallel
+	if p, ok := k.loader.(interface{ RefreshParallel() int }); ok {
+		parallel = max(1, p.RefreshParallel())
+	}
 	chunks := chunk(k.knownIDs(), refreshChunk)
 	var (
 		wg     sync.WaitGroup
-		sem    = make(chan struct{}, refreshParallel)
+		sem    = make(chan struct{}, parallel)
 		mu     sync.Mutex
 		failed int
 		first  error

@@ -114,3 +114,41 @@ func TestRefreshGoesOnPastAFailedQuery(t *testing.T) {
 		t.Errorf("Refresh: %v; want errDown, 1 of 10 queries failed", err)
 	}
 }
+
+// serialBatch is a heldBatch whose loader asks for one query at a time,
+// as PGKeys does.
+type serialBatch struct{ *heldBatch }
+
+func (serialBatch) RefreshParallel() int { return 1 }
+
+// Over Postgres, Refresh's queries share the key pool with the handshakes'
+// lookups: a loader that asks for it (PGKeys) gets one query at a time, and
+// two Refreshes asked together (the periodic one, a LISTEN's reconnection)
+// do not overlap. Before, a pass over 600 cached keys could hold every
+// connection of the pool while an uncached device's lookup waited. (Found
+// in a review.)
+func TestRefreshOverPostgresHoldsOneConnection(t *testing.T) {
+	h := &heldBatch{release: make(chan struct{})}
+	h.keys = make(map[string][]byte, 6*refreshChunk)
+	for i := range 6 * refreshChunk {
+		h.keys[fmt.Sprintf("dev-%05d", i)] = []byte("0123456789abcdef")
+	}
+	k := NewKeyCache(serialBatch{h}, KeyCacheConfig{LookupTimeout: time.Minute}, NewMetrics(prometheus.NewRegistry()), nil)
+	for id := range h.keys {
+		if _, err := k.PSK(context.Background(), id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() { _ = k.Refresh(context.Background()) })
+	}
+	for released := 0; released < 2*6; released++ {
+		testwait.For(t, "a refresh query waiting", func() bool { n, _, _ := h.state(); return n > 0 })
+		h.release <- struct{}{}
+	}
+	wg.Wait()
+	if _, peak, queries := h.state(); peak != 1 || queries != 12 {
+		t.Fatalf("%d queries, %d at once at most; want 12 (two passes of 6), one at a time", queries, peak)
+	}
+}

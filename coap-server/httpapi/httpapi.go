@@ -48,14 +48,15 @@ type Server struct {
 	conns    wspeer.Registry
 }
 
-// Handler returns the HTTP routes.
 // DefaultQueueBytes bounds in bytes (wspeer.FrameCost) the frames waiting
-// for one subscriber: 1 MiB, wspeer's 256 frames of 4 KiB (the largest
-// entry, stream.MaxEntryBytes) as a byte bound. A subscriber's history is
-// paced by it (SendWait); the Peer config's Budget bounds every
-// subscriber's together.
+// for one subscriber: 1 MiB, wspeer's 256 frames of 4 KiB (an uplink at
+// MAX_UPLINK_BYTES' default makes an entry of a few hundred bytes to a few
+// KiB; the largest the stream takes, stream.MaxEntryBytes, fits 16 times).
+// A subscriber's history is paced by it (SendWait); the Peer config's
+// Budget bounds every subscriber's together.
 const DefaultQueueBytes = 1 << 20
 
+// Handler returns the HTTP routes.
 func (s *Server) Handler() http.Handler {
 	// CheckOrigin stays nil (same origin, or no Origin header): /ws is for
 	// servers holding the token, not for browsers, which use the relay.

@@ -338,14 +338,14 @@ func (e *Engine) ensureStream(ctx context.Context, want jetstream.StreamConfig, 
 			first := uint64(0)
 			if top := e.liveTop.Load(); again && want.Name == LiveLogStream && top > 0 {
 				first = top + liveSeqGap
-				want.FirstSeq = first
 			}
-			s, err = e.js.CreateStream(ctx, want)
+			if first > 0 {
+				s, err = e.createAt(ctx, want, first)
+			} else {
+				s, err = e.js.CreateStream(ctx, want)
+			}
 			if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 				continue // another instance created it meanwhile: update that one
-			}
-			if err == nil && first > 0 {
-				err = e.startAt(ctx, s, first)
 			}
 			if err == nil {
 				if again {
@@ -373,22 +373,47 @@ func (e *Engine) ensureStream(ctx context.Context, want jetstream.StreamConfig, 
 // last look (every checkEvery, at up to half a million entries a second).
 const liveSeqGap = 1 << 20
 
-// startAt makes the empty stream s number its first message first: a
-// LIVELOG that NATS lost (restarted without its store) and that is made
-// again continues the positions clients hold, instead of starting at 1,
-// where every client resuming with since, every /ws subscriber's gate and
-// every relay would take the new entries for ones already sent, and drop
-// them until the positions passed the old ones. nats-server 2.10 and
-// later take StreamConfig.FirstSeq; 2.9 ignores it, and a purge up to
-// first of the empty stream does the same.
-func (e *Engine) startAt(ctx context.Context, s jetstream.Stream, first uint64) error {
-	if info := s.CachedInfo(); info != nil && info.State.FirstSeq >= first {
-		return nil
+// renumberSubject is what a stream being made again listens on until its
+// first position is set: nobody publishes there.
+const renumberSubject = "nbiot.renumbering"
+
+// renumbering, set by tests only, runs in createAt between the stream's
+// creation and its first position.
+var renumbering func()
+
+// createAt creates the stream want whose first message will be number
+// first: a LIVELOG that NATS lost (restarted without its store) and that
+// is made again continues the positions clients hold, instead of starting
+// at 1, where every client resuming with since, every /ws subscriber's
+// gate and every relay would take the new entries for ones already sent,
+// and drop them until the positions passed the old ones. nats-server 2.10
+// and later take StreamConfig.FirstSeq; 2.9 ignores it, and a purge up to
+// first does the same. The stream listens on renumberSubject until then, so
+// that no entry is stored (and acknowledged) before the purge could delete
+// it; then it takes its subjects. If that fails it is deleted again, to be
+// made again by the next look.
+func (e *Engine) createAt(ctx context.Context, want jetstream.StreamConfig, first uint64) (jetstream.Stream, error) {
+	subjects := want.Subjects
+	want.Subjects, want.FirstSeq = []string{renumberSubject}, first
+	s, err := e.js.CreateStream(ctx, want)
+	if err != nil {
+		return nil, err
 	}
-	if err := s.Purge(ctx, jetstream.WithPurgeSequence(first)); err != nil {
-		return fmt.Errorf("continue the positions at %d: %w", first, err)
+	if renumbering != nil {
+		renumbering()
 	}
-	return nil
+	if info := s.CachedInfo(); info == nil || info.State.FirstSeq < first {
+		err = s.Purge(ctx, jetstream.WithPurgeSequence(first))
+	}
+	if err == nil {
+		want.Subjects = subjects
+		s, err = e.js.UpdateStream(ctx, want)
+	}
+	if err != nil {
+		_ = e.js.DeleteStream(ctx, want.Name)
+		return nil, fmt.Errorf("continue the positions at %d: %w", first, err)
+	}
+	return s, nil
 }
 
 // safeConfig is want, the configuration for the stream that info
@@ -591,6 +616,13 @@ func (e *Engine) watch() {
 			e.checkSoon()
 		}
 		was := e.jsReady.Swap(err == nil)
+		if err == nil && e.disconnects.Load() != gen {
+			// The connection went away as the look ended: its handler's
+			// false may have come before this true.
+			e.jsReady.Store(false)
+			err = errDisconnected
+			e.checkSoon()
+		}
 		switch {
 		case err != nil && !warned && !errors.Is(err, errDisconnected) && e.watchCtx.Err() == nil:
 			warned = true

@@ -68,3 +68,47 @@ func TestLiveLogMadeAgainContinuesItsPositions(t *testing.T) {
 		}
 	}
 }
+
+// An entry published while the LIVELOG is being made again is refused,
+// not stored and then deleted by the purge that sets the first position
+// (nats-server 2.9 ignores StreamConfig.FirstSeq): the stream takes its
+// subjects only once its positions are set. (Found in a review: an entry
+// acknowledged in that window was purged.)
+func TestEntryDuringRenumberingIsNotPurged(t *testing.T) {
+	ns := natstest.Start(t)
+	ctx := context.Background()
+	e := openEmbedded(t, Config{URL: ns.URL})
+	if _, _, err := e.LogJSON(ctx, "RENUM", []byte(`{"deviceId":"RENUM"}`), ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.check(); err != nil {
+		t.Fatal(err)
+	}
+	var during error
+	var duringSeq uint64
+	renumbering = func() {
+		duringSeq, _, during = e.LogJSON(ctx, "RENUM", []byte(`{"deviceId":"RENUM","during":true}`), "")
+	}
+	defer func() { renumbering = nil }()
+	if err := e.js.DeleteStream(ctx, LiveLogStream); err != nil {
+		t.Fatal(err)
+	}
+	testwait.ForState(t, "LIVELOG made again", func() (bool, string) {
+		err := e.check()
+		return err == nil, errString(err)
+	}, testwait.Within(10*time.Second))
+	info, err := e.live.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if during == nil && info.State.Msgs == 0 {
+		t.Fatalf("the entry published while the stream was made again was acknowledged (position %d) and then deleted", duringSeq)
+	}
+	seq, _, err := e.LogJSON(ctx, "RENUM", []byte(`{"deviceId":"RENUM"}`), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seq <= liveSeqGap {
+		t.Fatalf("position %d after the stream was made again, want one above %d", seq, liveSeqGap)
+	}
+}

@@ -47,8 +47,16 @@ func connConfig(dsn string) (*pgx.ConnConfig, error) {
 		return nil, ErrDatabaseURL
 	}
 	requireTLS(dsn, cfg)
+	// As the pools' (PoolOptions.ConnectTimeout): an unreachable database
+	// fails fast and the caller retries.
+	if cfg.ConnectTimeout == 0 || cfg.ConnectTimeout > defaultConnectTimeout {
+		cfg.ConnectTimeout = defaultConnectTimeout
+	}
 	return cfg, nil
 }
+
+// defaultConnectTimeout is PoolOptions.ConnectTimeout's default.
+const defaultConnectTimeout = 5 * time.Second
 
 // requireTLS makes a connection to another machine use TLS when dsn does
 // not say which sslmode (nor PGSSLMODE does): pgx's default, "prefer",
@@ -96,7 +104,7 @@ func NewPool(ctx context.Context, dsn string, o PoolOptions) (*pgxpool.Pool, err
 	}
 	cfg.MinConns = 0
 	if o.ConnectTimeout <= 0 {
-		o.ConnectTimeout = 5 * time.Second
+		o.ConnectTimeout = defaultConnectTimeout
 	}
 	if cfg.ConnConfig.ConnectTimeout == 0 || cfg.ConnConfig.ConnectTimeout > o.ConnectTimeout {
 		cfg.ConnConfig.ConnectTimeout = o.ConnectTimeout
