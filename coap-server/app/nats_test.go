@@ -49,14 +49,7 @@ func TestNATSOutageRefusesUntilBack(t *testing.T) {
 	if code := post(t, cc, &nbiotv1.Uplink{DeviceId: "NOUT", UplinkCount: 1}); code != codes.Changed {
 		t.Fatalf("before the outage: %v", code)
 	}
-	ready := func() int {
-		resp, err := http.Get("http://" + a.HTTPAddr().String() + "/readyz")
-		if err != nil {
-			return 0
-		}
-		_ = resp.Body.Close()
-		return resp.StatusCode
-	}
+	ready := func() int { return readyz(a) }
 	ns.Stop()
 	testwait.ForState(t, "/readyz failing without NATS", func() (bool, string) {
 		c := ready()
@@ -83,3 +76,13 @@ func TestNATSOutageRefusesUntilBack(t *testing.T) {
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// readyz is the status of a's GET /readyz (0 when it does not answer).
+func readyz(a *app.App) int {
+	resp, err := http.Get("http://" + a.HTTPAddr().String() + "/readyz")
+	if err != nil {
+		return 0
+	}
+	_ = resp.Body.Close()
+	return resp.StatusCode
+}

@@ -195,7 +195,14 @@ func (e *restEnv) stamps(t *testing.T, id int64) (sent, applied, superseded bool
 // uplink posts u over plain CoAP and returns the 2.04's payload.
 func (e *restEnv) uplink(t *testing.T, u *nbiotv1.Uplink) []byte {
 	t.Helper()
-	cc, err := udp.Dial(e.addr)
+	return postUplink(t, e.addr, u)
+}
+
+// postUplink posts u to addr over plain CoAP (go-coap's client) and
+// returns the 2.04's payload; any other answer fails the test.
+func postUplink(t *testing.T, addr string, u *nbiotv1.Uplink) []byte {
+	t.Helper()
+	cc, err := udp.Dial(addr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,14 +1,9 @@
 package downlink_test
 
 import (
-	"bytes"
 	"context"
 	"testing"
-	"time"
 
-	"github.com/plgd-dev/go-coap/v3/message"
-	"github.com/plgd-dev/go-coap/v3/message/codes"
-	"github.com/plgd-dev/go-coap/v3/udp"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/nbiot-live/nbiot-live/internal/livelog"
@@ -34,23 +29,7 @@ func TestDownlinkPastUint32IdsIsSentAndApplied(t *testing.T) {
 		t.Fatalf("id %d, want one past 2^32", id)
 	}
 	testwait.For(t, "the notification", func() bool { return e.svc.Len() == 1 })
-	cc, err := udp.Dial(e.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	post := func(u *nbiotv1.Uplink) []byte {
-		t.Helper()
-		b, _ := proto.Marshal(u)
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		r, err := cc.Post(ctx, "/uplink", message.AppOctets, bytes.NewReader(b))
-		if err != nil || r.Code() != codes.Changed {
-			t.Fatalf("uplink: %v %v", r, err)
-		}
-		body, _ := r.ReadBody()
-		return body
-	}
+	post := func(u *nbiotv1.Uplink) []byte { t.Helper(); return postUplink(t, e.addr, u) }
 	body := post(&nbiotv1.Uplink{DeviceId: "dev-big", UplinkCount: 1})
 	var dl nbiotv1.Downlink
 	if err := proto.Unmarshal(body, &dl); err != nil || dl.GetConfig() == nil {

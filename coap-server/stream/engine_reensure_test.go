@@ -3,9 +3,6 @@ package stream
 import (
 	"context"
 	"errors"
-	"net"
-	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -106,66 +103,6 @@ func TestDeletedStreamsAreCreatedAgain(t *testing.T) {
 	}
 }
 
-// natsProc is Debian's nats-server on a fixed port, started and killed by
-// the test with the store and JetStream it says.
-type natsProc struct {
-	t    *testing.T
-	bin  string
-	port int
-	cmd  *exec.Cmd
-}
-
-func newNATSProc(t *testing.T) *natsProc {
-	natstest.Start(t).Stop() // skips (or fails under CI) without nats-server
-	bin, err := exec.LookPath("nats-server")
-	if err != nil {
-		bin = "/usr/sbin/nats-server"
-		if _, err := os.Stat(bin); err != nil {
-			bin = "/usr/bin/nats-server"
-		}
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &natsProc{t: t, bin: bin, port: ln.Addr().(*net.TCPAddr).Port}
-	_ = ln.Close()
-	t.Cleanup(p.stop)
-	return p
-}
-
-func (p *natsProc) url() string { return "nats://127.0.0.1:" + strconv.Itoa(p.port) }
-
-// start runs it with JetStream on a store in dir, or without JetStream
-// when dir is empty.
-func (p *natsProc) start(dir string) {
-	p.t.Helper()
-	p.stop()
-	args := []string{"-a", "127.0.0.1", "-p", strconv.Itoa(p.port)}
-	if dir != "" {
-		args = append(args, "-js", "-sd", dir)
-	}
-	p.cmd = exec.Command(p.bin, args...)
-	if err := p.cmd.Start(); err != nil {
-		p.t.Fatal(err)
-	}
-	testwait.For(p.t, "nats-server accepting connections", func() bool {
-		c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(p.port), 100*time.Millisecond)
-		if err == nil {
-			_ = c.Close()
-		}
-		return err == nil
-	}, testwait.Within(15*time.Second))
-}
-
-func (p *natsProc) stop() {
-	if p.cmd != nil {
-		_ = p.cmd.Process.Kill()
-		_ = p.cmd.Wait()
-		p.cmd = nil
-	}
-}
-
 // NATS_URL comes back without the streams: first without JetStream at
 // all (not ready, and staying so while nothing can be created), then with
 // JetStream and an empty store (a node restarted without its volume): the
@@ -173,12 +110,11 @@ func (p *natsProc) stop() {
 // uplinks are stored. Before, it stayed "connected" and refused every
 // uplink for good.
 func TestNATSBackWithoutItsStreams(t *testing.T) {
-	p := newNATSProc(t)
-	p.start(t.TempDir())
-	e, src := openStoring(t, p.url())
+	p := natstest.Start(t)
+	e, src := openStoring(t, p.URL)
 	storesAgain(t, e, src, 1)
 
-	p.start("") // the same address, no JetStream
+	p.RestartOn(t, "") // the same address, no JetStream
 	testwait.For(t, "reconnected", e.Connected, testwait.Within(15*time.Second))
 	for deadline := time.Now().Add(3 * checkEvery); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		if e.Ready() {
@@ -190,7 +126,7 @@ func TestNATSBackWithoutItsStreams(t *testing.T) {
 		t.Fatalf("publish without JetStream: %v, want ErrUnavailable", err)
 	}
 
-	p.start(t.TempDir()) // JetStream, an empty store
+	p.RestartOn(t, t.TempDir()) // JetStream, an empty store
 	testwait.For(t, "ready with the streams created again", e.Ready, testwait.Within(20*time.Second))
 	for _, name := range []string{LiveLogStream, UplinksStream} {
 		if _, err := e.js.Stream(context.Background(), name); err != nil {

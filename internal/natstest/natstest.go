@@ -54,7 +54,11 @@ func Start(t testing.TB) *Server {
 }
 
 func (s *Server) start(t testing.TB) {
-	s.cmd = exec.Command(s.bin, "-js", "-a", "127.0.0.1", "-p", strconv.Itoa(s.port), "-sd", s.dir)
+	args := []string{"-a", "127.0.0.1", "-p", strconv.Itoa(s.port)}
+	if s.dir != "" {
+		args = append(args, "-js", "-sd", s.dir)
+	}
+	s.cmd = exec.Command(s.bin, args...)
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -85,5 +89,15 @@ func (s *Server) Stop() {
 func (s *Server) Restart(t testing.TB) {
 	t.Helper()
 	s.Stop()
+	s.start(t)
+}
+
+// RestartOn kills the server and starts it again on the same port, with
+// JetStream on a store in dir, or without JetStream when dir is "": a node
+// that came back without its volume, or without JetStream.
+func (s *Server) RestartOn(t testing.TB, dir string) {
+	t.Helper()
+	s.Stop()
+	s.dir = dir
 	s.start(t)
 }
