@@ -360,6 +360,12 @@ func (e *Engine) ensureStream(ctx context.Context, want jetstream.StreamConfig, 
 			return nil, err
 		}
 		info := s.CachedInfo()
+		if beingMadeAgain(info) {
+			if err := e.awaitMadeAgain(ctx, info); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		if want = e.safeConfig(info, want, keep); sameConfig(info.Config, want) {
 			return s, nil
 		}
@@ -414,6 +420,51 @@ func (e *Engine) createAt(ctx context.Context, want jetstream.StreamConfig, firs
 		return nil, fmt.Errorf("continue the positions at %d: %w", first, err)
 	}
 	return s, nil
+}
+
+// errBeingMadeAgain: the stream listens on renumberSubject, made again by
+// createAt (here or on another instance) and its first position not yet set.
+var errBeingMadeAgain = errors.New("being made again, its first position not yet set")
+
+// abandonAfter is how long a stream may listen on renumberSubject before
+// it is taken for one whose maker stopped in between (createAt takes
+// milliseconds). A variable for tests.
+var abandonAfter = time.Minute
+
+func beingMadeAgain(info *jetstream.StreamInfo) bool {
+	return info != nil && slices.Equal(info.Config.Subjects, []string{renumberSubject})
+}
+
+// awaitMadeAgain waits while the stream info describes is being made again
+// by another instance (createAt). One left so for abandonAfter was made by
+// an instance that stopped in between: it holds nothing (nobody publishes
+// to renumberSubject), so it is deleted, for the caller to make it again.
+// Left alone, it took no entry for good: every look found it there.
+func (e *Engine) awaitMadeAgain(ctx context.Context, info *jetstream.StreamInfo) error {
+	name := info.Config.Name
+	for beingMadeAgain(info) {
+		if time.Since(info.Created) >= abandonAfter {
+			e.cfg.Logger.Warn("nats: stream left half made by an instance that stopped; making it again", "stream", name)
+			if err := e.js.DeleteStream(ctx, name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+				return err
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (by another instance): %w", errBeingMadeAgain, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+		s, err := e.js.Stream(ctx, name)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		info = s.CachedInfo()
+	}
+	return nil
 }
 
 // safeConfig is want, the configuration for the stream that info
@@ -661,6 +712,11 @@ func (e *Engine) check() error {
 		return fmt.Errorf("stream %s: %w", LiveLogStream, err)
 	}
 	if info := live.CachedInfo(); info != nil {
+		if beingMadeAgain(info) {
+			// Not ready: it takes no entry yet. missing, so that the
+			// watcher makes again one whose maker stopped (awaitMadeAgain).
+			return fmt.Errorf("stream %s: %w", LiveLogStream, errBeingMadeAgain)
+		}
 		e.noteLiveTop(info.State.LastSeq)
 	}
 	if e.uplinks == nil {
@@ -689,6 +745,7 @@ func (e *Engine) noteLiveTop(seq uint64) {
 // (rather than that JetStream did not answer in time).
 func missing(err error) bool {
 	return errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrConsumerNotFound) ||
+		errors.Is(err, errBeingMadeAgain) ||
 		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrJetStreamNotEnabled) ||
 		errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount)
 }

@@ -2,6 +2,7 @@ package stream
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -84,9 +85,10 @@ func TestEntryDuringRenumberingIsNotPurged(t *testing.T) {
 	if err := e.check(); err != nil {
 		t.Fatal(err)
 	}
-	var during error
+	var during, duringCheck error
 	var duringSeq uint64
 	renumbering = func() {
+		duringCheck = e.check()
 		duringSeq, _, during = e.LogJSON(ctx, "RENUM", []byte(`{"deviceId":"RENUM","during":true}`), "")
 	}
 	defer func() { renumbering = nil }()
@@ -97,6 +99,11 @@ func TestEntryDuringRenumberingIsNotPurged(t *testing.T) {
 		err := e.check()
 		return err == nil, errString(err)
 	}, testwait.Within(10*time.Second))
+	// Not ready meanwhile: a look then said ready while the stream took no
+	// entry (CI: the first entry after it got no responders).
+	if !errors.Is(duringCheck, errBeingMadeAgain) {
+		t.Fatalf("look while the stream was made again: %v, want %v", duringCheck, errBeingMadeAgain)
+	}
 	info, err := e.live.Info(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -110,5 +117,44 @@ func TestEntryDuringRenumberingIsNotPurged(t *testing.T) {
 	}
 	if seq <= liveSeqGap {
 		t.Fatalf("position %d after the stream was made again, want one above %d", seq, liveSeqGap)
+	}
+}
+
+// A LIVELOG left listening on the placeholder subject, by an instance that
+// stopped between making it again and setting its first position, is made
+// again by the next instance that looks. Every look took it for a working
+// stream, and no entry was taken until a restart.
+func TestHalfMadeLiveLogIsMadeAgain(t *testing.T) {
+	ns := natstest.Start(t)
+	ctx := context.Background()
+	e := openEmbedded(t, Config{URL: ns.URL})
+	last, _, err := e.LogJSON(ctx, "RENUM", []byte(`{"deviceId":"RENUM"}`), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.check(); err != nil {
+		t.Fatal(err)
+	}
+	abandonAfter = 0
+	defer func() { abandonAfter = time.Minute }()
+	// What createAt leaves when its instance stops after its first step.
+	if err := e.js.DeleteStream(ctx, LiveLogStream); err != nil {
+		t.Fatal(err)
+	}
+	half := e.cfg.liveConfig()
+	half.Subjects = []string{renumberSubject}
+	if _, err := e.js.CreateStream(ctx, half); err != nil {
+		t.Fatal(err)
+	}
+	testwait.ForState(t, "LIVELOG made again", func() (bool, string) {
+		err := e.check()
+		return err == nil, errString(err)
+	}, testwait.Within(15*time.Second))
+	seq, _, err := e.LogJSON(ctx, "RENUM", []byte(`{"deviceId":"RENUM"}`), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seq <= last {
+		t.Fatalf("position %d in the LIVELOG made again, want above %d", seq, last)
 	}
 }
