@@ -10,6 +10,8 @@ package devset
 import (
 	"bufio"
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -26,8 +28,13 @@ type Lister func(ctx context.Context) ([]string, error)
 
 // MaxIDs bounds the list read from the database (operator data, not
 // outside input): a million IDs of at most 64 bytes, under 100 MB with the
-// map; the 512 MB reference machine holds far fewer devices.
+// map; the 512 MB reference machine holds far fewer devices. A longer
+// list is refused whole (ErrTooMany), never cut.
 const MaxIDs = 1_000_000
+
+// ErrTooMany: the table has more than MaxIDs devices. The set keeps its
+// last list (none at a first start: the uplinks it decides get 5.03).
+var ErrTooMany = errors.New("too many devices for this server")
 
 // DefaultInterval is how often the list is re-read: a new or deleted row
 // takes effect within it.
@@ -92,9 +99,9 @@ func (s *Set) Start(ctx context.Context) {
 	if err != nil {
 		if ids, ferr := s.readFile(); ferr == nil {
 			s.replace(ids)
-			s.log.Warn(s.name+": database unreachable; using the list saved at the last refresh", "devices", len(ids), "err", err)
+			s.log.Warn(s.name+": cannot read the list from the database; using the list saved at the last refresh", "devices", len(ids), "err", err)
 		} else {
-			s.log.Warn(s.name+": database unreachable and no saved list; the uplinks it decides get 5.03 until it answers", "err", err)
+			s.log.Warn(s.name+": cannot read the list from the database and no saved list; the uplinks it decides get 5.03 until it can", "err", err)
 		}
 	}
 	ctx, s.cancel = context.WithCancel(context.Background())
@@ -131,6 +138,11 @@ func (s *Set) refresh(ctx context.Context) error {
 	ids, err := s.list(ctx)
 	if err != nil {
 		return err
+	}
+	if len(ids) > MaxIDs {
+		// A cut list would fail open for the credentialed set (plain CoAP
+		// speaking for a keyed device left out): keep the last whole one.
+		return fmt.Errorf("%w: %s has more than %d devices", ErrTooMany, s.name, MaxIDs)
 	}
 	if s.replace(ids) {
 		s.writeFile(ids)

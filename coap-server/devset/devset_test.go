@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -82,4 +83,43 @@ func TestRefreshSoonReadsTheListAtOnce(t *testing.T) {
 	mu.Unlock()
 	s.RefreshSoon()
 	testwait.For(t, "dev-b listed", func() bool { has, _ := s.Has("dev-b"); return has })
+}
+
+// A table with more than MaxIDs devices is refused whole: the set keeps
+// its last list. It was cut at MaxIDs, so that a keyed device past the cut
+// was taken for one without a key, and plain CoAP could speak for it.
+// (Found in an audit.)
+func TestMoreThanMaxIDsKeepsTheLastList(t *testing.T) {
+	var mu sync.Mutex
+	ids := []string{"K1"}
+	l := Lister(func(context.Context) ([]string, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return ids, nil
+	})
+	c := New(Credentialed, l, 0, t.TempDir(), slog.New(slog.DiscardHandler))
+	c.Start(context.Background())
+	defer c.Close()
+	long := make([]string, MaxIDs+1)
+	for i := range long {
+		long[i] = "D" + strconv.Itoa(i)
+	}
+	long[MaxIDs] = "KEYED-LAST"
+	mu.Lock()
+	ids = long
+	mu.Unlock()
+	if err := c.refresh(context.Background()); !errors.Is(err, ErrTooMany) {
+		t.Fatalf("refresh of %d IDs: %v, want ErrTooMany", len(long), err)
+	}
+	if has, known := c.Has("K1"); !has || !known {
+		t.Fatalf("the last list is gone: K1 has=%v known=%v", has, known)
+	}
+	// At a first start there is no last list: nothing is known (5.03),
+	// rather than a cut one.
+	fresh := New(Credentialed, l, 0, t.TempDir(), slog.New(slog.DiscardHandler))
+	fresh.Start(context.Background())
+	defer fresh.Close()
+	if _, known := fresh.Has("KEYED-LAST"); known {
+		t.Fatal("a list longer than MaxIDs was used")
+	}
 }

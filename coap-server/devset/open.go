@@ -53,7 +53,7 @@ func Open(ctx context.Context, src supa.Source, table, dir string, logger *slog.
 func PG(pool *pgxpool.Pool, table string) Lister {
 	query := `select devid from public.` + table + ` order by devid limit $1`
 	return func(ctx context.Context) ([]string, error) {
-		rows, err := pool.Query(ctx, query, MaxIDs)
+		rows, err := pool.Query(ctx, query, MaxIDs+1) // one more: refresh refuses a longer list
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", table, err)
 		}
@@ -109,7 +109,7 @@ func REST(baseURL, serviceKey string, client *http.Client, table string) Lister 
 	}
 	return func(ctx context.Context) ([]string, error) {
 		var ids []string
-		for len(ids) < MaxIDs {
+		for len(ids) <= MaxIDs { // past it refresh refuses the list
 			p, err := page(ctx, lastOf(ids))
 			if err != nil {
 				return nil, err
