@@ -24,7 +24,9 @@ import (
 	"github.com/nbiot-live/nbiot-live/coap-server/hub"
 	"github.com/nbiot-live/nbiot-live/coap-server/ingest"
 	"github.com/nbiot-live/nbiot-live/coap-server/stream"
+	"github.com/nbiot-live/nbiot-live/internal/connlimit"
 	"github.com/nbiot-live/nbiot-live/internal/lifecycle"
+	"github.com/nbiot-live/nbiot-live/internal/memlimit"
 	"github.com/nbiot-live/nbiot-live/internal/supa"
 	"github.com/nbiot-live/nbiot-live/internal/wspeer"
 )
@@ -90,6 +92,7 @@ func New(cfg Config, logger *slog.Logger) *App {
 		Token:    cfg.WSToken,
 		Ready:    a.Ready,
 		Gatherer: reg,
+		Metrics:  httpapi.NewMetrics(reg),
 		Logger:   logger,
 		Peer:     wspeer.Config{Budget: queued},
 	}
@@ -132,10 +135,15 @@ func (a *App) Start(ctx context.Context) (err error) {
 		a.serve("coap", a.coap.Serve)
 		a.log.Info("coap listening", "addr", a.coapLn.LocalAddr().String())
 	}
-	a.httpLn, err = net.Listen("tcp", a.cfg.HTTPAddr)
+	ln, err := net.Listen("tcp", a.cfg.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("HTTP_ADDR: listen: %w", err)
 	}
+	conns := a.cfg.HTTPConnections
+	if conns <= 0 {
+		conns = connlimit.Share(memlimit.Bytes(), 32)
+	}
+	a.httpLn = connlimit.New(ln, conns, connlimit.NewMetrics(a.Metrics, "nbiot"))
 	a.httpSrv = httpapi.NewHTTPServer(a.httpAPI.Handler(), a.log)
 	a.serve("http", func() error { return a.httpSrv.Serve(a.httpLn) })
 	a.log.Info("http listening", "addr", a.httpLn.Addr().String())

@@ -24,6 +24,11 @@ type Config struct {
 	CoAPSAddr string
 	// HTTPAddr (HTTP_ADDR, default ":8080") serves /ws, /healthz, /readyz.
 	HTTPAddr string
+	// HTTPConnections bounds the TCP connections of HTTP_ADDR, upgraded or
+	// not (connlimit): 0 takes as many as a thirty-second of the memory
+	// holds at connlimit.ConnBytes (800 at GOMEMLIMIT=400MiB; /ws is for
+	// relays and tools, a handful).
+	HTTPConnections int
 	// MetricsAddr (METRICS_ADDR, default "127.0.0.1:9090"; "off" = none)
 	// serves /metrics on a listener of its own, never on HTTP_ADDR: the
 	// counters tell an outsider about devices and traffic. Loopback by

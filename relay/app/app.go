@@ -19,7 +19,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/nbiot-live/nbiot-live/internal/connlimit"
 	"github.com/nbiot-live/nbiot-live/internal/lifecycle"
+	"github.com/nbiot-live/nbiot-live/internal/memlimit"
 	"github.com/nbiot-live/nbiot-live/internal/wspeer"
 	"github.com/nbiot-live/nbiot-live/relay/access"
 	"github.com/nbiot-live/nbiot-live/relay/auth"
@@ -119,10 +121,15 @@ func (a *App) Start(ctx context.Context) (err error) {
 	} else if err := a.setupAuth(ctx); err != nil {
 		return err
 	}
-	a.httpLn, err = net.Listen("tcp", a.cfg.HTTPAddr)
+	ln, err := net.Listen("tcp", a.cfg.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("HTTP_ADDR: listen: %w", err)
 	}
+	conns := a.cfg.HTTPConnections
+	if conns <= 0 {
+		conns = a.cfg.MaxConnections + connlimit.Share(memlimit.Bytes(), 32)
+	}
+	a.httpLn = connlimit.New(ln, conns, connlimit.NewMetrics(a.Metrics, "nbiot_relay"))
 	a.httpSrv = newServer(a.routes(), a.log)
 	a.serve("http", a.httpSrv, a.httpLn)
 	if err := a.listenMetrics(); err != nil {

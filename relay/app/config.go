@@ -76,6 +76,11 @@ type Config struct {
 	// MaxConnections (MAX_CONNECTIONS, default DefaultMaxConnections:
 	// 20000, fewer when the memory holds fewer) bounds browser connections.
 	MaxConnections int
+	// HTTPConnections bounds the TCP connections of HTTP_ADDR, upgraded or
+	// not (connlimit): 0 takes MaxConnections plus as many as a
+	// thirty-second of the memory holds at connlimit.ConnBytes (800 at
+	// GOMEMLIMIT=400MiB), for requests before their upgrade.
+	HTTPConnections int
 	// MaxDevices (MAX_WATCHED_DEVICES, default DefaultMaxDevices: 1000,
 	// fewer when the memory holds fewer rings) bounds devices watched at
 	// once, i.e. upstream links to coap-server.
