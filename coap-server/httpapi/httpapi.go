@@ -40,6 +40,7 @@ type Server struct {
 	Token          string      // WS_TOKEN; compared in constant time
 	Ready          func() bool
 	Gatherer       prometheus.Gatherer // not served here: see MetricsHandler
+	Metrics        *Metrics            // refusals (NewMetrics); nil = not counted
 	Logger         *slog.Logger
 	Peer           wspeer.Config
 	MaxSubscribers int // default DefaultMaxSubscribers
@@ -89,24 +90,24 @@ func MetricsHandler(g prometheus.Gatherer) http.Handler {
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if !s.authorized(r) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="nbiot-live"`)
-		http.Error(w, "missing or invalid bearer token", http.StatusUnauthorized)
+		s.reject(w, RejectUnauthorized, http.StatusUnauthorized, "missing or invalid bearer token")
 		return
 	}
 	devices := r.URL.Query()["deviceId"]
 	if len(devices) > MaxDevicesPerSubscriber {
-		http.Error(w, "too many deviceId parameters", http.StatusBadRequest)
+		s.reject(w, RejectBadRequest, http.StatusBadRequest, "too many deviceId parameters")
 		return
 	}
 	for _, d := range devices {
 		if !livelog.ValidDeviceID(d) {
-			http.Error(w, "invalid deviceId: must match ^[A-Za-z0-9_-]{1,64}$", http.StatusBadRequest)
+			s.reject(w, RejectBadRequest, http.StatusBadRequest, "invalid deviceId: must match ^[A-Za-z0-9_-]{1,64}$")
 			return
 		}
 	}
 	devices = distinct(devices) // a device named twice is watched once
 	st, err := parseStart(r.URL.Query())
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+		s.reject(w, RejectBadRequest, http.StatusBadRequest, err.Error())
 		return
 	}
 	limit := s.MaxSubscribers
@@ -115,7 +116,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	if !s.conns.Reserve(limit) {
 		s.Logger.Warn("ws subscriber refused: limit reached", "remote", r.RemoteAddr)
-		http.Error(w, "too many subscribers", http.StatusServiceUnavailable)
+		s.reject(w, RejectBusy, http.StatusServiceUnavailable, "too many subscribers")
 		return
 	}
 	defer s.conns.Release()
@@ -128,7 +129,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		release, err := s.Feed.Hold(r.Context())
 		if err != nil {
 			s.Logger.Warn("ws subscriber refused: the live-log feed cannot start", "err", err)
-			http.Error(w, "live log unavailable, retry later", http.StatusServiceUnavailable)
+			s.reject(w, RejectUnavailable, http.StatusServiceUnavailable, "live log unavailable, retry later")
 			return
 		}
 		defer release()
@@ -142,7 +143,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		pos, err := s.History.LivePosition(r.Context())
 		if err != nil {
 			s.Logger.Warn("ws subscriber refused: the live log is unreachable", "err", err)
-			http.Error(w, "live log unavailable, retry later", http.StatusServiceUnavailable)
+			s.reject(w, RejectUnavailable, http.StatusServiceUnavailable, "live log unavailable, retry later")
 			return
 		}
 		st.at = pos.Last
@@ -157,7 +158,8 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	conn, err := s.upgrader.Upgrade(w, r, nil)
 	if err != nil {
 		peer.Close(wspeer.ErrClosed) // what it queued meanwhile is given back
-		return                       // Upgrade has answered the client.
+		s.rejected(RejectUpgrade)
+		return // Upgrade has answered the client.
 	}
 	s.conns.Track(peer)
 	s.Logger.Debug("ws subscriber connected", "remote", r.RemoteAddr, "devices", len(devices))

@@ -17,16 +17,28 @@ import (
 // MaxTail bounds tail=N (the contract's limit).
 const MaxTail = livelog.MaxTail
 
-// maxHeld bounds the live frames one subscriber holds while its history is
-// sent (pointers to frames shared with every subscriber). Past it the
+// maxHeld and maxHeldBytes bound the live frames one subscriber holds
+// while its history is sent (pointers to frames shared with every
+// subscriber, which it may be the last to keep). Past either the
 // subscriber reads the rest from the stream instead: nothing is dropped.
-const maxHeld = 1024
+// In bytes (Frame.Cost) it is a subscriber's queue, DefaultQueueBytes:
+// 1,024 entries of another version's largest, 64 KiB, pinned 64 MiB.
+const (
+	maxHeld      = 1024
+	maxHeldBytes = DefaultQueueBytes
+)
 
-// maxHeldNotices bounds the retransmission reports one subscriber holds
-// besides, while its history is sent. Reports are not retained, so they
-// cannot be read again: past it they are dropped (and counted), and a
-// flood of replayed datagrams never makes the catch-up start over.
-const maxHeldNotices = 64
+// maxHeldNotices and maxHeldNoticeBytes bound the retransmission reports
+// one subscriber holds besides, while its history is sent. Reports are
+// not retained, so they cannot be read again: past either they are
+// dropped (and counted), and a flood of replayed datagrams never makes
+// the catch-up start over. 128 KiB holds 64 reports of their real size
+// (a few hundred bytes, 400 more held) three times over, and one of the
+// largest a notice can be (hub: a live-log entry's 64 KiB).
+const (
+	maxHeldNotices     = 64
+	maxHeldNoticeBytes = 128 << 10
+)
 
 // History is the retained live log (*stream.Engine).
 type History interface {
@@ -72,6 +84,8 @@ type gate struct {
 	last     uint64 // highest position sent
 	held     []*hub.Frame
 	notes    int // reports among held
+	bytes    int // the Cost of the entries among held
+	noteSize int // the Cost of the reports among held
 	overflow bool
 	// gapAt is, per device told recovered:false, last+1 when it was: a
 	// re-read after an overflow that finds the same hole with nothing
@@ -89,14 +103,18 @@ func (g *gate) Send(f *hub.Frame) bool {
 	if !g.live {
 		switch {
 		case f.Seq == 0:
-			if g.overflow || g.notes >= maxHeldNotices {
+			if g.overflow || g.notes >= maxHeldNotices || g.noteSize+f.Cost > maxHeldNoticeBytes {
 				return false // a report: dropped, not read again
 			}
 			g.notes++
+			g.noteSize += f.Cost
 			g.held = append(g.held, f)
-		case len(g.held)-g.notes >= maxHeld:
-			g.overflow, g.held, g.notes = true, nil, 0
-		case !g.overflow:
+		case g.overflow:
+		case len(g.held)-g.notes >= maxHeld || g.bytes+f.Cost > maxHeldBytes:
+			g.overflow = true
+			g.drop()
+		default:
+			g.bytes += f.Cost
 			g.held = append(g.held, f)
 		}
 		return true
@@ -215,16 +233,22 @@ func (g *gate) take() (held []*hub.Frame, overflow bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.overflow {
-		g.overflow, g.held, g.notes = false, nil, 0
+		g.overflow = false
+		g.drop()
 		return nil, true
 	}
 	if len(g.held) == 0 {
 		g.live = true
 		return nil, false
 	}
-	held, g.held, g.notes = g.held, make([]*hub.Frame, 0, len(g.held)), 0
+	held = g.held
+	g.drop()
+	g.held = make([]*hub.Frame, 0, len(held))
 	return held, false
 }
+
+// drop empties what the gate holds; g.mu is held.
+func (g *gate) drop() { g.held, g.notes, g.bytes, g.noteSize = nil, 0, 0, 0 }
 
 func (g *gate) sendEntry(ctx context.Context) stream.ReadFunc {
 	return func(seq uint64, _ string, data []byte) error {

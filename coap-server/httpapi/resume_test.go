@@ -28,6 +28,7 @@ import (
 type floodingHistory struct {
 	hub   *hub.Hub
 	flood int
+	pad   int // bytes added to each entry's message
 
 	mu    sync.Mutex
 	log   []uint64 // seqs of device D, 1..len
@@ -52,7 +53,7 @@ func (f *floodingHistory) Read(_ context.Context, cursors []stream.Cursor, upto 
 			seq := uint64(len(f.log) + 1)
 			f.log = append(f.log, seq)
 			f.mu.Unlock()
-			f.hub.Feed(seq, "D", entryJSON(seq))
+			f.hub.Feed(seq, "D", f.entry(seq))
 			f.mu.Lock()
 		}
 	}
@@ -60,7 +61,7 @@ func (f *floodingHistory) Read(_ context.Context, cursors []stream.Cursor, upto 
 	f.mu.Unlock()
 	for _, seq := range log {
 		if seq >= cursors[0].From && seq <= upto {
-			if err := fn(seq, "D", entryJSON(seq)); err != nil {
+			if err := fn(seq, "D", f.entry(seq)); err != nil {
 				return err
 			}
 		}
@@ -72,16 +73,31 @@ func entryJSON(seq uint64) []byte {
 	return fmt.Appendf(nil, `{"deviceId":"D","type":"uplink","message":"Received uplink #%d"}`, seq)
 }
 
+func (f *floodingHistory) entry(seq uint64) []byte {
+	if f.pad == 0 {
+		return entryJSON(seq)
+	}
+	return fmt.Appendf(nil, `{"deviceId":"D","type":"uplink","message":"Received uplink #%d %s"}`, seq, strings.Repeat("x", f.pad))
+}
+
 // TestSinceAfterGateOverflowRepeatsNothing: a subscriber resuming with
 // since=5, while more live entries go by than its gate holds, gets 6, 7, …
 // once each and in order: the server reads what the gate dropped from the
 // log, from where the subscriber is, not from the start of the log (it
 // read from position 1 when nothing had been sent yet, repeating 1–5).
 func TestSinceAfterGateOverflowRepeatsNothing(t *testing.T) {
+	hist := &floodingHistory{flood: 1100, log: []uint64{1, 2, 3, 4, 5}}
+	readFloodSince5(t, hist)
+}
+
+// readFloodSince5 subscribes with since=5 to a server over hist and
+// checks that every entry after 5 of its flood comes once, in order.
+func readFloodSince5(t *testing.T, hist *floodingHistory) {
+	t.Helper()
 	const token = "t0123456789abcdef"
 	reg := prometheus.NewRegistry()
 	h := hub.New(hub.NewMetrics(reg))
-	hist := &floodingHistory{hub: h, flood: 1100, log: []uint64{1, 2, 3, 4, 5}}
+	hist.hub = h
 	api := &httpapi.Server{Hub: h, History: hist, Token: token, Gatherer: reg, Logger: slog.New(slog.DiscardHandler)}
 	srv := httptest.NewServer(api.Handler())
 	t.Cleanup(srv.Close)
@@ -99,11 +115,27 @@ func TestSinceAfterGateOverflowRepeatsNothing(t *testing.T) {
 		}
 		var f struct{ Seq uint64 }
 		if err := json.Unmarshal(b, &f); err != nil {
-			t.Fatalf("frame %q: %v", b, err)
+			t.Fatalf("frame %.100q: %v", b, err)
 		}
 		if f.Seq != want {
 			t.Fatalf("got seq %d, want %d (since=5: each later entry once, in order)", f.Seq, want)
 		}
+	}
+}
+
+// TestLargeFramesPastTheGatesBytesAreReadAgain: 20 live entries of 60 KiB
+// (another version's, up to the stream's 64 KiB) go by while a
+// subscriber's history is read: far fewer than the 1,024 frames its gate
+// holds, but more bytes than its 1 MiB. The gate lets them go and the
+// server reads them from the stream again (a second Read); the subscriber
+// gets each once, in order. The gate held them all (1,024 such: 64 MiB).
+func TestLargeFramesPastTheGatesBytesAreReadAgain(t *testing.T) {
+	hist := &floodingHistory{flood: 20, pad: 60 << 10, log: []uint64{1, 2, 3, 4, 5}}
+	readFloodSince5(t, hist)
+	hist.mu.Lock()
+	defer hist.mu.Unlock()
+	if hist.reads != 2 {
+		t.Fatalf("the log was read %d times, want 2: the frames past the gate's bytes read again", hist.reads)
 	}
 }
 

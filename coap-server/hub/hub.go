@@ -79,10 +79,22 @@ func New(m *Metrics) *Hub {
 // A notice (seq 0) travels on core NATS and may overtake the entry it is
 // about; one naming a position (data.retransmission.of_seq) not delivered
 // yet is held until it is, so subscribers see the uplink, then its report.
+// One larger than any entry is dropped, and so are the oldest held past
+// maxHeldNoticeBytes (counted in NoticesLost).
 func (h *Hub) Feed(seq uint64, deviceID string, entry []byte) {
 	if seq == 0 {
-		if of := ofSeq(entry); of > 0 && !h.order.ready(of, deviceID, entry) {
-			return // held; released by the Feed of that position
+		if len(entry) > maxNoticeBytes {
+			h.metrics.NoticesLost.WithLabelValues(LostOversize).Inc()
+			return
+		}
+		if of := ofSeq(entry); of > 0 {
+			ok, dropped := h.order.ready(of, deviceID, entry)
+			if dropped > 0 {
+				h.metrics.NoticesLost.WithLabelValues(LostHeldFull).Add(float64(dropped))
+			}
+			if !ok {
+				return // held; released by the Feed of that position
+			}
 		}
 	}
 	h.publishEntry(seq, deviceID, entry)
