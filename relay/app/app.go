@@ -198,6 +198,8 @@ func (a *App) setupAuth(ctx context.Context) error {
 		Issuer:          a.cfg.Issuer(),
 		UnknownKIDEvery: a.cfg.JWKSUnknownKIDEvery,
 		Now:             a.cfg.Now,
+		Registerer:      a.Metrics,
+		Logger:          a.log,
 	})
 	if err != nil {
 		return fmt.Errorf("SUPABASE_URL: %w", err)

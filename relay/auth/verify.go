@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"time"
 
 	"github.com/MicahParks/keyfunc/v3"
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 )
 
@@ -50,6 +52,8 @@ type Options struct {
 	// Issuer, when set, must equal the iss claim (<SUPABASE_URL>/auth/v1).
 	Issuer string
 	// HTTPClient fetches the JWKS. Default: a client with a 10 s timeout.
+	// Its responses are read up to MaxJWKSBytes (through a copy: the
+	// given client is not changed).
 	HTTPClient *http.Client
 	// RefreshInterval is how often the JWKS is refetched. Default 10 min:
 	// Supabase publishes a new key before it signs with it, and removes
@@ -63,6 +67,13 @@ type Options struct {
 	Leeway time.Duration
 	// Now is the clock for expiry checks. Default time.Now.
 	Now func() time.Time
+	// Registerer gets nbiot_relay_jwks_fetch_failures_total when JWKSURL
+	// is set (may be nil).
+	Registerer prometheus.Registerer
+	// Logger gets a warning per failed JWKS fetch (default: none). Their
+	// number is bounded: one per RefreshInterval, plus at most one per
+	// UnknownKIDEvery for tokens with an unknown kid.
+	Logger *slog.Logger
 }
 
 // Verifier checks access tokens. It is safe for concurrent use.
@@ -96,6 +107,9 @@ func NewVerifier(ctx context.Context, o Options) (*Verifier, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
 	v := &Verifier{secret: o.Secret, timeout: 10 * time.Second, leeway: o.Leeway}
 	var methods []string
 	if len(o.Secret) > 0 {
@@ -103,8 +117,15 @@ func NewVerifier(ctx context.Context, o Options) (*Verifier, error) {
 	}
 	if o.JWKSURL != "" {
 		methods = append(methods, jwt.SigningMethodES256.Alg(), jwt.SigningMethodRS256.Alg())
+		failures := prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nbiot_relay_jwks_fetch_failures_total",
+			Help: fmt.Sprintf("JWKS fetches (first, periodic, or for an unknown kid) that failed: unreachable, bad status, invalid, or larger than %d KiB. The keys already held stay in use.", MaxJWKSBytes>>10),
+		})
+		if o.Registerer != nil {
+			o.Registerer.MustRegister(failures)
+		}
 		kf, err := keyfunc.NewDefaultOverrideCtx(ctx, []string{o.JWKSURL}, keyfunc.Override{
-			Client:          o.HTTPClient,
+			Client:          limitClient(o.HTTPClient, MaxJWKSBytes),
 			HTTPTimeout:     o.HTTPClient.Timeout,
 			RefreshInterval: o.RefreshInterval,
 			// The wait bounds the limiter and the refetch together; a
@@ -112,11 +133,15 @@ func NewVerifier(ctx context.Context, o Options) (*Verifier, error) {
 			// (rate.Limiter.Wait gives up when the wait exceeds it).
 			RateLimitWaitMax:  v.timeout,
 			RefreshUnknownKID: rate.NewLimiter(rate.Every(o.UnknownKIDEvery), 1),
-			// The library logs to slog.Default with the URL; the URL holds
-			// no secret, but refresh failures surface as verification
-			// errors (metric by reason) anyway.
+			// Called for every failed fetch, including the first and
+			// those for an unknown kid. The error names the URL (no
+			// secret: the JWKS is public) and never a token, since the
+			// fetch carries none.
 			RefreshErrorHandlerFunc: func(string) func(context.Context, error) {
-				return func(context.Context, error) {}
+				return func(_ context.Context, err error) {
+					failures.Inc()
+					o.Logger.Warn("JWKS fetch failed", "err", err)
+				}
 			},
 		})
 		if err != nil {

@@ -12,6 +12,7 @@ import (
 	"math/big"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -30,7 +31,7 @@ type jwksServer struct {
 	fetches atomic.Int64
 }
 
-func newJWKSServer(t *testing.T) *jwksServer {
+func newJWKSServer(t testing.TB) *jwksServer {
 	s := &jwksServer{}
 	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		s.fetches.Add(1)
@@ -51,7 +52,7 @@ func (s *jwksServer) serve(keys ...map[string]string) {
 
 func b64(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
 
-func ecJWK(t *testing.T, kid string) (*ecdsa.PrivateKey, map[string]string) {
+func ecJWK(t testing.TB, kid string) (*ecdsa.PrivateKey, map[string]string) {
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -62,7 +63,7 @@ func ecJWK(t *testing.T, kid string) (*ecdsa.PrivateKey, map[string]string) {
 	return k, map[string]string{"kty": "EC", "crv": "P-256", "x": b64(x), "y": b64(y), "kid": kid, "alg": "ES256", "use": "sig"}
 }
 
-func rsaJWK(t *testing.T, kid string) (*rsa.PrivateKey, map[string]string) {
+func rsaJWK(t testing.TB, kid string) (*rsa.PrivateKey, map[string]string) {
 	k, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		t.Fatal(err)
@@ -86,7 +87,7 @@ func claims(mut func(jwt.MapClaims)) jwt.MapClaims {
 	return c
 }
 
-func sign(t *testing.T, m jwt.SigningMethod, kid string, key any, c jwt.MapClaims) string {
+func sign(t testing.TB, m jwt.SigningMethod, kid string, key any, c jwt.MapClaims) string {
 	tok := jwt.NewWithClaims(m, c)
 	if kid != "" {
 		tok.Header["kid"] = kid
@@ -98,7 +99,7 @@ func sign(t *testing.T, m jwt.SigningMethod, kid string, key any, c jwt.MapClaim
 	return s
 }
 
-func newVerifier(t *testing.T, o auth.Options) *auth.Verifier {
+func newVerifier(t testing.TB, o auth.Options) *auth.Verifier {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	if o.Now == nil {
@@ -225,4 +226,73 @@ func TestExpiryFollowsInjectedClock(t *testing.T) {
 	if _, err := v.Verify(context.Background(), tok); !errors.Is(err, auth.ErrExpired) {
 		t.Fatalf("after expiry: %v", err)
 	}
+}
+
+// FuzzVerify feeds browser-controlled input to Verify: a whole token, and
+// a claims payload the fuzzer chooses but which is then signed with the
+// HS256 secret (so the claims checks run on a valid signature). Verify
+// must never panic; a token it accepts has a subject, the authenticated
+// role, and is not expired; an error wraps a known reason and never
+// contains the token or the secret.
+func FuzzVerify(f *testing.F) {
+	srv := newJWKSServer(f)
+	ek, ejwk := ecJWK(f, "ec")
+	rk, rjwk := rsaJWK(f, "rsa")
+	srv.serve(ejwk, rjwk)
+	// UnknownKIDEvery: forged kids fetch the JWKS at most once per worker.
+	v := newVerifier(f, auth.Options{JWKSURL: srv.URL, Secret: []byte(secret), Issuer: issuer, UnknownKIDEvery: time.Hour})
+	hs := []byte(secret)
+	payload := func(mut func(jwt.MapClaims)) []byte {
+		b, _ := json.Marshal(claims(mut))
+		return b
+	}
+	valid := payload(nil)
+	for _, seed := range []struct {
+		token   string
+		payload []byte
+	}{
+		{sign(f, jwt.SigningMethodHS256, "", hs, claims(nil)), valid},
+		{sign(f, jwt.SigningMethodES256, "ec", ek, claims(nil)), payload(func(c jwt.MapClaims) { c["exp"] = now.Add(-time.Hour).Unix() })},
+		{sign(f, jwt.SigningMethodRS256, "rsa", rk, claims(nil)), payload(func(c jwt.MapClaims) { c["role"] = "service_role" })},
+		{sign(f, jwt.SigningMethodHS256, "", hs, claims(func(c jwt.MapClaims) { c["exp"] = now.Add(-time.Minute).Unix() })), payload(func(c jwt.MapClaims) { c["exp"] = 1e300 })},
+		{sign(f, jwt.SigningMethodNone, "", jwt.UnsafeAllowNoneSignatureType, claims(nil)), payload(func(c jwt.MapClaims) { c["exp"] = "tomorrow" })},
+		{sign(f, jwt.SigningMethodHS384, "", hs, claims(nil)), payload(func(c jwt.MapClaims) { c["sub"] = 42 })},
+		{sign(f, jwt.SigningMethodRS256, "ec", rk, claims(nil)), payload(func(c jwt.MapClaims) { delete(c, "sub") })},
+		{sign(f, jwt.SigningMethodHS256, "rsa", []byte(rjwk["n"]), claims(nil)), payload(func(c jwt.MapClaims) { c["aud"] = []any{"authenticated", 7} })},
+		{"a.b.c", []byte(`{"sub":"x","role":"authenticated","aud":"authenticated","exp":-1}`)},
+		{"", []byte("null")},
+		{"eyJhbGciOiJIUzI1NiJ9..", []byte(`[]`)},
+		{strings.Repeat("x", auth.MaxTokenLen+1), []byte(`{"exp":9223372036854775807}`)},
+	} {
+		f.Add(seed.token, seed.payload)
+	}
+	header := b64([]byte(`{"alg":"HS256","typ":"JWT"}`))
+	f.Fuzz(func(t *testing.T, token string, payload []byte) {
+		signing := header + "." + b64(payload)
+		sig, err := jwt.SigningMethodHS256.Sign(signing, hs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tok := range []string{token, signing + "." + b64(sig)} {
+			c, err := v.Verify(context.Background(), tok)
+			if err != nil {
+				if c != nil {
+					t.Fatalf("claims %+v with error %v", c, err)
+				}
+				msg := err.Error()
+				if auth.Reason(err) == "other" {
+					t.Fatalf("error %q wraps no known reason", msg)
+				}
+				// A short token can be a substring of a fixed message by
+				// chance; no message holds 24 bytes of a JWT.
+				if (len(tok) >= 24 && strings.Contains(msg, tok)) || strings.Contains(msg, secret) {
+					t.Fatalf("error %q contains the token or the secret", msg)
+				}
+				continue
+			}
+			if c.Subject == "" || c.Role != auth.AuthenticatedRole || c.ValidUntil.Before(now) {
+				t.Fatalf("accepted %q: subject %q role %q valid until %v (now %v)", tok, c.Subject, c.Role, c.ValidUntil, now)
+			}
+		}
+	})
 }

@@ -58,10 +58,21 @@ type Options struct {
 	// (the token's sub): false answers 429 without reading (a read is a
 	// database query, which the relay's access checks need too).
 	Allow func(r *http.Request, user string) bool
-	// Registerer gets nbiot_relay_devices_truncated_total and
-	// nbiot_relay_devices_limited_total (may be nil).
+	// Registerer gets nbiot_relay_devices_truncated_total,
+	// nbiot_relay_devices_limited_total and
+	// nbiot_relay_devices_rejected_total (may be nil).
 	Registerer prometheus.Registerer
 }
+
+// Reasons of nbiot_relay_devices_rejected_total (429s have their own
+// counter, nbiot_relay_devices_limited_total).
+const (
+	RejectNoToken     = "no_token"    // 401: no token in the request
+	RejectBadToken    = "bad_token"   // 401: token too large or failing verification
+	RejectDenied      = "denied"      // 401: the database refused the token
+	RejectNotFound    = "not_found"   // 404: the relay has no sign-in
+	RejectUnavailable = "unavailable" // 503: the devices could not be read
+)
 
 // Handler is the GET /devices endpoint.
 type Handler struct {
@@ -71,6 +82,7 @@ type Handler struct {
 	log       *slog.Logger
 	truncated prometheus.Counter
 	limited   prometheus.Counter
+	rejected  *prometheus.CounterVec
 }
 
 // New builds the handler from o.
@@ -93,8 +105,16 @@ func New(o Options) *Handler {
 		Name: "nbiot_relay_devices_limited_total",
 		Help: "GET /devices refused with 429: the user's or the address's budget of queries was spent.",
 	})
+	h.rejected = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "nbiot_relay_devices_rejected_total",
+		Help: "GET /devices refused, by reason (no_token, bad_token, denied: 401; not_found: 404, no sign-in; unavailable: 503). 429s are nbiot_relay_devices_limited_total.",
+	}, []string{"reason"})
+	// Every reason exists from the start, so a rate() sees its first one.
+	for _, r := range []string{RejectNoToken, RejectBadToken, RejectDenied, RejectNotFound, RejectUnavailable} {
+		h.rejected.WithLabelValues(r)
+	}
 	if o.Registerer != nil {
-		o.Registerer.MustRegister(h.truncated, h.limited)
+		o.Registerer.MustRegister(h.truncated, h.limited, h.rejected)
 	}
 	return h
 }
@@ -113,11 +133,17 @@ func NewWith(v Verifier, l Lister) *Handler {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	if h.verifier == nil || h.lister == nil {
+		h.rejected.WithLabelValues(RejectNotFound).Inc()
 		http.Error(w, "this relay has no sign-in: type a device ID", http.StatusNotFound)
 		return
 	}
 	token, _, err := auth.FromRequest(r)
 	if err != nil {
+		reason := RejectBadToken // too large
+		if errors.Is(err, auth.ErrNoToken) {
+			reason = RejectNoToken
+		}
+		h.rejected.WithLabelValues(reason).Inc()
 		w.Header().Set("WWW-Authenticate", `Bearer realm="nbiot-live"`)
 		http.Error(w, "sign in required", http.StatusUnauthorized)
 		return
@@ -126,6 +152,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	claims, err := h.verifier.Verify(ctx, token)
 	if err != nil {
+		h.rejected.WithLabelValues(RejectBadToken).Inc()
 		w.Header().Set("WWW-Authenticate", `Bearer realm="nbiot-live", error="invalid_token"`)
 		http.Error(w, "sign in required: "+auth.Reason(err), http.StatusUnauthorized)
 		return
@@ -139,10 +166,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	list, err := h.lister.List(ctx, claims, token, Limit)
 	switch {
 	case errors.Is(err, access.ErrTokenRefused):
+		h.rejected.WithLabelValues(RejectDenied).Inc()
 		w.Header().Set("WWW-Authenticate", `Bearer realm="nbiot-live", error="invalid_token"`)
 		http.Error(w, "sign in required: the database refused the token", http.StatusUnauthorized)
 		return
 	case err != nil:
+		h.rejected.WithLabelValues(RejectUnavailable).Inc()
 		h.log.Warn("devices not listed", "user", claims.Subject, "err", err)
 		http.Error(w, "devices unavailable, try again", http.StatusServiceUnavailable)
 		return
