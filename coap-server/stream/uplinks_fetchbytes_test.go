@@ -119,7 +119,9 @@ func TestFetchIsBoundedInBytes(t *testing.T) {
 // message is marked in progress meanwhile, so it is not delivered again
 // to another instance after the consumer's AckWait (and held twice).
 func TestParkedUplinksKeptAlive(t *testing.T) {
-	const redeliver = time.Second
+	// Long enough that a keep-alive (every quarter of it) delayed on a
+	// loaded machine still comes in time.
+	const redeliver = 3 * time.Second
 	e := openEmbedded(t, Config{Storage: true, RedeliverAfter: redeliver})
 	ctx := context.Background()
 	var data []byte

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -170,10 +171,23 @@ func TestForeignAndBadFramesAreDroppedAndCounted(t *testing.T) {
 func TestRefusedRetriesCollapseIntoOnePair(t *testing.T) {
 	const refusals = 8
 	frames := make(chan []byte, 1)
-	srv, attempts := upstreamServer(t, func(n int64) bool { return n > refusals }, func(c *websocket.Conn) {
+	// The attempt that succeeds waits until the late watcher has heard
+	// the link is down: otherwise a test goroutine held up for the ~50 ms
+	// of refusals finds the link restored.
+	joined := make(chan struct{})
+	srv, attempts := upstreamServer(t, func(n int64) bool {
+		if n > refusals {
+			<-joined
+			return true
+		}
+		return false
+	}, func(c *websocket.Conn) {
 		_ = c.WriteMessage(websocket.TextMessage, <-frames)
 		_, _, _ = c.ReadMessage()
 	})
+	var once sync.Once
+	join := func() { once.Do(func() { close(joined) }) }
+	t.Cleanup(join) // before the server's Close, which waits for the attempt
 	mgr, m := newManager(t, srv.URL, nil)
 	early, late := newRecorder(), newRecorder()
 	w1, _ := mgr.Watch("DEV", early)
@@ -190,6 +204,7 @@ func TestRefusedRetriesCollapseIntoOnePair(t *testing.T) {
 	if f := late.next(t); f["data"].(map[string]any)["upstream"] != StatusLost {
 		t.Fatalf("late watcher: want lost, got %v", f)
 	}
+	join()
 	for _, r := range []*recorder{early, late} {
 		if f := r.next(t); f["data"].(map[string]any)["upstream"] != StatusRestored {
 			t.Fatalf("want restored, got %v", f)
