@@ -11,9 +11,13 @@ import (
 
 	piondtls "github.com/pion/dtls/v3"
 	"github.com/plgd-dev/go-coap/v3/message"
+	"github.com/plgd-dev/go-coap/v3/message/codes"
 	"github.com/plgd-dev/go-coap/v3/message/pool"
 	coapNet "github.com/plgd-dev/go-coap/v3/net"
+	netClient "github.com/plgd-dev/go-coap/v3/net/client"
 	udpClient "github.com/plgd-dev/go-coap/v3/udp/client"
+	"github.com/plgd-dev/go-coap/v3/udp/coder"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 )
 
@@ -47,6 +51,9 @@ type listener struct {
 	// registering (tests only) runs in every handshake just before its
 	// session is registered: a key change then reaches no session.
 	registering atomic.Pointer[func()]
+	// badOption is nbiot_uplinks_rejected_total{reason="bad_option"},
+	// where the handler counts the 4.02s it sends (nil: not counted).
+	badOption prometheus.Counter
 }
 
 // AcceptWithContext implements go-coap's dtls/server.Listener. Refused
@@ -331,13 +338,44 @@ func (l *listener) admitRequest(cc *udpClient.Conn, req *pool.Message) (bool, er
 	return true, nil
 }
 
-// Read reads one datagram's payload and records the session's activity.
+// Read reads one datagram's payload, records the session's activity and
+// counts what go-coap refuses in it (screen).
 func (s *session) Read(b []byte) (int, error) {
 	n, err := s.Conn.Read(b)
 	if n > 0 {
 		s.active.Store(s.l.now().UnixNano())
+		s.l.screen(b[:n])
 	}
 	return n, err
+}
+
+// screen counts the datagrams of a session that go-coap (v3.8.0,
+// udp/client Conn.Process) refuses before any hook of ours sees them,
+// deciding as it does: one it cannot decode (malformed: dtls/server
+// Session.Run drops it, answering a CON with RST) and a request with a
+// critical option it does not know (bad_option: it answers a CON 4.02
+// itself, drops a NON). Neither reaches the Errors callback, the request
+// monitor or the handler, so only a second decode here sees them: two
+// allocations, some 500 B, a datagram (go-coap's own handling costs more).
+func (l *listener) screen(b []byte) {
+	var opts [16]message.Option
+	m := message.Message{Options: opts[:0]}
+	_, err := coder.DefaultCoder.Decode(b, &m)
+	for errors.Is(err, message.ErrOptionsTooSmall) {
+		// As go-coap's pool.Message: a larger buffer, again. The
+		// datagram bounds the options, so this ends.
+		m.Options = make(message.Options, 0, 2*cap(m.Options))
+		_, err = coder.DefaultCoder.Decode(b, &m)
+	}
+	if err != nil {
+		l.metrics.Datagrams.WithLabelValues("malformed").Inc()
+		return
+	}
+	request := (m.Type == message.Confirmable || m.Type == message.NonConfirmable) && m.Code >= codes.GET && m.Code < 32
+	// Q-Block options count as unknown: block-wise is off (Listen).
+	if request && l.badOption != nil && len(netClient.GetUnknownCriticalOptionsWithQBlock(m.Options, false)) > 0 {
+		l.badOption.Inc()
+	}
 }
 
 // ErrRevoked ends a handshake whose identity's key was deleted or replaced

@@ -69,6 +69,10 @@ type demuxConfig struct {
 	// overBudget counts a peer closed for sending more than
 	// HandshakeBytes before its handshake completed (nil: not counted).
 	overBudget func()
+	// discarded counts a datagram no peer takes, by outcome: no_session
+	// (not a ClientHello, from an address or CID with no peer), read_error
+	// (the socket read failed) (nil: not counted).
+	discarded func(outcome string)
 }
 
 const (
@@ -178,6 +182,7 @@ func (d *demux) readLoop() {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
+			d.discard("read_error")
 			continue
 		}
 		d.dispatch(buf[:n], raddr)
@@ -213,6 +218,10 @@ func (d *demux) dispatch(b []byte, raddr *net.UDPAddr) {
 	} else {
 		var ok bool
 		if h, ok = parseClientHello(b); !ok {
+			// Junk, or the records of a session this process does not
+			// hold (closed, or before a restart): the device handshakes
+			// again once its retransmissions go unanswered.
+			d.discard("no_session")
 			return
 		}
 	}
@@ -231,6 +240,12 @@ func (d *demux) dispatch(b []byte, raddr *net.UDPAddr) {
 	}
 	if c = d.admit(raddr, h); c != nil {
 		c.deliver(b, raddr)
+	}
+}
+
+func (d *demux) discard(outcome string) {
+	if d.cfg.discarded != nil {
+		d.cfg.discarded(outcome)
 	}
 }
 

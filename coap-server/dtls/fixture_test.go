@@ -158,6 +158,18 @@ func dialGo(t testing.TB, conn net.PacketConn, raddr *net.UDPAddr, device string
 
 func dialGoWithin(t testing.TB, conn net.PacketConn, raddr *net.UDPAddr, device string, psk []byte, cid bool, within time.Duration) (*udpClient.Conn, *piondtls.Conn, error) {
 	t.Helper()
+	dc, err := dialPion(conn, raddr, device, psk, cid, within)
+	if err != nil {
+		return nil, nil, err
+	}
+	cc := coapdtls.Client(dc)
+	t.Cleanup(func() { _ = cc.Close() })
+	return cc, dc, nil
+}
+
+// dialPion completes a pion DTLS client's handshake on conn, as dialGo
+// does, without a CoAP client reading from it.
+func dialPion(conn net.PacketConn, raddr *net.UDPAddr, device string, psk []byte, cid bool, within time.Duration) (*piondtls.Conn, error) {
 	opts := []piondtls.ClientOption{
 		piondtls.WithPSK(func([]byte) ([]byte, error) { return psk, nil }),
 		piondtls.WithPSKIdentityHint([]byte(device)),
@@ -170,15 +182,13 @@ func dialGoWithin(t testing.TB, conn net.PacketConn, raddr *net.UDPAddr, device 
 	}
 	dc, err := piondtls.ClientWithOptions(conn, raddr, opts...)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), within)
 	defer cancel()
 	if err := dc.HandshakeContext(ctx); err != nil {
 		_ = dc.Close()
-		return nil, nil, err
+		return nil, err
 	}
-	cc := coapdtls.Client(dc)
-	t.Cleanup(func() { _ = cc.Close() })
-	return cc, dc, nil
+	return dc, nil
 }

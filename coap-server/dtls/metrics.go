@@ -37,6 +37,13 @@ type Metrics struct {
 	// HelloVerify counts the stateless HelloVerifyRequests sent, by the
 	// cookie the ClientHello carried: none, invalid (wrong or expired).
 	HelloVerify *prometheus.CounterVec
+	// Datagrams counts datagrams not handed to the uplink logic that no
+	// other family counts, by outcome (as nbiot_coap_datagrams_total does
+	// for plain CoAP): no_session, not a ClientHello, from an address or
+	// Connection ID with no peer; read_error, a failed read of the socket;
+	// malformed, a session's record that is not a CoAP message (go-coap
+	// drops it, answering a CON whose header it read with RST).
+	Datagrams *prometheus.CounterVec
 	// Sessions is the number of established sessions.
 	Sessions prometheus.Gauge
 	// HandshakesInFlight is the number of handshakes under way.
@@ -76,6 +83,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "nbiot_dtls_hello_verify_total",
 			Help: "Stateless DTLS HelloVerifyRequests sent, by the cookie the ClientHello carried (none, invalid).",
 		}, []string{"cookie"}),
+		Datagrams: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nbiot_dtls_datagrams_total",
+			Help: "CoAPS datagrams not handed to the uplink logic, by outcome: no_session (not a ClientHello, from an address or Connection ID with no DTLS peer), read_error (the socket read failed), malformed (a session's record that is not a CoAP message: dropped, with an RST if it is a CON whose header could be read).",
+		}, []string{"outcome"}),
 		Sessions: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "nbiot_dtls_sessions", Help: "Established DTLS sessions.",
 		}),
@@ -83,6 +94,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "nbiot_dtls_handshakes_in_flight", Help: "DTLS handshakes under way.",
 		}),
 	}
-	reg.MustRegister(m.Handshakes, m.Refused, m.KeyLookups, m.KeyCacheEvictions, m.NegativeEvictions, m.KeyChanges, m.SessionsClosed, m.RequestsDropped, m.HelloVerify, m.Sessions, m.HandshakesInFlight)
+	reg.MustRegister(m.Handshakes, m.Refused, m.KeyLookups, m.KeyCacheEvictions, m.NegativeEvictions, m.KeyChanges, m.SessionsClosed, m.RequestsDropped, m.HelloVerify, m.Datagrams, m.Sessions, m.HandshakesInFlight)
 	return m
 }

@@ -173,6 +173,7 @@ func Listen(addr string, h *ingest.Handler, cfg Config) (*Server, error) {
 		replaced:    func() { m.SessionsClosed.WithLabelValues("rehello").Inc() },
 		dropped:     func() { m.RequestsDropped.WithLabelValues("peer_queue").Inc() },
 		overBudget:  func() { m.Refused.WithLabelValues(ErrHandshakeBytes.Error()).Inc() },
+		discarded:   func(outcome string) { m.Datagrams.WithLabelValues(outcome).Inc() },
 	})
 	if err != nil {
 		return nil, fmt.Errorf("dtls: listen: %w", err)
@@ -193,11 +194,18 @@ func Listen(addr string, h *ingest.Handler, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("dtls: listen: %w", err)
 	}
 	s.ln.inner, s.ln.demux = inner, d
+	if h.Metrics != nil {
+		// go-coap's own 4.02s (listener.screen) are counted with the
+		// handler's: over CoAPS every 4.02 is in this one series.
+		s.ln.badOption = h.Metrics.Rejected("bad_option")
+	}
 	s.addr = d.Addr().(*net.UDPAddr)
 	cfg.Keys.OnChange(s.closeIdentity)
 	log := cfg.Logger
 	s.coap = server.New(
 		options.WithMux(s.track(secureHandler(h))),
+		// go-coap passes it neither a malformed datagram nor a 4.02 it
+		// sends itself: listener.screen counts those.
 		options.WithErrors(func(err error) { log.Debug("coaps", "err", err) }),
 		options.WithInactivityMonitor(cfg.SessionIdle, func(cc *udpClient.Conn) { _ = cc.Close() }),
 		// Bounds go-coap's cache of the session's answers (MaxExchanges).

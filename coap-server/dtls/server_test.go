@@ -105,9 +105,9 @@ func TestHandshakeRateLimitPerIP(t *testing.T) {
 }
 
 // Over CoAPS as over plain CoAP, a CON with a critical option coap-server
-// does not process gets 4.02 and is not taken as an uplink (RFC 7252
-// §5.4.1); a proxy request gets 5.05. Both were stored as uplinks over
-// CoAPS.
+// does not process gets 4.02, counted, and is not taken as an uplink (RFC
+// 7252 §5.4.1); a proxy request gets 5.05. Both were stored as uplinks
+// over CoAPS, and the 4.02s go-coap sends itself were not counted.
 func TestCriticalOptionsOverCoAPS(t *testing.T) {
 	f := newFixture(t, nil)
 	key := []byte("options-key-01234567")
@@ -137,5 +137,10 @@ func TestCriticalOptionsOverCoAPS(t *testing.T) {
 	}
 	if n := f.store.Len(); n != 0 {
 		t.Errorf("%d uplinks taken, want none", n)
+	}
+	// Option 9's 4.02 is go-coap's own, before the handler: it is counted
+	// with the handler's (Block2's) all the same.
+	if n := testutil.ToFloat64(f.handler.Metrics.Rejected("bad_option")); n != 2 {
+		t.Errorf("nbiot_uplinks_rejected_total{reason=\"bad_option\"} = %v, want 2", n)
 	}
 }

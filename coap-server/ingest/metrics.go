@@ -65,7 +65,8 @@ func (m *Metrics) reject(reason string) {
 	m.rejected.WithLabelValues(reason).Inc()
 }
 
-// Rejected returns the rejection counter for reason, for tests.
+// Rejected returns the rejection counter for reason, for tests and the
+// CoAPS listener (go-coap's own 4.02s).
 func (m *Metrics) Rejected(reason string) prometheus.Counter {
 	return m.rejected.WithLabelValues(reason)
 }
