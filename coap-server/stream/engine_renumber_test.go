@@ -44,17 +44,8 @@ func TestLiveLogMadeAgainContinuesItsPositions(t *testing.T) {
 	if err := e.js.DeleteStream(ctx, LiveLogStream); err != nil {
 		t.Fatal(err)
 	}
-	testwait.ForState(t, "LIVELOG made again", func() (bool, string) {
-		err := e.check()
-		return err == nil, errString(err)
-	}, testwait.Within(10*time.Second))
-	seq, _, err := e.LogJSON(ctx, "RENUM", []byte(`{"deviceId":"RENUM"}`), "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if seq <= last {
-		t.Fatalf("first position of the LIVELOG made again %d, want above the %d clients saw", seq, last)
-	}
+	waitMadeAgain(t, e)
+	seq := logAbove(t, e, last)
 	// The feed (/ws's source) goes on with it: its ordered consumer asks
 	// for the positions after the last it delivered.
 	deadline := time.After(15 * time.Second)
@@ -95,10 +86,7 @@ func TestEntryDuringRenumberingIsNotPurged(t *testing.T) {
 	if err := e.js.DeleteStream(ctx, LiveLogStream); err != nil {
 		t.Fatal(err)
 	}
-	testwait.ForState(t, "LIVELOG made again", func() (bool, string) {
-		err := e.check()
-		return err == nil, errString(err)
-	}, testwait.Within(10*time.Second))
+	waitMadeAgain(t, e)
 	// Not ready meanwhile: a look then said ready while the stream took no
 	// entry (CI: the first entry after it got no responders).
 	if !errors.Is(duringCheck, errBeingMadeAgain) {
@@ -111,13 +99,7 @@ func TestEntryDuringRenumberingIsNotPurged(t *testing.T) {
 	if during == nil && info.State.Msgs == 0 {
 		t.Fatalf("the entry published while the stream was made again was acknowledged (position %d) and then deleted", duringSeq)
 	}
-	seq, _, err := e.LogJSON(ctx, "RENUM", []byte(`{"deviceId":"RENUM"}`), "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if seq <= liveSeqGap {
-		t.Fatalf("position %d after the stream was made again, want one above %d", seq, liveSeqGap)
-	}
+	logAbove(t, e, liveSeqGap)
 }
 
 // A LIVELOG left listening on the placeholder subject, by an instance that
@@ -145,15 +127,30 @@ func TestHalfMadeLiveLogIsMadeAgain(t *testing.T) {
 	if _, err := e.js.UpdateStream(ctx, half); err != nil {
 		t.Fatal(err)
 	}
+	waitMadeAgain(t, e)
+	logAbove(t, e, last)
+}
+
+// waitMadeAgain waits until the watcher has made LIVELOG again and a look
+// finds it ready.
+func waitMadeAgain(t *testing.T, e *Engine) {
+	t.Helper()
 	testwait.ForState(t, "LIVELOG made again", func() (bool, string) {
 		err := e.check()
 		return err == nil, errString(err)
 	}, testwait.Within(15*time.Second))
-	seq, _, err := e.LogJSON(ctx, "RENUM", []byte(`{"deviceId":"RENUM"}`), "")
+}
+
+// logAbove logs an entry and checks that its position is above above
+// (the positions clients saw before the stream was made again).
+func logAbove(t *testing.T, e *Engine, above uint64) uint64 {
+	t.Helper()
+	seq, _, err := e.LogJSON(context.Background(), "RENUM", []byte(`{"deviceId":"RENUM"}`), "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if seq <= last {
-		t.Fatalf("position %d in the LIVELOG made again, want above %d", seq, last)
+	if seq <= above {
+		t.Fatalf("position %d in the LIVELOG made again, want above %d", seq, above)
 	}
+	return seq
 }
