@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/nbiot-live/nbiot-live/internal/memlimit"
 )
 
 // Quotas bound what one user (the token's sub) and one client address
@@ -39,9 +41,25 @@ type Quotas struct {
 	// valid token, so this one stops one address cycling through accounts.
 	IPChecksPerMinute int
 	// MaxKeys bounds the users and addresses tracked, each table apart.
-	// Default 100000; idle entries (no connection, a full check budget)
-	// are dropped to make room, and a new key finding no room is refused.
+	// Default DefaultMaxKeys of the process's memory; idle entries (no
+	// connection, a full check budget) are dropped to make room, and a
+	// new key finding no room is refused.
 	MaxKeys int
+}
+
+// KeyBytes is what one tracked user or address is charged: its key, its
+// tally and check budget, measured at 190–230 B with no connection open (a
+// spent budget keeps it: GET /devices with fresh tokens from fresh
+// addresses). The devices an open connection adds are the connection's
+// (MAX_CONNECTIONS), and a tally's map of them shrinks when they close.
+const KeyBytes = 256
+
+// DefaultMaxKeys is MaxKeys' default: as many keys as a 128th of memory
+// holds at KeyBytes, for each table (12,800 at GOMEMLIMIT=400MiB, so both
+// tables take at most 3.1 MiB each, and one per connection fits at the
+// default MAX_CONNECTIONS), at least 1024.
+func DefaultMaxKeys(memory int64) int {
+	return int(max(memory/128/KeyBytes, 1024))
 }
 
 func (q Quotas) withDefaults() Quotas {
@@ -56,14 +74,15 @@ func (q Quotas) withDefaults() Quotas {
 	def(&q.IPDevices, 100)
 	def(&q.UserChecksPerMinute, 60)
 	def(&q.IPChecksPerMinute, 300)
-	def(&q.MaxKeys, 100000)
+	def(&q.MaxKeys, DefaultMaxKeys(memlimit.Bytes()))
 	return q
 }
 
 // tally is what one user or one address holds.
 type tally struct {
 	conns   int
-	devices map[string]int // device -> open connections on it
+	devices map[string]int // device -> open connections on it; nil when none
+	peak    int            // the most devices since the map was made
 	checks  *rate.Limiter
 }
 
@@ -99,7 +118,7 @@ func (t *table) get(key string, max int, now time.Time) *tally {
 			return nil
 		}
 	}
-	e := &tally{devices: make(map[string]int), checks: t.limiter()}
+	e := &tally{checks: t.limiter()}
 	t.m[key] = e
 	return e
 }
@@ -115,7 +134,11 @@ func (t *table) fits(e *tally, device string) bool {
 
 func (t *table) add(e *tally, device string) {
 	e.conns++
+	if e.devices == nil {
+		e.devices = make(map[string]int)
+	}
 	e.devices[device]++
+	e.peak = max(e.peak, len(e.devices))
 }
 
 func (t *table) remove(key, device string, now time.Time) {
@@ -124,11 +147,32 @@ func (t *table) remove(key, device string, now time.Time) {
 		return
 	}
 	e.conns--
-	if e.devices[device]--; e.devices[device] <= 0 {
+	if n, ok := e.devices[device]; ok && n > 1 {
+		e.devices[device] = n - 1
+	} else if ok {
 		delete(e.devices, device)
+		e.shrink()
 	}
 	if e.conns <= 0 && e.checks.TokensAt(now) >= float64(e.checks.Burst()) {
 		delete(t.m, key)
+	}
+}
+
+// shrink lets go of a map of devices much larger than what it holds: a
+// Go map keeps its buckets when entries leave, so an address that once
+// watched MAX_DEVICES_PER_IP devices and keeps one connection open would
+// keep 3.7 KB (measured) for as long as that connection lasts.
+func (e *tally) shrink() {
+	n := len(e.devices)
+	switch {
+	case n == 0:
+		e.devices, e.peak = nil, 0
+	case e.peak >= 16 && n <= e.peak/4:
+		m := make(map[string]int, n)
+		for d, c := range e.devices {
+			m[d] = c
+		}
+		e.devices, e.peak = m, n
 	}
 }
 
