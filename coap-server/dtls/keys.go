@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/nbiot-live/nbiot-live/internal/memlimit"
 )
 
 // Errors of the key store.
@@ -41,8 +43,10 @@ type KeyCacheConfig struct {
 	// each, so 10 MB at most. Only keys read from the database enter it, so
 	// junk identities can never evict a device's key.
 	MaxEntries int
-	// MaxNegative (default 10000) bounds the unknown identities remembered,
-	// apart from the known keys.
+	// MaxNegative (default DefaultMaxNegative of the process's memory)
+	// bounds the unknown identities remembered, apart from the known keys;
+	// at the bound the next one takes the place of an expired one, else of
+	// any (nbiot_dtls_unknown_identity_evictions_total).
 	MaxNegative int
 	// TTL (default 10 min) is how long a known key is used before a
 	// handshake reads it again. When that read fails (database down, pool
@@ -78,7 +82,7 @@ func (c *KeyCacheConfig) defaults() {
 		c.MaxEntries = 100000
 	}
 	if c.MaxNegative <= 0 {
-		c.MaxNegative = 10000
+		c.MaxNegative = DefaultMaxNegative(memlimit.Bytes())
 	}
 	if c.TTL <= 0 {
 		c.TTL = 10 * time.Minute
@@ -98,6 +102,19 @@ func (c *KeyCacheConfig) defaults() {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+}
+
+// negativeEntryBytes is what one unknown identity is charged: the longest
+// a PSK identity may be (64 bytes) and its place in the map, measured at
+// 124–156 B (TestNegativeEntryBytesCoverAnUnknownIdentity). Peers choose
+// these identities, each after a cookie-verified handshake.
+const negativeEntryBytes = 192
+
+// DefaultMaxNegative is MaxNegative's default: as many unknown identities
+// as a 256th of memory holds at negativeEntryBytes (8,533 at
+// GOMEMLIMIT=400MiB: 1.6 MiB), at least 1024.
+func DefaultMaxNegative(memory int64) int {
+	return int(max(memory/256/negativeEntryBytes, 1024))
 }
 
 // defaultConcurrentLookups is MaxConcurrentLookups' default.
