@@ -101,6 +101,9 @@ func REST(baseURL, serviceKey string, client *http.Client, table string) Lister 
 		if err := json.Unmarshal(body, &rows); err != nil {
 			return nil, fmt.Errorf("%s: decode: %w", table, err)
 		}
+		if rows == nil { // null ([] makes an empty slice): not an empty table
+			return nil, fmt.Errorf("%s: decode: null, want a list", table)
+		}
 		ids := make([]string, len(rows))
 		for i, r := range rows {
 			ids[i] = r.DevID

@@ -174,6 +174,11 @@ func (r *REST) do(ctx context.Context, method, relation string, q url.Values, bo
 		if err := json.Unmarshal(data, out); err != nil {
 			return fmt.Errorf("device_downlinks: decode: %w", err)
 		}
+		if bytes.Equal(bytes.TrimSpace(data), []byte("null")) {
+			// null decodes as no rows: taken as an answer, Newest would
+			// be 0 and the first poll read the table's whole history.
+			return fmt.Errorf("device_downlinks: decode: null, want a list")
+		}
 	}
 	return nil
 }

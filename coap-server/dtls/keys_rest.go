@@ -1,6 +1,7 @@
 package dtls
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"encoding/json"
@@ -45,6 +46,11 @@ func (r RESTKeys) get(ctx context.Context, q url.Values, limit int64, rows any) 
 	}
 	if err := json.Unmarshal(body, rows); err != nil {
 		return fmt.Errorf("device_credentials: decode: %w", err)
+	}
+	if bytes.Equal(bytes.TrimSpace(body), []byte("null")) {
+		// null decodes as no rows: taken as an answer, LoadPSKs would
+		// delete every key it was asked for, LoadPSK call the device unknown.
+		return fmt.Errorf("device_credentials: decode: null, want a list")
 	}
 	return nil
 }

@@ -166,9 +166,10 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			t.code, t.message = pe.Code, pe.Message
 		} else {
 			t.message = http.StatusText(resp.StatusCode)
-			// postgrest-go fails on a non-JSON error body; give it one.
-			body, _ = json.Marshal(map[string]string{"code": "", "message": t.message})
 		}
+		// postgrest-go fails on a non-JSON error body and panics on null
+		// (FuzzErrorBody); give it an object. classify reads t, not it.
+		body, _ = json.Marshal(map[string]string{"code": t.code, "message": t.message})
 	}
 	resp.Body = io.NopCloser(bytes.NewReader(body))
 	resp.ContentLength = int64(len(body))
