@@ -9,6 +9,7 @@ import (
 	"github.com/plgd-dev/go-coap/v3/message/codes"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 )
 
@@ -61,6 +62,12 @@ func TestMalformedCoAPInSessionIsCounted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The client is done when it reads the server's Finished; the server a
+	// moment later, and until then pion keeps one early record and drops the
+	// rest (docs/pitfalls.md#pion-dtls). Write once the server is done too.
+	testwait.For(t, "the server's end of the session established", func() bool {
+		return testutil.ToFloat64(f.metrics.Sessions) == 1
+	})
 	for _, b := range [][]byte{
 		{0x80, 0x02, 0x12, 0x33},       // CoAP version 2: ignored (§3)
 		{0x50, 0x02, 0x12, 0x34, 0xff}, // a NON whose payload marker has no payload (§3): ignored (§4.3)
