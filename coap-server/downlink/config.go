@@ -27,6 +27,7 @@ import (
 	"math"
 	"strings"
 
+	"github.com/nbiot-live/nbiot-live/internal/clip"
 	"github.com/nbiot-live/nbiot-live/internal/livelog"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 )
@@ -82,7 +83,7 @@ func ConfigFromJSON(raw []byte, version int64) (*nbiotv1.DeviceConfig, error) {
 		case "config_version":
 			continue
 		default:
-			return nil, fmt.Errorf("%w: unknown key %q", ErrConfig, truncate(key))
+			return nil, fmt.Errorf("%w: unknown key %q", ErrConfig, clip.String(key, 32))
 		}
 		if err != nil {
 			return nil, err
@@ -120,11 +121,4 @@ func stringField(key string, raw json.RawMessage) (string, error) {
 		return "", fmt.Errorf("%w: %s longer than 64 bytes or contains NUL", ErrConfig, key)
 	}
 	return s, nil
-}
-
-func truncate(s string) string {
-	if len(s) > 32 {
-		return s[:32] + "…"
-	}
-	return s
 }

@@ -14,6 +14,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/nbiot-live/nbiot-live/internal/clip"
 	"github.com/nbiot-live/nbiot-live/internal/livelog"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 )
@@ -54,7 +55,7 @@ func Decode(payload []byte, identity string, u *nbiotv1.Uplink) (string, error) 
 	case identity != "" && id == "":
 		id = identity
 	case identity != "" && id != identity:
-		return identity, fmt.Errorf("%w: %q", ErrIdentity, truncate(id))
+		return identity, fmt.Errorf("%w: %q", ErrIdentity, clip.String(id, 64))
 	}
 	if !livelog.ValidDeviceID(id) {
 		return "", ErrDeviceID
@@ -103,11 +104,3 @@ func checkVersion(name, v string) error {
 }
 
 func finite(f float64) bool { return !math.IsNaN(f) && !math.IsInf(f, 0) }
-
-// truncate keeps a device-supplied string short enough to log.
-func truncate(s string) string {
-	if len(s) > 64 {
-		return s[:64] + "…"
-	}
-	return s
-}

@@ -32,6 +32,7 @@ import (
 	"github.com/supabase-community/postgrest-go"
 
 	"github.com/nbiot-live/nbiot-live/coap-server/storage"
+	"github.com/nbiot-live/nbiot-live/internal/clip"
 	"github.com/nbiot-live/nbiot-live/internal/supa"
 )
 
@@ -134,6 +135,14 @@ func classify(table string, tr *transport, err error) error {
 	return e
 }
 
+// maxErrorCode and maxErrorMessage bound the code and message of an error
+// answer kept for classify's error (logged): PostgREST's are a few dozen
+// bytes, a proxy or a misbehaving service may answer megabytes.
+const (
+	maxErrorCode    = 32
+	maxErrorMessage = 256
+)
+
 // transport attaches the write's context and a per-request timeout, and
 // reads and closes every response body (see the package comment). One
 // transport serves one Write, whose requests are sequential.
@@ -163,7 +172,8 @@ func (t *transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if resp.StatusCode >= 400 {
 		var pe struct{ Code, Message string }
 		if json.Unmarshal(body, &pe) == nil {
-			t.code, t.message = pe.Code, pe.Message
+			// Into logs and errors: as short as PostgREST's own are.
+			t.code, t.message = clip.String(pe.Code, maxErrorCode), clip.String(pe.Message, maxErrorMessage)
 		} else {
 			t.message = http.StatusText(resp.StatusCode)
 		}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/nbiot-live/nbiot-live/coap-server/storage"
 	"github.com/nbiot-live/nbiot-live/coap-server/storage/rest"
+	"github.com/nbiot-live/nbiot-live/internal/clip"
 )
 
 // answerAll is an http.RoundTripper in memory giving every request the
@@ -30,6 +31,10 @@ func (a *answerAll) RoundTrip(r *http.Request) (*http.Response, error) {
 		Body: io.NopCloser(bytes.NewReader(a.body)), ContentLength: int64(len(a.body))}, nil
 }
 
+// maxError bounds the error of any answer: its prefix, and the answer's
+// code and message clipped (rest.MaxErrorCode, rest.MaxErrorMessage).
+const maxError = 100 + rest.MaxErrorCode + rest.MaxErrorMessage + 2*len("…")
+
 // FuzzErrorBody feeds the writer arbitrary answers of PostgREST (a status
 // from 200 to 599 and a body; a proxy in front of it may answer anything).
 // Write must not panic. Below 400 the batch is written (four upserts).
@@ -39,8 +44,8 @@ func (a *answerAll) RoundTrip(r *http.Request) (*http.Response, error) {
 // exactly when classify says (400 or 409 with a SQLSTATE of class 22 or
 // 23: a poison row, skipped; anything else is retried). The error is
 // bounded by the body (its code and message only, at most 3 bytes a
-// byte of the body: an invalid UTF-8 byte reads as U+FFFD; the body read
-// is bounded by maxResponse) and never shows the service key unless the
+// byte of the body: an invalid UTF-8 byte reads as U+FFFD) and by
+// maxError (both clipped), and never shows the service key unless the
 // body does.
 func FuzzErrorBody(f *testing.F) {
 	for _, c := range []struct {
@@ -72,6 +77,8 @@ func FuzzErrorBody(f *testing.F) {
 		{204, `{"code":"23505"}`},
 		{299, `garbage`},
 		{301, ``},
+		{409, `{"code":"23505","message":"` + strings.Repeat("é", 2000) + `"}`},
+		{500, `{"code":"` + strings.Repeat("9", 100) + `","message":"x"}`},
 	} {
 		f.Add(uint16(c.status-200), []byte(c.body))
 	}
@@ -98,6 +105,7 @@ func FuzzErrorBody(f *testing.F) {
 		if json.Unmarshal(body, &pe) != nil {
 			pe.Code, pe.Message = "", http.StatusText(a.status)
 		}
+		pe.Code, pe.Message = clip.String(pe.Code, rest.MaxErrorCode), clip.String(pe.Message, rest.MaxErrorMessage)
 		rejected := (a.status == 400 || a.status == 409) &&
 			(strings.HasPrefix(pe.Code, "22") || strings.HasPrefix(pe.Code, "23"))
 		if errors.Is(err, storage.ErrRejected) != rejected {
@@ -110,7 +118,7 @@ func FuzzErrorBody(f *testing.F) {
 		if err.Error() != want {
 			t.Fatalf("HTTP %d %q: error %q, want %q", a.status, body, err, want)
 		}
-		if n := len(err.Error()); n > 100+3*len(body) {
+		if n := len(err.Error()); n > 100+3*len(body) || n > maxError {
 			t.Fatalf("HTTP %d: a %d-byte error from a %d-byte body", a.status, n, len(body))
 		}
 		if strings.Contains(err.Error(), key) && !bytes.Contains(body, []byte(key)) {
