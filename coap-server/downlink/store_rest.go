@@ -83,7 +83,8 @@ func (r *REST) Newest(ctx context.Context) (int64, error) {
 // pages reads the columns of relation with an id above after (0: all)
 // newest first, restPage rows at a time, each page below the last id of
 // the one before, until a page is empty or limit rows were read (0: no
-// limit). Only one page is held at a time.
+// limit). Only one page is held at a time. A page whose ids do not go on
+// down is an error, with none of its rows handed on.
 func (r *REST) pages(ctx context.Context, relation, columns string, after int64, limit int, each func(Row)) error {
 	var below int64 // 0: the first page
 	for total := 0; limit == 0 || total < limit; {
@@ -105,11 +106,20 @@ func (r *REST) pages(ctx context.Context, relation, columns string, after int64,
 		if len(rows) == 0 {
 			return nil
 		}
+		// Each page must go on below the last: an answer that ignores the
+		// filters (not PostgREST's) would make this read its first page forever.
+		last := below
+		for _, x := range rows {
+			if x.ID <= after || (last > 0 && x.ID >= last) {
+				return fmt.Errorf("%s: id %d out of order (want descending ids above %d, below %d): not a PostgREST answer", relation, x.ID, after, last)
+			}
+			last = x.ID
+		}
 		for _, x := range rows {
 			each(x.row())
 		}
 		total += len(rows)
-		below = rows[len(rows)-1].ID
+		below = last
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"strconv"
@@ -14,10 +15,13 @@ import (
 )
 
 // firstPage is an http.RoundTripper in memory: the first request of a
-// read gets body, every later one an empty page. The REST store runs
-// whole (request, read, decode, paging) without a socket per input.
+// read gets body, every later one an empty page (with repeat, body again,
+// as an answer that ignores the filters would: up to 10 requests, then an
+// error). The REST store runs whole (request, read, decode, paging)
+// without a socket per input.
 type firstPage struct {
 	body     []byte
+	repeat   bool
 	requests int
 	next     []string // the id filters of the second request
 }
@@ -25,9 +29,13 @@ type firstPage struct {
 func (p *firstPage) RoundTrip(r *http.Request) (*http.Response, error) {
 	p.requests++
 	body := []byte(`[]`)
-	if p.requests == 1 {
+	switch {
+	case p.repeat && p.requests > 10:
+		return nil, errors.New("the first page was asked for 10 times")
+	case p.requests == 1 || p.repeat:
 		body = p.body
-	} else if p.requests == 2 {
+	}
+	if p.requests == 2 {
 		p.next = r.URL.Query()["id"]
 	}
 	return &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Request: r,
@@ -53,9 +61,9 @@ type downlinkRow struct {
 // timestamps, then asks for the page below the last id; Newest is the
 // first row's id (0 for []). Anything else (null, an object, truncated
 // JSON, a wrong type, an id beyond int64) is an error, with no row handed
-// on; no error shows the service key. (With a last id of 0 or less, or a
-// server ignoring lt., the pager would read the first page again: only a
-// non-PostgREST answer has one, and this fuzzer's next page is empty.)
+// on; so is a page whose ids do not go down from one row to the next, or
+// are 0 or less (the pager would read the first page again). No error
+// shows the service key.
 func FuzzRESTRows(f *testing.F) {
 	for _, s := range []string{
 		`[{"id":42,"devid":"ABC123","config":{"interval":600,"gnss":true},"sent_at":null,"applied_at":null,"superseded_at":null}]`,
@@ -96,6 +104,12 @@ func FuzzRESTRows(f *testing.F) {
 		isArray := json.Valid(body) && bytes.TrimLeft(body, " \t\r\n")[0] == '['
 		var want []downlinkRow
 		decoded := json.Unmarshal(body, &want) == nil
+		descending := true
+		for i, w := range want {
+			if w.ID <= 0 || (i > 0 && w.ID >= want[i-1].ID) {
+				descending = false
+			}
+		}
 
 		*p = firstPage{body: body}
 		var got []downlink.Row
@@ -106,8 +120,8 @@ func FuzzRESTRows(f *testing.F) {
 			}
 			checkKey(t, body, err, key)
 		} else {
-			if !isArray || !decoded {
-				t.Fatalf("%q is not a JSON array of rows, yet Since read %d", body, len(got))
+			if !isArray || !decoded || !descending {
+				t.Fatalf("%q is not a JSON array of rows with descending ids, yet Since read %d", body, len(got))
 			}
 			if len(got) != len(want) {
 				t.Fatalf("%q: Since handed on %d rows, want %d", body, len(got), len(want))
@@ -148,6 +162,28 @@ func FuzzRESTRows(f *testing.F) {
 			t.Fatalf("%q: Newest %d, want the first row's id", body, newest)
 		}
 	})
+}
+
+// An answer that ignores the id filters (a proxy's, not PostgREST's) made
+// Since read its first page again and again, handing on the same rows
+// each time, forever. The page below must have ids below the last.
+func TestRESTPagesGoDown(t *testing.T) {
+	for _, body := range []string{
+		`[{"id":2,"devid":"A","config":{}},{"id":1,"devid":"B","config":{}}]`,
+		`[{"id":1,"devid":"A","config":{}},{"id":2,"devid":"B","config":{}}]`,
+		`[{"id":0,"devid":"A","config":{}}]`,
+	} {
+		p := &firstPage{body: []byte(body), repeat: true}
+		r := &downlink.REST{BaseURL: "http://supabase.invalid", ServiceKey: "k", Client: &http.Client{Transport: p}}
+		n := 0
+		err := r.Since(context.Background(), 0, func(downlink.Row) { n++ })
+		if err == nil || !strings.Contains(err.Error(), "out of order") {
+			t.Fatalf("%s every time: %v after %d requests, want an out-of-order error", body, err, p.requests)
+		}
+		if n > 2 || p.requests > 2 {
+			t.Fatalf("%s every time: %d rows handed on in %d requests, want the first page's at most, in 2 at most", body, n, p.requests)
+		}
+	}
 }
 
 func checkKey(t *testing.T, body []byte, err error, key string) {
