@@ -40,13 +40,13 @@ func FuzzRESTVisible(f *testing.F) {
 		// Device IDs go into the URL unquoted (they are [A-Za-z0-9_-] once
 		// the handler has checked them); other bytes may make it no URL,
 		// and no request is made.
-		if !a.asked || a.fail || a.status != http.StatusOK || !ok {
+		if !a.Asked || a.Fail || a.Status != http.StatusOK || !ok {
 			wantErr := ErrUnavailable
-			if a.asked && !a.fail && a.status == http.StatusUnauthorized {
+			if a.Asked && !a.Fail && a.Status == http.StatusUnauthorized {
 				wantErr = ErrTokenRefused
 			}
 			if m != nil || !errors.Is(err, wantErr) || errors.Is(err, ErrDenied) {
-				t.Fatalf("asked %v, status %d, failed %v, body %q: %v, %v; want no map and %v", a.asked, a.status, fail, body, m, err, wantErr)
+				t.Fatalf("asked %v, status %d, failed %v, body %q: %v, %v; want no map and %v", a.Asked, a.Status, fail, body, m, err, wantErr)
 			}
 			return
 		}

@@ -1,14 +1,14 @@
 package access
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/nbiot-live/nbiot-live/internal/resttest"
 )
 
 // Secrets of the fuzz setup: no error text may hold them.
@@ -17,97 +17,39 @@ const (
 	fuzzAPIKey = "sb_publishable_APIKEY-SECRET-2b8c91"
 )
 
-// answer is a RoundTripper giving one canned PostgREST answer in memory
-// (an httptest.Server per input would be far too slow to fuzz). It checks
-// that the secrets travel as headers, never in the URL.
-type answer struct {
-	t      *testing.T
-	status int
-	body   []byte
-	fail   bool
-	asked  bool // RoundTrip was called
-}
-
-func (a *answer) RoundTrip(req *http.Request) (*http.Response, error) {
-	a.asked = true
-	if req.Header.Get("Authorization") != "Bearer "+fuzzToken || req.Header.Get("apikey") != fuzzAPIKey {
-		a.t.Fatalf("headers %v", req.Header)
-	}
-	if u := req.URL.String(); strings.Contains(u, fuzzToken) || strings.Contains(u, fuzzAPIKey) {
-		a.t.Fatalf("secret in the URL %q", u)
-	}
-	if a.fail {
-		return nil, errors.New("dial tcp: connection refused")
-	}
-	return &http.Response{
-		StatusCode: a.status,
-		Header:     http.Header{"Content-Type": {"application/json; charset=utf-8"}},
-		Body:       io.NopCloser(bytes.NewReader(a.body)),
-		Request:    req,
-	}, nil
-}
-
-// fuzzREST is a REST backend and its answer: status folded into 100..599
-// (100 is 200), body, or a failed request.
-func fuzzREST(t *testing.T, status uint16, body []byte, fail bool) (*REST, *answer) {
-	a := &answer{t: t, status: 100 + int(status)%500, body: body, fail: fail}
+// fuzzREST is a REST backend and its canned answer: status folded into
+// 100..599 (100 is 200), body, or a failed request.
+func fuzzREST(t *testing.T, status uint16, body []byte, fail bool) (*REST, *resttest.Answer) {
+	a := &resttest.Answer{T: t, Token: fuzzToken, APIKey: fuzzAPIKey, Status: 100 + int(status)%500, Body: body, Fail: fail}
 	return &REST{BaseURL: "https://proj.supabase.co", APIKey: fuzzAPIKey, Client: &http.Client{Transport: a}}, a
 }
 
 // refDevIDs is what decoding the first JSON value of body (cut at
 // maxRESTBody) into []struct{DevID string `json:"devid"`} gives, worked out
-// apart from encoding/json's reflection: the value is read whole (syntax
-// and nesting as json.Decoder reads it), then walked token by token. ok is
-// false where the decoding fails: a syntax error, or a type mismatch (a
-// top-level value neither an array nor null, an element neither an object
-// nor null, a devid neither a string nor null). A null element is a row
-// with devid ""; a null devid leaves the row's devid as it was; keys match
-// "devid" ignoring case, the last one counting; other keys are ignored.
+// apart from encoding/json's reflection (resttest.Rows): ok is false where
+// the decoding fails, on the rows' shape or a devid neither a string nor
+// null. A null element is a row with devid ""; a null devid leaves the
+// row's devid as it was; keys match "devid" ignoring case, the last one
+// counting; other keys are ignored.
 func refDevIDs(body []byte) (ids []string, ok bool) {
-	var raw json.RawMessage
-	if json.NewDecoder(io.LimitReader(bytes.NewReader(body), maxRESTBody)).Decode(&raw) != nil {
-		return nil, false
-	}
-	d := json.NewDecoder(bytes.NewReader(raw))
-	tok, err := d.Token()
-	if err != nil {
-		panic(err) // raw is one valid JSON value
-	}
-	if tok == nil {
-		return nil, true
-	}
-	if tok != json.Delim('[') {
-		return nil, false
+	rows, ok := resttest.Rows(body, maxRESTBody)
+	if !ok || rows == nil {
+		return nil, ok
 	}
 	ids = []string{}
-	for d.More() {
-		tok, _ := d.Token()
-		switch tok {
-		case nil:
-			ids = append(ids, "")
-			continue
-		case json.Delim('{'):
-		default:
-			return nil, false
-		}
+	for _, row := range rows {
 		id := ""
-		for d.More() {
-			k, _ := d.Token()
-			var v json.RawMessage
-			if err := d.Decode(&v); err != nil {
-				panic(err)
-			}
-			if !strings.EqualFold(k.(string), "devid") || string(v) == "null" {
+		for _, f := range row {
+			if !strings.EqualFold(f.Key, "devid") || string(f.Value) == "null" {
 				continue
 			}
-			if v[0] != '"' {
+			if f.Value[0] != '"' {
 				return nil, false
 			}
-			if err := json.Unmarshal(v, &id); err != nil {
+			if err := json.Unmarshal(f.Value, &id); err != nil {
 				panic(err)
 			}
 		}
-		_, _ = d.Token() // '}'
 		ids = append(ids, id)
 	}
 	return ids, true
@@ -142,25 +84,8 @@ var restFuzzSeeds = []string{
 // noSecret fails t if err's text holds any 8 bytes running of the token or
 // the API key that the inputs do not hold.
 func noSecret(t *testing.T, err error, inputs ...string) {
-	if err == nil {
-		return
-	}
-	msg := err.Error()
-	for _, s := range []string{fuzzToken, fuzzAPIKey} {
-		for i := 0; i+8 <= len(s); i++ {
-			w := s[i : i+8]
-			if !strings.Contains(msg, w) {
-				continue
-			}
-			in := false
-			for _, i := range inputs {
-				in = in || strings.Contains(i, w)
-			}
-			if !in {
-				t.Fatalf("error %q holds %q of a secret", msg, w)
-			}
-		}
-	}
+	t.Helper()
+	resttest.NoSecret(t, err, []string{fuzzToken, fuzzAPIKey}, inputs...)
 }
 
 // FuzzRESTCheck feeds Check arbitrary PostgREST answers (status, body, or
@@ -185,8 +110,8 @@ func FuzzRESTCheck(f *testing.F) {
 		r, a := fuzzREST(t, status, body, fail)
 		err := r.Check(context.Background(), nil, fuzzToken, deviceID)
 		noSecret(t, err, string(body), deviceID)
-		switch s := a.status; {
-		case !a.asked:
+		switch s := a.Status; {
+		case !a.Asked:
 			t.Fatalf("device %q: no request made (%v)", deviceID, err) // the ID is query-escaped
 		case fail:
 			if !errors.Is(err, ErrUnavailable) {

@@ -1,16 +1,15 @@
 package devices
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nbiot-live/nbiot-live/internal/resttest"
 	"github.com/nbiot-live/nbiot-live/relay/access"
 )
 
@@ -20,81 +19,26 @@ const (
 	fuzzAPIKey = "sb_publishable_APIKEY-SECRET-2b8c91"
 )
 
-// answer is a RoundTripper giving one canned PostgREST answer in memory
-// (an httptest.Server per input would be far too slow to fuzz); it checks
-// that the secrets travel as headers, never in the URL.
-type answer struct {
-	t      *testing.T
-	status int
-	body   []byte
-	fail   bool
-}
-
-func (a *answer) RoundTrip(req *http.Request) (*http.Response, error) {
-	if req.Header.Get("Authorization") != "Bearer "+fuzzToken || req.Header.Get("apikey") != fuzzAPIKey {
-		a.t.Fatalf("headers %v", req.Header)
-	}
-	if u := req.URL.String(); strings.Contains(u, fuzzToken) || strings.Contains(u, fuzzAPIKey) {
-		a.t.Fatalf("secret in the URL %q", u)
-	}
-	if a.fail {
-		return nil, errors.New("dial tcp: connection refused")
-	}
-	return &http.Response{
-		StatusCode: a.status,
-		Header:     http.Header{"Content-Type": {"application/json; charset=utf-8"}},
-		Body:       io.NopCloser(bytes.NewReader(a.body)),
-		Request:    req,
-	}, nil
-}
-
 // refDevices is what decoding the first JSON value of body (cut at
 // maxRESTBody) into []Device gives, worked out apart from encoding/json's
-// reflection: the value is read whole (syntax and nesting as json.Decoder
-// reads it), then walked token by token. ok is false where the decoding
-// fails: a syntax error, a top-level value neither an array nor null, an
-// element neither an object nor null, a devid or name neither a string nor
-// null, a last_seen_at neither null nor what (*time.Time).UnmarshalJSON
-// takes (a quoted RFC 3339 time, escapes not undone). A null element is a
-// zero Device; a null devid leaves it as it was, a null name or
-// last_seen_at makes it nil; keys match ignoring case, the last one
-// counting; other keys are ignored.
+// reflection (resttest.Rows): ok is false where the decoding fails, on the
+// rows' shape, a devid or name neither a string nor null, a last_seen_at
+// neither null nor what (*time.Time).UnmarshalJSON takes (a quoted RFC 3339
+// time, escapes not undone). A null element is a zero Device; a null devid
+// leaves it as it was, a null name or last_seen_at makes it nil; keys match
+// ignoring case, the last one counting; other keys are ignored.
 func refDevices(body []byte) (out []Device, ok bool) {
-	var raw json.RawMessage
-	if json.NewDecoder(io.LimitReader(bytes.NewReader(body), maxRESTBody)).Decode(&raw) != nil {
-		return nil, false
-	}
-	d := json.NewDecoder(bytes.NewReader(raw))
-	tok, err := d.Token()
-	if err != nil {
-		panic(err) // raw is one valid JSON value
-	}
-	if tok == nil {
-		return nil, true
-	}
-	if tok != json.Delim('[') {
-		return nil, false
+	rows, ok := resttest.Rows(body, maxRESTBody)
+	if !ok || rows == nil {
+		return nil, ok
 	}
 	out = []Device{}
-	for d.More() {
-		tok, _ := d.Token()
-		switch tok {
-		case nil:
-			out = append(out, Device{})
-			continue
-		case json.Delim('{'):
-		default:
-			return nil, false
-		}
+	for _, row := range rows {
 		var dev Device
-		for d.More() {
-			k, _ := d.Token()
-			var v json.RawMessage
-			if err := d.Decode(&v); err != nil {
-				panic(err)
-			}
+		for _, f := range row {
+			v := f.Value
 			null := string(v) == "null"
-			switch key := k.(string); {
+			switch key := f.Key; {
 			case strings.EqualFold(key, "devid"):
 				if null {
 					continue
@@ -124,7 +68,6 @@ func refDevices(body []byte) (out []Device, ok bool) {
 				dev.LastSeenAt = &ts
 			}
 		}
-		_, _ = d.Token() // '}'
 		out = append(out, dev)
 	}
 	return out, true
@@ -176,23 +119,13 @@ func FuzzRESTList(f *testing.F) {
 	f.Add(uint16(303), []byte(`{"code":"42501"}`), false)
 	f.Add(uint16(100), []byte{}, true)
 	f.Fuzz(func(t *testing.T, status uint16, body []byte, fail bool) {
-		a := &answer{t: t, status: 100 + int(status)%500, body: body, fail: fail}
+		a := &resttest.Answer{T: t, Token: fuzzToken, APIKey: fuzzAPIKey, Status: 100 + int(status)%500, Body: body, Fail: fail}
 		r := &REST{BaseURL: "https://proj.supabase.co", APIKey: fuzzAPIKey, Client: &http.Client{Transport: a}}
 		got, err := r.List(context.Background(), nil, fuzzToken, Limit)
-		if err != nil {
-			// No 8 bytes running of a secret that the body does not hold.
-			msg := err.Error()
-			for _, s := range []string{fuzzToken, fuzzAPIKey} {
-				for i := 0; i+8 <= len(s); i++ {
-					if w := s[i : i+8]; strings.Contains(msg, w) && !bytes.Contains(body, []byte(w)) {
-						t.Fatalf("error %q holds %q of a secret", msg, w)
-					}
-				}
-			}
-		}
-		if a.fail || a.status != http.StatusOK {
-			if err == nil || got != nil || errors.Is(err, access.ErrTokenRefused) != (!a.fail && a.status == http.StatusUnauthorized) {
-				t.Fatalf("status %d, failed %v: %v, %v", a.status, a.fail, got, err)
+		resttest.NoSecret(t, err, []string{fuzzToken, fuzzAPIKey}, string(body))
+		if a.Fail || a.Status != http.StatusOK {
+			if err == nil || got != nil || errors.Is(err, access.ErrTokenRefused) != (!a.Fail && a.Status == http.StatusUnauthorized) {
+				t.Fatalf("status %d, failed %v: %v, %v", a.Status, a.Fail, got, err)
 			}
 			return
 		}
