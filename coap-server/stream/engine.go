@@ -217,6 +217,10 @@ func startEmbedded(cfg Config) (*server.Server, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("DATA_DIR: %w", err)
 	}
+	maxStore, err := cfg.storeFits(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
 	ns, err := server.NewServer(&server.Options{
 		ServerName: "coap-server",
 		JetStream:  true,
@@ -225,7 +229,9 @@ func startEmbedded(cfg Config) (*server.Server, error) {
 		NoSigs:     true,
 		NoLog:      true,
 		SyncAlways: cfg.SyncAlways,
-		// The file store holds the streams; their own limits bound it.
+		// The file store holds the streams; their own limits bound it
+		// (disk.go), not the server's guess at three quarters of the disk.
+		JetStreamMaxStore:  maxStore,
 		JetStreamMaxMemory: 64 << 20,
 	})
 	if err != nil {
