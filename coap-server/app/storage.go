@@ -71,7 +71,7 @@ func (a *App) openStorage(ctx context.Context) error {
 		return fmt.Errorf("storage %q: unknown mode", a.cfg.Storage())
 	}
 	malformed := prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "nbiot_stream_malformed_total", Help: "Deliveries of uplink-stream messages this version cannot read (handed back for a newer instance, never deleted).",
+		Name: "nbiot_stream_malformed_total", Help: "Deliveries of uplink-stream messages this version cannot read (moved to UPLINKS_UNREADABLE, or handed back there or in UPLINKS, for a newer instance; never deleted).",
 	})
 	a.Metrics.MustRegister(malformed)
 	src, err := a.engine.UplinkSource(ctx, malformed)
@@ -80,7 +80,7 @@ func (a *App) openStorage(ctx context.Context) error {
 		return fmt.Errorf("NATS: %w", err)
 	}
 	a.Metrics.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name: "nbiot_storage_pending", Help: "Messages in UPLINKS waiting for the database (every instance's): each holds one uplink, or up to 64 published together.",
+		Name: "nbiot_storage_pending", Help: "Messages in UPLINKS and UPLINKS_UNREADABLE waiting for the database (every instance's): each holds one uplink, or up to 64 published together.",
 	}, func() float64 {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()

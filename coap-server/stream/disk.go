@@ -20,7 +20,7 @@ import (
 func (c Config) storeBytes() int64 {
 	n := c.LiveBytes
 	if c.Storage {
-		n += c.UplinksBytes
+		n += c.UplinksBytes + c.asideConfig().MaxBytes
 	}
 	return n
 }
@@ -44,7 +44,7 @@ func (c Config) storeFits(dir string) (int64, error) {
 	if need := c.storeBytes(); need > free+held {
 		what := fmt.Sprintf("LIVELOG_MAX_BYTES %d MiB", c.LiveBytes/mib)
 		if c.Storage {
-			what = fmt.Sprintf("UPLINKS_MAX_BYTES %d MiB, %s", c.UplinksBytes/mib, what)
+			what = fmt.Sprintf("UPLINKS_MAX_BYTES %d MiB, its sixteenth for %s, %s", c.UplinksBytes/mib, AsideStream, what)
 		}
 		return 0, fmt.Errorf("DATA_DIR: the streams may hold %d MiB (%s), but %s has %d MiB free for them (%d MiB of it the store's): "+
 			"lower UPLINKS_MAX_BYTES or LIVELOG_MAX_BYTES, or give DATA_DIR a larger disk", need/mib, what, dir, (free+held)/mib, held/mib)

@@ -37,7 +37,7 @@ func TestEmbeddedStoreFitsTheVolume(t *testing.T) {
 	if err != nil {
 		t.Fatalf("defaults on a 950 MiB disk: %v", err)
 	}
-	for _, name := range []string{LiveLogStream, UplinksStream} {
+	for _, name := range []string{LiveLogStream, UplinksStream, AsideStream} {
 		if _, err := e.js.Stream(context.Background(), name); err != nil {
 			t.Errorf("stream %s: %v", name, err)
 		}
@@ -46,9 +46,9 @@ func TestEmbeddedStoreFitsTheVolume(t *testing.T) {
 
 	_, err = Open(context.Background(), Config{DataDir: smallDisk(t, "512m"), Storage: true})
 	if err == nil {
-		t.Fatal("the default bounds opened on a 512 MiB disk")
+		t.Fatal("the default bounds (800 MiB) opened on a 512 MiB disk")
 	}
-	for _, want := range []string{"DATA_DIR", "UPLINKS_MAX_BYTES 512 MiB", "LIVELOG_MAX_BYTES 256 MiB", "512 MiB free"} {
+	for _, want := range []string{"DATA_DIR", "UPLINKS_MAX_BYTES 512 MiB", "LIVELOG_MAX_BYTES 256 MiB", "800 MiB", "512 MiB free"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not say %q", err, want)
 		}

@@ -19,7 +19,7 @@ import (
 	"github.com/nbiot-live/nbiot-live/coap-server/uplink"
 )
 
-// Engine is the connection to JetStream and the two streams.
+// Engine is the connection to JetStream and the streams.
 //
 // It holds three connections, so that no kind of traffic queues behind
 // another on one socket: publishes from the datagram path (nc), the
@@ -38,7 +38,8 @@ type Engine struct {
 	feedJS      jetstream.JetStream
 	feedLive    jetstream.Stream
 	store       *nats.Conn
-	storeUplink jetstream.Stream // nil without storage
+	storeJS     jetstream.JetStream // nil without storage
+	storeUplink jetstream.Stream    // nil without storage
 
 	batches batcher       // of UPLINKS publishes
 	groups  *liveGroups   // of LIVELOG publishes, embedded; nil with NATS_URL
@@ -293,34 +294,47 @@ func (c Config) uplinksConfig() jetstream.StreamConfig {
 // Doing so again with the same configuration changes nothing.
 func (e *Engine) ensure(ctx context.Context) (live, uplinks jetstream.Stream, err error) {
 	c := e.cfg
-	if live, err = e.ensureStream(ctx, c.liveConfig(), false); err != nil {
+	if live, err = e.ensureStream(ctx, c.liveConfig(), nil); err != nil {
 		return nil, nil, fmt.Errorf("stream %s: %w", LiveLogStream, err)
 	}
 	if !c.Storage {
 		return live, nil, nil
 	}
-	if uplinks, err = e.ensureStream(ctx, c.uplinksConfig(), true); err != nil {
+	if uplinks, err = e.ensureStream(ctx, c.uplinksConfig(), e.keepUplinks); err != nil {
 		return nil, nil, fmt.Errorf("stream %s: %w", UplinksStream, err)
 	}
-	_, err = uplinks.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable:     StorageConsumer,
-		Description: "nbiot-live: the database writers of every instance",
+	_, err = uplinks.CreateOrUpdateConsumer(ctx, e.storageConsumerConfig(StorageConsumer, "nbiot-live: the database writers of every instance", uplinks))
+	if err != nil {
+		return nil, nil, fmt.Errorf("consumer %s: %w", StorageConsumer, err)
+	}
+	if err := e.ensureAside(ctx); err != nil {
+		e.cfg.Logger.Warn("nats: cannot make "+AsideStream+": messages this version cannot read wait in UPLINKS instead (see the README, Durability)", "err", err)
+	}
+	return live, uplinks, nil
+}
+
+// storageMaxAckPending bounds the messages the storage consumers may hold
+// unacknowledged, every instance's fetches together. A variable for tests.
+var storageMaxAckPending = 20000
+
+// storageConsumerConfig is the configuration of a durable consumer of
+// stream s by the database writers.
+func (e *Engine) storageConsumerConfig(name, description string, s jetstream.Stream) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:     name,
+		Description: description,
 		AckPolicy:   jetstream.AckExplicitPolicy,
 		// Workers extend it with InProgress while they retry, so a slow
 		// database causes no redelivery, while a dead instance's batch
 		// returns to the others after RedeliverAfter.
-		AckWait:       c.RedeliverAfter,
+		AckWait:       e.cfg.RedeliverAfter,
 		MaxDeliver:    -1,
-		MaxAckPending: 20000,
+		MaxAckPending: storageMaxAckPending,
 		MaxWaiting:    512,
 		// The stream's own, which may be more than NATS_REPLICAS (never
 		// lowered: ensureStream).
-		Replicas: uplinks.CachedInfo().Config.Replicas,
-	})
-	if err != nil {
-		return nil, nil, fmt.Errorf("consumer %s: %w", StorageConsumer, err)
+		Replicas: s.CachedInfo().Config.Replicas,
 	}
-	return live, uplinks, nil
 }
 
 // uplinksMargin is what UPLINKS may take between ensureStream reading its
@@ -329,13 +343,14 @@ const uplinksMargin = 256 << 10
 
 // ensureStream creates the stream want names, or updates it to want when
 // that differs from what it has, never lowering its replicas. An update
-// of UPLINKS (keep) also never tightens a limit in a way that would
-// delete accepted uplinks: nats-server enforces a lowered MaxBytes,
-// MaxAge, MaxMsgs or MaxMsgsPerSubject on update by deleting the oldest
-// messages, even with DiscardNew (keepUplinks). LIVELOG's limits are its
+// of a stream of accepted uplinks (keep: keepUplinks for UPLINKS, keepAll
+// for UPLINKS_UNREADABLE) also never tightens a limit in a way that would
+// delete them: nats-server enforces a lowered MaxBytes, MaxAge, MaxMsgs or
+// MaxMsgsPerSubject on update by deleting the oldest messages, even with
+// DiscardNew. LIVELOG's limits are its
 // retention: lowering LIVELOG_MAX_BYTES, LIVELOG_MAX_AGE or
 // LIVELOG_PER_DEVICE deletes its oldest entries, as asked; that is logged.
-func (e *Engine) ensureStream(ctx context.Context, want jetstream.StreamConfig, keep bool) (jetstream.Stream, error) {
+func (e *Engine) ensureStream(ctx context.Context, want jetstream.StreamConfig, keep func(*jetstream.StreamInfo, *jetstream.StreamConfig)) (jetstream.Stream, error) {
 	log := e.cfg.Logger
 	for range 3 {
 		s, err := e.js.Stream(ctx, want.Name)
@@ -475,9 +490,9 @@ func (e *Engine) awaitMadeAgain(ctx context.Context, info *jetstream.StreamInfo)
 
 // safeConfig is want, the configuration for the stream that info
 // describes, changed so that the update deletes nothing it must not: the
-// replicas are never lowered, and for UPLINKS (keep) no accepted uplink is
-// deleted (keepUplinks). LIVELOG's lowered limits are applied and logged.
-func (e *Engine) safeConfig(info *jetstream.StreamInfo, want jetstream.StreamConfig, keep bool) jetstream.StreamConfig {
+// replicas are never lowered, and for a stream of accepted uplinks (keep)
+// none is deleted. LIVELOG's (keep nil) lowered limits are applied and logged.
+func (e *Engine) safeConfig(info *jetstream.StreamInfo, want jetstream.StreamConfig, keep func(*jetstream.StreamInfo, *jetstream.StreamConfig)) jetstream.StreamConfig {
 	log := e.cfg.Logger
 	cur := info.Config
 	if cur.Replicas > want.Replicas {
@@ -485,8 +500,8 @@ func (e *Engine) safeConfig(info *jetstream.StreamInfo, want jetstream.StreamCon
 			"stream", want.Name, "NATS_REPLICAS", want.Replicas, "replicas", cur.Replicas)
 		want.Replicas = cur.Replicas
 	}
-	if keep {
-		e.keepUplinks(info, &want)
+	if keep != nil {
+		keep(info, &want)
 		return want
 	}
 	for _, l := range []struct {
@@ -516,15 +531,7 @@ func (e *Engine) safeConfig(info *jetstream.StreamInfo, want jetstream.StreamCon
 // instead would turn away every uplink for the length of the outage.
 func (e *Engine) keepUplinks(info *jetstream.StreamInfo, want *jetstream.StreamConfig) {
 	cur := info.Config
-	if tighter(int64(cur.MaxAge), int64(want.MaxAge)) {
-		want.MaxAge = cur.MaxAge
-	}
-	if tighter(cur.MaxMsgs, want.MaxMsgs) {
-		want.MaxMsgs = cur.MaxMsgs
-	}
-	if tighter(cur.MaxMsgsPerSubject, want.MaxMsgsPerSubject) {
-		want.MaxMsgsPerSubject = cur.MaxMsgsPerSubject
-	}
+	keepAgeAndCounts(cur, want)
 	clamped := false
 	if tighter(cur.MaxBytes, want.MaxBytes) {
 		held := int64(min(info.State.Bytes, math.MaxInt64/2))
@@ -544,6 +551,20 @@ func (e *Engine) keepUplinks(info *jetstream.StreamInfo, want *jetstream.StreamC
 	}
 	if e.clamped.Swap(clamped) && !clamped {
 		e.cfg.Logger.Info("UPLINKS_MAX_BYTES applies again: the UPLINKS stream drained below it", "UPLINKS_MAX_BYTES", want.MaxBytes)
+	}
+}
+
+// keepAgeAndCounts keeps cur's MaxAge, MaxMsgs and MaxMsgsPerSubject in
+// want where want's are tighter.
+func keepAgeAndCounts(cur jetstream.StreamConfig, want *jetstream.StreamConfig) {
+	if tighter(int64(cur.MaxAge), int64(want.MaxAge)) {
+		want.MaxAge = cur.MaxAge
+	}
+	if tighter(cur.MaxMsgs, want.MaxMsgs) {
+		want.MaxMsgs = cur.MaxMsgs
+	}
+	if tighter(cur.MaxMsgsPerSubject, want.MaxMsgsPerSubject) {
+		want.MaxMsgsPerSubject = cur.MaxMsgsPerSubject
 	}
 }
 
@@ -575,11 +596,10 @@ func (e *Engine) bind(ctx context.Context) error {
 	if e.uplinks == nil {
 		return nil
 	}
-	storeJS, err := jetstream.New(e.store)
-	if err != nil {
+	if e.storeJS, err = jetstream.New(e.store); err != nil {
 		return err
 	}
-	if e.storeUplink, err = storeJS.Stream(ctx, UplinksStream); err != nil {
+	if e.storeUplink, err = e.storeJS.Stream(ctx, UplinksStream); err != nil {
 		return fmt.Errorf("stream %s: %w", UplinksStream, err)
 	}
 	return nil
@@ -663,7 +683,7 @@ func (e *Engine) watch() {
 		if err == nil && e.clamped.Load() && time.Since(lastLower) >= lowerEvery {
 			lastLower = time.Now()
 			ctx, cancel := context.WithTimeout(e.watchCtx, e.cfg.ConnectTimeout)
-			if _, lerr := e.ensureStream(ctx, e.cfg.uplinksConfig(), true); lerr != nil {
+			if _, lerr := e.ensureStream(ctx, e.cfg.uplinksConfig(), e.keepUplinks); lerr != nil {
 				log.Warn("nats: cannot lower UPLINKS' limit towards UPLINKS_MAX_BYTES", "err", lerr)
 			}
 			cancel()

@@ -96,7 +96,7 @@ func TestLowerUplinksMaxBytesKeepsAcceptedUplinks(t *testing.T) {
 				drained += len(ds)
 			}
 			waitEmpty(t, e)
-			if _, err := e.ensureStream(ctx, e.cfg.uplinksConfig(), true); err != nil {
+			if _, err := e.ensureStream(ctx, e.cfg.uplinksConfig(), e.keepUplinks); err != nil {
 				t.Fatal(err)
 			}
 			if got := uplinksInfo(t, e).Config.MaxBytes; got != 1<<20 || e.clamped.Load() {
@@ -163,7 +163,7 @@ func TestSafeConfigDeletesNoAcceptedUplink(t *testing.T) {
 	}
 	up := e.cfg.uplinksConfig()
 	up.MaxAge, up.MaxMsgs, up.MaxMsgsPerSubject = time.Minute, 10, 1 // tighter than the stream's
-	got := e.safeConfig(info, up, true)
+	got := e.safeConfig(info, up, e.keepUplinks)
 	if got.Replicas != 3 || got.MaxAge != time.Hour || got.MaxMsgs != 1000 || got.MaxMsgsPerSubject != 10 {
 		t.Errorf("UPLINKS: replicas %d, max age %v, max msgs %d, per subject %d: want the stream's",
 			got.Replicas, got.MaxAge, got.MaxMsgs, got.MaxMsgsPerSubject)
@@ -172,18 +172,18 @@ func TestSafeConfigDeletesNoAcceptedUplink(t *testing.T) {
 		t.Errorf("UPLINKS: limit %d holding 10 MiB (clamped %v)", got.MaxBytes, e.clamped.Load())
 	}
 	info.State.Bytes = 100 << 10 // drained: the configured limit applies
-	if got := e.safeConfig(info, e.cfg.uplinksConfig(), true); got.MaxBytes != 1<<20 || e.clamped.Load() {
+	if got := e.safeConfig(info, e.cfg.uplinksConfig(), e.keepUplinks); got.MaxBytes != 1<<20 || e.clamped.Load() {
 		t.Errorf("UPLINKS drained: limit %d (clamped %v), want 1 MiB", got.MaxBytes, e.clamped.Load())
 	}
 	info.Config.MaxBytes = -1 // no limit before: one now, above what it holds
 	info.State.Bytes = 10 << 20
-	if got := e.safeConfig(info, e.cfg.uplinksConfig(), true); got.MaxBytes < 10<<20 {
+	if got := e.safeConfig(info, e.cfg.uplinksConfig(), e.keepUplinks); got.MaxBytes < 10<<20 {
 		t.Errorf("UPLINKS without a limit before: %d", got.MaxBytes)
 	}
 
 	live := e.cfg.liveConfig()
 	live.MaxBytes, live.MaxAge, live.MaxMsgsPerSubject = 1<<20, time.Minute, 5
-	got = e.safeConfig(info, live, false)
+	got = e.safeConfig(info, live, nil)
 	if got.Replicas != 3 || got.MaxBytes != 1<<20 || got.MaxAge != time.Minute || got.MaxMsgsPerSubject != 5 {
 		t.Errorf("LIVELOG: %+v: want its lowered limits, and the stream's replicas", got)
 	}

@@ -35,10 +35,12 @@ import (
 //
 // A message this version cannot read (a subject it does not know, a
 // record version or batch it cannot decode: what a newer coap-server
-// writes on the same NATS during a rolling deploy) is never acknowledged
-// or terminated, since on a work queue both delete an uplink that was
-// answered 2.04: it is handed back for later (unreadableDelay), for a
-// newer instance sharing the consumer to store, and counted.
+// writes on the same NATS during a rolling deploy) is never deleted
+// unstored (on a work queue an acknowledgement or a termination deletes
+// an uplink that was answered 2.04): it is moved to UPLINKS_UNREADABLE
+// (aside.go), for a version that can read it, or, when that fails, handed
+// back for later (unreadableDelay), for a newer instance sharing the
+// consumer to store; counted either way.
 type UplinkSource struct {
 	cons      jetstream.Consumer
 	malformed prometheus.Counter
@@ -47,6 +49,16 @@ type UplinkSource struct {
 	gateWait  time.Duration // the most an acknowledgement waits for them
 	maxMsg    int           // the most one message takes on the wire: no fetch asks for less
 	beat      time.Duration // how often parked messages are marked in progress
+
+	// UPLINKS_UNREADABLE (aside.go): js publishes to it on the storage
+	// connection; aside, its consumer, is looked up (and the stream made
+	// again, ensureAside) when first polled, and again after a failure.
+	js          jetstream.JetStream
+	ackTimeout  time.Duration
+	ensureAside func(context.Context) error
+	asideMu     sync.Mutex // held by the one caller polling it
+	aside       jetstream.Consumer
+	nextAside   time.Time
 
 	mu       sync.Mutex
 	rest     []parked // fetched beyond a Fetch's max
@@ -120,6 +132,7 @@ func (e *Engine) UplinkSource(ctx context.Context, malformed prometheus.Counter)
 		beat = min(beat, info.Config.AckWait) // set by another instance
 	}
 	return &UplinkSource{
+		js: e.storeJS, ackTimeout: e.cfg.AckTimeout, ensureAside: e.ensureAside,
 		cons: cons, malformed: malformed, log: e.cfg.Logger, perMsg: maxBatchUplinks,
 		ledger: e.ledger, gateWait: min(gateAckTimeouts*e.cfg.AckTimeout, e.cfg.RedeliverAfter/2),
 		maxMsg: maxMsg + fetchWireOverhead, beat: max(beat/4, 10*time.Millisecond),
@@ -187,6 +200,9 @@ func (s *UplinkSource) Fetch(ctx context.Context, limit int, wait time.Duration)
 		if err != nil || fetched < msgs {
 			break // no more waiting, or the budget is spent
 		}
+	}
+	if err == nil && len(got) < want {
+		got = s.fetchAside(got, want-len(got))
 	}
 	s.mu.Lock()
 	s.rest = append(s.rest, got...)
@@ -268,21 +284,26 @@ func (s *UplinkSource) beatRest() {
 	s.mu.Unlock()
 }
 
-// deliveries appends the uplinks of m to ds, or hands m back when this
-// version cannot read all of it.
+// deliveries appends the uplinks of m to ds, or moves m aside or hands it
+// back when this version cannot read all of it. A message of
+// UPLINKS_UNREADABLE is read by the subject it had in UPLINKS.
 func (s *UplinkSource) deliveries(ds []parked, m jetstream.Msg) []parked {
 	subject := m.Subject()
+	aside := subject == asideSubject
+	if aside {
+		subject = m.Headers().Get(SubjectHeader)
+	}
 	switch {
 	case subject == batchSubject:
 	case isDeviceSubject(subject): // one uplink, as before batching
 		a, err := uplink.Unmarshal(m.Data())
 		if err != nil {
-			s.handBack(m, "an uplink record it cannot read", err)
+			s.handBack(m, aside, "an uplink record it cannot read", err)
 			return ds
 		}
 		return append(ds, parked{d: storage.Delivery{Accepted: a, Ack: m.Ack, InProgress: m.InProgress, Nak: m.Nak}, m: m})
 	default:
-		s.handBack(m, "a subject it does not know", nil)
+		s.handBack(m, aside, "a subject it does not know", nil)
 		return ds
 	}
 	var recs []uplink.Accepted
@@ -300,19 +321,20 @@ func (s *UplinkSource) deliveries(ds []parked, m jetstream.Msg) []parked {
 	})
 	switch {
 	case err != nil:
-		s.handBack(m, "a batch it cannot split", err)
+		s.handBack(m, aside, "a batch it cannot split", err)
 		return ds
 	case bad != nil:
 		// All of it or none: the others are stored with it by an
 		// instance that reads the whole message.
-		s.handBack(m, "a batch with an uplink record it cannot read", bad)
+		s.handBack(m, aside, "a batch with an uplink record it cannot read", bad)
 		return ds
 	case len(recs) == 0:
 		_ = m.Ack() // an empty batch: no uplink to store
 		return ds
 	}
 	g := &sharedAck{m: m}
-	if s.ledger != nil {
+	// What was moved aside left UPLINKS long ago: its entries too.
+	if s.ledger != nil && !aside {
 		if md, err := m.Metadata(); err == nil {
 			g.ledger, g.seq, g.mark = s.ledger, md.Sequence.Stream, s.ledger.mark()
 			g.deadline = time.Now().Add(s.gateWait)
@@ -332,22 +354,44 @@ func isDeviceSubject(subject string) bool {
 	return ok && dev != "" && !strings.Contains(dev, ".")
 }
 
-// handBack returns a message this version cannot read to the stream for
-// later, counts it, and logs it at most every unreadableLogEvery. It is
-// never terminated: what reaches UPLINKS was written by a coap-server (no
-// device publishes there), and one that cannot read it is older than the
-// one that wrote it (or that one has a bug, which the metric, the log and
-// the stream's size show, and a fixed version stores). The consumer has
-// no MaxDeliver, so the server never drops it either; while it waits it
-// counts in the consumer's ack pending (nbiot_storage_pending).
-func (s *UplinkSource) handBack(m jetstream.Msg, what string, err error) {
+// handBack moves a message of UPLINKS this version cannot read aside
+// (moveAside), or, when that fails or it is aside already, returns it to
+// its stream for later; it counts it, and logs it at most every
+// unreadableLogEvery. It is never terminated: what reaches UPLINKS was
+// written by a coap-server (no device publishes there), and one that
+// cannot read it is older than the one that wrote it (or that one has a
+// bug, which the metric, the log and the stream's size show, and a fixed
+// version stores). The consumers have no MaxDeliver, so the server never
+// drops it either; while it waits it counts in its consumer's ack pending
+// (nbiot_storage_pending).
+func (s *UplinkSource) handBack(m jetstream.Msg, aside bool, what string, err error) {
 	s.malformed.Inc()
 	var seq, delivered uint64
 	if md, mdErr := m.Metadata(); mdErr == nil {
 		seq, delivered = md.Sequence.Stream, md.NumDelivered
 	}
+	var moveErr error
+	if !aside {
+		if moveErr = s.moveAside(m); moveErr == nil {
+			s.warnUnreadable(m, seq, delivered, what, err, "moved to "+AsideStream+" for a version that can read it", "stream", AsideStream)
+			return
+		}
+	}
 	delay := min(unreadableDelay*time.Duration(max(delivered, 1)), unreadableMaxDelay)
 	nakErr := m.NakWithDelay(delay)
+	attrs := []any{"retry_in", delay}
+	if moveErr != nil {
+		attrs = append(attrs, "move_err", moveErr)
+	}
+	if nakErr != nil {
+		attrs = append(attrs, "nak_err", nakErr)
+	}
+	s.warnUnreadable(m, seq, delivered, what, err, "left in the stream for a newer instance", attrs...)
+}
+
+// warnUnreadable logs an unreadable message and what became of it, at
+// most every unreadableLogEvery (the others are counted in the next).
+func (s *UplinkSource) warnUnreadable(m jetstream.Msg, seq, delivered uint64, what string, err error, outcome string, more ...any) {
 	s.mu.Lock()
 	now := time.Now()
 	if now.Sub(s.lastLog) < unreadableLogEvery {
@@ -358,14 +402,11 @@ func (s *UplinkSource) handBack(m jetstream.Msg, what string, err error) {
 	others := s.unlogged
 	s.lastLog, s.unlogged = now, 0
 	s.mu.Unlock()
-	attrs := []any{"subject", m.Subject(), "stream_seq", seq, "deliveries", delivered, "retry_in", delay, "others_since_last_warning", others}
+	attrs := append([]any{"subject", m.Subject(), "stream_seq", seq, "deliveries", delivered, "others_since_last_warning", others}, more...)
 	if err != nil {
 		attrs = append(attrs, "err", err)
 	}
-	if nakErr != nil {
-		attrs = append(attrs, "nak_err", nakErr)
-	}
-	s.log.Warn("storage: an UPLINKS message this version cannot read ("+what+"), left in the stream for a newer instance", attrs...)
+	s.log.Warn("storage: an uplink-stream message this version cannot read ("+what+"), "+outcome, attrs...)
 }
 
 // sharedAck settles one batch message for its uplinks: acknowledged when
@@ -410,13 +451,19 @@ func (g *sharedAck) nak() error {
 
 // Pending is the number of messages waiting for the database: each holds
 // one uplink, or the up to 64 of a batch (batch.go). It includes those
-// this version cannot read, handed back for a newer one (handBack).
+// this version cannot read, moved aside or handed back for a newer one
+// (handBack).
 func (s *UplinkSource) Pending(ctx context.Context) (uint64, error) {
 	info, err := s.cons.Info(ctx)
 	if err != nil {
 		return 0, err
 	}
-	return info.NumPending + uint64(info.NumAckPending), nil
+	n := info.NumPending + uint64(info.NumAckPending)
+	if c, err := s.js.Consumer(ctx, AsideStream, AsideConsumer); err == nil && c.CachedInfo() != nil {
+		ai := c.CachedInfo()
+		n += ai.NumPending + uint64(ai.NumAckPending)
+	}
+	return n, nil
 }
 
 // UplinksHeld is the number of messages in UPLINKS (not yet stored; one
