@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/nbiot-live/nbiot-live/internal/memlimit"
 )
 
 // Reasons a connection attempt is refused before any handshake work. Each
@@ -41,7 +43,10 @@ type LimitConfig struct {
 	PerIPBurst int
 	// InFlight (default 1024) bounds handshakes under way in total.
 	InFlight int
-	// MaxIPs (default 10000) bounds the table of source IPs.
+	// MaxIPs (default DefaultMaxIPs of the process's memory) bounds the
+	// table of source IPs: those that echoed a cookie within the few
+	// seconds their rate bucket takes to refill. Past it a new address is
+	// refused (table_full) until a sweep frees room.
 	MaxIPs int
 	// Now is the clock (default time.Now).
 	Now func() time.Time
@@ -61,11 +66,23 @@ func (c *LimitConfig) defaults() {
 		c.InFlight = 1024
 	}
 	if c.MaxIPs <= 0 {
-		c.MaxIPs = 10000
+		c.MaxIPs = DefaultMaxIPs(memlimit.Bytes())
 	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+}
+
+// ipEntryBytes is what one source IP in the table is charged: its key,
+// state and token bucket, and its place in the map, measured at 161 B
+// (TestIPEntryBytesCoverASourceIP).
+const ipEntryBytes = 256
+
+// DefaultMaxIPs is MaxIPs' default: as many source IPs as a 128th of
+// memory holds at ipEntryBytes (12,800 at GOMEMLIMIT=400MiB: 3.1 MiB), at
+// least 1024.
+func DefaultMaxIPs(memory int64) int {
+	return int(max(memory/128/ipEntryBytes, 1024))
 }
 
 type ipState struct {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/nbiot-live/nbiot-live/internal/memlimit"
 	"github.com/nbiot-live/nbiot-live/relay/auth"
 )
 
@@ -27,8 +28,8 @@ type CacheConfig struct {
 	// client hammering a foreign device costs one query per 5 s.
 	Deny time.Duration
 	// MaxEntries bounds the cache (keyed by user and device, both chosen by
-	// remote parties). Default 10000; when full, expired entries go first,
-	// then arbitrary ones (counted).
+	// remote parties). Default DefaultMaxEntries of the process's memory;
+	// when full, expired entries go first, then arbitrary ones (counted).
 	MaxEntries int
 	// MaxConcurrent bounds checks running at once. Default 8: the Postgres
 	// pool or the REST API are never stormed by a burst of reconnects;
@@ -46,7 +47,7 @@ func (c CacheConfig) withDefaults() CacheConfig {
 		c.Deny = 5 * time.Second
 	}
 	if c.MaxEntries <= 0 {
-		c.MaxEntries = 10000
+		c.MaxEntries = DefaultMaxEntries(memlimit.Bytes())
 	}
 	if c.MaxConcurrent <= 0 {
 		c.MaxConcurrent = 8
@@ -55,6 +56,19 @@ func (c CacheConfig) withDefaults() CacheConfig {
 		c.Now = time.Now
 	}
 	return c
+}
+
+// EntryBytes is what one cached answer is charged: its key (a user ID of
+// Supabase's 36 characters, the role, a device ID of up to 64), the answer
+// and its place in the map, measured at 219 B
+// (TestEntryBytesCoverACachedAnswer).
+const EntryBytes = 320
+
+// DefaultMaxEntries is MaxEntries' default: as many answers as a 128th of
+// memory holds at EntryBytes (10,240 at GOMEMLIMIT=400MiB: 3.1 MiB), at
+// least 1024.
+func DefaultMaxEntries(memory int64) int {
+	return int(max(memory/128/EntryBytes, 1024))
 }
 
 // Metrics counts access checks.

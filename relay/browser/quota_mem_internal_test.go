@@ -5,16 +5,9 @@ import (
 	"runtime"
 	"testing"
 	"time"
-)
 
-// heapBytes is the live heap after two collections.
-func heapBytes() uint64 {
-	runtime.GC()
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return ms.HeapAlloc
-}
+	"github.com/nbiot-live/nbiot-live/internal/memtest"
+)
 
 // keyAddr is the i-th of many client addresses, each its own /64.
 func keyAddr(i int) string { return fmt.Sprintf("2001:db8:%x:%x::", i>>16, i&0xffff) }
@@ -28,8 +21,7 @@ func TestClosedConnectionsLetGoOfTheirDevices(t *testing.T) {
 	q := newQuota(Quotas{MaxKeys: 1 << 30}, func() time.Time { return now })
 	const addrs = 5000
 	device := func(d int) string { return fmt.Sprintf("DEV%013d", d) }
-	before := heapBytes()
-	for i := range addrs {
+	per := memtest.BytesPer(addrs, func(i int) {
 		for d := range 100 {
 			if r := q.acquire("", keyAddr(i), device(d)); r != "" {
 				t.Fatalf("acquire: %s", r)
@@ -38,8 +30,7 @@ func TestClosedConnectionsLetGoOfTheirDevices(t *testing.T) {
 		for d := range 99 {
 			q.release("", keyAddr(i), device(d))
 		}
-	}
-	per := (heapBytes() - before) / addrs
+	})
 	t.Logf("%d B per address with one connection left", per)
 	if per > 1500 {
 		t.Errorf("an address with one open connection holds %d B, want at most 1500", per)
@@ -61,18 +52,13 @@ func TestKeyBytesCoverATrackedKey(t *testing.T) {
 	now := time.Unix(1e9, 0)
 	q := newQuota(Quotas{MaxKeys: 1 << 30}, func() time.Time { return now })
 	const n = 20000
-	before := heapBytes()
-	for i := range n {
+	// Each query tracks two keys: the user's and the address's.
+	memtest.Charged(t, "user's and address's tracked keys", 2*KeyBytes, n, func(i int) {
 		// GET /devices spends a check, so the key stays (its budget is not full).
 		if !q.allowQuery(fmt.Sprintf("%08x-0000-4000-8000-000000000000", i), keyAddr(i)) {
 			t.Fatal("allowQuery refused a first query")
 		}
-	}
-	per := (heapBytes() - before) / (2 * n)
-	t.Logf("%d B per tracked key", per)
-	if per > KeyBytes {
-		t.Errorf("a tracked key holds %d B, KeyBytes charges %d", per, KeyBytes)
-	}
+	})
 	runtime.KeepAlive(q)
 }
 
