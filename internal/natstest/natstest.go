@@ -4,12 +4,17 @@
 package natstest
 
 import (
+	"context"
 	"net"
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Server is a running nats-server.
@@ -20,11 +25,22 @@ type Server struct {
 	bin  string
 	dir  string
 	port int
+	args []string // more flags (a cluster's)
 }
 
 // Start runs nats-server -js on a free loopback port with its store in a
 // temporary directory, until Stop or the end of the test.
 func Start(t testing.TB) *Server {
+	t.Helper()
+	s := newServer(t, binary(t))
+	s.start(t)
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// binary is the nats-server executable; without it the test is skipped,
+// or fails under CI=true.
+func binary(t testing.TB) string {
 	t.Helper()
 	bin, err := exec.LookPath("nats-server")
 	if err != nil {
@@ -40,17 +56,70 @@ func Start(t testing.TB) *Server {
 		}
 		t.Skip("nats-server not installed (apt-get install nats-server)")
 	}
+	return bin
+}
+
+func newServer(t testing.TB, bin string) *Server {
+	port := freePort(t)
+	s := &Server{bin: bin, dir: t.TempDir(), port: port, Addr: "127.0.0.1:" + strconv.Itoa(port)}
+	s.URL = "nats://" + s.Addr
+	return s
+}
+
+func freePort(t testing.TB) int {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	_ = ln.Close()
-	s := &Server{bin: bin, dir: t.TempDir(), port: port, Addr: "127.0.0.1:" + strconv.Itoa(port)}
-	s.URL = "nats://" + s.Addr
-	s.start(t)
-	t.Cleanup(s.Stop)
-	return s
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// StartCluster runs a JetStream cluster of n nats-servers on loopback,
+// each routed to all, until the end of the test, and waits until it has
+// elected its JetStream leader (it takes no stream before). URL names
+// them all, as NATS_URL would.
+func StartCluster(t testing.TB, n int) (servers []*Server, url string) {
+	t.Helper()
+	bin := binary(t)
+	routes := make([]string, n)
+	cluster := make([]int, n)
+	for i := range n {
+		servers = append(servers, newServer(t, bin))
+		cluster[i] = freePort(t)
+		routes[i] = "nats://127.0.0.1:" + strconv.Itoa(cluster[i])
+	}
+	urls := make([]string, n)
+	for i, s := range servers {
+		s.args = []string{"--server_name", "n" + strconv.Itoa(i), "--cluster_name", "nbiot-test",
+			"--cluster", routes[i], "--routes", strings.Join(routes, ",")}
+		s.start(t)
+		t.Cleanup(s.Stop)
+		urls[i] = s.URL
+	}
+	url = strings.Join(urls, ",")
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := js.AccountInfo(ctx)
+		cancel()
+		if err == nil {
+			return servers, url
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the cluster of %d elected no JetStream leader within 30 s: %v", n, err)
+		}
+		time.Sleep(100 * time.Millisecond) // polling the cluster's election, which has no event to wait for
+	}
 }
 
 func (s *Server) start(t testing.TB) {
@@ -58,6 +127,7 @@ func (s *Server) start(t testing.TB) {
 	if s.dir != "" {
 		args = append(args, "-js", "-sd", s.dir)
 	}
+	args = append(args, s.args...)
 	s.cmd = exec.Command(s.bin, args...)
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
