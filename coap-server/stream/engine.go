@@ -141,6 +141,9 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 			// under way meanwhile does not count (disconnects).
 			e.disconnects.Add(1)
 			e.jsReady.Store(false)
+			if err == nil {
+				return // our own Close (shutdown): nothing to warn about
+			}
 			cfg.Logger.Warn("nats: disconnected; uplinks get 5.03 until it is back", "err", err)
 		}),
 		nats.ReconnectHandler(func(*nats.Conn) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/nbiot-live/nbiot-live/coap-server/uplink"
 	"github.com/nbiot-live/nbiot-live/internal/livelog"
+	"github.com/nbiot-live/nbiot-live/internal/logtest"
 	nbiotv1 "github.com/nbiot-live/nbiot-live/proto/nbiot/v1"
 )
 
@@ -286,5 +288,20 @@ func TestWholeLogTailReadsOnlyTheTail(t *testing.T) {
 	}
 	if got, _ := e.TailStart(ctx, "", 3, 10); got != 8 {
 		t.Errorf("tail=3 up to 10: %d, want 8", got)
+	}
+}
+
+// Closing the engine (every shutdown, every deploy) warns of nothing: it
+// logged "nats: disconnected; uplinks get 5.03" once per connection.
+func TestCloseWarnsOfNothing(t *testing.T) {
+	var logs logtest.Buffer
+	e, err := Open(context.Background(), Config{DataDir: t.TempDir(), Storage: true,
+		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Close()
+	if s := logs.String(); s != "" {
+		t.Fatalf("Close logged:\n%s", s)
 	}
 }
