@@ -5,6 +5,7 @@ package natstest
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -15,27 +16,42 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/nbiot-live/nbiot-live/internal/logtest"
 )
 
 // Server is a running nats-server.
 type Server struct {
-	URL  string
-	Addr string
-	cmd  *exec.Cmd
-	bin  string
-	dir  string
-	port int
-	args []string // more flags (a cluster's)
+	URL    string
+	Addr   string
+	cmd    *exec.Cmd
+	bin    string
+	dir    string
+	port   int
+	args   []string        // more flags (a cluster's)
+	out    *logtest.Buffer // what it printed
+	exited chan struct{}   // closed when it exited
 }
+
+// attempts bounds the starts on fresh ports: a port found free may be
+// taken by another test's process before the server binds it.
+const attempts = 5
 
 // Start runs nats-server -js on a free loopback port with its store in a
 // temporary directory, until Stop or the end of the test.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	s := newServer(t, binary(t))
-	s.start(t)
-	t.Cleanup(s.Stop)
-	return s
+	bin := binary(t)
+	var err error
+	for range attempts {
+		s := newServer(t, bin, freePorts(t, 1)[0])
+		if err = s.start(); err == nil {
+			t.Cleanup(s.Stop)
+			return s
+		}
+	}
+	t.Fatal(err)
+	return nil
 }
 
 // binary is the nats-server executable; without it the test is skipped,
@@ -59,20 +75,24 @@ func binary(t testing.TB) string {
 	return bin
 }
 
-func newServer(t testing.TB, bin string) *Server {
-	port := freePort(t)
+func newServer(t testing.TB, bin string, port int) *Server {
 	s := &Server{bin: bin, dir: t.TempDir(), port: port, Addr: "127.0.0.1:" + strconv.Itoa(port)}
 	s.URL = "nats://" + s.Addr
 	return s
 }
 
-func freePort(t testing.TB) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+// freePorts returns n distinct loopback ports free at the time of the call.
+func freePorts(t testing.TB, n int) []int {
+	ports := make([]int, n)
+	for i := range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close() // held until all are chosen: distinct
+		ports[i] = ln.Addr().(*net.TCPAddr).Port
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return ports
 }
 
 // StartCluster runs a JetStream cluster of n nats-servers on loopback,
@@ -82,18 +102,17 @@ func freePort(t testing.TB) int {
 func StartCluster(t testing.TB, n int) (servers []*Server, url string) {
 	t.Helper()
 	bin := binary(t)
-	routes := make([]string, n)
-	cluster := make([]int, n)
-	for i := range n {
-		servers = append(servers, newServer(t, bin))
-		cluster[i] = freePort(t)
-		routes[i] = "nats://127.0.0.1:" + strconv.Itoa(cluster[i])
+	var err error
+	for range attempts {
+		if servers, err = startCluster(t, bin, n); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
 	}
 	urls := make([]string, n)
 	for i, s := range servers {
-		s.args = []string{"--server_name", "n" + strconv.Itoa(i), "--cluster_name", "nbiot-test",
-			"--cluster", routes[i], "--routes", strings.Join(routes, ",")}
-		s.start(t)
 		t.Cleanup(s.Stop)
 		urls[i] = s.URL
 	}
@@ -122,25 +141,62 @@ func StartCluster(t testing.TB, n int) (servers []*Server, url string) {
 	}
 }
 
-func (s *Server) start(t testing.TB) {
+// startCluster starts the n servers on fresh ports, or none.
+func startCluster(t testing.TB, bin string, n int) ([]*Server, error) {
+	ports := freePorts(t, 2*n) // client ports, then cluster ports
+	routes := make([]string, n)
+	for i := range n {
+		routes[i] = "nats://127.0.0.1:" + strconv.Itoa(ports[n+i])
+	}
+	var servers []*Server
+	for i := range n {
+		s := newServer(t, bin, ports[i])
+		s.args = []string{"--server_name", "n" + strconv.Itoa(i), "--cluster_name", "nbiot-test",
+			"--cluster", routes[i], "--routes", strings.Join(routes, ",")}
+		if err := s.start(); err != nil {
+			for _, o := range servers {
+				o.Stop()
+			}
+			return nil, err
+		}
+		servers = append(servers, s)
+	}
+	return servers, nil
+}
+
+// start runs the server and waits until it accepts connections; an error
+// if it exits first (its port taken, say) or does not within 15 s.
+func (s *Server) start() error {
 	args := []string{"-a", "127.0.0.1", "-p", strconv.Itoa(s.port)}
 	if s.dir != "" {
 		args = append(args, "-js", "-sd", s.dir)
 	}
 	args = append(args, s.args...)
-	s.cmd = exec.Command(s.bin, args...)
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
+	s.out = &logtest.Buffer{}
+	cmd := exec.Command(s.bin, args...)
+	cmd.Stdout, cmd.Stderr = s.out, s.out
+	if err := cmd.Start(); err != nil {
+		return err
 	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	s.cmd, s.exited = cmd, exited
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		c, err := net.DialTimeout("tcp", s.Addr, 100*time.Millisecond)
 		if err == nil {
 			_ = c.Close()
-			return
+			return nil
+		}
+		select {
+		case <-exited:
+			s.cmd = nil
+			return fmt.Errorf("nats-server on %s exited at start: %s", s.Addr, s.out)
+		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("nats-server did not accept connections on %s: %v", s.Addr, err)
+			s.Stop()
+			return fmt.Errorf("nats-server did not accept connections on %s: %v\n%s", s.Addr, err, s.out)
 		}
 		time.Sleep(20 * time.Millisecond) // polling a port the child process opens
 	}
@@ -150,7 +206,7 @@ func (s *Server) start(t testing.TB) {
 func (s *Server) Stop() {
 	if s.cmd != nil && s.cmd.Process != nil {
 		_ = s.cmd.Process.Kill()
-		_ = s.cmd.Wait()
+		<-s.exited
 		s.cmd = nil
 	}
 }
@@ -159,7 +215,9 @@ func (s *Server) Stop() {
 func (s *Server) Restart(t testing.TB) {
 	t.Helper()
 	s.Stop()
-	s.start(t)
+	if err := s.start(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // RestartOn kills the server and starts it again on the same port, with
@@ -169,5 +227,7 @@ func (s *Server) RestartOn(t testing.TB, dir string) {
 	t.Helper()
 	s.Stop()
 	s.dir = dir
-	s.start(t)
+	if err := s.start(); err != nil {
+		t.Fatal(err)
+	}
 }
