@@ -278,6 +278,16 @@ func (a *App) Registered() ingest.DeviceSet { return a.handler.Registered }
 // Engine is the stream engine, for tests.
 func (a *App) Engine() *stream.Engine { return a.engine }
 
+// Failed delivers why the embedded store can no longer take uplinks
+// (stream.Engine.Failed): Run then shuts down and returns it, and the
+// process exits with an error, to be started again (lifecycle.Failing).
+func (a *App) Failed() <-chan error {
+	if a.engine == nil {
+		return nil
+	}
+	return a.engine.Failed()
+}
+
 func (a *App) serve(name string, fn func() error) {
 	a.wg.Add(1)
 	go func() {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -30,6 +31,12 @@ type acker struct {
 	mu      sync.Mutex
 	next    uint64
 	pending map[uint64]*waiter // one per waiting publish: bounded by the callers
+
+	// What tells a store that takes no writes (failing): the first
+	// publish given up since the last acknowledgement (Unix nanoseconds,
+	// 0: none) and how many were since.
+	failingSince atomic.Int64
+	failures     atomic.Int64
 
 	waiters  sync.Pool
 	stop     chan struct{}
@@ -90,8 +97,22 @@ func (a *acker) deliver(m *nats.Msg) {
 	delete(a.pending, id)
 	a.mu.Unlock()
 	if w != nil {
+		if a.failingSince.Load() != 0 {
+			a.failingSince.Store(0)
+			a.failures.Store(0)
+		}
 		w.ch <- m
 	}
+}
+
+// failing is how long publishes have been given up with none acknowledged
+// in between (0: the last one finished was acknowledged), and how many.
+func (a *acker) failing(now time.Time) (time.Duration, int64) {
+	since := a.failingSince.Load()
+	if since == 0 {
+		return 0, 0
+	}
+	return now.Sub(time.Unix(0, since)), a.failures.Load()
 }
 
 // sweep gives up, every sweepEvery, the publishes past their deadline.
@@ -114,6 +135,10 @@ func (a *acker) sweep() {
 				}
 			}
 			a.mu.Unlock()
+			if len(late) > 0 {
+				a.failingSince.CompareAndSwap(0, now.UnixNano())
+				a.failures.Add(int64(len(late)))
+			}
 			for i, w := range late {
 				w.ch <- nil
 				late[i] = nil

@@ -4,8 +4,13 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/nbiot-live/nbiot-live/internal/livelog"
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 )
 
 // smallDisk mounts a tmpfs of size (mount(8) syntax) on a new directory,
@@ -59,4 +64,48 @@ func TestEmbeddedStoreFitsTheVolume(t *testing.T) {
 		t.Fatalf("312 MiB of bounds on a 512 MiB disk: %v", err)
 	}
 	e.Close()
+}
+
+// A full disk: nats-server keeps a file store's first write error and
+// refuses every write after it, even once there is room again, so the
+// embedded engine stayed ready while every uplink got 5.03, each after
+// AckTimeout, until someone started the process again (tried by hand:
+// freeing the disk changed nothing). Now it is not ready, and it fails
+// (Failed): the program exits with the reason, to be started again.
+func TestFullDiskFailsTheEngine(t *testing.T) {
+	defer func(d time.Duration) { storeStuckAfter = d }(storeStuckAfter)
+	storeStuckAfter = time.Second
+	dir := smallDisk(t, "64m")
+	e := openEmbedded(t, Config{DataDir: dir, LiveBytes: 16 << 20, AckTimeout: 200 * time.Millisecond})
+	ctx := context.Background()
+	a, _ := accepted(t, "FULL", 1)
+	if _, _, err := e.Log(ctx, livelog.Uplink("FULL", a.ReceivedAt, a.Uplink, nil), ""); err != nil {
+		t.Fatalf("an entry before the disk was full: %v", err)
+	}
+	junk, err := os.Create(filepath.Join(dir, "junk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for buf := make([]byte, 1<<20); ; {
+		if _, err := junk.Write(buf); err != nil {
+			break // ENOSPC: the disk is full
+		}
+	}
+	_ = junk.Close()
+	var failure error
+	testwait.For(t, "the engine failed", func() bool {
+		_, _, _ = e.Log(ctx, livelog.Uplink("FULL", time.Now(), a.Uplink, nil), "")
+		select {
+		case failure = <-e.Failed():
+			return true
+		default:
+			return false
+		}
+	}, testwait.Within(30*time.Second))
+	if e.Ready() {
+		t.Error("ready with a store that takes no writes")
+	}
+	if msg := failure.Error(); !strings.Contains(msg, "DATA_DIR "+dir) || !strings.Contains(msg, "takes no writes") {
+		t.Errorf("failure %q does not name DATA_DIR and what is wrong", msg)
+	}
 }

@@ -60,6 +60,8 @@ type Engine struct {
 	jsReady   atomic.Bool   // the streams and the consumer answer (Ready)
 	clamped   atomic.Bool   // UPLINKS kept a larger limit than UPLINKS_MAX_BYTES (ensureStream)
 	kick      chan struct{} // a connection is back: check now
+	failed    chan error    // the embedded store is broken for good (Failed)
+	failOnce  sync.Once
 	watchCtx  context.Context
 	stopWatch context.CancelFunc // ends watch (Close)
 	watched   chan struct{}      // closed when watch returned; nil before it started
@@ -118,7 +120,7 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	e := &Engine{cfg: cfg, closed: make(chan struct{}), kick: make(chan struct{}, 1)}
+	e := &Engine{cfg: cfg, closed: make(chan struct{}), kick: make(chan struct{}, 1), failed: make(chan error, 1)}
 	e.watchCtx, e.stopWatch = context.WithCancel(context.Background())
 	e.batches.e = e
 	if cfg.URL == "" {
@@ -662,6 +664,7 @@ func (e *Engine) watch() {
 	var lastEnsure, lastLower time.Time
 	failedEnsures := 0
 	warned := false
+	broken := 0 // looks in a row that found the embedded store broken
 	for {
 		select {
 		case <-e.watchCtx.Done():
@@ -671,6 +674,13 @@ func (e *Engine) watch() {
 		}
 		gen := e.disconnects.Load()
 		err := e.check()
+		if e.ns != nil && (errors.Is(err, errJetStreamStopped) || errors.Is(err, errStoreStuck)) {
+			if broken++; broken == fatalLooks {
+				e.fail(fmt.Errorf("DATA_DIR %s: %w", e.cfg.DataDir, err))
+			}
+		} else {
+			broken = 0
+		}
 		if err != nil && missing(err) && time.Since(lastEnsure) >= ensureEvery {
 			lastEnsure = time.Now()
 			ctx, cancel := context.WithTimeout(e.watchCtx, e.cfg.ConnectTimeout)
@@ -714,9 +724,37 @@ func (e *Engine) watch() {
 	}
 }
 
+// With the embedded server, publishes that the stream gives no answer for
+// storeStuckAfter, storeStuckFailures of them at least and none answered
+// in between, mean its store takes no writes: nats-server keeps a file
+// store's first write error (a full disk: ENOSPC) and fails every write
+// after it, even once there is room again, until it starts again. A
+// busy machine answers some. Variables for tests.
+var (
+	storeStuckAfter    = 30 * time.Second
+	storeStuckFailures = int64(3)
+)
+
+// fatalLooks is how many looks in a row (checkEvery apart) must find the
+// embedded store broken before the engine gives up (Failed).
+const fatalLooks = 3
+
+// Failed delivers, once, why the embedded server's store can no longer
+// take uplinks (JetStream stopped, or every write refused: a full disk):
+// only starting the process again recovers it, so the program should exit
+// (a platform restarts it; at start DATA_DIR is checked). Never with
+// NATS_URL, where the cluster recovers on its own.
+func (e *Engine) Failed() <-chan error { return e.failed }
+
+// fail reports err on Failed, once.
+func (e *Engine) fail(err error) {
+	e.failOnce.Do(func() { e.failed <- err })
+}
+
 var (
 	errDisconnected     = errors.New("nats: not connected")
 	errJetStreamStopped = errors.New("embedded NATS: JetStream stopped (a storage failure? see DATA_DIR)")
+	errStoreStuck       = errors.New("embedded NATS: the store takes no writes (a full disk? see DATA_DIR)")
 )
 
 // check asks JetStream for the streams and the storage consumer. The
@@ -731,6 +769,9 @@ func (e *Engine) check() error {
 	if e.ns != nil {
 		if !e.ns.JetStreamEnabled() {
 			return errJetStreamStopped
+		}
+		if since, n := e.acks.failing(time.Now()); since >= storeStuckAfter && n >= storeStuckFailures {
+			return fmt.Errorf("%w: %d publishes in %v given up, none acknowledged", errStoreStuck, n, since.Round(time.Second))
 		}
 		return nil
 	}

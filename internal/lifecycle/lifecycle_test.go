@@ -37,3 +37,24 @@ func TestRun(t *testing.T) {
 		t.Errorf("start failure: err %v, shutdowns %d", err, failing.shut)
 	}
 }
+
+type failingProg struct {
+	prog
+	failed chan error
+}
+
+func (p *failingProg) Failed() <-chan error { return p.failed }
+
+// A program that fails while it serves is shut down, and Run returns the
+// failure (the process exits with it, and the platform starts it again).
+func TestRunEndsOnFailure(t *testing.T) {
+	p := &failingProg{failed: make(chan error, 1)}
+	cause := errors.New("DATA_DIR /data: the store takes no writes")
+	p.failed <- cause
+	if err := Run(context.Background(), p, slog.New(slog.DiscardHandler), time.Minute); !errors.Is(err, cause) {
+		t.Fatalf("Run = %v, want the failure", err)
+	}
+	if p.shut != 1 {
+		t.Fatalf("shut down %d times, want once", p.shut)
+	}
+}
