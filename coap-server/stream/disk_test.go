@@ -2,35 +2,14 @@ package stream
 
 import (
 	"context"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nbiot-live/nbiot-live/internal/livelog"
+	"github.com/nbiot-live/nbiot-live/internal/proctest"
 	"github.com/nbiot-live/nbiot-live/internal/testwait"
 )
-
-// smallDisk mounts a tmpfs of size (mount(8) syntax) on a new directory,
-// unmounted when the test ends. It needs root, as CI has it.
-func smallDisk(t *testing.T, size string) string {
-	t.Helper()
-	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("mount a tmpfs of %s (the test runs as root in CI): %v %s", size, err, out)
-		}
-		t.Skipf("cannot mount a tmpfs (not root?): %v %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v %s", dir, err, out)
-		}
-	})
-	return dir
-}
 
 // The defaults fit fly.toml's 1 GB volume (about 950 MiB free): the
 // embedded server took three quarters of the free space as its bound and
@@ -38,7 +17,7 @@ func smallDisk(t *testing.T, size string) string {
 // resources available"), so coap-server with storage did not start there.
 // A disk too small for the bounds is one clear line naming them.
 func TestEmbeddedStoreFitsTheVolume(t *testing.T) {
-	e, err := Open(context.Background(), Config{DataDir: smallDisk(t, "950m"), Storage: true})
+	e, err := Open(context.Background(), Config{DataDir: proctest.SmallDisk(t, "950m"), Storage: true})
 	if err != nil {
 		t.Fatalf("defaults on a 950 MiB disk: %v", err)
 	}
@@ -49,7 +28,7 @@ func TestEmbeddedStoreFitsTheVolume(t *testing.T) {
 	}
 	e.Close()
 
-	_, err = Open(context.Background(), Config{DataDir: smallDisk(t, "512m"), Storage: true})
+	_, err = Open(context.Background(), Config{DataDir: proctest.SmallDisk(t, "512m"), Storage: true})
 	if err == nil {
 		t.Fatal("the default bounds (800 MiB) opened on a 512 MiB disk")
 	}
@@ -59,7 +38,7 @@ func TestEmbeddedStoreFitsTheVolume(t *testing.T) {
 		}
 	}
 	// Lowered to fit, it opens.
-	e, err = Open(context.Background(), Config{DataDir: smallDisk(t, "512m"), Storage: true, UplinksBytes: 200 << 20, LiveBytes: 100 << 20})
+	e, err = Open(context.Background(), Config{DataDir: proctest.SmallDisk(t, "512m"), Storage: true, UplinksBytes: 200 << 20, LiveBytes: 100 << 20})
 	if err != nil {
 		t.Fatalf("312 MiB of bounds on a 512 MiB disk: %v", err)
 	}
@@ -75,23 +54,14 @@ func TestEmbeddedStoreFitsTheVolume(t *testing.T) {
 func TestFullDiskFailsTheEngine(t *testing.T) {
 	defer func(d time.Duration) { storeStuckAfter = d }(storeStuckAfter)
 	storeStuckAfter = time.Second
-	dir := smallDisk(t, "64m")
+	dir := proctest.SmallDisk(t, "64m")
 	e := openEmbedded(t, Config{DataDir: dir, LiveBytes: 16 << 20, AckTimeout: 200 * time.Millisecond})
 	ctx := context.Background()
 	a, _ := accepted(t, "FULL", 1)
 	if _, _, err := e.Log(ctx, livelog.Uplink("FULL", a.ReceivedAt, a.Uplink, nil), ""); err != nil {
 		t.Fatalf("an entry before the disk was full: %v", err)
 	}
-	junk, err := os.Create(filepath.Join(dir, "junk"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for buf := make([]byte, 1<<20); ; {
-		if _, err := junk.Write(buf); err != nil {
-			break // ENOSPC: the disk is full
-		}
-	}
-	_ = junk.Close()
+	proctest.FillDisk(t, dir)
 	var failure error
 	testwait.For(t, "the engine failed", func() bool {
 		_, _, _ = e.Log(ctx, livelog.Uplink("FULL", time.Now(), a.Uplink, nil), "")

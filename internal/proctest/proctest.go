@@ -69,6 +69,57 @@ func Start(t testing.TB, bin string, env map[string]string) *Proc {
 	return p
 }
 
+// Wait waits up to d for the process to exit on its own, and returns
+// whether it did and how (err nil for status 0); past d it is killed.
+func (p *Proc) Wait(d time.Duration) (exited bool, err error) {
+	done := make(chan error, 1)
+	go func() { done <- p.cmd.Wait() }()
+	select {
+	case err := <-done:
+		return true, err
+	case <-time.After(d):
+		_ = p.cmd.Process.Kill()
+		<-done
+		return false, nil
+	}
+}
+
+// SmallDisk mounts a tmpfs of size (mount(8) syntax: "400m") on a new
+// directory, unmounted when the test ends: a volume of that size, to fill
+// or to be too small. It needs root, as CI has it; without, the test is
+// skipped by hand and fails under CI=true.
+func SmallDisk(t testing.TB, size string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("mount a tmpfs of %s (the test runs as root in CI): %v %s", size, err, out)
+		}
+		t.Skipf("cannot mount a tmpfs (not root?): %v %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v %s", dir, err, out)
+		}
+	})
+	return dir
+}
+
+// FillDisk writes a file in dir until its filesystem is full.
+func FillDisk(t testing.TB, dir string) {
+	t.Helper()
+	f, err := os.Create(filepath.Join(dir, "fill"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for buf := make([]byte, 1<<20); ; {
+		if _, err := f.Write(buf); err != nil {
+			return // ENOSPC
+		}
+	}
+}
+
 // Kill ends the process with SIGKILL (nothing is flushed or drained).
 func (p *Proc) Kill() {
 	if p.cmd.ProcessState == nil {
