@@ -34,6 +34,14 @@ func TestClusterOfThreeLosesNoAcceptedUplink(t *testing.T) {
 		}
 	}
 
+	// The storage consumer is bound at start, as coap-server does: looked
+	// up after the kill, it may be electing its own leader.
+	src, err := e.UplinkSource(ctx, prometheus.NewCounter(prometheus.CounterOpts{Name: "m"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	src.nextAside = time.Now().Add(time.Hour)
+
 	acc := map[uuid.UUID]bool{}
 	refused := 0
 	publish := func(i int) error {
@@ -86,11 +94,6 @@ func TestClusterOfThreeLosesNoAcceptedUplink(t *testing.T) {
 	acceptN(100, "after the election")
 	t.Logf("%d uplinks accepted, %d refused while UPLINKS elected a leader; accepted again %v after the kill", len(acc), refused, back.Round(time.Millisecond))
 
-	src, err := e.UplinkSource(ctx, prometheus.NewCounter(prometheus.CounterOpts{Name: "m"}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	src.nextAside = time.Now().Add(time.Hour)
 	left := len(acc)
 	deadline := time.Now().Add(60 * time.Second)
 	for left > 0 {
