@@ -28,6 +28,7 @@ import (
 type Engine struct {
 	cfg     Config
 	ns      *server.Server // nil with an external NATS_URL
+	unlock  func()         // releases DATA_DIR's lock (lock.go); nil with NATS_URL
 	nc      *nats.Conn
 	js      jetstream.JetStream
 	acks    *acker           // the publishes an answer waits for
@@ -156,7 +157,7 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	var err error
 	url := cfg.URL
 	if cfg.URL == "" {
-		if e.ns, err = startEmbedded(cfg); err != nil {
+		if e.ns, e.unlock, err = startEmbedded(cfg); err != nil {
 			return nil, err
 		}
 		opts = append(opts, nats.InProcessServer(e.ns))
@@ -219,15 +220,26 @@ func (e *Engine) varName() string {
 	return "NATS_URL"
 }
 
-func startEmbedded(cfg Config) (*server.Server, error) {
+// startEmbedded starts the embedded server on DATA_DIR, holding its lock
+// (lock.go); unlock releases it once the server is shut down.
+func startEmbedded(cfg Config) (ns *server.Server, unlock func(), err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("DATA_DIR: %w", err)
+		return nil, nil, fmt.Errorf("DATA_DIR: %w", err)
 	}
+	release, err := lockDir(cfg.DataDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer func() {
+		if err != nil {
+			release()
+		}
+	}()
 	maxStore, err := cfg.storeFits(cfg.DataDir)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	ns, err := server.NewServer(&server.Options{
+	ns, err = server.NewServer(&server.Options{
 		ServerName: "coap-server",
 		JetStream:  true,
 		StoreDir:   cfg.DataDir,
@@ -241,14 +253,15 @@ func startEmbedded(cfg Config) (*server.Server, error) {
 		JetStreamMaxMemory: 64 << 20,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("DATA_DIR: embedded NATS: %w", err)
+		return nil, nil, fmt.Errorf("DATA_DIR: embedded NATS: %w", err)
 	}
 	ns.Start()
 	if !ns.ReadyForConnections(cfg.ConnectTimeout) {
 		ns.Shutdown()
-		return nil, errors.New("DATA_DIR: embedded NATS did not start (is the store locked by another process?)")
+		ns.WaitForShutdown()
+		return nil, nil, fmt.Errorf("DATA_DIR: embedded NATS did not start within %s", cfg.ConnectTimeout)
 	}
-	return ns, nil
+	return ns, release, nil
 }
 
 // liveConfig is LIVELOG's configuration.
@@ -851,5 +864,9 @@ func (e *Engine) Close() {
 	if e.ns != nil {
 		e.ns.Shutdown()
 		e.ns.WaitForShutdown()
+	}
+	if e.unlock != nil {
+		e.unlock()
+		e.unlock = nil
 	}
 }

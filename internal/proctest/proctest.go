@@ -151,6 +151,9 @@ func (p *Proc) Stop(t testing.TB) {
 // Output is what the process printed so far.
 func (p *Proc) Output() string { return p.out.String() }
 
+// Pid is the process's ID.
+func (p *Proc) Pid() int { return p.cmd.Process.Pid }
+
 // FreePort returns a loopback port free for both UDP and TCP at the time
 // of the call.
 func FreePort(t testing.TB) int {
