@@ -20,6 +20,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/renameio/v2"
+
 	"github.com/nbiot-live/nbiot-live/internal/livelog"
 )
 
@@ -186,10 +188,9 @@ func (s *Set) writeFile(ids []string) {
 	}
 	sorted := append([]string(nil), ids...)
 	sort.Strings(sorted)
-	tmp := s.file + ".tmp"
-	if err := os.WriteFile(tmp, []byte(strings.Join(sorted, "\n")+"\n"), 0o600); err == nil {
-		_ = os.Rename(tmp, s.file)
-	}
+	// A temporary file of its own, synced, then renamed over the old:
+	// instances sharing DATA_DIR (NATS_URL) write at the same time.
+	_ = renameio.WriteFile(s.file, []byte(strings.Join(sorted, "\n")+"\n"), 0o600)
 }
 
 func (s *Set) readFile() ([]string, error) {

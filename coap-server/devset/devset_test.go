@@ -3,6 +3,7 @@ package devset
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"strconv"
@@ -122,4 +123,47 @@ func TestMoreThanMaxIDsKeepsTheLastList(t *testing.T) {
 	if _, known := fresh.Has("KEYED-LAST"); known {
 		t.Fatal("a list longer than MaxIDs was used")
 	}
+}
+
+// Two instances (NATS_URL) sharing a DATA_DIR save their lists while a
+// third starts and reads the file: every read is one of the lists, whole.
+// With one fixed temporary name, one instance's rename could move the
+// other's file while it was still being written, and a read took part
+// of a list.
+func TestConcurrentWritesLeaveAWholeList(t *testing.T) {
+	dir := t.TempDir()
+	lists := [][]string{{}, {}}
+	for i := range 20000 {
+		lists[i%2] = append(lists[i%2], "DEV-"+strconv.Itoa(i%2)+"-"+strconv.Itoa(100000+i))
+	}
+	sets := []*Set{New(Credentialed, nil, 0, dir, nil), New(Credentialed, nil, 0, dir, nil)}
+	sets[0].writeFile(lists[0])
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i, s := range sets {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+					s.writeFile(lists[i])
+				}
+			}
+		})
+	}
+	reader := New(Credentialed, nil, 0, dir, nil)
+	for read := range 300 {
+		got, err := reader.readFile()
+		if err == nil && !slices.Equal(got, lists[0]) && !slices.Equal(got, lists[1]) {
+			err = fmt.Errorf("read %d IDs, neither list whole (%d each)", len(got), len(lists[0]))
+		}
+		if err != nil {
+			close(stop)
+			wg.Wait()
+			t.Fatalf("read %d: %v", read, err)
+		}
+	}
+	close(stop)
+	wg.Wait()
 }

@@ -13,6 +13,8 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+
+	"github.com/google/renameio/v2"
 )
 
 // KeyFile keeps the known keys on disk, sealed, so that a restart while
@@ -83,11 +85,9 @@ func (f *KeyFile) Save(keys map[string][]byte) error {
 	}
 	sealed := f.aead.Seal(nonce, nonce, plain, []byte(keyFileInfo))
 	clear(plain)
-	tmp := f.path + ".tmp"
-	if err := os.WriteFile(tmp, sealed, 0o600); err != nil {
-		return fmt.Errorf("dtls: key file: %w", err)
-	}
-	if err := os.Rename(tmp, f.path); err != nil {
+	// A temporary file of its own, synced, then renamed over the old:
+	// instances sharing DATA_DIR (NATS_URL) save at the same time.
+	if err := renameio.WriteFile(f.path, sealed, 0o600); err != nil {
 		return fmt.Errorf("dtls: key file: %w", err)
 	}
 	return nil

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -83,5 +84,49 @@ func TestKnownDeviceConnectsAfterARestartDuringAnOutage(t *testing.T) {
 	}
 	if _, err := other.Load(); !errors.Is(err, dtls.ErrKeyFileSealed) {
 		t.Errorf("Load under another secret: %v, want ErrKeyFileSealed", err)
+	}
+}
+
+// Two instances (NATS_URL) sharing a DATA_DIR save at the same time:
+// every save succeeds and the file opens with one of the saved sets
+// whole. With one fixed temporary name, one instance's rename took the
+// other's half-written file and the other's failed ("no such file").
+func TestConcurrentSavesLeaveAWholeFile(t *testing.T) {
+	dir, secret := t.TempDir(), []byte("postgresql://coap:s3cret@db.example:5432/postgres")
+	sets := []map[string][]byte{{}, {}}
+	for i := range 2000 {
+		sets[i%2][fmt.Sprintf("DEV-%d-%05d", i%2, i)] = bytes.Repeat([]byte{byte(i)}, 32)
+	}
+	errs := make(chan error, 2)
+	for _, keys := range sets {
+		f, err := dtls.NewKeyFile(dir, secret)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			for range 50 {
+				if err := f.Save(keys); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Errorf("save: %v", err)
+		}
+	}
+	f, _ := dtls.NewKeyFile(dir, secret)
+	got, err := f.Load()
+	if err != nil {
+		t.Fatalf("load after concurrent saves: %v", err)
+	}
+	if len(got) != len(sets[0]) && len(got) != len(sets[1]) {
+		t.Fatalf("loaded %d keys, want one set whole (%d or %d)", len(got), len(sets[0]), len(sets[1]))
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Errorf("%d files in DATA_DIR after the saves, want the key file alone", len(entries))
 	}
 }
