@@ -257,7 +257,8 @@ func (a *App) openStream(ctx context.Context) error {
 		gauge("nbiot_stream_devices_max", "The most distinct devices the embedded NATS server may hold entries of (a sixteenth of the process's memory, DeviceBytes each).",
 			func() float64 { return float64(maxDevices) })
 	} else {
-		a.log.Info("stream: external NATS JetStream (NATS_URL)", "replicas", sc.Replicas)
+		a.log.Info("stream: external NATS JetStream (NATS_URL)", "replicas", sc.Replicas,
+			"creds", sc.Creds != "", "private_ca", sc.CAFile != "", "client_cert", sc.CertFile != "")
 	}
 	return nil
 }

@@ -45,6 +45,13 @@ type Config struct {
 	URL string
 	// DataDir (DATA_DIR, default ./data) holds the embedded server's file store.
 	DataDir string
+	// Creds (NATS_CREDS) is a NATS credentials file: a user JWT and its
+	// NKey seed, as a hosted NATS or nsc hands them out. CAFile (NATS_CA)
+	// is a PEM file of the CAs that sign the servers' certificates (tls://
+	// with a private CA); CertFile and KeyFile (NATS_CERT, NATS_KEY) are a
+	// client certificate for servers that ask for one. Each is a path or
+	// the file's content, read at Open, and needs URL (auth.go).
+	Creds, CAFile, CertFile, KeyFile string
 	// SyncAlways (NATS_SYNC_ALWAYS) makes the embedded server fsync every
 	// message: it survives a power cut, not just a crash, at a cost
 	// measured in the README. Default off: writes reach the OS at once and

@@ -154,7 +154,11 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 			e.checkSoon()
 		}),
 	}
-	var err error
+	auth, err := cfg.authOptions()
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts, auth...)
 	url := cfg.URL
 	if cfg.URL == "" {
 		if e.ns, e.unlock, err = startEmbedded(cfg); err != nil {
@@ -172,7 +176,7 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	}
 	if err != nil {
 		e.Close()
-		return nil, fmt.Errorf("%s: cannot connect to NATS: %w", e.varName(), err)
+		return nil, fmt.Errorf("%s: cannot connect to NATS: %w%s", e.varName(), err, connectHint(err))
 	}
 	if e.js, err = jetstream.New(e.nc, jetstream.WithPublishAsyncErrHandler(func(jetstream.JetStream, *nats.Msg, error) {
 		e.asyncErrors.Add(1)

@@ -9,9 +9,10 @@ import (
 	"github.com/nbiot-live/nbiot-live/internal/envconf"
 )
 
-// FromEnv fills the retention, replica and sync settings from the
-// environment (NATS_REPLICAS, UPLINKS_MAX_BYTES, LIVELOG_MAX_AGE,
-// LIVELOG_MAX_BYTES, LIVELOG_PER_DEVICE, NATS_SYNC_ALWAYS); empty variables
+// FromEnv fills the retention, replica, sync and credential settings from
+// the environment (NATS_REPLICAS, UPLINKS_MAX_BYTES, LIVELOG_MAX_AGE,
+// LIVELOG_MAX_BYTES, LIVELOG_PER_DEVICE, NATS_SYNC_ALWAYS, NATS_CREDS,
+// NATS_CA, NATS_CERT, NATS_KEY); empty variables
 // keep the defaults. URL (NATS_URL) must be set already: NATS_REPLICAS
 // above 1 needs it. An error names the variable.
 func (c *Config) FromEnv(getenv func(string) string) error {
@@ -61,6 +62,8 @@ func (c *Config) FromEnv(getenv func(string) string) error {
 		return err
 	}
 	c.SyncAlways = c.SyncAlways || always
+	c.Creds, c.CAFile = getenv("NATS_CREDS"), getenv("NATS_CA")
+	c.CertFile, c.KeyFile = getenv("NATS_CERT"), getenv("NATS_KEY")
 	return c.validate()
 }
 
@@ -70,5 +73,5 @@ func (c Config) validate() error {
 	if c.URL == "" && c.Replicas > 1 {
 		return errors.New("NATS_REPLICAS: more than 1 needs an external cluster (NATS_URL); the embedded server keeps one copy")
 	}
-	return nil
+	return c.validateAuth()
 }

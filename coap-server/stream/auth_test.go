@@ -1,0 +1,168 @@
+package stream
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nbiot-live/nbiot-live/internal/livelog"
+	"github.com/nbiot-live/nbiot-live/internal/natstest"
+)
+
+// logsOne opens an engine on cfg and logs an entry: the stream took it.
+func logsOne(t *testing.T, cfg Config) {
+	t.Helper()
+	cfg.ConnectTimeout = 5 * time.Second
+	e, err := Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	defer e.Close()
+	a, _ := accepted(t, "AUTH-1", 1)
+	if seq, _, err := e.Log(context.Background(), livelog.Uplink("AUTH-1", a.ReceivedAt, a.Uplink, nil), ""); err != nil || seq == 0 {
+		t.Fatalf("log: seq %d, %v", seq, err)
+	}
+}
+
+// refused opens an engine on cfg and returns why it did not open.
+func refused(t *testing.T, cfg Config) string {
+	t.Helper()
+	cfg.ConnectTimeout = 5 * time.Second
+	e, err := Open(context.Background(), cfg)
+	if err == nil {
+		e.Close()
+		t.Fatal("opened")
+	}
+	return err.Error()
+}
+
+// A NATS with decentralised authentication, as Synadia Cloud or nsc sets
+// it up (Debian's nats-server, operator mode): coap-server gets in with
+// NATS_CREDS; without it, or with a user of another account, the start is
+// one line that names the credentials and quotes no secret. Before
+// NATS_CREDS, such a NATS (the README's hosted option) could not be used.
+func TestNATSCredentials(t *testing.T) {
+	op := natstest.NewOperator(t)
+	srv := natstest.StartWith(t, op.Conf)
+	logsOne(t, Config{URL: srv.URL, Creds: op.Creds, Storage: true})
+
+	seed := seedOf(t, op.Creds)
+	for name, creds := range map[string]string{"none": "", "another account's user": op.Other} {
+		msg := refused(t, Config{URL: srv.URL, Creds: creds})
+		if !strings.HasPrefix(msg, "NATS_URL: cannot connect to NATS") || !strings.Contains(msg, "NATS_CREDS") {
+			t.Errorf("%s: %q, want NATS_URL's line naming NATS_CREDS", name, msg)
+		}
+		if strings.Contains(msg, seed) {
+			t.Errorf("%s: the error quotes the seed", name)
+		}
+	}
+
+	notCreds := filepath.Join(t.TempDir(), "user.creds")
+	if err := os.WriteFile(notCreds, []byte("not a credentials file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for file, want := range map[string]string{
+		notCreds:                           "NATS_CREDS: not a NATS credentials file",
+		filepath.Join(t.TempDir(), "gone"): "NATS_CREDS: cannot read the file it names",
+		"-----BEGIN NATS USER JWT-----\nnot a JWT": "NATS_CREDS: not a NATS credentials file",
+	} {
+		msg := refused(t, Config{URL: srv.URL, Creds: file})
+		if !strings.HasPrefix(msg, want) {
+			t.Errorf("NATS_CREDS=%s: %q, want it to start %q", file, msg, want)
+		}
+		if strings.Contains(msg, file) {
+			t.Errorf("NATS_CREDS=%s: the error quotes the value: %q", file, msg)
+		}
+	}
+
+	// The file's content itself, as a platform's secret holds it.
+	b, err := os.ReadFile(op.Creds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logsOne(t, Config{URL: srv.URL, Creds: string(b)})
+}
+
+// seedOf is the NKey seed in a credentials file, to check no error quotes it.
+func seedOf(t *testing.T, creds string) string {
+	t.Helper()
+	b, err := os.ReadFile(creds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "SU") {
+			return line
+		}
+	}
+	t.Fatal("no seed in " + creds)
+	return ""
+}
+
+// A NATS on tls:// with a private CA (NATS_CA), and one that also asks
+// for a client certificate (NATS_CERT, NATS_KEY).
+func TestNATSOverTLS(t *testing.T) {
+	certs := natstest.NewTLS(t)
+	srv := natstest.StartWith(t, certs.Conf(false))
+	url := "tls://" + srv.Addr
+	logsOne(t, Config{URL: url, CAFile: certs.CA, Storage: true})
+	for name, ca := range map[string]string{"no NATS_CA": "", "another CA": certs.OtherCA} {
+		if msg := refused(t, Config{URL: url, CAFile: ca}); !strings.HasPrefix(msg, "NATS_URL: cannot connect to NATS") || !strings.Contains(msg, "set NATS_CA") {
+			t.Errorf("%s: %q, want NATS_URL's line naming NATS_CA", name, msg)
+		}
+	}
+	if msg := refused(t, Config{URL: url, CAFile: certs.Key}); !strings.HasPrefix(msg, "NATS_CA: holds no PEM certificate") {
+		t.Errorf("NATS_CA naming a key: %q", msg)
+	}
+	logsOne(t, Config{URL: url, CAFile: read(t, certs.CA)}) // the PEM itself
+
+	mutual := natstest.StartWith(t, certs.Conf(true))
+	url = "tls://" + mutual.Addr
+	logsOne(t, Config{URL: url, CAFile: certs.CA, CertFile: certs.Cert, KeyFile: certs.Key})
+	logsOne(t, Config{URL: url, CAFile: read(t, certs.CA), CertFile: read(t, certs.Cert), KeyFile: read(t, certs.Key)})
+	if msg := refused(t, Config{URL: url, CAFile: certs.CA}); !strings.HasPrefix(msg, "NATS_URL: cannot connect to NATS") {
+		t.Errorf("no client certificate: %q", msg)
+	}
+	if msg := refused(t, Config{URL: url, CAFile: certs.CA, CertFile: certs.Cert, KeyFile: certs.ServerKey}); !strings.HasPrefix(msg, "NATS_CERT and NATS_KEY: ") {
+		t.Errorf("a key that is not the certificate's: %q", msg)
+	}
+	if msg := refused(t, Config{URL: url, CAFile: certs.CA, CertFile: certs.Cert, KeyFile: read(t, certs.ServerKey)}); strings.Contains(msg, "PRIVATE KEY") {
+		t.Errorf("the error quotes the key: %q", msg)
+	}
+}
+
+func read(t *testing.T, file string) string {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// The variables need NATS_URL, and a certificate its key.
+func TestNATSAuthVariables(t *testing.T) {
+	env := func(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+	for _, tc := range []struct {
+		env  map[string]string
+		want string
+	}{
+		{map[string]string{"NATS_CREDS": "/x.creds"}, "NATS_CREDS: needs NATS_URL"},
+		{map[string]string{"NATS_CA": "/ca.pem"}, "NATS_CA: needs NATS_URL"},
+		{map[string]string{"NATS_URL": "tls://n:4222", "NATS_CERT": "/c.pem"}, "NATS_CERT and NATS_KEY: set both"},
+		{map[string]string{"NATS_URL": "tls://n:4222", "NATS_KEY": "/k.pem"}, "NATS_CERT and NATS_KEY: set both"},
+	} {
+		c := Config{URL: tc.env["NATS_URL"]}
+		if err := c.FromEnv(env(tc.env)); err == nil || !strings.HasPrefix(err.Error(), tc.want) {
+			t.Errorf("%v: %v, want %q", tc.env, err, tc.want)
+		}
+	}
+	c := Config{URL: "tls://n:4222"}
+	if err := c.FromEnv(env(map[string]string{"NATS_CREDS": "/x.creds", "NATS_CA": "/ca.pem", "NATS_CERT": "/c.pem", "NATS_KEY": "/k.pem"})); err != nil ||
+		c.Creds != "/x.creds" || c.CAFile != "/ca.pem" || c.CertFile != "/c.pem" || c.KeyFile != "/k.pem" {
+		t.Errorf("all four with NATS_URL: %v %+v", err, c)
+	}
+}
