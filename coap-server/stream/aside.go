@@ -63,8 +63,7 @@ func (e *Engine) ensureAside(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.CreateOrUpdateConsumer(ctx, e.storageConsumerConfig(AsideConsumer,
-		"nbiot-live: the database writers of every instance, for what a coap-server could not read", s))
+	_, err = s.CreateOrUpdateConsumer(ctx, e.storageConsumerConfig(AsideConsumer, asideDescription, s))
 	return err
 }
 

@@ -201,6 +201,12 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		e.Close()
 		return nil, fmt.Errorf("%s: %w", e.varName(), err)
 	}
+	if n, err := e.redeliverOrphans(sctx); err != nil {
+		e.Close()
+		return nil, fmt.Errorf("%s: %w", e.varName(), err)
+	} else if n > 0 {
+		cfg.Logger.Info("storage: uplinks fetched by a process that ended before storing them are delivered again now", "messages", n)
+	}
 	if info := e.live.CachedInfo(); info != nil {
 		e.noteLiveTop(info.State.LastSeq)
 	}
@@ -325,7 +331,7 @@ func (e *Engine) ensure(ctx context.Context) (live, uplinks jetstream.Stream, er
 	if uplinks, err = e.ensureStream(ctx, c.uplinksConfig(), e.keepUplinks); err != nil {
 		return nil, nil, fmt.Errorf("stream %s: %w", UplinksStream, err)
 	}
-	_, err = uplinks.CreateOrUpdateConsumer(ctx, e.storageConsumerConfig(StorageConsumer, "nbiot-live: the database writers of every instance", uplinks))
+	_, err = uplinks.CreateOrUpdateConsumer(ctx, e.storageConsumerConfig(StorageConsumer, storageDescription, uplinks))
 	if err != nil {
 		return nil, nil, fmt.Errorf("consumer %s: %w", StorageConsumer, err)
 	}
@@ -334,6 +340,12 @@ func (e *Engine) ensure(ctx context.Context) (live, uplinks jetstream.Stream, er
 	}
 	return live, uplinks, nil
 }
+
+// The storage consumers' descriptions.
+const (
+	storageDescription = "nbiot-live: the database writers of every instance"
+	asideDescription   = "nbiot-live: the database writers of every instance, for what a coap-server could not read"
+)
 
 // storageMaxAckPending bounds the messages the storage consumers may hold
 // unacknowledged, every instance's fetches together. A variable for tests.
