@@ -57,6 +57,7 @@ type App struct {
 
 	ready    atomic.Bool
 	wg       sync.WaitGroup
+	stopMove func() // stops moving the embedded store's uplinks to NATS_URL
 	shutOnce sync.Once
 	shutErr  error
 }
@@ -202,6 +203,9 @@ func (a *App) openStream(ctx context.Context) error {
 	a.engine = e
 	a.handler.Stream = e
 	a.httpAPI.History = e
+	if !e.Embedded() && e.Stores() {
+		a.moveEmbedded(sc)
+	}
 	// The hub is fed while a /ws subscriber holds the feed; trying it
 	// once here makes a feed that cannot start an error at start.
 	a.feeder = hub.NewFeeder(func() (func(), error) {
@@ -279,6 +283,27 @@ func (a *App) Registered() ingest.DeviceSet { return a.handler.Registered }
 // Engine is the stream engine, for tests.
 func (a *App) Engine() *stream.Engine { return a.engine }
 
+// moveEmbedded moves, in the background, the accepted uplinks that an
+// embedded store in DATA_DIR still holds to NATS_URL's UPLINKS
+// (stream.MoveEmbedded): an instance that moved from the embedded server
+// to a cluster leaves none of them behind. Shutdown stops it.
+func (a *App) moveEmbedded(sc stream.Config) {
+	ctx, cancel := context.WithCancel(context.Background())
+	a.stopMove = cancel
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		moved, err := stream.MoveEmbedded(ctx, sc, a.engine)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			a.log.Error("stream: the embedded store's uplinks were not all moved to NATS_URL; the rest stay in DATA_DIR for the next start",
+				"moved", moved, "data_dir", sc.DataDir, "err", err)
+		case moved > 0:
+			a.log.Info("stream: moved the uplinks the embedded store still held to NATS_URL", "uplinks", moved, "data_dir", sc.DataDir)
+		}
+	}()
+}
+
 // Failed delivers why the embedded store can no longer take uplinks
 // (stream.Engine.Failed): Run then shuts down and returns it, and the
 // process exits with an error, to be started again (lifecycle.Failing).
@@ -345,6 +370,9 @@ func (a *App) listenMetrics() error {
 func (a *App) Shutdown(ctx context.Context) error {
 	a.shutOnce.Do(func() {
 		a.ready.Store(false)
+		if a.stopMove != nil {
+			a.stopMove() // the rest is moved at the next start
+		}
 		if a.coap != nil {
 			a.coap.Stop()
 		}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -100,21 +101,30 @@ func tryPost(cc *udpClient.Conn, u *nbiotv1.Uplink, timeout time.Duration) codes
 	return resp.Code()
 }
 
+// acceptDuringOutage starts coap-server on dataDir with a database that
+// is not there and has n uplinks of device (counts 0 to n-1) answered
+// 2.04: they wait in the embedded store's UPLINKS.
+func acceptDuringOutage(t *testing.T, dataDir, device string, n int) *instance {
+	t.Helper()
+	down := "postgresql://postgres@127.0.0.1:" + strconv.Itoa(proctest.FreePort(t)) + "/nbiot?sslmode=disable"
+	in := startProc(t, map[string]string{"DATABASE_URL": down, "DATA_DIR": dataDir})
+	cc := in.dial(t)
+	for i := range n {
+		if code := tryPost(cc, &nbiotv1.Uplink{DeviceId: device, UplinkCount: uint32(i)}, 5*time.Second); code != codes.Changed {
+			t.Fatalf("uplink %d during the outage: %v, want 2.04 (durable in the stream)", i, code)
+		}
+	}
+	return in
+}
+
 // TestKill9DuringOutageLosesNothing: uplinks answered 2.04 while the
 // database is unreachable survive a kill -9 of coap-server; after the
 // restart every one of them is stored, exactly once.
 func TestKill9DuringOutageLosesNothing(t *testing.T) {
 	dbURL := pgtest.NewDB(t)
 	dataDir := t.TempDir()
-	down := "postgresql://postgres@127.0.0.1:" + strconv.Itoa(proctest.FreePort(t)) + "/nbiot?sslmode=disable"
-	first := startProc(t, map[string]string{"DATABASE_URL": down, "DATA_DIR": dataDir})
-	cc := first.dial(t)
 	const n = 300
-	for i := range n {
-		if code := tryPost(cc, &nbiotv1.Uplink{DeviceId: "KILL9", UplinkCount: uint32(i)}, 5*time.Second); code != codes.Changed {
-			t.Fatalf("uplink %d during the outage: %v, want 2.04 (durable in the stream)", i, code)
-		}
-	}
+	first := acceptDuringOutage(t, dataDir, "KILL9", n)
 	first.proc.Kill()
 
 	env := first.env()
@@ -535,5 +545,36 @@ func entriesUntilMarker(t *testing.T, in *instance, query string, marker *nbiotv
 			return entries
 		}
 		entries[fmt.Sprintf("%s/%d", dev, int(c))]++
+	}
+}
+
+// TestMovingToNATSURLLosesNothing: an operator outgrows one machine.
+// Uplinks answered 2.04 by the embedded server while the database was
+// down still wait in DATA_DIR when coap-server starts again on a cluster
+// (NATS_URL) with the database back: every one is stored, once. Before,
+// nothing read the embedded store once NATS_URL was set, and none was.
+func TestMovingToNATSURLLosesNothing(t *testing.T) {
+	dbURL := pgtest.NewDB(t)
+	dataDir := t.TempDir()
+	const n = 200
+	first := acceptDuringOutage(t, dataDir, "MOVED", n)
+	first.proc.Kill() // a stop drains for 25 s against the dead database first
+
+	env := first.env()
+	env["DATABASE_URL"], env["DATA_DIR"], env["NATS_URL"] = dbURL, dataDir, natstest.Start(t).URL
+	second := startProc(t, env)
+	testwait.ForState(t, "every uplink of the embedded store stored from the cluster", func() (bool, string) {
+		got := countRows(t, dbURL, `select count(*) from activity where devid = 'MOVED'`)
+		return got >= n, fmt.Sprintf("%d of %d stored\n%s", got, n, second.proc.Output())
+	}, testwait.Within(60*time.Second))
+	second.proc.Stop(t)
+	if got := countRows(t, dbURL, `select count(distinct uplink_count) from activity where devid = 'MOVED'`); got != n {
+		t.Errorf("%d distinct uplinks stored, want %d", got, n)
+	}
+	if got := countRows(t, dbURL, `select count(*) from activity where devid = 'MOVED'`); got != n {
+		t.Errorf("%d rows, want exactly %d (none twice)", got, n)
+	}
+	if out := second.proc.Output(); !strings.Contains(out, "moved the uplinks the embedded store still held to NATS_URL") {
+		t.Errorf("the move is not logged:\n%s", out)
 	}
 }

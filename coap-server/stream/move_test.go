@@ -1,0 +1,66 @@
+package stream
+
+import (
+	"context"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/nbiot-live/nbiot-live/internal/natstest"
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
+)
+
+// Moving to a cluster: uplinks the embedded store still held (the
+// database was down) reach the cluster's UPLINKS, with their IDs, and the
+// embedded UPLINKS is gone, so a second start moves nothing. Before
+// MoveEmbedded nothing read them again once NATS_URL was set.
+func TestMoveEmbeddedToTheCluster(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	embedded, err := Open(ctx, Config{DataDir: dir, Storage: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[uuid.UUID]bool{}
+	for i := range 120 {
+		a, payload := accepted(t, "MOVE-"+strconv.Itoa(i%7), uint32(i))
+		if err := embedded.PublishUplink(ctx, a, payload); err != nil {
+			t.Fatal(err)
+		}
+		want[a.ID] = true
+	}
+	embedded.Close()
+
+	cfg := Config{URL: natstest.Start(t).URL, DataDir: dir, Storage: true}
+	cluster := openEmbedded(t, cfg)
+	moved, err := MoveEmbedded(ctx, cfg, cluster)
+	if err != nil || moved != len(want) {
+		t.Fatalf("moved %d, %v; want %d", moved, err, len(want))
+	}
+	src, err := cluster.UplinkSource(ctx, prometheus.NewCounter(prometheus.CounterOpts{Name: "m"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[uuid.UUID]bool{}
+	testwait.ForState(t, "the moved uplinks in the cluster's UPLINKS", func() (bool, string) {
+		ds, _ := src.Fetch(ctx, 500, 200*time.Millisecond)
+		for _, d := range ds {
+			if !want[d.Accepted.ID] {
+				t.Fatalf("uplink %s was never published", d.Accepted.ID)
+			}
+			got[d.Accepted.ID] = true
+			_ = d.Ack()
+		}
+		return len(got) == len(want), strconv.Itoa(len(got)) + " of " + strconv.Itoa(len(want))
+	}, testwait.Within(10*time.Second))
+
+	if embeddedHolds(dir, UplinksStream) {
+		t.Error("the embedded UPLINKS is still there after the move")
+	}
+	if again, err := MoveEmbedded(ctx, cfg, cluster); err != nil || again != 0 {
+		t.Errorf("second move: %d, %v; want 0", again, err)
+	}
+}
