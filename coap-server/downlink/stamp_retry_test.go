@@ -3,6 +3,7 @@ package downlink_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"sync"
 	"testing"
 	"time"
@@ -148,5 +149,33 @@ func TestDroppedStampIsQueuedAgain(t *testing.T) {
 	sent, _ := store.calls()
 	if len(sent) != 3 || sent[2] != 3 {
 		t.Fatalf("MarkSent calls %v, want [1 2 3]: the dropped stamp of row 3 queued again by its resend", sent)
+	}
+}
+
+// Close with a ctx that ended already (the storage drain before it used
+// the shutdown's time up) and nothing queued cuts nothing: no error.
+// Before, Close chose at random between its finished writer and the ended
+// ctx, and a stop during a database outage exited 1 with "downlink
+// stamps: context deadline exceeded".
+func TestCloseWithAnEndedContextAndNothingQueued(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for i := range 50 {
+		st := downlink.NewStamper(&stampStore{}, downlink.StamperConfig{}, downlink.NewMetrics(prometheus.NewRegistry()), slog.New(slog.DiscardHandler), func(int64, string, bool) {})
+		if err := st.Close(ctx); err != nil {
+			t.Fatalf("close %d with nothing queued: %v", i, err)
+		}
+	}
+}
+
+// A stamp still queued when Close's ctx ends is given up, and Close says so.
+func TestCloseWithAnEndedContextReportsACutStamp(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	store := &stampStore{failSent: 1 << 30} // the database is down
+	st := downlink.NewStamper(store, downlink.StamperConfig{}, downlink.NewMetrics(prometheus.NewRegistry()), slog.New(slog.DiscardHandler), func(int64, string, bool) {})
+	st.Sent(1, "DEV", time.Now())
+	if err := st.Close(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("close with a failing stamp queued: %v, want context.Canceled", err)
 	}
 }

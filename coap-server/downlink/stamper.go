@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -81,6 +82,7 @@ type Stamper struct {
 	closing chan struct{}
 	stop    context.CancelFunc
 	once    sync.Once
+	cut     atomic.Bool // a stamp was given up because Close stopped the writes
 }
 
 // NewStamper starts the writer goroutine; Close stops it. lost is told,
@@ -154,6 +156,9 @@ func (s *Stamper) write(ctx context.Context, st stamp) {
 		if err == nil {
 			return
 		}
+		if ctx.Err() != nil {
+			s.cut.Store(true)
+		}
 		if attempt >= s.cfg.Attempts || ctx.Err() != nil {
 			// lost first: whoever sees the count sees the cache told.
 			s.lost(st.id, st.deviceID, st.applied)
@@ -178,7 +183,12 @@ func (s *Stamper) Close(ctx context.Context) error {
 		case <-ctx.Done():
 			s.stop()
 			<-s.done
-			err = ctx.Err()
+			// Only stamps given up are an error: with nothing queued a
+			// ctx that ended already (another part's drain used it up)
+			// cut nothing.
+			if s.cut.Load() {
+				err = ctx.Err()
+			}
 		}
 		s.stop()
 	})

@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -228,11 +229,15 @@ func (c *Consumer) store(ds []Delivery) {
 		c.log.Error("uplink not stored: rejected by the database", "uplink_id", r.ID.String(), "device", r.DeviceID, "err", err)
 		c.ack(ds)
 	default:
-		// Only when Close gave up: handed back, delivered again at once
-		// to another instance or the next start.
+		// Only when Close gave up, or a write failed during it: handed
+		// back, delivered again at once to another instance or the next
+		// start.
 		c.m.Abandoned.Add(float64(len(ds)))
 		for _, d := range ds {
 			_ = d.Nak()
+		}
+		if errors.Is(err, errShuttingDown) {
+			c.log.Warn("storage: shutting down with the database failing; the batch stays in the stream for the next start", "uplinks", len(ds), "err", err)
 		}
 	}
 }
@@ -245,6 +250,9 @@ func (c *Consumer) ack(ds []Delivery) {
 		}
 	}
 }
+
+// errShuttingDown marks a write that failed while Close drains.
+var errShuttingDown = errors.New("storage: shutting down")
 
 func (c *Consumer) writeRetry(ds []Delivery) error {
 	recs := make([]uplink.Accepted, len(ds))
@@ -282,6 +290,12 @@ func (c *Consumer) writeRetry(ds []Delivery) error {
 			return backoff.Permanent(err)
 		}
 		c.m.WriteErrors.Inc()
+		if c.fetchCtx.Err() != nil {
+			// Shutting down: the batch is in the stream, which gives it to
+			// the next start (at once, embedded) or another instance, so a
+			// stop during an outage need not wait out its drain time.
+			return backoff.Permanent(fmt.Errorf("%w: %w", errShuttingDown, err))
+		}
 		if attempt == 1 || attempt%10 == 0 {
 			c.log.Warn("storage write failed; retrying (the uplinks wait in the stream)", "uplinks", len(ds), "attempt", attempt, "err", err)
 		}

@@ -74,3 +74,48 @@ func TestDeliveriesOfAFailedFetchAreStored(t *testing.T) {
 		t.Fatalf("fetch errors counted %v, want 1", n)
 	}
 }
+
+// failingWriter refuses every write, as a database that is down.
+type failingWriter struct{ attempts chan struct{} }
+
+func (w failingWriter) Write(ctx context.Context, rows *storage.Rows) error {
+	select {
+	case w.attempts <- struct{}{}:
+	default:
+	}
+	return errors.New("connect: connection refused")
+}
+
+// A stop while the database is down: the batch being retried is handed
+// back to the stream (Nak) at once, and Close returns without waiting out
+// its drain time. Before, it retried until the deadline (25 s of every
+// stop during an outage) and the process then exited 1.
+func TestCloseDuringAnOutageHandsTheBatchBack(t *testing.T) {
+	naked := make(chan struct{}, 2)
+	var ds []storage.Delivery
+	for _, dev := range []string{"A", "B"} {
+		ds = append(ds, storage.Delivery{
+			Accepted:   storagetest.Rec(dev, time.Now(), storagetest.FullUplink(dev, 1)),
+			Ack:        func() error { t.Error("acknowledged a batch the database never took"); return nil },
+			InProgress: func() error { return nil },
+			Nak:        func() error { naked <- struct{}{}; return nil },
+		})
+	}
+	w := failingWriter{attempts: make(chan struct{}, 1)}
+	c := storage.NewConsumer(&erringSource{ds: ds}, w, storage.Options{Workers: 1, BatchAge: 10 * time.Millisecond})
+	<-w.attempts // the batch is being retried
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ctx.Err() != nil {
+		t.Fatal("Close waited for its deadline")
+	}
+	if len(naked) != 2 {
+		t.Fatalf("%d of 2 deliveries handed back", len(naked))
+	}
+	if n := testutil.ToFloat64(c.Metrics().Abandoned); n != 2 {
+		t.Errorf("abandoned counted %v, want 2", n)
+	}
+}
