@@ -64,3 +64,42 @@ func TestMoveEmbeddedToTheCluster(t *testing.T) {
 		t.Errorf("second move: %d, %v; want 0", again, err)
 	}
 }
+
+// A cluster that fails during the move: MoveEmbedded reports it, every
+// uplink not acknowledged by the cluster stays in the embedded store, and
+// the next move takes them all.
+func TestMoveEmbeddedKeepsWhatTheClusterDidNotTake(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	embedded, err := Open(ctx, Config{DataDir: dir, Storage: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 50
+	for i := range n {
+		a, payload := accepted(t, "KEEP-"+strconv.Itoa(i%5), uint32(i))
+		if err := embedded.PublishUplink(ctx, a, payload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	embedded.Close()
+
+	srv := natstest.Start(t)
+	cfg := Config{URL: srv.URL, DataDir: dir, Storage: true, AckTimeout: 200 * time.Millisecond}
+	cluster := openEmbedded(t, cfg)
+	srv.Stop()
+	if moved, err := MoveEmbedded(ctx, cfg, cluster); err == nil || moved != 0 {
+		t.Fatalf("moved %d, %v, with the cluster down; want 0 and an error", moved, err)
+	}
+	if !embeddedHolds(dir, UplinksStream) {
+		t.Fatal("the embedded UPLINKS was deleted although nothing was moved")
+	}
+
+	srv.Restart(t)
+	testwait.ForState(t, "the engine back on the cluster", func() (bool, string) {
+		return cluster.Ready(), "not ready"
+	}, testwait.Within(15*time.Second))
+	if moved, err := MoveEmbedded(ctx, cfg, cluster); err != nil || moved != n {
+		t.Fatalf("second move: %d, %v; want %d", moved, err, n)
+	}
+}
