@@ -20,19 +20,7 @@ import (
 func TestMoveEmbeddedToTheCluster(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	embedded, err := Open(ctx, Config{DataDir: dir, Storage: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := map[uuid.UUID]bool{}
-	for i := range 120 {
-		a, payload := accepted(t, "MOVE-"+strconv.Itoa(i%7), uint32(i))
-		if err := embedded.PublishUplink(ctx, a, payload); err != nil {
-			t.Fatal(err)
-		}
-		want[a.ID] = true
-	}
-	embedded.Close()
+	want := fillEmbedded(t, dir, "MOVE", 120)
 
 	cfg := Config{URL: natstest.Start(t).URL, DataDir: dir, Storage: true}
 	cluster := openEmbedded(t, cfg)
@@ -71,18 +59,8 @@ func TestMoveEmbeddedToTheCluster(t *testing.T) {
 func TestMoveEmbeddedKeepsWhatTheClusterDidNotTake(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	embedded, err := Open(ctx, Config{DataDir: dir, Storage: true})
-	if err != nil {
-		t.Fatal(err)
-	}
 	const n = 50
-	for i := range n {
-		a, payload := accepted(t, "KEEP-"+strconv.Itoa(i%5), uint32(i))
-		if err := embedded.PublishUplink(ctx, a, payload); err != nil {
-			t.Fatal(err)
-		}
-	}
-	embedded.Close()
+	fillEmbedded(t, dir, "KEEP", n)
 
 	srv := natstest.Start(t)
 	cfg := Config{URL: srv.URL, DataDir: dir, Storage: true, AckTimeout: 200 * time.Millisecond}
@@ -102,4 +80,26 @@ func TestMoveEmbeddedKeepsWhatTheClusterDidNotTake(t *testing.T) {
 	if moved, err := MoveEmbedded(ctx, cfg, cluster); err != nil || moved != n {
 		t.Fatalf("second move: %d, %v; want %d", moved, err, n)
 	}
+}
+
+// fillEmbedded leaves n accepted uplinks (of a few devices named after
+// prefix) in the embedded store in dir, as a database outage does, and
+// returns their IDs.
+func fillEmbedded(t *testing.T, dir, prefix string, n int) map[uuid.UUID]bool {
+	t.Helper()
+	ctx := context.Background()
+	embedded, err := Open(ctx, Config{DataDir: dir, Storage: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer embedded.Close()
+	ids := map[uuid.UUID]bool{}
+	for i := range n {
+		a, payload := accepted(t, prefix+"-"+strconv.Itoa(i%7), uint32(i))
+		if err := embedded.PublishUplink(ctx, a, payload); err != nil {
+			t.Fatal(err)
+		}
+		ids[a.ID] = true
+	}
+	return ids
 }
