@@ -228,6 +228,9 @@ func (a *App) openStream(ctx context.Context) error {
 	a.Metrics.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "nbiot_livelog_async_failed_total",
 		Help: "Live-log entries sent without waiting that the stream did not store: downlink and error entries, and with storage on the embedded engine every accepted uplink's entry (its uplink is stored all the same)."},
 		func() float64 { return float64(e.AsyncErrors()) }))
+	a.Metrics.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "nbiot_nats_refused_total",
+		Help: "Times the external NATS refused coap-server's credentials (NATS_CREDS, NATS_CERT and NATS_KEY, the user in NATS_URL) while it ran: an expired or revoked JWT, a changed password. Each connection keeps trying, reading the files again, up to 5 s apart; uplinks get 5.03 meanwhile."},
+		func() float64 { return float64(e.AuthErrors()) }))
 	a.Metrics.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "nbiot_livelog_behind_waited_total",
 		Help: "Accepted uplinks (storage on the embedded engine) whose answer waited until their live-log entry fitted among the 128 KiB of entries that may wait behind their answers: the stream stores entries slower than uplinks come."},
 		func() float64 { return float64(e.BehindWaits()) }))

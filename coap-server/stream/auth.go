@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"strings"
+	"sync"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
@@ -21,10 +22,14 @@ import (
 // four holds a file's path, or the file's content itself (it then starts
 // with "-----BEGIN"), for platforms whose secrets are environment
 // variables (fly secrets set NATS_CREDS="$(cat user.creds)"). They are
-// read and checked once, at start, so that a wrong one is one line naming
-// its variable; a rotated file takes a restart. No error quotes a value:
-// a path's error says only what went wrong, in case the value was a
-// secret pasted in part.
+// read and checked at start, so that a wrong one is one line naming its
+// variable. A path is read again at each connection attempt (NATS_CREDS)
+// or TLS handshake (NATS_CERT, NATS_KEY), so that a file replaced while
+// coap-server runs (credentials that expire, a secret store's mounted
+// file) is used from the next reconnection on, without a restart
+// (refused.go); a content changes with a restart, as a platform's secrets
+// do anyway. No error quotes a value: a path's error says only what went
+// wrong, in case the value was a secret pasted in part.
 
 // validateAuth checks the variables against each other: each needs an
 // external NATS, and a certificate needs its key.
@@ -42,10 +47,16 @@ func (c Config) validateAuth() error {
 	return nil
 }
 
+// isContent reports whether a variable holds a file's content rather than
+// its path.
+func isContent(value string) bool {
+	return strings.HasPrefix(strings.TrimSpace(value), "-----BEGIN")
+}
+
 // readValue is a variable's file: its content when the value is one, else
 // the file at the path it names.
 func readValue(name, value string) ([]byte, error) {
-	if strings.HasPrefix(strings.TrimSpace(value), "-----BEGIN") {
+	if isContent(value) {
 		return []byte(value), nil
 	}
 	b, err := os.ReadFile(value)
@@ -74,7 +85,12 @@ func (c Config) authOptions() ([]nats.Option, error) {
 			return nil, errors.New("NATS_CREDS: not a NATS credentials file (a user JWT and its NKey seed, as nsc writes them)")
 		}
 		kp.Wipe()
-		opts = append(opts, nats.UserCredentialBytes(b))
+		if isContent(c.Creds) {
+			opts = append(opts, nats.UserCredentialBytes(b))
+		} else {
+			clear(b)
+			opts = append(opts, nats.UserCredentials(c.Creds)) // read at each attempt
+		}
 	}
 	if c.CAFile == "" && c.CertFile == "" {
 		return opts, nil
@@ -91,22 +107,51 @@ func (c Config) authOptions() ([]nats.Option, error) {
 		}
 	}
 	if c.CertFile != "" {
-		cert, err := readValue("NATS_CERT", c.CertFile)
+		pair, err := c.clientCert()
 		if err != nil {
 			return nil, err
 		}
-		key, err := readValue("NATS_KEY", c.KeyFile)
-		if err != nil {
-			return nil, err
+		if isContent(c.CertFile) && isContent(c.KeyFile) {
+			cfg.Certificates = []tls.Certificate{*pair}
+		} else {
+			cfg.GetClientCertificate = c.clientCertAgain(pair)
 		}
-		pair, err := tls.X509KeyPair(cert, key)
-		clear(key)
-		if err != nil {
-			return nil, fmt.Errorf("NATS_CERT and NATS_KEY: %w", err)
-		}
-		cfg.Certificates = []tls.Certificate{pair}
 	}
 	return append(opts, nats.Secure(cfg)), nil
+}
+
+// clientCert reads NATS_CERT and NATS_KEY.
+func (c Config) clientCert() (*tls.Certificate, error) {
+	cert, err := readValue("NATS_CERT", c.CertFile)
+	if err != nil {
+		return nil, err
+	}
+	key, err := readValue("NATS_KEY", c.KeyFile)
+	if err != nil {
+		return nil, err
+	}
+	pair, err := tls.X509KeyPair(cert, key)
+	clear(key)
+	if err != nil {
+		return nil, fmt.Errorf("NATS_CERT and NATS_KEY: %w", err)
+	}
+	return &pair, nil
+}
+
+// clientCertAgain reads the certificate and key again for each handshake,
+// so that replaced files are used from the next connection on. While they
+// cannot be read or do not match (caught between the two files' writes),
+// the last pair read is used, as it was until then.
+func (c Config) clientCertAgain(last *tls.Certificate) func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	var mu sync.Mutex
+	return func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if pair, err := c.clientCert(); err == nil {
+			last = pair
+		}
+		return last, nil
+	}
 }
 
 // connectHint says which variable to look at for an error of connecting

@@ -2,6 +2,7 @@ package stream
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/nbiot-live/nbiot-live/internal/livelog"
 	"github.com/nbiot-live/nbiot-live/internal/natstest"
+	"github.com/nbiot-live/nbiot-live/internal/testwait"
 )
 
 // logsOne opens an engine on cfg and logs an entry: the stream took it.
@@ -21,10 +23,7 @@ func logsOne(t *testing.T, cfg Config) {
 		t.Fatalf("open: %v", err)
 	}
 	defer e.Close()
-	a, _ := accepted(t, "AUTH-1", 1)
-	if seq, _, err := e.Log(context.Background(), livelog.Uplink("AUTH-1", a.ReceivedAt, a.Uplink, nil), ""); err != nil || seq == 0 {
-		t.Fatalf("log: seq %d, %v", seq, err)
-	}
+	logOne(t, e)
 }
 
 // refused opens an engine on cfg and returns why it did not open.
@@ -164,5 +163,82 @@ func TestNATSAuthVariables(t *testing.T) {
 	if err := c.FromEnv(env(map[string]string{"NATS_CREDS": "/x.creds", "NATS_CA": "/ca.pem", "NATS_CERT": "/c.pem", "NATS_KEY": "/k.pem"})); err != nil ||
 		c.Creds != "/x.creds" || c.CAFile != "/ca.pem" || c.CertFile != "/c.pem" || c.KeyFile != "/k.pem" {
 		t.Errorf("all four with NATS_URL: %v %+v", err, c)
+	}
+}
+
+// A user JWT that expires (`nsc add user --expiry`, short-lived
+// credentials): the server ends the connections at its expiry and refuses
+// them from then on. The operator replaces the file NATS_CREDS names, and
+// coap-server is ready again on the new one without a restart. Before, it
+// read the file once at start, and nats.go stopped reconnecting for good
+// after the same refusal twice: unready, every uplink 5.03, until a
+// restart.
+func TestReplacedCredentialsFileIsUsed(t *testing.T) {
+	op := natstest.NewOperator(t)
+	srv := natstest.StartWith(t, op.Conf)
+	// Long enough for the start (streams made, an entry logged).
+	creds := op.User(t, "expiring.creds", time.Now().Add(4*time.Second))
+	e, err := Open(context.Background(), Config{URL: srv.URL, Creds: creds, Storage: true, ConnectTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	defer e.Close()
+	logOne(t, e)
+
+	// Expired, then refused again on each attempt: nats.go gives up after
+	// the same refusal twice, so three on each connection are past that.
+	testwait.ForState(t, "each connection refused three times", func() (bool, string) {
+		n := []int64{e.ncAuth.count.Load(), e.feedAuth.count.Load(), e.stAuth.count.Load()}
+		return min(n[0], n[1], n[2]) >= 3, fmt.Sprint(n)
+	}, testwait.Within(40*time.Second))
+	if e.Ready() {
+		t.Fatal("ready while refused")
+	}
+	op.User(t, creds, time.Time{}) // the new credentials, over the old file
+	// Attempts are at most refusedMaxWait apart while refused.
+	testwait.For(t, "ready on the new credentials", e.Ready, testwait.Within(30*time.Second))
+	logOne(t, e)
+}
+
+// Client certificates moved to a new CA: the operator replaces the files
+// NATS_CERT and NATS_KEY name, then the server accepts only the new CA's.
+// coap-server reconnects with the new certificate. Before, the pair read
+// at start was offered at every handshake, refused for good.
+func TestReplacedClientCertificateIsUsed(t *testing.T) {
+	certs := natstest.NewTLS(t)
+	srv := natstest.StartWith(t, certs.Conf(true))
+	dir := t.TempDir()
+	cert, key := filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem")
+	place := func(from, to string) { // as a secret store replaces a file: whole
+		if err := os.WriteFile(to+".new", []byte(read(t, from)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(to+".new", to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	place(certs.Cert, cert)
+	place(certs.Key, key)
+	e, err := Open(context.Background(), Config{URL: "tls://" + srv.Addr, CAFile: certs.CA, CertFile: cert, KeyFile: key, ConnectTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	defer e.Close()
+	logOne(t, e)
+
+	ca, newCert, newKey := certs.NewClientCA(t, "rotated")
+	place(newKey, key) // the key first: a handshake between the two keeps the old pair
+	place(newCert, cert)
+	srv.RestartWith(t, certs.ConfClientCA(ca))
+	testwait.For(t, "ready with the new certificate", e.Ready, testwait.Within(30*time.Second))
+	logOne(t, e)
+}
+
+// logOne logs an entry on e: the stream took it.
+func logOne(t *testing.T, e *Engine) {
+	t.Helper()
+	a, _ := accepted(t, "AUTH-1", 1)
+	if seq, _, err := e.Log(context.Background(), livelog.Uplink("AUTH-1", a.ReceivedAt, a.Uplink, nil), ""); err != nil || seq == 0 {
+		t.Fatalf("log: seq %d, %v", seq, err)
 	}
 }

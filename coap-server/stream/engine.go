@@ -49,7 +49,11 @@ type Engine struct {
 	closed  chan struct{} // closed by the publish connection's ClosedHandler
 	// asyncErrors counts LogAsync and LogBehind publishes that failed.
 	asyncErrors atomic.Int64
-	behindWaits atomic.Int64 // LogBehind callers that waited (BehindWaits)
+	// authErrors counts the server's refusals of our credentials on all
+	// three connections, each of which keeps its own (refused.go).
+	authErrors               atomic.Int64
+	ncAuth, feedAuth, stAuth refusals
+	behindWaits              atomic.Int64 // LogBehind callers that waited (BehindWaits)
 
 	// liveTop is the newest LIVELOG position the watcher saw (noteLiveTop):
 	// a LIVELOG made again continues above it (startAt).
@@ -67,6 +71,11 @@ type Engine struct {
 	stopWatch context.CancelFunc // ends watch (Close)
 	watched   chan struct{}      // closed when watch returned; nil before it started
 }
+
+// AuthErrors is the number of times the server refused the credentials
+// (NATS_CREDS, NATS_CERT, NATS_URL's user) while running; each time the
+// connection tries again (refused.go).
+func (e *Engine) AuthErrors() int64 { return e.authErrors.Load() }
 
 // AsyncErrors is the number of LogAsync and LogBehind entries the stream
 // did not take, or whose storage its acknowledgement did not confirm.
@@ -133,7 +142,6 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 	opts := []nats.Option{
 		nats.Name("coap-server"),
 		nats.MaxReconnects(-1),
-		nats.ReconnectWait(250 * time.Millisecond),
 		// No buffering while disconnected: a publish then fails at once and
 		// the uplink gets 5.03, instead of a 2.04 for something not stored.
 		nats.ReconnectBufSize(-1),
@@ -149,10 +157,14 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 			}
 			cfg.Logger.Warn("nats: disconnected; uplinks get 5.03 until it is back", "err", err)
 		}),
-		nats.ReconnectHandler(func(*nats.Conn) {
-			cfg.Logger.Info("nats: reconnected")
-			e.checkSoon()
-		}),
+	}
+	reconnected := func() {
+		cfg.Logger.Info("nats: reconnected")
+		e.checkSoon()
+	}
+	conn := func(r *refusals, name string, more ...nats.Option) []nats.Option {
+		*r = refusals{name: name, log: cfg.Logger, total: &e.authErrors}
+		return append(append(append([]nats.Option(nil), opts...), r.options(reconnected)...), more...)
 	}
 	auth, err := cfg.authOptions()
 	if err != nil {
@@ -167,12 +179,12 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		opts = append(opts, nats.InProcessServer(e.ns))
 		url = e.ns.ClientURL()
 	}
-	e.nc, err = nats.Connect(url, append(opts, nats.ClosedHandler(func(*nats.Conn) { close(e.closed) }))...)
+	e.nc, err = nats.Connect(url, conn(&e.ncAuth, "publish", nats.ClosedHandler(func(*nats.Conn) { close(e.closed) }))...)
 	if err == nil {
-		e.feed, err = nats.Connect(url, append(opts, nats.Name("coap-server feed"))...)
+		e.feed, err = nats.Connect(url, conn(&e.feedAuth, "feed", nats.Name("coap-server feed"))...)
 	}
 	if err == nil {
-		e.store, err = nats.Connect(url, append(opts, nats.Name("coap-server storage"))...)
+		e.store, err = nats.Connect(url, conn(&e.stAuth, "storage", nats.Name("coap-server storage"))...)
 	}
 	if err != nil {
 		e.Close()

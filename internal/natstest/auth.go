@@ -50,6 +50,9 @@ func StartWith(t testing.TB, conf string) *Server {
 // credentials file of a user of an account the server does not know.
 type Operator struct {
 	Conf, Creds, Other string
+
+	dir     string
+	account nkeys.KeyPair // Creds' account, which signs its users
 }
 
 // NewOperator makes an operator, an account and a user, in files of a
@@ -72,24 +75,7 @@ func NewOperator(t testing.TB) Operator {
 		return acc, accJWT
 	}
 	user := func(acc nkeys.KeyPair, name string) string {
-		u := mustKey(t, nkeys.CreateUser)
-		uPub, _ := u.PublicKey()
-		claims := jwt.NewUserClaims(uPub)
-		claims.IssuerAccount, _ = acc.PublicKey()
-		uJWT, err := claims.Encode(acc)
-		if err != nil {
-			t.Fatal(err)
-		}
-		seed, _ := u.Seed()
-		creds, err := jwt.FormatUserConfig(uJWT, seed)
-		if err != nil {
-			t.Fatal(err)
-		}
-		file := filepath.Join(dir, name)
-		if err := os.WriteFile(file, creds, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return file
+		return writeUser(t, acc, filepath.Join(dir, name), time.Time{})
 	}
 	sys, sysJWT := account(false) // the server's own (JetStream needs one)
 	sysPub, _ := sys.PublicKey()
@@ -106,9 +92,55 @@ func NewOperator(t testing.TB) Operator {
 	return Operator{
 		Conf: fmt.Sprintf("operator: %q\nsystem_account: %s\nresolver: MEMORY\nresolver_preload: {\n  %s: %q\n  %s: %q\n}\n",
 			opJWT, sysPub, sysPub, sysJWT, accPub, accJWT),
-		Creds: user(acc, "user.creds"),
-		Other: user(stranger, "stranger.creds"),
+		Creds:   user(acc, "user.creds"),
+		Other:   user(stranger, "stranger.creds"),
+		dir:     dir,
+		account: acc,
 	}
+}
+
+// User writes, at file (a name in the operator's directory, or a path),
+// the credentials of a new user of Creds' account whose JWT expires at
+// expires (never when zero), as `nsc add user --expiry` does, and returns
+// the file's path. The server ends a connection of that user when its JWT
+// expires and refuses it from then on.
+func (o Operator) User(t testing.TB, file string, expires time.Time) string {
+	t.Helper()
+	if !filepath.IsAbs(file) {
+		file = filepath.Join(o.dir, file)
+	}
+	return writeUser(t, o.account, file, expires)
+}
+
+// writeUser makes a user of acc and writes its credentials file: a new
+// file in the same directory, renamed over file, so that a reader never
+// sees half of one (as a secret store replaces a mounted file).
+func writeUser(t testing.TB, acc nkeys.KeyPair, file string, expires time.Time) string {
+	t.Helper()
+	u := mustKey(t, nkeys.CreateUser)
+	uPub, _ := u.PublicKey()
+	claims := jwt.NewUserClaims(uPub)
+	claims.IssuerAccount, _ = acc.PublicKey()
+	if !expires.IsZero() {
+		claims.Expires = expires.Unix()
+	}
+	uJWT, err := claims.Encode(acc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed, _ := u.Seed()
+	creds, err := jwt.FormatUserConfig(uJWT, seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := file + ".new"
+	if err := os.WriteFile(tmp, creds, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, file); err != nil {
+		t.Fatal(err)
+	}
+	return file
 }
 
 func mustKey(t testing.TB, create func() (nkeys.KeyPair, error)) nkeys.KeyPair {
@@ -128,6 +160,8 @@ type TLS struct {
 	CA, Cert, Key         string // the CA, and the client's certificate and key
 	ServerCert, ServerKey string
 	OtherCA               string // a CA that signed neither
+
+	dir string
 }
 
 // NewTLS makes the CA and both certificates.
@@ -136,44 +170,66 @@ func NewTLS(t testing.TB) TLS {
 	dir := t.TempDir()
 	ca, caKey := newCA(t)
 	other, _ := newCA(t)
-	write := func(name, kind string, der []byte) string {
-		file := filepath.Join(dir, name)
-		if err := os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: kind, Bytes: der}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return file
-	}
-	leaf := func(name string, usage x509.ExtKeyUsage) (cert, key string) {
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tmpl := &x509.Certificate{
-			SerialNumber: serial(t), Subject: pkix.Name{CommonName: name},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
-			IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &k.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		kder, err := x509.MarshalECPrivateKey(k)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return write(name+".pem", "CERTIFICATE", der), write(name+"-key.pem", "EC PRIVATE KEY", kder)
-	}
-	s := TLS{CA: write("ca.pem", "CERTIFICATE", ca.Raw), OtherCA: write("other-ca.pem", "CERTIFICATE", other.Raw)}
-	s.ServerCert, s.ServerKey = leaf("server", x509.ExtKeyUsageServerAuth)
-	s.Cert, s.Key = leaf("client", x509.ExtKeyUsageClientAuth)
+	s := TLS{CA: writePEM(t, dir, "ca.pem", "CERTIFICATE", ca.Raw), OtherCA: writePEM(t, dir, "other-ca.pem", "CERTIFICATE", other.Raw), dir: dir}
+	s.ServerCert, s.ServerKey = leaf(t, dir, "server", x509.ExtKeyUsageServerAuth, ca, caKey)
+	s.Cert, s.Key = leaf(t, dir, "client", x509.ExtKeyUsageClientAuth, ca, caKey)
 	return s
 }
 
+// NewClientCA makes another CA and a client certificate it signs, in new
+// files: what moving the clients' certificates to a new CA hands out.
+// ConfClientCA(ca) is then a server that accepts only those.
+func (s TLS) NewClientCA(t testing.TB, name string) (ca, cert, key string) {
+	t.Helper()
+	c, k := newCA(t)
+	ca = writePEM(t, s.dir, name+"-ca.pem", "CERTIFICATE", c.Raw)
+	cert, key = leaf(t, s.dir, name, x509.ExtKeyUsageClientAuth, c, k)
+	return ca, cert, key
+}
+
+// ConfClientCA is Conf(true) with the clients' certificates checked
+// against the CA in file ca.
+func (s TLS) ConfClientCA(ca string) string { return s.conf(ca, true) }
+
+func writePEM(t testing.TB, dir, name, kind string, der []byte) string {
+	t.Helper()
+	file := filepath.Join(dir, name)
+	if err := os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: kind, Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return file
+}
+
+// leaf makes a certificate for 127.0.0.1 signed by ca, and its key.
+func leaf(t testing.TB, dir, name string, usage x509.ExtKeyUsage, ca *x509.Certificate, caKey *ecdsa.PrivateKey) (cert, key string) {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(t), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &k.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return writePEM(t, dir, name+".pem", "CERTIFICATE", der), writePEM(t, dir, name+"-key.pem", "EC PRIVATE KEY", kder)
+}
+
 // Conf is the server's tls block; verify asks for a client certificate.
-func (s TLS) Conf(verify bool) string {
+func (s TLS) Conf(verify bool) string { return s.conf(s.CA, verify) }
+
+func (s TLS) conf(ca string, verify bool) string {
 	return "tls {\n  cert_file: " + strconv.Quote(s.ServerCert) + "\n  key_file: " + strconv.Quote(s.ServerKey) +
-		"\n  ca_file: " + strconv.Quote(s.CA) + "\n  verify: " + strconv.FormatBool(verify) + "\n}\n"
+		"\n  ca_file: " + strconv.Quote(ca) + "\n  verify: " + strconv.FormatBool(verify) + "\n}\n"
 }
 
 func newCA(t testing.TB) (*x509.Certificate, *ecdsa.PrivateKey) {

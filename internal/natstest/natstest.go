@@ -220,6 +220,19 @@ func (s *Server) Restart(t testing.TB) {
 	}
 }
 
+// RestartWith kills a server of StartWith and starts it again on the
+// same port with conf as its configuration: the operator changed it.
+func (s *Server) RestartWith(t testing.TB, conf string) {
+	t.Helper()
+	if len(s.args) != 2 || s.args[0] != "-c" {
+		t.Fatal("RestartWith: not a server of StartWith")
+	}
+	if err := os.WriteFile(s.args[1], []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.Restart(t)
+}
+
 // RestartOn kills the server and starts it again on the same port, with
 // JetStream on a store in dir, or without JetStream when dir is "": a node
 // that came back without its volume, or without JetStream.
