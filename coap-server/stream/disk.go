@@ -40,16 +40,22 @@ func (c Config) storeFits(dir string) (int64, error) {
 		return 0, nil
 	}
 	held := dirBytes(filepath.Join(dir, "jetstream"))
-	const mib = 1 << 20
 	if need := c.storeBytes(); need > free+held {
-		what := fmt.Sprintf("LIVELOG_MAX_BYTES %d MiB", c.LiveBytes/mib)
-		if c.Storage {
-			what = fmt.Sprintf("UPLINKS_MAX_BYTES %d MiB, its sixteenth for %s, %s", c.UplinksBytes/mib, AsideStream, what)
-		}
 		return 0, fmt.Errorf("DATA_DIR: the streams may hold %d MiB (%s), but %s has %d MiB free for them (%d MiB of it the store's): "+
-			"lower UPLINKS_MAX_BYTES or LIVELOG_MAX_BYTES, or give DATA_DIR a larger disk", need/mib, what, dir, (free+held)/mib, held/mib)
+			"lower UPLINKS_MAX_BYTES or LIVELOG_MAX_BYTES, or give DATA_DIR a larger disk", need/mib, c.boundsText(), dir, (free+held)/mib, held/mib)
 	}
 	return total, nil
+}
+
+const mib = 1 << 20
+
+// boundsText names the bounds storeBytes adds up.
+func (c Config) boundsText() string {
+	what := fmt.Sprintf("LIVELOG_MAX_BYTES %d MiB", c.LiveBytes/mib)
+	if c.Storage {
+		what = fmt.Sprintf("UPLINKS_MAX_BYTES %d MiB, its sixteenth for %s, %s", c.UplinksBytes/mib, AsideStream, what)
+	}
+	return what
 }
 
 // dirBytes is the size of the files below dir (0 if there is none).

@@ -57,7 +57,12 @@ type Operator struct {
 
 // NewOperator makes an operator, an account and a user, in files of a
 // temporary directory.
-func NewOperator(t testing.TB) Operator {
+func NewOperator(t testing.TB) Operator { return NewOperatorWithStorage(t, -1) }
+
+// NewOperatorWithStorage is NewOperator with an account that may keep
+// disk bytes of JetStream file storage (-1: no limit), as a hosted NATS's
+// plan sets it.
+func NewOperatorWithStorage(t testing.TB, disk int64) Operator {
 	t.Helper()
 	dir := t.TempDir()
 	op := mustKey(t, nkeys.CreateOperator)
@@ -66,7 +71,7 @@ func NewOperator(t testing.TB) Operator {
 		accPub, _ := acc.PublicKey()
 		claims := jwt.NewAccountClaims(accPub)
 		if js {
-			claims.Limits.JetStreamLimits = jwt.JetStreamLimits{MemoryStorage: -1, DiskStorage: -1, Streams: -1, Consumer: -1}
+			claims.Limits.JetStreamLimits = jwt.JetStreamLimits{MemoryStorage: -1, DiskStorage: disk, Streams: -1, Consumer: -1}
 		}
 		accJWT, err := claims.Encode(op)
 		if err != nil {
