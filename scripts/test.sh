@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: installs what the tests need when missing (Debian's
-# libcoap3-bin, protobuf-compiler, nats-server, curl, chromium, postgresql-15;
+# libcoap3-bin, protobuf-compiler, nats-server, pgbouncer, curl, chromium,
+# postgresql-15;
 # the pinned Supabase CLI and buf from npm), starts a throwaway Postgres,
 # pushes the migrations, lints the schema, vets and runs the Go tests with
 # the race detector, then fuzzes each decoder briefly.
@@ -17,8 +18,9 @@ cd "$ROOT"
 
 # libcoap's clients and protoc are independent peers in the CoAP and
 # downlink tests; nats-server is the external JetStream for NATS_URL tests;
-# curl is dev.sh's, which scripts/lib's test runs.
-apt_install libcoap3-bin protobuf-compiler nats-server curl
+# pgbouncer (transaction mode) stands for Supabase's transaction pooler in
+# the DATABASE_URL tests; curl is dev.sh's, which scripts/lib's test runs.
+apt_install libcoap3-bin protobuf-compiler nats-server pgbouncer curl
 # The page tests drive /usr/bin/chromium (relay/web). Ubuntu has no such
 # package (its chromium-browser is a snap, which they do not use).
 if [ ! -x /usr/bin/chromium ]; then

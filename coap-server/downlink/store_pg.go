@@ -149,5 +149,10 @@ func (s *Service) listenPG(ctx context.Context, dsn string, pg PG, connected fun
 			s.metrics.RefreshErrors.Inc()
 			s.log.Warn("downlink LISTEN lost, reconnecting", "err", err, "backoff", backoff.String())
 		},
+		Undelivered: func() {
+			s.log.Warn("downlinks: DATABASE_URL does not deliver notifications (a transaction pooler, such as Supabase's on port 6543, drops them): " +
+				"a new downlink is handed out after the next periodic re-read (" + s.reload.String() + "), not at the device's next uplink. " +
+				"Use the direct connection or the session pooler (port 5432)")
+		},
 	})
 }

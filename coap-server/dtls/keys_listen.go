@@ -79,5 +79,10 @@ func (k *KeyCache) ListenPG(ctx context.Context, dsn string) {
 		Lost: func(err error, backoff time.Duration) {
 			k.log.Warn("dtls keys: LISTEN lost, reconnecting", "err", err, "backoff", backoff.String())
 		},
+		Undelivered: func() {
+			k.log.Warn("dtls keys: DATABASE_URL does not deliver notifications (a transaction pooler, such as Supabase's on port 6543, drops them): " +
+				"a changed or deleted key takes effect at the next periodic re-read (" + k.cfg.RefreshInterval.String() + "), not as it commits. " +
+				"Use the direct connection or the session pooler (port 5432)")
+		},
 	})
 }

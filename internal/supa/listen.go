@@ -2,8 +2,12 @@ package supa
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
+	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Listener is what Listen does around one LISTEN channel.
@@ -16,7 +20,18 @@ type Listener struct {
 	Notify func(ctx context.Context, payload string)
 	// Lost is told of each lost connection and the wait before the next.
 	Lost func(err error, backoff time.Duration)
+	// Undelivered, if set, is told when a notification sent to the
+	// connection after its LISTEN did not arrive within ProbeWait: a
+	// transaction pooler (Supabase's on port 6543, PgBouncer in
+	// transaction mode) does not keep a LISTEN with its client, and drops
+	// what is notified to it. Listen goes on listening: whatever re-reads
+	// the caller does periodically is then what picks changes up.
+	Undelivered func()
 }
+
+// ProbeWait is how long a connection's first notification, its own, may
+// take to arrive before Listener.Undelivered is told. A variable for tests.
+var ProbeWait = 2 * time.Second
 
 // Listen keeps a dedicated connection to dsn on LISTEN channel until ctx
 // ends (a pool's connections cannot wait for notifications). It reconnects
@@ -48,6 +63,9 @@ func listenOnce(ctx context.Context, dsn, channel string, l Listener, connected 
 	if _, err := conn.Exec(ctx, "listen "+channel); err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	if err := probe(ctx, conn, dsn, l.Undelivered); err != nil {
+		return err
+	}
 	if err := l.Connected(ctx); err != nil {
 		return err
 	}
@@ -57,6 +75,51 @@ func listenOnce(ctx context.Context, dsn, channel string, l Listener, connected 
 		if err != nil {
 			return fmt.Errorf("wait: %w", err)
 		}
-		l.Notify(ctx, n.Payload)
+		if n.Channel == channel {
+			l.Notify(ctx, n.Payload)
+		}
 	}
+}
+
+// probe checks that conn receives what is notified to it: it listens on a
+// channel of its own, has another connection notify it, and waits up to
+// ProbeWait, telling undelivered when nothing came. What conn's other
+// channel was notified meanwhile is dropped: Connected reloads after it.
+func probe(ctx context.Context, conn *pgx.Conn, dsn string, undelivered func()) error {
+	if undelivered == nil {
+		return nil
+	}
+	// Lower case: LISTEN folds an unquoted name, pg_notify does not.
+	channel := "nbiot_probe_" + strings.ToLower(rand.Text()[:16])
+	if _, err := conn.Exec(ctx, "listen "+channel); err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	other, err := Connect(ctx, dsn)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	_, err = other.Exec(ctx, "select pg_notify($1, '')", channel)
+	_ = other.Close(context.Background())
+	if err != nil {
+		return fmt.Errorf("notify: %w", err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, ProbeWait)
+	defer cancel()
+	for {
+		n, err := conn.WaitForNotification(wctx)
+		switch {
+		case err == nil && n.Channel != channel:
+			continue
+		case err == nil:
+		case ctx.Err() == nil && wctx.Err() != nil:
+			undelivered()
+		default:
+			return fmt.Errorf("wait: %w", err)
+		}
+		break
+	}
+	if _, err := conn.Exec(ctx, "unlisten "+channel); err != nil {
+		return fmt.Errorf("unlisten: %w", err)
+	}
+	return nil
 }

@@ -47,6 +47,7 @@ func connConfig(dsn string) (*pgx.ConnConfig, error) {
 		return nil, ErrDatabaseURL
 	}
 	requireTLS(dsn, cfg)
+	poolerSafe(dsn, cfg)
 	// As the pools' (PoolOptions.ConnectTimeout): an unreachable database
 	// fails fast and the caller retries.
 	if cfg.ConnectTimeout == 0 || cfg.ConnectTimeout > defaultConnectTimeout {
@@ -79,11 +80,32 @@ func requireTLS(dsn string, c *pgx.ConnConfig) {
 
 // sslmodeGiven reports whether dsn (a URL or keyword/value string) sets
 // sslmode.
-func sslmodeGiven(dsn string) bool {
+func sslmodeGiven(dsn string) bool { return paramGiven(dsn, "sslmode") }
+
+// paramGiven reports whether dsn (a URL or keyword/value string) sets the
+// parameter name.
+func paramGiven(dsn, name string) bool {
 	if u, err := url.Parse(dsn); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
-		return u.Query().Has("sslmode")
+		return u.Query().Has(name)
 	}
-	return strings.Contains(dsn, "sslmode=")
+	return strings.Contains(dsn, name+"=")
+}
+
+// poolerSafe makes the connection work through a transaction pooler, as
+// Supabase's (Supavisor, port 6543, the connection string its dashboard
+// offers first) or PgBouncer in transaction mode, unless dsn chooses a
+// default_query_exec_mode itself. pgx's default prepares each statement
+// under a name on the server connection, and through such a pooler the
+// next transaction may run on another connection, where that name is
+// unknown, or already taken by a client gone before (a restart): tried
+// through PgBouncer, an eighth of the queries failed, and after a restart
+// all of them, for good. Described once and sent unnamed, a statement
+// costs the same round trip, and the server parses it each time
+// (BenchmarkQueuePostgres: no difference through the noise).
+func poolerSafe(dsn string, c *pgx.ConnConfig) {
+	if !paramGiven(dsn, "default_query_exec_mode") {
+		c.DefaultQueryExecMode = pgx.QueryExecModeCacheDescribe
+	}
 }
 
 // ErrDatabaseURL is returned for a DATABASE_URL that does not parse. pgx's
@@ -113,6 +135,7 @@ func NewPool(ctx context.Context, dsn string, o PoolOptions) (*pgxpool.Pool, err
 		cfg.ConnConfig.RuntimeParams["application_name"] = o.AppName
 	}
 	requireTLS(dsn, cfg.ConnConfig)
+	poolerSafe(dsn, cfg.ConnConfig)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("DATABASE_URL: %w", err)
