@@ -89,13 +89,14 @@ func New(cfg Config, logger *slog.Logger) *App {
 		Help: "Bytes of frames waiting to be written to /ws subscribers (JSON plus 400 B a frame, once per subscriber), at most a thirty-second of the memory.",
 	}, func() float64 { return float64(queued.Used()) }))
 	a.httpAPI = &httpapi.Server{
-		Hub:      a.hub,
-		Token:    cfg.WSToken,
-		Ready:    a.Ready,
-		Gatherer: reg,
-		Metrics:  httpapi.NewMetrics(reg),
-		Logger:   logger,
-		Peer:     wspeer.Config{Budget: queued},
+		Hub:           a.hub,
+		Token:         cfg.WSToken,
+		PreviousToken: cfg.WSTokenPrevious,
+		Ready:         a.Ready,
+		Gatherer:      reg,
+		Metrics:       httpapi.NewMetrics(reg),
+		Logger:        logger,
+		Peer:          wspeer.Config{Budget: queued},
 	}
 	return a
 }
@@ -148,6 +149,9 @@ func (a *App) Start(ctx context.Context) (err error) {
 	a.httpSrv = httpapi.NewHTTPServer(a.httpAPI.Handler(), a.log)
 	a.serve("http", func() error { return a.httpSrv.Serve(a.httpLn) })
 	a.log.Info("http listening", "addr", a.httpLn.Addr().String())
+	if a.cfg.WSTokenPrevious != "" {
+		a.log.Warn("ws: WS_TOKEN_PREVIOUS is accepted on /ws besides WS_TOKEN; unset it once every subscriber uses WS_TOKEN (nbiot_ws_previous_token_total stops growing)")
+	}
 	if err := a.listenMetrics(); err != nil {
 		return err
 	}

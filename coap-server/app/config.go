@@ -41,6 +41,9 @@ type Config struct {
 	MetricsAddrSet bool
 	// WSToken (WS_TOKEN, required) is the bearer token /ws subscribers present.
 	WSToken string
+	// WSTokenPrevious (WS_TOKEN_PREVIOUS) is accepted as well while the
+	// subscribers move to a new WSToken.
+	WSTokenPrevious string
 	// SupabaseURL and SupabaseServiceKey (SUPABASE_URL, SUPABASE_SERVICE_KEY)
 	// select REST storage; the key is a service_role JWT or an sb_secret_ key.
 	SupabaseURL        string
@@ -130,6 +133,7 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		MetricsAddr:        envconf.Or(getenv("METRICS_ADDR"), DefaultMetricsAddr),
 		MetricsAddrSet:     getenv("METRICS_ADDR") != "",
 		WSToken:            getenv("WS_TOKEN"),
+		WSTokenPrevious:    getenv("WS_TOKEN_PREVIOUS"),
 		SupabaseURL:        strings.TrimRight(getenv("SUPABASE_URL"), "/"),
 		SupabaseServiceKey: getenv("SUPABASE_SERVICE_KEY"),
 		DatabaseURL:        getenv("DATABASE_URL"),
@@ -189,6 +193,12 @@ func (c Config) Validate() error {
 	}
 	if len(c.WSToken) < 16 {
 		return errors.New("WS_TOKEN is too short: use at least 16 random characters")
+	}
+	if c.WSTokenPrevious != "" && len(c.WSTokenPrevious) < 16 {
+		return errors.New("WS_TOKEN_PREVIOUS is too short: it is a WS_TOKEN of before, at least 16 characters")
+	}
+	if c.WSTokenPrevious == c.WSToken && c.WSToken != "" {
+		return errors.New("WS_TOKEN_PREVIOUS is WS_TOKEN: set it to the token being replaced, or unset it")
 	}
 	if c.CoAPSAddr != "" && c.Storage() == StorageNone {
 		return errors.New("COAPS_ADDR needs DATABASE_URL or SUPABASE_URL: device keys are read from device_credentials")

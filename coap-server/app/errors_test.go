@@ -165,6 +165,66 @@ func TestWebSocketAuth(t *testing.T) {
 	}
 }
 
+// WS_TOKEN rotated without downtime: coap-server takes the new token with
+// the old one as WS_TOKEN_PREVIOUS, so the relay, still on the old one,
+// keeps its upstream until it has the new one; each use of the old one is
+// counted, so the operator can tell when to unset it. Without it, the old
+// token is refused. Before, rotating meant a gap: whichever side went
+// first refused, or was refused by, the other.
+func TestWSTokenRotation(t *testing.T) {
+	const next = "next-token-0123456789abcdef"
+	dial := func(a *app.App, token string) int {
+		t.Helper()
+		ws, resp, err := websocket.DefaultDialer.Dial("ws://"+a.HTTPAddr().String()+"/ws", http.Header{"Authorization": {"Bearer " + token}})
+		if ws != nil {
+			ws.Close()
+		}
+		if resp == nil {
+			t.Fatalf("no response: %v", err)
+		}
+		return resp.StatusCode
+	}
+	a := startApp(t, func(c *app.Config) { c.WSToken, c.WSTokenPrevious = next, testToken })
+	for i, tc := range []struct {
+		token    string
+		want     int
+		previous float64 // nbiot_ws_previous_token_total after it
+	}{
+		{testToken, http.StatusSwitchingProtocols, 1},
+		{next, http.StatusSwitchingProtocols, 1},
+		{"wrong-token-0123456789", http.StatusUnauthorized, 1},
+		{testToken, http.StatusSwitchingProtocols, 2},
+	} {
+		if got := dial(a, tc.token); got != tc.want {
+			t.Errorf("%d: status %d, want %d", i, got, tc.want)
+		}
+		if got := counter(t, a.Metrics, "nbiot_ws_previous_token_total", nil); got != tc.previous {
+			t.Errorf("%d: nbiot_ws_previous_token_total %v, want %v", i, got, tc.previous)
+		}
+	}
+	done := startApp(t, func(c *app.Config) { c.WSToken = next }) // the rotation's last step
+	if got := dial(done, testToken); got != http.StatusUnauthorized {
+		t.Errorf("old token without WS_TOKEN_PREVIOUS: %d, want 401", got)
+	}
+
+	env := map[string]string{"WS_TOKEN": next}
+	getenv := func(k string) string { return env[k] }
+	for previous, want := range map[string]string{
+		"x7q9":    "WS_TOKEN_PREVIOUS is too short",
+		next:      "WS_TOKEN_PREVIOUS is WS_TOKEN",
+		testToken: "",
+	} {
+		env["WS_TOKEN_PREVIOUS"] = previous
+		c, err := app.FromEnv(getenv)
+		switch {
+		case want == "" && (err != nil || c.WSTokenPrevious != previous):
+			t.Errorf("WS_TOKEN_PREVIOUS of another token: %v %q", err, c.WSTokenPrevious)
+		case want != "" && (err == nil || !strings.HasPrefix(err.Error(), want) || strings.Contains(err.Error(), previous)):
+			t.Errorf("WS_TOKEN_PREVIOUS %s: %v, want %q without the value", previous, err, want)
+		}
+	}
+}
+
 // SUPABASE_SERVICE_KEY goes with every REST request: http:// to another
 // machine is refused unless ALLOW_PLAINTEXT says the network encrypts it.
 // (Found in an audit: it was taken without a word.)

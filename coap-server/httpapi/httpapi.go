@@ -34,10 +34,14 @@ const (
 
 // Server serves /ws, /healthz and /readyz.
 type Server struct {
-	Hub            *hub.Hub
-	Feed           *hub.Feeder // held per subscriber: the hub is fed while someone watches; nil = always fed
-	History        History     // the retained live log, for since and tail
-	Token          string      // WS_TOKEN; compared in constant time
+	Hub     *hub.Hub
+	Feed    *hub.Feeder // held per subscriber: the hub is fed while someone watches; nil = always fed
+	History History     // the retained live log, for since and tail
+	Token   string      // WS_TOKEN; compared in constant time
+	// PreviousToken (WS_TOKEN_PREVIOUS), when set, is accepted too, while
+	// the subscribers move to Token (a rotation without downtime); each
+	// use is counted (Metrics.PreviousToken).
+	PreviousToken  string
 	Ready          func() bool
 	Gatherer       prometheus.Gatherer // not served here: see MetricsHandler
 	Metrics        *Metrics            // refusals (NewMetrics); nil = not counted
@@ -88,10 +92,14 @@ func MetricsHandler(g prometheus.Gatherer) http.Handler {
 }
 
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
-	if !s.authorized(r) {
+	ok, previous := s.authorized(r)
+	if !ok {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="nbiot-live"`)
 		s.reject(w, RejectUnauthorized, http.StatusUnauthorized, "missing or invalid bearer token")
 		return
+	}
+	if previous && s.Metrics != nil {
+		s.Metrics.PreviousToken.Inc()
 	}
 	devices := r.URL.Query()["deviceId"]
 	if len(devices) > MaxDevicesPerSubscriber {
@@ -187,17 +195,22 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	s.Logger.Debug("ws subscriber gone", "remote", r.RemoteAddr, "err", reason)
 }
 
-// authorized compares the bearer token in constant time; hashing first
-// keeps the comparison independent of the length of either token.
-func (s *Server) authorized(r *http.Request) bool {
+// authorized compares the bearer token with Token and PreviousToken, both
+// in constant time whichever matches; hashing first keeps the comparison
+// independent of the length of either token. previous says the token was
+// PreviousToken.
+func (s *Server) authorized(r *http.Request) (ok, previous bool) {
 	h := r.Header.Get("Authorization")
 	const prefix = "bearer "
 	if len(h) <= len(prefix) || !strings.EqualFold(h[:len(prefix)], prefix) || s.Token == "" {
-		return false
+		return false, false
 	}
 	got := sha256.Sum256([]byte(h[len(prefix):]))
 	want := sha256.Sum256([]byte(s.Token))
-	return subtle.ConstantTimeCompare(got[:], want[:]) == 1
+	old := sha256.Sum256([]byte(s.PreviousToken))
+	current := subtle.ConstantTimeCompare(got[:], want[:]) == 1
+	previous = subtle.ConstantTimeCompare(got[:], old[:]) == 1 && s.PreviousToken != ""
+	return current || previous, previous && !current
 }
 
 // CloseSubscribers disconnects every subscriber with a going-away close

@@ -18,7 +18,8 @@ const (
 
 // Metrics counts what /ws refuses.
 type Metrics struct {
-	Rejected *prometheus.CounterVec
+	Rejected      *prometheus.CounterVec
+	PreviousToken prometheus.Counter // subscribers let in with WS_TOKEN_PREVIOUS
 }
 
 // NewMetrics registers the /ws metrics on reg.
@@ -27,8 +28,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nbiot_ws_rejected_total", Help: "/ws requests refused, by reason (unauthorized, bad_request, busy, unavailable, upgrade).",
 		}, []string{"reason"}),
+		PreviousToken: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nbiot_ws_previous_token_total", Help: "/ws subscribers let in with WS_TOKEN_PREVIOUS: once it stops growing, every subscriber uses WS_TOKEN and WS_TOKEN_PREVIOUS can go.",
+		}),
 	}
-	reg.MustRegister(m.Rejected)
+	reg.MustRegister(m.Rejected, m.PreviousToken)
 	return m
 }
 
