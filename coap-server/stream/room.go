@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -14,18 +15,29 @@ import (
 // NATS sells it by the GiB) and each server's own (max_file_store). Past
 // either, it refuses the stream with its bare "insufficient storage
 // resources available", which names neither what asked for the room nor
-// what to change. roomHint says both.
+// what to change. roomHint says both; and it names JetStream when the
+// server answers nothing at all ("no responders": a nats-server without
+// -js, or an account without JetStream).
 
 // errCodeNoRoom is JetStream's "insufficient storage resources available".
 const errCodeNoRoom jetstream.ErrorCode = 10047
 
 // roomHint adds to err, when it is a stream refused for room, what the
-// streams ask for and what the account may keep; other errors it returns
-// as they are.
+// streams ask for and what the account may keep, and when it is a NATS
+// without JetStream for us, what to turn on; other errors it returns as
+// they are.
 func (e *Engine) roomHint(ctx context.Context, err error) error {
-	var api *jetstream.APIError
-	if !errors.As(err, &api) || api.ErrorCode != errCodeNoRoom || e.ns != nil {
+	if e.ns != nil {
 		return err // embedded: storeFits said it at start
+	}
+	if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrJetStreamNotEnabled) ||
+		errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
+		return fmt.Errorf("%w: the NATS server at NATS_URL has no JetStream for this account: "+
+			"run nats-server with -js (a cluster's every node), or give the account JetStream (its limits)", err)
+	}
+	var api *jetstream.APIError
+	if !errors.As(err, &api) || api.ErrorCode != errCodeNoRoom {
+		return err
 	}
 	c := e.cfg
 	need, asked := c.storeBytes(), c.boundsText()

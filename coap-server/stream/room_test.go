@@ -54,3 +54,17 @@ func TestNATSServerWithoutRoom(t *testing.T) {
 		}
 	}
 }
+
+// A NATS without JetStream (nats-server without -js, or an account without
+// it): the start says so, instead of nats.go's bare "no responders
+// available for request".
+func TestNATSWithoutJetStream(t *testing.T) {
+	srv := natstest.Start(t)
+	srv.RestartOn(t, "") // no store: no -js
+	msg := refused(t, Config{URL: srv.URL, ConnectTimeout: 5 * time.Second})
+	for _, w := range []string{"NATS_URL: stream LIVELOG: ", "has no JetStream for this account", "-js"} {
+		if !strings.Contains(msg, w) {
+			t.Errorf("%q\nwant it to hold %q", msg, w)
+		}
+	}
+}
