@@ -2,10 +2,13 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
+	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/nbiot-live/nbiot-live/coap-server/storage"
@@ -53,7 +56,11 @@ func (a *App) openStorage(ctx context.Context) error {
 		a.log.Info("storage: direct Postgres (DATABASE_URL)", "mode", StoragePostgres, "db_host", host)
 		pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		if err := pw.Ping(pctx); err != nil {
-			a.log.Warn("storage: database not reachable at start; uplinks wait in the stream until it is", "err", err)
+			msg := "storage: database not reachable at start; uplinks wait in the stream until it is"
+			if refusedLogin(err) {
+				msg = "storage: the database refuses DATABASE_URL's login (check its user, password and database name); uplinks wait in the stream until it lets us in, live logs go on"
+			}
+			a.log.Warn(msg, "err", err)
 		}
 		cancel()
 	case StorageREST:
@@ -98,4 +105,12 @@ func (a *App) redeliverAfter() time.Duration {
 		return d
 	}
 	return time.Minute
+}
+
+// refusedLogin reports whether err is Postgres refusing the connection's
+// user, password or database (SQLSTATE class 28, or 3D000): DATABASE_URL
+// is wrong, rather than the database away.
+func refusedLogin(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (strings.HasPrefix(pe.Code, "28") || pe.Code == "3D000")
 }
