@@ -2,18 +2,16 @@ package app
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/url"
-	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/nbiot-live/nbiot-live/coap-server/storage"
 	"github.com/nbiot-live/nbiot-live/coap-server/storage/postgres"
 	"github.com/nbiot-live/nbiot-live/coap-server/storage/rest"
+	"github.com/nbiot-live/nbiot-live/internal/supa"
 )
 
 // storeConsumer is the stream's storage consumer plus the writer's
@@ -57,7 +55,7 @@ func (a *App) openStorage(ctx context.Context) error {
 		pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		if err := pw.Ping(pctx); err != nil {
 			msg := "storage: database not reachable at start; uplinks wait in the stream until it is"
-			if refusedLogin(err) {
+			if supa.RefusedLogin(err) {
 				msg = "storage: the database refuses DATABASE_URL's login (check its user, password and database name); uplinks wait in the stream until it lets us in, live logs go on"
 			}
 			a.log.Warn(msg, "err", err)
@@ -105,12 +103,4 @@ func (a *App) redeliverAfter() time.Duration {
 		return d
 	}
 	return time.Minute
-}
-
-// refusedLogin reports whether err is Postgres refusing the connection's
-// user, password or database (SQLSTATE class 28, or 3D000): DATABASE_URL
-// is wrong, rather than the database away.
-func refusedLogin(err error) bool {
-	var pe *pgconn.PgError
-	return errors.As(err, &pe) && (strings.HasPrefix(pe.Code, "28") || pe.Code == "3D000")
 }

@@ -108,6 +108,14 @@ func poolerSafe(dsn string, c *pgx.ConnConfig) {
 	}
 }
 
+// RefusedLogin reports whether err is Postgres refusing the connection's
+// user, password or database (SQLSTATE class 28, or 3D000): DATABASE_URL
+// is wrong, rather than the database away.
+func RefusedLogin(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (strings.HasPrefix(pe.Code, "28") || pe.Code == "3D000")
+}
+
 // ErrDatabaseURL is returned for a DATABASE_URL that does not parse. pgx's
 // own error may quote the URL with its password, so it is never wrapped.
 var ErrDatabaseURL = errors.New("DATABASE_URL: cannot parse the connection string")

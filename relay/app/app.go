@@ -22,6 +22,7 @@ import (
 	"github.com/nbiot-live/nbiot-live/internal/connlimit"
 	"github.com/nbiot-live/nbiot-live/internal/lifecycle"
 	"github.com/nbiot-live/nbiot-live/internal/memlimit"
+	"github.com/nbiot-live/nbiot-live/internal/supa"
 	"github.com/nbiot-live/nbiot-live/internal/wspeer"
 	"github.com/nbiot-live/nbiot-live/relay/access"
 	"github.com/nbiot-live/nbiot-live/relay/auth"
@@ -213,6 +214,15 @@ func (a *App) setupAuth(ctx context.Context) error {
 			return fmt.Errorf("DATABASE_URL: %w", err)
 		}
 		checker = a.pg
+		pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		if err := a.pg.Pool.Ping(pctx); err != nil {
+			msg := "access: database not reachable at start; /device-logs and /devices answer 503 until it is"
+			if supa.RefusedLogin(err) {
+				msg = "access: the database refuses DATABASE_URL's login (check its user, password and database name); /device-logs and /devices answer 503 until it lets us in"
+			}
+			a.log.Warn(msg, "err", err)
+		}
+		cancel()
 	default:
 		checker = &access.REST{
 			BaseURL: a.cfg.SupabaseURL,

@@ -1,4 +1,4 @@
-package app
+package supa
 
 import (
 	"context"
@@ -6,16 +6,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nbiot-live/nbiot-live/coap-server/storage/postgres"
 	"github.com/nbiot-live/nbiot-live/internal/pgtest"
 )
 
-// The start's warning tells a DATABASE_URL the database refuses (a wrong
-// user, password or database name: fix the URL) from a database that is
-// away (wait). Before, both said "not reachable".
-func TestStartTellsARefusedLoginFromAnAbsentDatabase(t *testing.T) {
-	db := pgtest.NewDB(t)
-	u, err := url.Parse(db)
+// A DATABASE_URL the database refuses (a wrong user, password or database
+// name: fix the URL) is told from a database that is away (wait), so that
+// the binaries' start warnings say which. Before, both said "not
+// reachable".
+func TestRefusedLoginIsToldFromAnAbsentDatabase(t *testing.T) {
+	u, err := url.Parse(pgtest.NewDB(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,19 +27,19 @@ func TestStartTellsARefusedLoginFromAnAbsentDatabase(t *testing.T) {
 		"no such database": {with(func(c *url.URL) { c.Path = "/no_such_db" }), true},
 		"nothing there":    {with(func(c *url.URL) { c.Host = "127.0.0.1:1" }), false},
 	} {
-		pw, err := postgres.New(context.Background(), tc.url, postgres.Options{})
+		pool, err := NewPool(context.Background(), tc.url, PoolOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err = pw.Ping(ctx)
+		err = pool.Ping(ctx)
 		cancel()
-		pw.Close()
+		pool.Close()
 		if err == nil {
 			t.Fatalf("%s: ping succeeded", name)
 		}
-		if got := refusedLogin(err); got != tc.refused {
-			t.Errorf("%s: refusedLogin(%v) = %v, want %v", name, err, got, tc.refused)
+		if got := RefusedLogin(err); got != tc.refused {
+			t.Errorf("%s: RefusedLogin(%v) = %v, want %v", name, err, got, tc.refused)
 		}
 	}
 }
