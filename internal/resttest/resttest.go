@@ -131,3 +131,47 @@ func NoSecret(t *testing.T, err error, secrets []string, inputs ...string) {
 		}
 	}
 }
+
+// APIKeyRefused is what decoding body, cut at limit bytes, into
+// struct{ Message string } with json.Unmarshal and finding "api key" in
+// the message (any case) gives, worked out token by token: the whole body
+// one JSON value; an object (null gives an empty message); the keys that
+// match "message" ignoring case each set it from a string, leave it on
+// null, and fail the decoding on any other value; other keys ignored.
+func APIKeyRefused(body []byte, limit int64) bool {
+	if int64(len(body)) > limit {
+		body = body[:limit]
+	}
+	if !json.Valid(body) {
+		return false
+	}
+	d := json.NewDecoder(bytes.NewReader(body))
+	d.UseNumber()
+	tok, _ := d.Token()
+	if tok == nil {
+		return false // null: no message
+	}
+	if tok != json.Delim('{') {
+		return false
+	}
+	msg := ""
+	for d.More() {
+		k, _ := d.Token()
+		var v json.RawMessage
+		if err := d.Decode(&v); err != nil {
+			panic(err) // body is valid JSON
+		}
+		if !strings.EqualFold(k.(string), "message") || string(v) == "null" {
+			continue
+		}
+		if v[0] != '"' {
+			return false
+		}
+		var s string
+		if json.Unmarshal(v, &s) != nil {
+			panic("a valid JSON string that does not decode")
+		}
+		msg = s
+	}
+	return strings.Contains(strings.ToLower(msg), "api key")
+}

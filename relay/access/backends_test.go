@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -111,6 +112,22 @@ func TestRESTCheckUsesUserToken(t *testing.T) {
 		tok := fakepostgrest.SignJWT(t, []byte("other-secret-0123456789abcdef-0123"), userClaims(owner).Raw)
 		if err := r.Check(context.Background(), userClaims(owner), tok, "DEV-1"); !errors.Is(err, access.ErrTokenRefused) {
 			t.Fatalf("got %v, want ErrTokenRefused", err)
+		}
+	})
+	// A wrong SUPABASE_ANON_KEY: the gateway refuses it before PostgREST
+	// reads the user's token. That is the relay's fault, not the user's:
+	// unavailable (503, logged), never the token refused (401, which sends
+	// every browser to sign in again, in vain).
+	t.Run("API key the gateway refuses", func(t *testing.T) {
+		wrong := &access.REST{BaseURL: srv.URL, APIKey: "sb_publishable_wrong_0123456789", Client: r.Client}
+		tok := fakepostgrest.SignJWT(t, []byte(secret), userClaims(owner).Raw)
+		err := wrong.Check(context.Background(), userClaims(owner), tok, "DEV-1")
+		if !errors.Is(err, access.ErrUnavailable) || errors.Is(err, access.ErrTokenRefused) || !strings.Contains(err.Error(), "SUPABASE_ANON_KEY") {
+			t.Fatalf("check: %v, want unavailable naming SUPABASE_ANON_KEY", err)
+		}
+		_, err = wrong.Visible(context.Background(), userClaims(owner), tok, []string{"DEV-1"})
+		if !errors.Is(err, access.ErrUnavailable) || errors.Is(err, access.ErrTokenRefused) {
+			t.Fatalf("visible: %v, want unavailable", err)
 		}
 	})
 }

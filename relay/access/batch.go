@@ -74,8 +74,8 @@ func (r *REST) Visible(ctx context.Context, _ *auth.Claims, token string, device
 		// Never a revocation: a 401 is the token (expired at exp, where the
 		// relay's own 4401, at exp plus leeway, ends the sessions anyway),
 		// a 403 a grant missing (restError).
-		_, _ = io.Copy(io.Discard, body)
-		return nil, restError(resp.StatusCode)
+		b, _ := io.ReadAll(body)
+		return nil, restError(resp.StatusCode, b)
 	}
 	var rows []struct {
 		DevID string `json:"devid"`

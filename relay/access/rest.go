@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strings"
 
 	"github.com/nbiot-live/nbiot-live/internal/supa"
 	"github.com/nbiot-live/nbiot-live/relay/auth"
@@ -45,8 +46,8 @@ func (r *REST) Check(ctx context.Context, _ *auth.Claims, token, deviceID string
 	defer resp.Body.Close()
 	body := io.LimitReader(resp.Body, maxRESTBody)
 	if resp.StatusCode != http.StatusOK {
-		_, _ = io.Copy(io.Discard, body)
-		return restError(resp.StatusCode)
+		b, _ := io.ReadAll(body)
+		return restError(resp.StatusCode, b)
 	}
 	var rows []struct {
 		DevID string `json:"devid"`
@@ -62,17 +63,31 @@ func (r *REST) Check(ctx context.Context, _ *auth.Claims, token, deviceID string
 	return ErrDenied
 }
 
+// APIKeyRefused reports whether a 401's body is Supabase's gateway refusing
+// the API key sent as apikey (`{"message":"Invalid API key",…}`, or "No
+// API key found in request"), before PostgREST sees the user's token: the
+// relay's SUPABASE_ANON_KEY is wrong, and no user can be let in, whoever
+// signs in again. Answered as the user's token refused, it sent every
+// browser to sign in again, and the operator was told nothing.
+func APIKeyRefused(body []byte) bool {
+	var e struct{ Message string }
+	return json.Unmarshal(body, &e) == nil && strings.Contains(strings.ToLower(e.Message), "api key")
+}
+
 // restError is what a PostgREST answer other than 200 means. Row level
 // security hides rows (200 with []) and never refuses: a 403 is PostgREST's
 // "permission denied" (42501), a grant on public.devices missing for role
 // authenticated, which is the deployment's fault and not the user's, so it
 // is unavailable, never a denial (cached, and a re-check's denial ends
-// every session). A 401 refuses the token itself.
-func restError(status int) error {
-	switch status {
-	case http.StatusUnauthorized:
+// every session). A 401 refuses the token itself, unless it is Supabase's
+// gateway refusing the relay's own API key (APIKeyRefused).
+func restError(status int, body []byte) error {
+	switch {
+	case status == http.StatusUnauthorized && APIKeyRefused(body):
+		return fmt.Errorf("%w: rest status %d (Supabase refuses the API key: check SUPABASE_ANON_KEY)", ErrUnavailable, status)
+	case status == http.StatusUnauthorized:
 		return fmt.Errorf("%w: rest status %d", ErrTokenRefused, status)
-	case http.StatusForbidden:
+	case status == http.StatusForbidden:
 		return fmt.Errorf("%w: rest status %d (permission denied: is select on public.devices granted to authenticated?)", ErrUnavailable, status)
 	default:
 		return fmt.Errorf("%w: rest status %d", ErrUnavailable, status)

@@ -94,8 +94,9 @@ func noSecret(t *testing.T, err error, inputs ...string) {
 // holding a row whose devid equals the device exactly (refDevIDs), ErrDenied
 // itself for a 200 with no such row (or null); a body that does not decode,
 // a failed request and any other status wrap ErrUnavailable, but a 401
-// wraps ErrTokenRefused; and no error text holds the user's token or the
-// API key.
+// wraps ErrTokenRefused, unless its body is the gateway refusing the API
+// key (resttest.APIKeyRefused: unavailable); and no error text holds the
+// user's token or the API key.
 func FuzzRESTCheck(f *testing.F) {
 	for _, s := range restFuzzSeeds {
 		f.Add(uint16(100), []byte(s), "ABC123", false)
@@ -103,6 +104,7 @@ func FuzzRESTCheck(f *testing.F) {
 	f.Add(uint16(100), []byte(`[{"devid":""}]`), "", false)
 	f.Add(uint16(100), []byte(`[]`), "a&b=c#d", false)
 	f.Add(uint16(301), []byte(`{"message":"JWT expired"}`), "ABC123", false)
+	f.Add(uint16(301), []byte(`{"message":"Invalid API key","hint":"Double check your Supabase anon or service_role API key."}`), "ABC123", false)
 	f.Add(uint16(303), []byte(`{"code":"42501","message":"permission denied for table devices"}`), "ABC123", false)
 	f.Add(uint16(403), []byte(`<html>502 Bad Gateway</html>`), "ABC123", false)
 	f.Add(uint16(100), []byte{}, "ABC123", true)
@@ -116,6 +118,11 @@ func FuzzRESTCheck(f *testing.F) {
 		case fail:
 			if !errors.Is(err, ErrUnavailable) {
 				t.Fatalf("failed request: %v", err)
+			}
+			return
+		case s == http.StatusUnauthorized && resttest.APIKeyRefused(body, maxRESTBody):
+			if !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrTokenRefused) || !strings.Contains(err.Error(), "SUPABASE_ANON_KEY") {
+				t.Fatalf("status 401, API key refused: %v", err)
 			}
 			return
 		case s == http.StatusUnauthorized:

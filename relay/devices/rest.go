@@ -51,7 +51,10 @@ func (r *REST) List(ctx context.Context, _ *auth.Claims, token string, limit int
 	switch {
 	case resp.StatusCode == http.StatusOK:
 	case resp.StatusCode == http.StatusUnauthorized:
-		_, _ = io.Copy(io.Discard, body)
+		b, _ := io.ReadAll(body)
+		if access.APIKeyRefused(b) {
+			return nil, fmt.Errorf("devices: rest status %d (Supabase refuses the API key: check SUPABASE_ANON_KEY)", resp.StatusCode)
+		}
 		return nil, fmt.Errorf("%w: rest status %d", access.ErrTokenRefused, resp.StatusCode)
 	default:
 		_, _ = io.Copy(io.Discard, body)

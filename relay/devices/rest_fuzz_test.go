@@ -85,7 +85,8 @@ func sameDevice(a, b Device) bool {
 // (refDevices) gives exactly its devices, in order, and no error; a body
 // that does not decode is an error ("devices: rest body: …") that does not
 // wrap access.ErrTokenRefused, so the handler answers 503; a 401 wraps
-// access.ErrTokenRefused (the handler's 401); any other status and a failed
+// access.ErrTokenRefused (the handler's 401), unless its body is the
+// gateway refusing the API key (resttest.APIKeyRefused); any other status and a failed
 // request are errors that do not; no error text holds the user's token or
 // the API key. The package has no unavailable error of its own: any error
 // but ErrTokenRefused is the handler's "unavailable".
@@ -124,7 +125,8 @@ func FuzzRESTList(f *testing.F) {
 		got, err := r.List(context.Background(), nil, fuzzToken, Limit)
 		resttest.NoSecret(t, err, []string{fuzzToken, fuzzAPIKey}, string(body))
 		if a.Fail || a.Status != http.StatusOK {
-			if err == nil || got != nil || errors.Is(err, access.ErrTokenRefused) != (!a.Fail && a.Status == http.StatusUnauthorized) {
+			refused := !a.Fail && a.Status == http.StatusUnauthorized && !resttest.APIKeyRefused(body, maxRESTBody)
+			if err == nil || got != nil || errors.Is(err, access.ErrTokenRefused) != refused {
 				t.Fatalf("status %d, failed %v: %v, %v", a.Status, a.Fail, got, err)
 			}
 			return
