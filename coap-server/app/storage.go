@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"time"
@@ -72,6 +73,14 @@ func (a *App) openStorage(ctx context.Context) error {
 			host = u.Host
 		}
 		a.log.Info("storage: Supabase REST (SUPABASE_URL)", "mode", StorageREST, "host", host)
+		pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		switch err := supa.ProbeKey(pctx, supa.RESTClient(), a.cfg.SupabaseURL, a.cfg.SupabaseServiceKey, "devices"); {
+		case errors.Is(err, supa.ErrKeyRefused):
+			a.log.Warn("storage: Supabase refuses SUPABASE_SERVICE_KEY (check it is this project's service_role or sb_secret_ key); uplinks wait in the stream until it is set right, live logs go on")
+		case err != nil:
+			a.log.Warn("storage: Supabase not reachable at start; uplinks wait in the stream until it is", "err", err)
+		}
+		cancel()
 	default:
 		return fmt.Errorf("storage %q: unknown mode", a.cfg.Storage())
 	}

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"strings"
 
 	"github.com/nbiot-live/nbiot-live/internal/supa"
 	"github.com/nbiot-live/nbiot-live/relay/auth"
@@ -63,27 +62,19 @@ func (r *REST) Check(ctx context.Context, _ *auth.Claims, token, deviceID string
 	return ErrDenied
 }
 
-// APIKeyRefused reports whether a 401's body is Supabase's gateway refusing
-// the API key sent as apikey (`{"message":"Invalid API key",…}`, or "No
-// API key found in request"), before PostgREST sees the user's token: the
-// relay's SUPABASE_ANON_KEY is wrong, and no user can be let in, whoever
-// signs in again. Answered as the user's token refused, it sent every
-// browser to sign in again, and the operator was told nothing.
-func APIKeyRefused(body []byte) bool {
-	var e struct{ Message string }
-	return json.Unmarshal(body, &e) == nil && strings.Contains(strings.ToLower(e.Message), "api key")
-}
-
 // restError is what a PostgREST answer other than 200 means. Row level
 // security hides rows (200 with []) and never refuses: a 403 is PostgREST's
 // "permission denied" (42501), a grant on public.devices missing for role
 // authenticated, which is the deployment's fault and not the user's, so it
 // is unavailable, never a denial (cached, and a re-check's denial ends
 // every session). A 401 refuses the token itself, unless it is Supabase's
-// gateway refusing the relay's own API key (APIKeyRefused).
+// gateway refusing the relay's own API key (supa.APIKeyRefused): then the
+// relay's SUPABASE_ANON_KEY is wrong, and no user can be let in, whoever
+// signs in again. Taken for the user's token, it sent every browser to
+// sign in again, and the operator was told nothing.
 func restError(status int, body []byte) error {
 	switch {
-	case status == http.StatusUnauthorized && APIKeyRefused(body):
+	case status == http.StatusUnauthorized && supa.APIKeyRefused(body):
 		return fmt.Errorf("%w: rest status %d (Supabase refuses the API key: check SUPABASE_ANON_KEY)", ErrUnavailable, status)
 	case status == http.StatusUnauthorized:
 		return fmt.Errorf("%w: rest status %d", ErrTokenRefused, status)

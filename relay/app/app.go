@@ -229,6 +229,14 @@ func (a *App) setupAuth(ctx context.Context) error {
 			APIKey:  a.cfg.SupabaseAnonKey,
 			Client:  &http.Client{Timeout: 5 * time.Second},
 		}
+		pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		switch err := supa.ProbeKey(pctx, supa.RESTClient(), a.cfg.SupabaseURL, a.cfg.SupabaseAnonKey, "devices"); {
+		case errors.Is(err, supa.ErrKeyRefused):
+			a.log.Warn("access: Supabase refuses SUPABASE_ANON_KEY (check it is this project's anon or sb_publishable_ key); /device-logs and /devices answer 503 until it is set right")
+		case err != nil:
+			a.log.Warn("access: Supabase not reachable at start; /device-logs and /devices answer 503 until it is", "err", err)
+		}
+		cancel()
 	}
 	cc := a.cfg.AccessCache
 	if cc.Now == nil {

@@ -52,7 +52,7 @@ func (r *REST) List(ctx context.Context, _ *auth.Claims, token string, limit int
 	case resp.StatusCode == http.StatusOK:
 	case resp.StatusCode == http.StatusUnauthorized:
 		b, _ := io.ReadAll(body)
-		if access.APIKeyRefused(b) {
+		if supa.APIKeyRefused(b) {
 			return nil, fmt.Errorf("devices: rest status %d (Supabase refuses the API key: check SUPABASE_ANON_KEY)", resp.StatusCode)
 		}
 		return nil, fmt.Errorf("%w: rest status %d", access.ErrTokenRefused, resp.StatusCode)
