@@ -235,6 +235,9 @@ func (a *App) openStream(ctx context.Context) error {
 	a.Metrics.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "nbiot_nats_refused_total",
 		Help: "Times the external NATS refused coap-server's credentials (NATS_CREDS, NATS_CERT and NATS_KEY, the user in NATS_URL) while it ran: an expired or revoked JWT, a changed password. Each connection keeps trying, reading the files again, up to 5 s apart; uplinks get 5.03 meanwhile."},
 		func() float64 { return float64(e.AuthErrors()) }))
+	a.Metrics.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "nbiot_nats_permission_denied_total",
+		Help: "Publishes and subscriptions the external NATS refused coap-server's user (a permissions violation): it needs to publish on nbiot.>, $JS.API.>, $JS.ACK.> and $JS.FC.>, and subscribe on nbiot.notify.> and _INBOX.>."},
+		func() float64 { return float64(e.PermissionErrors()) }))
 	a.Metrics.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "nbiot_livelog_behind_waited_total",
 		Help: "Accepted uplinks (storage on the embedded engine) whose answer waited until their live-log entry fitted among the 128 KiB of entries that may wait behind their answers: the stream stores entries slower than uplinks come."},
 		func() float64 { return float64(e.BehindWaits()) }))

@@ -3,6 +3,7 @@ package stream
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nbiot-live/nbiot-live/internal/livelog"
+	"github.com/nbiot-live/nbiot-live/internal/logtest"
 	"github.com/nbiot-live/nbiot-live/internal/natstest"
 	"github.com/nbiot-live/nbiot-live/internal/testwait"
 )
@@ -241,4 +243,75 @@ func logOne(t *testing.T, e *Engine) {
 	if seq, _, err := e.Log(context.Background(), livelog.Uplink("AUTH-1", a.ReceivedAt, a.Uplink, nil), ""); err != nil || seq == 0 {
 		t.Fatalf("log: seq %d, %v", seq, err)
 	}
+}
+
+// A NATS user let in but refused subjects (its permissions, as a hosted
+// NATS's user made for something else): what the user needs works, with
+// storage and the live log's feed; without publish on nbiot.> each
+// refused publish is counted and logged with what the user needs. Before,
+// nats.go reported the violation to nobody: 5.03 after AckTimeout, and no
+// reason anywhere.
+func TestNATSUserPermissions(t *testing.T) {
+	srv := natstest.StartWith(t, `authorization {
+  users = [
+    {user: coap, password: "coap-pass-0123456789", permissions: {
+      publish: ["nbiot.>", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>"], subscribe: ["nbiot.notify.>", "_INBOX.>"]}},
+    {user: partial, password: "partial-pass-0123456789", permissions: {
+      publish: ["$JS.API.>", "$JS.ACK.>", "$JS.FC.>"], subscribe: ["nbiot.notify.>", "_INBOX.>"]}}
+  ]
+}
+`)
+	at := func(user, pass string) string { return "nats://" + user + ":" + pass + "@" + srv.Addr }
+	e, err := Open(context.Background(), Config{URL: at("coap", "coap-pass-0123456789"), Storage: true, ConnectTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatalf("open with the permissions the README names: %v", err)
+	}
+	logOne(t, e)
+	a, payload := accepted(t, "PERM-1", 1)
+	if err := e.PublishUplink(context.Background(), a, payload); err != nil {
+		t.Fatalf("uplink: %v", err)
+	}
+	src, err := e.UplinkSource(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := drain(t, src, 1, 10); len(got) != 1 {
+		t.Fatalf("storage fetched %d uplinks, want 1", len(got))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	fed := make(chan uint64, 16)
+	stop, _, err := e.Feed(ctx, func(seq uint64, _ string, _ []byte) { fed <- seq })
+	if err != nil {
+		t.Fatalf("feed: %v", err)
+	}
+	defer stop()
+	seq, _, err := e.Log(context.Background(), livelog.Uplink("PERM-1", a.ReceivedAt, a.Uplink, nil), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for got := range fed {
+		if got == seq {
+			break
+		}
+	}
+	if n := e.PermissionErrors(); n != 0 {
+		t.Errorf("%d permission violations with the permissions the README names", n)
+	}
+	e.Close()
+
+	log := &logtest.Buffer{}
+	e, err = Open(context.Background(), Config{URL: at("partial", "partial-pass-0123456789"), Storage: true,
+		ConnectTimeout: 5 * time.Second, AckTimeout: time.Second, Logger: slog.New(slog.NewTextHandler(log, nil))})
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	defer e.Close()
+	if _, _, err := e.Log(context.Background(), livelog.Uplink("PERM-1", a.ReceivedAt, a.Uplink, nil), ""); err == nil {
+		t.Fatal("a publish the server refuses was taken")
+	}
+	testwait.For(t, "the violation counted", func() bool { return e.PermissionErrors() > 0 })
+	testwait.For(t, "the violation logged", func() bool {
+		return strings.Contains(log.String(), "publish on nbiot.>, $JS.API.>, $JS.ACK.> and $JS.FC.>, and subscribe on nbiot.notify.> and _INBOX.>")
+	})
 }

@@ -52,6 +52,7 @@ type Engine struct {
 	// authErrors counts the server's refusals of our credentials on all
 	// three connections, each of which keeps its own (refused.go).
 	authErrors               atomic.Int64
+	permErrors               atomic.Int64 // permission violations (PermissionErrors)
 	ncAuth, feedAuth, stAuth refusals
 	behindWaits              atomic.Int64 // LogBehind callers that waited (BehindWaits)
 
@@ -76,6 +77,10 @@ type Engine struct {
 // (NATS_CREDS, NATS_CERT, NATS_URL's user) while running; each time the
 // connection tries again (refused.go).
 func (e *Engine) AuthErrors() int64 { return e.authErrors.Load() }
+
+// PermissionErrors is the number of publishes and subscriptions the
+// server refused coap-server's user (a permissions violation: refused.go).
+func (e *Engine) PermissionErrors() int64 { return e.permErrors.Load() }
 
 // AsyncErrors is the number of LogAsync and LogBehind entries the stream
 // did not take, or whose storage its acknowledgement did not confirm.
@@ -163,7 +168,7 @@ func Open(ctx context.Context, cfg Config) (*Engine, error) {
 		e.checkSoon()
 	}
 	conn := func(r *refusals, name string, more ...nats.Option) []nats.Option {
-		*r = refusals{name: name, log: cfg.Logger, total: &e.authErrors}
+		*r = refusals{name: name, log: cfg.Logger, total: &e.authErrors, denied: &e.permErrors}
 		return append(append(append([]nats.Option(nil), opts...), r.options(reconnected)...), more...)
 	}
 	auth, err := cfg.authOptions()

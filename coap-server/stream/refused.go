@@ -22,6 +22,13 @@ import (
 // refused it waits longer between attempts, up to refusedMaxWait, so as
 // not to knock at a hosted NATS several times a second; it logs the
 // refusal when it changes, and at most once a refusedLogEvery otherwise.
+//
+// A user let in may still be refused a subject (its permissions: a hosted
+// NATS's user made for another application). The server then drops the
+// publish or subscription with a "permissions violation", which nats.go
+// reports only to this handler: the uplinks got 5.03 after AckTimeout and
+// nothing said why. It is logged the same way, with what the user needs,
+// and counted (PermissionErrors).
 
 // reconnectWait is the wait between two attempts to reach NATS again
 // after a loss (an outage, a restart, a leader moving).
@@ -37,6 +44,7 @@ type refusals struct {
 	name    string // the connection's, for the log
 	log     *slog.Logger
 	total   *atomic.Int64 // the engine's count (AuthErrors)
+	denied  *atomic.Int64 // the engine's count of permission violations
 	count   atomic.Int64  // this connection's
 	failing atomic.Int32  // refusals since the last connect
 
@@ -65,15 +73,29 @@ func (r *refusals) options(onReconnect func()) []nats.Option {
 	}
 }
 
-// note counts and logs a refusal; other asynchronous errors are not its
-// business.
+// The warnings of note.
+const (
+	refusedWarning = "nats: the server refuses coap-server's credentials; trying again, uplinks get 5.03 until it lets us in (replace the file NATS_CREDS names, or NATS_CERT and NATS_KEY, or check the user in NATS_URL)"
+	deniedWarning  = "nats: the server refuses coap-server's user a subject; uplinks get 5.03 while it does. The user needs to publish on nbiot.>, $JS.API.>, $JS.ACK.> and $JS.FC.>, and subscribe on nbiot.notify.> and _INBOX.> (check its permissions on the NATS server or account)"
+)
+
+// note counts and logs a refusal or a permission violation; other
+// asynchronous errors are not its business.
 func (r *refusals) note(err error) {
-	if !isRefusal(err) {
+	warning := refusedWarning
+	switch {
+	case isRefusal(err):
+		r.count.Add(1)
+		r.total.Add(1)
+		r.failing.Add(1)
+	case errors.Is(err, nats.ErrPermissionViolation):
+		warning = deniedWarning
+		if r.denied != nil {
+			r.denied.Add(1)
+		}
+	default:
 		return
 	}
-	r.count.Add(1)
-	r.total.Add(1)
-	r.failing.Add(1)
 	msg := err.Error() // nats.go's own words: they name no credential
 	r.mu.Lock()
 	now := time.Now()
@@ -83,8 +105,7 @@ func (r *refusals) note(err error) {
 	}
 	r.mu.Unlock()
 	if !quiet {
-		r.log.Warn("nats: the server refuses coap-server's credentials; trying again, uplinks get 5.03 until it lets us in (replace the file NATS_CREDS names, or NATS_CERT and NATS_KEY, or check the user in NATS_URL)",
-			"connection", r.name, "err", msg)
+		r.log.Warn(warning, "connection", r.name, "err", msg)
 	}
 }
 
