@@ -257,7 +257,9 @@ func TestNATSUserPermissions(t *testing.T) {
     {user: coap, password: "coap-pass-0123456789", permissions: {
       publish: ["nbiot.>", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>"], subscribe: ["nbiot.notify.>", "_INBOX.>"]}},
     {user: partial, password: "partial-pass-0123456789", permissions: {
-      publish: ["$JS.API.>", "$JS.ACK.>", "$JS.FC.>"], subscribe: ["nbiot.notify.>", "_INBOX.>"]}}
+      publish: ["$JS.API.>", "$JS.ACK.>", "$JS.FC.>"], subscribe: ["nbiot.notify.>", "_INBOX.>"]}},
+    {user: nojs, password: "nojs-pass-0123456789", permissions: {
+      publish: ["nbiot.>"], subscribe: ["nbiot.notify.>", "_INBOX.>"]}}
   ]
 }
 `)
@@ -311,6 +313,11 @@ func TestNATSUserPermissions(t *testing.T) {
 		t.Fatal("a publish the server refuses was taken")
 	}
 	testwait.For(t, "the violation counted", func() bool { return e.PermissionErrors() > 0 })
+	// Without the JetStream API the start cannot look at its streams: its
+	// one line says what the user lacks.
+	if msg := refused(t, Config{URL: at("nojs", "nojs-pass-0123456789")}); !strings.HasPrefix(msg, "NATS_URL: stream LIVELOG: ") || !strings.Contains(msg, userPermissions) {
+		t.Errorf("without the JetStream API: %q, want the permissions named", msg)
+	}
 	testwait.For(t, "the violation logged", func() bool {
 		return strings.Contains(log.String(), "publish on nbiot.>, $JS.API.>, $JS.ACK.> and $JS.FC.>, and subscribe on nbiot.notify.> and _INBOX.>")
 	})

@@ -340,20 +340,20 @@ func (c Config) uplinksConfig() jetstream.StreamConfig {
 func (e *Engine) ensure(ctx context.Context) (live, uplinks jetstream.Stream, err error) {
 	c := e.cfg
 	if live, err = e.ensureStream(ctx, c.liveConfig(), nil); err != nil {
-		return nil, nil, fmt.Errorf("stream %s: %w", LiveLogStream, e.roomHint(ctx, err))
+		return nil, nil, fmt.Errorf("stream %s: %w", LiveLogStream, e.ensureHint(ctx, err))
 	}
 	if !c.Storage {
 		return live, nil, nil
 	}
 	if uplinks, err = e.ensureStream(ctx, c.uplinksConfig(), e.keepUplinks); err != nil {
-		return nil, nil, fmt.Errorf("stream %s: %w", UplinksStream, e.roomHint(ctx, err))
+		return nil, nil, fmt.Errorf("stream %s: %w", UplinksStream, e.ensureHint(ctx, err))
 	}
 	_, err = uplinks.CreateOrUpdateConsumer(ctx, e.storageConsumerConfig(StorageConsumer, storageDescription, uplinks))
 	if err != nil {
 		return nil, nil, fmt.Errorf("consumer %s: %w", StorageConsumer, err)
 	}
 	if err := e.ensureAside(ctx); err != nil {
-		err = e.roomHint(ctx, err)
+		err = e.ensureHint(ctx, err)
 		e.cfg.Logger.Warn("nats: cannot make "+AsideStream+": messages this version cannot read wait in UPLINKS instead (see the README, Durability)", "err", err)
 	}
 	return live, uplinks, nil

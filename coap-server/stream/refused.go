@@ -73,10 +73,13 @@ func (r *refusals) options(onReconnect func()) []nats.Option {
 	}
 }
 
+// userPermissions is what coap-server's NATS user needs.
+const userPermissions = "publish on nbiot.>, $JS.API.>, $JS.ACK.> and $JS.FC.>, and subscribe on nbiot.notify.> and _INBOX.>"
+
 // The warnings of note.
 const (
 	refusedWarning = "nats: the server refuses coap-server's credentials; trying again, uplinks get 5.03 until it lets us in (replace the file NATS_CREDS names, or NATS_CERT and NATS_KEY, or check the user in NATS_URL)"
-	deniedWarning  = "nats: the server refuses coap-server's user a subject; uplinks get 5.03 while it does. The user needs to publish on nbiot.>, $JS.API.>, $JS.ACK.> and $JS.FC.>, and subscribe on nbiot.notify.> and _INBOX.> (check its permissions on the NATS server or account)"
+	deniedWarning  = "nats: the server refuses coap-server's user a subject; uplinks get 5.03 while it does. The user needs to " + userPermissions + " (check its permissions on the NATS server or account)"
 )
 
 // note counts and logs a refusal or a permission violation; other

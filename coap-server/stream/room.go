@@ -15,20 +15,25 @@ import (
 // NATS sells it by the GiB) and each server's own (max_file_store). Past
 // either, it refuses the stream with its bare "insufficient storage
 // resources available", which names neither what asked for the room nor
-// what to change. roomHint says both; and it names JetStream when the
-// server answers nothing at all ("no responders": a nats-server without
-// -js, or an account without JetStream).
+// what to change. ensureHint says both; it names JetStream when the server
+// answers nothing at all ("no responders": a nats-server without -js, or
+// an account without JetStream), and the user's permissions when the
+// server refused it a subject meanwhile (refused.go: the JetStream API's
+// requests then simply time out).
 
 // errCodeNoRoom is JetStream's "insufficient storage resources available".
 const errCodeNoRoom jetstream.ErrorCode = 10047
 
-// roomHint adds to err, when it is a stream refused for room, what the
-// streams ask for and what the account may keep, and when it is a NATS
-// without JetStream for us, what to turn on; other errors it returns as
+// ensureHint adds to err what ensure's failure means and what to change:
+// the user's permissions, JetStream to turn on, or the room the streams
+// ask for against what the account may keep. Other errors it returns as
 // they are.
-func (e *Engine) roomHint(ctx context.Context, err error) error {
+func (e *Engine) ensureHint(ctx context.Context, err error) error {
 	if e.ns != nil {
 		return err // embedded: storeFits said it at start
+	}
+	if e.permErrors.Load() > 0 { // the JetStream API's requests went unanswered
+		return fmt.Errorf("%w: the server refused coap-server's NATS user a subject; it needs to %s", err, userPermissions)
 	}
 	if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrJetStreamNotEnabled) ||
 		errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
