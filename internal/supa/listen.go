@@ -30,8 +30,8 @@ type Listener struct {
 }
 
 // ProbeWait is how long a connection's first notification, its own, may
-// take to arrive before Listener.Undelivered is told. A variable for tests.
-var ProbeWait = 2 * time.Second
+// take to arrive before Listener.Undelivered is told.
+const ProbeWait = 2 * time.Second
 
 // Listen keeps a dedicated connection to dsn on LISTEN channel until ctx
 // ends (a pool's connections cannot wait for notifications). It reconnects
